@@ -1,0 +1,70 @@
+"""Where a LaZSL run's outputs live on a dataset, and its provenance.
+
+For a label field ``F`` (default ``"lazsl"``) a run writes:
+
+* ``F``: ``fo.Classification(label, confidence, logits)`` with logits in the
+  attribute set's class order, plus two custom attributes on the label:
+  ``attribute_mass`` (``[C][A_c]`` floats: transport mass each attribute of each
+  class received, summing to 1 per class) and ``attribute_crops`` (``[C][A_c]``
+  ints: kept crops whose largest share of mass, within that class, goes to the
+  attribute);
+* ``F_crops``: ``fo.Detections``, one per kept crop (or the top-k by mass):
+  relative ``bounding_box``, ``label`` = the predicted class's attribute the crop
+  sends most mass to, ``confidence`` = that share of the crop's mass, and custom
+  attributes ``similarity`` (hybrid similarity of crop and attribute),
+  ``mass`` (the crop's total mass), ``crop_index``, ``attribute_index``;
+* ``F_attributes``: list of the predicted class's attributes ranked by
+  received mass (top few);
+* ``F_error``: a string, only for samples that failed (missing/corrupt image).
+
+Provenance is a FiftyOne run with key :func:`run_key` whose config holds the
+model, weights, every parameter, ``classes`` (logit order), ``attribute_labels``
+(``[C][A_c]`` attribute texts), attribute-set name and hash, and
+``random_weights``.
+"""
+
+from __future__ import annotations
+
+RUN_PREFIX = "lazsl_"
+
+
+def run_key(label_field: str) -> str:
+    """The FiftyOne run key recording the run that wrote ``label_field``."""
+    return RUN_PREFIX + label_field.replace(".", "_")
+
+
+def output_fields(label_field: str) -> dict[str, str]:
+    """Names of the fields a run on ``label_field`` writes."""
+    return {
+        "prediction": label_field,
+        "crops": f"{label_field}_crops",
+        "attributes": f"{label_field}_attributes",
+        "error": f"{label_field}_error",
+    }
+
+
+def get_run_config(samples, label_field: str) -> dict:
+    """The recorded config of the LaZSL run that wrote ``label_field``, as a dict.
+
+    Raises:
+        ValueError: if no LaZSL run wrote that field.
+    """
+    key = run_key(label_field)
+    if key not in samples.list_runs():
+        raise ValueError(
+            f"no LaZSL run wrote field {label_field!r} on dataset {samples._dataset.name!r}"
+        )
+    cfg = samples.get_run_info(key).config
+    return {k: v for k, v in cfg.serialize().items() if not k.startswith("_")}
+
+
+def list_lazsl_fields(samples) -> list[str]:
+    """Label fields on ``samples`` written by a LaZSL run (any method)."""
+    out = []
+    for key in samples.list_runs():
+        if key.startswith(RUN_PREFIX):
+            cfg = samples.get_run_info(key).config
+            field = getattr(cfg, "label_field", None)
+            if field:
+                out.append(field)
+    return out

@@ -1,0 +1,41 @@
+"""Test environment: an isolated FiftyOne database, no tracking, no network
+for model hubs. Set before FiftyOne or open_clip is imported."""
+
+import os
+import shutil
+import tempfile
+
+_TMP = tempfile.mkdtemp(prefix="lazsl-tests-")
+os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_TMP, "db")
+os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", os.path.join(_TMP, "hf"))
+os.environ["FIFTYONE_LAZSL_CACHE"] = os.path.join(_TMP, "cache")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """``../shared/data`` (real photos, attribute sets, golden outputs); tests
+    that need it skip with a clear message where it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("FIFTYONE_LAZSL_CACHE", str(d))
+    return d
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_TMP, ignore_errors=True)
