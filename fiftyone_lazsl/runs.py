@@ -4,17 +4,21 @@ For a label field ``F`` (default ``"lazsl"``) a run writes:
 
 * ``F``: ``fo.Classification(label, confidence, logits)`` with logits in the
   attribute set's class order, plus two custom attributes on the label:
-  ``attribute_mass`` (``[C][A_c]`` floats: transport mass each attribute of each
-  class received, summing to 1 per class) and ``attribute_crops`` (``[C][A_c]``
-  ints: kept crops whose largest share of mass, within that class, goes to the
-  attribute);
+  ``attribute_scores`` (``[C][A_c]`` floats: each attribute's contribution
+  ``sum_n T[n, a] * S[n, a]`` to the class score ``psi``; they sum to ``psi``) and
+  ``attribute_crops`` (``[C][A_c]`` ints: kept crops whose largest share of mass,
+  within that class, goes to the attribute). Balanced optimal transport gives
+  every attribute exactly ``1 / A_c`` of the mass, so *received mass* cannot rank
+  attributes; their contribution to the score can, and is what "evidence" means
+  throughout this project. For ``dclip`` runs ``attribute_scores`` holds the
+  global view's cosine with each attribute; ``clip`` runs have neither;
 * ``F_crops``: ``fo.Detections``, one per kept crop (or the top-k by mass):
   relative ``bounding_box``, ``label`` = the predicted class's attribute the crop
   sends most mass to, ``confidence`` = that share of the crop's mass, and custom
   attributes ``similarity`` (hybrid similarity of crop and attribute),
   ``mass`` (the crop's total mass), ``crop_index``, ``attribute_index``;
 * ``F_attributes``: list of the predicted class's attributes ranked by
-  received mass (top few);
+  their contribution to the score (top few; LaZSL and DCLIP runs);
 * ``F_error``: a string, only for samples that failed (missing/corrupt image).
 
 Provenance is a FiftyOne run with key :func:`run_key` whose config holds the

@@ -1,0 +1,336 @@
+"""``LaZSLClassifier``: images + an attribute set -> scores, labels and evidence.
+
+Ties together the semantic set (prompts encoded once per classifier), the
+visual set (seeded crops), and the scorers of :mod:`fiftyone_lazsl.scoring`.
+Methods: ``"lazsl"`` (optimal transport of crops to attributes), ``"dclip"``
+(mean global-view similarity over attributes) and ``"clip"`` (one
+``"a photo of a {class}."`` prompt per class).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .attributes import AttributeSet
+from .crops import make_views, relative_boxes, sample_crop_boxes
+from .models import LoadedModel, load_model
+from .prompts import build_prompts, clip_prompt
+from .scoring import clip_scores, dclip_scores, lazsl_scores
+
+METHODS = ("lazsl", "dclip", "clip")
+
+
+@dataclass
+class CropEvidence:
+    """Per-crop evidence for the predicted class of one image (``N`` crops).
+
+    Attributes:
+        boxes: ``[N, 4]`` int64 pixel boxes ``(x, y, w, h)`` in the original image.
+        boxes_rel: ``[N, 4]`` float64 relative ``[x, y, w, h]``.
+        kept: ``[N]`` bool, kept by vision selection.
+        mass: ``[N]`` float32, transport mass the crop sends to the predicted class's
+            attributes (``1/#kept`` summed over attributes; 0 if dropped).
+        attribute: ``[N]`` int64, index (within the predicted class) of the
+            attribute receiving most of the crop's mass.
+        share: ``[N]`` float32, that attribute's share of the crop's mass (0..1).
+        similarity: ``[N]`` float32, hybrid similarity of crop and that attribute.
+    """
+
+    boxes: np.ndarray
+    boxes_rel: np.ndarray
+    kept: np.ndarray
+    mass: np.ndarray
+    attribute: np.ndarray
+    share: np.ndarray
+    similarity: np.ndarray
+
+
+@dataclass
+class Prediction:
+    """LaZSL result for one image.
+
+    Attributes:
+        label: predicted class name; label_index: its index in class order.
+        scores: ``[C]`` float32 raw scores (``psi`` for LaZSL, mean cosine for
+            DCLIP, cosine for CLIP).
+        logits: ``[C]`` float32, ``logit_scale * scores`` (CLIP's temperature).
+        probs: ``[C]`` float32, ``softmax(logits)``.
+        image_size: ``(width, height)`` of the original image in pixels.
+        crops: per-crop evidence (LaZSL only).
+        attribute_scores: per class, ``[A_c]`` float32 contribution of each attribute
+            to the class score, ``sum_n T[n, a] * S[n, a]`` (sums to ``scores[c]``;
+            LaZSL), or the attribute's global-view cosine (DCLIP). (Every attribute
+            receives exactly ``1/A_c`` of the transport mass, so mass alone cannot
+            rank attributes.)
+        attribute_crops: per class, ``[A_c]`` int64, kept crops whose largest mass
+            share within that class goes to the attribute (LaZSL).
+    """
+
+    label: str
+    label_index: int
+    scores: np.ndarray
+    logits: np.ndarray
+    probs: np.ndarray
+    image_size: tuple[int, int]
+    method: str
+    crops: CropEvidence | None = None
+    attribute_scores: list[np.ndarray] | None = None
+    attribute_crops: list[np.ndarray] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class LaZSLClassifier:
+    """Zero-shot classifier following LaZSL (Chen et al., ICCV 2025).
+
+    Args:
+        attribute_set: classes and attributes (:class:`AttributeSet`, a dict, or a JSON path).
+        model: open_clip model name, or a :class:`LoadedModel` (then ``pretrained``,
+            ``device`` are ignored).
+        pretrained: weights (see :func:`fiftyone_lazsl.models.load_model`); None = random.
+        method: ``"lazsl"``, ``"dclip"`` or ``"clip"``.
+        device: torch device (default CUDA if available).
+        n_crops: crops per image ``N`` (90).
+        crop_scale: ``(alpha, beta)`` crop side range as a fraction of ``min(H, W)``.
+        theta, eps, gamma, max_iter, stop_tol: see :func:`lazsl_scores`.
+        seed: user seed for crops (combined with each image's key).
+        batch_size: images encoded per forward pass (each has ``1 + N`` views).
+        prompt_style: ``"dclip"`` (default) or ``"legacy"`` (official code's rule).
+        prompt_suffix: appended to every prompt (official ImageNet runs use ``"."``).
+
+    Raises:
+        ValueError: unknown method; errors of :func:`load_model`.
+    """
+
+    def __init__(self, attribute_set, model: str | LoadedModel = "ViT-B-32",
+                 pretrained: str | None = "openai", *, method: str = "lazsl",
+                 device=None, n_crops: int = 90, crop_scale=(0.6, 0.9), theta: float = 0.8,
+                 eps: float = 0.1, gamma: float = 0.0, max_iter: int = 100,
+                 stop_tol: float = 1e-2, seed: int = 0, batch_size: int = 4,
+                 prompt_style: str = "dclip", prompt_suffix: str = ""):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if n_crops < 1 and method == "lazsl":
+            raise ValueError("LaZSL needs at least one crop (n_crops >= 1)")
+        if isinstance(attribute_set, (str, os.PathLike)):
+            attribute_set = AttributeSet.from_json(attribute_set)
+        elif not isinstance(attribute_set, AttributeSet):
+            attribute_set = AttributeSet.from_dict(attribute_set)
+        self.attribute_set = attribute_set
+        self.model = model if isinstance(model, LoadedModel) else load_model(model, pretrained, device=device)
+        self.method = method
+        self.n_crops = int(n_crops) if method == "lazsl" else 0
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.theta, self.eps, self.gamma = float(theta), float(eps), float(gamma)
+        self.max_iter, self.stop_tol = int(max_iter), float(stop_tol)
+        self.seed = int(seed)
+        self.batch_size = max(1, int(batch_size))
+        self.prompt_style = prompt_style
+        self.prompt_suffix = prompt_suffix
+        self.classes = attribute_set.classes
+        self._encode_text()
+
+    # ------------------------------------------------------------------ text
+    def _encode_text(self) -> None:
+        if self.method == "clip":
+            self.attribute_labels = [[c] for c in self.classes]
+            self.class_features = self.model.encode_texts([clip_prompt(c) for c in self.classes])
+            return
+        prompts, labels = build_prompts(self.attribute_set, style=self.prompt_style,
+                                        suffix=self.prompt_suffix)
+        self.prompts, self.attribute_labels = prompts, labels
+        flat = [p for ps in prompts for p in ps]
+        feats = self.model.encode_texts(flat)
+        C, A, D = len(prompts), max(len(p) for p in prompts), feats.shape[1]
+        tf = torch.zeros(C, A, D)
+        mask = torch.zeros(C, A, dtype=torch.bool)
+        i = 0
+        for c, ps in enumerate(prompts):
+            tf[c, :len(ps)] = feats[i:i + len(ps)]
+            mask[c, :len(ps)] = True
+            i += len(ps)
+        self.text_features = tf.to(self.model.device)
+        self.text_mask = mask.to(self.model.device)
+
+    def config(self) -> dict:
+        """Every parameter that determines the output, JSON-serialisable."""
+        return {
+            **self.model.describe(),
+            "method": self.method,
+            "n_crops": self.n_crops,
+            "crop_scale": list(self.crop_scale),
+            "theta": self.theta, "eps": self.eps, "gamma": self.gamma,
+            "max_iter": self.max_iter, "stop_tol": self.stop_tol,
+            "seed": self.seed,
+            "prompt_style": self.prompt_style, "prompt_suffix": self.prompt_suffix,
+            "attribute_set": self.attribute_set.name,
+            "attribute_set_hash": self.attribute_set.content_hash,
+            "classes": list(self.classes),
+            "attribute_labels": [list(a) for a in self.attribute_labels],
+            "logit_scale": self.model.logit_scale,
+        }
+
+    # ---------------------------------------------------------------- images
+    def crop_boxes(self, width: int, height: int, key: str) -> np.ndarray:
+        """The ``[N, 4]`` pixel crop boxes this classifier uses for an image of
+        that size and key (deterministic in ``seed`` and ``key``)."""
+        return sample_crop_boxes(width, height, self.n_crops, scale=self.crop_scale,
+                                 seed=self.seed, key=key)
+
+    def views(self, image: torch.Tensor, key: str) -> tuple[torch.Tensor, np.ndarray]:
+        """Visual set of one image.
+
+        Args:
+            image: ``[3, H, W]`` uint8 RGB tensor.
+            key: stable sample key for the crop generator.
+
+        Returns:
+            ``(views, boxes)``: ``[1 + N, 3, S, S]`` float32 normalised views on the
+            model device, and ``[N, 4]`` int64 pixel boxes.
+        """
+        _, H, W = image.shape
+        boxes = self.crop_boxes(W, H, key) if self.n_crops else np.zeros((0, 4), np.int64)
+        m = self.model
+        v = make_views(image, boxes, m.image_size, mean=m.mean, std=m.std,
+                       resize_mode=m.resize_mode, interpolation=m.interpolation, device=m.device)
+        return v, boxes
+
+    def encode(self, images: Sequence[torch.Tensor], keys: Sequence[str]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Encode the visual sets of a batch; returns ``[B, 1 + N, D]`` float32 unit
+        features and the per-image pixel boxes."""
+        views, boxes = zip(*(self.views(im, k) for im, k in zip(images, keys)))
+        feats = self.model.encode_images(torch.cat(views))
+        return feats.view(len(images), 1 + self.n_crops, -1), list(boxes)
+
+    # ---------------------------------------------------------------- scores
+    def predict_tensors(self, images: Sequence[torch.Tensor], keys: Sequence[str],
+                        sizes: Sequence[tuple[int, int]] | None = None,
+                        scales: Sequence[float] | None = None) -> list[Prediction]:
+        """Predict for a batch of decoded images.
+
+        Args:
+            images: ``B`` tensors ``[3, H, W]`` uint8 RGB (displayed orientation).
+            keys: ``B`` stable sample keys (crop seeds).
+            sizes: original ``(W, H)`` of each image if it was downscaled on decode.
+            scales: decoded/original scale factor per image (boxes are mapped back).
+
+        Returns:
+            ``B`` :class:`Prediction` objects.
+        """
+        if len(images) != len(keys):
+            raise ValueError("images and keys differ in length")
+        feats, boxes = self.encode(images, keys)
+        return self._predict_features(feats, boxes, images, sizes, scales)
+
+    def _predict_features(self, feats, boxes, images, sizes, scales) -> list[Prediction]:
+        B = feats.shape[0]
+        out = None
+        if self.method == "lazsl":
+            out = lazsl_scores(feats, self.text_features, self.text_mask, theta=self.theta,
+                               eps=self.eps, max_iter=self.max_iter, stop_tol=self.stop_tol,
+                               gamma=self.gamma, return_plan=True)
+            scores = out.scores
+        elif self.method == "dclip":
+            scores = dclip_scores(feats, self.text_features, self.text_mask)
+        else:
+            scores = clip_scores(feats, self.model_class_features())
+        logits = scores * self.model.logit_scale
+        probs = logits.softmax(-1)
+        pred = scores.argmax(-1)
+        scores_np, logits_np, probs_np = (t.cpu().numpy() for t in (scores, logits, probs))
+        pred_np = pred.cpu().numpy()
+        lens = [len(a) for a in self.attribute_labels]
+
+        if out is not None:
+            plans, S, keep = out.plans, out.similarity, out.keep
+            att_mass = (plans * S).sum(2).cpu().numpy()                   # [B, C, A]
+            best = plans.argmax(-1)                                        # [B, C, N]
+            counts = torch.zeros(plans.shape[:2] + plans.shape[-1:], device=plans.device)
+            counts.scatter_add_(2, best, keep.unsqueeze(1).expand_as(best).float())
+            att_crops = counts.long().cpu().numpy()
+            bidx = torch.arange(B, device=plans.device)
+            Tp = plans[bidx, pred]                                         # [B, N, A]
+            Sp = S[bidx, pred]
+            cmass = Tp.sum(-1)
+            cattr = Tp.argmax(-1)
+            cshare = torch.where(cmass > 0, Tp.gather(-1, cattr.unsqueeze(-1)).squeeze(-1)
+                                 / cmass.clamp_min(1e-30), torch.zeros_like(cmass))
+            csim = Sp.gather(-1, cattr.unsqueeze(-1)).squeeze(-1)
+            cmass, cattr, cshare, csim, keep_np = (t.cpu().numpy() for t in (cmass, cattr, cshare, csim, keep))
+        elif self.method == "dclip":
+            g = feats[:, 0]
+            sim = torch.einsum("bd,cad->bca", g, self.text_features).cpu().numpy()
+
+        preds = []
+        for b in range(B):
+            H, W = images[b].shape[-2:]
+            scale = float(scales[b]) if scales is not None else 1.0
+            size = tuple(sizes[b]) if sizes is not None else (int(W), int(H))
+            p = Prediction(
+                label=self.classes[int(pred_np[b])], label_index=int(pred_np[b]),
+                scores=scores_np[b], logits=logits_np[b], probs=probs_np[b],
+                image_size=(int(size[0]), int(size[1])), method=self.method,
+            )
+            if out is not None:
+                bx = boxes[b].astype(np.float64)
+                rel = relative_boxes(boxes[b], int(W), int(H))
+                px = np.round(bx / scale).astype(np.int64) if scale != 1.0 else boxes[b]
+                p.crops = CropEvidence(
+                    boxes=px, boxes_rel=rel, kept=keep_np[b], mass=cmass[b].astype(np.float32),
+                    attribute=cattr[b].astype(np.int64), share=cshare[b].astype(np.float32),
+                    similarity=csim[b].astype(np.float32))
+                p.attribute_scores = [att_mass[b, c, :lens[c]].astype(np.float32) for c in range(len(lens))]
+                p.attribute_crops = [att_crops[b, c, :lens[c]] for c in range(len(lens))]
+            elif self.method == "dclip":
+                p.attribute_scores = [sim[b, c, :lens[c]].astype(np.float32) for c in range(len(lens))]
+            preds.append(p)
+        return preds
+
+    def model_class_features(self) -> torch.Tensor:
+        """``[C, D]`` class-name prompt features (CLIP method)."""
+        return self.class_features.to(self.model.device)
+
+    def predict(self, images: Iterable, keys: Sequence[str] | None = None) -> list[Prediction]:
+        """Predict for images given as file paths, PIL images or ``[3, H, W]`` uint8 tensors.
+
+        Args:
+            images: the images.
+            keys: crop-seed keys; default: the file path for paths, else the
+                position in ``images`` as a string.
+
+        Returns:
+            one :class:`Prediction` per image.
+
+        Raises:
+            fiftyone_lazsl.imageio.ImageLoadError: an unreadable image file.
+        """
+        from .imageio import image_to_tensor, load_image_tensor
+
+        tensors, ks, sizes, scales = [], [], [], []
+        for i, im in enumerate(images):
+            if isinstance(im, (str, os.PathLike)):
+                t, info = load_image_tensor(os.fspath(im))
+                key = os.path.abspath(os.fspath(im))
+                sizes.append(tuple(info["original_size"]))
+                scales.append(float(info["scale"]))
+            elif isinstance(im, torch.Tensor):
+                t, key = im, str(i)
+                sizes.append((int(t.shape[-1]), int(t.shape[-2])))
+                scales.append(1.0)
+            else:
+                t, key = image_to_tensor(im.convert("RGB")), str(i)
+                sizes.append((int(t.shape[-1]), int(t.shape[-2])))
+                scales.append(1.0)
+            tensors.append(t)
+            ks.append(key)
+        if keys is not None:
+            ks = [str(k) for k in keys]
+        preds = []
+        for s in range(0, len(tensors), self.batch_size):
+            e = s + self.batch_size
+            preds.extend(self.predict_tensors(tensors[s:e], ks[s:e], sizes[s:e], scales[s:e]))
+        return preds
