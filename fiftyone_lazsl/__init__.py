@@ -1,1 +1,37 @@
-"""fiftyone-lazsl."""
+"""fiftyone-lazsl: LaZSL interpretable zero-shot classification for FiftyOne.
+
+Public API::
+
+    from fiftyone_lazsl import (
+        AttributeSet, LaZSLClassifier, lazsl_scores, dclip_scores, clip_scores,
+        load_model, run_lazsl,
+    )
+
+LaZSL: Chen et al., "Interpretable Zero-Shot Learning with Locally-Aligned
+Vision-Language Model", ICCV 2025.
+"""
+
+from .attributes import AttributeSet, AttributeSetError
+from .scoring import clip_scores, dclip_scores, lazsl_scores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttributeSet", "AttributeSetError", "LaZSLClassifier", "Prediction",
+    "lazsl_scores", "dclip_scores", "clip_scores", "load_model", "run_lazsl",
+    "__version__",
+]
+
+
+def __getattr__(name):
+    # Heavy modules (open_clip, FiftyOne) load on first use.
+    if name in ("LaZSLClassifier", "Prediction"):
+        from . import classifier
+        return getattr(classifier, name)
+    if name == "load_model":
+        from .models import load_model
+        return load_model
+    if name in ("run_lazsl", "RunSummary"):
+        from . import apply
+        return getattr(apply, name)
+    raise AttributeError(f"module 'fiftyone_lazsl' has no attribute {name!r}")
