@@ -23,6 +23,7 @@ __all__ = ["lazsl_scores", "dclip_scores", "clip_scores", "hybrid_similarity",
 # Upper bound on B*C*N*A elements processed at once; larger calls are split
 # over classes so that memory stays bounded (1000 classes x 10 attributes).
 _MAX_ELEMENTS = 1 << 25
+_TIE_TOL = 1e-6
 
 
 @dataclass
@@ -97,7 +98,10 @@ def vision_selection(image_features: torch.Tensor, gamma: float = 0.0) -> tuple[
     g = image_features[:, 0]
     x = image_features[:, 1:]
     r = torch.einsum("bnd,bd->bn", x, g).float()
-    keep = ~(r < r.mean(dim=1, keepdim=True) + gamma)
+    # Official rule: drop crops with r < mean(r) + gamma. A float32 tolerance of
+    # 1e-6 keeps crops that tie with the mean (e.g. all crops equally similar,
+    # where the rounded mean can exceed every r by one ulp).
+    keep = ~(r < r.mean(dim=1, keepdim=True) + gamma - _TIE_TOL)
     # All crops below the threshold can only happen with NaN features or an
     # extreme gamma; keep them all rather than create an empty marginal.
     empty = ~keep.any(dim=1, keepdim=True)
