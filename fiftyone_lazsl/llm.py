@@ -1,0 +1,428 @@
+"""Attribute sets from an LLM, through any OpenAI-compatible chat endpoint.
+
+Works with OpenAI and with local servers that speak the same API (Ollama at
+``http://localhost:11434/v1``, vLLM, LM Studio...). It uses the official
+``openai`` client (``client.chat.completions.create``) and relies on it for
+retries with exponential backoff on 408/409/429/5xx and timeouts
+(``max_retries``, ``timeout``).
+
+For every class one request asks for ``n`` short visual attributes, with an
+optional domain hint ("bird species"). The answer is requested as JSON
+(``response_format={"type": "json_object"}``); an endpoint that rejects that
+option (HTTP 400/422) is asked again, for the rest of the run, without it.
+Replies are parsed and cleaned by :mod:`fiftyone_lazsl.llm_text`. A class whose
+answer has no usable attribute (empty, refusal, prose) is asked once more with
+a stricter reminder; if that fails too it keeps an empty list, which LaZSL
+scores with a class-name-only prompt, and the set records a warning. A class
+whose request fails after the client's retries (timeout, 429, 5xx) also gets
+an empty list and a warning; errors that concern the whole run (bad key,
+unknown model or URL, unreachable server) stop it with :class:`LLMError`.
+
+Classes run concurrently on a small thread pool. Usable answers are cached on
+disk (:mod:`fiftyone_lazsl.llm_cache`), so re-running costs nothing and an
+interrupted run resumes. The API key is never stored or logged, and is
+scrubbed from error messages (:mod:`fiftyone_lazsl.llm_secrets`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from .attributes import AttributeSet
+from .errors import UserError
+from .llm_cache import LLMCache, cache_key
+from .llm_secrets import DEFAULT_BASE_URL, public_url, resolve_api_key, scrub
+from .llm_text import MAX_ATTRIBUTE_CHARS, is_refusal, normalize_attributes, parse_attribute_reply
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the prompt or the cleaning changes: it is part of the cache key.
+PROMPT_VERSION = "lazsl-attributes-v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_N = 8
+#: Placeholder key sent to local servers that need none (the client requires one).
+NO_KEY = "no-key"
+
+SYSTEM_PROMPT = (
+    "You are an expert in visual recognition. You describe what things look like "
+    "in photographs, for an image classifier. You reply with JSON only."
+)
+
+
+class LLMError(UserError):
+    """The LLM endpoint cannot be used for this run (no or bad API key, unknown
+    model or URL, server unreachable, every class failed). The message never
+    holds the API key."""
+
+
+@dataclass
+class ClassResult:
+    """Outcome of one class.
+
+    Attributes:
+        class_name: the class as it is keyed in the attribute set.
+        prompt_name: the name sent to the LLM (e.g. a readable form of the label).
+        attributes: the cleaned attributes (empty when none was usable).
+        requests: chat-completion calls made for it (0 when cached; the client's
+            own retries are not counted).
+        cached: whether it came from the cache.
+        warning: why it is empty, or None.
+        failed: whether a request failed (as opposed to a reply without attribute).
+    """
+
+    class_name: str
+    prompt_name: str
+    attributes: list
+    requests: int = 0
+    cached: bool = False
+    warning: str | None = None
+    failed: bool = False
+
+
+def build_messages(class_name: str, n: int, hint: str | None = None,
+                   reminder: bool = False) -> list[dict]:
+    """The chat messages asking for ``n`` attributes of ``class_name``.
+
+    Args:
+        class_name: the class, as the LLM should read it.
+        n: how many attributes to ask for.
+        hint: an optional domain ("bird species", "dog and cat breeds").
+        reminder: add the stricter reminder used when a first answer had no
+            usable attribute.
+
+    Returns:
+        ``[{"role": "system", ...}, {"role": "user", ...}]``.
+    """
+    domain = f" (domain: {hint.strip()})" if hint and hint.strip() else ""
+    user = (
+        f'List {n} distinct visual attributes that help to recognise "{class_name}"{domain} '
+        "in a photo. Each attribute is a short noun phrase of 2 to 6 words about something "
+        "visible: shape, size, colour, pattern, texture, parts or typical surroundings, "
+        'for example "black plumage" or "a long hooked beak". Do not repeat the name '
+        f'"{class_name}". Reply with a JSON object of the form '
+        '{"attributes": ["...", "..."]}.'
+    )
+    if reminder:
+        user += (
+            f"\nYour previous answer had no usable attribute. Reply with the JSON object "
+            f"only, holding {n} short visual attributes."
+        )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+class AttributeGenerator:
+    """Asks an OpenAI-compatible endpoint for class attributes.
+
+    Args:
+        model: the chat model (``"gpt-4o-mini"``, ``"llama3.1"`` on Ollama...).
+        base_url: the endpoint (default: ``$OPENAI_BASE_URL`` or OpenAI's).
+        api_key: the key; default :func:`~fiftyone_lazsl.llm_secrets.resolve_api_key`
+            from the environment. A custom ``base_url`` may go without one.
+        n: attributes asked for per class (and kept at most), 1 to 50.
+        hint: optional domain hint put into the prompt.
+        timeout: seconds allowed per HTTP request.
+        max_retries: the ``openai`` client's retries (with its exponential
+            backoff, honouring ``Retry-After``) on timeouts, 408/409/429 and 5xx.
+        concurrency: classes requested at the same time.
+        json_mode: ask for ``response_format={"type": "json_object"}`` (dropped
+            automatically if the endpoint rejects it).
+        cache: True (the default cache folder), False/None (no cache), a folder
+            path, or an :class:`~fiftyone_lazsl.llm_cache.LLMCache`.
+        max_chars: cap on one attribute's length.
+
+    Raises:
+        LLMError: no API key for OpenAI's endpoint; ``n`` or ``concurrency`` out
+            of range.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, base_url: str | None = None,
+                 api_key: str | None = None, n: int = DEFAULT_N, hint: str | None = None,
+                 timeout: float = 60.0, max_retries: int = 3, concurrency: int = 4,
+                 json_mode: bool = True, cache=True, max_chars: int = MAX_ATTRIBUTE_CHARS):
+        import openai
+
+        if not model or not str(model).strip():
+            raise LLMError("no LLM model given")
+        if not 1 <= int(n) <= 50:
+            raise LLMError(f"the number of attributes must be between 1 and 50, got {n}")
+        if int(concurrency) < 1:
+            raise LLMError(f"concurrency must be at least 1, got {concurrency}")
+        self.model = str(model).strip()
+        self.n = int(n)
+        self.hint = hint.strip() if hint and hint.strip() else None
+        self.max_chars = int(max_chars)
+        self.concurrency = int(concurrency)
+        self.json_mode = bool(json_mode)
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.endpoint = public_url(base_url)
+        key = api_key if api_key else resolve_api_key()
+        if not key:
+            if self.endpoint == DEFAULT_BASE_URL:
+                raise LLMError(
+                    "no API key for the OpenAI endpoint: set the OPENAI_API_KEY (or "
+                    "FIFTYONE_OPENAI_API_KEY) secret or environment variable, or give the "
+                    "base URL of a local server (Ollama, vLLM, LM Studio)"
+                )
+            key = NO_KEY
+        self._key = key
+        self.client = openai.OpenAI(api_key=key, base_url=base_url, timeout=float(timeout),
+                                    max_retries=int(max_retries))
+        if cache is True:
+            self.cache = LLMCache()
+        elif not cache:
+            self.cache = None
+        elif isinstance(cache, LLMCache):
+            self.cache = cache
+        else:
+            self.cache = LLMCache(cache)
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"AttributeGenerator(model={self.model!r}, endpoint={self.endpoint!r}, n={self.n})"
+
+    # ---------------------------------------------------------------- cache
+    def _key_for(self, prompt_name: str) -> str:
+        return cache_key(endpoint=self.endpoint, model=self.model, prompt_version=PROMPT_VERSION,
+                         class_name=prompt_name, n=self.n, hint=self.hint)
+
+    def cached(self, class_name: str, prompt_name: str | None = None) -> ClassResult | None:
+        """The cached result of a class, or None."""
+        if self.cache is None:
+            return None
+        prompt_name = prompt_name or class_name
+        record = self.cache.get(self._key_for(prompt_name))
+        if not record or not isinstance(record.get("attributes"), list):
+            return None
+        attrs = normalize_attributes(record["attributes"], class_name=prompt_name,
+                                     max_items=self.n, max_chars=self.max_chars)
+        if not attrs:
+            return None
+        return ClassResult(class_name, prompt_name, attrs, requests=0, cached=True)
+
+    # -------------------------------------------------------------- request
+    def _fatal(self, e: Exception) -> LLMError:
+        what = type(e).__name__
+        detail = scrub(str(e), self._key)
+        return LLMError(f"LLM endpoint {self.endpoint} (model {self.model!r}): {what}: {detail}")
+
+    def _complete(self, messages: list[dict], counter: list) -> tuple[str | None, str | None]:
+        """One chat completion; returns ``(content, refusal)``; ``counter[0]``
+        is increased for every call made (a JSON-mode rejection makes two)."""
+        import openai
+
+        kwargs = {"model": self.model, "messages": messages}
+        while True:
+            use_json = self.json_mode
+            if use_json:
+                kwargs["response_format"] = {"type": "json_object"}
+            else:
+                kwargs.pop("response_format", None)
+            counter[0] += 1
+            try:
+                resp = self.client.chat.completions.create(**kwargs)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+                if use_json:
+                    if self.json_mode:
+                        logger.info("%s rejected JSON mode (%s); asking for plain text",
+                                    self.endpoint, type(e).__name__)
+                    self.json_mode = False
+                    continue
+                raise
+            break
+        if not resp.choices:
+            return None, None
+        msg = resp.choices[0].message
+        return msg.content, getattr(msg, "refusal", None)
+
+    def generate_class(self, class_name: str, prompt_name: str | None = None) -> ClassResult:
+        """Attributes of one class: from the cache, else asked (twice at most
+        when the first answer has no usable attribute).
+
+        Args:
+            class_name: the class as keyed in the set.
+            prompt_name: the name sent to the LLM (default ``class_name``).
+
+        Returns:
+            A :class:`ClassResult`; a failed request or two unusable answers give
+            an empty list and a ``warning``.
+
+        Raises:
+            LLMError: for errors of the whole run: authentication or permission
+                refused, model or URL not found, a request the endpoint rejects,
+                the server cannot be reached.
+        """
+        import openai
+
+        prompt_name = prompt_name or class_name
+        hit = self.cached(class_name, prompt_name)
+        if hit is not None:
+            return hit
+        counter = [0]
+        reasons = []
+        for attempt in range(2):
+            messages = build_messages(prompt_name, self.n, self.hint, reminder=attempt > 0)
+            try:
+                content, refusal = self._complete(messages, counter)
+            except (openai.AuthenticationError, openai.PermissionDeniedError,
+                    openai.NotFoundError, openai.BadRequestError,
+                    openai.UnprocessableEntityError) as e:
+                raise self._fatal(e) from None
+            except openai.APITimeoutError as e:
+                return self._failed(class_name, prompt_name, counter[0], "request timed out", e)
+            except openai.APIConnectionError as e:
+                raise self._fatal(e) from None
+            except openai.APIStatusError as e:
+                return self._failed(class_name, prompt_name, counter[0],
+                                    f"HTTP {e.status_code}", e)
+            except openai.APIError as e:  # malformed response and the like
+                return self._failed(class_name, prompt_name, counter[0], type(e).__name__, e)
+            if refusal:
+                reasons.append("refused: " + scrub(refusal, self._key)[:120])
+                continue
+            attrs = normalize_attributes(parse_attribute_reply(content), class_name=prompt_name,
+                                         max_items=self.n, max_chars=self.max_chars)
+            if attrs:
+                if self.cache is not None:
+                    self.cache.put(self._key_for(prompt_name), {
+                        "class": prompt_name, "endpoint": self.endpoint, "model": self.model,
+                        "prompt_version": PROMPT_VERSION, "n": self.n, "hint": self.hint,
+                        "attributes": attrs, "reply": content,
+                    })
+                return ClassResult(class_name, prompt_name, attrs, requests=counter[0])
+            if not content or not content.strip():
+                reasons.append("empty answer")
+            elif is_refusal(content):
+                reasons.append("refused: " + scrub(content.strip(), self._key)[:120])
+            else:
+                reasons.append("no usable attribute in the answer")
+        calls = counter[0]
+        warning = (f"class {class_name!r}: the LLM gave no usable attribute in {calls} "
+                   f"requests ({'; '.join(reasons)}); it falls back to a class-name-only prompt")
+        logger.warning(warning)
+        return ClassResult(class_name, prompt_name, [], requests=calls, warning=warning)
+
+    def _failed(self, class_name, prompt_name, calls, what, e) -> ClassResult:
+        warning = (f"class {class_name!r}: request failed after retries ({what}: "
+                   f"{scrub(str(e), self._key)[:200]}); it falls back to a class-name-only prompt")
+        logger.warning(warning)
+        return ClassResult(class_name, prompt_name, [], requests=calls, warning=warning,
+                           failed=True)
+
+    # ------------------------------------------------------------------ run
+    def generate(self, classes: Sequence[str] | Mapping[str, str],
+                 progress: Callable[[int, int, ClassResult], None] | None = None
+                 ) -> list[ClassResult]:
+        """Attributes of every class, ``concurrency`` requests at a time.
+
+        Args:
+            classes: class names, or ``{class name: name sent to the LLM}``.
+            progress: called as ``progress(done, total, result)`` in the calling
+                thread after each class (cached ones first).
+
+        Returns:
+            One :class:`ClassResult` per class, in the order of ``classes``.
+
+        Raises:
+            LLMError: an error of the whole run (see :meth:`generate_class`), or
+                every requested class failed; the classes answered so far stay
+                cached.
+        """
+        pairs = list(classes.items()) if isinstance(classes, Mapping) else \
+            [(c, c) for c in classes]
+        if not pairs:
+            raise LLMError("no class to generate attributes for")
+        total = len(pairs)
+        results: list[ClassResult | None] = [None] * total
+        done = 0
+        todo = []
+        for i, (cls, prompt_name) in enumerate(pairs):
+            hit = self.cached(cls, prompt_name)
+            if hit is None:
+                todo.append(i)
+                continue
+            results[i] = hit
+            done += 1
+            if progress:
+                progress(done, total, hit)
+        logger.info("LLM attributes for %d classes with %s at %s: %d cached, %d to request",
+                    total, self.model, self.endpoint, total - len(todo), len(todo))
+        if todo:
+            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
+                                      thread_name_prefix="lazsl-llm")
+            try:
+                futures = {pool.submit(self.generate_class, *pairs[i]): i for i in todo}
+                for fut in as_completed(futures):
+                    r = fut.result()
+                    results[futures[fut]] = r
+                    done += 1
+                    if progress:
+                        progress(done, total, r)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            failed = [results[i] for i in todo if results[i].failed]
+            if failed and len(failed) == len(todo):
+                raise LLMError(f"every request to {self.endpoint} failed; first: "
+                               f"{failed[0].warning}")
+        return results  # type: ignore[return-value]
+
+
+def generate_attribute_set(classes: Sequence[str] | Mapping[str, str], *,
+                           model: str = DEFAULT_MODEL, base_url: str | None = None,
+                           api_key: str | None = None, n: int = DEFAULT_N,
+                           hint: str | None = None, name: str | None = None,
+                           timeout: float = 60.0, max_retries: int = 3, concurrency: int = 4,
+                           json_mode: bool = True, cache=True,
+                           max_chars: int = MAX_ATTRIBUTE_CHARS,
+                           progress: Callable[[int, int, ClassResult], None] | None = None,
+                           ) -> AttributeSet:
+    """Generate an attribute set (DCLIP/LaZSL format) for ``classes`` with an LLM.
+
+    Args:
+        classes: class names, or ``{class name: name sent to the LLM}`` (e.g.
+            :func:`fiftyone_lazsl.classnames.readable_names`); the set is keyed
+            by the class names, in this order.
+        model, base_url, api_key, n, hint, timeout, max_retries, concurrency,
+        json_mode, cache, max_chars: see :class:`AttributeGenerator`.
+        name: the set's name.
+        progress: ``progress(done, total, result)`` after each class.
+
+    Returns:
+        An :class:`~fiftyone_lazsl.attributes.AttributeSet` with
+        ``source="llm:<model>"``, warnings for classes left empty, and metadata
+        ``generator, llm_model, base_url`` (without credentials), ``n, hint,
+        prompt_version, json_mode, requests, cached_classes, failed_classes``
+        and, when names sent differ from class names, ``prompt_names``.
+
+    Raises:
+        LLMError: see :meth:`AttributeGenerator.generate`.
+    """
+    gen = AttributeGenerator(model, base_url=base_url, api_key=api_key, n=n, hint=hint,
+                             timeout=timeout, max_retries=max_retries, concurrency=concurrency,
+                             json_mode=json_mode, cache=cache, max_chars=max_chars)
+    results = gen.generate(classes, progress=progress)
+    metadata = {
+        "generator": "llm",
+        "llm_model": gen.model,
+        "base_url": gen.endpoint,
+        "n": gen.n,
+        "hint": gen.hint,
+        "prompt_version": PROMPT_VERSION,
+        "json_mode": gen.json_mode,
+        "requests": sum(r.requests for r in results),
+        "cached_classes": sum(r.cached for r in results),
+        "failed_classes": [r.class_name for r in results if r.failed],
+    }
+    if any(r.prompt_name != r.class_name for r in results):
+        metadata["prompt_names"] = {r.class_name: r.prompt_name for r in results}
+    return AttributeSet(
+        OrderedDict((r.class_name, list(r.attributes)) for r in results),
+        name=name,
+        source=f"llm:{gen.model}",
+        format="descriptors",
+        warnings=[r.warning for r in results if r.warning],
+        metadata=metadata,
+    )
