@@ -241,20 +241,20 @@ def fetch_published(name: str, cache_dir: str | os.PathLike | None = None,
         return found
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     dest = cache / f"{name}.json"
-    how = (
-        f"download {url} (SHA-256 {expected}) and put it, as {name}.json or "
-        f"descriptors_{name}.json, in a folder listed in ${DIRS_ENV} "
-        f"(or pass local_dirs / copy it to {dest})"
+    put = (
+        f"(SHA-256 {expected}) and put it, as {name}.json or descriptors_{name}.json, in a "
+        f"folder listed in ${DIRS_ENV} (or pass local_dirs=, or copy it to {dest})"
     )
     if not download:
-        raise UserError(f"published attribute set {name!r} is not available locally; {how}")
+        raise UserError(
+            f"published attribute set {name!r} is not available locally; download {url} {put}")
     try:
         _download(url, dest, expected, timeout)
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise UserError(
             f"cannot download published attribute set {name!r} from {url} ({reason}); "
-            f"offline? {how}"
+            f"without internet access, download that file on another machine {put}"
         ) from e
     return dest
 

@@ -82,9 +82,11 @@ class ImportAttributeSet(foo.Operator):
             description="Letters, digits, '_' and '-' (default: the published name or file stem)",
         )
         fmt = types.RadioGroup()
+        fmt.add_choice("auto", label="auto",
+                       description="the file's sidecar format, or the published set's (descriptors)")
         for f in FORMATS:
             fmt.add_choice(f, label=f, description=_FORMAT_HELP.get(f, ""))
-        inputs.enum("format", fmt.values(), default="descriptors", label="Format", view=fmt)
+        inputs.enum("format", fmt.values(), default="auto", label="Format", view=fmt)
 
         fields = _classification_fields(ctx.dataset)
         if fields:
@@ -118,7 +120,8 @@ class ImportAttributeSet(foo.Operator):
 
     def execute(self, ctx):
         source = str(ctx.params["source"]).strip()
-        aset = store.resolve_attribute_set(source, None, format=ctx.params.get("format") or None)
+        fmt = ctx.params.get("format") or "auto"
+        aset = store.resolve_attribute_set(source, None, format=None if fmt == "auto" else fmt)
         label_field = ctx.params.get("label_field")
         if label_field:
             store.validate_for_field(ctx.dataset, aset, label_field)

@@ -66,5 +66,10 @@ def test_import_file_checked_against_label_field(lazsl_plugin, dataset, tmp_path
     assert res.result["name"] == "mine" and res.result["warnings"]
     aset = store.load_attribute_set(dataset, "mine")
     assert aset.classes == ["pug", "beagle"] and aset.format == "cupl"
+    # format "auto" (the default) keeps the file's own, here from its .meta.json sidecar
+    g = tmp_path / "cupl.json"
+    AttributeSet.from_dict({"pug": ["A photo of a pug."]}, format="cupl").to_json(g)
+    run_operator("import_attribute_set", dataset, {"source": str(g), "name": "auto"})
+    assert store.load_attribute_set(dataset, "auto").format == "cupl"
     with pytest.raises(ExecutionError, match="invalid attribute-set name"):
         run_operator("import_attribute_set", dataset, {"source": str(f), "name": "bad name"})
