@@ -128,21 +128,19 @@ def classes_from_file(path: str | os.PathLike) -> list[str]:
     return _dedupe(lines, path)
 
 
-def label_path(samples, field: str) -> str:
-    """The path of the class labels in ``field``: ``field.label`` for
+def label_fields(samples) -> "OrderedDict[str, str]":
+    """``{field: path of its class labels}`` for every top-level field that holds
+    class labels, sorted by field name: ``field.label`` for
     Classification/Detection/Polyline/Keypoint, ``field.<list>.label`` for
-    Classifications/Detections/Polylines/Keypoints, ``field`` for a string field.
-
-    Raises:
-        UserError: no such field, or it holds no class labels (the message lists
-            the fields that do).
-    """
+    Classifications/Detections/Polylines/Keypoints, ``field`` for a string field
+    (other than ``filepath``)."""
     import fiftyone as fo
 
-    schema = samples.get_field_schema(flat=True)
-    usable = {}
-    for name, ft in schema.items():
-        if isinstance(ft, fo.StringField) and "." not in name and name not in ("filepath", "id"):
+    schema = samples.get_field_schema()
+    usable: OrderedDict[str, str] = OrderedDict()
+    for name in sorted(schema):
+        ft = schema[name]
+        if isinstance(ft, fo.StringField) and name not in ("filepath", "id"):
             usable[name] = name
         elif isinstance(ft, fo.EmbeddedDocumentField):
             doc = ft.document_type
@@ -151,12 +149,24 @@ def label_path(samples, field: str) -> str:
                 usable[name] = f"{name}.{list_field}.label"
             elif issubclass(doc, fo.Label) and "label" in doc._fields:
                 usable[name] = f"{name}.label"
+    return usable
+
+
+def label_path(samples, field: str) -> str:
+    """The path of the class labels in ``field`` (see :func:`label_fields`).
+
+    Raises:
+        UserError: no such field, or it holds no class labels (the message lists
+            the fields that do).
+    """
+    usable = label_fields(samples)
     if field not in usable:
-        what = "does not exist" if field not in schema else "holds no class labels"
+        exists = field in samples.get_field_schema(flat=True)
+        what = "holds no class labels" if exists else "does not exist"
         ds = getattr(samples, "_root_dataset", samples)
         raise UserError(
             f"field {field!r} {what} on dataset {ds.name!r}; label fields: "
-            + (", ".join(sorted(usable)) or "none")
+            + (", ".join(usable) or "none")
         )
     return usable[field]
 

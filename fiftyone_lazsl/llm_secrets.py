@@ -33,7 +33,8 @@ def resolve_api_key(secrets: Mapping | None = None,
     """The API key, from plugin secrets first, then the environment.
 
     Args:
-        secrets: an operator's ``ctx.secrets`` (or any mapping); None to skip.
+        secrets: an operator's ``ctx.secrets`` (a FiftyOne ``SecretsDictionary``,
+            which has no ``get``) or any mapping; None to skip.
         environ: the environment (default ``os.environ``).
 
     Returns:
@@ -46,9 +47,12 @@ def resolve_api_key(secrets: Mapping | None = None,
             continue
         for name in KEY_NAMES:
             try:
-                value = source.get(name)
-            except Exception:  # a secrets resolver that fails counts as "not set"
+                value = source[name]
+            except Exception:  # missing, or a secrets resolver that failed: not set
                 value = None
+            # FiftyOne's SecretsDictionary may hand back the resolved secret
+            # object (with ``.value``) on first access, the string afterwards.
+            value = getattr(value, "value", value)
             if value and str(value).strip():
                 return str(value).strip()
     return None
