@@ -202,6 +202,22 @@ def _how_to_supply(model_name: str, pretrained: str) -> str:
     )
 
 
+def register_model_configs(paths: str | None = None) -> None:
+    """Add custom open_clip architecture configs (JSON files or folders of them)
+    to open_clip's registry (``open_clip.add_model_config``).
+
+    Args:
+        paths: ``os.pathsep``-separated files/folders; default the environment
+            variable ``FIFTYONE_LAZSL_MODEL_CONFIGS``.
+    """
+    import open_clip
+    paths = os.environ.get("FIFTYONE_LAZSL_MODEL_CONFIGS", "") if paths is None else paths
+    for p in filter(None, paths.split(os.pathsep)):
+        if not os.path.exists(p):
+            raise ModelNotFoundError(f"model config not found: {p} (FIFTYONE_LAZSL_MODEL_CONFIGS)")
+        open_clip.add_model_config(p)
+
+
 def _check_model_name(model_name: str) -> None:
     import open_clip
     if model_name.startswith(("hf-hub:", "local-dir:")):
@@ -276,7 +292,8 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
     """Create an open_clip model with its tokenizer and preprocessing settings.
 
     Args:
-        model_name: an open_clip model name (``open_clip.list_models()``), or an
+        model_name: an open_clip model name (``open_clip.list_models()``, plus
+            configs listed in ``$FIFTYONE_LAZSL_MODEL_CONFIGS``), or an
             ``"hf-hub:org/repo"`` id.
         pretrained: tag, ``"hf-hub:..."`` id, checkpoint file, open_clip folder,
             or None for random weights (see the module docstring).
@@ -294,6 +311,7 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
     import open_clip
 
     device = torch.device(device or default_device())
+    register_model_configs()
     name, pretrained_arg, weights_id, random = _resolve(model_name, pretrained, cache_dir)
     try:
         model = open_clip.create_model(name, pretrained=pretrained_arg, device=device,

