@@ -148,8 +148,22 @@ class AttributeSet:
             raise AttributeSetError(f"cannot read attribute set file {path}: {e.strerror or e}") from e
         except UnicodeDecodeError as e:
             raise AttributeSetError(f"attribute set file {path} is not UTF-8 text: {e}") from e
+        duplicates: list[str] = []
+
+        def pairs_hook(pairs):
+            # A class key repeated verbatim in the file: merge its lists (json
+            # would silently keep the last one) and say so.
+            out = OrderedDict()
+            for k, v in pairs:
+                if k in out and isinstance(out[k], list) and isinstance(v, list):
+                    duplicates.append(k)
+                    out[k] = out[k] + [a for a in v if a not in out[k]]
+                else:
+                    out[k] = v
+            return out
+
         try:
-            data = json.loads(text, object_pairs_hook=OrderedDict)
+            data = json.loads(text, object_pairs_hook=pairs_hook)
         except json.JSONDecodeError as e:
             raise AttributeSetError(
                 f"attribute set file {path} is not valid JSON: {e.msg} at line {e.lineno}, "
@@ -171,7 +185,8 @@ class AttributeSet:
                 name=name,
                 source=meta.get("source") or os.path.abspath(path),
                 format=meta.get("format", format),
-                warnings=list(meta.get("warnings", [])),
+                warnings=list(meta.get("warnings", []))
+                + [f"duplicate class {k!r} in {path} merged" for k in dict.fromkeys(duplicates)],
                 metadata=dict(meta.get("metadata", {})),
             )
         except AttributeSetError as e:

@@ -321,7 +321,7 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
             raise WeightsUnavailableError(f"{_how_to_supply(model_name, str(pretrained))} ({e})") from e
         raise
     model.eval().requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     pcfg = open_clip.get_model_preprocess_cfg(model)
     size = pcfg.get("size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else int(size)

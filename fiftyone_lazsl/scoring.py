@@ -125,7 +125,9 @@ def sinkhorn(K: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, *, max_iter: i
     Args:
         K: ``[P..., N, A]`` Gibbs kernel, float32.
         mu: ``[P..., N]`` row marginal (0 allowed).
-        nu: ``[P..., A]`` column marginal (0 on padded columns).
+        nu: ``[P..., A]`` column marginal; 0 marks a padded column, which starts
+            and stays at ``c = 0`` so that a padded problem follows exactly the
+            trajectory of the problem without padding.
         max_iter: iteration cap (official 100).
         stop_tol: tolerance on the mean absolute change of ``r`` (official 1e-2).
             ``0`` runs exactly ``max_iter`` iterations.
@@ -136,13 +138,14 @@ def sinkhorn(K: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, *, max_iter: i
     """
     if check_every is None:
         check_every = 8 if K.is_cuda else 1
+    real = nu > 0
     r = torch.ones_like(mu)
-    c = torch.ones_like(nu)
+    c = real.to(nu.dtype)  # 1 on real columns; padded columns are not part of the problem
     active = torch.ones(mu.shape[:-1], dtype=torch.bool, device=K.device)
     iters = torch.zeros(mu.shape[:-1], dtype=torch.int32, device=K.device)
     for i in range(max_iter):
         r_new = mu / (K * c.unsqueeze(-2)).sum(-1)
-        c_new = nu / (K * r_new.unsqueeze(-1)).sum(-2)
+        c_new = torch.where(real, nu / (K * r_new.unsqueeze(-1)).sum(-2), torch.zeros_like(nu))
         err = (r_new - r).abs().mean(-1)
         a = active.unsqueeze(-1)
         r = torch.where(a, r_new, r)
@@ -162,13 +165,17 @@ def _log_sinkhorn(S: torch.Tensor, eps: float, mu: torch.Tensor, nu: torch.Tenso
     logK = -(1.0 - S) / eps
     log_mu = torch.log(mu.double())
     log_nu = torch.log(nu.double())
-    f = torch.zeros_like(log_mu)   # log r, r = 1
-    g = torch.zeros_like(log_nu)   # log c, c = 1
+    real = nu > 0
+    neg_inf = torch.full_like(log_nu, float("-inf"))
+    logK = torch.where(real.unsqueeze(-2), logK, float("-inf"))
+    f = torch.zeros_like(log_mu)            # log r, r = 1
+    g = torch.where(real, 0.0, neg_inf)     # log c, c = 1 on real columns, 0 on padding
     active = torch.ones(mu.shape[:-1], dtype=torch.bool, device=S.device)
     iters = torch.zeros(mu.shape[:-1], dtype=torch.int32, device=S.device)
     for _ in range(max_iter):
         f_new = log_mu - torch.logsumexp(logK + g.unsqueeze(-2), dim=-1)
-        g_new = log_nu - torch.logsumexp(logK + f_new.unsqueeze(-1), dim=-2)
+        g_new = torch.where(real, log_nu - torch.logsumexp(logK + f_new.unsqueeze(-1), dim=-2),
+                            neg_inf)
         err = (torch.exp(f_new) - torch.exp(f)).abs().mean(-1)
         a = active.unsqueeze(-1)
         f = torch.where(a, f_new, f)
@@ -188,7 +195,8 @@ def _lazsl_chunk(image_features, text_features, text_mask, mu, theta, eps, max_i
     B, C, N, A = S.shape
     mu_p = mu.unsqueeze(1).expand(B, C, N)
     nu_p = nu.unsqueeze(0).expand(B, C, A)
-    K = torch.exp(-(1.0 - S) / eps)
+    # Padded attribute columns get K = 0: they are not part of the problem.
+    K = torch.exp(-(1.0 - S) / eps) * text_mask[None, :, None, :]
     r, c, iters = sinkhorn(K, mu_p, nu_p, max_iter=max_iter, stop_tol=stop_tol)
     T = r.unsqueeze(-1) * K * c.unsqueeze(-2)
     bad = ~torch.isfinite(T).all(dim=-1).all(dim=-1)

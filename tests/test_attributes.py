@@ -140,9 +140,6 @@ def test_duplicate_padded_cased_names_merge(tmp_path):
     assert any("duplicate" in w for w in t.warnings)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: AttributeSet.from_json parses with object_pairs_hook=OrderedDict, so a class key "
-    "repeated verbatim in the file silently keeps only its last list (no merge, no warning)"))
 def test_exact_duplicate_json_keys_merge(tmp_path):
     p = tmp_path / "dups.json"
     p.write_text('{"Laysan Albatross": ["white head"],\n'

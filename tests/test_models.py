@@ -86,10 +86,6 @@ def test_checkpoint_file(checkpoint, caplog):
     torch.testing.assert_close(got_i.norm(dim=-1), torch.ones(3), rtol=0, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: models.load_model calls open_clip.get_tokenizer(name) without cache_dir, so for an "
-    "hf-hub: model whose files live only under cache_dir the tokenizer config is not found "
-    "offline and open_clip falls back to a HF tokenizer (needs transformers, fails)"))
 def test_offline_hub_cache_via_cache_dir(tmp_path):
     hub = tmp_path / "hub"
     hub_id = make_hub_cache(hub, seed=5)

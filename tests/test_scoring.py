@@ -205,14 +205,9 @@ def test_matches_numpy_loop(theta, gamma):
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5)
 
 
-PADDING_BUG = ("BUG: scoring.sinkhorn starts from c = 1 on zero-padded attribute columns "
-               "(and _log_sinkhorn from g = 0), so the first r-update of a padded class sees "
-               "K_pad = exp(-1/eps) and the trajectory, stopping iteration and plan differ "
-               "from the class solved alone")
-
 
 @pytest.mark.parametrize("ragged", [
-    False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=PADDING_BUG))])
+    False, True])
 def test_matches_numpy_loop_plans_and_keep(ragged):
     img, txt, mask = random_problem(seed=5, B=2, N=9, C=4, A=5, D=16, correlated=0.5,
                                     ragged=ragged)
@@ -230,7 +225,7 @@ def test_matches_numpy_loop_plans_and_keep(ragged):
 
 
 @pytest.mark.parametrize("ragged", [
-    False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=PADDING_BUG))])
+    False, True])
 def test_other_eps_and_iteration_caps(ragged):
     img, txt, mask = random_problem(seed=11, B=2, N=8, C=4, A=5, D=16, correlated=0.6,
                                     ragged=ragged)
@@ -289,7 +284,6 @@ def test_batched_equals_one_at_a_time():
         np.testing.assert_allclose(one[:, 0], full[:, c], rtol=0, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=PADDING_BUG)
 @pytest.mark.parametrize("max_iter", [100, 1])
 def test_zero_padding_is_not_part_of_the_problem(max_iter):
     """A class padded to A attributes is the same transport problem as the class
@@ -344,7 +338,7 @@ def test_half_precision_inputs():
 
 @pytest.mark.parametrize("eps,ragged", [
     (0.005, False), (0.002, False), (0.005, True),
-    pytest.param(0.002, True, marks=pytest.mark.xfail(strict=True, reason=PADDING_BUG))])
+    (0.002, True)])
 def test_tiny_eps_underflow_is_finite_and_exact(eps, ragged):
     # Uncorrelated features: S ~ 0, so exp(-(1 - S)/eps) ~ exp(-200) underflows in float32.
     img, txt, mask = random_problem(seed=17, B=2, N=10, C=5, A=6, D=32, correlated=0.0,
