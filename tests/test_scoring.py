@@ -8,7 +8,6 @@ per-problem NumPy loop written here from the algorithm statement in
 """
 
 import glob
-import math
 import os
 
 import numpy as np
@@ -205,9 +204,7 @@ def test_matches_numpy_loop(theta, gamma):
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-5)
 
 
-
-@pytest.mark.parametrize("ragged", [
-    False, True])
+@pytest.mark.parametrize("ragged", [False, True])
 def test_matches_numpy_loop_plans_and_keep(ragged):
     img, txt, mask = random_problem(seed=5, B=2, N=9, C=4, A=5, D=16, correlated=0.5,
                                     ragged=ragged)
@@ -224,8 +221,7 @@ def test_matches_numpy_loop_plans_and_keep(ragged):
             assert out.scores[b, c].item() == pytest.approx(psi, abs=1e-5)
 
 
-@pytest.mark.parametrize("ragged", [
-    False, True])
+@pytest.mark.parametrize("ragged", [False, True])
 def test_other_eps_and_iteration_caps(ragged):
     img, txt, mask = random_problem(seed=11, B=2, N=8, C=4, A=5, D=16, correlated=0.6,
                                     ragged=ragged)
@@ -336,9 +332,8 @@ def test_half_precision_inputs():
     assert d.dtype == torch.float32 and torch.isfinite(d).all()
 
 
-@pytest.mark.parametrize("eps,ragged", [
-    (0.005, False), (0.002, False), (0.005, True),
-    (0.002, True)])
+@pytest.mark.parametrize("eps,ragged", [(0.005, False), (0.002, False), (0.005, True),
+                                        (0.002, True)])
 def test_tiny_eps_underflow_is_finite_and_exact(eps, ragged):
     # Uncorrelated features: S ~ 0, so exp(-(1 - S)/eps) ~ exp(-200) underflows in float32.
     img, txt, mask = random_problem(seed=17, B=2, N=10, C=5, A=6, D=32, correlated=0.0,
