@@ -84,6 +84,7 @@ class AttributeSet:
             )
         out: OrderedDict[str, list[str]] = OrderedDict()
         keys: dict[str, str] = {}
+        repeats: list[str] = []
         for raw_name, attrs in mapping.items():
             name = _clean_name(raw_name)
             if not name:
@@ -103,7 +104,11 @@ class AttributeSet:
                         f"non-string attribute {a!r}"
                     )
                 a = " ".join(unicodedata.normalize("NFC", a).split())
-                if a and a not in cleaned:
+                if a:
+                    # Repeats are kept: the official code encodes every listed
+                    # attribute, so a repeat weighs more in the uniform marginal.
+                    if a in cleaned:
+                        repeats.append(f"{name}: {a}")
                     cleaned.append(a)
             key = class_key(name)
             if key in keys:
@@ -117,6 +122,9 @@ class AttributeSet:
                 continue
             keys[key] = name
             out[name] = cleaned
+        note = "repeated attribute(s), kept as listed (each occurrence is a prompt, as in the official code): "
+        if repeats and not any(w.startswith(note) for w in self.warnings):
+            self.warnings.append(note + "; ".join(repeats))
         if not out:
             raise AttributeSetError(
                 f"attribute set {self.source or self.name or ''} has no classes"

@@ -19,7 +19,7 @@ import torch
 from .attributes import AttributeSet
 from .crops import make_views, relative_boxes, sample_crop_boxes
 from .models import LoadedModel, load_model
-from .prompts import build_prompts, clip_prompt
+from .prompts import build_prompts, clip_prompt, prompt_names
 from .scoring import clip_scores, dclip_scores, lazsl_scores
 
 METHODS = ("lazsl", "dclip", "clip")
@@ -138,7 +138,8 @@ class LaZSLClassifier:
     def _encode_text(self) -> None:
         if self.method == "clip":
             self.attribute_labels = [[c] for c in self.classes]
-            self.class_features = self.model.encode_texts([clip_prompt(c) for c in self.classes])
+            names = prompt_names(self.attribute_set)
+            self.class_features = self.model.encode_texts([clip_prompt(names[c]) for c in self.classes])
             return
         prompts, labels = build_prompts(self.attribute_set, style=self.prompt_style,
                                         suffix=self.prompt_suffix)

@@ -95,11 +95,21 @@ def build_prompts(attribute_set: AttributeSet, *, style: str = "dclip",
         attribute as shown to users.
     """
     prompts, labels = [], []
+    names = prompt_names(attribute_set)
     for c, attrs in attribute_set.attributes.items():
-        p, lab = class_prompts(c, attrs, style=style, fmt=attribute_set.format, suffix=suffix)
+        p, lab = class_prompts(names[c], attrs, style=style, fmt=attribute_set.format, suffix=suffix)
+        lab = [c] if not attrs else lab
         prompts.append(p)
         labels.append(lab)
     return prompts, labels
+
+
+def prompt_names(attribute_set: AttributeSet) -> dict[str, str]:
+    """Class -> name used in its prompts: the class itself, or the readable name
+    recorded in ``metadata["prompt_names"]`` (e.g. ``"001.Black_footed_Albatross"``
+    -> ``"Black-footed Albatross"`` for sets keyed by dataset folder names)."""
+    mapping = attribute_set.metadata.get("prompt_names") or {}
+    return {c: str(mapping.get(c) or c) for c in attribute_set.classes}
 
 
 def clip_prompt(class_name: str) -> str:

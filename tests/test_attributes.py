@@ -24,12 +24,9 @@ def test_load_published_sets(shared_data, name):
     assert s.classes == [k.strip() for k in raw.keys()]
     assert s.classes == list(raw.keys())          # published names have no padding
     for k, v in raw.items():
-        # attributes: whitespace-normalised, empty ones and exact repeats dropped
-        expected = []
-        for a in v:
-            a = " ".join(a.split())
-            if a and a not in expected:
-                expected.append(a)
+        # attributes: whitespace-normalised, empty ones dropped, repeats kept
+        # (the official code encodes every listed attribute)
+        expected = [" ".join(a.split()) for a in v if a.strip()]
         assert s[k] == expected
     assert s.empty_classes == [k for k, v in raw.items() if not v]
     if not s.empty_classes:
@@ -154,7 +151,16 @@ def test_exact_duplicate_json_keys_merge(tmp_path):
 def test_attribute_whitespace_and_duplicates():
     s = AttributeSet.from_dict({"  cat ": ["  pointy   ears ", "pointy ears", "", "  ", "whiskers"]})
     assert s.classes == ["cat"]
-    assert s["cat"] == ["pointy ears", "whiskers"]
+    assert s["cat"] == ["pointy ears", "pointy ears", "whiskers"]
+    assert any("repeated attribute" in w and "cat: pointy ears" in w for w in s.warnings)
+
+
+def test_places365_repeats_kept_with_warning(shared_data):
+    with open(shared_data / "attribute_sets" / "places365.json", encoding="utf-8") as f:
+        raw = json.load(f)
+    s = AttributeSet.from_json(shared_data / "attribute_sets" / "places365.json")
+    assert len(s["bazaar-indoor"]) == len(raw["bazaar-indoor"]) == 7
+    assert any("bazaar-indoor" in w for w in s.warnings if "repeated attribute" in w)
 
 
 def test_unicode_names(tmp_path):

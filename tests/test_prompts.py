@@ -133,3 +133,16 @@ def test_build_prompts_class_order_and_ragged():
     assert labels == [["a red beak", "grey body"], ["long wings"], ["corn_field"]]
     prompts, _ = build_prompts(s, style="legacy", suffix=".")
     assert prompts[2] == ["corn field, which has ."]
+
+
+def test_prompt_names_from_metadata():
+    """Sets keyed by dataset folder names carry readable names for the prompts."""
+    from fiftyone_lazsl.prompts import build_prompts, prompt_names
+
+    s = AttributeSet.from_dict({"001.Black_footed_Albatross": ["a long, hooked bill"], "002.X": []},
+                               metadata={"prompt_names": {"001.Black_footed_Albatross":
+                                                          "Black-footed Albatross"}})
+    assert prompt_names(s) == {"001.Black_footed_Albatross": "Black-footed Albatross", "002.X": "002.X"}
+    prompts, labels = build_prompts(s)
+    assert prompts == [["Black-footed Albatross, which is a long, hooked bill"], ["002.X"]]
+    assert labels == [["a long, hooked bill"], ["002.X"]]
