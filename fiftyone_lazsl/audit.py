@@ -1,0 +1,390 @@
+"""Label audit: rank likely label errors and say why, in attribute words.
+
+:func:`audit_labels` reads the predictions a LaZSL / DCLIP / CLIP run wrote in a
+field ``F`` (see :mod:`fiftyone_lazsl.runs`) and a ground-truth
+``fo.Classification`` field ``G``, and writes for every audited sample:
+
+* ``F_suspicion`` (float): how strongly the model contradicts the label,
+
+  ``suspicion = max_{c != gt} p(c) - p(gt)``,  ``p = softmax(logits)``
+
+  in ``[-1, 1]``. When the prediction differs from the label this is
+  ``p(predicted) - p(label)`` (> 0): high when the model is sure of another
+  class *and* gives the label little probability. When they agree it is minus
+  the margin of the label over the runner-up (< 0), so confident agreements rank
+  last and shaky ones just below the disagreements. A label that is not among
+  the run's classes has ``p(gt) = 0`` (suspicion = ``p(predicted)``). Samples
+  without a prediction or without a label get no suspicion (None).
+
+  Why not FiftyOne Brain's ``compute_mistakenness``? With logits it scores
+  ``(+-exp(-entropy(softmax)) + 1) / 2`` from the prediction's entropy and
+  whether the labels match, and never looks at the probability of the labelled
+  class: a wrong prediction where the label is a close runner-up ranks as high
+  as one where the label got no probability at all, and with hundreds of
+  classes the entropy is dominated by the tail. The margin above uses the
+  labelled class directly and is exact to recompute from the stored logits.
+
+* ``F_evidence_gt`` (list of strings): the labelled class's attributes with the
+  *least* evidence for this image, weakest first;
+* ``F_evidence_pred`` (list of strings): the predicted class's attributes with
+  the *most* evidence, strongest first;
+* ``F_evidence`` (string): one readable sentence with both lists, their values
+  and the probabilities (or why there is no evidence).
+
+"Evidence" is an attribute's **contribution to its class score**, not the
+transport mass it received: balanced optimal transport gives every attribute of
+a class exactly ``1 / A_c`` of the mass, so mass cannot rank attributes. For
+LaZSL it is ``sum_n T[n, a] * S[n, a]`` (the stored ``attribute_scores``, which
+sum to the class score); for DCLIP, whose class score is the mean of the global
+view's cosines with the attributes, it is ``cosine / A_c``. CLIP runs score one
+class-name prompt per class and have no attribute evidence: their evidence
+lists are empty (None) and the sentence says so.
+
+The ``top_k`` most suspicious samples (by default only those whose prediction
+contradicts the label, ``suspicion > 0``) get a sample tag, and a saved view
+``"suspects: F"`` lists the tagged samples, most suspicious first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .attributes import class_key
+from .errors import UserError
+from .runs import get_run_config, output_fields
+
+#: Note shown with every audit: what "evidence" means.
+EVIDENCE_NOTE = (
+    "evidence = each attribute's contribution to its class score (balanced optimal "
+    "transport gives every attribute the same mass, so mass cannot rank attributes)"
+)
+
+NO_EVIDENCE_CLIP = ("no attribute evidence: 'clip' runs score one class-name prompt per "
+                    "class")
+
+
+def audit_fields(pred_field: str) -> dict[str, str]:
+    """Names of the fields :func:`audit_labels` writes for ``pred_field``."""
+    return {
+        "suspicion": f"{pred_field}_suspicion",
+        "evidence": f"{pred_field}_evidence",
+        "evidence_gt": f"{pred_field}_evidence_gt",
+        "evidence_pred": f"{pred_field}_evidence_pred",
+    }
+
+
+def suspects_view_name(pred_field: str) -> str:
+    """Name of the saved view of the samples :func:`audit_labels` tagged."""
+    return f"suspects: {pred_field}"
+
+
+def softmax(logits) -> np.ndarray:
+    """Numerically stable softmax of a 1-d sequence of logits (float64)."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = np.exp(x - x.max())
+    return x / x.sum()
+
+
+def suspicion_score(logits, gt_index: int | None) -> float:
+    """``max_{c != gt} p(c) - p(gt)`` with ``p = softmax(logits)``.
+
+    Args:
+        logits: ``[C]`` class logits in the run's class order.
+        gt_index: index of the labelled class, or None when the label is not one
+            of the classes (then ``p(gt) = 0`` and the score is ``max p``).
+
+    Returns:
+        a float in ``[-1, 1]``; > 0 exactly when another class is more probable
+        than the label.
+    """
+    p = softmax(logits)
+    if gt_index is None:
+        return float(p.max())
+    others = np.delete(p, gt_index)
+    rival = float(others.max()) if others.size else 0.0
+    return rival - float(p[gt_index])
+
+
+def _match_class(label, classes, keys) -> int | None:
+    if label is None:
+        return None
+    if label in classes:
+        return classes.index(label)
+    return keys.get(class_key(label))
+
+
+def _contributions(method: str, attribute_scores, class_index: int) -> np.ndarray | None:
+    """Per-attribute contribution of one class, or None when not stored."""
+    if attribute_scores is None or class_index is None or class_index >= len(attribute_scores):
+        return None
+    a = np.asarray(attribute_scores[class_index], dtype=np.float64)
+    if a.size == 0:
+        return None
+    if method == "dclip":
+        a = a / a.size
+    return a
+
+
+def _ranked(names, contrib, n, *, most: bool):
+    order = np.argsort(-contrib if most else contrib, kind="stable")[:n]
+    return [(names[int(i)], float(contrib[int(i)])) for i in order]
+
+
+def _fmt_attrs(pairs) -> str:
+    return "; ".join(f"{a} ({v:.4g})" for a, v in pairs)
+
+
+@dataclass
+class AuditRow:
+    """One audited sample.
+
+    Attributes:
+        sample_id, filepath: the sample.
+        suspicion: see :func:`suspicion_score`; None without prediction or label.
+        ground_truth, predicted: labels (None when absent).
+        p_ground_truth, p_predicted: their probabilities (None when unknown).
+        evidence_gt: labelled class's weakest attributes ``[(attribute, contribution)]``.
+        evidence_pred: predicted class's strongest attributes.
+        sentence: the ``F_evidence`` text.
+    """
+
+    sample_id: str
+    filepath: str
+    suspicion: float | None
+    ground_truth: str | None
+    predicted: str | None
+    p_ground_truth: float | None
+    p_predicted: float | None
+    evidence_gt: list | None
+    evidence_pred: list | None
+    sentence: str
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit_labels` did.
+
+    Attributes:
+        pred_field, gt_field, method: the audited run's field, the label field and
+            the run's method (``"lazsl"``, ``"dclip"``, ``"clip"``, or None when no
+            LaZSL run wrote the field).
+        fields: names of the written fields (:func:`audit_fields`).
+        tag: the sample tag given to the suspects; saved_view: its saved view name.
+        rows: every audited sample, most suspicious first (None last).
+        tagged: ids of the tagged samples, most suspicious first.
+        num_no_prediction, num_no_label, num_label_not_in_classes: counts.
+        has_evidence: False for runs without attribute evidence (CLIP).
+    """
+
+    pred_field: str
+    gt_field: str
+    method: str | None
+    fields: dict
+    tag: str | None
+    saved_view: str | None
+    rows: list = field(default_factory=list)
+    tagged: list = field(default_factory=list)
+    num_no_prediction: int = 0
+    num_no_label: int = 0
+    num_label_not_in_classes: int = 0
+    has_evidence: bool = True
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.rows)
+
+    def summary(self) -> str:
+        """One line: what was audited and tagged."""
+        n_dis = sum(1 for r in self.rows if r.suspicion is not None and r.suspicion > 0)
+        s = (f"audited {self.num_samples} samples of {self.pred_field!r} against "
+             f"{self.gt_field!r}: {n_dis} contradict their label; tagged {len(self.tagged)} "
+             f"as {self.tag!r}")
+        extra = []
+        if self.num_no_prediction:
+            extra.append(f"{self.num_no_prediction} without prediction")
+        if self.num_no_label:
+            extra.append(f"{self.num_no_label} without label")
+        if self.num_label_not_in_classes:
+            extra.append(f"{self.num_label_not_in_classes} labelled with a class the run does not know")
+        if extra:
+            s += " (" + ", ".join(extra) + ")"
+        return s
+
+    def table(self, n: int = 20) -> str:
+        """The ``n`` most suspicious samples as a text table, with their evidence."""
+        lines = [f"{'rank':>4}  {'suspicion':>9}  {'label':<28} {'predicted':<28} file"]
+        for i, r in enumerate(self.rows[:n], 1):
+            s = "-" if r.suspicion is None else f"{r.suspicion:+.3f}"
+            lines.append(f"{i:>4}  {s:>9}  {str(r.ground_truth)[:28]:<28} "
+                         f"{str(r.predicted)[:28]:<28} {r.filepath}")
+            lines.append(f"{'':>17}{r.sentence}")
+        lines.append(EVIDENCE_NOTE if self.has_evidence else NO_EVIDENCE_CLIP)
+        return "\n".join(lines)
+
+
+def _ensure_fields(dataset, names: dict) -> None:
+    import fiftyone as fo
+
+    schema = dataset.get_field_schema()
+    want = {
+        names["suspicion"]: dict(ftype=fo.FloatField),
+        names["evidence"]: dict(ftype=fo.StringField),
+        names["evidence_gt"]: dict(ftype=fo.ListField, subfield=fo.StringField),
+        names["evidence_pred"]: dict(ftype=fo.ListField, subfield=fo.StringField),
+    }
+    for name, kw in want.items():
+        if name not in schema:
+            dataset.add_sample_field(name, **kw)
+
+
+def _run_info(samples, pred_field):
+    """``(method, classes, attribute_labels)`` of the run that wrote ``pred_field``."""
+    dataset = samples._dataset
+    try:
+        cfg = get_run_config(samples, pred_field)
+    except ValueError:
+        cfg = {}
+    classes = cfg.get("classes") or dataset.classes.get(pred_field)
+    if not classes:
+        raise UserError(
+            f"field {pred_field!r} has no known class order: it was not written by a LaZSL "
+            f"run and dataset.classes[{pred_field!r}] is not set")
+    return cfg.get("method"), list(classes), cfg.get("attribute_labels")
+
+
+def audit_labels(samples, pred_field: str, gt_field: str, *, top_k: int = 20,
+                 tag: str | None = "suspect", n_evidence: int = 3,
+                 min_suspicion: float | None = 0.0, save_view: bool = True) -> AuditResult:
+    """Rank the samples of ``samples`` by how likely their label is wrong, write
+    the attribute evidence, and tag the most suspicious ones.
+
+    See the module docstring for the score (``F_suspicion``), the evidence fields
+    (``F_evidence_gt``, ``F_evidence_pred``, ``F_evidence``) and what "evidence"
+    means. Re-running replaces the fields on ``samples`` and moves ``tag``: it is
+    first removed from every sample of ``samples``.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        pred_field: a prediction field ``F`` written by :func:`fiftyone_lazsl.run_lazsl`
+            (any method), or any ``fo.Classification`` field with ``logits`` whose
+            class order is in ``dataset.classes[F]``.
+        gt_field: the ``fo.Classification`` field holding the labels to audit.
+        top_k: how many of the most suspicious samples to tag.
+        tag: the sample tag (None: tag nothing).
+        n_evidence: attributes listed per class.
+        min_suspicion: only samples with a suspicion strictly above this are
+            tagged (default 0: only samples whose prediction contradicts the
+            label); None tags the ``top_k`` whatever their score.
+        save_view: save the view ``"suspects: F"`` of the tagged samples, most
+            suspicious first.
+
+    Returns:
+        an :class:`AuditResult`.
+
+    Raises:
+        UserError: a field is missing, or the class order of ``pred_field`` is unknown.
+    """
+    dataset = samples._dataset
+    schema = dataset.get_field_schema()
+    for f in (pred_field, gt_field):
+        if f not in schema:
+            raise UserError(f"dataset {dataset.name!r} has no field {f!r}")
+    method, classes, attribute_labels = _run_info(samples, pred_field)
+    keys = {class_key(c): i for i, c in enumerate(classes)}
+    names = audit_fields(pred_field)
+    err_field = output_fields(pred_field)["error"]
+    has_err = err_field in schema
+    has_evidence = method != "clip"
+
+    paths = ["id", "filepath", f"{gt_field}.label", f"{pred_field}.label",
+             f"{pred_field}.logits", f"{pred_field}.attribute_scores"]
+    if has_err:
+        paths.append(err_field)
+    values = samples.values(paths)
+    ids, fps, gts, preds, logits, att = values[:6]
+    errors = values[6] if has_err else [None] * len(ids)
+
+    res = AuditResult(pred_field=pred_field, gt_field=gt_field, method=method, fields=names,
+                      tag=tag, saved_view=None, has_evidence=has_evidence)
+    for sid, fp, gt, pred, lg, sc, err in zip(ids, fps, gts, preds, logits, att, errors):
+        row = AuditRow(sid, fp, None, gt, pred, None, None, None, None, "")
+        res.rows.append(row)
+        if pred is None or lg is None or len(lg) != len(classes):
+            res.num_no_prediction += 1
+            if err:
+                row.sentence = f"no prediction: {err}"
+            elif lg is not None and len(lg) != len(classes):
+                row.sentence = (f"prediction has {len(lg)} logits but the run has "
+                                f"{len(classes)} classes")
+            else:
+                row.sentence = f"no prediction in field {pred_field!r}"
+            continue
+        p = softmax(lg)
+        pi = _match_class(pred, classes, keys)
+        if pi is None:
+            pi = int(np.argmax(lg))
+        row.p_predicted = float(p[pi])
+        gi = _match_class(gt, classes, keys)
+        parts = []
+        if gt is None:
+            res.num_no_label += 1
+            parts.append(f"no label; predicted {pred!r} (p {p[pi]:.3f})")
+        else:
+            row.suspicion = suspicion_score(lg, gi)
+            if gi is None:
+                res.num_label_not_in_classes += 1
+                parts.append(f"labelled {gt!r}, which is not one of the run's {len(classes)} "
+                             f"classes; predicted {pred!r} (p {p[pi]:.3f})")
+            else:
+                row.p_ground_truth = float(p[gi])
+                if gi == pi:
+                    parts.append(f"labelled and predicted {pred!r} (p {p[pi]:.3f})")
+                else:
+                    parts.append(f"labelled {gt!r} (p {p[gi]:.3f}) but predicted {pred!r} "
+                                 f"(p {p[pi]:.3f})")
+        if not has_evidence:
+            parts.append(NO_EVIDENCE_CLIP)
+        elif sc is None or attribute_labels is None:
+            parts.append("no attribute evidence stored for this prediction")
+        else:
+            cg = _contributions(method, sc, gi)
+            if cg is not None:
+                row.evidence_gt = _ranked(attribute_labels[gi], cg, n_evidence, most=False)
+                parts.append(f"weakest {classes[gi]!r} attributes: {_fmt_attrs(row.evidence_gt)}")
+            cp = _contributions(method, sc, pi)
+            if cp is not None:
+                row.evidence_pred = _ranked(attribute_labels[pi], cp, n_evidence, most=True)
+                parts.append(f"strongest {classes[pi]!r} attributes: {_fmt_attrs(row.evidence_pred)}")
+        row.sentence = ". ".join(parts) + "."
+
+    # Most suspicious first; samples without a score last, in dataset order.
+    res.rows.sort(key=lambda r: (r.suspicion is None, -(r.suspicion or 0.0)))
+
+    _ensure_fields(dataset, names)
+    by_id = {r.sample_id: r for r in res.rows}
+    samples.set_values(names["suspicion"], [by_id[i].suspicion for i in ids])
+    samples.set_values(names["evidence"], [by_id[i].sentence for i in ids])
+    samples.set_values(names["evidence_gt"],
+                       [[a for a, _ in by_id[i].evidence_gt] if by_id[i].evidence_gt else None
+                        for i in ids])
+    samples.set_values(names["evidence_pred"],
+                       [[a for a, _ in by_id[i].evidence_pred] if by_id[i].evidence_pred else None
+                        for i in ids])
+
+    if tag:
+        samples.untag_samples(tag)
+        cands = [r for r in res.rows if r.suspicion is not None and not math.isnan(r.suspicion)
+                 and (min_suspicion is None or r.suspicion > min_suspicion)]
+        res.tagged = [r.sample_id for r in cands[:max(0, int(top_k))]]
+        if res.tagged:
+            dataset.select(res.tagged).tag_samples(tag)
+        if save_view:
+            res.saved_view = suspects_view_name(pred_field)
+            view = samples.match_tags(tag).sort_by(names["suspicion"], reverse=True)
+            dataset.save_view(res.saved_view, view, overwrite=True,
+                              description=f"samples tagged {tag!r} by the audit of {pred_field!r} "
+                                          f"against {gt_field!r}, most suspicious first")
+    return res

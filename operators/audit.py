@@ -1,0 +1,155 @@
+"""Operators ``audit_labels`` and ``evaluate_methods``.
+
+Thin shells over :func:`fiftyone_lazsl.audit.audit_labels` (rank likely label
+errors, write attribute evidence, tag the suspects) and
+:func:`fiftyone_lazsl.evaluate.evaluate_methods` (FiftyOne top-1 / top-k
+evaluations of several prediction fields, one comparison table, saved views).
+Both act on the target view (dataset, current view or selected samples).
+"""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_lazsl.audit import EVIDENCE_NOTE, audit_labels
+from fiftyone_lazsl.evaluate import evaluate_methods
+from fiftyone_lazsl.runs import list_lazsl_fields
+
+
+def _classification_fields(dataset):
+    import fiftyone as fo
+
+    schema = dataset.get_field_schema()
+    return sorted(f for f, ft in schema.items()
+                  if isinstance(ft, fo.EmbeddedDocumentField) and ft.document_type is fo.Classification)
+
+
+def _gt_fields(dataset):
+    runs = set(list_lazsl_fields(dataset))
+    return [f for f in _classification_fields(dataset) if f not in runs]
+
+
+def _dropdown(choices):
+    view = types.DropdownView()
+    for c in choices:
+        view.add_choice(c, label=c)
+    return view
+
+
+def _add_gt_input(inputs, dataset):
+    gts = _gt_fields(dataset)
+    inputs.enum("gt_field", gts or ["ground_truth"], required=True,
+                default="ground_truth" if "ground_truth" in gts else (gts[0] if gts else None),
+                label="Ground-truth field", view=_dropdown(gts))
+
+
+class AuditLabels(foo.Operator):
+    """Rank likely label errors with attribute evidence and tag the suspects."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="audit_labels",
+            label="LaZSL: audit labels",
+            description="Rank samples by how strongly the prediction contradicts the label; "
+                        "write the attribute evidence; tag the most suspicious",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()
+        runs = list_lazsl_fields(ctx.dataset)
+        if not runs:
+            inputs.view("none", types.Notice(label="No LaZSL/DCLIP/CLIP run on this dataset yet: "
+                                                   "run 'LaZSL: classify samples' first"))
+        inputs.enum("pred_field", runs or [""], required=True,
+                    default="lazsl" if "lazsl" in runs else (runs[0] if runs else None),
+                    label="Prediction field", view=_dropdown(runs))
+        _add_gt_input(inputs, ctx.dataset)
+        inputs.int("top_k", default=20, min=0, label="Samples to tag")
+        inputs.str("tag", default="suspect", label="Tag")
+        inputs.bool("tag_agreeing", default=False,
+                    label="Also tag samples whose prediction agrees with the label")
+        inputs.bool("show_suspects", default=True, label="Show the tagged samples afterwards")
+        return types.Property(inputs, view=types.View(label="Audit labels"))
+
+    def execute(self, ctx):
+        view = ctx.target_view()
+        res = audit_labels(view, ctx.params["pred_field"], ctx.params["gt_field"],
+                           top_k=int(ctx.params.get("top_k", 20)),
+                           tag=ctx.params.get("tag") or "suspect",
+                           min_suspicion=None if ctx.params.get("tag_agreeing") else 0.0)
+        ctx.ops.reload_dataset()
+        if ctx.params.get("show_suspects", True) and res.saved_view:
+            ctx.ops.set_view(name=res.saved_view)
+        return {
+            "summary": res.summary(),
+            "num_samples": res.num_samples,
+            "num_tagged": len(res.tagged),
+            "tag": res.tag,
+            "saved_view": res.saved_view,
+            "fields": list(res.fields.values()),
+            "table": "```\n" + res.table(min(len(res.tagged) or 10, 50)) + "\n```",
+            "note": EVIDENCE_NOTE if res.has_evidence else "",
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("summary", label="Audit")
+        outputs.str("saved_view", label="Saved view of the suspects")
+        outputs.list("fields", types.String(), label="Fields written")
+        outputs.str("table", label="Most suspicious", view=types.MarkdownView())
+        return types.Property(outputs, view=types.View(label="Label audit"))
+
+
+class EvaluateMethods(foo.Operator):
+    """Evaluate several prediction fields side by side."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="evaluate_methods",
+            label="LaZSL: compare methods",
+            description="Top-1 and top-k evaluation of CLIP / DCLIP / LaZSL fields with "
+                        "FiftyOne, one comparison table, and 'A right, B wrong' views",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()
+        _add_gt_input(inputs, ctx.dataset)
+        runs = list_lazsl_fields(ctx.dataset)
+        choices = types.AutocompleteView(multiple=True)
+        for f in runs:
+            choices.add_choice(f, label=f)
+        inputs.list("pred_fields", types.String(), required=True, default=runs,
+                    label="Prediction fields", view=choices)
+        inputs.int("k", default=5, min=1, label="k of top-k accuracy")
+        inputs.int("worst", default=10, min=0, label="Worst classes shown")
+        inputs.bool("save_views", default=True, label="Save 'A right, B wrong' views")
+        return types.Property(inputs, view=types.View(label="Compare methods"))
+
+    def execute(self, ctx):
+        rep = evaluate_methods(ctx.target_view(), ctx.params["gt_field"],
+                               list(ctx.params["pred_fields"]), k=int(ctx.params.get("k", 5)),
+                               worst=int(ctx.params.get("worst", 10)),
+                               save_views=bool(ctx.params.get("save_views", True)))
+        ctx.ops.reload_dataset()
+        return {
+            "table": "```\n" + rep.table() + "\n```",
+            "accuracy": {m.field: m.accuracy for m in rep.methods},
+            "topk_accuracy": {m.field: m.topk_accuracy for m in rep.methods},
+            "eval_keys": [k for m in rep.methods for k in (m.eval_key, m.topk_eval_key) if k],
+            "saved_views": list(rep.saved_views),
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("table", label="Comparison", view=types.MarkdownView())
+        outputs.list("eval_keys", types.String(), label="Evaluation keys")
+        outputs.list("saved_views", types.String(), label="Saved views")
+        return types.Property(outputs, view=types.View(label="Methods compared"))
+
+
+OPERATORS = [AuditLabels, EvaluateMethods]
