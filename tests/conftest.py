@@ -55,11 +55,14 @@ def _start_private_mongod() -> None:
         raise RuntimeError("mongod did not start within 60 s")
 
     def stop():
+        # atexit runs this after FiftyOne's own exit cleanup (registered later,
+        # when it connects), so the database is still up for it.
         proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(_TMP, ignore_errors=True)
     atexit.register(stop)
 
 
@@ -86,6 +89,3 @@ def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FIFTYONE_LAZSL_CACHE", str(d))
     return d
 
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_TMP, ignore_errors=True)
