@@ -188,30 +188,76 @@ def _log_sinkhorn(S: torch.Tensor, eps: float, mu: torch.Tensor, nu: torch.Tenso
     return plan.float(), iters
 
 
+def _solve_an(K, real, mu, nu, *, max_iter, stop_tol, check_every=None):
+    """Sinkhorn of :func:`sinkhorn` on kernels stored attribute-major, ``K``
+    ``[P, A, N]`` (the layout the similarity matmul produces), so that both
+    half-steps are plain reductions over a contiguous axis. ``real`` ``[P, A]``
+    bool, ``mu`` ``[P, N]``, ``nu`` ``[P, A]``. Padded columns keep ``c = 0``, so
+    their kernel values never matter. Returns ``(r, c, iterations)``."""
+    if check_every is None:
+        check_every = 8 if K.is_cuda else 1
+    P, A, N = K.shape
+    r = torch.ones(P, N, dtype=K.dtype, device=K.device)
+    c = real.to(K.dtype)
+    active = torch.ones(P, dtype=torch.bool, device=K.device)
+    iters = torch.zeros(P, dtype=torch.int32, device=K.device)
+    for i in range(max_iter):
+        r_new = mu / (K * c.unsqueeze(-1)).sum(1)
+        c_new = torch.where(real, nu / (K * r_new.unsqueeze(1)).sum(-1), 0.0)
+        err = (r_new - r).abs().mean(-1)
+        a = active.unsqueeze(-1)
+        r = torch.where(a, r_new, r)
+        c = torch.where(a, c_new, c)
+        iters += active
+        active &= ~(err < stop_tol)
+        if (i + 1) % check_every == 0 and not bool(active.any()):
+            break
+    return r, c, iters
+
+
 def _lazsl_chunk(image_features, text_features, text_mask, mu, theta, eps, max_iter,
                  stop_tol, want_plan):
-    S = hybrid_similarity(image_features.float(), text_features.float(), theta)   # [B,C,N,A]
-    nu = text_mask.float() / text_mask.sum(dim=1, keepdim=True).float()             # [C,A]
-    B, C, N, A = S.shape
-    mu_p = mu.unsqueeze(1).expand(B, C, N)
-    nu_p = nu.unsqueeze(0).expand(B, C, A)
-    # Padded attribute columns get K = 0: they are not part of the problem.
-    K = torch.exp(-(1.0 - S) / eps) * text_mask[None, :, None, :]
-    r, c, iters = sinkhorn(K, mu_p, nu_p, max_iter=max_iter, stop_tol=stop_tol)
-    T = r.unsqueeze(-1) * K * c.unsqueeze(-2)
-    bad = ~torch.isfinite(T).all(dim=-1).all(dim=-1)
-    if bool(bad.any()):
+    # Same algorithm as hybrid_similarity + sinkhorn, arranged for speed: one
+    # matmul gives global and crop similarities at once, attribute-major
+    # ([B, C*A, 1+N]); K is built in place; the score is c^T (K * S) r without
+    # materialising the plan unless it is asked for.
+    imf = image_features.float()
+    tf = text_features.float()
+    B, N1, D = imf.shape
+    C, A, _ = tf.shape
+    N, P = N1 - 1, B * C
+    sims = torch.matmul(tf.reshape(C * A, D), imf.transpose(1, 2))          # [B, C*A, 1+N]
+    S = theta * sims[..., 1:]
+    S += (1 - theta) * sims[..., :1]                                          # [B, C*A, N]
+    del sims
+    K = S.sub(1.0).div_(eps).exp_().view(P, A, N)       # exp(-(1 - S) / eps)
+    S = S.view(P, A, N)
+    nu = text_mask.float() / text_mask.sum(dim=1, keepdim=True).float()      # [C, A]
+    real_p = text_mask.unsqueeze(0).expand(B, C, A).reshape(P, A)
+    nu_p = nu.unsqueeze(0).expand(B, C, A).reshape(P, A)
+    mu_p = mu.unsqueeze(1).expand(B, C, N).reshape(P, N)
+    r, c, iters = _solve_an(K, real_p, mu_p, nu_p, max_iter=max_iter, stop_tol=stop_tol)
+    scores = ((K * S * c.unsqueeze(-1)).sum(1) * r).sum(-1)                  # sum(T * S)
+    bad = ~torch.isfinite(scores)   # a non-finite plan entry makes its score non-finite
+    any_bad = bool(bad.any())
+    T = None
+    if want_plan or any_bad:
+        T = (c.unsqueeze(-1) * K * r.unsqueeze(1)).transpose(1, 2)           # [P, N, A]
+        S = S.transpose(1, 2)
+    if any_bad:
         # exp underflow (e.g. half-precision inputs, tiny eps): redo those problems
         # in the log domain.
         idx = bad.nonzero(as_tuple=True)
         T_log, it_log = _log_sinkhorn(S[idx], eps, mu_p[idx], nu_p[idx],
                                       max_iter=max_iter, stop_tol=stop_tol)
-        T = T.clone()
+        T = T.contiguous()
         T[idx] = T_log
         iters[idx] = it_log
-    scores = (T * S).sum(dim=(-1, -2))
+        scores = scores.clone()
+        scores[idx] = (T_log * S[idx]).sum(dim=(-1, -2))
+    scores, iters = scores.view(B, C), iters.view(B, C)
     if want_plan:
-        return scores, T, S, iters
+        return scores, T.reshape(B, C, N, A), S.reshape(B, C, N, A), iters
     return scores, None, None, iters
 
 
