@@ -134,6 +134,71 @@ def _ensure_fields(dataset, fields: dict, method: str) -> None:
             dataset.add_sample_field(name, **kw)
 
 
+#: Run-config keys that must match the recorded run for ``skip_existing`` to
+#: resume it (anything that changes a sample's outputs).
+_RESUME_KEYS = ("model", "weights_id", "random_weights", "method", "n_crops", "crop_scale",
+                "theta", "eps", "gamma", "max_iter", "stop_tol", "seed", "prompt_style",
+                "prompt_suffix", "attribute_set_hash", "classes", "top_k_crops", "top_attributes")
+
+
+def _all_output_fields(label_field: str) -> list[str]:
+    """Fields a run on ``label_field`` may write: :func:`output_fields` and
+    the default heatmap field ``F_heatmap``."""
+    return list(output_fields(label_field).values()) + [f"{label_field}_heatmap"]
+
+
+def _check_label_field(dataset, label_field: str) -> None:
+    """Refuse a label field whose outputs would overwrite fields this run does
+    not own: fields of another LaZSL run (``F`` vs ``F_crops``...), or existing
+    fields no LaZSL run wrote (``ground_truth``, ``filepath``...)."""
+    from .runs import list_lazsl_fields
+
+    if not isinstance(label_field, str) or not label_field.strip():
+        raise UserError("the label field name must be a non-empty string")
+    ours = _all_output_fields(label_field)
+    runs = list_lazsl_fields(dataset)
+    for other in runs:
+        if other == label_field:
+            continue
+        clash = sorted(set(ours) & set(_all_output_fields(other)))
+        if clash:
+            raise UserError(
+                f"label field {label_field!r} would overwrite field(s) {', '.join(clash)} of the "
+                f"LaZSL run on field {other!r}; choose another label field")
+    if label_field not in runs:
+        schema = dataset.get_field_schema()
+        taken = [f for f in ours if f in schema]
+        if taken:
+            raise UserError(
+                f"field(s) {', '.join(taken)} already exist on dataset {dataset.name!r} and were "
+                f"not written by a LaZSL run on {label_field!r}; choose another label field "
+                "(or delete those fields)")
+
+
+def _check_resumable(dataset, label_field: str, config: dict) -> None:
+    """``skip_existing`` keeps earlier outputs: refuse to mix them with outputs
+    of different parameters."""
+    from .runs import get_run_config
+
+    try:
+        old = get_run_config(dataset, label_field)
+    except ValueError:
+        return
+    diff = [k for k in _RESUME_KEYS if k in old and k in config
+            and _plain(old[k]) != _plain(config[k])]
+    if diff:
+        raise UserError(
+            f"cannot resume the run on field {label_field!r} with different parameters "
+            f"({', '.join(diff)} differ from the recorded run); run again without "
+            "skip_existing to replace its outputs, or use another label field")
+
+
+def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
 def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: str | None = "openai",
               method: str = "lazsl", label_field: str = "lazsl", n_crops: int = 90,
               crop_scale=(0.6, 0.9), theta: float = 0.8, eps: float = 0.1, gamma: float = 0.0,
@@ -160,31 +225,56 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
         top_k_crops: keep only the k kept crops with most mass as detections (None: all kept).
         top_attributes: length of ``F_attributes``.
         skip_existing: only process samples without a prediction in ``F``
-            (resume an interrupted run); otherwise the view's old outputs in
-            ``F*`` are cleared first so no old and new crops mix.
+            (resume an interrupted run). Samples that only have an error in
+            ``F_error`` are processed again (the file may have been fixed); a
+            sample that then succeeds loses its error. The parameters must be
+            those of the recorded run on ``F`` (else :class:`UserError`).
+            Without it, the view's old outputs in ``F*`` (and ``F_heatmap``)
+            are cleared first, so no old and new crops or errors mix.
         gt_field: a Classification field whose labels must all be classes of the
-            set (checked before anything is written).
+            set (checked before anything is written). Labels are matched with
+            :func:`fiftyone_lazsl.attributes.class_key`: surrounding/inner
+            spaces, unicode normal form and *case* do not matter
+            (``" bobolink"`` is the set's ``"Bobolink"``).
         restrict_to_set: with ``gt_field``, process only samples whose label is a
-            class of the set instead of failing.
+            class of the set instead of failing (samples without a label are
+            left out too).
         heatmap: also write ``F_heatmap`` (``fo.Heatmap`` of crop evidence).
-        write_every: samples per database write.
+        write_every: samples per database write. Each write sets, per sample,
+            the error field first and the prediction last, so a sample that has a
+            prediction also has its crops and attributes even if the process is
+            killed mid-write (``skip_existing`` then redoes the others).
         classifier: a pre-built classifier (then model parameters are ignored).
         progress: ``callable(fraction, stage_label)``, True for a tqdm bar, or None.
+
+    Every sample of the view ends with exactly one of a prediction in ``F`` or
+    a one-line reason in ``F_error`` (unreadable image, non-finite scores,
+    failed prediction); the run goes on past failed samples and lists them in
+    :attr:`RunSummary.failures`. An empty view (e.g. everything already
+    predicted with ``skip_existing``) writes nothing at all: no run record, no
+    fields, no model loaded.
 
     Returns:
         a :class:`RunSummary`.
 
     Raises:
         fiftyone_lazsl.attributes.AttributeSetError: gt classes missing from the set.
-        fiftyone_lazsl.errors.UserError: unknown model / weights unavailable / bad input.
+        fiftyone_lazsl.errors.UserError: unknown model / weights unavailable / bad
+            input / a label field that would overwrite other fields / resuming
+            with other parameters.
     """
     from fiftyone import ViewField as F
 
     t0 = time.time()
     dataset = samples._dataset
     fields = output_fields(label_field)
+    _check_label_field(dataset, label_field)
+    if write_every < 1:
+        raise UserError(f"write_every must be >= 1, got {write_every}")
     aset = _resolve_attribute_set(attribute_set, dataset)
     view = samples
+    if restrict_to_set and gt_field is None:
+        raise UserError("restrict_to_set needs gt_field (the field whose labels select samples)")
     if gt_field is not None:
         if gt_field not in dataset.get_field_schema():
             raise UserError(f"dataset {dataset.name!r} has no field {gt_field!r}")
@@ -215,7 +305,12 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
     key = run_key(label_field)
     config = dict(clf.config(), label_field=label_field, fields=fields,
                   top_k_crops=top_k_crops, top_attributes=top_attributes,
+                  attribute_set_warnings=list(clf.attribute_set.warnings),
                   status="running", num_samples=n)
+    if skip_existing:
+        _check_resumable(dataset, label_field, config)
+    for w in clf.attribute_set.warnings:
+        logger.warning("attribute set %s: %s", clf.attribute_set.name or "", w)
     dataset.register_run(key, dataset.init_run(**config), overwrite=True)
     summary.run_key = key
     dataset.classes[label_field] = list(clf.classes)
@@ -224,16 +319,25 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
     _ensure_fields(dataset, fields, method)
     ids, paths = view.values(["id", "filepath"])
     if not skip_existing:
-        for f in fields.values():
-            if f in dataset.get_field_schema():
+        schema = dataset.get_field_schema()
+        for f in _all_output_fields(label_field):
+            if f in schema:
                 view.set_values(f, [None] * n)
+    # Fields this method writes; every outcome sets all of them for the sample.
+    written = [fields["error"]]
+    if method == "lazsl":
+        written.append(fields["crops"])
+    if method in ("lazsl", "dclip"):
+        written.append(fields["attributes"])
+    written.append(fields["prediction"])  # last: a prediction implies the rest
 
     report = _progress_fn(progress, n)
     done = 0
-    pending: dict[str, dict] = {f: {} for f in fields.values()}
+    pending: dict[str, dict] = {f: {} for f in written}
 
     def flush():
-        for f, vals in pending.items():
+        for f in written:  # error first, prediction last
+            vals = pending[f]
             if vals:
                 dataset.set_values(f, vals, key_field="id")
                 vals.clear()
@@ -246,21 +350,24 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
             for it in items:
                 sid = ids[it.index]
                 if it.prediction is None:
-                    summary.failures.append((sid, it.filepath, it.error))
-                    logger.warning("sample %s (%s): %s", sid, it.filepath, it.error)
-                    pending[fields["error"]][sid] = it.error
+                    reason = it.error or "no prediction"
+                    summary.failures.append((sid, it.filepath, reason))
+                    logger.warning("sample %s (%s): %s", sid, it.filepath, reason)
+                    for f in written:
+                        pending[f][sid] = None
+                    pending[fields["error"]][sid] = reason
                     continue
                 cls, dets, attrs = to_labels(it.prediction, clf, top_k_crops=top_k_crops,
                                              top_attributes=top_attributes)
-                pending[fields["prediction"]][sid] = cls
+                pending[fields["error"]][sid] = None
                 if method == "lazsl":
                     pending[fields["crops"]][sid] = dets
-                if attrs is not None:
+                if fields["attributes"] in pending:
                     pending[fields["attributes"]][sid] = attrs
+                pending[fields["prediction"]][sid] = cls
                 summary.num_predicted += 1
             done += len(items)
-            if sum(len(v) for v in pending.values()) and (
-                    len(pending[fields["prediction"]]) + len(pending[fields["error"]]) >= write_every):
+            if len(pending[fields["error"]]) >= write_every:
                 report(done, "writing")
                 flush()
             report(done, stage["name"])
@@ -278,7 +385,9 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
 
     if heatmap and method == "lazsl":
         from .explain import write_heatmaps
-        write_heatmaps(view, label_field)
+        # (not `view`: with skip_existing it matches only samples without a
+        # prediction, which no longer includes the ones just classified)
+        write_heatmaps(dataset.select(ids), label_field)
     if summary.failures:
         logger.warning("%d of %d samples failed; their reasons are in field %r",
                        summary.num_failed, n, fields["error"])

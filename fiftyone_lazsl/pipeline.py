@@ -80,8 +80,10 @@ def iter_predictions(classifier: LaZSLClassifier, filepaths: Sequence[str],
 
     Yields:
         lists of :class:`Item`, in input order within each batch. A file that
-        cannot be decoded, or an image whose prediction fails, gets ``error``
-        and the others in its batch are still predicted.
+        cannot be decoded, an image whose prediction fails, or one whose
+        scores are not finite (NaN/inf), gets ``error`` and no prediction; the
+        others in its batch are still predicted. Only a CUDA out-of-memory
+        error of a whole batch is raised (lower the batch size).
     """
     keys = list(keys) if keys is not None else list(filepaths)
     batch_size = batch_size or classifier.batch_size
@@ -113,18 +115,40 @@ def _predict(classifier: LaZSLClassifier, ok) -> None:
             sizes=[tuple(info["original_size"]) for _, _, info in group],
             scales=[float(info["scale"]) for _, _, info in group])
         for (it, _, _), p in zip(group, preds):
-            it.prediction = p
+            bad = _non_finite(p)
+            if bad:
+                it.prediction, it.error = None, f"non-finite scores ({bad}); nothing written"
+            else:
+                it.prediction = p
 
     try:
         run(ok)
-    except (RuntimeError, ValueError) as e:
-        if isinstance(e, torch.cuda.OutOfMemoryError) or len(ok) == 1:
-            if len(ok) == 1:
-                ok[0][0].error = _reason(e)
-                return
-            raise
+    except Exception as e:  # noqa: BLE001 -- reported per sample, never fatal
+        if isinstance(e, torch.cuda.OutOfMemoryError) and len(ok) > 1:
+            raise  # the batch is too large for the device: the user must lower it
+        if len(ok) == 1:
+            ok[0][0].prediction, ok[0][0].error = None, _reason(e)
+            return
         for one in ok:  # isolate the failing image(s)
+            one[0].prediction = None
             try:
                 run([one])
-            except (RuntimeError, ValueError) as e1:
-                one[0].error = _reason(e1)
+            except Exception as e1:  # noqa: BLE001
+                one[0].prediction, one[0].error = None, _reason(e1)
+
+
+def _non_finite(p: Prediction) -> str | None:
+    """Which of a prediction's numbers are NaN or infinite (None if all finite):
+    such values must never reach the dataset."""
+    import numpy as np
+
+    checks = [("logits", p.logits), ("probabilities", p.probs), ("scores", p.scores)]
+    if p.crops is not None:
+        checks += [("crop mass", p.crops.mass), ("crop similarity", p.crops.similarity),
+                   ("crop share", p.crops.share)]
+    for a in p.attribute_scores or []:
+        checks.append(("attribute scores", a))
+    for name, v in checks:
+        if v is not None and not np.all(np.isfinite(np.asarray(v, dtype=np.float64))):
+            return name
+    return None

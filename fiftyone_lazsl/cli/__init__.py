@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except (UserError, AttributeSetError, FileNotFoundError) as e:
-        print(f"fiftyone-lazsl {args.command}: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())  # always one line
+        print(f"fiftyone-lazsl {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fiftyone-lazsl {args.command}: interrupted", file=sys.stderr)

@@ -31,7 +31,7 @@ def _classify(args) -> int:
         batch_size=args.batch_size, device=args.device, num_workers=args.workers,
         skip_existing=args.skip_existing, gt_field=args.gt_field,
         restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
-        heatmap=args.heatmap, prompt_style=args.prompt_style,
+        heatmap=args.heatmap, prompt_style=args.prompt_style, write_every=args.write_every,
         progress=True if sys.stderr.isatty() else None)
     if summary.num_samples == 0:
         print("nothing to classify: the view is empty"
@@ -65,9 +65,12 @@ def register(sub) -> None:
     p.add_argument("--restrict-to-set", action="store_true",
                    help="with --gt-field: skip samples whose class is not in the set instead of failing")
     p.add_argument("--skip-existing", action="store_true",
-                   help="only samples without a prediction yet (resume an interrupted run)")
+                   help="only samples without a prediction yet (resume an interrupted run with "
+                        "the same parameters); samples with only an error are retried")
     p.add_argument("--top-k-crops", type=int, default=None,
                    help="store only the k crops with most transport mass as detections")
+    p.add_argument("--write-every", type=int, default=64, metavar="N",
+                   help="samples per database write (a killed run keeps every written batch)")
     p.add_argument("--heatmap", action="store_true", help="also write an evidence heatmap per sample")
     p.add_argument("--prompt-style", choices=("dclip", "legacy"), default="dclip")
     p.set_defaults(func=_classify)

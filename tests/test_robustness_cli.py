@@ -1,0 +1,269 @@
+"""Issue 6, CLI: user errors end in one clear line and a non-zero exit (no
+traceback); a ``classify`` process killed with SIGKILL mid-run keeps every
+written batch and ``--skip-existing`` finishes only the rest; the published
+food101 set (5 classes with no attribute) runs with ``--gt-field``.
+
+Real subprocesses where the process boundary matters (exit codes, tracebacks,
+SIGKILL, offline weights); ``cli.main`` in process for the other user errors
+(the same code path, minus the interpreter start)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import bson
+import numpy as np
+import pytest
+
+import badfiles as bf
+import tiny_clip
+from badfiles import assert_every_sample_accounted
+
+tiny_clip.register()
+
+ENV = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
+EXE = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return str(tiny_clip.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=1))
+
+
+@pytest.fixture(scope="module")
+def cub_dataset(shared_data):
+    photos = tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)
+    ds = bf.make_dataset("cli-robust", [p for p, _ in photos], gt=[c for _, c in photos])
+    ds.persistent = True
+    yield ds
+    ds.delete()
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([EXE, *args], capture_output=True, text=True,
+                          env=dict(os.environ, **ENV), timeout=timeout)
+
+
+def _main(capsys, *args):
+    from fiftyone_lazsl.cli import main
+
+    os.environ.update(ENV)
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _one_error_line(stderr, command="classify"):
+    """The user-error line, checking it is alone of its kind and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [l for l in stderr.splitlines() if l.startswith(f"fiftyone-lazsl {command}: error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def _snapshot(ds):
+    return (sorted(ds.get_field_schema()), sorted(ds.list_runs()), dict(ds.classes))
+
+
+# ------------------------------------------------------------- user errors
+def test_user_errors_in_process(capsys, tmp_path, cub_dataset, checkpoint, shared_data):
+    name = cub_dataset.name
+    base = ["classify", "--dataset", name, "--model", tiny_clip.TINY_MODEL,
+            "--pretrained", checkpoint, "--n-crops", "2", "--workers", "0"]
+    cub = str(shared_data / "attribute_sets" / "cub.json")
+    before = _snapshot(cub_dataset)
+
+    rc, _, err = _main(capsys, "classify", "--dataset", "no-such-dataset", "--attributes", cub)
+    assert rc == 2 and "no FiftyOne dataset named 'no-such-dataset'" in _one_error_line(err)
+
+    rc, _, err = _main(capsys, *base[:3], "--attributes", cub, "--model", "ViT-Q-99")
+    assert rc == 2 and "unknown open_clip model 'ViT-Q-99'" in _one_error_line(err)
+
+    binary = tmp_path / "set.json"
+    binary.write_bytes(bytes(range(256)) * 4)
+    rc, _, err = _main(capsys, *base, "--attributes", str(binary))
+    line = _one_error_line(err)
+    assert rc == 2 and str(binary) in line and "not UTF-8 text" in line
+
+    folder = tmp_path / "a_folder.json"
+    folder.mkdir()
+    rc, _, err = _main(capsys, *base, "--attributes", str(folder))
+    assert rc == 2 and "cannot find attribute set" in _one_error_line(err)
+
+    rc, _, err = _main(capsys, *base, "--attributes", cub, "--pretrained", str(tmp_path / "no.pt"))
+    assert rc == 2 and "checkpoint file not found" in _one_error_line(err)
+
+    rc, _, err = _main(capsys, *base, "--attributes", cub, "--restrict-to-set")
+    assert rc == 2 and "restrict_to_set needs gt_field" in _one_error_line(err)
+
+    rc, _, err = _main(capsys, *base, "--attributes", cub, "--write-every", "0")
+    assert rc == 2 and "write_every" in _one_error_line(err)
+
+    rc, _, err = _main(capsys, *base, "--attributes", cub, "--label-field", "ground_truth")
+    assert rc == 2 and "choose another label field" in _one_error_line(err)
+
+    two = tmp_path / "two.json"
+    classes = cub_dataset.distinct("ground_truth.label")
+    two.write_text(json.dumps({c: ["a trait"] for c in classes[:2]}))
+    rc, _, err = _main(capsys, *base, "--attributes", str(two), "--gt-field", "ground_truth")
+    line = _one_error_line(err)
+    assert rc == 2 and repr(classes[2]) in line and repr(classes[0]) not in line
+
+    cub_dataset.reload()
+    assert _snapshot(cub_dataset) == before  # none of these wrote anything
+
+    # --restrict-to-set runs on the set's classes only
+    rc, out, err = _main(capsys, *base, "--attributes", str(two), "--gt-field", "ground_truth",
+                         "--restrict-to-set", "--label-field", "two")
+    assert rc == 0, err
+    assert "2/2 samples classified into field 'two'" in out
+    inside = cub_dataset.match({"ground_truth.label": {"$in": classes[:2]}})
+    assert_every_sample_accounted(inside, "two")
+    assert cub_dataset.count("two") == 2 and cub_dataset.count("two_error") == 0
+
+
+def test_empty_view_via_cli_exits_0_and_writes_nothing(capsys, cub_dataset, checkpoint, shared_data):
+    before = _snapshot(cub_dataset)
+    rc, out, err = _main(capsys, "classify", "--dataset", cub_dataset.name, "--attributes",
+                         str(shared_data / "attribute_sets" / "cub.json"), "--tag", "no-such-tag",
+                         "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint,
+                         "--label-field", "empty")
+    assert rc == 0, err
+    assert out.strip() == "nothing to classify: the view is empty"
+    cub_dataset.reload()
+    assert _snapshot(cub_dataset) == before
+    assert "empty" not in cub_dataset.get_field_schema()
+
+
+def test_malformed_json_one_line_with_position(tmp_path, cub_dataset):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{\n  "Bobolink": ["black underparts",\n  "Brewer Blackbird": []\n}\n')
+    r = _cli("classify", "--dataset", cub_dataset.name, "--attributes", str(bad))
+    assert r.returncode == 2
+    line = _one_error_line(r.stderr)
+    assert str(bad) in line and "not valid JSON" in line and "line 3, column" in line
+
+
+def test_missing_weights_offline_fails_fast_with_instructions(cub_dataset, shared_data):
+    t0 = time.time()
+    r = _cli("classify", "--dataset", cub_dataset.name, "--attributes",
+             str(shared_data / "attribute_sets" / "cub.json"), "--model", "ViT-B-32",
+             "--pretrained", "openai", timeout=120)
+    elapsed = time.time() - t0
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # premise (conftest)
+    assert r.returncode == 2, r.stderr
+    line = _one_error_line(r.stderr)
+    assert "'openai'" in line and "'ViT-B-32'" in line
+    assert "Supply them by" in line and "checkpoint" in line
+    assert elapsed < 60, elapsed  # interpreter start + imports; no network wait
+
+
+# ------------------------------------------------------- published food101
+def test_food101_set_with_empty_classes_runs_with_gt_field(tmp_path, shared_data, checkpoint):
+    """The published food101.json has 5 classes with an empty list; photos
+    labelled with some of them (and one missing file) are classified, the
+    warning is kept with the run, and the CLI lists the failure."""
+    aset_path = shared_data / "attribute_sets" / "food101.json"
+    food = json.load(open(aset_path))
+    empty = [c for c, a in food.items() if not a]
+    assert len(empty) == 5  # premise
+    photos = [p for p, _ in tiny_clip.some_images(shared_data, "pets", per_class=1, max_classes=4)]
+    missing = str(tmp_path / "lost.jpg")
+    gt = [empty[0], empty[1], empty[3], "pizza", "pizza"]
+    ds = bf.make_dataset("cli-food", photos + [missing], gt=gt)
+    ds.persistent = True
+    try:
+        r = _cli("classify", "--dataset", ds.name, "--attributes", str(aset_path), "--model",
+                 tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--n-crops", "3",
+                 "--gt-field", "ground_truth", "--workers", "0", "--label-field", "food")
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr
+        assert "4/5 samples classified into field 'food'; 1 failed" in r.stdout
+        assert f"  failed: {missing}: ImageLoadError: " in r.stdout and "file not found" in r.stdout
+        assert "class-name-only prompt" in r.stderr and "french fries" in r.stderr
+        ds.reload()
+        out = assert_every_sample_accounted(ds, "food")
+        assert "file not found" in out[missing]
+        assert all(out[p] in food for p in photos)
+        cfg = ds.get_run_info("lazsl_food").config
+        assert cfg.status == "completed" and cfg.classes == list(food)
+        warn = [w for w in cfg.attribute_set_warnings if "class-name-only prompt" in w]
+        assert len(warn) == 1 and all(c in warn[0] for c in empty)
+        for c in empty:
+            assert len(cfg.attribute_labels[list(food).index(c)]) == 1
+    finally:
+        ds.delete()
+
+
+# ----------------------------------------------------------- interruption
+def _raw(ds, fields):
+    return {str(d["_id"]): bson.BSON.encode({f: d.get(f) for f in fields})
+            for d in ds._sample_collection.find({}, {f: 1 for f in fields})}
+
+
+def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, shared_data, checkpoint):
+    from fiftyone_lazsl import run_lazsl
+
+    photos = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=2)]
+    assert len(photos) >= 40
+    ds = bf.make_dataset("cli-kill", photos)
+    ds.persistent = True
+    fields = ["k", "k_crops", "k_attributes", "k_error"]
+    aset = str(shared_data / "attribute_sets" / "cub.json")
+    args = ["classify", "--dataset", ds.name, "--attributes", aset, "--model", tiny_clip.TINY_MODEL,
+            "--pretrained", checkpoint, "--n-crops", "32", "--batch-size", "2", "--write-every", "2",
+            "--workers", "0", "--label-field", "k", "--seed", "4"]
+    try:
+        proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=dict(os.environ, **ENV))
+        coll = ds._sample_collection
+        deadline = time.time() + 240
+        written = 0
+        while time.time() < deadline and proc.poll() is None:
+            written = coll.count_documents({"k": {"$ne": None}})
+            if written >= 4:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        assert written >= 4
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+
+        ds.reload()
+        done = ds.exists("k")
+        n_done = len(done)
+        assert 4 <= n_done < len(photos), n_done
+        # every written sample is complete and readable
+        for s in done:
+            assert s.k.label and s.k_crops.detections and s.k_attributes
+            assert s.k_error is None
+        assert ds.get_run_info("lazsl_k").config.status == "running"  # killed: never finalised
+        before = {k: v for k, v in _raw(ds, fields).items() if k in set(done.values("id"))}
+
+        r = _cli(*args, "--skip-existing")
+        assert r.returncode == 0, r.stderr
+        rest = len(photos) - n_done
+        assert f"{rest}/{rest} samples classified into field 'k'" in r.stdout
+        ds.reload()
+        assert_every_sample_accounted(ds, "k")
+        assert ds.count("k") == len(photos) and ds.count("k_error") == 0
+        after = _raw(ds, fields)
+        assert {k: after[k] for k in before} == before  # untouched, byte for byte
+        assert ds.get_run_info("lazsl_k").config.status == "completed"
+
+        # the interrupted-and-resumed field equals an uninterrupted run
+        run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=32,
+                  batch_size=2, seed=4, num_workers=0, label_field="ref", device="cpu")
+        for s in ds:
+            assert s.k.label == s.ref.label
+            np.testing.assert_allclose(s.k.logits, s.ref.logits, rtol=1e-4, atol=1e-4)
+            assert ([d.bounding_box for d in s.k_crops.detections]
+                    == [d.bounding_box for d in s.ref_crops.detections])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ds.delete()
