@@ -203,9 +203,20 @@ class LaZSLClassifier:
     def encode(self, images: Sequence[torch.Tensor], keys: Sequence[str]) -> tuple[torch.Tensor, list[np.ndarray]]:
         """Encode the visual sets of a batch; returns ``[B, 1 + N, D]`` float32 unit
         features and the per-image pixel boxes."""
-        views, boxes = zip(*(self.views(im, k) for im, k in zip(images, keys)))
-        feats = self.model.encode_images(torch.cat(views))
-        return feats.view(len(images), 1 + self.n_crops, -1), list(boxes)
+        m, V = self.model, 1 + self.n_crops
+        S = m.image_size
+        # Views are written straight into the batch tensor (no per-image stacking).
+        pixels = torch.empty(len(images) * V, 3, S, S, dtype=torch.float32, device=m.device)
+        boxes = []
+        for i, (im, k) in enumerate(zip(images, keys)):
+            _, H, W = im.shape
+            bx = self.crop_boxes(W, H, k) if self.n_crops else np.zeros((0, 4), np.int64)
+            make_views(im, bx, S, mean=m.mean, std=m.std, resize_mode=m.resize_mode,
+                       interpolation=m.interpolation, device=m.device,
+                       out=pixels[i * V:(i + 1) * V])
+            boxes.append(bx)
+        feats = m.encode_images(pixels)
+        return feats.view(len(images), V, -1), boxes
 
     # ---------------------------------------------------------------- scores
     def predict_tensors(self, images: Sequence[torch.Tensor], keys: Sequence[str],

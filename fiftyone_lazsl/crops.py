@@ -114,7 +114,8 @@ def global_view(image: torch.Tensor, size: int, *, resize_mode: str = "shortest"
 
 def make_views(image: torch.Tensor, boxes: np.ndarray, size: int, *, mean, std,
                resize_mode: str = "shortest", interpolation: str = "bicubic",
-               device: torch.device | str | None = None) -> torch.Tensor:
+               device: torch.device | str | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """Build the visual set of one image: global view then one view per crop box.
 
     Args:
@@ -123,21 +124,33 @@ def make_views(image: torch.Tensor, boxes: np.ndarray, size: int, *, mean, std,
         size: model input side ``S``.
         mean, std: model normalisation.
         device: where to compute (default: the image's device).
+        out: optional ``[1 + N, 3, S, S]`` float32 tensor on ``device`` to write
+            the views into (saves a copy when views of a batch are stacked).
 
     Returns:
-        ``[1 + N, 3, S, S]`` float32 normalised views on ``device``.
+        ``[1 + N, 3, S, S]`` float32 normalised views on ``device`` (``out`` if given).
     """
     device = torch.device(device) if device is not None else image.device
     img = image.to(device, non_blocking=True).float()
+    n = len(boxes)
+    if out is None:
+        out = torch.empty(1 + n, 3, size, size, dtype=torch.float32, device=device)
     g = global_view(img, size, resize_mode=resize_mode, interpolation=interpolation)
-    views = [g.unsqueeze(0)]
-    if len(boxes):
+    out[0] = _normalise(g.unsqueeze(0), mean, std)[0]
+    if n:
         b = torch.as_tensor(np.asarray(boxes), dtype=torch.float32, device=device)
-        rois = torch.cat([torch.zeros(len(b), 1, device=device),
+        rois = torch.cat([torch.zeros(n, 1, device=device),
                           b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+        # The normalisation is affine and roi_align's bilinear weights sum to 1, so
+        # it can be applied before cropping (to the smaller of image and crops).
+        _, H, W = img.shape
+        pre = H * W <= n * size * size
+        src = _normalise(img.unsqueeze(0), mean, std) if pre else img.unsqueeze(0)
         # sampling_ratio=-1: ceil(box side / S) bilinear samples per output bin and
         # axis, averaged -- an antialiased resample of each box to S x S.
-        crops = roi_align(img.unsqueeze(0), rois, output_size=(size, size), spatial_scale=1.0,
+        crops = roi_align(src, rois, output_size=(size, size), spatial_scale=1.0,
                           sampling_ratio=-1, aligned=True)
-        views.append(crops)
-    return _normalise(torch.cat(views), mean, std)
+        if not pre:
+            crops = _normalise(crops, mean, std)
+        out[1:] = crops
+    return out
