@@ -289,8 +289,13 @@ class LaZSLClassifier:
             )
             if out is not None:
                 bx = boxes[b].astype(np.float64)
-                rel = relative_boxes(boxes[b], int(W), int(H))
-                px = np.round(bx / scale).astype(np.int64) if scale != 1.0 else boxes[b]
+                if scale != 1.0:
+                    # Downscaled on decode: pixel boxes in the original grid, and
+                    # relative boxes against the original size.
+                    px = np.round(bx / scale).astype(np.int64)
+                    rel = np.clip(relative_boxes(px, int(size[0]), int(size[1])), 0.0, 1.0)
+                else:
+                    px, rel = boxes[b], relative_boxes(boxes[b], int(W), int(H))
                 p.crops = CropEvidence(
                     boxes=px, boxes_rel=rel, kept=keep_np[b], mass=cmass[b].astype(np.float32),
                     attribute=cattr[b].astype(np.int64), share=cshare[b].astype(np.float32),

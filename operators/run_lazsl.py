@@ -52,6 +52,7 @@ def params_to_kwargs(params: dict) -> dict:
         batch_size=int(params.get("batch_size", 4)),
         device=params.get("device") or None,
         gt_field=params.get("gt_field") or None,
+        restrict_to_set=bool(params.get("restrict_to_set", False)) and bool(params.get("gt_field")),
         skip_existing=bool(params.get("skip_existing", False)),
         heatmap=bool(params.get("heatmap", False)),
     )
@@ -101,6 +102,9 @@ class RunLaZSL(foo.Operator):
         inputs.int("batch_size", default=4, label="Images per batch", min=1)
         inputs.str("device", required=False, label="Device", description="e.g. cuda, cpu (default: auto)")
         inputs.str("gt_field", required=False, label="Ground-truth field (checked against the set)")
+        inputs.bool("restrict_to_set", default=False,
+                    label="Only samples whose ground-truth class is in the set",
+                    description="Otherwise classes missing from the set are an error")
         inputs.bool("skip_existing", default=False, label="Skip samples that already have a prediction")
         inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
         return types.Property(inputs, view=types.View(label="Run LaZSL"))
