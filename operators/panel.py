@@ -112,9 +112,15 @@ class LazslExplanationsPanel(foo.Panel):
         elif not ctx.current_sample:
             content = {"summary": "Open a sample to see its LaZSL explanation."}
         else:
-            sample = ctx.dataset[ctx.current_sample]
-            expl = explain_sample(sample, label_field, None if gt_field == _NO_GT else gt_field)
-            content = panel_content(expl)
+            try:
+                sample = ctx.dataset[ctx.current_sample]
+            except KeyError:
+                sample = None
+            if sample is None:
+                content = {"summary": f"Sample {ctx.current_sample} is not in dataset '{ctx.dataset.name}'."}
+            else:
+                expl = explain_sample(sample, label_field, None if gt_field == _NO_GT else gt_field)
+                content = panel_content(expl)
 
         ctx.panel.set_state(
             {
@@ -178,9 +184,9 @@ class LazslExplanationsPanel(foo.Panel):
 def _attribute_table():
     table = types.TableView()
     table.add_column("attribute", label="Attribute")
-    table.add_column("contribution", label="Contribution to score")
+    table.add_column("contribution", label="Contribution")
     table.add_column("crops", label="Crops")
-    table.add_column("ranked", label="Ranked")
+    table.add_column("ranked", label="Top")
     return table
 
 
