@@ -82,6 +82,9 @@ class LazslExplanationsPanel(foo.Panel):
         params.update(getattr(ctx, "event_args", None) or {})
         attribute = params.get("attribute")
         label_field = ctx.panel.get_state("label_field")
+        if not label_field:
+            fields = list_lazsl_fields(ctx.dataset)
+            label_field = fields[0] if fields else None
         if not attribute or not label_field:
             return
         view = matched_attribute_view(ctx.dataset, label_field, attribute)

@@ -20,6 +20,7 @@ from fiftyone_lazsl.explain import (
     write_heatmaps,
 )
 from fiftyone_lazsl.runs import run_key
+from plugin_fixtures import lazsl_plugin  # noqa: F401
 
 CLASSES = ["Cardinal", "Bobolink", "Blue Jay"]
 ATTRS = [
@@ -328,3 +329,66 @@ def test_explain_real_tiny_model_run(shared_data, tmp_path):
             )
     finally:
         ds.delete()
+
+
+def _panel_call(dataset, method, sample_id=None, state=None, params=None):
+    """Run one event of the lazsl_explanations panel the way the App does
+    (``__method__`` + panel state) and return the operations it triggered as
+    ``[(operator_uri, params)]``."""
+    import fiftyone.operators as foo
+
+    p = {"__method__": method, "panel_id": "panel-1", "state": dict(state or {}),
+         "panel_state": dict(state or {})}
+    p.update(params or {})
+    r = foo.execute_operator(
+        "@fiftyone-lazsl/lazsl/lazsl_explanations",
+        ctx={"dataset": dataset.name, "params": p, "current_sample": sample_id},
+    )
+    assert r.error is None, r.error
+    return [(q.operator_uri, q.params) for q in r.executor._requests]
+
+
+def _patched_state(ops):
+    state = {}
+    for uri, params in ops:
+        if uri.endswith("patch_panel_state"):
+            state.update(params["state"])
+    return state
+
+
+def test_panel_shell_uses_library(lazsl_plugin, dataset):
+    """The panel's on_load puts explain_sample/panel_content into its state,
+    renders the tables, says plainly when there is no result, and its
+    matched-attribute button loads matched_attribute_view."""
+    b = _sample(dataset, 1)
+    ops = _panel_call(dataset, "on_load", b.id)
+    state = _patched_state(ops)
+    expected = panel_content(explain_sample(b, "lazsl", "ground_truth"))
+    assert state["fields"] == ["lazsl"] and state["label_field"] == "lazsl"
+    assert state["gt_field"] == "ground_truth" and "ground_truth" in state["gt_fields"]
+    for key in ("summary", "predicted_table", "gt_table", "matched_attributes"):
+        assert state[key] == expected[key], key
+    rendered = [p for u, p in ops if u.endswith("show_panel_output")]
+    assert rendered and "predicted_table" in str(rendered[-1]) and "gt_table" in str(rendered[-1])
+
+    # Sample without a result.
+    state = _patched_state(_panel_call(dataset, "on_load", _sample(dataset, 2).id))
+    assert state["summary"].startswith("**No LaZSL result.**") and state["predicted_table"] == []
+
+    # No sample open.
+    assert _patched_state(_panel_call(dataset, "on_load", None))["summary"].startswith("Open a sample")
+
+    # Matched-attribute button -> set_view with the library's view.
+    ops = _panel_call(dataset, "show_matched", b.id, state={"label_field": "lazsl"},
+                      params={"attribute": "black face mask"})
+    views = [p for u, p in ops if u.endswith("set_view")]
+    assert views, ops
+    import fiftyone.core.view as fov
+
+    view = fov.DatasetView._build(dataset, views[0]["view"])
+    assert sorted(view.values("id")) == sorted(matched_attribute_view(dataset, "lazsl", "black face mask").values("id"))
+
+    # Without panel state the button falls back to the dataset's LaZSL field.
+    ops = _panel_call(dataset, "show_matched", b.id, params={"attribute": "conical orange beak"})
+    view = fov.DatasetView._build(dataset, [p for u, p in ops if u.endswith("set_view")][0]["view"])
+    assert view.values("id") == [_sample(dataset, 0).id]
