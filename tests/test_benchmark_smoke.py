@@ -1,0 +1,43 @@
+"""Smoke test of the throughput benchmark (``benchmarks/run.py --quick``): the
+tiny random test model on two real photos; checks that every section is in the
+JSON and that the Markdown table and chart are written. No timing assertions."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+SECTIONS = ("meta", "encoder_floor", "pipeline", "run_lazsl", "scoring", "crops", "memory",
+            "write", "ratios", "checks", "notes")
+
+
+def test_benchmark_quick_mode(tmp_path, shared_data):
+    env = dict(os.environ)
+    env.pop("FIFTYONE_DATABASE_URI", None)   # the benchmark starts its own mongod
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
+           "--out-dir", str(tmp_path), "--name", "smoke", "--memory-sizes", "2,3",
+           "--write-samples", "10", "--score-reps", "1", "--floor-reps", "1"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = json.loads((tmp_path / "smoke.json").read_text())
+    for s in SECTIONS:
+        assert s in r, f"missing section {s}"
+    assert r["meta"]["random_weights"] is True and r["meta"]["quick"] is True
+    assert r["meta"]["model"] == "lazsl-tiny-test"
+    assert r["encoder_floor"]["s_per_image"] > 0
+    assert r["pipeline"]["images"] == 2 and r["run_lazsl"]["images"] == 2
+    sc = r["scoring"]
+    assert sc["classes"] == 200 and sc["max_attributes"] == 9 and sc["crops"] == 90
+    assert sc["max_abs_diff_vs_loop"] < 1e-5          # the reference loop agrees with us
+    assert set(r["memory"]["runs"]) == {"2", "3"}
+    assert all(v["peak_rss_mb"] > 0 for v in r["memory"]["runs"].values())
+    assert r["write"]["samples"] == 10
+    for k in ("pipeline_over_floor", "scoring_fraction_of_floor", "scoring_speedup_vs_loop",
+              "crops_fraction_of_floor", "memory_growth_100_to_1000"):
+        assert k in r["ratios"] and k in r["checks"]
+    md = (tmp_path / "smoke.md").read_text()
+    assert "encoder floor" in md and "per-class loop" in md
+    assert (tmp_path / "smoke.png").stat().st_size > 1000
