@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_PINS := torch==2.14.1 torchvision==0.29.1 fiftyone==1.22.1 open_clip_torch==3.3.0 POT==0.9.7
 
-.PHONY: venv browser test demo bench clean
+.PHONY: venv browser test demo bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ test: venv browser
 demo: venv
 	$(VENV)/bin/fiftyone-lazsl demo
 
+# Throughput benchmark (ratios in one run; writes benchmarks/results/<device>-<model>.{json,md,png}).
+# On a GPU machine: $(PY) benchmarks/run.py --device cuda  (ViT-B-16, batch 32)
 bench: venv
 	$(PY) benchmarks/run.py
+
+bench-quick: venv
+	$(PY) benchmarks/run.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info
