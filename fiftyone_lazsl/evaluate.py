@@ -122,7 +122,7 @@ class EvaluationReport:
             cw = max(len("class"), *(len(c) for c in self.worst_classes))
             cw = min(cw, 40)
             lines.append("")
-            lines.append(f"worst classes (top-1 accuracy; lowest mean over methods first)")
+            lines.append("worst classes (top-1 accuracy; lowest mean over methods first)")
             lines.append(f"{'class':<{cw}}  {'n':>4}  " + "  ".join(f"{m.field:>8}" for m in self.methods))
             for c in self.worst_classes:
                 n, accs = self.class_accuracy[c]

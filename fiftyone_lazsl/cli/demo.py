@@ -73,8 +73,6 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     Raises:
         UserError: missing image folder, or an attribute set that lacks classes.
     """
-    import fiftyone as fo
-
     from ..apply import run_lazsl
     from ..classifier import LaZSLClassifier
     from ..published import load_published
