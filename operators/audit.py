@@ -12,20 +12,8 @@ import fiftyone.operators.types as types
 
 from fiftyone_lazsl.audit import EVIDENCE_NOTE, audit_labels
 from fiftyone_lazsl.evaluate import evaluate_methods
+from fiftyone_lazsl.explain import ground_truth_fields
 from fiftyone_lazsl.runs import list_lazsl_fields
-
-
-def _classification_fields(dataset):
-    import fiftyone as fo
-
-    schema = dataset.get_field_schema()
-    return sorted(f for f, ft in schema.items()
-                  if isinstance(ft, fo.EmbeddedDocumentField) and ft.document_type is fo.Classification)
-
-
-def _gt_fields(dataset):
-    runs = set(list_lazsl_fields(dataset))
-    return [f for f in _classification_fields(dataset) if f not in runs]
 
 
 def _dropdown(choices):
@@ -36,7 +24,7 @@ def _dropdown(choices):
 
 
 def _add_gt_input(inputs, dataset):
-    gts = _gt_fields(dataset)
+    gts = sorted(ground_truth_fields(dataset))
     inputs.enum("gt_field", gts or ["ground_truth"], required=True,
                 default="ground_truth" if "ground_truth" in gts else (gts[0] if gts else None),
                 label="Ground-truth field", view=_dropdown(gts))
