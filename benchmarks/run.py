@@ -64,17 +64,16 @@ def _setup_env(tmp: str) -> None:
 
 
 def _start_private_mongod(tmp: str):
-    """FiftyOne's bundled mongod on a free loopback port (tests/private_mongod.py),
-    so the benchmark never attaches to a user's FiftyOne database."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    import private_mongod
+    """FiftyOne's bundled mongod on a free loopback port
+    (:mod:`fiftyone_lazsl.testing.mongod`), so the benchmark never attaches to a
+    user's FiftyOne database."""
+    from fiftyone_lazsl.testing import mongod as private_mongod
 
     return private_mongod.start(os.environ["FIFTYONE_DATABASE_DIR"], os.path.join(tmp, "mongod.log"))
 
 
 def _register_tiny() -> str:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_clip import register
+    from fiftyone_lazsl.testing.tiny_clip import register
     return register()
 
 
@@ -88,7 +87,7 @@ def _image_paths(n: int) -> list[str]:
 
 
 def _attribute_set():
-    from fiftyone_lazsl.attributes import AttributeSet
+    from fiftyone_lazsl.core.attributes import AttributeSet
     return AttributeSet.from_json(str(SHARED / "attribute_sets" / "cub.json"))
 
 
@@ -155,7 +154,7 @@ def bench_floor_and_crops(clf, images, keys, batch_size, reps, clock, warmup=Tru
     """Encoder floor (model forward on pre-built views) and crop extraction, per
     image. Returns (floor batch times, crop per-image times, features of the last batch)."""
     import torch
-    from fiftyone_lazsl.crops import make_views, sample_crop_boxes
+    from fiftyone_lazsl.core.crops import make_views, sample_crop_boxes
     m = clf.model
     V, S = 1 + clf.n_crops, m.image_size
     batch = images[:batch_size]
@@ -179,7 +178,7 @@ def bench_floor_and_crops(clf, images, keys, batch_size, reps, clock, warmup=Tru
 
 
 def bench_crops(clf, images, keys, clock, max_images):
-    from fiftyone_lazsl.crops import make_views, sample_crop_boxes
+    from fiftyone_lazsl.core.crops import make_views, sample_crop_boxes
     m = clf.model
     out = []
     for im, k in list(zip(images, keys))[:max_images]:
@@ -200,7 +199,7 @@ class StageTimer:
     moment (a shared machine's load drifts by tens of percent within minutes)."""
 
     def __init__(self, clf, clock, crops=True):
-        import fiftyone_lazsl.classifier as C
+        import fiftyone_lazsl.core.classifier as C
         self.C, self.clf, self.clock = C, clf, clock
         self.t = {"encode": 0.0, "crops": 0.0, "scoring": 0.0}
         self.orig = (clf.model.encode_images, C.make_views, C.lazsl_scores)
@@ -227,8 +226,8 @@ class StageTimer:
 
 
 def bench_pipeline(clf, paths, batch_size, num_workers, clock):
-    from fiftyone_lazsl.apply import to_labels
-    from fiftyone_lazsl.pipeline import iter_predictions
+    from fiftyone_lazsl.fo.apply import to_labels
+    from fiftyone_lazsl.core.pipeline import iter_predictions
     n_labels = 0
     batch_times = []
     preds = []
@@ -266,7 +265,7 @@ def bench_run_lazsl(clf, paths, batch_size, num_workers, clock, name="bench-run"
 
 def bench_scoring(clf, feats, reps, loop_images, clock):
     import torch
-    from fiftyone_lazsl.scoring import lazsl_scores
+    from fiftyone_lazsl.core.scoring import lazsl_scores
     tf, mask = clf.text_features, clf.text_mask
     kw = dict(theta=clf.theta, eps=clf.eps, max_iter=clf.max_iter, stop_tol=clf.stop_tol,
               gamma=clf.gamma)
@@ -303,8 +302,8 @@ def bench_write(clf, labels, n, clock, write_every=64):
     """Write ``n`` samples' prepared labels as run_lazsl does (set_values by id,
     ``write_every`` samples per write)."""
     import fiftyone as fo
-    from fiftyone_lazsl.apply import _ensure_fields
-    from fiftyone_lazsl.runs import output_fields
+    from fiftyone_lazsl.fo.apply import _ensure_fields
+    from fiftyone_lazsl.fo.runs import output_fields
     ds = fo.Dataset("bench-write", overwrite=True)
     ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(n)])
     fields = output_fields("lazsl")
@@ -332,7 +331,7 @@ def memory_child(args) -> None:
     import torch
     import fiftyone as fo
     from fiftyone_lazsl import LaZSLClassifier, run_lazsl
-    from fiftyone_lazsl.models import load_model
+    from fiftyone_lazsl.core.models import load_model
     if args.mem_model == "lazsl-tiny-test":
         _register_tiny()
     device = args.device
@@ -591,7 +590,7 @@ def main(argv=None):
     try:
         return _main(args, tmp)
     finally:
-        import private_mongod
+        from fiftyone_lazsl.testing import mongod as private_mongod
         private_mongod.stop(mongod)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -599,9 +598,9 @@ def main(argv=None):
 def _main(args, tmp):
     import torch
     from fiftyone_lazsl import LaZSLClassifier
-    from fiftyone_lazsl.imageio import load_image_tensor
-    from fiftyone_lazsl.models import load_model
-    from fiftyone_lazsl.pipeline import default_num_workers
+    from fiftyone_lazsl.core.imageio import load_image_tensor
+    from fiftyone_lazsl.core.models import load_model
+    from fiftyone_lazsl.core.pipeline import default_num_workers
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     args.device = device

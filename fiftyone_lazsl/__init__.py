@@ -11,8 +11,8 @@ LaZSL: Chen et al., "Interpretable Zero-Shot Learning with Locally-Aligned
 Vision-Language Model", ICCV 2025.
 """
 
-from .attributes import AttributeSet, AttributeSetError
-from .scoring import clip_scores, dclip_scores, lazsl_scores
+from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
+from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, lazsl_scores
 
 __version__ = "0.1.0"
 
@@ -26,12 +26,12 @@ __all__ = [
 def __getattr__(name):
     # Heavy modules (open_clip, FiftyOne) load on first use.
     if name in ("LaZSLClassifier", "Prediction"):
-        from . import classifier
+        from fiftyone_lazsl.core import classifier
         return getattr(classifier, name)
     if name == "load_model":
-        from .models import load_model
+        from fiftyone_lazsl.core.models import load_model
         return load_model
     if name in ("run_lazsl", "RunSummary"):
-        from . import apply
+        from fiftyone_lazsl.fo import apply
         return getattr(apply, name)
     raise AttributeError(f"module 'fiftyone_lazsl' has no attribute {name!r}")

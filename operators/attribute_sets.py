@@ -1,6 +1,6 @@
 """Operators that import and delete the attribute sets stored with a dataset.
 
-Thin shells over :mod:`fiftyone_lazsl.store` and :mod:`fiftyone_lazsl.published`:
+Thin shells over :mod:`fiftyone_lazsl.fo.store` and :mod:`fiftyone_lazsl.core.published`:
 
 * ``import_attribute_set``: a published name (``cub``, ``imagenet``...) or the
   path of a DCLIP/LaZSL/CuPL JSON file, stored on the current dataset under a
@@ -11,8 +11,9 @@ Thin shells over :mod:`fiftyone_lazsl.store` and :mod:`fiftyone_lazsl.published`
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_lazsl import published, store
-from fiftyone_lazsl.attributes import FORMATS
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.core.attributes import FORMATS
 from fiftyone_lazsl.errors import UserError
 
 _FORMAT_HELP = {

@@ -1,8 +1,8 @@
 """Operators ``audit_labels`` and ``evaluate_methods``.
 
-Thin shells over :func:`fiftyone_lazsl.audit.audit_labels` (rank likely label
+Thin shells over :func:`fiftyone_lazsl.fo.audit.audit_labels` (rank likely label
 errors, write attribute evidence, tag the suspects) and
-:func:`fiftyone_lazsl.evaluate.evaluate_methods` (FiftyOne top-1 / top-k
+:func:`fiftyone_lazsl.fo.evaluate.evaluate_methods` (FiftyOne top-1 / top-k
 evaluations of several prediction fields, one comparison table, saved views).
 Both act on the target view (dataset, current view or selected samples).
 """
@@ -10,10 +10,10 @@ Both act on the target view (dataset, current view or selected samples).
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_lazsl.audit import EVIDENCE_NOTE, audit_labels
-from fiftyone_lazsl.evaluate import evaluate_methods
-from fiftyone_lazsl.explain import ground_truth_fields
-from fiftyone_lazsl.runs import list_lazsl_fields
+from fiftyone_lazsl.fo.audit import EVIDENCE_NOTE, audit_labels
+from fiftyone_lazsl.fo.evaluate import evaluate_methods
+from fiftyone_lazsl.fo.explain import ground_truth_fields
+from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
 
 def _dropdown(choices):

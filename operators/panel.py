@@ -1,24 +1,24 @@
 """The ``lazsl_explanations`` panel: why LaZSL predicted what it did for the
 sample open in the App.
 
-A thin shell over :mod:`fiftyone_lazsl.explain`: it picks the LaZSL label field
+A thin shell over :mod:`fiftyone_lazsl.fo.explain`: it picks the LaZSL label field
 and ground-truth field from dropdowns, asks
-:func:`~fiftyone_lazsl.explain.explain_sample` /
-:func:`~fiftyone_lazsl.explain.panel_content` for the sample in
+:func:`~fiftyone_lazsl.fo.explain.explain_sample` /
+:func:`~fiftyone_lazsl.fo.explain.panel_content` for the sample in
 ``ctx.current_sample``, and renders the result; its buttons load
-:func:`~fiftyone_lazsl.explain.matched_attribute_view` with ``ctx.ops.set_view``.
+:func:`~fiftyone_lazsl.fo.explain.matched_attribute_view` with ``ctx.ops.set_view``.
 """
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_lazsl.explain import (
+from fiftyone_lazsl.fo.explain import (
     explain_sample,
     ground_truth_fields,
     matched_attribute_view,
     panel_content,
 )
-from fiftyone_lazsl.runs import list_lazsl_fields
+from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
 _NO_GT = "(none)"
 

@@ -1,6 +1,6 @@
 """Operator ``run_lazsl``: classify the target view with LaZSL, DCLIP or CLIP.
 
-A thin shell over :func:`fiftyone_lazsl.apply.run_lazsl`. Immediate and
+A thin shell over :func:`fiftyone_lazsl.fo.apply.run_lazsl`. Immediate and
 delegated execution are both allowed; delegation is the default choice for
 views larger than :data:`DELEGATE_ABOVE` samples (``ExecutionOptions``).
 Progress carries a stage label ("decoding 12/100", "encoding ...") in both
@@ -13,8 +13,9 @@ import threading
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from fiftyone_lazsl import published, store
-from fiftyone_lazsl.apply import run_lazsl
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.apply import run_lazsl
 
 #: Views with more samples than this default to delegated execution.
 DELEGATE_ABOVE = 200

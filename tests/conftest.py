@@ -18,12 +18,9 @@ import pathlib  # noqa: E402
 
 
 def _start_private_mongod() -> None:
-    """Our own mongod for the whole session (see tests/private_mongod.py);
-    subprocesses (CLI tests) inherit its URI."""
-    import sys
-
-    sys.path.insert(0, os.path.dirname(__file__))
-    import private_mongod
+    """Our own mongod for the whole session (see
+    :mod:`fiftyone_lazsl.testing.mongod`); subprocesses (CLI tests) inherit its URI."""
+    from fiftyone_lazsl.testing import mongod as private_mongod
 
     proc = private_mongod.start(os.environ["FIFTYONE_DATABASE_DIR"], os.path.join(_TMP, "mongod.log"))
 

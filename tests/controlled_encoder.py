@@ -1,6 +1,6 @@
 """A deterministic stand-in for an open_clip model whose answers are known.
 
-:class:`ControlledModel` is a :class:`fiftyone_lazsl.models.LoadedModel`, so
+:class:`ControlledModel` is a :class:`fiftyone_lazsl.core.models.LoadedModel`, so
 ``LaZSLClassifier(aset, model=ControlledModel(...))`` runs the production
 pipeline (decoding, crops, vision selection, optimal transport, writing to
 FiftyOne) on features chosen by the test:
@@ -32,9 +32,9 @@ import pathlib
 import numpy as np
 import torch
 
-from fiftyone_lazsl.attributes import AttributeSet
-from fiftyone_lazsl.models import LoadedModel
-from fiftyone_lazsl.prompts import build_prompts, clip_prompt
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.models import LoadedModel
+from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt
 
 #: Colour of each class's images, by class index.
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),

@@ -9,12 +9,12 @@ browser download). The test opens a sample in the modal, puts the
 ``lazsl_explanations`` panel beside it, and checks in the DOM:
 
 * the panel's summary and its attribute tables, row by row, equal
-  :func:`fiftyone_lazsl.explain.panel_content` for that sample;
+  :func:`fiftyone_lazsl.fo.explain.panel_content` for that sample;
 * the crop detections' attribute labels (and how many crops carry each) in the
   modal sidebar's ``F_crops`` section (the boxes themselves are drawn on a
   canvas);
 * clicking a matched-attribute button filters the grid to
-  :func:`~fiftyone_lazsl.explain.matched_attribute_view`'s sample count.
+  :func:`~fiftyone_lazsl.fo.explain.matched_attribute_view`'s sample count.
 
 Screenshots go to ``$LAZSL_TEST_ARTIFACTS`` (default ``tests/artifacts/``,
 git-ignored). With ``LAZSL_DOCS_SCREENSHOT=<path>`` the sample+panel view is
@@ -60,7 +60,7 @@ def _artifacts_dir() -> pathlib.Path:
 def classified(shared_data, tmp_path_factory):
     """A persistent dataset of real CUB photos with a LaZSL run in ``lazsl``."""
     import fiftyone as fo
-    import tiny_clip
+    from fiftyone_lazsl.testing import tiny_clip
     from fiftyone_lazsl import run_lazsl
 
     attribute_texts = json.loads((shared_data / "attribute_sets" / "cub.json").read_text())
@@ -113,7 +113,7 @@ def driver(tmp_path):
 def _pick_sample(ds):
     """A sample whose ground truth differs from the prediction (so the panel
     shows both tables), else the first one."""
-    from fiftyone_lazsl.explain import explain_sample
+    from fiftyone_lazsl.fo.explain import explain_sample
 
     for s in ds:
         if explain_sample(s, "lazsl", "ground_truth")["gt_differs"]:
@@ -262,7 +262,7 @@ def test_panel_and_crops_in_browser(classified, app, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from fiftyone_lazsl.explain import explain_sample, matched_attribute_view, panel_content
+    from fiftyone_lazsl.fo.explain import explain_sample, matched_attribute_view, panel_content
 
     ds = classified
     sample = _pick_sample(ds)

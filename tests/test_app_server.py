@@ -8,7 +8,7 @@ import urllib.request
 
 import fiftyone as fo
 
-import tiny_clip
+from fiftyone_lazsl.testing import tiny_clip
 from app_server import AppServer
 from fiftyone_lazsl import run_lazsl
 

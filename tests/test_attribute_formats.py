@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import pytest
 
-from fiftyone_lazsl.attribute_formats import (
+from fiftyone_lazsl.core.attribute_formats import (
     detect_format,
     dumps,
     edit_class,
@@ -15,7 +15,7 @@ from fiftyone_lazsl.attribute_formats import (
     save_attribute_file,
     to_cupl,
 )
-from fiftyone_lazsl.attributes import AttributeSet, AttributeSetError
+from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
 
 CUPL = OrderedDict([
     ("Cardinal", ["A Cardinal is a red songbird with a crest.",

@@ -5,7 +5,7 @@ from collections import OrderedDict
 
 import pytest
 
-from fiftyone_lazsl.attributes import AttributeSet, AttributeSetError
+from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
 
 EXPECTED_CLASSES = {"cub": 200, "imagenet": 1000, "pets": 37, "food101": 101,
                     "places365": 365, "dtd": 47, "eurosat": 10}

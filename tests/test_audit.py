@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import controlled_encoder as ce
-import tiny_clip
+from fiftyone_lazsl.testing import tiny_clip
 from plugin_fixtures import lazsl_plugin, run_operator  # noqa: F401
 
 tiny_clip.register()
@@ -69,7 +69,7 @@ def flipped(tmp_path):
 def test_flipped_labels_rank_first_with_right_evidence(flipped, method):
     import fiftyone as fo
 
-    from fiftyone_lazsl.audit import audit_labels, suspects_view_name
+    from fiftyone_lazsl.fo.audit import audit_labels, suspects_view_name
 
     ds, aset, items, flips = flipped
     s = _run(ds, aset, method, method)
@@ -140,7 +140,7 @@ def test_flipped_labels_rank_first_with_right_evidence(flipped, method):
 
 
 def test_rerun_moves_tag_and_top_k_limits(flipped):
-    from fiftyone_lazsl.audit import audit_labels
+    from fiftyone_lazsl.fo.audit import audit_labels
 
     ds, aset, items, flips = flipped
     _run(ds, aset, "dclip", "dclip")
@@ -158,7 +158,7 @@ def test_rerun_moves_tag_and_top_k_limits(flipped):
 def test_unknown_label_missing_prediction_no_label_and_clip(tmp_path):
     """Labels outside the run's classes, failed images, unlabelled samples, and
     CLIP runs (no attribute evidence)."""
-    from fiftyone_lazsl.audit import NO_EVIDENCE_CLIP, audit_labels
+    from fiftyone_lazsl.fo.audit import NO_EVIDENCE_CLIP, audit_labels
 
     aset = ce.make_attribute_set(3, A)
     items = ce.write_images(tmp_path / "img", {0: 1, 1: 1, 2: 1})
@@ -206,7 +206,7 @@ def test_unknown_label_missing_prediction_no_label_and_clip(tmp_path):
 
 
 def test_audit_errors(flipped):
-    from fiftyone_lazsl.audit import audit_labels
+    from fiftyone_lazsl.fo.audit import audit_labels
     from fiftyone_lazsl.errors import UserError
 
     ds, aset, items, flips = flipped
@@ -231,7 +231,7 @@ def real_dataset(shared_data, tmp_path_factory):
     import fiftyone as fo
 
     from fiftyone_lazsl import LaZSLClassifier, run_lazsl
-    from fiftyone_lazsl.attributes import AttributeSet
+    from fiftyone_lazsl.core.attributes import AttributeSet
 
     ckpt = str(tiny_clip.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=2))
     full = AttributeSet.from_json(shared_data / "attribute_sets" / "cub.json")
@@ -244,7 +244,7 @@ def real_dataset(shared_data, tmp_path_factory):
     ds = fo.Dataset(name, persistent=True)
     ds.add_samples([fo.Sample(filepath=str(src / c / f), ground_truth=fo.Classification(label=c))
                     for c in img_classes for f in sorted(os.listdir(src / c))[:2]])
-    from fiftyone_lazsl.models import load_model
+    from fiftyone_lazsl.core.models import load_model
     model = load_model(tiny_clip.TINY_MODEL, ckpt, device="cpu")
     for m in METHODS:
         clf = LaZSLClassifier(aset, model=model, method=m, n_crops=N_CROPS, seed=0, batch_size=6)
@@ -286,8 +286,8 @@ def _check_eval_keys(ds, fields, k):
 
 
 def test_real_photos_python(real_dataset):
-    from fiftyone_lazsl.audit import audit_labels
-    from fiftyone_lazsl.evaluate import evaluate_methods
+    from fiftyone_lazsl.fo.audit import audit_labels
+    from fiftyone_lazsl.fo.evaluate import evaluate_methods
 
     ds, aset = real_dataset
     rep = evaluate_methods(ds, "ground_truth", list(METHODS), k=5)

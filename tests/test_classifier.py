@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import tiny_clip
-from tiny_clip import TINY_MODEL, save_checkpoint, some_images
+from fiftyone_lazsl.testing import tiny_clip
+from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, save_checkpoint, some_images
 
-from fiftyone_lazsl.attributes import AttributeSet
-from fiftyone_lazsl.classifier import LaZSLClassifier
-from fiftyone_lazsl.models import load_model
-from fiftyone_lazsl.prompts import clip_prompt
-from fiftyone_lazsl.scoring import lazsl_scores
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.models import load_model
+from fiftyone_lazsl.core.prompts import clip_prompt
+from fiftyone_lazsl.core.scoring import lazsl_scores
 
 tiny_clip.register()
 
@@ -46,7 +46,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoded(photos):
-    from fiftyone_lazsl.imageio import load_image_tensor
+    from fiftyone_lazsl.core.imageio import load_image_tensor
     out = []
     for p, _ in photos:
         t, info = load_image_tensor(p)

@@ -5,7 +5,7 @@ import json
 import fiftyone as fo
 import pytest
 
-from fiftyone_lazsl.classnames import (
+from fiftyone_lazsl.core.classnames import (
     classes_from_field,
     classes_from_file,
     classes_from_list,

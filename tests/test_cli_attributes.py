@@ -9,8 +9,9 @@ import uuid
 import fiftyone as fo
 import pytest
 
-from fiftyone_lazsl import published, store
-from fiftyone_lazsl.attributes import AttributeSet
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.cli import main
 
 CONSOLE_SCRIPT = pathlib.Path(sys.executable).parent / "fiftyone-lazsl"

@@ -1,16 +1,16 @@
-"""Seeded crop boxes and the visual set (fiftyone_lazsl.crops)."""
+"""Seeded crop boxes and the visual set (fiftyone_lazsl.core.crops)."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import tiny_clip
-from tiny_clip import TINY_MODEL, some_images
+from fiftyone_lazsl.testing import tiny_clip
+from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, some_images
 
-from fiftyone_lazsl.classifier import LaZSLClassifier
-from fiftyone_lazsl.crops import make_views, relative_boxes, sample_crop_boxes
-from fiftyone_lazsl.models import load_model
+from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.crops import make_views, relative_boxes, sample_crop_boxes
+from fiftyone_lazsl.core.models import load_model
 
 tiny_clip.register()
 

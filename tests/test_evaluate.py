@@ -57,7 +57,7 @@ def compared(tmp_path):
 def test_side_by_side_accuracy_views_and_eval_keys(compared):
     import fiftyone as fo
 
-    from fiftyone_lazsl.evaluate import ALL_WRONG_VIEW, eval_keys, evaluate_methods, pair_view_name
+    from fiftyone_lazsl.fo.evaluate import ALL_WRONG_VIEW, eval_keys, evaluate_methods, pair_view_name
 
     ds, labels, expected_pred = compared
     for m, preds in expected_pred.items():
@@ -137,7 +137,7 @@ def test_side_by_side_accuracy_views_and_eval_keys(compared):
 
 def test_k_capped_and_errors(compared):
     from fiftyone_lazsl.errors import UserError
-    from fiftyone_lazsl.evaluate import evaluate_methods
+    from fiftyone_lazsl.fo.evaluate import evaluate_methods
 
     ds, labels, _ = compared
     rep = evaluate_methods(ds, "ground_truth", ["dclip"], k=50, save_views=False)

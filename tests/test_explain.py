@@ -10,7 +10,7 @@ import pytest
 
 import fiftyone as fo
 
-from fiftyone_lazsl.explain import (
+from fiftyone_lazsl.fo.explain import (
     evidence_heatmap,
     explain_sample,
     ground_truth_fields,
@@ -19,7 +19,7 @@ from fiftyone_lazsl.explain import (
     panel_content,
     write_heatmaps,
 )
-from fiftyone_lazsl.runs import run_key
+from fiftyone_lazsl.fo.runs import run_key
 from plugin_fixtures import lazsl_plugin  # noqa: F401
 
 CLASSES = ["Cardinal", "Bobolink", "Blue Jay"]
@@ -288,7 +288,7 @@ def test_explain_real_tiny_model_run(shared_data, tmp_path):
     (over the logit scale), crop counts of the predicted class match the crop
     detections' labels, ``F_attributes`` are the top rows, and the heatmap is
     the detections' mass accumulated over their boxes."""
-    import tiny_clip
+    from fiftyone_lazsl.testing import tiny_clip
     from fiftyone_lazsl import run_lazsl
 
     tiny_clip.register()

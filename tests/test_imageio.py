@@ -1,4 +1,4 @@
-"""fiftyone_lazsl.imageio: every kind of input ends as RGB pixels or an
+"""fiftyone_lazsl.core.imageio: every kind of input ends as RGB pixels or an
 ImageLoadError naming the file. Inputs are generated with PIL into tmp_path;
 real photos are read in place from the shared data folder."""
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageFile
 
 from fiftyone_lazsl.errors import UserError
-from fiftyone_lazsl.imageio import (
+from fiftyone_lazsl.core.imageio import (
     ImageLoadError,
     image_to_tensor,
     load_image,

@@ -9,15 +9,15 @@ import traceback
 
 import pytest
 
-from fiftyone_lazsl.llm import (
+from fiftyone_lazsl.llm.generate import (
     PROMPT_VERSION,
     AttributeGenerator,
     LLMError,
     build_messages,
     generate_attribute_set,
 )
-from fiftyone_lazsl.llm_cache import LLMCache, cache_key
-from fiftyone_lazsl.llm_secrets import public_url, resolve_api_key, scrub
+from fiftyone_lazsl.llm.cache import LLMCache, cache_key
+from fiftyone_lazsl.llm.secrets import public_url, resolve_api_key, scrub
 from openai_stub_server import (
     StubOpenAI,
     attributes_json,
@@ -191,7 +191,7 @@ def test_key_never_written_anywhere(tmp_cache, no_env_key, caplog, tmp_path):
     import fiftyone as fo
     from fiftyone.core.odm import get_db_conn
 
-    from fiftyone_lazsl import store
+    from fiftyone_lazsl.fo import store
 
     caplog.set_level(logging.DEBUG)
     script = {"Json Bird": SCRIPT["Json Bird"], "Broken Bird": SCRIPT["Broken Bird"],

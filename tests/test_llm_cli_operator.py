@@ -9,9 +9,9 @@ import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.executor import ExecutionContext
 
-from fiftyone_lazsl import store
+from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.cli import main
-from fiftyone_lazsl.llm_secrets import KEY_NAMES
+from fiftyone_lazsl.llm.secrets import KEY_NAMES
 from openai_stub_server import StubOpenAI, attributes_json, content, refusal
 from plugin_fixtures import lazsl_plugin, operator_uri, run_operator  # noqa: F401
 

@@ -1,6 +1,6 @@
 """Parsing and cleaning of LLM replies (pure functions)."""
 
-from fiftyone_lazsl.llm_text import (
+from fiftyone_lazsl.llm.text import (
     is_refusal,
     normalize_attribute,
     normalize_attributes,

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tiny_clip
-from tiny_clip import TINY_MODEL, make_hub_cache, save_checkpoint
+from fiftyone_lazsl.testing import tiny_clip
+from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, make_hub_cache, save_checkpoint
 
 from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
-from fiftyone_lazsl.models import LoadedModel, load_model
+from fiftyone_lazsl.core.models import LoadedModel, load_model
 
 tiny_clip.register()
 
@@ -39,7 +39,7 @@ def _reference_model(state_dict_path):
 
 # ------------------------------------------------------------------ loading
 def test_random_weights_are_loud(caplog):
-    with caplog.at_level(logging.WARNING, logger="fiftyone_lazsl.models"):
+    with caplog.at_level(logging.WARNING, logger="fiftyone_lazsl.core.models"):
         m = load_model(TINY_MODEL, None, device="cpu")
     assert isinstance(m, LoadedModel)
     assert m.random_weights is True
@@ -56,7 +56,7 @@ def test_random_weights_are_loud(caplog):
 
 
 def test_checkpoint_file(checkpoint, caplog):
-    with caplog.at_level(logging.WARNING, logger="fiftyone_lazsl.models"):
+    with caplog.at_level(logging.WARNING, logger="fiftyone_lazsl.core.models"):
         m = load_model(TINY_MODEL, str(checkpoint), device="cpu")
     assert not any("RANDOM WEIGHTS" in r.getMessage() for r in caplog.records)
     assert m.random_weights is False
@@ -100,7 +100,7 @@ def test_offline_hub_cache_via_cache_dir(tmp_path):
 _HUB_SCRIPT = r"""
 import sys, torch
 sys.path.insert(0, {tests!r})
-from fiftyone_lazsl.models import load_model
+from fiftyone_lazsl.core.models import load_model
 m = load_model("ignored", "hf-hub:lazsl-test/tiny-clip", device="cpu")
 saved = torch.load({weights!r}, map_location="cpu", weights_only=True)
 assert m.random_weights is False, m.random_weights
@@ -200,7 +200,7 @@ def _register_short_model(tmp_path):
     import json
     import open_clip
     if open_clip.get_model_config(SHORT_MODEL) is None:
-        cfg = json.loads((TESTS / "data" / f"{TINY_MODEL}.json").read_text())
+        cfg = json.loads(tiny_clip._CONFIG.read_text())
         cfg["text_cfg"]["context_length"] = 16
         p = tmp_path / f"{SHORT_MODEL}.json"
         p.write_text(json.dumps(cfg))
@@ -226,7 +226,7 @@ def test_text_cache_reused_for_checkpoint(checkpoint, tmp_cache, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("encode_text called although the result is cached")
 
-    monkeypatch.setattr("fiftyone_lazsl.models.encode_text_tokens", boom)
+    monkeypatch.setattr("fiftyone_lazsl.core.models.encode_text_tokens", boom)
     second = m.encode_texts(PROMPTS, batch_size=8)
     assert torch.equal(first, second)
     # a different text list is not served from the cache
@@ -247,7 +247,7 @@ def test_random_weights_never_cached(tmp_cache):
 def test_trimmed_text_encoding_equals_full_context():
     """encode_text_tokens cuts the causal CLIP text tower after the last
     end-of-text token; the features must equal open_clip's full-context ones."""
-    from fiftyone_lazsl.models import encode_text_tokens
+    from fiftyone_lazsl.core.models import encode_text_tokens
 
     m = load_model(TINY_MODEL, None, device="cpu")
     texts = ["a", "Cardinal, which is a bright red bird with a crest",

@@ -8,8 +8,9 @@ import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.executor import ExecutionError
 
-from fiftyone_lazsl import published, store
-from fiftyone_lazsl.attributes import AttributeSet
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.core.attributes import AttributeSet
 from plugin_fixtures import lazsl_plugin, operator_uri, run_operator  # noqa: F401
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-import tiny_clip
+from fiftyone_lazsl.testing import tiny_clip
 from plugin_fixtures import lazsl_plugin, run_operator  # noqa: F401
 
 tiny_clip.register()

@@ -1,4 +1,4 @@
-"""Prompts in the DCLIP / LaZSL format (fiftyone_lazsl.prompts).
+"""Prompts in the DCLIP / LaZSL format (fiftyone_lazsl.core.prompts).
 
 Expected strings are written out by hand from the official rule
 (DCLIP ``make_descriptor_sentence``, reused by LaZSL ``loading_helpers.py``)::
@@ -17,8 +17,8 @@ Expected strings are written out by hand from the official rule
 
 import pytest
 
-from fiftyone_lazsl.attributes import AttributeSet
-from fiftyone_lazsl.prompts import (build_prompts, class_prompts, clip_prompt,
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.prompts import (build_prompts, class_prompts, clip_prompt,
                                     descriptor_clause, wordify)
 
 
@@ -137,7 +137,7 @@ def test_build_prompts_class_order_and_ragged():
 
 def test_prompt_names_from_metadata():
     """Sets keyed by dataset folder names carry readable names for the prompts."""
-    from fiftyone_lazsl.prompts import build_prompts, prompt_names
+    from fiftyone_lazsl.core.prompts import build_prompts, prompt_names
 
     s = AttributeSet.from_dict({"001.Black_footed_Albatross": ["a long, hooked bill"], "002.X": []},
                                metadata={"prompt_names": {"001.Black_footed_Albatross":

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from fiftyone_lazsl import published
+from fiftyone_lazsl.core import published
 from fiftyone_lazsl.errors import UserError
 
 NAMES = ["cub", "imagenet", "pets", "food101", "places365", "dtd", "eurosat"]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import badfiles as bf
-import tiny_clip
+from fiftyone_lazsl.testing import tiny_clip
 from badfiles import assert_every_sample_accounted
 
 tiny_clip.register()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 import badfiles as bf
-import tiny_clip
+from fiftyone_lazsl.testing import tiny_clip
 from badfiles import assert_every_sample_accounted
 
 tiny_clip.register()
@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier(checkpoint):
     from fiftyone_lazsl import LaZSLClassifier
-    from fiftyone_lazsl.attributes import AttributeSet
+    from fiftyone_lazsl.core.attributes import AttributeSet
 
     return LaZSLClassifier(AttributeSet.from_dict(ATTRS, name="three"), tiny_clip.TINY_MODEL,
                            checkpoint, device="cpu", n_crops=N_CROPS, seed=3, batch_size=3)
@@ -233,9 +233,9 @@ def test_underflowing_kernel_falls_back_and_stays_finite(tmp_path, shared_data, 
     written is finite; each plan is still a transport plan (crop masses of
     the kept crops sum to 1)."""
     from fiftyone_lazsl import LaZSLClassifier, run_lazsl
-    from fiftyone_lazsl.attributes import AttributeSet
-    from fiftyone_lazsl.imageio import load_image_tensor
-    from fiftyone_lazsl.scoring import hybrid_similarity
+    from fiftyone_lazsl.core.attributes import AttributeSet
+    from fiftyone_lazsl.core.imageio import load_image_tensor
+    from fiftyone_lazsl.core.scoring import hybrid_similarity
 
     eps = 1e-3
     clf = LaZSLClassifier(AttributeSet.from_dict(ATTRS), tiny_clip.TINY_MODEL, checkpoint,

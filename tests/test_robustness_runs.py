@@ -11,7 +11,7 @@ import bson
 import pytest
 
 import badfiles as bf
-import tiny_clip
+from fiftyone_lazsl.testing import tiny_clip
 from badfiles import assert_every_sample_accounted
 
 tiny_clip.register()
@@ -164,7 +164,7 @@ def test_two_label_fields_never_touch_each_other(photos, aset, checkpoint):
 
 
 def test_empty_attribute_list_uses_class_name_prompt(photos, checkpoint):
-    from fiftyone_lazsl.attributes import AttributeSet
+    from fiftyone_lazsl.core.attributes import AttributeSet
 
     classes = [c for _, c in photos]
     attrs = {classes[0]: [], classes[1]: ["a black head"], classes[2]: [], classes[3]: ["wings"]}
@@ -182,7 +182,7 @@ def test_empty_attribute_list_uses_class_name_prompt(photos, checkpoint):
 
 
 def test_classes_missing_from_set_error_or_restrict(photos, checkpoint):
-    from fiftyone_lazsl.attributes import AttributeSetError
+    from fiftyone_lazsl.core.attributes import AttributeSetError
 
     classes = [c for _, c in photos]
     aset = {c: ["a trait"] for c in classes[:2]}
@@ -207,7 +207,7 @@ def test_padded_cased_duplicate_and_unicode_class_names(photos, checkpoint):
     spaces, unicode normal form and case do not matter (case differences are
     accepted on purpose: label files often differ only in case). Duplicate
     classes in the set are merged; predictions use the set's spelling."""
-    from fiftyone_lazsl.attributes import AttributeSet
+    from fiftyone_lazsl.core.attributes import AttributeSet
 
     creme = "Crème brûlée"
     attrs = {"Bobolink": ["black underparts"], " bobolink ": ["a buff nape"],

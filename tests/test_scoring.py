@@ -1,4 +1,4 @@
-"""Acceptance tests for :mod:`fiftyone_lazsl.scoring`.
+"""Acceptance tests for :mod:`fiftyone_lazsl.core.scoring`.
 
 Every expected value is computed independently of the library: the golden
 outputs of the official LaZSL scorer (``shared/data/golden/*.npz``), a plain
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from fiftyone_lazsl import scoring
-from fiftyone_lazsl.scoring import clip_scores, dclip_scores, lazsl_scores
+from fiftyone_lazsl.core import scoring
+from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, lazsl_scores
 
 
 # --------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from collections import OrderedDict
 import fiftyone as fo
 import pytest
 
-from fiftyone_lazsl import published, store
-from fiftyone_lazsl.attributes import AttributeSet, AttributeSetError
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
 from fiftyone_lazsl.errors import DatasetNotFoundError, UserError
 
 
@@ -119,8 +120,8 @@ def test_other_info_is_kept(dataset):
 _CHILD = r"""
 import json, sys
 import fiftyone as fo
-from fiftyone_lazsl import store
-from fiftyone_lazsl.attributes import AttributeSet
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.core.attributes import AttributeSet
 ds = fo.load_dataset(sys.argv[1])
 a = store.load_attribute_set(ds, "small")
 store.save_attribute_set(ds, AttributeSet.from_dict({"q": ["r"]}, source="child"), name="from-child")

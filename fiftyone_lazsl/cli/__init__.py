@@ -29,26 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:  # a command group not built yet
-            if e.name == f"{__name__}.{name}":
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fiftyone-lazsl`` console script."""
-    from ..attributes import AttributeSetError
-    from ..errors import UserError
+    from fiftyone_lazsl.errors import UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except (UserError, AttributeSetError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         msg = " ".join(str(e).split())  # always one line
         print(f"fiftyone-lazsl {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
 
-from ..attributes import FORMATS, class_key
-from ..errors import UserError
+from fiftyone_lazsl.core.attributes import FORMATS, class_key
+from fiftyone_lazsl.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -64,16 +63,9 @@ def register(subparsers) -> None:
     pub = attr_sub.add_parser("published", help="list the published attribute sets")
     pub.set_defaults(func=_published)
 
-    # The LLM ``generate`` action, when its module exists. ``from . import x``
-    # would raise a bare ImportError for a missing x; import_module raises
-    # ModuleNotFoundError naming it, so real import errors inside it surface.
-    try:
-        attributes_generate = importlib.import_module(f"{__package__}.attributes_generate")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.attributes_generate":
-            raise
-    else:
-        attributes_generate.register(attr_sub)
+    from fiftyone_lazsl.cli import attributes_generate
+
+    attributes_generate.register(attr_sub)
 
 
 def _summary(aset, name: str, dataset_name: str, replaced: bool) -> str:
@@ -87,7 +79,7 @@ def _summary(aset, name: str, dataset_name: str, replaced: bool) -> str:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from .. import store
+    from fiftyone_lazsl.fo import store
 
     dataset = store.load_dataset(args.dataset)
     aset = store.resolve_attribute_set(args.source, None, format=args.format)
@@ -101,7 +93,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .. import store
+    from fiftyone_lazsl.fo import store
 
     dataset = store.load_dataset(args.dataset)
     rows = store.list_attribute_sets(dataset)
@@ -119,7 +111,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .. import store
+    from fiftyone_lazsl.fo import store
 
     dataset = store.load_dataset(args.dataset)
     aset = store.load_attribute_set(dataset, args.set_name)
@@ -148,7 +140,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from .. import store
+    from fiftyone_lazsl.fo import store
 
     dataset = store.load_dataset(args.dataset)
     store.delete_attribute_set(dataset, args.set_name)
@@ -157,7 +149,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _published(args: argparse.Namespace) -> int:
-    from .. import published
+    from fiftyone_lazsl.core import published
 
     rows = [("name", "classes", "empty", "origin", "local copy", "url")]
     for e in published.list_published():

@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import UserError
+from fiftyone_lazsl.errors import UserError
 
 
 def register(attributes_subparsers) -> None:
     """Add the ``generate`` action to the ``attributes`` command group."""
-    from ..llm import DEFAULT_N
+    from fiftyone_lazsl.llm.generate import DEFAULT_N
 
     p = attributes_subparsers.add_parser(
         "generate",
@@ -63,9 +63,9 @@ def _progress(done, total, result):
 
 
 def _generate(args) -> int:
-    from .. import classnames
-    from ..llm import generate_attribute_set
-    from ..llm_secrets import resolve_api_key
+    from fiftyone_lazsl.core import classnames
+    from fiftyone_lazsl.llm.generate import generate_attribute_set
+    from fiftyone_lazsl.llm.secrets import resolve_api_key
 
     if args.classes and args.field:
         raise UserError("give either --dataset NAME --field F or --classes FILE, not both")
@@ -74,7 +74,7 @@ def _generate(args) -> int:
 
     dataset = None
     if args.dataset:
-        from ..store import load_dataset
+        from fiftyone_lazsl.fo.store import load_dataset
 
         dataset = load_dataset(args.dataset)
     if args.classes:
@@ -85,11 +85,11 @@ def _generate(args) -> int:
 
     name = args.name
     if not name:
-        from ..store import safe_set_name
+        from fiftyone_lazsl.fo.store import safe_set_name
 
         name = safe_set_name(os.path.splitext(os.path.basename(args.out))[0])
     if dataset is not None:
-        from ..store import validate_set_name
+        from fiftyone_lazsl.fo.store import validate_set_name
 
         validate_set_name(name)
 
@@ -109,7 +109,7 @@ def _generate(args) -> int:
             f"attributes ({aset.metadata['cached_classes']} classes cached, "
             f"{aset.metadata['requests']} requests)")
     if dataset is not None:
-        from ..store import save_attribute_set
+        from fiftyone_lazsl.fo.store import save_attribute_set
 
         stored = save_attribute_set(dataset, aset, name)
         line += f"; stored as {stored!r} on dataset {dataset.name!r}"

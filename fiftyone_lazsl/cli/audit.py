@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from ..store import load_dataset
+from fiftyone_lazsl.fo.store import load_dataset
 
 
 def _audit(args) -> int:
-    from ..audit import audit_labels
+    from fiftyone_lazsl.fo.audit import audit_labels
 
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.only_tag) if args.only_tag else ds
@@ -29,7 +29,7 @@ def _audit(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from ..evaluate import evaluate_methods
+    from fiftyone_lazsl.fo.evaluate import evaluate_methods
 
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.only_tag) if args.only_tag else ds

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .datasets import load_dataset
+from fiftyone_lazsl.cli.datasets import load_dataset
 
 
 def add_model_arguments(p) -> None:
@@ -17,7 +17,7 @@ def add_model_arguments(p) -> None:
 
 
 def _classify(args) -> int:
-    from ..apply import run_lazsl
+    from fiftyone_lazsl.fo.apply import run_lazsl
 
     ds = load_dataset(args.dataset)
     view = ds

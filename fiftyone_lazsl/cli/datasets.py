@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UserError
-from ..store import load_dataset
+from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.store import load_dataset
 
 
 def import_folder(directory: str, dataset_name: str, *, overwrite: bool = False,

@@ -15,7 +15,7 @@ import os
 import pathlib
 import sys
 
-from ..errors import UserError
+from fiftyone_lazsl.errors import UserError
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_IMAGES = _REPO.parent / "shared" / "data" / "images" / "cub"
@@ -46,8 +46,8 @@ def _subset(directory: pathlib.Path, per_class: int, out: pathlib.Path) -> pathl
 
 
 def _choose_weights(model: str, tag: str | None):
-    from ..errors import WeightsUnavailableError
-    from ..models import load_model
+    from fiftyone_lazsl.errors import WeightsUnavailableError
+    from fiftyone_lazsl.core.models import load_model
 
     if tag in (None, "", "none", "random"):
         return load_model(model, None), False
@@ -73,12 +73,12 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     Raises:
         UserError: missing image folder, or an attribute set that lacks classes.
     """
-    from ..apply import run_lazsl
-    from ..classifier import LaZSLClassifier
-    from ..published import load_published
-    from ..store import save_attribute_set
-    from ..attributes import AttributeSet
-    from .datasets import import_folder
+    from fiftyone_lazsl.fo.apply import run_lazsl
+    from fiftyone_lazsl.core.classifier import LaZSLClassifier
+    from fiftyone_lazsl.core.published import load_published
+    from fiftyone_lazsl.fo.store import save_attribute_set
+    from fiftyone_lazsl.core.attributes import AttributeSet
+    from fiftyone_lazsl.cli.datasets import import_folder
 
     images = pathlib.Path(images or os.environ.get("DEMO_IMAGES") or DEFAULT_IMAGES)
     if not images.is_dir():

@@ -15,7 +15,7 @@ import pathlib
 import torch
 
 TINY_MODEL = "lazsl-tiny-test"
-_CONFIG = pathlib.Path(__file__).parent / "data" / f"{TINY_MODEL}.json"
+_CONFIG = pathlib.Path(__file__).parent / f"{TINY_MODEL}.json"
 
 
 def register() -> str:

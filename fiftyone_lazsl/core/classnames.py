@@ -22,8 +22,8 @@ import re
 from collections import OrderedDict
 from typing import Iterable
 
-from .attributes import class_key
-from .errors import UserError
+from fiftyone_lazsl.core.attributes import class_key
+from fiftyone_lazsl.errors import UserError
 
 STYLES = ("cub", "spaces")
 
@@ -63,7 +63,7 @@ def readable_names(labels: Iterable[str], style: str = "cub") -> "OrderedDict[st
 
     Raises:
         UserError: two labels give the same readable name (compared with
-            :func:`~fiftyone_lazsl.attributes.class_key`).
+            :func:`~fiftyone_lazsl.core.attributes.class_key`).
     """
     out: OrderedDict[str, str] = OrderedDict()
     seen: dict[str, str] = {}

@@ -21,11 +21,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from fiftyone_lazsl.errors import AttributeSetError
+
 FORMATS = ("descriptors", "cupl")
-
-
-class AttributeSetError(ValueError):
-    """Raised for an attribute set that cannot be read or does not fit the data."""
 
 
 def _clean_name(name: str) -> str:

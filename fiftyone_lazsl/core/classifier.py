@@ -1,7 +1,7 @@
 """``LaZSLClassifier``: images + an attribute set -> scores, labels and evidence.
 
 Ties together the semantic set (prompts encoded once per classifier), the
-visual set (seeded crops), and the scorers of :mod:`fiftyone_lazsl.scoring`.
+visual set (seeded crops), and the scorers of :mod:`fiftyone_lazsl.core.scoring`.
 Methods: ``"lazsl"`` (optimal transport of crops to attributes), ``"dclip"``
 (mean global-view similarity over attributes) and ``"clip"`` (one
 ``"a photo of a {class}."`` prompt per class).
@@ -16,11 +16,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .attributes import AttributeSet
-from .crops import make_views, relative_boxes, sample_crop_boxes
-from .models import LoadedModel, load_model
-from .prompts import build_prompts, clip_prompt, prompt_names
-from .scoring import clip_scores, dclip_scores, lazsl_scores
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.crops import make_views, relative_boxes, sample_crop_boxes
+from fiftyone_lazsl.core.models import LoadedModel, load_model
+from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
+from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, lazsl_scores
 
 METHODS = ("lazsl", "dclip", "clip")
 
@@ -91,7 +91,7 @@ class LaZSLClassifier:
         attribute_set: classes and attributes (:class:`AttributeSet`, a dict, or a JSON path).
         model: open_clip model name, or a :class:`LoadedModel` (then ``pretrained``,
             ``device`` are ignored).
-        pretrained: weights (see :func:`fiftyone_lazsl.models.load_model`); None = random.
+        pretrained: weights (see :func:`fiftyone_lazsl.core.models.load_model`); None = random.
         method: ``"lazsl"``, ``"dclip"`` or ``"clip"``.
         device: torch device (default CUDA if available).
         n_crops: crops per image ``N`` (90).
@@ -323,9 +323,9 @@ class LaZSLClassifier:
             one :class:`Prediction` per image.
 
         Raises:
-            fiftyone_lazsl.imageio.ImageLoadError: an unreadable image file.
+            fiftyone_lazsl.core.imageio.ImageLoadError: an unreadable image file.
         """
-        from .imageio import image_to_tensor, load_image_tensor
+        from fiftyone_lazsl.core.imageio import image_to_tensor, load_image_tensor
 
         tensors, ks, sizes, scales = [], [], [], []
         for i, im in enumerate(images):

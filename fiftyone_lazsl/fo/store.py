@@ -22,9 +22,9 @@ from collections import OrderedDict
 
 import fiftyone as fo
 
-from .attributes import AttributeSet, AttributeSetError, FORMATS
-from .errors import DatasetNotFoundError, UserError
-from . import published
+from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
+from fiftyone_lazsl.errors import DatasetNotFoundError, UserError
+from fiftyone_lazsl.core import published
 
 #: Key of ``dataset.info`` under which attribute sets are stored.
 INFO_KEY = "lazsl_attribute_sets"
@@ -257,7 +257,7 @@ def resolve_attribute_set(spec, dataset=None, *, format: str | None = None) -> A
 
     Tried in this order: a set stored on ``dataset`` under that name; a path
     to a JSON file; a published set's name (``"cub"``, see
-    :func:`fiftyone_lazsl.published.list_published`).
+    :func:`fiftyone_lazsl.core.published.list_published`).
 
     Args:
         spec: a name, a path, or an :class:`AttributeSet` (returned as is).

@@ -26,8 +26,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from .errors import UserError
-from .runs import get_run_config
+from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.runs import get_run_config
 
 #: Name of the saved view of samples that every evaluated method got wrong.
 ALL_WRONG_VIEW = "all wrong"

@@ -2,7 +2,7 @@
 
 Location: ``$FIFTYONE_LAZSL_CACHE/llm`` (or ``~/.cache/fiftyone-lazsl/llm``).
 A record is keyed by the endpoint (its public URL, see
-:func:`fiftyone_lazsl.llm_secrets.public_url`), the model, the prompt
+:func:`fiftyone_lazsl.llm.secrets.public_url`), the model, the prompt
 version, the class name as sent, the number of attributes asked for and the
 domain hint, so re-running a generation costs nothing and an interrupted run
 resumes where it stopped. Only usable answers are cached; a class that failed

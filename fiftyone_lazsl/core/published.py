@@ -1,6 +1,7 @@
 """Published attribute sets, fetched by name and verified by SHA-256.
 
-The registry (``attribute_sets/registry.json`` at the repository root) lists
+The registry (``fiftyone_lazsl/data/published_attribute_sets.json``, package
+data, so wheel installs have it too) lists
 the GPT-3 descriptor files published with DCLIP (Menon & Vondrick, ICLR 2023)
 and LaZSL (ICCV 2025): for each name (``"cub"``, ``"imagenet"``...) the
 upstream URL (pinned to a commit), the SHA-256 of the file, its number of
@@ -30,8 +31,8 @@ import urllib.error
 import urllib.request
 from typing import Iterable
 
-from .attributes import AttributeSet
-from .errors import UserError
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.errors import HashMismatchError, UserError
 
 #: Environment variable: folders (``os.pathsep`` separated) holding local copies.
 DIRS_ENV = "FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS"
@@ -42,17 +43,9 @@ DOWNLOAD_TIMEOUT = 15.0
 #: Largest file accepted from a download (the biggest set is ~250 kB).
 MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024
 
-_HERE = pathlib.Path(__file__).resolve().parent
-#: Where the registry is read from (repository root, or bundled in the package).
-REGISTRY_PATH = next(
-    (p for p in (_HERE.parent / "attribute_sets" / "registry.json",
-                 _HERE / "attribute_sets" / "registry.json") if p.is_file()),
-    _HERE.parent / "attribute_sets" / "registry.json",
-)
-
-
-class HashMismatchError(UserError):
-    """A copy of a published attribute set does not have the registered SHA-256."""
+#: Where the registry is read from: package data, present in checkouts, editable
+#: installs and wheels alike.
+REGISTRY_PATH = pathlib.Path(__file__).resolve().parents[1] / "data" / "published_attribute_sets.json"
 
 
 def load_registry() -> dict:

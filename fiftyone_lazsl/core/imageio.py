@@ -94,7 +94,7 @@ from typing import IO, Any, Callable
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, TiffImagePlugin
 
-from .errors import UserError
+from fiftyone_lazsl.errors import ImageLoadError, UserError
 
 __all__ = [
     "ImageLoadError",
@@ -130,26 +130,6 @@ _ORIENTATION_TRANSPOSE = {
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 _EXIF_ORIENTATION_TAG = 0x0112
-
-
-class ImageLoadError(UserError):
-    """An image file could not be read or decoded.
-
-    Attributes:
-        path: the file, as given (``str``).
-        reason: short human-readable cause, e.g. ``"truncated JPEG file"``.
-
-    The message is ``"cannot load image <path>: <reason>"``. Instances pickle
-    (they cross ``DataLoader`` worker boundaries).
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = os.fspath(path)
-        self.reason = str(reason)
-        super().__init__(f"cannot load image {self.path}: {self.reason}")
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
 
 
 # --------------------------------------------------------------------------

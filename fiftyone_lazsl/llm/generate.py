@@ -10,7 +10,7 @@ For every class one request asks for ``n`` short visual attributes, with an
 optional domain hint ("bird species"). The answer is requested as JSON
 (``response_format={"type": "json_object"}``); an endpoint that rejects that
 option (HTTP 400/422) is asked again, for the rest of the run, without it.
-Replies are parsed and cleaned by :mod:`fiftyone_lazsl.llm_text`. A class whose
+Replies are parsed and cleaned by :mod:`fiftyone_lazsl.llm.text`. A class whose
 answer has no usable attribute (empty, refusal, prose) is asked once more with
 a stricter reminder; if that fails too it keeps an empty list, which LaZSL
 scores with a class-name-only prompt, and the set records a warning. A class
@@ -19,9 +19,9 @@ an empty list and a warning; errors that concern the whole run (bad key,
 unknown model or URL, unreachable server) stop it with :class:`LLMError`.
 
 Classes run concurrently on a small thread pool. Usable answers are cached on
-disk (:mod:`fiftyone_lazsl.llm_cache`), so re-running costs nothing and an
+disk (:mod:`fiftyone_lazsl.llm.cache`), so re-running costs nothing and an
 interrupted run resumes. The API key is never stored or logged, and is
-scrubbed from error messages (:mod:`fiftyone_lazsl.llm_secrets`).
+scrubbed from error messages (:mod:`fiftyone_lazsl.llm.secrets`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .attributes import AttributeSet
-from .errors import UserError
-from .llm_cache import LLMCache, cache_key
-from .llm_secrets import DEFAULT_BASE_URL, public_url, resolve_api_key, scrub
-from .llm_text import MAX_ATTRIBUTE_CHARS, is_refusal, normalize_attributes, parse_attribute_reply
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.errors import LLMError, UserError
+from fiftyone_lazsl.llm.cache import LLMCache, cache_key
+from fiftyone_lazsl.llm.secrets import DEFAULT_BASE_URL, public_url, resolve_api_key, scrub
+from fiftyone_lazsl.llm.text import MAX_ATTRIBUTE_CHARS, is_refusal, normalize_attributes, parse_attribute_reply
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ SYSTEM_PROMPT = (
 )
 
 
-class LLMError(UserError):
-    """The LLM endpoint cannot be used for this run (no or bad API key, unknown
-    model or URL, server unreachable, every class failed). The message never
-    holds the API key."""
+
 
 
 @dataclass
@@ -121,7 +118,7 @@ class AttributeGenerator:
     Args:
         model: the chat model (``"gpt-4o-mini"``, ``"llama3.1"`` on Ollama...).
         base_url: the endpoint (default: ``$OPENAI_BASE_URL`` or OpenAI's).
-        api_key: the key; default :func:`~fiftyone_lazsl.llm_secrets.resolve_api_key`
+        api_key: the key; default :func:`~fiftyone_lazsl.llm.secrets.resolve_api_key`
             from the environment. A custom ``base_url`` may go without one.
         n: attributes asked for per class (and kept at most), 1 to 50.
         hint: optional domain hint put into the prompt.
@@ -132,7 +129,7 @@ class AttributeGenerator:
         json_mode: ask for ``response_format={"type": "json_object"}`` (dropped
             automatically if the endpoint rejects it).
         cache: True (the default cache folder), False/None (no cache), a folder
-            path, or an :class:`~fiftyone_lazsl.llm_cache.LLMCache`.
+            path, or an :class:`~fiftyone_lazsl.llm.cache.LLMCache`.
         max_chars: cap on one attribute's length.
 
     Raises:
@@ -383,7 +380,7 @@ def generate_attribute_set(classes: Sequence[str] | Mapping[str, str], *,
 
     Args:
         classes: class names, or ``{class name: name sent to the LLM}`` (e.g.
-            :func:`fiftyone_lazsl.classnames.readable_names`); the set is keyed
+            :func:`fiftyone_lazsl.core.classnames.readable_names`); the set is keyed
             by the class names, in this order.
         model, base_url, api_key, n, hint, timeout, max_retries, concurrency,
         json_mode, cache, max_chars: see :class:`AttributeGenerator`.
@@ -391,7 +388,7 @@ def generate_attribute_set(classes: Sequence[str] | Mapping[str, str], *,
         progress: ``progress(done, total, result)`` after each class.
 
     Returns:
-        An :class:`~fiftyone_lazsl.attributes.AttributeSet` with
+        An :class:`~fiftyone_lazsl.core.attributes.AttributeSet` with
         ``source="llm:<model>"``, warnings for classes left empty, and metadata
         ``generator, llm_model, base_url`` (without credentials), ``n, hint,
         prompt_version, json_mode, requests, cached_classes, failed_classes``

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .classifier import LaZSLClassifier, Prediction
+from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
 
 
 @dataclass
@@ -39,7 +39,7 @@ class _Files(Dataset):
         return len(self.filepaths)
 
     def __getitem__(self, i):
-        from .imageio import load_image_tensor
+        from fiftyone_lazsl.core.imageio import load_image_tensor
 
         path = self.filepaths[i]
         try:

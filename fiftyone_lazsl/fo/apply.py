@@ -1,7 +1,7 @@
 """Run LaZSL (or the DCLIP / CLIP baselines) on a FiftyOne dataset or view.
 
 :func:`run_lazsl` is what the ``run_lazsl`` operator and the ``classify`` CLI
-call. It writes the fields described in :mod:`fiftyone_lazsl.runs` in batches
+call. It writes the fields described in :mod:`fiftyone_lazsl.fo.runs` in batches
 (``set_values``, never one save per sample), so a run that is killed leaves
 every completed batch intact, and records the run's provenance as a FiftyOne
 run (``dataset.list_runs()``).
@@ -16,11 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from .attributes import AttributeSet
-from .classifier import LaZSLClassifier, Prediction
-from .errors import UserError
-from .pipeline import iter_predictions
-from .runs import output_fields, run_key
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
+from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.core.pipeline import iter_predictions
+from fiftyone_lazsl.fo.runs import output_fields, run_key
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _resolve_attribute_set(attribute_set, dataset) -> AttributeSet:
         return attribute_set
     if isinstance(attribute_set, dict):
         return AttributeSet.from_dict(attribute_set)
-    from .store import resolve_attribute_set
+    from fiftyone_lazsl.fo.store import resolve_attribute_set
     return resolve_attribute_set(str(attribute_set), dataset=dataset)
 
 
@@ -151,7 +151,7 @@ def _check_label_field(dataset, label_field: str) -> None:
     """Refuse a label field whose outputs would overwrite fields this run does
     not own: fields of another LaZSL run (``F`` vs ``F_crops``...), or existing
     fields no LaZSL run wrote (``ground_truth``, ``filepath``...)."""
-    from .runs import list_lazsl_fields
+    from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
     if not isinstance(label_field, str) or not label_field.strip():
         raise UserError("the label field name must be a non-empty string")
@@ -178,7 +178,7 @@ def _check_label_field(dataset, label_field: str) -> None:
 def _check_resumable(dataset, label_field: str, config: dict) -> None:
     """``skip_existing`` keeps earlier outputs: refuse to mix them with outputs
     of different parameters."""
-    from .runs import get_run_config
+    from fiftyone_lazsl.fo.runs import get_run_config
 
     try:
         old = get_run_config(dataset, label_field)
@@ -215,10 +215,10 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
             selected samples).
         attribute_set: an :class:`AttributeSet`, a dict, a set name stored on the
             dataset, a JSON file path or a published set name (``"cub"``).
-        model, pretrained, device: see :func:`fiftyone_lazsl.models.load_model`.
+        model, pretrained, device: see :func:`fiftyone_lazsl.core.models.load_model`.
         method: ``"lazsl"``, ``"dclip"`` or ``"clip"``.
         label_field: prediction field ``F``; also writes ``F_crops``,
-            ``F_attributes``, ``F_error`` (see :mod:`fiftyone_lazsl.runs`).
+            ``F_attributes``, ``F_error`` (see :mod:`fiftyone_lazsl.fo.runs`).
         n_crops, crop_scale, theta, eps, gamma, seed, prompt_style: LaZSL parameters
             (see :class:`LaZSLClassifier`).
         batch_size: images per forward pass; num_workers: decoding processes.
@@ -233,7 +233,7 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
             are cleared first, so no old and new crops or errors mix.
         gt_field: a Classification field whose labels must all be classes of the
             set (checked before anything is written). Labels are matched with
-            :func:`fiftyone_lazsl.attributes.class_key`: surrounding/inner
+            :func:`fiftyone_lazsl.core.attributes.class_key`: surrounding/inner
             spaces, unicode normal form and *case* do not matter
             (``" bobolink"`` is the set's ``"Bobolink"``).
         restrict_to_set: with ``gt_field``, process only samples whose label is a
@@ -258,7 +258,7 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
         a :class:`RunSummary`.
 
     Raises:
-        fiftyone_lazsl.attributes.AttributeSetError: gt classes missing from the set.
+        fiftyone_lazsl.core.attributes.AttributeSetError: gt classes missing from the set.
         fiftyone_lazsl.errors.UserError: unknown model / weights unavailable / bad
             input / a label field that would overwrite other fields / resuming
             with other parameters.
@@ -384,7 +384,7 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
         dataset.update_run_config(key, cfg)
 
     if heatmap and method == "lazsl":
-        from .explain import write_heatmaps
+        from fiftyone_lazsl.fo.explain import write_heatmaps
         # (not `view`: with skip_existing it matches only samples without a
         # prediction, which no longer includes the ones just classified)
         write_heatmaps(dataset.select(ids), label_field)

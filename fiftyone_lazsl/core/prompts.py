@@ -17,7 +17,7 @@ CuPL attribute sets are full sentences and are used verbatim.
 
 from __future__ import annotations
 
-from .attributes import AttributeSet
+from fiftyone_lazsl.core.attributes import AttributeSet
 
 STYLES = ("dclip", "legacy")
 

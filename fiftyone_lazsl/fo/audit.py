@@ -1,7 +1,7 @@
 """Label audit: rank likely label errors and say why, in attribute words.
 
 :func:`audit_labels` reads the predictions a LaZSL / DCLIP / CLIP run wrote in a
-field ``F`` (see :mod:`fiftyone_lazsl.runs`) and a ground-truth
+field ``F`` (see :mod:`fiftyone_lazsl.fo.runs`) and a ground-truth
 ``fo.Classification`` field ``G``, and writes for every audited sample:
 
 * ``F_suspicion`` (float): how strongly the model contradicts the label,
@@ -52,9 +52,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .attributes import class_key
-from .errors import UserError
-from .runs import get_run_config, output_fields
+from fiftyone_lazsl.core.attributes import class_key
+from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 #: Note shown with every audit: what "evidence" means.
 EVIDENCE_NOTE = (

@@ -11,7 +11,7 @@ Both formats are JSON objects ``{class: [text, ...]}``:
 :func:`detect_format` tells them apart (CuPL sentences end with punctuation
 and mostly name their class; DCLIP attributes do neither). Exporting a
 descriptor set to CuPL writes the very sentences LaZSL would encode
-(:func:`fiftyone_lazsl.prompts.class_prompts`), so a CuPL consumer sees the
+(:func:`fiftyone_lazsl.core.prompts.class_prompts`), so a CuPL consumer sees the
 same prompts. A CuPL set cannot be turned back into attributes.
 
 Editing helpers: :func:`merge_sets` (formats must agree), :func:`edit_class`
@@ -26,7 +26,7 @@ import re
 from collections import OrderedDict
 from typing import Mapping, Sequence
 
-from .attributes import AttributeSet, AttributeSetError, FORMATS
+from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
 
 #: Share of entries that must look like sentences for a set to be read as CuPL.
 CUPL_SENTENCE_SHARE = 0.8
@@ -100,7 +100,7 @@ def to_cupl(attribute_set: AttributeSet, *, style: str = "dclip") -> "OrderedDic
     prompt LaZSL encodes (``"Cardinal, which has a red crest."``). Classes with
     no attribute keep an empty list.
     """
-    from .prompts import class_prompts
+    from fiftyone_lazsl.core.prompts import class_prompts
 
     if attribute_set.format == "cupl":
         return attribute_set.to_dict()
@@ -187,18 +187,18 @@ def edit_class(attribute_set: AttributeSet, class_name: str, attributes: Sequenc
     Args:
         attribute_set: the set to edit (unchanged).
         class_name: the class, matched with
-            :func:`~fiftyone_lazsl.attributes.class_key`.
+            :func:`~fiftyone_lazsl.core.attributes.class_key`.
         attributes: its new attributes (an empty list makes it fall back to a
             class-name-only prompt).
         add: allow a class the set does not have (appended at the end).
         clean: clean them like LLM output
-            (:func:`fiftyone_lazsl.llm_text.normalize_attributes`); CuPL
+            (:func:`fiftyone_lazsl.llm.text.normalize_attributes`); CuPL
             sentences are never cleaned.
 
     Raises:
         AttributeSetError: the class is not in the set and ``add`` is False.
     """
-    from .llm_text import normalize_attributes
+    from fiftyone_lazsl.llm.text import normalize_attributes
 
     if attribute_set.resolve(class_name) is None and not add:
         raise AttributeSetError(

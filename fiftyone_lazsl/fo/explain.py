@@ -18,7 +18,7 @@ can be tested without the App:
   transport mass accumulated over the crop boxes, as ``fo.Heatmap`` labels.
 
 The stored layout that these functions read is documented in
-:mod:`fiftyone_lazsl.runs`.
+:mod:`fiftyone_lazsl.fo.runs`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from fiftyone_lazsl.runs import get_run_config, list_lazsl_fields, output_fields
+from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields, output_fields
 
 #: Default longest side, in cells, of the heatmaps written by :func:`write_heatmaps`.
 HEATMAP_MAX_SIDE = 64
@@ -107,7 +107,7 @@ def explain_sample(sample, label_field: str, gt_field: str | None = None, config
         label_field: the run's label field ``F``
         gt_field (None): an optional ``fo.Classification`` field holding the
             ground truth
-        config (None): the run config (:func:`fiftyone_lazsl.runs.get_run_config`),
+        config (None): the run config (:func:`fiftyone_lazsl.fo.runs.get_run_config`),
             looked up from the sample's dataset when omitted
 
     Returns:

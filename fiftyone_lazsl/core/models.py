@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelNotFoundError, WeightsUnavailableError
+from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
