@@ -14,6 +14,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import published
+from fiftyone_lazsl.core.config import LaZSLConfig
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.fo.apply import run_lazsl
 
@@ -36,27 +37,65 @@ def _attribute_set_choices(dataset):
     return view
 
 
+#: Form inputs that are not LaZSLConfig fields under the same name.
+_CROP_INPUTS = ("crop_min", "crop_max")
+
+
+def params_to_config(params: dict) -> LaZSLConfig:
+    """Operator parameters -> :class:`LaZSLConfig` (every form input named after
+    a config field; ``crop_min`` / ``crop_max`` form ``crop_scale``).
+
+    Raises:
+        fiftyone_lazsl.errors.ConfigError: a value out of its domain.
+    """
+    d = {k: params[k] for k in LaZSLConfig.field_names()
+         if k in params and params[k] is not None and params[k] != ""}
+    lo, hi = LaZSLConfig.crop_scale_default()
+    if "crop_min" in params or "crop_max" in params:
+        d["crop_scale"] = (params.get("crop_min", lo) if params.get("crop_min") is not None else lo,
+                           params.get("crop_max", hi) if params.get("crop_max") is not None else hi)
+    return LaZSLConfig.from_dict(d)
+
+
 def params_to_kwargs(params: dict) -> dict:
-    """Operator parameters -> keyword arguments of ``run_lazsl``."""
-    pretrained = params.get("pretrained") or None
-    if isinstance(pretrained, str) and pretrained.strip().lower() in ("none", "random"):
-        pretrained = None
+    """Operator parameters -> keyword arguments of ``run_lazsl`` (``config=``
+    plus the run options)."""
     return dict(
-        model=params.get("model") or "ViT-B-32",
-        pretrained=pretrained,
-        method=params.get("method") or "lazsl",
+        config=params_to_config(params),
         label_field=params.get("label_field") or "lazsl",
-        n_crops=int(params.get("n_crops", 90)),
-        crop_scale=(float(params.get("crop_min", 0.6)), float(params.get("crop_max", 0.9))),
-        theta=float(params.get("theta", 0.8)),
-        seed=int(params.get("seed", 0)),
-        batch_size=int(params.get("batch_size", 4)),
-        device=params.get("device") or None,
         gt_field=params.get("gt_field") or None,
         restrict_to_set=bool(params.get("restrict_to_set", False)) and bool(params.get("gt_field")),
         skip_existing=bool(params.get("skip_existing", False)),
         heatmap=bool(params.get("heatmap", False)),
     )
+
+
+def _config_inputs(inputs: types.Object, method: str) -> None:
+    """One form input per :class:`LaZSLConfig` field the chosen method uses,
+    with the field's help text and default (``crop_scale`` as two numbers)."""
+    defaults = LaZSLConfig()
+    for f in LaZSLConfig.fields_for(method):
+        if f.name == "method":
+            continue
+        m, label = f.metadata, f.name.replace("_", " ").capitalize()
+        default = getattr(defaults, f.name)
+        if f.name == "crop_scale":
+            inputs.float("crop_min", default=default[0], label="Smallest crop (alpha)",
+                         description="smallest crop side / min(H, W)", min=0.01, max=1)
+            inputs.float("crop_max", default=default[1], label="Largest crop (beta)",
+                         description="largest crop side / min(H, W)", min=0.01, max=1)
+        elif m["choices"]:
+            inputs.enum(f.name, list(m["choices"]), default=default, label=label,
+                        description=m["help"], view=types.DropdownView())
+        elif isinstance(default, bool):
+            inputs.bool(f.name, default=default, label=label, description=m["help"])
+        elif isinstance(default, int):
+            inputs.int(f.name, default=default, label=label, description=m["help"])
+        elif isinstance(default, float):
+            inputs.float(f.name, default=default, label=label, description=m["help"])
+        else:
+            inputs.str(f.name, default=default, required=False, label=label,
+                       description=m["help"])
 
 
 class RunLaZSL(foo.Operator):
@@ -91,17 +130,8 @@ class RunLaZSL(foo.Operator):
         for k, v in METHODS.items():
             methods.add_choice(k, label=k, description=v)
         inputs.enum("method", methods.values(), default="lazsl", label="Method", view=methods)
-        inputs.str("model", default="ViT-B-32", label="open_clip model")
-        inputs.str("pretrained", default="openai", label="Weights",
-                   description="open_clip tag, hf-hub:ID, checkpoint path, or 'none' (random: tests only)")
         inputs.str("label_field", default="lazsl", label="Label field")
-        inputs.int("n_crops", default=90, label="Crops per image (N)", min=1)
-        inputs.float("crop_min", default=0.6, label="Smallest crop (fraction of short side)", min=0.01, max=1)
-        inputs.float("crop_max", default=0.9, label="Largest crop (fraction of short side)", min=0.01, max=1)
-        inputs.float("theta", default=0.8, label="Theta (weight of the crop similarity)", min=0, max=1)
-        inputs.int("seed", default=0, label="Seed")
-        inputs.int("batch_size", default=4, label="Images per batch", min=1)
-        inputs.str("device", required=False, label="Device", description="e.g. cuda, cpu (default: auto)")
+        _config_inputs(inputs, ctx.params.get("method") or "lazsl")
         inputs.str("gt_field", required=False, label="Ground-truth field (checked against the set)")
         inputs.bool("restrict_to_set", default=False,
                     label="Only samples whose ground-truth class is in the set",

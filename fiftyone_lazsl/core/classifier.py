@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
 from fiftyone_lazsl.core.crops import make_views, relative_boxes, sample_crop_boxes
 from fiftyone_lazsl.core.models import LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
 from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, lazsl_scores
 
-METHODS = ("lazsl", "dclip", "clip")
+__all__ = ["LaZSLClassifier", "Prediction", "CropEvidence", "METHODS"]
+
+#: Marks an argument that was not given (``None`` means random weights).
+_UNSET = object()
 
 
 @dataclass
@@ -89,48 +93,59 @@ class LaZSLClassifier:
 
     Args:
         attribute_set: classes and attributes (:class:`AttributeSet`, a dict, or a JSON path).
-        model: open_clip model name, or a :class:`LoadedModel` (then ``pretrained``,
-            ``device`` are ignored).
-        pretrained: weights (see :func:`fiftyone_lazsl.core.models.load_model`); None = random.
-        method: ``"lazsl"``, ``"dclip"`` or ``"clip"``.
-        device: torch device (default CUDA if available).
-        n_crops: crops per image ``N`` (90).
-        crop_scale: ``(alpha, beta)`` crop side range as a fraction of ``min(H, W)``.
-        theta, eps, gamma, max_iter, stop_tol: see :func:`lazsl_scores`.
-        seed: user seed for crops (combined with each image's key).
-        batch_size: images encoded per forward pass (each has ``1 + N`` views).
-        prompt_style: ``"dclip"`` (default) or ``"legacy"`` (official code's rule).
-        prompt_suffix: appended to every prompt (official ImageNet runs use ``"."``).
+        model: open_clip model name, or a :class:`LoadedModel` (then ``pretrained``
+            and ``device`` come from it). Default: ``config.model``.
+        pretrained: weights (see :func:`fiftyone_lazsl.core.models.load_model`);
+            None = random. Default: ``config.pretrained``.
+        config: a :class:`~fiftyone_lazsl.core.config.LaZSLConfig` (default: the
+            paper's parameters).
+        **params: any :class:`LaZSLConfig` field (``method``, ``n_crops``,
+            ``crop_scale``, ``theta``, ``eps``, ``gamma``, ``max_iter``,
+            ``stop_tol``, ``seed``, ``batch_size``, ``prompt_style``,
+            ``prompt_suffix``, ``crop_backend``, ``device``), overriding ``config``.
+
+    Attributes:
+        lazsl_config: the effective :class:`LaZSLConfig`.
+        method, n_crops, crop_scale, theta, eps, gamma, max_iter, stop_tol, seed,
+        batch_size, prompt_style, prompt_suffix: its values (``n_crops`` is 0
+        for ``dclip`` / ``clip``, which use the global view only).
 
     Raises:
-        ValueError: unknown method; errors of :func:`load_model`.
+        fiftyone_lazsl.errors.ConfigError: a parameter out of its domain or unknown.
+        errors of :func:`load_model`.
     """
 
-    def __init__(self, attribute_set, model: str | LoadedModel = "ViT-B-32",
-                 pretrained: str | None = "openai", *, method: str = "lazsl",
-                 device=None, n_crops: int = 90, crop_scale=(0.6, 0.9), theta: float = 0.8,
-                 eps: float = 0.1, gamma: float = 0.0, max_iter: int = 100,
-                 stop_tol: float = 1e-2, seed: int = 0, batch_size: int = 4,
-                 prompt_style: str = "dclip", prompt_suffix: str = ""):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        if n_crops < 1 and method == "lazsl":
-            raise ValueError("LaZSL needs at least one crop (n_crops >= 1)")
+    def __init__(self, attribute_set: "AttributeSet | Mapping | str | os.PathLike",
+                 model: "str | LoadedModel | None" = None, pretrained: "str | None | object" = _UNSET,
+                 *, config: LaZSLConfig | None = None, **params: Any) -> None:
+        overrides = dict(params)
+        loaded = model if isinstance(model, LoadedModel) else None
+        if loaded is not None:
+            overrides.update(model=loaded.name, pretrained=loaded.pretrained,
+                             device=str(loaded.device))
+        elif model is not None:
+            overrides["model"] = model
+        if pretrained is not _UNSET and loaded is None:
+            overrides["pretrained"] = pretrained
+        cfg = config or LaZSLConfig()
+        cfg = cfg.replace(**overrides) if overrides else cfg
         if isinstance(attribute_set, (str, os.PathLike)):
             attribute_set = AttributeSet.from_json(attribute_set)
         elif not isinstance(attribute_set, AttributeSet):
             attribute_set = AttributeSet.from_dict(attribute_set)
         self.attribute_set = attribute_set
-        self.model = model if isinstance(model, LoadedModel) else load_model(model, pretrained, device=device)
-        self.method = method
-        self.n_crops = int(n_crops) if method == "lazsl" else 0
-        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
-        self.theta, self.eps, self.gamma = float(theta), float(eps), float(gamma)
-        self.max_iter, self.stop_tol = int(max_iter), float(stop_tol)
-        self.seed = int(seed)
-        self.batch_size = max(1, int(batch_size))
-        self.prompt_style = prompt_style
-        self.prompt_suffix = prompt_suffix
+        self.lazsl_config = cfg
+        self.model = loaded or load_model(cfg.model, cfg.pretrained, device=cfg.device)
+        self.method = cfg.method
+        self.n_crops = cfg.n_crops if cfg.method == "lazsl" else 0
+        self.crop_scale = cfg.crop_scale
+        self.crop_backend = cfg.crop_backend
+        self.theta, self.eps, self.gamma = cfg.theta, cfg.eps, cfg.gamma
+        self.max_iter, self.stop_tol = cfg.max_iter, cfg.stop_tol
+        self.seed = cfg.seed
+        self.batch_size = cfg.batch_size
+        self.prompt_style = cfg.prompt_style
+        self.prompt_suffix = cfg.prompt_suffix
         self.classes = attribute_set.classes
         self._encode_text()
 
@@ -158,16 +173,15 @@ class LaZSLClassifier:
         self.text_mask = mask.to(self.model.device)
 
     def config(self) -> dict:
-        """Every parameter that determines the output, JSON-serialisable."""
+        """Provenance: every :class:`LaZSLConfig` field (``to_dict``), the
+        model's identity (:meth:`LoadedModel.describe`: ``model``, ``pretrained``,
+        ``weights_id``, ``random_weights``, ``image_size``), the attribute set's
+        name, hash, classes and attribute texts, and ``logit_scale``.
+        JSON-serialisable; ``LaZSLConfig.from_dict(d, strict=False)`` reads it back."""
         return {
+            **self.lazsl_config.to_dict(),
             **self.model.describe(),
-            "method": self.method,
             "n_crops": self.n_crops,
-            "crop_scale": list(self.crop_scale),
-            "theta": self.theta, "eps": self.eps, "gamma": self.gamma,
-            "max_iter": self.max_iter, "stop_tol": self.stop_tol,
-            "seed": self.seed,
-            "prompt_style": self.prompt_style, "prompt_suffix": self.prompt_suffix,
             "attribute_set": self.attribute_set.name,
             "attribute_set_hash": self.attribute_set.content_hash,
             "classes": list(self.classes),

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
-from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.errors import ConfigError, RunConflictError
 from fiftyone_lazsl.core.pipeline import iter_predictions
 from fiftyone_lazsl.fo.runs import output_fields, run_key
 
@@ -63,7 +64,7 @@ class RunSummary:
         return s
 
 
-def _resolve_attribute_set(attribute_set, dataset) -> AttributeSet:
+def _resolve_attribute_set(attribute_set: Any, dataset: Any) -> AttributeSet:
     if isinstance(attribute_set, AttributeSet):
         return attribute_set
     if isinstance(attribute_set, dict):
@@ -117,7 +118,7 @@ def to_labels(pred: Prediction, classifier: LaZSLClassifier, *, top_k_crops: int
     return cls, dets, attrs
 
 
-def _ensure_fields(dataset, fields: dict, method: str) -> None:
+def _ensure_fields(dataset: Any, fields: dict, method: str) -> None:
     import fiftyone as fo
 
     schema = dataset.get_field_schema()
@@ -134,11 +135,10 @@ def _ensure_fields(dataset, fields: dict, method: str) -> None:
             dataset.add_sample_field(name, **kw)
 
 
-#: Run-config keys that must match the recorded run for ``skip_existing`` to
-#: resume it (anything that changes a sample's outputs).
-_RESUME_KEYS = ("model", "weights_id", "random_weights", "method", "n_crops", "crop_scale",
-                "theta", "eps", "gamma", "max_iter", "stop_tol", "seed", "prompt_style",
-                "prompt_suffix", "attribute_set_hash", "classes", "top_k_crops", "top_attributes")
+#: Run-config keys besides :class:`LaZSLConfig`'s own output parameters that must
+#: match the recorded run for ``skip_existing`` to resume it.
+_RESUME_KEYS = ("weights_id", "random_weights", "attribute_set_hash", "classes",
+                "top_k_crops", "top_attributes")
 
 
 def _all_output_fields(label_field: str) -> list[str]:
@@ -147,14 +147,14 @@ def _all_output_fields(label_field: str) -> list[str]:
     return list(output_fields(label_field).values()) + [f"{label_field}_heatmap"]
 
 
-def _check_label_field(dataset, label_field: str) -> None:
+def _check_label_field(dataset: Any, label_field: str) -> None:
     """Refuse a label field whose outputs would overwrite fields this run does
     not own: fields of another LaZSL run (``F`` vs ``F_crops``...), or existing
     fields no LaZSL run wrote (``ground_truth``, ``filepath``...)."""
     from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
     if not isinstance(label_field, str) or not label_field.strip():
-        raise UserError("the label field name must be a non-empty string")
+        raise ConfigError("the label field name must be a non-empty string")
     ours = _all_output_fields(label_field)
     runs = list_lazsl_fields(dataset)
     for other in runs:
@@ -162,52 +162,88 @@ def _check_label_field(dataset, label_field: str) -> None:
             continue
         clash = sorted(set(ours) & set(_all_output_fields(other)))
         if clash:
-            raise UserError(
+            raise RunConflictError(
                 f"label field {label_field!r} would overwrite field(s) {', '.join(clash)} of the "
                 f"LaZSL run on field {other!r}; choose another label field")
     if label_field not in runs:
         schema = dataset.get_field_schema()
         taken = [f for f in ours if f in schema]
         if taken:
-            raise UserError(
+            raise RunConflictError(
                 f"field(s) {', '.join(taken)} already exist on dataset {dataset.name!r} and were "
                 f"not written by a LaZSL run on {label_field!r}; choose another label field "
                 "(or delete those fields)")
 
 
-def _check_resumable(dataset, label_field: str, config: dict) -> None:
+def _check_resumable(dataset: Any, label_field: str, config: dict) -> None:
     """``skip_existing`` keeps earlier outputs: refuse to mix them with outputs
-    of different parameters."""
+    of different parameters (every output-determining :class:`LaZSLConfig`
+    field, plus :data:`_RESUME_KEYS`)."""
     from fiftyone_lazsl.fo.runs import get_run_config
 
     try:
         old = get_run_config(dataset, label_field)
     except ValueError:
         return
-    diff = [k for k in _RESUME_KEYS if k in old and k in config
-            and _plain(old[k]) != _plain(config[k])]
+    old = dict(old)
+    # Runs recorded before crop_backend existed cut crops with roi_align.
+    old.setdefault("crop_backend", "tensor")
+    diff = LaZSLConfig.from_dict(config, strict=False).output_diff(old)
+    diff += [k for k in _RESUME_KEYS if k in old and k in config
+             and _plain(old[k]) != _plain(config[k])]
     if diff:
-        raise UserError(
+        raise RunConflictError(
             f"cannot resume the run on field {label_field!r} with different parameters "
             f"({', '.join(diff)} differ from the recorded run); run again without "
             "skip_existing to replace its outputs, or use another label field")
 
 
-def _plain(v):
+def _plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
 
 
-def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: str | None = "openai",
-              method: str = "lazsl", label_field: str = "lazsl", n_crops: int = 90,
-              crop_scale=(0.6, 0.9), theta: float = 0.8, eps: float = 0.1, gamma: float = 0.0,
-              seed: int = 0, batch_size: int = 4, device=None, num_workers: int | None = None,
-              prompt_style: str = "dclip", top_k_crops: int | None = None,
-              top_attributes: int = 5, skip_existing: bool = False, gt_field: str | None = None,
-              restrict_to_set: bool = False, heatmap: bool = False, write_every: int = 64,
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a run writes besides the prediction (not LaZSL parameters).
+
+    Attributes:
+        top_k_crops: keep only the k kept crops with most transport mass as
+            detections (None: all kept crops).
+        top_attributes: length of ``F_attributes``.
+        heatmap: also write ``F_heatmap``.
+        write_every: samples per database write.
+        num_workers: image-decoding processes (None: automatic; 0: in process).
+    """
+
+    top_k_crops: int | None = None
+    top_attributes: int = 5
+    heatmap: bool = False
+    write_every: int = 64
+    num_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k_crops is not None and (isinstance(self.top_k_crops, bool)
+                                             or int(self.top_k_crops) < 1):
+            raise ConfigError(f"top_k_crops must be >= 1 (or None for all kept crops), "
+                              f"got {self.top_k_crops}")
+        if int(self.top_attributes) < 1:
+            raise ConfigError(f"top_attributes must be >= 1, got {self.top_attributes}")
+        if int(self.write_every) < 1:
+            raise ConfigError(f"write_every must be >= 1, got {self.write_every}")
+        if self.num_workers is not None and int(self.num_workers) < 0:
+            raise ConfigError(f"num_workers must be >= 0 (0 = decode in process), "
+                              f"got {self.num_workers}")
+
+
+def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = None,
+              label_field: str = "lazsl", gt_field: str | None = None,
+              restrict_to_set: bool = False, skip_existing: bool = False,
+              top_k_crops: int | None = None, top_attributes: int = 5, heatmap: bool = False,
+              write_every: int = 64, num_workers: int | None = None,
               classifier: LaZSLClassifier | None = None,
-              progress: ProgressFn | bool | None = None) -> RunSummary:
+              progress: ProgressFn | bool | None = None, **params: Any) -> RunSummary:
     """Classify every sample of ``samples`` and write labels and evidence.
 
     Args:
@@ -215,20 +251,19 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
             selected samples).
         attribute_set: an :class:`AttributeSet`, a dict, a set name stored on the
             dataset, a JSON file path or a published set name (``"cub"``).
-        model, pretrained, device: see :func:`fiftyone_lazsl.core.models.load_model`.
-        method: ``"lazsl"``, ``"dclip"`` or ``"clip"``.
+        config: the LaZSL parameters (:class:`~fiftyone_lazsl.core.config.LaZSLConfig`;
+            default: the paper's). ``**params`` override single fields
+            (``model=``, ``pretrained=``, ``method=``, ``n_crops=``, ``theta=``,
+            ``eps=``, ``gamma=``, ``seed=``, ``batch_size=``, ``device=``...).
         label_field: prediction field ``F``; also writes ``F_crops``,
             ``F_attributes``, ``F_error`` (see :mod:`fiftyone_lazsl.fo.runs`).
-        n_crops, crop_scale, theta, eps, gamma, seed, prompt_style: LaZSL parameters
-            (see :class:`LaZSLClassifier`).
-        batch_size: images per forward pass; num_workers: decoding processes.
-        top_k_crops: keep only the k kept crops with most mass as detections (None: all kept).
-        top_attributes: length of ``F_attributes``.
+        top_k_crops, top_attributes, heatmap, write_every, num_workers: see
+            :class:`OutputOptions`.
         skip_existing: only process samples without a prediction in ``F``
             (resume an interrupted run). Samples that only have an error in
             ``F_error`` are processed again (the file may have been fixed); a
             sample that then succeeds loses its error. The parameters must be
-            those of the recorded run on ``F`` (else :class:`UserError`).
+            those of the recorded run on ``F`` (else :class:`RunConflictError`).
             Without it, the view's old outputs in ``F*`` (and ``F_heatmap``)
             are cleared first, so no old and new crops or errors mix.
         gt_field: a Classification field whose labels must all be classes of the
@@ -239,72 +274,115 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
         restrict_to_set: with ``gt_field``, process only samples whose label is a
             class of the set instead of failing (samples without a label are
             left out too).
-        heatmap: also write ``F_heatmap`` (``fo.Heatmap`` of crop evidence).
-        write_every: samples per database write. Each write sets, per sample,
-            the error field first and the prediction last, so a sample that has a
-            prediction also has its crops and attributes even if the process is
-            killed mid-write (``skip_existing`` then redoes the others).
-        classifier: a pre-built classifier (then model parameters are ignored).
+        classifier: a pre-built classifier (then ``config`` and ``**params``
+            are ignored).
         progress: ``callable(fraction, stage_label)``, True for a tqdm bar, or None.
 
-    Every sample of the view ends with exactly one of a prediction in ``F`` or
-    a one-line reason in ``F_error`` (unreadable image, non-finite scores,
-    failed prediction); the run goes on past failed samples and lists them in
-    :attr:`RunSummary.failures`. An empty view (e.g. everything already
-    predicted with ``skip_existing``) writes nothing at all: no run record, no
-    fields, no model loaded.
+    Every parameter is validated before anything is written. Every sample of
+    the view ends with exactly one of a prediction in ``F`` or a one-line
+    reason in ``F_error`` (unreadable image, non-finite scores, failed
+    prediction); the run goes on past failed samples and lists them in
+    :attr:`RunSummary.failures`. Each database write sets, per sample, the error
+    field first and the prediction last, so a sample that has a prediction also
+    has its crops and attributes even if the process is killed mid-write. An
+    empty view (e.g. everything already predicted with ``skip_existing``)
+    writes nothing at all: no run record, no fields, no model loaded.
 
     Returns:
         a :class:`RunSummary`.
 
     Raises:
-        fiftyone_lazsl.core.attributes.AttributeSetError: gt classes missing from the set.
-        fiftyone_lazsl.errors.UserError: unknown model / weights unavailable / bad
-            input / a label field that would overwrite other fields / resuming
-            with other parameters.
+        fiftyone_lazsl.errors.UserError: a bad parameter (``ConfigError``), gt
+            classes missing from the set (``AttributeSetError``), unknown model
+            or weights unavailable, a label field that would overwrite other
+            fields or resuming with other parameters (``RunConflictError``).
+    """
+    t0 = time.time()
+    cfg = (config or LaZSLConfig()).replace(**params) if params else (config or LaZSLConfig())
+    opts = OutputOptions(top_k_crops=top_k_crops, top_attributes=top_attributes,
+                         heatmap=heatmap, write_every=write_every, num_workers=num_workers)
+    dataset = samples._dataset
+    _check_label_field(dataset, label_field)
+    aset = _resolve_attribute_set(attribute_set, dataset)
+    view = _target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set,
+                        skip_existing)
+    summary = RunSummary(label_field=label_field, run_key=None, num_samples=len(view))
+    if summary.num_samples == 0:
+        logger.info("nothing to classify: the view is empty")
+        summary.seconds = time.time() - t0
+        return summary
+
+    clf = classifier or LaZSLClassifier(aset, config=cfg)
+    summary.random_weights = clf.model.random_weights
+    key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
+                                  summary.num_samples)
+    summary.run_key = key
+    ids, paths = view.values(["id", "filepath"])
+    if not skip_existing:
+        _clear_outputs(view, dataset, label_field, len(ids))
+    done = 0
+    try:
+        done = _classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
+                                   _progress_fn(progress, len(ids)))
+    finally:
+        summary.seconds = time.time() - t0
+        _finish_run(dataset, key, summary, complete=done == len(ids))
+
+    if opts.heatmap and clf.method == "lazsl":
+        from fiftyone_lazsl.fo.explain import write_heatmaps
+        # (not `view`: with skip_existing it matches only samples without a
+        # prediction, which no longer includes the ones just classified)
+        write_heatmaps(dataset.select(ids), label_field)
+    if summary.failures:
+        logger.warning("%d of %d samples failed; their reasons are in field %r",
+                       summary.num_failed, len(ids), output_fields(label_field)["error"])
+    if summary.random_weights:
+        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
+                       label_field)
+    return summary
+
+
+def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: str,
+                 gt_field: str | None, restrict_to_set: bool, skip_existing: bool) -> Any:
+    """The samples to classify: ``samples``, restricted to classes of the set
+    (``restrict_to_set``) and to samples without a prediction (``skip_existing``);
+    checks that ``gt_field`` exists and its classes are covered.
+
+    Raises:
+        ConfigError: ``restrict_to_set`` without ``gt_field``; unknown ``gt_field``.
+        AttributeSetError: ground-truth classes missing from the set.
     """
     from fiftyone import ViewField as F
 
-    t0 = time.time()
-    dataset = samples._dataset
-    fields = output_fields(label_field)
-    _check_label_field(dataset, label_field)
-    if write_every < 1:
-        raise UserError(f"write_every must be >= 1, got {write_every}")
-    aset = _resolve_attribute_set(attribute_set, dataset)
     view = samples
     if restrict_to_set and gt_field is None:
-        raise UserError("restrict_to_set needs gt_field (the field whose labels select samples)")
+        raise ConfigError("restrict_to_set needs gt_field (the field whose labels select samples)")
     if gt_field is not None:
         if gt_field not in dataset.get_field_schema():
-            raise UserError(f"dataset {dataset.name!r} has no field {gt_field!r}")
+            raise ConfigError(f"dataset {dataset.name!r} has no field {gt_field!r}")
         labels = [x for x in view.distinct(f"{gt_field}.label")]
         if restrict_to_set:
-            keep = [l for l in labels if aset.resolve(l) is not None]
+            keep = [lb for lb in labels if aset.resolve(lb) is not None]
             view = view.match(F(f"{gt_field}.label").is_in(keep))
         else:
             aset.validate_classes(labels)
     if skip_existing and label_field in dataset.get_field_schema():
         view = view.match(F(label_field).exists(False))
-    summary = RunSummary(label_field=label_field, run_key=None)
-    n = len(view)
-    summary.num_samples = n
-    if n == 0:
-        logger.info("nothing to classify: the view is empty")
-        summary.seconds = time.time() - t0
-        return summary
+    return view
 
-    clf = classifier or LaZSLClassifier(
-        aset, model, pretrained, method=method, device=device, n_crops=n_crops,
-        crop_scale=crop_scale, theta=theta, eps=eps, gamma=gamma, seed=seed,
-        batch_size=batch_size, prompt_style=prompt_style)
-    summary.random_weights = clf.model.random_weights
-    method = clf.method
 
-    # Provenance first, so an interrupted run is still recorded.
+def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,
+               skip_existing: bool, n: int) -> tuple[str, dict]:
+    """Check a resume, record the run (provenance first, so an interrupted run
+    is still recorded), set ``dataset.classes[F]`` and create the fields.
+
+    Returns:
+        ``(run_key, run_config_dict)``.
+    """
+    fields = output_fields(label_field)
     key = run_key(label_field)
     config = dict(clf.config(), label_field=label_field, fields=fields,
-                  top_k_crops=top_k_crops, top_attributes=top_attributes,
+                  top_k_crops=opts.top_k_crops, top_attributes=opts.top_attributes,
                   attribute_set_warnings=list(clf.attribute_set.warnings),
                   status="running", num_samples=n)
     if skip_existing:
@@ -312,40 +390,55 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
     for w in clf.attribute_set.warnings:
         logger.warning("attribute set %s: %s", clf.attribute_set.name or "", w)
     dataset.register_run(key, dataset.init_run(**config), overwrite=True)
-    summary.run_key = key
     dataset.classes[label_field] = list(clf.classes)
     dataset.save()
+    _ensure_fields(dataset, fields, clf.method)
+    return key, config
 
-    _ensure_fields(dataset, fields, method)
-    ids, paths = view.values(["id", "filepath"])
-    if not skip_existing:
-        schema = dataset.get_field_schema()
-        for f in _all_output_fields(label_field):
-            if f in schema:
-                view.set_values(f, [None] * n)
-    # Fields this method writes; every outcome sets all of them for the sample.
+
+def _clear_outputs(view: Any, dataset: Any, label_field: str, n: int) -> None:
+    """Clear the view's old outputs of a run on ``label_field`` (so no old and
+    new crops or errors mix); called once the run is sure to start."""
+    schema = dataset.get_field_schema()
+    for f in _all_output_fields(label_field):
+        if f in schema:
+            view.set_values(f, [None] * n)
+
+
+def _written_fields(label_field: str, method: str) -> list[str]:
+    """Fields ``method`` writes, in write order: error first, prediction last
+    (a sample with a prediction then also has the rest)."""
+    fields = output_fields(label_field)
     written = [fields["error"]]
     if method == "lazsl":
         written.append(fields["crops"])
     if method in ("lazsl", "dclip"):
         written.append(fields["attributes"])
-    written.append(fields["prediction"])  # last: a prediction implies the rest
+    written.append(fields["prediction"])
+    return written
 
-    report = _progress_fn(progress, n)
-    done = 0
+
+def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: list,
+                        label_field: str, opts: OutputOptions, summary: RunSummary,
+                        report: Callable[[int, str], None]) -> int:
+    """Stream predictions for ``paths`` and write them in batches of
+    ``opts.write_every`` samples. Returns the number of samples processed."""
+    fields = output_fields(label_field)
+    written = _written_fields(label_field, clf.method)
     pending: dict[str, dict] = {f: {} for f in written}
 
-    def flush():
+    def flush() -> None:
         for f in written:  # error first, prediction last
             vals = pending[f]
             if vals:
                 dataset.set_values(f, vals, key_field="id")
                 vals.clear()
 
+    done = 0
     stage = {"name": "decoding"}
     try:
         for items in iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
-                                      num_workers=num_workers,
+                                      num_workers=opts.num_workers,
                                       on_stage=lambda s: stage.__setitem__("name", s)):
             for it in items:
                 sid = ids[it.index]
@@ -357,47 +450,37 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
                         pending[f][sid] = None
                     pending[fields["error"]][sid] = reason
                     continue
-                cls, dets, attrs = to_labels(it.prediction, clf, top_k_crops=top_k_crops,
-                                             top_attributes=top_attributes)
+                cls, dets, attrs = to_labels(it.prediction, clf, top_k_crops=opts.top_k_crops,
+                                             top_attributes=opts.top_attributes)
                 pending[fields["error"]][sid] = None
-                if method == "lazsl":
+                if fields["crops"] in pending:
                     pending[fields["crops"]][sid] = dets
                 if fields["attributes"] in pending:
                     pending[fields["attributes"]][sid] = attrs
                 pending[fields["prediction"]][sid] = cls
                 summary.num_predicted += 1
             done += len(items)
-            if len(pending[fields["error"]]) >= write_every:
+            if len(pending[fields["error"]]) >= opts.write_every:
                 report(done, "writing")
                 flush()
             report(done, stage["name"])
-        flush()
     finally:
         flush()
-        summary.seconds = time.time() - t0
-        info = dataset.get_run_info(key)
-        cfg = info.config
-        cfg.status = "completed" if done == n else "interrupted"
-        cfg.num_predicted = summary.num_predicted
-        cfg.num_failed = summary.num_failed
-        cfg.seconds = round(summary.seconds, 3)
-        dataset.update_run_config(key, cfg)
-
-    if heatmap and method == "lazsl":
-        from fiftyone_lazsl.fo.explain import write_heatmaps
-        # (not `view`: with skip_existing it matches only samples without a
-        # prediction, which no longer includes the ones just classified)
-        write_heatmaps(dataset.select(ids), label_field)
-    if summary.failures:
-        logger.warning("%d of %d samples failed; their reasons are in field %r",
-                       summary.num_failed, n, fields["error"])
-    if summary.random_weights:
-        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
-                       label_field)
-    return summary
+    return done
 
 
-def _progress_fn(progress, total: int):
+def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) -> None:
+    """Record the outcome on the run: status, counts and wall time."""
+    info = dataset.get_run_info(key)
+    cfg = info.config
+    cfg.status = "completed" if complete else "interrupted"
+    cfg.num_predicted = summary.num_predicted
+    cfg.num_failed = summary.num_failed
+    cfg.seconds = round(summary.seconds, 3)
+    dataset.update_run_config(key, cfg)
+
+
+def _progress_fn(progress: ProgressFn | bool | None, total: int) -> Callable[[int, str], None]:
     if progress is None or progress is False:
         return lambda done, label: None
     if progress is True:
