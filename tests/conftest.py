@@ -37,7 +37,9 @@ _start_private_mongod()
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+#: ``../shared/data`` beside the checkout; ``LAZSL_SHARED_DATA`` points elsewhere
+#: (``LAZSL_SHARED_DATA=none`` runs the suite as a fresh clone without it would).
+SHARED = pathlib.Path(os.environ.get("LAZSL_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,21 @@ def shared_data():
     if not SHARED.is_dir():
         pytest.skip(f"shared test data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def photo_data(tmp_path_factory):
+    """Photos and a matching attribute set in the layout of ``../shared/data``
+    (``images/cub/<class>/<image>``, ``attribute_sets/cub.json``): the real CUB
+    photos and published set when ``../shared`` exists, else the generated
+    stand-in of :mod:`fiftyone_lazsl.testing.synthetic`. For tests of the
+    pipeline's mechanics, which must run in a fresh clone; tests about the real
+    data itself use ``shared_data``."""
+    if SHARED.is_dir():
+        return SHARED
+    from fiftyone_lazsl.testing.synthetic import make_standin
+
+    return make_standin(tmp_path_factory.mktemp("standin-data"))
 
 
 @pytest.fixture

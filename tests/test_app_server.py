@@ -15,12 +15,12 @@ from fiftyone_lazsl import run_lazsl
 tiny_clip.register()
 
 
-def test_app_server_serves_classified_dataset(shared_data):
-    paths = [p for p, _ in tiny_clip.some_images(shared_data, per_class=1, max_classes=2)]
+def test_app_server_serves_classified_dataset(photo_data):
+    paths = [p for p, _ in tiny_clip.some_images(photo_data, per_class=1, max_classes=2)]
     ds = fo.Dataset("app-server-check", overwrite=True)
     ds.persistent = True
     ds.add_samples([fo.Sample(filepath=p) for p in paths])
-    run_lazsl(ds, str(shared_data / "attribute_sets" / "cub.json"),
+    run_lazsl(ds, str(photo_data / "attribute_sets" / "cub.json"),
               model=tiny_clip.TINY_MODEL, pretrained=None, n_crops=4, num_workers=0)
 
     with AppServer() as app:

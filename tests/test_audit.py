@@ -225,7 +225,7 @@ METHODS = ("clip", "dclip", "lazsl")
 
 
 @pytest.fixture(scope="module")
-def real_dataset(shared_data, tmp_path_factory):
+def real_dataset(photo_data, tmp_path_factory):
     """3 CUB classes x 2 real photos, persistent (CLI subprocesses read it), with
     clip / dclip / lazsl runs of a tiny model over an 8-class subset of the CUB set."""
     import fiftyone as fo
@@ -234,8 +234,8 @@ def real_dataset(shared_data, tmp_path_factory):
     from fiftyone_lazsl.core.attributes import AttributeSet
 
     ckpt = str(tiny_clip.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=2))
-    full = AttributeSet.from_json(shared_data / "attribute_sets" / "cub.json")
-    src = shared_data / "images" / "cub"
+    full = AttributeSet.from_json(photo_data / "attribute_sets" / "cub.json")
+    src = photo_data / "images" / "cub"
     img_classes = sorted(os.listdir(src))[:3]
     aset = full.with_classes(img_classes + [c for c in full.classes if c not in img_classes][:5])
     name = "audit-real"

@@ -22,15 +22,15 @@ N_CLASSES = 4
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data):
-    items = some_images(shared_data, "cub", per_class=1, max_classes=N_CLASSES)
+def photos(photo_data):
+    items = some_images(photo_data, "cub", per_class=1, max_classes=N_CLASSES)
     assert len(items) == N_CLASSES
     return items
 
 
 @pytest.fixture(scope="module")
-def cub_set(shared_data, photos):
-    full = AttributeSet.from_json(shared_data / "attribute_sets" / "cub.json")
+def cub_set(photo_data, photos):
+    full = AttributeSet.from_json(photo_data / "attribute_sets" / "cub.json")
     return full.with_classes([c for _, c in photos])
 
 

@@ -198,8 +198,8 @@ def test_classifier_crop_boxes(tiny_model):
     check_boxes(scaled.crop_boxes(500, 375, "img-1"), 500, 375, 12, scale=(0.3, 0.4))
 
 
-def test_boxes_do_not_depend_on_batch(tiny_model, shared_data):
-    files = [p for p, _ in some_images(shared_data, "cub", per_class=1, max_classes=7)]
+def test_boxes_do_not_depend_on_batch(tiny_model, photo_data):
+    files = [p for p, _ in some_images(photo_data, "cub", per_class=1, max_classes=7)]
     assert len(files) == 7
     images = [_decode(p) for p in files]
     keys = [f"key-{i}" for i in range(7)]

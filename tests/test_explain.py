@@ -282,7 +282,7 @@ def test_run_without_crop_counts(dataset):
     assert [r["crops"] for r in panel_content(e)["predicted_table"]] == ["n/a", "n/a", "n/a"]
 
 
-def test_explain_real_tiny_model_run(shared_data, tmp_path):
+def test_explain_real_tiny_model_run(photo_data, tmp_path):
     """Contents for a real (random-weight tiny model) LaZSL run on real photos
     agree with what the run stored: contributions add up to the class logit
     (over the logit scale), crop counts of the predicted class match the crop
@@ -293,7 +293,7 @@ def test_explain_real_tiny_model_run(shared_data, tmp_path):
 
     tiny_clip.register()
     ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
-    photos = tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)
+    photos = tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=3)
     ds = fo.Dataset("explain-real-run")
     try:
         ds.add_samples([fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos])

@@ -34,8 +34,8 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cub_dataset(shared_data):
-    photos = tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)
+def cub_dataset(photo_data):
+    photos = tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=3)
     ds = bf.make_dataset("cli-robust", [p for p, _ in photos], gt=[c for _, c in photos])
     ds.persistent = True
     yield ds
@@ -69,11 +69,11 @@ def _snapshot(ds):
 
 
 # ------------------------------------------------------------- user errors
-def test_user_errors_in_process(capsys, tmp_path, cub_dataset, checkpoint, shared_data):
+def test_user_errors_in_process(capsys, tmp_path, cub_dataset, checkpoint, photo_data):
     name = cub_dataset.name
     base = ["classify", "--dataset", name, "--model", tiny_clip.TINY_MODEL,
             "--pretrained", checkpoint, "--n-crops", "2", "--workers", "0"]
-    cub = str(shared_data / "attribute_sets" / "cub.json")
+    cub = str(photo_data / "attribute_sets" / "cub.json")
     before = _snapshot(cub_dataset)
 
     rc, _, err = _main(capsys, "classify", "--dataset", "no-such-dataset", "--attributes", cub)
@@ -125,10 +125,10 @@ def test_user_errors_in_process(capsys, tmp_path, cub_dataset, checkpoint, share
     assert cub_dataset.count("two") == 2 and cub_dataset.count("two_error") == 0
 
 
-def test_empty_view_via_cli_exits_0_and_writes_nothing(capsys, cub_dataset, checkpoint, shared_data):
+def test_empty_view_via_cli_exits_0_and_writes_nothing(capsys, cub_dataset, checkpoint, photo_data):
     before = _snapshot(cub_dataset)
     rc, out, err = _main(capsys, "classify", "--dataset", cub_dataset.name, "--attributes",
-                         str(shared_data / "attribute_sets" / "cub.json"), "--tag", "no-such-tag",
+                         str(photo_data / "attribute_sets" / "cub.json"), "--tag", "no-such-tag",
                          "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint,
                          "--label-field", "empty")
     assert rc == 0, err
@@ -147,10 +147,10 @@ def test_malformed_json_one_line_with_position(tmp_path, cub_dataset):
     assert str(bad) in line and "not valid JSON" in line and "line 3, column" in line
 
 
-def test_missing_weights_offline_fails_fast_with_instructions(cub_dataset, shared_data):
+def test_missing_weights_offline_fails_fast_with_instructions(cub_dataset, photo_data):
     t0 = time.time()
     r = _cli("classify", "--dataset", cub_dataset.name, "--attributes",
-             str(shared_data / "attribute_sets" / "cub.json"), "--model", "ViT-B-32",
+             str(photo_data / "attribute_sets" / "cub.json"), "--model", "ViT-B-32",
              "--pretrained", "openai", timeout=120)
     elapsed = time.time() - t0
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # premise (conftest)
@@ -204,15 +204,16 @@ def _raw(ds, fields):
             for d in ds._sample_collection.find({}, {f: 1 for f in fields})}
 
 
-def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, shared_data, checkpoint):
+def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, photo_data, checkpoint):
     from fiftyone_lazsl import run_lazsl
 
-    photos = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=2)]
+    n_classes = len(os.listdir(photo_data / "images" / "cub"))
+    photos = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=-(-48 // n_classes))]
     assert len(photos) >= 40
     ds = bf.make_dataset("cli-kill", photos)
     ds.persistent = True
     fields = ["k", "k_crops", "k_attributes", "k_error"]
-    aset = str(shared_data / "attribute_sets" / "cub.json")
+    aset = str(photo_data / "attribute_sets" / "cub.json")
     args = ["classify", "--dataset", ds.name, "--attributes", aset, "--model", tiny_clip.TINY_MODEL,
             "--pretrained", checkpoint, "--n-crops", "32", "--batch-size", "2", "--write-every", "2",
             "--workers", "0", "--label-field", "k", "--seed", "4"]

@@ -227,7 +227,7 @@ def test_constant_image_keeps_every_crop(tmp_path, classifier):
     assert [d["mass"] for d in dets] == pytest.approx([1 / N_CROPS] * N_CROPS, rel=1e-4)
 
 
-def test_underflowing_kernel_falls_back_and_stays_finite(tmp_path, shared_data, checkpoint):
+def test_underflowing_kernel_falls_back_and_stays_finite(tmp_path, photo_data, checkpoint):
     """With a tiny eps, exp(-(1 - S) / eps) underflows to 0 (as fp16 kernels
     do): the scorer solves those problems in the log domain and every value
     written is finite; each plan is still a transport plan (crop masses of
@@ -240,7 +240,7 @@ def test_underflowing_kernel_falls_back_and_stays_finite(tmp_path, shared_data, 
     eps = 1e-3
     clf = LaZSLClassifier(AttributeSet.from_dict(ATTRS), tiny_clip.TINY_MODEL, checkpoint,
                           device="cpu", n_crops=N_CROPS, seed=3, eps=eps)
-    files = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)]
+    files = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=3)]
     # premise: the plain kernel underflows completely for these images
     t, _ = load_image_tensor(files[0])
     feats, _ = clf.encode([t], [files[0]])
@@ -259,7 +259,7 @@ def test_underflowing_kernel_falls_back_and_stays_finite(tmp_path, shared_data, 
         assert all(math.isfinite(d["similarity"]) and math.isfinite(d.confidence) for d in dets)
 
 
-def test_non_finite_scores_become_errors_not_nan(tmp_path, shared_data):
+def test_non_finite_scores_become_errors_not_nan(tmp_path, photo_data):
     """A model producing NaN (a corrupted checkpoint) never writes NaN into the
     dataset: every sample gets an error naming the cause instead."""
     from fiftyone_lazsl import run_lazsl
@@ -268,7 +268,7 @@ def test_non_finite_scores_become_errors_not_nan(tmp_path, shared_data):
     state = torch.load(ckpt)
     state["visual.proj"][:] = float("nan")
     torch.save(state, ckpt)
-    files = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=2)]
+    files = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=2)]
     ds = bf.make_dataset("robust-nan", files)
     summary = run_lazsl(ds, ATTRS, model=tiny_clip.TINY_MODEL, pretrained=str(ckpt), device="cpu",
                         n_crops=N_CROPS, num_workers=0)
@@ -277,10 +277,10 @@ def test_non_finite_scores_become_errors_not_nan(tmp_path, shared_data):
     assert all("non-finite scores" in e for e in errs.values()), errs
 
 
-def test_prediction_failure_is_isolated_to_its_sample(tmp_path, shared_data, classifier):
+def test_prediction_failure_is_isolated_to_its_sample(tmp_path, photo_data, classifier):
     """An image that decodes but whose prediction raises gets the reason in the
     error field; the other images of its batch are still predicted."""
-    files = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)]
+    files = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=3)]
     poisoned = files[1]
     original = classifier.predict_tensors
 

@@ -25,9 +25,9 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def photos(shared_data):
+def photos(photo_data):
     """[(path, class)]: 4 CUB classes x 1 real photo."""
-    return tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=4)
+    return tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=4)
 
 
 @pytest.fixture
