@@ -231,7 +231,7 @@ def test_compute_embeddings_are_the_global_view(zoo_model, dataset, photos):
     assert zoo_model.embed_prompt(prompts[0]).shape == (feats.shape[-1],)
 
 
-def test_download_weights_from_hub_cache_and_load(tmp_path, monkeypatch, photos):
+def test_download_weights_from_hub_cache_and_load(tmp_path, monkeypatch, photos, caplog):
     """download_model's path: weights from the (offline) Hugging Face cache into
     the zoo folder, converted to safetensors, then loaded by default."""
     from huggingface_hub import constants
@@ -256,19 +256,36 @@ def test_download_weights_from_hub_cache_and_load(tmp_path, monkeypatch, photos)
     ref = open_clip.create_model(tiny_clip.TINY_MODEL, pretrained=None).state_dict()
     got = model.classifier.model.model.state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
-    labels = model.predict_all([photos[0][0]])[0]
-    assert labels["prediction"].label in ("a", "b")
+    # predict_all on what FiftyOne may pass outside the DataLoader: file paths,
+    # HWC uint8 arrays (video frames); an unreadable file gets no labels and
+    # does not cost the others theirs.
+    from PIL import Image
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    arr = np.asarray(Image.open(photos[1][0]).convert("RGB"))
+    out = model.predict_all([photos[0][0], str(bad), arr])
+    assert out[1] is None
+    assert any(str(bad) in r.getMessage() and "no labels written" in r.getMessage()
+               for r in caplog.records)
+    assert out[0]["prediction"].label in ("a", "b") and len(out[0]["crops"].detections) >= 1
+    # Arrays are keyed by their pixels, so the batch position does not matter.
+    again = model.predict(arr)
+    np.testing.assert_allclose(again["prediction"].logits, out[2]["prediction"].logits, atol=1e-5)
+    assert [d.bounding_box for d in again["crops"].detections] == \
+        [d.bounding_box for d in out[2]["crops"].detections]
 
 
 def test_operator_form_and_parameters(zoo_source, dataset, cub_subset):
     import fiftyone.zoo as foz
+    from fiftyone.operators.executor import ExecutionContext
 
+    from fiftyone_lazsl.core.attributes import AttributeSet
     from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.fo.store import save_attribute_set
-    from fiftyone_lazsl.core.attributes import AttributeSet
 
     zm = foz.get_zoo_model(NAME)
-    prop = zm.resolve_input(None)
+    prop = zm.resolve_input(ExecutionContext(request_params={"dataset_name": dataset.name}))
     props = prop.type.properties
     assert props["attribute_set"].required
     for name in ("method", "n_crops", "seed"):
@@ -277,10 +294,8 @@ def test_operator_form_and_parameters(zoo_source, dataset, cub_subset):
     aset = AttributeSet.from_json(cub_subset)
     save_attribute_set(dataset, aset, name="cub-sub")
 
-    class Ctx:  # what parse_parameters reads of an ExecutionContext
-        pass
-    ctx = Ctx()
-    ctx.dataset = dataset
+    # The context the "Apply zoo model" operator passes, on this dataset.
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": {}})
     params = {"attribute_set": "cub-sub", "pretrained": "", "device": None, "n_crops": 3}
     zm.parse_parameters(ctx, params)
     assert set(params) == {"attribute_set", "n_crops"}
