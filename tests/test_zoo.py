@@ -29,12 +29,15 @@ N_PHOTOS = 5
 TAGS = {"classification", "zero-shot", "logits", "embeddings", "torch", "interpretable"}
 
 
+#: Local folders a GitHub archive of the repository does not have.
+_NOT_IN_REPO = {"__pycache__", "build", "artifacts", "results"}
+
+
 @pytest.fixture(scope="module")
 def zoo_source(tmp_path_factory):
     """Register the repository's zoo source with ``foz.register_zoo_model_source``
-    from a zip of the repository (``zoo/`` plus a decoy of the plugin's root
-    ``__init__.py``), served by a local HTTP server; ``model_zoo_dir`` is a
-    temporary folder. Yields the source URL."""
+    from a zip of the repository (as GitHub would serve it), served by a local
+    HTTP server; ``model_zoo_dir`` is a temporary folder. Yields the source URL."""
     import fiftyone as fo
     import fiftyone.zoo as foz
 
@@ -43,9 +46,13 @@ def zoo_source(tmp_path_factory):
     serve.mkdir()
     archive = serve / "fiftyone-lazsl.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        for f in ("__init__.py", "fiftyone.yml", os.path.join("zoo", "manifest.json"),
-                  os.path.join("zoo", "__init__.py")):
-            z.write(os.path.join(ROOT, f), os.path.join("fiftyone-lazsl", f))
+        for d, dirs, files in os.walk(ROOT):
+            dirs[:] = [x for x in dirs if not x.startswith(".") and x not in _NOT_IN_REPO
+                       and not x.endswith(".egg-info")]
+            for f in files:
+                if not f.endswith((".pyc", ".safetensors")):
+                    path = os.path.join(d, f)
+                    z.write(path, os.path.join("fiftyone-lazsl", os.path.relpath(path, ROOT)))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(serve))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
