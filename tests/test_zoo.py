@@ -166,6 +166,9 @@ def test_bad_parameters_are_named(zoo_source, cub_subset):
         foz.load_zoo_model(NAME, pretrained=None, attribute_set=cub_subset, n_crop=4, cache=False)
     with pytest.raises(ConfigError, match="attribute_set"):
         foz.load_zoo_model(NAME, pretrained=None, cache=False)
+    with pytest.raises(ConfigError, match="load 'lazsl-vit-b-16' instead"):
+        foz.load_zoo_model(NAME, model="ViT-B-16", pretrained=None, attribute_set=cub_subset,
+                           cache=False)
 
 
 def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):

@@ -241,8 +241,10 @@ def _split_kwargs(spec: ZooModelSpec, kwargs: Mapping[str, Any]) -> tuple[dict, 
             f"some of: {', '.join(_OUTPUT_KWARGS + LaZSLConfig.field_names())}")
     params = {k: v for k, v in kwargs.items() if k in names}
     if "model" in params and params["model"] != spec.model:
-        raise ConfigError(f"zoo model {spec.name!r} is open_clip {spec.model}; model="
-                          f"{params['model']!r} is another zoo model (or use run_lazsl)")
+        others = [s.name for s in ZOO_MODELS.values() if s.model == params["model"]]
+        hint = f"load {others[0]!r} instead" if others else "use run_lazsl for other backbones"
+        raise ConfigError(f"zoo model {spec.name!r} is open_clip {spec.model}, not "
+                          f"model={params['model']!r}; {hint}")
     params["model"] = spec.model
     return params, {k: kwargs[k] for k in _OUTPUT_KWARGS if k in kwargs}
 
