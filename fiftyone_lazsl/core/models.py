@@ -23,12 +23,14 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from fiftyone_lazsl.core.cache import cache_root as _cache_root
+from fiftyone_lazsl.core.config import normalize_pretrained
 from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -38,13 +40,10 @@ RANDOM_WEIGHTS_BANNER = (
     "Predictions are meaningless; use this only for tests and smoke runs."
 )
 
-_RANDOM_TAGS = (None, "", "none", "None", "random")
-
 
 def cache_root() -> str:
-    """Root cache folder: ``$FIFTYONE_LAZSL_CACHE`` or ``~/.cache/fiftyone-lazsl``."""
-    return os.environ.get("FIFTYONE_LAZSL_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "fiftyone-lazsl")
+    """Root cache folder (:func:`fiftyone_lazsl.core.cache.cache_root`), as a string."""
+    return os.fspath(_cache_root())
 
 
 def default_device() -> str:
@@ -83,7 +82,6 @@ class LoadedModel:
     interpolation: str
     resize_mode: str
     device: torch.device
-    extra: dict = field(default_factory=dict)
 
     @property
     def logit_scale(self) -> float:
@@ -278,10 +276,10 @@ def _file_identity(path: str) -> str:
 def _resolve(model_name: str, pretrained, cache_dir):
     """Returns ``(model_name, pretrained_arg, weights_id, random)`` for open_clip."""
     import open_clip
-    if pretrained in _RANDOM_TAGS:
+    if normalize_pretrained(pretrained) is None:
         _check_model_name(model_name)
         return model_name, None, None, True
-    pretrained = str(pretrained)
+    pretrained = normalize_pretrained(pretrained)
     if pretrained.startswith("hf-hub:"):
         repo = pretrained[len("hf-hub:"):]
         from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
