@@ -270,12 +270,9 @@ def load_published(name: str, *, format: str | None = None, **kwargs) -> Attribu
     entry = get_published_entry(name)
     path = fetch_published(entry["name"], **kwargs)
     loaded = AttributeSet.from_json(path, name=entry["name"])
-    return AttributeSet(
-        loaded.to_dict(),
-        name=entry["name"],
+    return loaded.replace(
         source=entry["url"],
         format=format or entry.get("format", "descriptors"),
-        warnings=list(loaded.warnings),
         metadata={"published": {
             "name": entry["name"],
             "sha256": entry["sha256"],

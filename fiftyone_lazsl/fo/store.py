@@ -285,9 +285,7 @@ def resolve_attribute_set(spec, dataset=None, *, format: str | None = None) -> A
     if os.path.isfile(path):
         aset = AttributeSet.from_json(path, format=format or "descriptors")
         if format is not None and aset.format != format:
-            aset = AttributeSet(aset.to_dict(), name=aset.name, source=aset.source,
-                                format=format, warnings=list(aset.warnings),
-                                metadata=dict(aset.metadata))
+            aset = aset.replace(format=format)
         return aset
     if published.is_published(spec):
         return published.load_published(spec, format=format)
