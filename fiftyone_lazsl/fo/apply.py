@@ -20,6 +20,7 @@ from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.core.pipeline import iter_predictions
+from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import output_fields, run_key
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def run_lazsl(samples, attribute_set, *, model: str = "ViT-B-32", pretrained: st
     from fiftyone import ViewField as F
 
     t0 = time.time()
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     fields = output_fields(label_field)
     _check_label_field(dataset, label_field)
     if write_every < 1:

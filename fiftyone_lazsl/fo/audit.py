@@ -54,6 +54,7 @@ import numpy as np
 
 from fiftyone_lazsl.core.attributes import class_key
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 #: Note shown with every audit: what "evidence" means.
@@ -242,7 +243,7 @@ def _ensure_fields(dataset, names: dict) -> None:
 
 def _run_info(samples, pred_field):
     """``(method, classes, attribute_labels)`` of the run that wrote ``pred_field``."""
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     try:
         cfg = get_run_config(samples, pred_field)
     except ValueError:
@@ -287,7 +288,7 @@ def audit_labels(samples, pred_field: str, gt_field: str, *, top_k: int = 20,
     Raises:
         UserError: a field is missing, or the class order of ``pred_field`` is unknown.
     """
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     schema = dataset.get_field_schema()
     for f in (pred_field, gt_field):
         if f not in schema:

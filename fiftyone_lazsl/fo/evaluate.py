@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import get_run_config
 
 #: Name of the saved view of samples that every evaluated method got wrong.
@@ -138,7 +139,7 @@ def _classes_of(samples, pred_field):
         cfg = get_run_config(samples, pred_field)
     except ValueError:
         cfg = {}
-    classes = samples._dataset.classes.get(pred_field) or cfg.get("classes")
+    classes = dataset_of(samples).classes.get(pred_field) or cfg.get("classes")
     return cfg.get("method"), (list(classes) if classes else None)
 
 
@@ -177,7 +178,7 @@ def evaluate_methods(samples, gt_field: str, pred_fields, *, k: int = 5, worst: 
     pred_fields = list(dict.fromkeys(pred_fields))
     if not pred_fields:
         raise UserError("no prediction field given")
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     schema = dataset.get_field_schema()
     for f in [gt_field, *pred_fields]:
         if f not in schema:
