@@ -154,7 +154,7 @@ class LoadedModel:
         return feats
 
 
-def encode_text_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text(tokens)``, computed only up to the last end-of-text
     token of the batch when that gives the same result.
 
@@ -170,6 +170,15 @@ def encode_text_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[T, D]`` unnormalised text features.
     """
+    # Not public open_clip API, deliberately: open_clip (checked against 3.3.0) has no
+    # public way to run the text tower on fewer than its 77 context positions. The
+    # lines below are ``open_clip.model.CLIP.encode_text`` of 3.3.0 with the sequence
+    # cut (token_embedding, positional_embedding, transformer, attn_mask, ln_final,
+    # text_global_pool(..., eos_token_id=), text_projection; the ``eos_token_id``
+    # keyword and ``text_eos_id`` need open_clip >= 3). Anything that is not exactly
+    # that class falls back to the public ``encode_text``;
+    # tests/test_models.py::test_trimmed_text_encoding_equals_full_context checks the
+    # equality on every upgrade.
     import open_clip
     from open_clip.transformer import text_global_pool
 
