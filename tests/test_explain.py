@@ -1,4 +1,4 @@
-"""Issue 8: the explanation panel's contents, without a browser, against a real
+"""The explanation panel's contents, without a browser, against a real
 database: per-sample tables (score contributions, crop counts, ordering), the "no LaZSL
 result" case, ground truth differing from the prediction, the matched-attribute
 view, and evidence heatmaps (hand-computed boxes, and a real tiny-model run)."""
