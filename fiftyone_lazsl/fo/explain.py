@@ -25,6 +25,9 @@ The stored layout that these functions read is documented in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
 import numpy as np
 
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
@@ -34,8 +37,12 @@ from fiftyone_lazsl.fo.fields import ground_truth_fields  # noqa: F401
 from fiftyone_lazsl.fo.heatmaps import (  # noqa: F401
     HEATMAP_MAX_SIDE, evidence_heatmap, heatmap_field_name, write_heatmaps)
 
+if TYPE_CHECKING:
+    import fiftyone as fo
+    from fiftyone.core.collections import SampleCollection
 
-def _get(sample, field):
+
+def _get(sample: fo.Sample | None, field: str) -> Any:
     """``sample[field]``, or None when the field does not exist or is unset."""
     try:
         return sample[field]
@@ -43,14 +50,14 @@ def _get(sample, field):
         return None
 
 
-def _label_attr(label, name):
+def _label_attr(label: fo.Label, name: str) -> Any:
     try:
         return label[name]
     except (KeyError, AttributeError):
         return None
 
 
-def _class_summary(classes, logits, idx):
+def _class_summary(classes: list[str], logits: list[float], idx: int) -> dict:
     return {
         "label": classes[idx] if idx < len(classes) else str(idx),
         "index": int(idx),
@@ -58,7 +65,8 @@ def _class_summary(classes, logits, idx):
     }
 
 
-def _attribute_rows(attribute_labels, scores, crops, class_idx):
+def _attribute_rows(attribute_labels: list[list[str]], scores: list | None, crops: list | None,
+                    class_idx: int) -> list[dict]:
     """Rows ``{attribute, attribute_index, contribution, crops}`` of one class,
     sorted by contribution (descending), ties by attribute order. A value the
     run did not store is None (``crops`` for DCLIP runs, both for CLIP)."""
@@ -79,7 +87,7 @@ def _attribute_rows(attribute_labels, scores, crops, class_idx):
     return rows
 
 
-def _no_result(label_field, message, error=None):
+def _no_result(label_field: str, message: str, error: str | None = None) -> dict:
     return {
         "label_field": label_field,
         "has_result": False,
@@ -95,7 +103,7 @@ def _no_result(label_field, message, error=None):
     }
 
 
-def explain_sample(sample, label_field: str, gt_field: str | None = None, config: dict | None = None) -> dict:
+def explain_sample(sample: fo.Sample, label_field: str, gt_field: str | None = None, config: dict | None = None) -> dict:
     """Explain the LaZSL prediction stored in ``sample[label_field]``.
 
     Args:
@@ -140,78 +148,111 @@ def explain_sample(sample, label_field: str, gt_field: str | None = None, config
         if error:
             return _no_result(label_field, f"LaZSL failed on this sample: {error}", error=error)
         return _no_result(label_field, f"This sample has no LaZSL result in field '{label_field}'.")
-
     if config is None:
         config = get_run_config(sample.dataset, label_field)
-    classes = list(config.get("classes") or [])
-    attribute_labels = config.get("attribute_labels") or [[] for _ in classes]
-    logits = pred.logits
-    logits = [] if logits is None else [float(v) for v in np.asarray(logits).ravel()]
-    scores = _label_attr(pred, "attribute_scores")
-    crops = _label_attr(pred, "attribute_crops")
-
-    if pred.label in classes:
-        p_idx = classes.index(pred.label)
-    elif logits:
-        p_idx = int(np.argmax(logits))
-    else:
+    run = _StoredPrediction.read(pred, config)
+    p_idx = run.predicted_index(pred.label)
+    if p_idx is None:
         return _no_result(
             label_field,
-            f"The LaZSL result in '{label_field}' has label {pred.label!r}, which is not among the run's classes.",
+            f"The LaZSL result in '{label_field}' has label {pred.label!r}, which is not among "
+            "the run's classes.",
         )
-
-    predicted = _class_summary(classes, logits, p_idx)
+    predicted = _class_summary(run.classes, run.logits, p_idx)
     predicted["label"] = pred.label if pred.label is not None else predicted["label"]
     predicted["confidence"] = None if pred.confidence is None else float(pred.confidence)
-
-    order = sorted(range(len(logits)), key=lambda i: (-logits[i], i))
-    others = [i for i in order if i != p_idx]
-    runner_up = _class_summary(classes, logits, others[0]) if others else None
-
-    ground_truth = None
-    gt_differs = False
-    gt_rows = []
+    others = [i for i in run.order if i != p_idx]
+    runner_up = _class_summary(run.classes, run.logits, others[0]) if others else None
     gt = _get(sample, gt_field) if gt_field else None
-    gt_label = getattr(gt, "label", None) if gt is not None else None
-    if gt_label is not None:
-        if gt_label in classes:
-            g_idx = classes.index(gt_label)
-            ground_truth = _class_summary(classes, logits, g_idx)
-            ground_truth["rank"] = order.index(g_idx) + 1 if g_idx < len(logits) else None
-        else:
-            ground_truth = {"label": gt_label, "index": None, "score": None, "rank": None}
-        gt_differs = gt_label != predicted["label"]
-        if gt_differs and ground_truth["index"] is not None:
-            gt_rows = _attribute_rows(attribute_labels, scores, crops, ground_truth["index"])
+    ground_truth, gt_differs, gt_rows = _ground_truth_part(
+        run, getattr(gt, "label", None) if gt is not None else None, predicted["label"])
+    return {
+        "label_field": label_field,
+        "has_result": True,
+        "message": _summary_line(predicted, runner_up, ground_truth, gt_differs),
+        "error": error,
+        "predicted": predicted,
+        "runner_up": runner_up,
+        "predicted_rows": run.rows(p_idx),
+        "ground_truth": ground_truth,
+        "gt_differs": gt_differs,
+        "gt_rows": gt_rows,
+        "matched_attributes": list(_get(sample, names["attributes"]) or []),
+    }
 
-    matched = _get(sample, names["attributes"]) or []
-    pred_rows = _attribute_rows(attribute_labels, scores, crops, p_idx)
 
+@dataclass
+class _StoredPrediction:
+    """What a run stored for one sample, read once: class order, attribute
+    labels (run config), logits, attribute scores and crop counts (label)."""
+
+    classes: list[str]
+    attribute_labels: list[list[str]]
+    logits: list[float]
+    scores: list | None
+    crops: list | None
+
+    @classmethod
+    def read(cls, pred: fo.Classification, config: dict) -> "_StoredPrediction":
+        classes = list(config.get("classes") or [])
+        logits = pred.logits
+        return cls(
+            classes=classes,
+            attribute_labels=config.get("attribute_labels") or [[] for _ in classes],
+            logits=[] if logits is None else [float(v) for v in np.asarray(logits).ravel()],
+            scores=_label_attr(pred, "attribute_scores"),
+            crops=_label_attr(pred, "attribute_crops"),
+        )
+
+    @property
+    def order(self) -> list[int]:
+        """Class indices by decreasing logit (ties: class order)."""
+        return sorted(range(len(self.logits)), key=lambda i: (-self.logits[i], i))
+
+    def predicted_index(self, label: str | None) -> int | None:
+        """Index of the predicted class: its label, else the top logit, else None."""
+        if label in self.classes:
+            return self.classes.index(label)
+        if self.logits:
+            return int(np.argmax(self.logits))
+        return None
+
+    def rows(self, class_idx: int) -> list[dict]:
+        """:func:`_attribute_rows` of one class."""
+        return _attribute_rows(self.attribute_labels, self.scores, self.crops, class_idx)
+
+
+def _ground_truth_part(run: _StoredPrediction, gt_label: str | None,
+                       predicted_label: str) -> tuple[dict | None, bool, list[dict]]:
+    """``(ground_truth, gt_differs, gt_rows)`` of :func:`explain_sample`."""
+    if gt_label is None:
+        return None, False, []
+    if gt_label in run.classes:
+        g_idx = run.classes.index(gt_label)
+        ground_truth = _class_summary(run.classes, run.logits, g_idx)
+        ground_truth["rank"] = run.order.index(g_idx) + 1 if g_idx < len(run.logits) else None
+    else:
+        ground_truth = {"label": gt_label, "index": None, "score": None, "rank": None}
+    gt_differs = gt_label != predicted_label
+    gt_rows = run.rows(ground_truth["index"]) if gt_differs and ground_truth["index"] is not None else []
+    return ground_truth, gt_differs, gt_rows
+
+
+def _summary_line(predicted: dict, runner_up: dict | None, ground_truth: dict | None,
+                  gt_differs: bool) -> str:
     msg = f"Predicted {predicted['label']}"
     if runner_up is not None:
         msg += f"; runner-up {runner_up['label']}"
     if ground_truth is not None:
         msg += f"; ground truth {ground_truth['label']}" + (" (differs)" if gt_differs else " (agrees)")
-    return {
-        "label_field": label_field,
-        "has_result": True,
-        "message": msg + ".",
-        "error": error,
-        "predicted": predicted,
-        "runner_up": runner_up,
-        "predicted_rows": pred_rows,
-        "ground_truth": ground_truth,
-        "gt_differs": gt_differs,
-        "gt_rows": gt_rows,
-        "matched_attributes": list(matched),
-    }
+    return msg + "."
 
 
-def _fmt(x, digits=3):
+def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _table_rows(rows, matched):
+def _table_rows(rows: list[dict], matched: Iterable[str]) -> list[dict]:
     matched = set(matched)
     return [
         {
@@ -273,7 +314,8 @@ def panel_content(explanation: dict) -> dict:
     return content
 
 
-def matched_attribute_view(samples, label_field: str, attribute: str):
+def matched_attribute_view(samples: SampleCollection, label_field: str,
+                           attribute: str) -> "fo.DatasetView":
     """The samples of ``samples`` whose ``F_attributes`` list (the predicted
     class's top attributes, ranked by contribution) contains ``attribute``."""
     from fiftyone import ViewField as F
