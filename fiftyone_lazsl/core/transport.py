@@ -27,6 +27,7 @@ Flamary et al., "POT: Python Optimal Transport", JMLR 2021.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -147,25 +148,43 @@ def sinkhorn_knopp(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor | None = No
         if M is None:
             raise ValueError("sinkhorn_knopp needs the cost M or the kernel K")
         K = torch.exp(M / -float(reg))
-    every = _check_every(K.device, check_every)
     row_axis, col_axis = (-1, -2) if transposed else (-2, -1)
     real = b > 0
-    u = torch.ones_like(a)
-    v = real.to(b.dtype)                     # 1 on real columns, 0 on padding
-    active = torch.ones(a.shape[:-1], dtype=torch.bool, device=K.device)
-    iters = torch.zeros(a.shape[:-1], dtype=torch.int32, device=K.device)
-    for i in range(max_iter):
+
+    def step(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         u_new = a / (K * v.unsqueeze(row_axis)).sum(col_axis)
         v_new = torch.where(real, b / (K * u_new.unsqueeze(col_axis)).sum(row_axis), 0.0)
-        err = (u_new - u).abs().mean(-1)
+        return u_new, v_new, (u_new - u).abs().mean(-1)
+
+    # u = 1; v = 1 on real columns, 0 on padding
+    return _iterate_per_problem(step, torch.ones_like(a), real.to(b.dtype), max_iter=max_iter,
+                                stop_tol=stop_tol, every=_check_every(K.device, check_every))
+
+
+def _iterate_per_problem(step: Callable[[torch.Tensor, torch.Tensor],
+                                        tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                         x: torch.Tensor, y: torch.Tensor, *, max_iter: int, stop_tol: float,
+                         every: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official stopping rule, per problem, for both solvers.
+
+    Runs ``x, y, err = step(x, y)`` (``x`` ``[P..., N]``, ``y`` ``[P..., A]``,
+    ``err`` ``[P...]``); a problem takes the update of an iteration while it is
+    active, and stops being active after the first full update where
+    ``err < stop_tol``. Returns ``(x, y, iterations)``; the host checks whether
+    any problem is still active every ``every`` iterations (frozen problems do
+    not move, so this never changes the result)."""
+    active = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
+    iters = torch.zeros(x.shape[:-1], dtype=torch.int32, device=x.device)
+    for i in range(max_iter):
+        x_new, y_new, err = step(x, y)
         still = active.unsqueeze(-1)
-        u = torch.where(still, u_new, u)
-        v = torch.where(still, v_new, v)
+        x = torch.where(still, x_new, x)
+        y = torch.where(still, y_new, y)
         iters += active
         active &= ~(err < stop_tol)
         if (i + 1) % every == 0 and not bool(active.any()):
             break
-    return u, v, iters
+    return x, y, iters
 
 
 def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, reg: float = 0.1, *,
@@ -194,30 +213,23 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, reg: float =
         ``[P...]``; the plan is ``exp(f[..., :, None] - M / reg + g[..., None, :])``
         (see :func:`log_plan`).
     """
-    every = _check_every(M.device, check_every)
     row_axis, col_axis = (-1, -2) if transposed else (-2, -1)
     real = b > 0
     logK = _masked_log_kernel(M, reg, real, transposed)
     log_a = torch.log(a.double())
     log_b = torch.log(b.double())
     neg_inf = torch.full_like(log_b, float("-inf"))
-    f = torch.zeros_like(log_a)             # u = 1
-    g = torch.where(real, 0.0, neg_inf)     # v = 1 on real columns, 0 on padding
-    active = torch.ones(a.shape[:-1], dtype=torch.bool, device=M.device)
-    iters = torch.zeros(a.shape[:-1], dtype=torch.int32, device=M.device)
-    for i in range(max_iter):
+
+    def step(f: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f_new = log_a - torch.logsumexp(logK + g.unsqueeze(row_axis), dim=col_axis)
         g_new = torch.where(real, log_b - torch.logsumexp(logK + f_new.unsqueeze(col_axis),
                                                           dim=row_axis), neg_inf)
-        err = (torch.exp(f_new) - torch.exp(f)).abs().mean(-1)
-        still = active.unsqueeze(-1)
-        f = torch.where(still, f_new, f)
-        g = torch.where(still, g_new, g)
-        iters += active
-        active &= ~(err < stop_tol)
-        if (i + 1) % every == 0 and not bool(active.any()):
-            break
-    return f, g, iters
+        return f_new, g_new, (torch.exp(f_new) - torch.exp(f)).abs().mean(-1)
+
+    # f = log u = 0; g = log v = 0 on real columns, -inf on padding
+    return _iterate_per_problem(step, torch.zeros_like(log_a), torch.where(real, 0.0, neg_inf),
+                                max_iter=max_iter, stop_tol=stop_tol,
+                                every=_check_every(M.device, check_every))
 
 
 def _masked_log_kernel(M: torch.Tensor, reg: float, real: torch.Tensor,
