@@ -159,7 +159,7 @@ class AttributeSet:
             raise AttributeSetError(f"attribute set file {path} is not UTF-8 text: {e}") from e
         duplicates: list[str] = []
 
-        def pairs_hook(pairs):
+        def pairs_hook(pairs: list[tuple[str, Any]]) -> OrderedDict:
             # A class key repeated verbatim in the file: merge its lists (json
             # would silently keep the last one) and say so.
             out = OrderedDict()

@@ -237,7 +237,10 @@ class LaZSLClassifier:
         feats, boxes = self.encode(images, keys)
         return self._predict_features(feats, boxes, images, sizes, scales)
 
-    def _predict_features(self, feats, boxes, images, sizes, scales) -> list[Prediction]:
+    def _predict_features(self, feats: torch.Tensor, boxes: list[np.ndarray],
+                          images: Sequence[torch.Tensor],
+                          sizes: Sequence[tuple[int, int]] | None,
+                          scales: Sequence[float] | None) -> list[Prediction]:
         B = feats.shape[0]
         out = None
         if self.method == "lazsl":

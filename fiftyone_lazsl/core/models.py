@@ -282,7 +282,8 @@ def _file_identity(path: str) -> str:
     return f"file:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def _resolve(model_name: str, pretrained, cache_dir):
+def _resolve(model_name: str, pretrained: str | None,
+             cache_dir: str | None) -> tuple[str, str | None, str | None, bool]:
     """Returns ``(model_name, pretrained_arg, weights_id, random)`` for open_clip."""
     import open_clip
     if normalize_pretrained(pretrained) is None:

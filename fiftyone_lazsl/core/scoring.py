@@ -14,6 +14,7 @@ vision selection and the Sinkhorn plan; official code ``OP.py`` (``OP_d``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -69,7 +70,7 @@ def _check(image_features: torch.Tensor, text_features: torch.Tensor,
 def hybrid_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
                       theta: float = 0.8, *, attribute_major: bool = False) -> torch.Tensor:
     """Hybrid crop/attribute similarity ``S = (1 - theta) * g.t + theta * x_n.t``
-    (LaZSL Eq. 4; official ``get_OP_distence(is_sim_global=True)``).
+    (LaZSL hybrid similarity; official ``get_OP_distence(is_sim_global=True)``).
 
     One matmul gives the global and crop similarities of every attribute at once.
 
@@ -170,7 +171,7 @@ def _lazsl_chunk(image_features: torch.Tensor, text_features: torch.Tensor,
 def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
                  text_mask: torch.Tensor, *, theta: float = 0.8, eps: float = 0.1,
                  max_iter: int = 100, stop_tol: float = 1e-2, gamma: float = 0.0,
-                 return_plan: bool = False):
+                 return_plan: bool = False) -> torch.Tensor | LaZSLOutput:
     """LaZSL class scores by optimal transport between crops and attributes.
 
     For every image ``b`` and class ``y`` (paper Sec. 3, official ``OP_d``):
@@ -232,7 +233,7 @@ def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
 class _Output(LaZSLOutput):
     """:class:`LaZSLOutput` that also unpacks as ``scores, plans, keep``."""
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
         return iter((self.scores, self.plans, self.keep))
 
 

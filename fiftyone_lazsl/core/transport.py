@@ -8,16 +8,21 @@ The one place where LaZSL solves its transport problems. The API follows POT
 ``P...`` of problems at once, with padded columns, and with the stopping rule of
 the official LaZSL code (``OP.py``) applied per problem.
 
-Problem (POT's notation; LaZSL paper Sec. 3, Eq. 5-7)::
+Problem (POT's notation; the LaZSL paper's "OT-based local vision-language
+alignment" step, official ``OP.py`` ``OP_d``)::
 
     T* = argmin_T  <T, M>_F - eps * H(T)
          s.t.  T 1 = a,  T^T 1 = b,  T >= 0,      H(T) = -sum_ij T_ij (log T_ij - 1)
 
-with cost ``M = 1 - S`` (``S`` the hybrid crop/attribute similarity, Eq. 4),
+with cost ``M = 1 - S`` (``S`` the hybrid crop/attribute similarity),
 row marginal ``a = mu`` over the kept crops and column marginal ``b = nu`` over a
 class's attributes. Its solution is ``T* = diag(u) K diag(v)`` with the Gibbs
-kernel ``K = exp(-M / eps)`` (Eq. 7), and Sinkhorn-Knopp finds the scalings by
+kernel ``K = exp(-M / eps)``, and Sinkhorn-Knopp finds the scalings by
 alternating ``u = a / (K v)``, ``v = b / (K^T u)`` (Cuturi 2013, Alg. 1).
+
+Equation numbers of the LaZSL paper are not cited here: the steps are named
+as in its method section and in the official code, which the golden tests
+(``tests/test_scoring.py``) reproduce.
 
 Reference: Chen et al., "Interpretable Zero-Shot Learning with Locally-Aligned
 Vision-Language Model", ICCV 2025; Cuturi, "Sinkhorn Distances", NeurIPS 2013;
@@ -61,9 +66,14 @@ class SinkhornResult:
     log_plans: torch.Tensor | None = None
     transposed: bool = False
 
-    def plan(self, K: torch.Tensor) -> torch.Tensor:
+    def plan(self, K: torch.Tensor | None = None) -> torch.Tensor:
         """The transport plans, in the layout of ``K`` (``[P..., N, A]``, or
-        ``[P..., A, N]`` when ``transposed``), float32."""
+        ``[P..., A, N]`` when ``transposed``), float32. ``K`` may be omitted when
+        every problem was solved in the log domain."""
+        if self.log_plans is not None and bool(self.log_domain.all()):
+            return self.log_plans.reshape(tuple(self.log_domain.shape) + self.log_plans.shape[-2:])
+        if K is None:
+            raise ValueError("the Sinkhorn-Knopp plans need the kernel K")
         if self.transposed:
             T = self.v.unsqueeze(-1) * K * self.u.unsqueeze(-2)
         else:
@@ -76,7 +86,7 @@ class SinkhornResult:
     def inner(self, K: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
         """``sum_ij T_ij * S_ij`` per problem (``[P...]`` float32) without
         materialising the Sinkhorn-Knopp plans; ``S`` in the layout of ``K``.
-        With ``S = 1 - M`` this is the LaZSL class score ``psi`` (Eq. 8)."""
+        With ``S = 1 - M`` this is the LaZSL class score ``psi = sum(T * S)``."""
         if self.transposed:
             out = ((K * S * self.v.unsqueeze(-1)).sum(-2) * self.u).sum(-1)
         else:
@@ -107,9 +117,10 @@ def sinkhorn_knopp(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor | None = No
         T^* = \arg\min_T \langle T, M\rangle_F - \mathrm{reg}\,H(T)
         \quad \text{s.t. } T\mathbf 1 = a,\ T^\top \mathbf 1 = b,\ T \ge 0
 
-    (LaZSL Eq. 5-6) by the iterations, from ``u = 1, v = 1`` (official code)::
+    (the LaZSL transport problem) by the iterations, from ``u = 1, v = 1``
+    (official code)::
 
-        u = a / (K v),   v = b / (K^T u),    K = exp(-M / reg)        (Eq. 7)
+        u = a / (K v),   v = b / (K^T u),    K = exp(-M / reg)
 
     and stops problem ``p`` after the first full update where
     ``mean_n |u - u_prev| < stop_tol`` (official ``OP.py`` rule; POT instead

@@ -21,6 +21,7 @@ import json
 import os
 import re
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
@@ -29,6 +30,10 @@ from fiftyone_lazsl.core.attribute_formats import load_attribute_file
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo.datasets import dataset_of, load_dataset
 from fiftyone_lazsl.fo.fields import validate_for_field
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+    from fiftyone.core.collections import SampleCollection
 
 __all__ = ["INFO_KEY", "RECORD_VERSION", "validate_set_name", "safe_set_name",
            "save_attribute_set", "list_attribute_sets", "has_attribute_set",
@@ -71,7 +76,7 @@ def safe_set_name(text: str | None) -> str:
 
 
 # ------------------------------------------------------------------ records
-def _stored(dataset) -> dict:
+def _stored(dataset: fo.Dataset) -> dict:
     sets = (dataset.info or {}).get(INFO_KEY) or {}
     return sets if isinstance(sets, dict) else {}
 
@@ -116,7 +121,7 @@ def _from_record(record: dict, name: str, dataset_name: str) -> AttributeSet:
 
 
 # --------------------------------------------------------------- public API
-def save_attribute_set(dataset, attribute_set: AttributeSet, name: str | None = None,
+def save_attribute_set(dataset: SampleCollection, attribute_set: AttributeSet, name: str | None = None,
                        overwrite: bool = True) -> str:
     """Store an attribute set on a dataset (persisted in the database).
 
@@ -157,7 +162,7 @@ def save_attribute_set(dataset, attribute_set: AttributeSet, name: str | None = 
     return name
 
 
-def list_attribute_sets(dataset) -> list[dict]:
+def list_attribute_sets(dataset: SampleCollection) -> list[dict]:
     """The attribute sets stored on a dataset, sorted by name.
 
     Args:
@@ -185,18 +190,18 @@ def list_attribute_sets(dataset) -> list[dict]:
     return out
 
 
-def _unknown(dataset, name: str) -> UserError:
+def _unknown(dataset: fo.Dataset, name: str) -> UserError:
     names = sorted(_stored(dataset))
     have = ("available: " + ", ".join(names)) if names else "it has no attribute sets (import one first)"
     return UserError(f"dataset {dataset.name!r} has no attribute set named {name!r}; {have}")
 
 
-def has_attribute_set(dataset, name: str) -> bool:
+def has_attribute_set(dataset: SampleCollection, name: str) -> bool:
     """Whether a set of that name is stored on the dataset (or the view's dataset)."""
     return name in _stored(dataset_of(dataset))
 
 
-def load_attribute_set(dataset, name: str) -> AttributeSet:
+def load_attribute_set(dataset: SampleCollection, name: str) -> AttributeSet:
     """Load an attribute set stored on a dataset.
 
     Args:
@@ -218,7 +223,7 @@ def load_attribute_set(dataset, name: str) -> AttributeSet:
     return _from_record(sets[name], name, dataset.name)
 
 
-def delete_attribute_set(dataset, name: str) -> None:
+def delete_attribute_set(dataset: SampleCollection, name: str) -> None:
     """Remove an attribute set from a dataset (persisted).
 
     Raises:
@@ -238,7 +243,9 @@ def delete_attribute_set(dataset, name: str) -> None:
     dataset.info = info
 
 
-def resolve_attribute_set(spec, dataset=None, *, format: str | None = None) -> AttributeSet:
+def resolve_attribute_set(spec: str | os.PathLike | AttributeSet,
+                          dataset: SampleCollection | None = None, *,
+                          format: str | None = None) -> AttributeSet:
     """Turn what a user typed into an attribute set.
 
     Tried in this order: a set stored on ``dataset`` under that name; a path
