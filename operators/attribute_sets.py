@@ -12,7 +12,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import published
-from fiftyone_lazsl.fo import fields, store
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.fields import CLASSIFICATION_TYPES, label_fields, validate_for_field
 from fiftyone_lazsl.core.attributes import FORMATS
 from fiftyone_lazsl.errors import UserError
 
@@ -79,7 +80,7 @@ class ImportAttributeSet(foo.Operator):
             fmt.add_choice(f, label=f, description=_FORMAT_HELP.get(f, ""))
         inputs.enum("format", fmt.values(), default="auto", label="Format", view=fmt)
 
-        cls_fields = list(fields.label_fields(ctx.dataset, types=fields.CLASSIFICATION_TYPES,
+        cls_fields = list(label_fields(ctx.dataset, types=CLASSIFICATION_TYPES,
                                               strings=False))
         if cls_fields:
             pick = types.Dropdown()
@@ -116,7 +117,7 @@ class ImportAttributeSet(foo.Operator):
         aset = store.resolve_attribute_set(source, None, format=fmt)
         label_field = ctx.params.get("label_field")
         if label_field:
-            fields.validate_for_field(ctx.dataset, aset, label_field)
+            validate_for_field(ctx.dataset, aset, label_field)
         name = ctx.params.get("name") or store.safe_set_name(aset.name)
         name = store.save_attribute_set(
             ctx.dataset, aset, name=name, overwrite=bool(ctx.params.get("overwrite", False)),
