@@ -26,7 +26,15 @@ def _operator_modules():
 
 
 def register(p):
-    """Register every operator and panel of ``operators/`` with FiftyOne."""
+    """Register every operator and panel of ``operators/`` with FiftyOne.
+
+    Raises:
+        fiftyone_lazsl.errors.DependencyError: FiftyOne is older than the plugin
+            needs (one clear line in the App's plugin errors).
+    """
+    from fiftyone_lazsl.fo import check_fiftyone_version
+
+    check_fiftyone_version()
     for mod in _operator_modules():
         for cls in getattr(mod, "OPERATORS", ()):
             p.register(cls)

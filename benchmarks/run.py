@@ -595,11 +595,45 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _main(args, tmp):
-    import torch
+def _main(args: argparse.Namespace, tmp: str) -> dict:
+    """The benchmark run: settings, timings, scoring, write, memory, then the
+    result files (``<name>.json/.md/.png``)."""
     from fiftyone_lazsl import LaZSLClassifier
-    from fiftyone_lazsl.core.imageio import load_image_tensor
     from fiftyone_lazsl.core.models import load_model
+
+    cfg = _resolve_settings(args)
+    model = load_model(cfg["model_name"], None, device=cfg["device"])
+    clf = LaZSLClassifier(_attribute_set(), model, n_crops=args.n_crops, batch_size=args.batch_size)
+    r = {"meta": _meta(args, cfg, model)}
+    _log(f"{cfg['model_name']} on {cfg['device']}, N={args.n_crops}, batch {args.batch_size}, "
+         f"{cfg['n_images']} images")
+    feats, labels = _time_encoder_and_pipeline(args, cfg, clf, r)
+    r["scoring"] = bench_scoring(clf, feats, cfg["score_reps"], 1 if args.quick else 2,
+                                 cfg["clock"])
+    _log(f"scoring {r['scoring']['ours_s_per_image'] * 1e3:.2f} ms/img, loop "
+         f"{r['scoring']['loop_s_per_image'] * 1e3:.2f} ms/img")
+    r["write"] = bench_write(clf, labels, cfg["write_n"], cfg["clock"])
+    _log(f"write {cfg['write_n']} samples: {r['write']['seconds']:.2f} s")
+    r["memory"] = dict(
+        config=f"run_lazsl, {args.mem_model} (random weights), N={args.mem_crops}, C=200, "
+               f"batch {args.batch_size}, {args.num_workers} decode workers",
+        runs=bench_memory(args, cfg["sizes"]))
+    _log("memory " + ", ".join(f"{k}: {v['peak_rss_mb']:.0f} MiB"
+                               for k, v in r["memory"]["runs"].items()))
+    r["ratios"], r["checks"] = _ratios(r)
+    r["notes"] = _notes(r, cfg["cuda"])
+    _write_results(r, args, cfg)
+    return r
+
+
+def _log(s: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {s}", flush=True)
+
+
+def _resolve_settings(args: argparse.Namespace) -> dict:
+    """Defaults that depend on the device and ``--quick``; also fills ``args``
+    (device, batch size, memory model and crops, workers) for the memory children."""
+    import torch
     from fiftyone_lazsl.core.pipeline import default_num_workers
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -608,63 +642,71 @@ def _main(args, tmp):
     tiny = _register_tiny() if args.quick or "lazsl-tiny-test" in (args.model, args.mem_model) else None
     model_name = args.model or (tiny if args.quick else ("ViT-B-16" if cuda else "ViT-B-32"))
     args.batch_size = args.batch_size or (2 if args.quick else (32 if cuda else 4))
-    n_images = args.images or (2 if args.quick else (8 if cuda else 3) * args.batch_size)
-    floor_reps = args.floor_reps or (5 if cuda else 1)
-    score_reps = args.score_reps or (3 if args.quick else 7)
-    sizes = [int(s) for s in (args.memory_sizes or ("4,8" if args.quick else "100,1000")).split(",")]
     args.mem_model = args.mem_model or (tiny if args.quick else (model_name if cuda else _register_tiny()))
     args.mem_crops = args.mem_crops or args.n_crops
-    write_n = args.write_samples or (20 if args.quick else 1000)
-    num_workers = default_num_workers() if args.num_workers is None else args.num_workers
-    args.num_workers = num_workers
-    clock = _Clock(device)
+    args.num_workers = default_num_workers() if args.num_workers is None else args.num_workers
+    return dict(
+        device=device, cuda=cuda, model_name=model_name, clock=_Clock(device),
+        n_images=args.images or (2 if args.quick else (8 if cuda else 3) * args.batch_size),
+        floor_reps=args.floor_reps or (5 if cuda else 1),
+        score_reps=args.score_reps or (3 if args.quick else 7),
+        sizes=[int(s) for s in (args.memory_sizes or ("4,8" if args.quick else "100,1000")).split(",")],
+        write_n=args.write_samples or (20 if args.quick else 1000),
+    )
 
-    model = load_model(model_name, None, device=device)
-    clf = LaZSLClassifier(_attribute_set(), model, n_crops=args.n_crops, batch_size=args.batch_size)
-    paths = _image_paths(max(n_images, args.batch_size))
-    decoded = [load_image_tensor(p) for p in paths[:args.batch_size]]
-    images = [t for t, _ in decoded]
-    keys = paths[:args.batch_size]
 
-    r = {"meta": dict(
-        device=device, device_name=(torch.cuda.get_device_name() if cuda else platform.processor()
-                                    or platform.machine()),
-        model=model_name, random_weights=model.random_weights, pretrained=model.pretrained,
+def _meta(args: argparse.Namespace, cfg: dict, model) -> dict:
+    """Machine, versions, model and settings of the run."""
+    import torch
+
+    return dict(
+        device=cfg["device"],
+        device_name=(torch.cuda.get_device_name() if cfg["cuda"] else platform.processor()
+                     or platform.machine()),
+        model=cfg["model_name"], random_weights=model.random_weights, pretrained=model.pretrained,
         image_size=model.image_size, n_crops=args.n_crops, batch_size=args.batch_size,
-        num_workers=num_workers, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+        num_workers=args.num_workers, threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
         torch=torch.__version__, python=platform.python_version(), quick=args.quick,
         when=time.strftime("%Y-%m-%d %H:%M"), images_source=str(SHARED / "images"),
         attribute_set="cub (200 classes)", command=" ".join([os.path.basename(sys.executable),
-                                                             "benchmarks/run.py", *sys.argv[1:]]))}
-    log = lambda s: print(f"[bench {time.strftime('%H:%M:%S')}] {s}", flush=True)  # noqa: E731
+                                                             "benchmarks/run.py", *sys.argv[1:]]))
 
-    log(f"{model_name} on {device}, N={args.n_crops}, batch {args.batch_size}, {n_images} images")
+
+def _time_encoder_and_pipeline(args: argparse.Namespace, cfg: dict, clf, r: dict) -> tuple:
+    """Encoder floor (before and after), pipeline, ``run_lazsl`` and crop timings
+    into ``r``; returns ``(features of one batch, pipeline labels)``."""
+    from fiftyone_lazsl.core.imageio import load_image_tensor
+
+    n_images, clock, bs = cfg["n_images"], cfg["clock"], args.batch_size
+    paths = _image_paths(max(n_images, bs))
+    images = [t for t, _ in (load_image_tensor(p) for p in paths[:bs])]
+    keys = paths[:bs]
     # Floor before and after the pipeline runs: load changes on a shared machine
     # then affect floor and pipeline alike.
-    floor1, crop_times, feats = bench_floor_and_crops(clf, images, keys, args.batch_size,
-                                                      floor_reps, clock)
-    log(f"encoder floor {statistics.median(floor1):.3f} s/img")
-    timer = StageTimer(clf, clock, crops=not cuda)
+    floor1, crop_times, feats = bench_floor_and_crops(clf, images, keys, bs, cfg["floor_reps"],
+                                                      clock)
+    _log(f"encoder floor {statistics.median(floor1):.3f} s/img")
+    timer = StageTimer(clf, clock, crops=not cfg["cuda"])
     try:
-        total, batch_times, labels = bench_pipeline(clf, paths[:n_images], args.batch_size,
-                                                    num_workers, clock)
+        total, batch_times, labels = bench_pipeline(clf, paths[:n_images], bs, args.num_workers,
+                                                    clock)
         stages_pipeline = dict(timer.t)
-        log(f"pipeline {total / n_images:.3f} s/img; in it: " + ", ".join(
+        _log(f"pipeline {total / n_images:.3f} s/img; in it: " + ", ".join(
             f"{k} {v / n_images:.3f}" for k, v in stages_pipeline.items()))
         timer.reset()
-        rl = bench_run_lazsl(clf, paths[:n_images], args.batch_size, num_workers, clock)
+        rl = bench_run_lazsl(clf, paths[:n_images], bs, args.num_workers, clock)
         stages_run = dict(timer.t)
-        log(f"run_lazsl {rl / n_images:.3f} s/img; encoder in it {stages_run['encode'] / n_images:.3f}")
+        _log(f"run_lazsl {rl / n_images:.3f} s/img; encoder in it "
+             f"{stages_run['encode'] / n_images:.3f}")
     finally:
         timer.close()
-    floor2, _, _ = bench_floor_and_crops(clf, images, keys, args.batch_size, floor_reps, clock,
+    floor2, _, _ = bench_floor_and_crops(clf, images, keys, bs, cfg["floor_reps"], clock,
                                          warmup=False)
     floor = floor1 + floor2
-    crop_times += bench_crops(clf, images, keys, clock, args.batch_size)
-    log(f"encoder floor (after) {statistics.median(floor2):.3f} s/img")
-
+    crop_times += bench_crops(clf, images, keys, clock, bs)
+    _log(f"encoder floor (after) {statistics.median(floor2):.3f} s/img")
     r["encoder_floor"] = dict(s_per_image=statistics.median(floor), min_s_per_image=min(floor),
-                              images_per_s=1 / statistics.median(floor), batch_size=args.batch_size,
+                              images_per_s=1 / statistics.median(floor), batch_size=bs,
                               views_per_image=1 + args.n_crops, samples=floor)
     r["pipeline"] = dict(images=n_images, seconds=total, s_per_image=total / n_images,
                          stages_s_per_image={k: v / n_images for k, v in stages_pipeline.items()},
@@ -679,18 +721,11 @@ def _main(args, tmp):
     r["crops"] = dict(s_per_image=statistics.median(crop_times), samples=crop_times,
                       what="sample_crop_boxes + make_views (global view + N roi_align crops, "
                            "normalised), on the model device")
-    r["scoring"] = bench_scoring(clf, feats, score_reps, 1 if args.quick else 2, clock)
-    log(f"scoring {r['scoring']['ours_s_per_image'] * 1e3:.2f} ms/img, loop "
-        f"{r['scoring']['loop_s_per_image'] * 1e3:.2f} ms/img")
-    r["write"] = bench_write(clf, labels, write_n, clock)
-    log(f"write {write_n} samples: {r['write']['seconds']:.2f} s")
-    r["memory"] = dict(
-        config=f"run_lazsl, {args.mem_model} (random weights), N={args.mem_crops}, C=200, "
-               f"batch {args.batch_size}, {num_workers} decode workers",
-        runs=bench_memory(args, sizes))
-    log("memory " + ", ".join(f"{k}: {v['peak_rss_mb']:.0f} MiB" for k, v in r["memory"]["runs"].items()))
-    r["ratios"], r["checks"] = _ratios(r)
-    r["notes"] = [
+    return feats, labels
+
+
+def _notes(r: dict, cuda: bool) -> list[str]:
+    notes = [
         "Random weights: timings do not depend on the weights, predictions are meaningless.",
         "Encoder floor: model forward on pre-built views only; median over repetitions taken "
         "before and after the pipeline runs.",
@@ -702,18 +737,20 @@ def _main(args, tmp):
         "(sampled every 50 ms; shared pages counted twice); mongod is not counted.",
     ]
     if not cuda:
-        r["notes"].append("CPU: the memory runs use a cheaper model so that 1,000 images fit in "
-                          "minutes; the memory question is whether RSS grows with the dataset.")
+        notes.append("CPU: the memory runs use a cheaper model so that 1,000 images fit in "
+                     "minutes; the memory question is whether RSS grows with the dataset.")
+    return notes
 
+
+def _write_results(r: dict, args: argparse.Namespace, cfg: dict) -> None:
     out_dir = pathlib.Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = args.name or ("quick" if args.quick else f"{device}-{model_name}")
+    name = args.name or ("quick" if args.quick else f"{cfg['device']}-{cfg['model_name']}")
     (out_dir / f"{name}.json").write_text(json.dumps(r, indent=2))
     write_markdown(r, out_dir / f"{name}.md")
     draw_chart(r, out_dir / f"{name}.png")
-    log(f"wrote {out_dir / name}.json/.md/.png")
+    _log(f"wrote {out_dir / name}.json/.md/.png")
     print((out_dir / f"{name}.md").read_text())
-    return r
 
 
 if __name__ == "__main__":

@@ -77,3 +77,8 @@ class ImageLoadError(UserError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.path, self.reason))
+
+
+class DependencyError(UserError, ImportError):
+    """An installed dependency is older than the version the code needs (e.g.
+    FiftyOne below :data:`fiftyone_lazsl.fo.MIN_FIFTYONE`)."""

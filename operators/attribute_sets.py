@@ -13,6 +13,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import published
 from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.fields import CLASSIFICATION_TYPES, label_fields, validate_for_field
 from fiftyone_lazsl.core.attributes import FORMATS
 from fiftyone_lazsl.errors import UserError
 
@@ -20,17 +21,6 @@ _FORMAT_HELP = {
     "descriptors": "DCLIP/LaZSL attributes, turned into '<class>, which has <attribute>' prompts",
     "cupl": "CuPL sentences, used verbatim as prompts",
 }
-
-
-def _classification_fields(dataset):
-    import fiftyone as fo
-
-    schema = dataset.get_field_schema(flat=True)
-    return sorted(
-        f for f, ft in schema.items()
-        if isinstance(ft, fo.EmbeddedDocumentField)
-        and ft.document_type in (fo.Classification, fo.Classifications)
-    )
 
 
 def _default_name(source):
@@ -84,15 +74,17 @@ class ImportAttributeSet(foo.Operator):
         )
         fmt = types.RadioGroup()
         fmt.add_choice("auto", label="auto",
-                       description="the file's sidecar format, or the published set's (descriptors)")
+                       description="a file: its sidecar's format, else detected (CuPL sentences "
+                                   "or DCLIP attributes); a published set: the registry's")
         for f in FORMATS:
             fmt.add_choice(f, label=f, description=_FORMAT_HELP.get(f, ""))
         inputs.enum("format", fmt.values(), default="auto", label="Format", view=fmt)
 
-        fields = _classification_fields(ctx.dataset)
-        if fields:
+        cls_fields = list(label_fields(ctx.dataset, types=CLASSIFICATION_TYPES,
+                                              strings=False))
+        if cls_fields:
             pick = types.Dropdown()
-            for f in fields:
+            for f in cls_fields:
                 pick.add_choice(f, label=f)
             inputs.enum(
                 "label_field", pick.values(), required=False, label="Check against label field",
@@ -122,10 +114,10 @@ class ImportAttributeSet(foo.Operator):
     def execute(self, ctx):
         source = str(ctx.params["source"]).strip()
         fmt = ctx.params.get("format") or "auto"
-        aset = store.resolve_attribute_set(source, None, format=None if fmt == "auto" else fmt)
+        aset = store.resolve_attribute_set(source, None, format=fmt)
         label_field = ctx.params.get("label_field")
         if label_field:
-            store.validate_for_field(ctx.dataset, aset, label_field)
+            validate_for_field(ctx.dataset, aset, label_field)
         name = ctx.params.get("name") or store.safe_set_name(aset.name)
         name = store.save_attribute_set(
             ctx.dataset, aset, name=name, overwrite=bool(ctx.params.get("overwrite", False)),

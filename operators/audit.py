@@ -12,7 +12,7 @@ import fiftyone.operators.types as types
 
 from fiftyone_lazsl.fo.audit import EVIDENCE_NOTE, audit_labels
 from fiftyone_lazsl.fo.evaluate import evaluate_methods
-from fiftyone_lazsl.fo.explain import ground_truth_fields
+from fiftyone_lazsl.fo.fields import ground_truth_fields
 from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
 

@@ -12,6 +12,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import classnames
+from fiftyone_lazsl.fo.fields import classes_from_field, label_fields
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.llm.generate import DEFAULT_MODEL, DEFAULT_N, generate_attribute_set
@@ -36,9 +37,9 @@ class BuildAttributeSets(foo.Operator):
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        fields = list(classnames.label_fields(ctx.dataset)) if ctx.dataset else []
+        field_names = list(label_fields(ctx.dataset)) if ctx.dataset else []
         pick = types.Dropdown()
-        for f in fields:
+        for f in field_names:
             pick.add_choice(f, label=f)
         inputs.enum("label_field", pick.values(), required=True, label="Classes from field",
                     description="The distinct labels of this field are the classes", view=pick)
@@ -72,7 +73,7 @@ class BuildAttributeSets(foo.Operator):
     def execute(self, ctx):
         p = ctx.params
         name = store.validate_set_name(str(p["set_name"]).strip())
-        classes = classnames.classes_from_field(ctx.dataset, p["label_field"])
+        classes = classes_from_field(ctx.dataset, p["label_field"])
         targets = classnames.readable_names(classes) if p.get("readable_names") else classes
 
         def progress(done, total, result):

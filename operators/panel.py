@@ -12,9 +12,9 @@ and ground-truth field from dropdowns, asks
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fiftyone_lazsl.fo.fields import ground_truth_fields
 from fiftyone_lazsl.fo.explain import (
     explain_sample,
-    ground_truth_fields,
     matched_attribute_view,
     panel_content,
 )

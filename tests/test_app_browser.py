@@ -1,4 +1,4 @@
-"""Issue 8 acceptance: the explanations panel and the crop detections in the
+"""In the App: the explanations panel and the crop detections in the
 real FiftyOne App, driven in Debian's headless Chromium.
 
 A small dataset of real CUB photos is classified by ``run_lazsl`` (tiny

@@ -1,4 +1,4 @@
-"""Issue 3 acceptance, without a browser: the FiftyOne App server starts on
+"""The App server without a browser: the FiftyOne App server starts on
 localhost (same private database as the tests, this checkout as a plugin) and
 serves the dataset page and the dataset itself, including the LaZSL fields."""
 

@@ -216,3 +216,22 @@ def test_with_classes_keeps_empty_note(shared_data):
     s = AttributeSet.from_json(shared_data / "attribute_sets" / "food101.json")
     r = s.with_classes(["apple pie", "donuts", "oysters"])
     assert r.empty_classes == ["donuts", "oysters"]
+
+
+def test_replace_copies_with_one_change():
+    from fiftyone_lazsl.core.attributes import AttributeSet
+    a = AttributeSet.from_dict({"Cardinal": ["red crest"], "Wren": []}, name="birds",
+                               source="x.json", metadata={"k": 1})
+    assert any(w.startswith("class(es) with no attribute") for w in a.warnings)
+    b = a.replace(name="other")
+    assert (b.name, b.source, b.format, b.metadata) == ("other", "x.json", "descriptors", {"k": 1})
+    assert b.to_dict() == a.to_dict() and b.warnings == a.warnings
+    b.metadata["k"] = 2
+    b.warnings.append("new")
+    assert a.metadata == {"k": 1} and "new" not in a.warnings      # copies, not shared
+    c = a.replace(attributes={"Cardinal": ["red crest"], "Wren": ["brown"]})
+    assert not any(w.startswith("class(es) with no attribute") for w in c.warnings)
+    assert c.content_hash != a.content_hash and c.name == "birds"
+    assert a.replace(format="cupl").format == "cupl"
+    with pytest.raises(TypeError, match="colour"):
+        a.replace(colour="red")

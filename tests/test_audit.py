@@ -1,4 +1,5 @@
-"""Issue 7 acceptance, audit side.
+"""Label audit (``audit_labels``, CLI ``audit``, ``audit_labels`` operator): injected
+label errors rank first and the evidence names the right attributes.
 
 * Controlled features (:mod:`controlled_encoder`): every method predicts each
   image's true class, so label flips injected into the ground truth must rank

@@ -6,13 +6,12 @@ import fiftyone as fo
 import pytest
 
 from fiftyone_lazsl.core.classnames import (
-    classes_from_field,
     classes_from_file,
     classes_from_list,
-    label_path,
     readable_name,
     readable_names,
 )
+from fiftyone_lazsl.fo.fields import classes_from_field, label_fields, label_path
 from fiftyone_lazsl.errors import UserError
 
 

@@ -1,5 +1,6 @@
 """``fiftyone-lazsl attributes ...`` through the CLI entry point and a real subprocess."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -56,7 +57,8 @@ def test_import_file_with_name_and_format(dataset, tmp_path, capsys):
     aset = store.load_attribute_set(dataset, "my_sets")
     assert aset.format == "cupl" and aset.classes == ["waffles", "apple pie"]
     assert aset.source == str(f)
-    assert main(["attributes", "import", str(f), "--dataset", dataset.name, "--name", "v2"]) == 0
+    assert main(["attributes", "import", str(f), "--dataset", dataset.name, "--name", "v2",
+                 "--format", "descriptors"]) == 0
     assert store.load_attribute_set(dataset, "v2").format == "descriptors"
     # the label field has 'donuts', which the file lacks: nothing is stored
     rc = main(["attributes", "import", str(f), "--dataset", dataset.name, "--name", "v3",
@@ -129,3 +131,41 @@ def test_console_script_subprocess(dataset, local_sets):
                            dataset.name], capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("fiftyone-lazsl attributes: error:")
+
+
+def test_console_script_detects_cupl_and_descriptor_files(dataset, tmp_path):
+    """``attributes import`` without ``--format`` (``auto``) reads a CuPL file as CuPL
+    sentences (prompts used verbatim) and a DCLIP file as attributes, in a real process."""
+    cupl = tmp_path / "cupl_birds.json"
+    cupl.write_text(json.dumps({
+        "Cardinal": ["A photo of a Cardinal, a red songbird with a crest.",
+                     "A Cardinal has a short, thick orange beak."],
+        "Blue Jay": ["A Blue Jay is a blue and white bird with a crest.",
+                     "A photo of a Blue Jay perched on a branch."],
+    }))
+    dclip = tmp_path / "dclip_birds.json"
+    dclip.write_text(json.dumps({"Cardinal": ["red plumage", "a crest"],
+                                 "Blue Jay": ["blue wings", "a white belly"]}))
+    for f, want in ((cupl, "cupl"), (dclip, "descriptors")):
+        proc = subprocess.run(
+            [str(CONSOLE_SCRIPT), "attributes", "import", str(f), "--dataset", dataset.name],
+            capture_output=True, text=True, timeout=240, env=dict(os.environ),
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert f"format {want}," in proc.stdout
+        dataset.reload()
+        aset = store.load_attribute_set(dataset, f.stem)
+        assert aset.format == want
+    # a CuPL sentence is a prompt as is, not 'Cardinal, which has A photo of a Cardinal...'
+    from fiftyone_lazsl.core.prompts import build_prompts
+    prompts, _ = build_prompts(store.load_attribute_set(dataset, "cupl_birds"))
+    assert prompts[0] == ["A photo of a Cardinal, a red songbird with a crest.",
+                          "A Cardinal has a short, thick orange beak."]
+    # --format descriptors still forces descriptors
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "attributes", "import", str(cupl), "--dataset", dataset.name,
+         "--name", "forced", "--format", "descriptors"],
+        capture_output=True, text=True, timeout=240, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    dataset.reload()
+    assert store.load_attribute_set(dataset, "forced").format == "descriptors"

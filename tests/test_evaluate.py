@@ -1,4 +1,4 @@
-"""Issue 7 acceptance, evaluation side: side-by-side comparison of methods with
+"""Evaluation of methods side by side comparison of methods with
 FiftyOne's own evaluation, on controlled features whose right answers are known.
 
 LaZSL and DCLIP predict every image's true class; CLIP is built to swap classes

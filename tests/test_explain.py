@@ -1,4 +1,4 @@
-"""Issue 8: the explanation panel's contents, without a browser, against a real
+"""The explanation panel's contents, without a browser, against a real
 database: per-sample tables (score contributions, crop counts, ordering), the "no LaZSL
 result" case, ground truth differing from the prediction, the matched-attribute
 view, and evidence heatmaps (hand-computed boxes, and a real tiny-model run)."""
@@ -11,14 +11,12 @@ import pytest
 import fiftyone as fo
 
 from fiftyone_lazsl.fo.explain import (
-    evidence_heatmap,
     explain_sample,
-    ground_truth_fields,
-    heatmap_field_name,
     matched_attribute_view,
     panel_content,
-    write_heatmaps,
 )
+from fiftyone_lazsl.fo.fields import ground_truth_fields
+from fiftyone_lazsl.fo.heatmaps import evidence_heatmap, heatmap_field_name, write_heatmaps
 from fiftyone_lazsl.fo.runs import run_key
 from plugin_fixtures import lazsl_plugin  # noqa: F401
 

@@ -72,5 +72,17 @@ def test_import_file_checked_against_label_field(lazsl_plugin, dataset, tmp_path
     AttributeSet.from_dict({"pug": ["A photo of a pug."]}, format="cupl").to_json(g)
     run_operator("import_attribute_set", dataset, {"source": str(g), "name": "auto"})
     assert store.load_attribute_set(dataset, "auto").format == "cupl"
+    # and without a sidecar it detects the format from the texts
+    h = tmp_path / "cupl_no_sidecar.json"
+    AttributeSet.from_dict({"pug": ["A photo of a pug, a small dog with a wrinkled face."],
+                            "beagle": ["A beagle is a hound with long ears."]}
+                           ).to_json(h, with_meta=False)
+    run_operator("import_attribute_set", dataset, {"source": str(h), "name": "detected"})
+    assert store.load_attribute_set(dataset, "detected").format == "cupl"
+    d = tmp_path / "dclip_no_sidecar.json"
+    AttributeSet.from_dict({"pug": ["a wrinkled face"], "beagle": ["long ears"]}
+                           ).to_json(d, with_meta=False)
+    run_operator("import_attribute_set", dataset, {"source": str(d), "name": "attrs"})
+    assert store.load_attribute_set(dataset, "attrs").format == "descriptors"
     with pytest.raises(ExecutionError, match="invalid attribute-set name"):
         run_operator("import_attribute_set", dataset, {"source": str(f), "name": "bad name"})

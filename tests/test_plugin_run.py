@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: CLI flow on real photos against a real MongoDB, and the
+"""End to end: CLI flow on real photos against a real MongoDB, and the
 ``run_lazsl`` operator executed immediately and delegated (through FiftyOne's
 delegated-operation service) giving the same labels as the Python function."""
 

@@ -1,4 +1,4 @@
-"""Issue 6, CLI: user errors end in one clear line and a non-zero exit (no
+"""Robustness of the CLI: user errors end in one clear line and a non-zero exit (no
 traceback); a ``classify`` process killed with SIGKILL mid-run keeps every
 written batch and ``--skip-existing`` finishes only the rest; the published
 food101 set (5 classes with no attribute) runs with ``--gt-field``.

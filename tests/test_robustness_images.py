@@ -1,4 +1,4 @@
-"""Issue 6, images: ``run_lazsl`` on a real dataset whose files are bad or
+"""Robustness to bad images: ``run_lazsl`` on a real dataset whose files are bad or
 odd (generated with PIL into tmp_path) mixed with real photos. Good images get
 a prediction, bad ones get ``<field>_error`` naming the cause, the run goes on
 and lists its failures; EXIF orientation, huge images and numerics behave."""

@@ -1,4 +1,4 @@
-"""Issue 6, runs: ``run_lazsl`` on real photos against a real MongoDB. Empty
+"""Robustness of runs: ``run_lazsl`` on real photos against a real MongoDB. Empty
 views write nothing; re-runs replace cleanly; ``skip_existing`` retries
 errors and keeps what was written; label fields never touch each other;
 attribute sets whose classes are empty, missing, differently spelled,

@@ -12,6 +12,8 @@ import pytest
 
 from fiftyone_lazsl.core import published
 from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.datasets import load_dataset
+from fiftyone_lazsl.fo.fields import validate_for_field
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
 from fiftyone_lazsl.errors import DatasetNotFoundError, UserError
 
@@ -121,6 +123,8 @@ _CHILD = r"""
 import json, sys
 import fiftyone as fo
 from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.datasets import load_dataset
+from fiftyone_lazsl.fo.fields import validate_for_field
 from fiftyone_lazsl.core.attributes import AttributeSet
 ds = fo.load_dataset(sys.argv[1])
 a = store.load_attribute_set(ds, "small")
@@ -156,17 +160,17 @@ def test_corrupt_record_is_detected(dataset):
 
 def test_validate_for_field(dataset):
     full = _small()
-    assert store.validate_for_field(dataset, full, "gt") == ["St. Bernard", "Zebra", "apple pie"]
-    assert store.validate_for_field(dataset, full, "multi") == ["apple pie"]
+    assert validate_for_field(dataset, full, "gt") == ["St. Bernard", "Zebra", "apple pie"]
+    assert validate_for_field(dataset, full, "multi") == ["apple pie"]
     partial = AttributeSet.from_dict({"zebra ": ["stripes"]}, name="partial")  # class_key matching
     with pytest.raises(AttributeSetError) as e:
-        store.validate_for_field(dataset.view(), partial, "gt")
+        validate_for_field(dataset.view(), partial, "gt")
     assert "'St. Bernard'" in str(e.value) and "'apple pie'" in str(e.value)
     assert "Zebra" not in str(e.value).split("class(es) of the label field")[1]
     with pytest.raises(UserError, match="'nope' does not exist.*classification fields: gt, multi"):
-        store.validate_for_field(dataset, full, "nope")
+        validate_for_field(dataset, full, "nope")
     with pytest.raises(UserError, match="'note' is not a Classification field"):
-        store.validate_for_field(dataset, full, "note")
+        validate_for_field(dataset, full, "note")
 
 
 def test_resolve_order(dataset, shared_data, tmp_path, monkeypatch):
@@ -192,7 +196,31 @@ def test_resolve_order(dataset, shared_data, tmp_path, monkeypatch):
     assert "no file" in msg and "not a published set (cub, imagenet" in msg
 
 
+def test_moved_helpers_stay_importable_from_store():
+    import fiftyone_lazsl.fo.datasets as datasets
+    import fiftyone_lazsl.fo.fields as fields
+    assert store.load_dataset is datasets.load_dataset
+    assert store.validate_for_field is fields.validate_for_field
+
+
 def test_load_dataset(dataset):
-    assert store.load_dataset(dataset.name).name == dataset.name
+    assert load_dataset(dataset.name).name == dataset.name
     with pytest.raises(DatasetNotFoundError, match="no FiftyOne dataset named 'no-such-ds'"):
-        store.load_dataset("no-such-ds")
+        load_dataset("no-such-ds")
+
+
+def test_resolve_detects_the_format_of_a_file(tmp_path):
+    """A file without a sidecar: format None/"auto" detects CuPL sentences vs DCLIP
+    attributes; an explicit format wins."""
+    cupl = tmp_path / "c.json"
+    cupl.write_text(json.dumps({"Zebra": ["A photo of a Zebra, a striped horse.",
+                                          "A Zebra has black and white stripes."]}))
+    dclip = tmp_path / "d.json"
+    dclip.write_text(json.dumps({"Zebra": ["black and white stripes", "a short mane"]}))
+    for fmt in (None, "auto"):
+        assert store.resolve_attribute_set(str(cupl), format=fmt).format == "cupl"
+        assert store.resolve_attribute_set(str(dclip), format=fmt).format == "descriptors"
+    assert store.resolve_attribute_set(str(cupl), format="descriptors").format == "descriptors"
+    assert store.resolve_attribute_set(str(dclip), format="cupl").format == "cupl"
+    with pytest.raises(UserError, match="unknown attribute-set format 'xml'"):
+        store.resolve_attribute_set(str(dclip), format="xml")

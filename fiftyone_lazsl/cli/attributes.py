@@ -36,9 +36,10 @@ def register(subparsers) -> None:
     imp.add_argument("source", metavar="FILE_OR_PUBLISHED_NAME")
     imp.add_argument("--dataset", required=True, help="FiftyOne dataset name")
     imp.add_argument("--name", help="name to store it under (default: the published name or file stem)")
-    imp.add_argument("--format", choices=FORMATS, default=None,
-                     help="descriptors: attributes turned into DCLIP prompts (default); "
-                          "cupl: sentences used verbatim")
+    imp.add_argument("--format", choices=FORMATS + ("auto",), default="auto",
+                     help="descriptors: attributes turned into DCLIP prompts; "
+                          "cupl: sentences used verbatim; auto (default): a file's sidecar "
+                          "format, else detected from its texts; a published set's registry format")
     imp.add_argument("--label-field", help="check that every label of this Classification field "
                                            "has attributes in the set")
     imp.add_argument("--no-overwrite", action="store_true",
@@ -80,11 +81,13 @@ def _summary(aset, name: str, dataset_name: str, replaced: bool) -> str:
 
 def _import(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.fo import store
+    from fiftyone_lazsl.fo.fields import validate_for_field
+    from fiftyone_lazsl.fo.datasets import load_dataset
 
-    dataset = store.load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset)
     aset = store.resolve_attribute_set(args.source, None, format=args.format)
     if args.label_field:
-        store.validate_for_field(dataset, aset, args.label_field)
+        validate_for_field(dataset, aset, args.label_field)
     name = args.name if args.name is not None else store.safe_set_name(aset.name)
     replaced = store.has_attribute_set(dataset, name)
     name = store.save_attribute_set(dataset, aset, name=name, overwrite=not args.no_overwrite)
@@ -94,8 +97,9 @@ def _import(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.fo import store
+    from fiftyone_lazsl.fo.datasets import load_dataset
 
-    dataset = store.load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset)
     rows = store.list_attribute_sets(dataset)
     if not rows:
         print(f"dataset {dataset.name!r} has no attribute sets "
@@ -112,8 +116,9 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.fo import store
+    from fiftyone_lazsl.fo.datasets import load_dataset
 
-    dataset = store.load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset)
     aset = store.load_attribute_set(dataset, args.set_name)
     if args.class_name is not None:
         cls = aset.resolve(args.class_name)
@@ -141,8 +146,9 @@ def _show(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.fo import store
+    from fiftyone_lazsl.fo.datasets import load_dataset
 
-    dataset = store.load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset)
     store.delete_attribute_set(dataset, args.set_name)
     print(f"deleted attribute set {args.set_name!r} from dataset {dataset.name!r}")
     return 0

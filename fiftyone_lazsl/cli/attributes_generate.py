@@ -74,13 +74,15 @@ def _generate(args) -> int:
 
     dataset = None
     if args.dataset:
-        from fiftyone_lazsl.fo.store import load_dataset
+        from fiftyone_lazsl.fo.datasets import load_dataset
 
         dataset = load_dataset(args.dataset)
     if args.classes:
         classes = classnames.classes_from_file(args.classes)
     else:
-        classes = classnames.classes_from_field(dataset, args.field)
+        from fiftyone_lazsl.fo.fields import classes_from_field
+
+        classes = classes_from_field(dataset, args.field)
     targets = classnames.readable_names(classes) if args.readable_names else classes
 
     name = args.name

@@ -14,8 +14,12 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
 from fiftyone_lazsl.errors import UserError
+
+if TYPE_CHECKING:
+    from fiftyone_lazsl.core.models import LoadedModel
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_IMAGES = _REPO.parent / "shared" / "data" / "images" / "cub"
@@ -45,11 +49,12 @@ def _subset(directory: pathlib.Path, per_class: int, out: pathlib.Path) -> pathl
     return out
 
 
-def _choose_weights(model: str, tag: str | None):
-    from fiftyone_lazsl.errors import WeightsUnavailableError
+def _choose_weights(model: str, tag: str | None) -> tuple["LoadedModel", bool]:
+    from fiftyone_lazsl.core.config import normalize_pretrained
     from fiftyone_lazsl.core.models import load_model
+    from fiftyone_lazsl.errors import WeightsUnavailableError
 
-    if tag in (None, "", "none", "random"):
+    if normalize_pretrained(tag) is None:
         return load_model(model, None), False
     try:
         return load_model(model, tag), True

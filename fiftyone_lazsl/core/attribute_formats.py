@@ -88,8 +88,7 @@ def load_attribute_file(path: str | os.PathLike, *, format: str = "auto",
     else:
         fmt = format
     if fmt != aset.format:
-        aset = AttributeSet(aset.to_dict(), name=aset.name, source=aset.source, format=fmt,
-                            warnings=list(aset.warnings), metadata=dict(aset.metadata))
+        aset = aset.replace(format=fmt)
     return aset
 
 
@@ -144,10 +143,10 @@ def save_attribute_file(attribute_set: AttributeSet, path: str | os.PathLike, *,
         raise AttributeSetError(
             f"attribute set {attribute_set.name or ''} holds CuPL sentences; they cannot be "
             "written as DCLIP/LaZSL attributes (export it as cupl)")
-    converted = AttributeSet(to_cupl(attribute_set), name=attribute_set.name,
-                             source=attribute_set.source, format="cupl",
-                             warnings=list(attribute_set.warnings),
-                             metadata=dict(attribute_set.metadata, converted_from="descriptors"))
+    converted = attribute_set.replace(
+        attributes=to_cupl(attribute_set), format="cupl",
+        warnings=list(attribute_set.warnings),
+        metadata=dict(attribute_set.metadata, converted_from="descriptors"))
     converted.to_json(path, with_meta=with_meta)
 
 
@@ -171,12 +170,9 @@ def merge_sets(*sets: AttributeSet, name: str | None = None) -> AttributeSet:
         out = out.merge(s)
     if len(sets) > 1:
         sources = [s.source or s.name for s in sets]
-        out = AttributeSet(out.to_dict(), name=name or out.name, source=out.source,
-                           format=out.format, warnings=list(out.warnings),
-                           metadata=dict(out.metadata, merged_from=sources))
+        out = out.replace(name=name or out.name, metadata=dict(out.metadata, merged_from=sources))
     elif name:
-        out = AttributeSet(out.to_dict(), name=name, source=out.source, format=out.format,
-                           warnings=list(out.warnings), metadata=dict(out.metadata))
+        out = out.replace(name=name)
     return out
 
 

@@ -18,12 +18,15 @@ import json
 import os
 import unicodedata
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from fiftyone_lazsl.errors import AttributeSetError
 
 FORMATS = ("descriptors", "cupl")
+
+# Start of the warning kept for classes with an empty attribute list.
+_EMPTY_NOTE = "class(es) with no attribute"
 
 
 def _clean_name(name: str) -> str:
@@ -62,14 +65,14 @@ class AttributeSet:
     warnings: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise AttributeSetError(
                 f"unknown attribute-set format {self.format!r}; expected one of {FORMATS}"
             )
         self.attributes = self._normalise(self.attributes)
         empty = [c for c, a in self.attributes.items() if not a]
-        note = "class(es) with no attribute, scored with a class-name-only prompt: "
+        note = _EMPTY_NOTE + ", scored with a class-name-only prompt: "
         if empty and not any(w.startswith(note) for w in self.warnings):
             self.warnings.append(note + ", ".join(empty))
 
@@ -156,7 +159,7 @@ class AttributeSet:
             raise AttributeSetError(f"attribute set file {path} is not UTF-8 text: {e}") from e
         duplicates: list[str] = []
 
-        def pairs_hook(pairs):
+        def pairs_hook(pairs: list[tuple[str, Any]]) -> OrderedDict:
             # A class key repeated verbatim in the file: merge its lists (json
             # would silently keep the last one) and say so.
             out = OrderedDict()
@@ -243,7 +246,7 @@ class AttributeSet:
     def __getitem__(self, cls_name: str) -> list[str]:
         return self.attributes[cls_name]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.attributes)
 
     @property
@@ -266,6 +269,28 @@ class AttributeSet:
         return max(1, max(len(a) for a in self.attributes.values()))
 
     # ------------------------------------------------------------- editing
+    def replace(self, **changes: Any) -> "AttributeSet":
+        """A copy with some fields changed (like :func:`dataclasses.replace`).
+
+        ``changes`` are any of ``attributes``, ``name``, ``source``, ``format``,
+        ``warnings``, ``metadata``; the others are copied (lists and dicts are new
+        objects). When ``attributes`` change and ``warnings`` are not given, the
+        "class(es) with no attribute" note is recomputed for the new classes.
+
+        Raises:
+            TypeError: an unknown field; AttributeSetError: invalid new content.
+        """
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"AttributeSet has no field(s) {sorted(unknown)}")
+        warnings = list(self.warnings)
+        if "attributes" in changes and "warnings" not in changes:
+            warnings = [w for w in warnings if not w.startswith(_EMPTY_NOTE)]
+        current = dict(attributes=self.to_dict(), name=self.name, source=self.source,
+                       format=self.format, warnings=warnings, metadata=dict(self.metadata))
+        current.update(changes)
+        return AttributeSet(**current)
+
     def with_classes(self, classes: Sequence[str]) -> "AttributeSet":
         """A new set restricted to (and ordered as) ``classes``; names are matched
         with :func:`class_key`. Raises :class:`AttributeSetError` listing any class
@@ -277,20 +302,17 @@ class AttributeSet:
                 f"attribute set {self.name or ''} lacks {len(missing)} class(es): "
                 + ", ".join(repr(m) for m in missing)
             )
-        return AttributeSet(
-            OrderedDict((index[class_key(c)], list(self.attributes[index[class_key(c)]])) for c in classes),
-            name=self.name, source=self.source, format=self.format,
-            warnings=[w for w in self.warnings], metadata=dict(self.metadata),
-        )
+        return self.replace(
+            attributes=OrderedDict((index[class_key(c)], list(self.attributes[index[class_key(c)]]))
+                                   for c in classes),
+            warnings=list(self.warnings))
 
     def set_class(self, cls_name: str, attributes: Sequence[str]) -> "AttributeSet":
         """A new set with one class's attributes replaced (or the class appended)."""
         d = self.to_dict()
         index = {class_key(c): c for c in d}
         d[index.get(class_key(cls_name), _clean_name(cls_name))] = list(attributes)
-        warnings = [w for w in self.warnings if not w.startswith("class(es) with no attribute")]
-        return AttributeSet(d, name=self.name, source=self.source, format=self.format,
-                            warnings=warnings, metadata=dict(self.metadata))
+        return self.replace(attributes=d)
 
     def merge(self, other: "AttributeSet") -> "AttributeSet":
         """A new set with the classes of both; shared classes get the union of
@@ -306,10 +328,8 @@ class AttributeSet:
             else:
                 d[c] = list(attrs)
                 index[k] = c
-        warnings = [w for w in self.warnings + other.warnings
-                    if not w.startswith("class(es) with no attribute")]
-        return AttributeSet(d, name=self.name, source=self.source, format=self.format,
-                            warnings=warnings, metadata=dict(self.metadata))
+        warnings = [w for w in self.warnings + other.warnings if not w.startswith(_EMPTY_NOTE)]
+        return self.replace(attributes=d, warnings=warnings)
 
     def validate_classes(self, classes: Iterable[str]) -> None:
         """Check that every class in ``classes`` (e.g. a label field's distinct

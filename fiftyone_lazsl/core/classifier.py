@@ -10,7 +10,7 @@ Methods: ``"lazsl"`` (optimal transport of crops to attributes), ``"dclip"``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -21,7 +21,7 @@ from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
 from fiftyone_lazsl.core.crops import make_views, relative_boxes, sample_crop_boxes
 from fiftyone_lazsl.core.models import LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
-from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, lazsl_scores
+from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, global_similarity, lazsl_scores
 
 __all__ = ["LaZSLClassifier", "Prediction", "CropEvidence", "METHODS"]
 
@@ -85,7 +85,6 @@ class Prediction:
     crops: CropEvidence | None = None
     attribute_scores: list[np.ndarray] | None = None
     attribute_crops: list[np.ndarray] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class LaZSLClassifier:
@@ -252,7 +251,10 @@ class LaZSLClassifier:
         feats, boxes = self.encode(images, keys)
         return self._predict_features(feats, boxes, images, sizes, scales)
 
-    def _predict_features(self, feats, boxes, images, sizes, scales) -> list[Prediction]:
+    def _predict_features(self, feats: torch.Tensor, boxes: list[np.ndarray],
+                          images: Sequence[torch.Tensor],
+                          sizes: Sequence[tuple[int, int]] | None,
+                          scales: Sequence[float] | None) -> list[Prediction]:
         B = feats.shape[0]
         out = None
         if self.method == "lazsl":
@@ -288,8 +290,7 @@ class LaZSLClassifier:
             csim = Sp.gather(-1, cattr.unsqueeze(-1)).squeeze(-1)
             cmass, cattr, cshare, csim, keep_np = (t.cpu().numpy() for t in (cmass, cattr, cshare, csim, keep))
         elif self.method == "dclip":
-            g = feats[:, 0]
-            sim = torch.einsum("bd,cad->bca", g, self.text_features).cpu().numpy()
+            sim = global_similarity(feats, self.text_features).cpu().numpy()       # [B, C, A]
 
         preds = []
         for b in range(B):

@@ -1,5 +1,6 @@
-"""Class names to describe: from a label field, a file or a list, and their
-readable forms.
+"""Class names to describe: from a file or a list, and their readable forms.
+
+(Class names from a FiftyOne label field: :func:`fiftyone_lazsl.fo.fields.classes_from_field`.)
 
 Dataset labels are often folder names: CUB-200-2011 uses
 ``001.Black_footed_Albatross``, while the published attribute file (and any
@@ -126,61 +127,3 @@ def classes_from_file(path: str | os.PathLike) -> list[str]:
         if ids == list(range(ids[0], ids[0] + len(ids))):
             lines = [m.group(2) for m in matches]
     return _dedupe(lines, path)
-
-
-def label_fields(samples) -> "OrderedDict[str, str]":
-    """``{field: path of its class labels}`` for every top-level field that holds
-    class labels, sorted by field name: ``field.label`` for
-    Classification/Detection/Polyline/Keypoint, ``field.<list>.label`` for
-    Classifications/Detections/Polylines/Keypoints, ``field`` for a string field
-    (other than ``filepath``)."""
-    import fiftyone as fo
-
-    schema = samples.get_field_schema()
-    usable: OrderedDict[str, str] = OrderedDict()
-    for name in sorted(schema):
-        ft = schema[name]
-        if isinstance(ft, fo.StringField) and name not in ("filepath", "id"):
-            usable[name] = name
-        elif isinstance(ft, fo.EmbeddedDocumentField):
-            doc = ft.document_type
-            list_field = getattr(doc, "_LABEL_LIST_FIELD", None)
-            if list_field:
-                usable[name] = f"{name}.{list_field}.label"
-            elif issubclass(doc, fo.Label) and "label" in doc._fields:
-                usable[name] = f"{name}.label"
-    return usable
-
-
-def label_path(samples, field: str) -> str:
-    """The path of the class labels in ``field`` (see :func:`label_fields`).
-
-    Raises:
-        UserError: no such field, or it holds no class labels (the message lists
-            the fields that do).
-    """
-    usable = label_fields(samples)
-    if field not in usable:
-        exists = field in samples.get_field_schema(flat=True)
-        what = "holds no class labels" if exists else "does not exist"
-        ds = getattr(samples, "_root_dataset", samples)
-        raise UserError(
-            f"field {field!r} {what} on dataset {ds.name!r}; label fields: "
-            + (", ".join(usable) or "none")
-        )
-    return usable[field]
-
-
-def classes_from_field(samples, field: str) -> list[str]:
-    """The distinct class labels of a dataset (or view) field, sorted.
-
-    Args:
-        samples: a FiftyOne dataset or view.
-        field: a label field (Classification(s), Detection(s), ...) or a string field.
-
-    Raises:
-        UserError: the field is not a label field, or holds no label.
-    """
-    path = label_path(samples, field)
-    values = [v for v in samples.distinct(path) if v is not None and str(v).strip()]
-    return _dedupe(sorted(values), f"field {field!r}")

@@ -89,12 +89,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import IO, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, TiffImagePlugin
 
 from fiftyone_lazsl.errors import ImageLoadError, UserError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ImageLoadError",
@@ -491,7 +494,7 @@ def _decode(im: ImageFile.ImageFile, fp: _TrackedFile, path: str, fmt: str,
     return rgb
 
 
-def image_to_tensor(img: Image.Image):
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """Convert an RGB PIL image to a ``torch.uint8`` tensor.
 
     Args:
@@ -513,7 +516,8 @@ def image_to_tensor(img: Image.Image):
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def load_image_tensor(path: str | os.PathLike, max_pixels: int | None = None):
+def load_image_tensor(path: str | os.PathLike,
+                      max_pixels: int | None = None) -> tuple[torch.Tensor, dict]:
     """:func:`load_image` followed by :func:`image_to_tensor`.
 
     Args:

@@ -23,12 +23,14 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from fiftyone_lazsl.core.cache import cache_root as _cache_root
+from fiftyone_lazsl.core.config import normalize_pretrained
 from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -38,13 +40,10 @@ RANDOM_WEIGHTS_BANNER = (
     "Predictions are meaningless; use this only for tests and smoke runs."
 )
 
-_RANDOM_TAGS = (None, "", "none", "None", "random")
-
 
 def cache_root() -> str:
-    """Root cache folder: ``$FIFTYONE_LAZSL_CACHE`` or ``~/.cache/fiftyone-lazsl``."""
-    return os.environ.get("FIFTYONE_LAZSL_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "fiftyone-lazsl")
+    """Root cache folder (:func:`fiftyone_lazsl.core.cache.cache_root`), as a string."""
+    return os.fspath(_cache_root())
 
 
 def default_device() -> str:
@@ -83,7 +82,6 @@ class LoadedModel:
     interpolation: str
     resize_mode: str
     device: torch.device
-    extra: dict = field(default_factory=dict)
 
     @property
     def logit_scale(self) -> float:
@@ -156,7 +154,7 @@ class LoadedModel:
         return feats
 
 
-def encode_text_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text(tokens)``, computed only up to the last end-of-text
     token of the batch when that gives the same result.
 
@@ -172,6 +170,15 @@ def encode_text_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[T, D]`` unnormalised text features.
     """
+    # Not public open_clip API, deliberately: open_clip (checked against 3.3.0) has no
+    # public way to run the text tower on fewer than its 77 context positions. The
+    # lines below are ``open_clip.model.CLIP.encode_text`` of 3.3.0 with the sequence
+    # cut (token_embedding, positional_embedding, transformer, attn_mask, ln_final,
+    # text_global_pool(..., eos_token_id=), text_projection; the ``eos_token_id``
+    # keyword and ``text_eos_id`` need open_clip >= 3). Anything that is not exactly
+    # that class falls back to the public ``encode_text``;
+    # tests/test_models.py::test_trimmed_text_encoding_equals_full_context checks the
+    # equality on every upgrade.
     import open_clip
     from open_clip.transformer import text_global_pool
 
@@ -275,13 +282,14 @@ def _file_identity(path: str) -> str:
     return f"file:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def _resolve(model_name: str, pretrained, cache_dir):
+def _resolve(model_name: str, pretrained: str | None,
+             cache_dir: str | None) -> tuple[str, str | None, str | None, bool]:
     """Returns ``(model_name, pretrained_arg, weights_id, random)`` for open_clip."""
     import open_clip
-    if pretrained in _RANDOM_TAGS:
+    if normalize_pretrained(pretrained) is None:
         _check_model_name(model_name)
         return model_name, None, None, True
-    pretrained = str(pretrained)
+    pretrained = normalize_pretrained(pretrained)
     if pretrained.startswith("hf-hub:"):
         repo = pretrained[len("hf-hub:"):]
         from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME

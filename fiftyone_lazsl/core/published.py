@@ -32,12 +32,12 @@ import urllib.request
 from typing import Iterable
 
 from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.cache import cache_root
 from fiftyone_lazsl.errors import HashMismatchError, UserError
 
 #: Environment variable: folders (``os.pathsep`` separated) holding local copies.
 DIRS_ENV = "FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS"
 #: Environment variable: root of the fiftyone-lazsl cache.
-CACHE_ENV = "FIFTYONE_LAZSL_CACHE"
 #: Seconds to wait for the upstream server before giving up.
 DOWNLOAD_TIMEOUT = 15.0
 #: Largest file accepted from a download (the biggest set is ~250 kB).
@@ -108,10 +108,7 @@ def default_cache_dir() -> pathlib.Path:
     """Folder where verified published sets are cached:
     ``$FIFTYONE_LAZSL_CACHE/attribute_sets`` or
     ``~/.cache/fiftyone-lazsl/attribute_sets``."""
-    root = os.environ.get(CACHE_ENV)
-    base = pathlib.Path(root).expanduser() if root else (
-        pathlib.Path.home() / ".cache" / "fiftyone-lazsl")
-    return base / "attribute_sets"
+    return cache_root("attribute_sets")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -273,12 +270,9 @@ def load_published(name: str, *, format: str | None = None, **kwargs) -> Attribu
     entry = get_published_entry(name)
     path = fetch_published(entry["name"], **kwargs)
     loaded = AttributeSet.from_json(path, name=entry["name"])
-    return AttributeSet(
-        loaded.to_dict(),
-        name=entry["name"],
+    return loaded.replace(
         source=entry["url"],
         format=format or entry.get("format", "descriptors"),
-        warnings=list(loaded.warnings),
         metadata={"published": {
             "name": entry["name"],
             "sha256": entry["sha256"],

@@ -14,11 +14,14 @@ vision selection and the Sinkhorn plan; official code ``OP.py`` (``OP_d``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
+from fiftyone_lazsl.core.transport import sinkhorn
+
 __all__ = ["lazsl_scores", "dclip_scores", "clip_scores", "hybrid_similarity",
-           "vision_selection", "sinkhorn", "LaZSLOutput"]
+           "global_similarity", "vision_selection", "LaZSLOutput"]
 
 # Upper bound on B*C*N*A elements processed at once; larger calls are split
 # over classes so that memory stays bounded (1000 classes x 10 attributes).
@@ -65,22 +68,46 @@ def _check(image_features: torch.Tensor, text_features: torch.Tensor,
 
 
 def hybrid_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
-                      theta: float = 0.8) -> torch.Tensor:
-    """Hybrid crop/attribute similarity ``S = (1 - theta) * g.t + theta * x_n.t``.
+                      theta: float = 0.8, *, attribute_major: bool = False) -> torch.Tensor:
+    """Hybrid crop/attribute similarity ``S = (1 - theta) * g.t + theta * x_n.t``
+    (LaZSL hybrid similarity; official ``get_OP_distence(is_sim_global=True)``).
+
+    One matmul gives the global and crop similarities of every attribute at once.
 
     Args:
         image_features: ``[B, 1+N, D]``, index 0 the global view, unit vectors.
         text_features: ``[C, A, D]`` unit attribute embeddings (zero rows for padding).
         theta: weight of the crop term (paper default 0.8).
+        attribute_major: return ``[B, C, A, N]`` (the layout of the matmul, used by
+            the Sinkhorn solver) instead of ``[B, C, N, A]``.
 
     Returns:
-        ``[B, C, N, A]`` in the dtype of the inputs.
+        ``[B, C, N, A]`` (or ``[B, C, A, N]``) float32, whatever the input dtype.
     """
-    g = image_features[:, 0]
-    x = image_features[:, 1:]
-    s_g = torch.einsum("bd,cad->bca", g, text_features)
-    s_l = torch.einsum("bnd,cad->bcna", x, text_features)
-    return (1 - theta) * s_g.unsqueeze(2) + theta * s_l
+    imf = image_features.float()
+    tf = text_features.to(imf.device).float()
+    B, N1, D = imf.shape
+    C, A, _ = tf.shape
+    sims = torch.matmul(tf.reshape(C * A, D), imf.transpose(1, 2))          # [B, C*A, 1+N]
+    S = theta * sims[..., 1:]
+    S += (1 - theta) * sims[..., :1]                                          # [B, C*A, N]
+    S = S.view(B, C, A, N1 - 1)
+    return S if attribute_major else S.transpose(-1, -2)
+
+
+def global_similarity(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """Cosine of the global view with every attribute, ``g.t_{c,a}`` (the DCLIP
+    per-attribute score, Menon & Vondrick 2023).
+
+    Args:
+        image_features: ``[B, 1+N, D]`` (only index 0 is used) or ``[B, D]``.
+        text_features: ``[C, A, D]``.
+
+    Returns:
+        ``[B, C, A]`` float32 (padded attributes give 0).
+    """
+    g = image_features[:, 0] if image_features.dim() == 3 else image_features
+    return torch.einsum("bd,cad->bca", g.float(), text_features.to(g.device).float())
 
 
 def vision_selection(image_features: torch.Tensor, gamma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,161 +137,41 @@ def vision_selection(image_features: torch.Tensor, gamma: float = 0.0) -> tuple[
     return keep, mu
 
 
-def sinkhorn(K: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor, *, max_iter: int = 100,
-             stop_tol: float = 1e-2, check_every: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched Sinkhorn scaling with the official per-problem stopping rule.
+def _lazsl_chunk(image_features: torch.Tensor, text_features: torch.Tensor,
+                 text_mask: torch.Tensor, mu: torch.Tensor, theta: float, eps: float,
+                 max_iter: int, stop_tol: float, want_plan: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """LaZSL scores of one chunk of classes: ``(scores [B, C], plans [B, C, N, A]
+    or None, similarity [B, C, N, A] or None, iterations [B, C])``.
 
-    Starting from ``r = 1, c = 1``, each problem ``p`` iterates
-    ``r = mu / (K c)``, ``c = nu / (K^T r)`` and stops after the first full
-    update where ``mean_n |r - r_prev| < stop_tol`` (or after ``max_iter``).
-    Problems that have stopped are frozen while the others go on, so the result
-    equals solving every problem alone. Host synchronisation (``any()``) happens
-    every ``check_every`` iterations only (default: 1 on CPU, 8 on CUDA); this
-    never changes the result because frozen problems do not move.
-
-    Args:
-        K: ``[P..., N, A]`` Gibbs kernel, float32.
-        mu: ``[P..., N]`` row marginal (0 allowed).
-        nu: ``[P..., A]`` column marginal; 0 marks a padded column, which starts
-            and stays at ``c = 0`` so that a padded problem follows exactly the
-            trajectory of the problem without padding.
-        max_iter: iteration cap (official 100).
-        stop_tol: tolerance on the mean absolute change of ``r`` (official 1e-2).
-            ``0`` runs exactly ``max_iter`` iterations.
-
-    Returns:
-        ``(r, c, iterations)`` with shapes ``[P..., N]``, ``[P..., A]``, ``[P...]``.
-        The plan is ``r[..., :, None] * K * c[..., None, :]``.
-    """
-    if check_every is None:
-        check_every = 8 if K.is_cuda else 1
-    real = nu > 0
-    r = torch.ones_like(mu)
-    c = real.to(nu.dtype)  # 1 on real columns; padded columns are not part of the problem
-    active = torch.ones(mu.shape[:-1], dtype=torch.bool, device=K.device)
-    iters = torch.zeros(mu.shape[:-1], dtype=torch.int32, device=K.device)
-    for i in range(max_iter):
-        r_new = mu / (K * c.unsqueeze(-2)).sum(-1)
-        c_new = torch.where(real, nu / (K * r_new.unsqueeze(-1)).sum(-2), torch.zeros_like(nu))
-        err = (r_new - r).abs().mean(-1)
-        a = active.unsqueeze(-1)
-        r = torch.where(a, r_new, r)
-        c = torch.where(a, c_new, c)
-        iters = iters + active.int()
-        active = active & ~(err < stop_tol)
-        if (i + 1) % check_every == 0 and not bool(active.any()):
-            break
-    return r, c, iters
-
-
-def _log_sinkhorn(S: torch.Tensor, eps: float, mu: torch.Tensor, nu: torch.Tensor, *,
-                  max_iter: int, stop_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-domain Sinkhorn in float64 with the same iteration and stopping rule;
-    returns ``(plan, iterations)``. Used where ``exp(-(1 - S)/eps)`` underflows."""
-    S = S.double()
-    logK = -(1.0 - S) / eps
-    log_mu = torch.log(mu.double())
-    log_nu = torch.log(nu.double())
-    real = nu > 0
-    neg_inf = torch.full_like(log_nu, float("-inf"))
-    logK = torch.where(real.unsqueeze(-2), logK, float("-inf"))
-    f = torch.zeros_like(log_mu)            # log r, r = 1
-    g = torch.where(real, 0.0, neg_inf)     # log c, c = 1 on real columns, 0 on padding
-    active = torch.ones(mu.shape[:-1], dtype=torch.bool, device=S.device)
-    iters = torch.zeros(mu.shape[:-1], dtype=torch.int32, device=S.device)
-    for _ in range(max_iter):
-        f_new = log_mu - torch.logsumexp(logK + g.unsqueeze(-2), dim=-1)
-        g_new = torch.where(real, log_nu - torch.logsumexp(logK + f_new.unsqueeze(-1), dim=-2),
-                            neg_inf)
-        err = (torch.exp(f_new) - torch.exp(f)).abs().mean(-1)
-        a = active.unsqueeze(-1)
-        f = torch.where(a, f_new, f)
-        g = torch.where(a, g_new, g)
-        iters = iters + active.int()
-        active = active & ~(err < stop_tol)
-        if not bool(active.any()):
-            break
-    plan = torch.exp(f.unsqueeze(-1) + logK + g.unsqueeze(-2))
-    return plan.float(), iters
-
-
-def _solve_an(K, real, mu, nu, *, max_iter, stop_tol, check_every=None):
-    """Sinkhorn of :func:`sinkhorn` on kernels stored attribute-major, ``K``
-    ``[P, A, N]`` (the layout the similarity matmul produces), so that both
-    half-steps are plain reductions over a contiguous axis. ``real`` ``[P, A]``
-    bool, ``mu`` ``[P, N]``, ``nu`` ``[P, A]``. Padded columns keep ``c = 0``, so
-    their kernel values never matter. Returns ``(r, c, iterations)``."""
-    if check_every is None:
-        check_every = 8 if K.is_cuda else 1
-    P, A, N = K.shape
-    r = torch.ones(P, N, dtype=K.dtype, device=K.device)
-    c = real.to(K.dtype)
-    active = torch.ones(P, dtype=torch.bool, device=K.device)
-    iters = torch.zeros(P, dtype=torch.int32, device=K.device)
-    for i in range(max_iter):
-        r_new = mu / (K * c.unsqueeze(-1)).sum(1)
-        c_new = torch.where(real, nu / (K * r_new.unsqueeze(1)).sum(-1), 0.0)
-        err = (r_new - r).abs().mean(-1)
-        a = active.unsqueeze(-1)
-        r = torch.where(a, r_new, r)
-        c = torch.where(a, c_new, c)
-        iters += active
-        active &= ~(err < stop_tol)
-        if (i + 1) % check_every == 0 and not bool(active.any()):
-            break
-    return r, c, iters
-
-
-def _lazsl_chunk(image_features, text_features, text_mask, mu, theta, eps, max_iter,
-                 stop_tol, want_plan):
-    # Same algorithm as hybrid_similarity + sinkhorn, arranged for speed: one
-    # matmul gives global and crop similarities at once, attribute-major
-    # ([B, C*A, 1+N]); K is built in place; the score is c^T (K * S) r without
-    # materialising the plan unless it is asked for.
-    imf = image_features.float()
-    tf = text_features.float()
-    B, N1, D = imf.shape
-    C, A, _ = tf.shape
-    N, P = N1 - 1, B * C
-    sims = torch.matmul(tf.reshape(C * A, D), imf.transpose(1, 2))          # [B, C*A, 1+N]
-    S = theta * sims[..., 1:]
-    S += (1 - theta) * sims[..., :1]                                          # [B, C*A, N]
-    del sims
-    K = S.sub(1.0).div_(eps).exp_().view(P, A, N)       # exp(-(1 - S) / eps)
-    S = S.view(P, A, N)
+    Arranged for speed: the similarity stays attribute-major (``[P, A, N]``, the
+    layout of the matmul) so that both Sinkhorn half-steps reduce over a
+    contiguous axis; the cost ``1 - S`` and the kernel are built in place; the
+    score ``sum(T * S)`` is computed without materialising the plan unless it is
+    asked for."""
+    B, C, A = image_features.shape[0], text_features.shape[0], text_features.shape[1]
+    S = hybrid_similarity(image_features, text_features, theta, attribute_major=True)
+    N, P = S.shape[-1], B * C
+    S = S.reshape(P, A, N)
+    M = 1.0 - S                                                               # cost
+    K = M.div(-eps).exp_()                                                    # Gibbs kernel
     nu = text_mask.float() / text_mask.sum(dim=1, keepdim=True).float()      # [C, A]
-    real_p = text_mask.unsqueeze(0).expand(B, C, A).reshape(P, A)
     nu_p = nu.unsqueeze(0).expand(B, C, A).reshape(P, A)
     mu_p = mu.unsqueeze(1).expand(B, C, N).reshape(P, N)
-    r, c, iters = _solve_an(K, real_p, mu_p, nu_p, max_iter=max_iter, stop_tol=stop_tol)
-    scores = ((K * S * c.unsqueeze(-1)).sum(1) * r).sum(-1)                  # sum(T * S)
-    bad = ~torch.isfinite(scores)   # a non-finite plan entry makes its score non-finite
-    any_bad = bool(bad.any())
-    T = None
-    if want_plan or any_bad:
-        T = (c.unsqueeze(-1) * K * r.unsqueeze(1)).transpose(1, 2)           # [P, N, A]
-        S = S.transpose(1, 2)
-    if any_bad:
-        # exp underflow (e.g. half-precision inputs, tiny eps): redo those problems
-        # in the log domain.
-        idx = bad.nonzero(as_tuple=True)
-        T_log, it_log = _log_sinkhorn(S[idx], eps, mu_p[idx], nu_p[idx],
-                                      max_iter=max_iter, stop_tol=stop_tol)
-        T = T.contiguous()
-        T[idx] = T_log
-        iters[idx] = it_log
-        scores = scores.clone()
-        scores[idx] = (T_log * S[idx]).sum(dim=(-1, -2))
-    scores, iters = scores.view(B, C), iters.view(B, C)
-    if want_plan:
-        return scores, T.reshape(B, C, N, A), S.reshape(B, C, N, A), iters
-    return scores, None, None, iters
+    sol = sinkhorn(mu_p, nu_p, M, eps, method="auto", K=K, max_iter=max_iter,
+                   stop_tol=stop_tol, transposed=True)
+    scores = sol.inner(K, S).view(B, C)
+    iters = sol.iterations.view(B, C)
+    if not want_plan:
+        return scores, None, None, iters
+    T = sol.plan(K).transpose(1, 2)                                           # [P, N, A]
+    return scores, T.reshape(B, C, N, A), S.transpose(1, 2).reshape(B, C, N, A), iters
 
 
 def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
                  text_mask: torch.Tensor, *, theta: float = 0.8, eps: float = 0.1,
                  max_iter: int = 100, stop_tol: float = 1e-2, gamma: float = 0.0,
-                 return_plan: bool = False):
+                 return_plan: bool = False) -> torch.Tensor | LaZSLOutput:
     """LaZSL class scores by optimal transport between crops and attributes.
 
     For every image ``b`` and class ``y`` (paper Sec. 3, official ``OP_d``):
@@ -326,7 +233,7 @@ def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
 class _Output(LaZSLOutput):
     """:class:`LaZSLOutput` that also unpacks as ``scores, plans, keep``."""
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
         return iter((self.scores, self.plans, self.keep))
 
 
@@ -342,9 +249,8 @@ def dclip_scores(image_features: torch.Tensor, text_features: torch.Tensor,
     Returns:
         ``[B, C]`` float32.
     """
-    g = image_features[:, 0] if image_features.dim() == 3 else image_features
-    m = text_mask.to(g.device).float()
-    s = torch.einsum("bd,cad->bca", g.float(), text_features.to(g.device).float())
+    s = global_similarity(image_features, text_features)
+    m = text_mask.to(s.device).float()
     return (s * m).sum(-1) / m.sum(-1)
 
 

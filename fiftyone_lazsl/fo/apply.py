@@ -21,6 +21,7 @@ from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
 from fiftyone_lazsl.core.config import LaZSLConfig
 from fiftyone_lazsl.errors import ConfigError, RunConflictError
 from fiftyone_lazsl.core.pipeline import iter_predictions
+from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import output_fields, run_key
 
 logger = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     cfg = (config or LaZSLConfig()).replace(**params) if params else (config or LaZSLConfig())
     opts = OutputOptions(top_k_crops=top_k_crops, top_attributes=top_attributes,
                          heatmap=heatmap, write_every=write_every, num_workers=num_workers)
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     _check_label_field(dataset, label_field)
     aset = _resolve_attribute_set(attribute_set, dataset)
     view = _target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set,
@@ -329,7 +330,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         _finish_run(dataset, key, summary, complete=done == len(ids))
 
     if opts.heatmap and clf.method == "lazsl":
-        from fiftyone_lazsl.fo.explain import write_heatmaps
+        from fiftyone_lazsl.fo.heatmaps import write_heatmaps
         # (not `view`: with skip_existing it matches only samples without a
         # prediction, which no longer includes the ones just classified)
         write_heatmaps(dataset.select(ids), label_field)

@@ -49,12 +49,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from fiftyone_lazsl.core.attributes import class_key
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+    from fiftyone.core.collections import SampleCollection
 
 #: Note shown with every audit: what "evidence" means.
 EVIDENCE_NOTE = (
@@ -81,14 +87,14 @@ def suspects_view_name(pred_field: str) -> str:
     return f"suspects: {pred_field}"
 
 
-def softmax(logits) -> np.ndarray:
+def softmax(logits: Sequence[float] | np.ndarray) -> np.ndarray:
     """Numerically stable softmax of a 1-d sequence of logits (float64)."""
     x = np.asarray(logits, dtype=np.float64)
     x = np.exp(x - x.max())
     return x / x.sum()
 
 
-def suspicion_score(logits, gt_index: int | None) -> float:
+def suspicion_score(logits: Sequence[float] | np.ndarray, gt_index: int | None) -> float:
     """``max_{c != gt} p(c) - p(gt)`` with ``p = softmax(logits)``.
 
     Args:
@@ -108,7 +114,7 @@ def suspicion_score(logits, gt_index: int | None) -> float:
     return rival - float(p[gt_index])
 
 
-def _match_class(label, classes, keys) -> int | None:
+def _match_class(label: str | None, classes: list[str], keys: dict[str, int]) -> int | None:
     if label is None:
         return None
     if label in classes:
@@ -116,7 +122,8 @@ def _match_class(label, classes, keys) -> int | None:
     return keys.get(class_key(label))
 
 
-def _contributions(method: str, attribute_scores, class_index: int) -> np.ndarray | None:
+def _contributions(method: str | None, attribute_scores: list | None,
+                   class_index: int | None) -> np.ndarray | None:
     """Per-attribute contribution of one class, or None when not stored."""
     if attribute_scores is None or class_index is None or class_index >= len(attribute_scores):
         return None
@@ -128,12 +135,13 @@ def _contributions(method: str, attribute_scores, class_index: int) -> np.ndarra
     return a
 
 
-def _ranked(names, contrib, n, *, most: bool):
+def _ranked(names: Sequence[str], contrib: np.ndarray, n: int, *,
+            most: bool) -> list[tuple[str, float]]:
     order = np.argsort(-contrib if most else contrib, kind="stable")[:n]
     return [(names[int(i)], float(contrib[int(i)])) for i in order]
 
 
-def _fmt_attrs(pairs) -> str:
+def _fmt_attrs(pairs: Sequence[tuple[str, float]]) -> str:
     return "; ".join(f"{a} ({v:.4g})" for a, v in pairs)
 
 
@@ -225,7 +233,7 @@ class AuditResult:
         return "\n".join(lines)
 
 
-def _ensure_fields(dataset, names: dict) -> None:
+def _ensure_fields(dataset: fo.Dataset, names: dict[str, str]) -> None:
     import fiftyone as fo
 
     schema = dataset.get_field_schema()
@@ -240,9 +248,10 @@ def _ensure_fields(dataset, names: dict) -> None:
             dataset.add_sample_field(name, **kw)
 
 
-def _run_info(samples, pred_field):
+def _run_info(samples: SampleCollection,
+              pred_field: str) -> tuple[str | None, list[str], list[list[str]] | None]:
     """``(method, classes, attribute_labels)`` of the run that wrote ``pred_field``."""
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     try:
         cfg = get_run_config(samples, pred_field)
     except ValueError:
@@ -255,7 +264,7 @@ def _run_info(samples, pred_field):
     return cfg.get("method"), list(classes), cfg.get("attribute_labels")
 
 
-def audit_labels(samples, pred_field: str, gt_field: str, *, top_k: int = 20,
+def audit_labels(samples: SampleCollection, pred_field: str, gt_field: str, *, top_k: int = 20,
                  tag: str | None = "suspect", n_evidence: int = 3,
                  min_suspicion: float | None = 0.0, save_view: bool = True) -> AuditResult:
     """Rank the samples of ``samples`` by how likely their label is wrong, write
@@ -287,84 +296,129 @@ def audit_labels(samples, pred_field: str, gt_field: str, *, top_k: int = 20,
     Raises:
         UserError: a field is missing, or the class order of ``pred_field`` is unknown.
     """
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     schema = dataset.get_field_schema()
     for f in (pred_field, gt_field):
         if f not in schema:
             raise UserError(f"dataset {dataset.name!r} has no field {f!r}")
-    method, classes, attribute_labels = _run_info(samples, pred_field)
-    keys = {class_key(c): i for i, c in enumerate(classes)}
+    run = _AuditedRun(pred_field, *_run_info(samples, pred_field), n_evidence=n_evidence)
     names = audit_fields(pred_field)
-    err_field = output_fields(pred_field)["error"]
-    has_err = err_field in schema
-    has_evidence = method != "clip"
+    res = AuditResult(pred_field=pred_field, gt_field=gt_field, method=run.method, fields=names,
+                      tag=tag, saved_view=None, has_evidence=run.method != "clip")
+    ids, samples_values = _read_samples(samples, pred_field, gt_field,
+                                        output_fields(pred_field)["error"], schema)
+    for values in samples_values:
+        res.rows.append(_audit_sample(run, res, *values))
+    # Most suspicious first; samples without a score last, in dataset order.
+    res.rows.sort(key=lambda r: (r.suspicion is None, -(r.suspicion or 0.0)))
+    _write_audit(samples, dataset, ids, res.rows, names)
+    if tag:
+        _tag_suspects(samples, dataset, res, top_k=top_k, min_suspicion=min_suspicion,
+                      save_view=save_view)
+    return res
 
+
+@dataclass
+class _AuditedRun:
+    """What the audit needs to know about the run that wrote ``pred_field``."""
+
+    pred_field: str
+    method: str | None
+    classes: list[str]
+    attribute_labels: list[list[str]] | None
+    n_evidence: int = 3
+
+    def __post_init__(self) -> None:
+        self.keys = {class_key(c): i for i, c in enumerate(self.classes)}
+
+
+def _read_samples(samples: SampleCollection, pred_field: str, gt_field: str, err_field: str,
+                  schema: dict) -> tuple[list[str], list[tuple]]:
+    """Sample ids and, per sample, ``(id, filepath, gt label, predicted label,
+    logits, attribute_scores, error)`` in one ``values()`` call."""
+    has_err = err_field in schema
     paths = ["id", "filepath", f"{gt_field}.label", f"{pred_field}.label",
              f"{pred_field}.logits", f"{pred_field}.attribute_scores"]
     if has_err:
         paths.append(err_field)
     values = samples.values(paths)
-    ids, fps, gts, preds, logits, att = values[:6]
+    ids = values[0]
     errors = values[6] if has_err else [None] * len(ids)
+    return ids, list(zip(*values[:6], errors))
 
-    res = AuditResult(pred_field=pred_field, gt_field=gt_field, method=method, fields=names,
-                      tag=tag, saved_view=None, has_evidence=has_evidence)
-    for sid, fp, gt, pred, lg, sc, err in zip(ids, fps, gts, preds, logits, att, errors):
-        row = AuditRow(sid, fp, None, gt, pred, None, None, None, None, "")
-        res.rows.append(row)
-        if pred is None or lg is None or len(lg) != len(classes):
-            res.num_no_prediction += 1
-            if err:
-                row.sentence = f"no prediction: {err}"
-            elif lg is not None and len(lg) != len(classes):
-                row.sentence = (f"prediction has {len(lg)} logits but the run has "
-                                f"{len(classes)} classes")
-            else:
-                row.sentence = f"no prediction in field {pred_field!r}"
-            continue
-        p = softmax(lg)
-        pi = _match_class(pred, classes, keys)
-        if pi is None:
-            pi = int(np.argmax(lg))
-        row.p_predicted = float(p[pi])
-        gi = _match_class(gt, classes, keys)
-        parts = []
-        if gt is None:
-            res.num_no_label += 1
-            parts.append(f"no label; predicted {pred!r} (p {p[pi]:.3f})")
-        else:
-            row.suspicion = suspicion_score(lg, gi)
-            if gi is None:
-                res.num_label_not_in_classes += 1
-                parts.append(f"labelled {gt!r}, which is not one of the run's {len(classes)} "
-                             f"classes; predicted {pred!r} (p {p[pi]:.3f})")
-            else:
-                row.p_ground_truth = float(p[gi])
-                if gi == pi:
-                    parts.append(f"labelled and predicted {pred!r} (p {p[pi]:.3f})")
-                else:
-                    parts.append(f"labelled {gt!r} (p {p[gi]:.3f}) but predicted {pred!r} "
-                                 f"(p {p[pi]:.3f})")
-        if not has_evidence:
-            parts.append(NO_EVIDENCE_CLIP)
-        elif sc is None or attribute_labels is None:
-            parts.append("no attribute evidence stored for this prediction")
-        else:
-            cg = _contributions(method, sc, gi)
-            if cg is not None:
-                row.evidence_gt = _ranked(attribute_labels[gi], cg, n_evidence, most=False)
-                parts.append(f"weakest {classes[gi]!r} attributes: {_fmt_attrs(row.evidence_gt)}")
-            cp = _contributions(method, sc, pi)
-            if cp is not None:
-                row.evidence_pred = _ranked(attribute_labels[pi], cp, n_evidence, most=True)
-                parts.append(f"strongest {classes[pi]!r} attributes: {_fmt_attrs(row.evidence_pred)}")
-        row.sentence = ". ".join(parts) + "."
 
-    # Most suspicious first; samples without a score last, in dataset order.
-    res.rows.sort(key=lambda r: (r.suspicion is None, -(r.suspicion or 0.0)))
+def _audit_sample(run: _AuditedRun, res: AuditResult, sid: str, fp: str, gt: str | None,
+                  pred: str | None, lg: list[float] | None, sc: list | None,
+                  err: str | None) -> AuditRow:
+    """The audit row of one sample (counters of ``res`` updated)."""
+    row = AuditRow(sid, fp, None, gt, pred, None, None, None, None, "")
+    classes = run.classes
+    if pred is None or lg is None or len(lg) != len(classes):
+        res.num_no_prediction += 1
+        row.sentence = _no_prediction_sentence(run, lg, err)
+        return row
+    p = softmax(lg)
+    pi = _match_class(pred, classes, run.keys)
+    if pi is None:
+        pi = int(np.argmax(lg))
+    row.p_predicted = float(p[pi])
+    gi = _match_class(gt, classes, run.keys)
+    parts = [_label_sentence(run, res, row, lg, p, pi, gi)]
+    parts.extend(_evidence_sentences(run, res, row, sc, pi, gi))
+    row.sentence = ". ".join(parts) + "."
+    return row
 
+
+def _no_prediction_sentence(run: _AuditedRun, lg: list[float] | None, err: str | None) -> str:
+    if err:
+        return f"no prediction: {err}"
+    if lg is not None and len(lg) != len(run.classes):
+        return f"prediction has {len(lg)} logits but the run has {len(run.classes)} classes"
+    return f"no prediction in field {run.pred_field!r}"
+
+
+def _label_sentence(run: _AuditedRun, res: AuditResult, row: AuditRow, lg: list[float],
+                    p: np.ndarray, pi: int, gi: int | None) -> str:
+    """Label vs prediction (sets ``row.suspicion`` and ``row.p_ground_truth``)."""
+    gt, pred = row.ground_truth, row.predicted
+    if gt is None:
+        res.num_no_label += 1
+        return f"no label; predicted {pred!r} (p {p[pi]:.3f})"
+    row.suspicion = suspicion_score(lg, gi)
+    if gi is None:
+        res.num_label_not_in_classes += 1
+        return (f"labelled {gt!r}, which is not one of the run's {len(run.classes)} "
+                f"classes; predicted {pred!r} (p {p[pi]:.3f})")
+    row.p_ground_truth = float(p[gi])
+    if gi == pi:
+        return f"labelled and predicted {pred!r} (p {p[pi]:.3f})"
+    return f"labelled {gt!r} (p {p[gi]:.3f}) but predicted {pred!r} (p {p[pi]:.3f})"
+
+
+def _evidence_sentences(run: _AuditedRun, res: AuditResult, row: AuditRow, sc: list | None,
+                        pi: int, gi: int | None) -> list[str]:
+    """The attribute evidence (sets ``row.evidence_gt`` / ``row.evidence_pred``)."""
+    if not res.has_evidence:
+        return [NO_EVIDENCE_CLIP]
+    if sc is None or run.attribute_labels is None:
+        return ["no attribute evidence stored for this prediction"]
+    parts = []
+    cg = _contributions(run.method, sc, gi)
+    if cg is not None:
+        row.evidence_gt = _ranked(run.attribute_labels[gi], cg, run.n_evidence, most=False)
+        parts.append(f"weakest {run.classes[gi]!r} attributes: {_fmt_attrs(row.evidence_gt)}")
+    cp = _contributions(run.method, sc, pi)
+    if cp is not None:
+        row.evidence_pred = _ranked(run.attribute_labels[pi], cp, run.n_evidence, most=True)
+        parts.append(f"strongest {run.classes[pi]!r} attributes: {_fmt_attrs(row.evidence_pred)}")
+    return parts
+
+
+def _write_audit(samples: SampleCollection, dataset: fo.Dataset, ids: list[str], rows: list[AuditRow],
+                 names: dict[str, str]) -> None:
+    """Write suspicion and evidence fields with one ``set_values`` per field."""
     _ensure_fields(dataset, names)
-    by_id = {r.sample_id: r for r in res.rows}
+    by_id = {r.sample_id: r for r in rows}
     samples.set_values(names["suspicion"], [by_id[i].suspicion for i in ids])
     samples.set_values(names["evidence"], [by_id[i].sentence for i in ids])
     samples.set_values(names["evidence_gt"],
@@ -374,17 +428,20 @@ def audit_labels(samples, pred_field: str, gt_field: str, *, top_k: int = 20,
                        [[a for a, _ in by_id[i].evidence_pred] if by_id[i].evidence_pred else None
                         for i in ids])
 
-    if tag:
-        samples.untag_samples(tag)
-        cands = [r for r in res.rows if r.suspicion is not None and not math.isnan(r.suspicion)
-                 and (min_suspicion is None or r.suspicion > min_suspicion)]
-        res.tagged = [r.sample_id for r in cands[:max(0, int(top_k))]]
-        if res.tagged:
-            dataset.select(res.tagged).tag_samples(tag)
-        if save_view:
-            res.saved_view = suspects_view_name(pred_field)
-            view = samples.match_tags(tag).sort_by(names["suspicion"], reverse=True)
-            dataset.save_view(res.saved_view, view, overwrite=True,
-                              description=f"samples tagged {tag!r} by the audit of {pred_field!r} "
-                                          f"against {gt_field!r}, most suspicious first")
-    return res
+
+def _tag_suspects(samples: SampleCollection, dataset: fo.Dataset, res: AuditResult, *, top_k: int,
+                  min_suspicion: float | None, save_view: bool) -> None:
+    """Move ``res.tag`` to the most suspicious samples and save their view."""
+    tag, pred_field = res.tag, res.pred_field
+    samples.untag_samples(tag)
+    cands = [r for r in res.rows if r.suspicion is not None and not math.isnan(r.suspicion)
+             and (min_suspicion is None or r.suspicion > min_suspicion)]
+    res.tagged = [r.sample_id for r in cands[:max(0, int(top_k))]]
+    if res.tagged:
+        dataset.select(res.tagged).tag_samples(tag)
+    if save_view:
+        res.saved_view = suspects_view_name(pred_field)
+        view = samples.match_tags(tag).sort_by(res.fields["suspicion"], reverse=True)
+        dataset.save_view(res.saved_view, view, overwrite=True,
+                          description=f"samples tagged {tag!r} by the audit of {pred_field!r} "
+                                      f"against {res.gt_field!r}, most suspicious first")

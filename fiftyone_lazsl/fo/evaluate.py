@@ -25,9 +25,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
 
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import get_run_config
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+    from fiftyone.core.collections import SampleCollection
 
 #: Name of the saved view of samples that every evaluated method got wrong.
 ALL_WRONG_VIEW = "all wrong"
@@ -133,22 +139,24 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _classes_of(samples, pred_field):
+def _classes_of(samples: SampleCollection,
+                pred_field: str) -> tuple[str | None, list[str] | None]:
     try:
         cfg = get_run_config(samples, pred_field)
     except ValueError:
         cfg = {}
-    classes = samples._dataset.classes.get(pred_field) or cfg.get("classes")
+    classes = dataset_of(samples).classes.get(pred_field) or cfg.get("classes")
     return cfg.get("method"), (list(classes) if classes else None)
 
 
-def _delete_eval(dataset, key):
+def _delete_eval(dataset: fo.Dataset, key: str) -> None:
     if key in dataset.list_evaluations():
         dataset.delete_evaluation(key)
 
 
-def evaluate_methods(samples, gt_field: str, pred_fields, *, k: int = 5, worst: int = 10,
-                     save_views: bool = True, progress=None) -> EvaluationReport:
+def evaluate_methods(samples: SampleCollection, gt_field: str, pred_fields: str | Sequence[str],
+                     *, k: int = 5, worst: int = 10, save_views: bool = True,
+                     progress: bool | None = None) -> EvaluationReport:
     """Evaluate several prediction fields against ``gt_field`` with FiftyOne.
 
     Args:
@@ -170,54 +178,70 @@ def evaluate_methods(samples, gt_field: str, pred_fields, *, k: int = 5, worst: 
     Raises:
         UserError: a missing field, no field given, or no labelled sample.
     """
-    from fiftyone import ViewField as F
-
     if isinstance(pred_fields, str):
         pred_fields = [f.strip() for f in pred_fields.split(",") if f.strip()]
     pred_fields = list(dict.fromkeys(pred_fields))
     if not pred_fields:
         raise UserError("no prediction field given")
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     schema = dataset.get_field_schema()
     for f in [gt_field, *pred_fields]:
         if f not in schema:
             raise UserError(f"dataset {dataset.name!r} has no field {f!r}")
     view = samples.exists(f"{gt_field}.label")
-    n = len(view)
-    if n == 0:
+    if len(view) == 0:
         raise UserError(f"no sample of the view has a label in {gt_field!r}")
     report = EvaluationReport(gt_field=gt_field)
     gt_labels = view.values(f"{gt_field}.label")
-
     for pf in pred_fields:
-        method, classes = _classes_of(samples, pf)
-        kk = max(1, min(int(k), len(classes))) if classes else int(k)
-        key1, keyk = eval_keys(pf, int(k))
-        mr = MethodResult(field=pf, method=method, eval_key=key1,
-                          topk_eval_key=keyk if classes else None, k=kk, num_samples=n)
-        _delete_eval(dataset, key1)
-        mr.results = view.evaluate_classifications(pf, gt_field=gt_field, eval_key=key1,
-                                                   method="simple", progress=progress)
-        mr.num_correct = int(view.count_values(key1).get(True, 0))
-        mr.num_no_prediction = int(n - view.count(f"{pf}.label"))
-        if classes:
-            known = set(classes)
-            mr.num_label_not_in_classes = sum(1 for g in gt_labels if g not in known)
-            _delete_eval(dataset, keyk)
-            sub = view.match(F(f"{gt_field}.label").is_in(classes))
-            if len(sub):
-                with warnings.catch_warnings():
-                    # FiftyOne warns per sample without logits; they count as misses.
-                    warnings.filterwarnings("ignore", message="Found sample.*no logits")
-                    sub.evaluate_classifications(pf, gt_field=gt_field, eval_key=keyk,
-                                                 method="top-k", classes=classes, k=kk,
-                                                 progress=progress)
-                mr.num_topk_correct = int(sub.count_values(keyk).get(True, 0))
-            else:
-                mr.num_topk_correct = 0
-        report.methods.append(mr)
+        report.methods.append(_evaluate_field(samples, view, dataset, gt_field, gt_labels, pf,
+                                              k=k, progress=progress))
+    _per_class_accuracy(view, gt_labels, report, worst=worst)
+    if save_views:
+        _save_comparison_views(view, dataset, report, pred_fields)
+    return report
 
-    # Per-class top-1 accuracy, side by side.
+
+def _evaluate_field(samples: SampleCollection, view: SampleCollection, dataset: fo.Dataset,
+                    gt_field: str, gt_labels: list[str], pf: str, *, k: int,
+                    progress: bool | None) -> MethodResult:
+    """Top-1 (``method="simple"``) and top-k evaluation of one prediction field,
+    stored under the keys of :func:`eval_keys`."""
+    from fiftyone import ViewField as F
+
+    n = len(view)
+    method, classes = _classes_of(samples, pf)
+    kk = max(1, min(int(k), len(classes))) if classes else int(k)
+    key1, keyk = eval_keys(pf, int(k))
+    mr = MethodResult(field=pf, method=method, eval_key=key1,
+                      topk_eval_key=keyk if classes else None, k=kk, num_samples=n)
+    _delete_eval(dataset, key1)
+    mr.results = view.evaluate_classifications(pf, gt_field=gt_field, eval_key=key1,
+                                               method="simple", progress=progress)
+    mr.num_correct = int(view.count_values(key1).get(True, 0))
+    mr.num_no_prediction = int(n - view.count(f"{pf}.label"))
+    if not classes:
+        return mr
+    known = set(classes)
+    mr.num_label_not_in_classes = sum(1 for g in gt_labels if g not in known)
+    _delete_eval(dataset, keyk)
+    sub = view.match(F(f"{gt_field}.label").is_in(classes))
+    mr.num_topk_correct = 0
+    if len(sub):
+        with warnings.catch_warnings():
+            # FiftyOne warns per sample without logits; they count as misses.
+            warnings.filterwarnings("ignore", message="Found sample.*no logits")
+            sub.evaluate_classifications(pf, gt_field=gt_field, eval_key=keyk,
+                                         method="top-k", classes=classes, k=kk,
+                                         progress=progress)
+        mr.num_topk_correct = int(sub.count_values(keyk).get(True, 0))
+    return mr
+
+
+def _per_class_accuracy(view: SampleCollection, gt_labels: list[str], report: EvaluationReport,
+                        *, worst: int) -> None:
+    """Per-class top-1 accuracy side by side (``report.class_accuracy``) and the
+    ``worst`` classes (``report.worst_classes``)."""
     cols = view.values([m.eval_key for m in report.methods])
     per_class: dict[str, list] = {}
     for i, g in enumerate(gt_labels):
@@ -232,24 +256,29 @@ def evaluate_methods(samples, gt_field: str, pred_fields, *, k: int = 5, worst: 
                                               -len(per_class[c]), c))
     report.worst_classes = ranked[:max(0, int(worst))]
 
-    if save_views:
-        for a in report.methods:
-            for b in report.methods:
-                if a is b:
-                    continue
-                v = view.match((F(a.eval_key) == True) & (F(b.eval_key) != True))  # noqa: E712
-                name = pair_view_name(a.field, b.field)
-                dataset.save_view(name, v, overwrite=True,
-                                  description=f"top-1: {a.field!r} right and {b.field!r} wrong "
-                                              f"against {gt_field!r}")
-                report.saved_views[name] = len(v)
-        expr = None
-        for m in report.methods:
-            e = F(m.eval_key) != True  # noqa: E712
-            expr = e if expr is None else expr & e
-        v = view.match(expr)
-        dataset.save_view(ALL_WRONG_VIEW, v, overwrite=True,
-                          description=f"top-1: every one of {', '.join(pred_fields)} wrong "
-                                      f"against {gt_field!r}")
-        report.saved_views[ALL_WRONG_VIEW] = len(v)
-    return report
+
+def _save_comparison_views(view: SampleCollection, dataset: fo.Dataset, report: EvaluationReport,
+                           pred_fields: list[str]) -> None:
+    """Save ``"A right, B wrong"`` for every ordered pair of fields, and ``"all wrong"``."""
+    from fiftyone import ViewField as F
+
+    gt_field = report.gt_field
+    for a in report.methods:
+        for b in report.methods:
+            if a is b:
+                continue
+            v = view.match((F(a.eval_key) == True) & (F(b.eval_key) != True))  # noqa: E712
+            name = pair_view_name(a.field, b.field)
+            dataset.save_view(name, v, overwrite=True,
+                              description=f"top-1: {a.field!r} right and {b.field!r} wrong "
+                                          f"against {gt_field!r}")
+            report.saved_views[name] = len(v)
+    expr = None
+    for m in report.methods:
+        e = F(m.eval_key) != True  # noqa: E712
+        expr = e if expr is None else expr & e
+    v = view.match(expr)
+    dataset.save_view(ALL_WRONG_VIEW, v, overwrite=True,
+                      description=f"top-1: every one of {', '.join(pred_fields)} wrong "
+                                  f"against {gt_field!r}")
+    report.saved_views[ALL_WRONG_VIEW] = len(v)

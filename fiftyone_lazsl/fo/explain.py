@@ -1,4 +1,4 @@
-"""Per-sample explanations of a LaZSL run, and evidence heatmaps.
+"""Per-sample explanations of a LaZSL run (the content of the App panel).
 
 Everything the App panel (``operators/panel.py``) shows comes from here, so it
 can be tested without the App:
@@ -14,8 +14,10 @@ can be tested without the App:
   table rows;
 * :func:`matched_attribute_view`: the samples whose ranked attributes
   (``F_attributes``) contain a given attribute;
-* :func:`evidence_heatmap` / :func:`write_heatmaps`: the predicted class's
-  transport mass accumulated over the crop boxes, as ``fo.Heatmap`` labels.
+
+Evidence heatmaps are in :mod:`fiftyone_lazsl.fo.heatmaps`, the label-field
+scanner (``ground_truth_fields``) in :mod:`fiftyone_lazsl.fo.fields`; both stay
+importable from here.
 
 The stored layout that these functions read is documented in
 :mod:`fiftyone_lazsl.fo.runs`.
@@ -23,22 +25,24 @@ The stored layout that these functions read is documented in
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields, output_fields
+from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
-#: Default longest side, in cells, of the heatmaps written by :func:`write_heatmaps`.
-HEATMAP_MAX_SIDE = 64
+# Moved to fiftyone_lazsl.fo.heatmaps / fiftyone_lazsl.fo.fields; importable from here.
+from fiftyone_lazsl.fo.fields import ground_truth_fields  # noqa: F401
+from fiftyone_lazsl.fo.heatmaps import (  # noqa: F401
+    HEATMAP_MAX_SIDE, evidence_heatmap, heatmap_field_name, write_heatmaps)
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+    from fiftyone.core.collections import SampleCollection
 
 
-def heatmap_field_name(label_field: str) -> str:
-    """The default field :func:`write_heatmaps` writes for ``label_field``."""
-    return f"{label_field}_heatmap"
-
-
-def _get(sample, field):
+def _get(sample: fo.Sample | None, field: str) -> Any:
     """``sample[field]``, or None when the field does not exist or is unset."""
     try:
         return sample[field]
@@ -46,14 +50,14 @@ def _get(sample, field):
         return None
 
 
-def _label_attr(label, name):
+def _label_attr(label: fo.Label, name: str) -> Any:
     try:
         return label[name]
     except (KeyError, AttributeError):
         return None
 
 
-def _class_summary(classes, logits, idx):
+def _class_summary(classes: list[str], logits: list[float], idx: int) -> dict:
     return {
         "label": classes[idx] if idx < len(classes) else str(idx),
         "index": int(idx),
@@ -61,7 +65,8 @@ def _class_summary(classes, logits, idx):
     }
 
 
-def _attribute_rows(attribute_labels, scores, crops, class_idx):
+def _attribute_rows(attribute_labels: list[list[str]], scores: list | None, crops: list | None,
+                    class_idx: int) -> list[dict]:
     """Rows ``{attribute, attribute_index, contribution, crops}`` of one class,
     sorted by contribution (descending), ties by attribute order. A value the
     run did not store is None (``crops`` for DCLIP runs, both for CLIP)."""
@@ -82,7 +87,7 @@ def _attribute_rows(attribute_labels, scores, crops, class_idx):
     return rows
 
 
-def _no_result(label_field, message, error=None):
+def _no_result(label_field: str, message: str, error: str | None = None) -> dict:
     return {
         "label_field": label_field,
         "has_result": False,
@@ -98,7 +103,7 @@ def _no_result(label_field, message, error=None):
     }
 
 
-def explain_sample(sample, label_field: str, gt_field: str | None = None, config: dict | None = None) -> dict:
+def explain_sample(sample: fo.Sample, label_field: str, gt_field: str | None = None, config: dict | None = None) -> dict:
     """Explain the LaZSL prediction stored in ``sample[label_field]``.
 
     Args:
@@ -143,78 +148,111 @@ def explain_sample(sample, label_field: str, gt_field: str | None = None, config
         if error:
             return _no_result(label_field, f"LaZSL failed on this sample: {error}", error=error)
         return _no_result(label_field, f"This sample has no LaZSL result in field '{label_field}'.")
-
     if config is None:
-        config = get_run_config(sample._dataset, label_field)
-    classes = list(config.get("classes") or [])
-    attribute_labels = config.get("attribute_labels") or [[] for _ in classes]
-    logits = pred.logits
-    logits = [] if logits is None else [float(v) for v in np.asarray(logits).ravel()]
-    scores = _label_attr(pred, "attribute_scores")
-    crops = _label_attr(pred, "attribute_crops")
-
-    if pred.label in classes:
-        p_idx = classes.index(pred.label)
-    elif logits:
-        p_idx = int(np.argmax(logits))
-    else:
+        config = get_run_config(sample.dataset, label_field)
+    run = _StoredPrediction.read(pred, config)
+    p_idx = run.predicted_index(pred.label)
+    if p_idx is None:
         return _no_result(
             label_field,
-            f"The LaZSL result in '{label_field}' has label {pred.label!r}, which is not among the run's classes.",
+            f"The LaZSL result in '{label_field}' has label {pred.label!r}, which is not among "
+            "the run's classes.",
         )
-
-    predicted = _class_summary(classes, logits, p_idx)
+    predicted = _class_summary(run.classes, run.logits, p_idx)
     predicted["label"] = pred.label if pred.label is not None else predicted["label"]
     predicted["confidence"] = None if pred.confidence is None else float(pred.confidence)
-
-    order = sorted(range(len(logits)), key=lambda i: (-logits[i], i))
-    others = [i for i in order if i != p_idx]
-    runner_up = _class_summary(classes, logits, others[0]) if others else None
-
-    ground_truth = None
-    gt_differs = False
-    gt_rows = []
+    others = [i for i in run.order if i != p_idx]
+    runner_up = _class_summary(run.classes, run.logits, others[0]) if others else None
     gt = _get(sample, gt_field) if gt_field else None
-    gt_label = getattr(gt, "label", None) if gt is not None else None
-    if gt_label is not None:
-        if gt_label in classes:
-            g_idx = classes.index(gt_label)
-            ground_truth = _class_summary(classes, logits, g_idx)
-            ground_truth["rank"] = order.index(g_idx) + 1 if g_idx < len(logits) else None
-        else:
-            ground_truth = {"label": gt_label, "index": None, "score": None, "rank": None}
-        gt_differs = gt_label != predicted["label"]
-        if gt_differs and ground_truth["index"] is not None:
-            gt_rows = _attribute_rows(attribute_labels, scores, crops, ground_truth["index"])
+    ground_truth, gt_differs, gt_rows = _ground_truth_part(
+        run, getattr(gt, "label", None) if gt is not None else None, predicted["label"])
+    return {
+        "label_field": label_field,
+        "has_result": True,
+        "message": _summary_line(predicted, runner_up, ground_truth, gt_differs),
+        "error": error,
+        "predicted": predicted,
+        "runner_up": runner_up,
+        "predicted_rows": run.rows(p_idx),
+        "ground_truth": ground_truth,
+        "gt_differs": gt_differs,
+        "gt_rows": gt_rows,
+        "matched_attributes": list(_get(sample, names["attributes"]) or []),
+    }
 
-    matched = _get(sample, names["attributes"]) or []
-    pred_rows = _attribute_rows(attribute_labels, scores, crops, p_idx)
 
+@dataclass
+class _StoredPrediction:
+    """What a run stored for one sample, read once: class order, attribute
+    labels (run config), logits, attribute scores and crop counts (label)."""
+
+    classes: list[str]
+    attribute_labels: list[list[str]]
+    logits: list[float]
+    scores: list | None
+    crops: list | None
+
+    @classmethod
+    def read(cls, pred: fo.Classification, config: dict) -> "_StoredPrediction":
+        classes = list(config.get("classes") or [])
+        logits = pred.logits
+        return cls(
+            classes=classes,
+            attribute_labels=config.get("attribute_labels") or [[] for _ in classes],
+            logits=[] if logits is None else [float(v) for v in np.asarray(logits).ravel()],
+            scores=_label_attr(pred, "attribute_scores"),
+            crops=_label_attr(pred, "attribute_crops"),
+        )
+
+    @property
+    def order(self) -> list[int]:
+        """Class indices by decreasing logit (ties: class order)."""
+        return sorted(range(len(self.logits)), key=lambda i: (-self.logits[i], i))
+
+    def predicted_index(self, label: str | None) -> int | None:
+        """Index of the predicted class: its label, else the top logit, else None."""
+        if label in self.classes:
+            return self.classes.index(label)
+        if self.logits:
+            return int(np.argmax(self.logits))
+        return None
+
+    def rows(self, class_idx: int) -> list[dict]:
+        """:func:`_attribute_rows` of one class."""
+        return _attribute_rows(self.attribute_labels, self.scores, self.crops, class_idx)
+
+
+def _ground_truth_part(run: _StoredPrediction, gt_label: str | None,
+                       predicted_label: str) -> tuple[dict | None, bool, list[dict]]:
+    """``(ground_truth, gt_differs, gt_rows)`` of :func:`explain_sample`."""
+    if gt_label is None:
+        return None, False, []
+    if gt_label in run.classes:
+        g_idx = run.classes.index(gt_label)
+        ground_truth = _class_summary(run.classes, run.logits, g_idx)
+        ground_truth["rank"] = run.order.index(g_idx) + 1 if g_idx < len(run.logits) else None
+    else:
+        ground_truth = {"label": gt_label, "index": None, "score": None, "rank": None}
+    gt_differs = gt_label != predicted_label
+    gt_rows = run.rows(ground_truth["index"]) if gt_differs and ground_truth["index"] is not None else []
+    return ground_truth, gt_differs, gt_rows
+
+
+def _summary_line(predicted: dict, runner_up: dict | None, ground_truth: dict | None,
+                  gt_differs: bool) -> str:
     msg = f"Predicted {predicted['label']}"
     if runner_up is not None:
         msg += f"; runner-up {runner_up['label']}"
     if ground_truth is not None:
         msg += f"; ground truth {ground_truth['label']}" + (" (differs)" if gt_differs else " (agrees)")
-    return {
-        "label_field": label_field,
-        "has_result": True,
-        "message": msg + ".",
-        "error": error,
-        "predicted": predicted,
-        "runner_up": runner_up,
-        "predicted_rows": pred_rows,
-        "ground_truth": ground_truth,
-        "gt_differs": gt_differs,
-        "gt_rows": gt_rows,
-        "matched_attributes": list(matched),
-    }
+    return msg + "."
 
 
-def _fmt(x, digits=3):
+def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _table_rows(rows, matched):
+def _table_rows(rows: list[dict], matched: Iterable[str]) -> list[dict]:
     matched = set(matched)
     return [
         {
@@ -276,108 +314,11 @@ def panel_content(explanation: dict) -> dict:
     return content
 
 
-def ground_truth_fields(samples) -> list[str]:
-    """Top-level ``fo.Classification`` fields of ``samples`` that are not
-    LaZSL outputs (candidates for the ground-truth dropdown)."""
-    import fiftyone as fo
-
-    lazsl = set(list_lazsl_fields(samples))
-    schema = samples.get_field_schema(embedded_doc_type=fo.Classification)
-    return [name for name in schema if name not in lazsl]
-
-
-def matched_attribute_view(samples, label_field: str, attribute: str):
+def matched_attribute_view(samples: SampleCollection, label_field: str,
+                           attribute: str) -> "fo.DatasetView":
     """The samples of ``samples`` whose ``F_attributes`` list (the predicted
     class's top attributes, ranked by contribution) contains ``attribute``."""
     from fiftyone import ViewField as F
 
     field = output_fields(label_field)["attributes"]
     return samples.match(F(field).exists() & F(field).contains(attribute))
-
-
-def evidence_heatmap(crop_boxes_rel, crop_mass, size=(HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE)) -> np.ndarray:
-    """Accumulate transport mass over crop boxes into a ``[0, 1]`` map.
-
-    Args:
-        crop_boxes_rel: ``[N, 4]`` boxes ``[x, y, w, h]`` relative to the image
-            (FiftyOne's ``bounding_box`` convention)
-        crop_mass: ``[N]`` transport mass of the predicted class each crop carries
-        size: ``(h, w)`` of the map
-
-    Returns:
-        a float32 ``[h, w]`` array: each cell is the summed mass of the boxes
-        covering it, divided by the maximum (all zeros when there is no mass).
-        A box covers the cells between its rounded edges, and at least one cell.
-    """
-    h, w = int(size[0]), int(size[1])
-    if h <= 0 or w <= 0:
-        raise ValueError(f"heatmap size must be positive, got {size!r}")
-    out = np.zeros((h, w), dtype=np.float64)
-    boxes = np.asarray(crop_boxes_rel, dtype=np.float64).reshape(-1, 4)
-    mass = np.asarray(crop_mass, dtype=np.float64).reshape(-1)
-    if len(boxes) != len(mass):
-        raise ValueError(f"{len(boxes)} boxes but {len(mass)} masses")
-    for (x, y, bw, bh), m in zip(boxes, mass):
-        if not np.isfinite(m) or m <= 0:
-            continue
-        x0 = min(max(int(round(x * w)), 0), w - 1)
-        y0 = min(max(int(round(y * h)), 0), h - 1)
-        x1 = min(max(int(round((x + bw) * w)), x0 + 1), w)
-        y1 = min(max(int(round((y + bh) * h)), y0 + 1), h)
-        out[y0:y1, x0:x1] += m
-    peak = out.max()
-    if peak > 0:
-        out /= peak
-    return out.astype(np.float32)
-
-
-def _heatmap_size(width, height, max_side):
-    if not width or not height:
-        return (max_side, max_side)
-    scale = max_side / max(width, height)
-    return (max(1, int(math.ceil(height * scale))), max(1, int(math.ceil(width * scale))))
-
-
-def write_heatmaps(samples, label_field: str, heatmap_field: str | None = None, max_side: int = HEATMAP_MAX_SIDE) -> str:
-    """Write an ``fo.Heatmap`` of the predicted class's evidence per sample.
-
-    Reads the crop detections ``F_crops`` (``bounding_box`` and the custom
-    attribute ``mass``) and stores :func:`evidence_heatmap` of them, with the
-    image's aspect ratio when ``metadata`` is set (longest side ``max_side``),
-    in ``heatmap_field``; samples without crops get None. Values are written in
-    one batch with ``set_values``.
-
-    Args:
-        samples: a dataset or view on which a LaZSL run wrote ``label_field``
-        label_field: the run's label field ``F``
-        heatmap_field (None): the field to write, default ``F_heatmap``
-        max_side (64): the heatmap's longest side, in cells
-
-    Returns:
-        the name of the heatmap field
-    """
-    import fiftyone as fo
-
-    if heatmap_field is None:
-        heatmap_field = heatmap_field_name(label_field)
-    crops_field = output_fields(label_field)["crops"]
-    if not samples.has_field(crops_field):
-        raise ValueError(f"no field {crops_field!r}: was a LaZSL run written to {label_field!r}?")
-    boxes, masses, widths, heights = samples.values(
-        [
-            f"{crops_field}.detections.bounding_box",
-            f"{crops_field}.detections.mass",
-            "metadata.width",
-            "metadata.height",
-        ]
-    )
-    maps = []
-    for b, m, w, h in zip(boxes, masses, widths, heights):
-        if not b:
-            maps.append(None)
-            continue
-        m = [0.0 if v is None else float(v) for v in (m or [0.0] * len(b))]
-        hm = evidence_heatmap(b, m, size=_heatmap_size(w, h, max_side))
-        maps.append(fo.Heatmap(map=hm, range=[0.0, 1.0]))
-    samples.set_values(heatmap_field, maps)
-    return heatmap_field

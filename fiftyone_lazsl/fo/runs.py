@@ -55,8 +55,9 @@ def get_run_config(samples, label_field: str) -> dict:
     """
     key = run_key(label_field)
     if key not in samples.list_runs():
+        from fiftyone_lazsl.fo.datasets import dataset_of
         raise ValueError(
-            f"no LaZSL run wrote field {label_field!r} on dataset {samples._dataset.name!r}"
+            f"no LaZSL run wrote field {label_field!r} on dataset {dataset_of(samples).name!r}"
         )
     cfg = samples.get_run_info(key).config
     return {k: v for k, v in cfg.serialize().items() if not k.startswith("_")}

@@ -9,7 +9,9 @@ format, warnings, metadata (as a JSON string, whatever its keys) and the
 content hash, which is checked again on load.
 
 Also here: :func:`resolve_attribute_set` (a stored name, a JSON path or a
-published name), :func:`validate_for_field` and :func:`load_dataset`.
+published name). :func:`load_dataset` (now in :mod:`fiftyone_lazsl.fo.datasets`)
+and :func:`validate_for_field` (now in :mod:`fiftyone_lazsl.fo.fields`) stay
+importable from here.
 """
 
 from __future__ import annotations
@@ -19,12 +21,25 @@ import json
 import os
 import re
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-import fiftyone as fo
 
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
-from fiftyone_lazsl.errors import DatasetNotFoundError, UserError
 from fiftyone_lazsl.core import published
+from fiftyone_lazsl.core.attribute_formats import load_attribute_file
+from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.datasets import dataset_of, load_dataset
+from fiftyone_lazsl.fo.fields import validate_for_field
+
+if TYPE_CHECKING:
+    import fiftyone as fo
+    from fiftyone.core.collections import SampleCollection
+
+__all__ = ["INFO_KEY", "RECORD_VERSION", "validate_set_name", "safe_set_name",
+           "save_attribute_set", "list_attribute_sets", "has_attribute_set",
+           "load_attribute_set", "delete_attribute_set", "resolve_attribute_set",
+           # re-exported (moved)
+           "load_dataset", "validate_for_field"]
 
 #: Key of ``dataset.info`` under which attribute sets are stored.
 INFO_KEY = "lazsl_attribute_sets"
@@ -32,30 +47,6 @@ INFO_KEY = "lazsl_attribute_sets"
 RECORD_VERSION = 1
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-# ----------------------------------------------------------------- datasets
-def load_dataset(name: str) -> "fo.Dataset":
-    """Load a FiftyOne dataset by name.
-
-    Raises:
-        DatasetNotFoundError: no dataset of that name (the message lists the
-            existing datasets, or says there are none).
-    """
-    if not name or name not in fo.list_datasets():
-        existing = fo.list_datasets()
-        hint = ("existing datasets: " + ", ".join(existing)) if existing else "there are no datasets"
-        raise DatasetNotFoundError(f"no FiftyOne dataset named {name!r}; {hint}")
-    return fo.load_dataset(name)
-
-
-def _root_dataset(samples) -> "fo.Dataset":
-    if isinstance(samples, fo.Dataset):
-        return samples
-    root = getattr(samples, "_root_dataset", None)
-    if root is None:
-        raise TypeError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
-    return root
 
 
 # -------------------------------------------------------------------- names
@@ -85,7 +76,7 @@ def safe_set_name(text: str | None) -> str:
 
 
 # ------------------------------------------------------------------ records
-def _stored(dataset) -> dict:
+def _stored(dataset: fo.Dataset) -> dict:
     sets = (dataset.info or {}).get(INFO_KEY) or {}
     return sets if isinstance(sets, dict) else {}
 
@@ -130,7 +121,7 @@ def _from_record(record: dict, name: str, dataset_name: str) -> AttributeSet:
 
 
 # --------------------------------------------------------------- public API
-def save_attribute_set(dataset, attribute_set: AttributeSet, name: str | None = None,
+def save_attribute_set(dataset: SampleCollection, attribute_set: AttributeSet, name: str | None = None,
                        overwrite: bool = True) -> str:
     """Store an attribute set on a dataset (persisted in the database).
 
@@ -155,7 +146,7 @@ def save_attribute_set(dataset, attribute_set: AttributeSet, name: str | None = 
     """
     if not isinstance(attribute_set, AttributeSet):
         raise TypeError(f"expected an AttributeSet, got {type(attribute_set).__name__}")
-    dataset = _root_dataset(dataset)
+    dataset = dataset_of(dataset)
     name = validate_set_name(name if name is not None else safe_set_name(attribute_set.name))
     dataset.reload()
     info = dict(dataset.info or {})
@@ -171,7 +162,7 @@ def save_attribute_set(dataset, attribute_set: AttributeSet, name: str | None = 
     return name
 
 
-def list_attribute_sets(dataset) -> list[dict]:
+def list_attribute_sets(dataset: SampleCollection) -> list[dict]:
     """The attribute sets stored on a dataset, sorted by name.
 
     Args:
@@ -183,7 +174,7 @@ def list_attribute_sets(dataset) -> list[dict]:
         ``saved_at``.
     """
     out = []
-    for name, rec in sorted(_stored(_root_dataset(dataset)).items()):
+    for name, rec in sorted(_stored(dataset_of(dataset)).items()):
         attrs = rec.get("attributes") or []
         out.append({
             "name": name,
@@ -199,18 +190,18 @@ def list_attribute_sets(dataset) -> list[dict]:
     return out
 
 
-def _unknown(dataset, name: str) -> UserError:
+def _unknown(dataset: fo.Dataset, name: str) -> UserError:
     names = sorted(_stored(dataset))
     have = ("available: " + ", ".join(names)) if names else "it has no attribute sets (import one first)"
     return UserError(f"dataset {dataset.name!r} has no attribute set named {name!r}; {have}")
 
 
-def has_attribute_set(dataset, name: str) -> bool:
+def has_attribute_set(dataset: SampleCollection, name: str) -> bool:
     """Whether a set of that name is stored on the dataset (or the view's dataset)."""
-    return name in _stored(_root_dataset(dataset))
+    return name in _stored(dataset_of(dataset))
 
 
-def load_attribute_set(dataset, name: str) -> AttributeSet:
+def load_attribute_set(dataset: SampleCollection, name: str) -> AttributeSet:
     """Load an attribute set stored on a dataset.
 
     Args:
@@ -225,20 +216,20 @@ def load_attribute_set(dataset, name: str) -> AttributeSet:
         AttributeSetError: the stored record is unreadable or its content hash
             does not match.
     """
-    dataset = _root_dataset(dataset)
+    dataset = dataset_of(dataset)
     sets = _stored(dataset)
     if name not in sets:
         raise _unknown(dataset, name)
     return _from_record(sets[name], name, dataset.name)
 
 
-def delete_attribute_set(dataset, name: str) -> None:
+def delete_attribute_set(dataset: SampleCollection, name: str) -> None:
     """Remove an attribute set from a dataset (persisted).
 
     Raises:
         UserError: no set of that name (the message lists the available names).
     """
-    dataset = _root_dataset(dataset)
+    dataset = dataset_of(dataset)
     dataset.reload()
     sets = dict(_stored(dataset))
     if name not in sets:
@@ -252,7 +243,9 @@ def delete_attribute_set(dataset, name: str) -> None:
     dataset.info = info
 
 
-def resolve_attribute_set(spec, dataset=None, *, format: str | None = None) -> AttributeSet:
+def resolve_attribute_set(spec: str | os.PathLike | AttributeSet,
+                          dataset: SampleCollection | None = None, *,
+                          format: str | None = None) -> AttributeSet:
     """Turn what a user typed into an attribute set.
 
     Tried in this order: a set stored on ``dataset`` under that name; a path
@@ -262,8 +255,10 @@ def resolve_attribute_set(spec, dataset=None, *, format: str | None = None) -> A
     Args:
         spec: a name, a path, or an :class:`AttributeSet` (returned as is).
         dataset: the dataset (or view) whose stored sets are searched first.
-        format: ``"descriptors"`` or ``"cupl"`` for a file or a published set
-            (default: the file's sidecar or ``"descriptors"``; the registry's).
+        format: ``"descriptors"``, ``"cupl"``, or ``"auto"``/None (default): for
+            a file, its sidecar's format, else
+            :func:`~fiftyone_lazsl.core.attribute_formats.detect_format` (CuPL
+            sentences vs DCLIP attributes); for a published set, the registry's.
             Ignored for a stored set, which keeps its format.
 
     Returns:
@@ -276,62 +271,25 @@ def resolve_attribute_set(spec, dataset=None, *, format: str | None = None) -> A
     """
     if isinstance(spec, AttributeSet):
         return spec
+    if format == "auto":
+        format = None
     if format is not None and format not in FORMATS:
-        raise UserError(f"unknown attribute-set format {format!r}; expected one of {FORMATS}")
+        raise UserError(f"unknown attribute-set format {format!r}; expected one of "
+                        f"{FORMATS + ('auto',)}")
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else str(spec)
     if dataset is not None and has_attribute_set(dataset, spec):
         return load_attribute_set(dataset, spec)
     path = os.path.expanduser(spec)
     if os.path.isfile(path):
-        aset = AttributeSet.from_json(path, format=format or "descriptors")
-        if format is not None and aset.format != format:
-            aset = AttributeSet(aset.to_dict(), name=aset.name, source=aset.source,
-                                format=format, warnings=list(aset.warnings),
-                                metadata=dict(aset.metadata))
-        return aset
+        return load_attribute_file(path, format=format or "auto")
     if published.is_published(spec):
         return published.load_published(spec, format=format)
     tried = []
     if dataset is not None:
-        ds = _root_dataset(dataset)
+        ds = dataset_of(dataset)
         names = sorted(_stored(ds))
         tried.append(f"no set of that name on dataset {ds.name!r} ("
                      + (", ".join(names) if names else "none stored") + ")")
     tried.append(f"no file {os.path.abspath(path)}")
     tried.append("not a published set (" + ", ".join(p["name"] for p in published.list_published()) + ")")
     raise UserError(f"cannot find attribute set {spec!r}: " + "; ".join(tried))
-
-
-def validate_for_field(dataset_or_view, attribute_set: AttributeSet, label_field: str) -> list[str]:
-    """Check that every label of a classification field has attributes in the set.
-
-    Args:
-        dataset_or_view: the samples whose labels are checked.
-        attribute_set: the set.
-        label_field: a ``Classification`` (or ``Classifications``) field.
-
-    Returns:
-        the field's distinct labels, sorted.
-
-    Raises:
-        UserError: the field does not exist or is not a classification field
-            (the message lists the classification fields).
-        AttributeSetError: labels without attributes in the set (all listed).
-    """
-    schema = dataset_or_view.get_field_schema(flat=True)
-    cls_fields = sorted(
-        f for f, ft in schema.items()
-        if isinstance(ft, fo.EmbeddedDocumentField)
-        and ft.document_type in (fo.Classification, fo.Classifications)
-    )
-    if label_field not in cls_fields:
-        what = "does not exist" if label_field not in schema else "is not a Classification field"
-        raise UserError(
-            f"label field {label_field!r} {what} on dataset {_root_dataset(dataset_or_view).name!r}; "
-            "classification fields: " + (", ".join(cls_fields) or "none")
-        )
-    ftype = schema[label_field].document_type
-    path = f"{label_field}.label" if ftype is fo.Classification else f"{label_field}.classifications.label"
-    labels = sorted(v for v in dataset_or_view.distinct(path) if v is not None)
-    attribute_set.validate_classes(labels)
-    return labels

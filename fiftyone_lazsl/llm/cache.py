@@ -16,12 +16,12 @@ import json
 import os
 import tempfile
 
+from fiftyone_lazsl.core.cache import cache_root
+
 
 def default_cache_dir() -> str:
     """``$FIFTYONE_LAZSL_CACHE/llm``, else ``~/.cache/fiftyone-lazsl/llm``."""
-    root = os.environ.get("FIFTYONE_LAZSL_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "fiftyone-lazsl")
-    return os.path.join(root, "llm")
+    return os.fspath(cache_root("llm"))
 
 
 def cache_key(*, endpoint: str, model: str, prompt_version: str, class_name: str,
