@@ -44,14 +44,12 @@ import torch
 from PIL import Image
 from torchvision.ops import roi_align
 
+from fiftyone_lazsl.core.config import CROP_BACKENDS
+
 __all__ = ["CROP_BACKENDS", "crop_seed", "sample_crop_boxes", "relative_boxes", "VisualSetSpec",
            "PreparedViews", "preprocess_stages", "pil_views", "normalize_views", "tensor_crops",
            "build_views", "make_views", "global_view", "to_pil"]
 
-#: Crop construction: ``"pil"`` (official: ``preprocess(image.crop(box))``) or
-#: ``"tensor"`` (``roi_align`` on the model's device). Same as
-#: :data:`fiftyone_lazsl.core.config.CROP_BACKENDS`.
-CROP_BACKENDS = ("pil", "tensor")
 
 
 def crop_seed(seed: int, key: str) -> int:
@@ -143,9 +141,43 @@ def preprocess_stages(cfg) -> tuple[Callable[[Image.Image], Image.Image], Callab
     ok = (idx is not None and idx == len(ts) - 2 and isinstance(ts[-1], Normalize)
           and np.allclose(np.asarray(ts[-1].mean, np.float64), np.asarray(cfg.mean, np.float64), 0, 0)
           and np.allclose(np.asarray(ts[-1].std, np.float64), np.asarray(cfg.std, np.float64), 0, 0))
-    stages = (Compose(ts[:idx]), None) if ok else ((lambda im: im), full)
+    stages = (Compose([_at_least_one_pixel(t) for t in ts[:idx]]), None) if ok else ((lambda im: im), full)
     _STAGES[key] = stages
     return stages
+
+
+def _at_least_one_pixel(t: Any) -> Any:
+    """open_clip's ``ResizeKeepRatio`` (``resize_mode="longest"``) rounds each
+    resized side and reaches 0 for extreme strips (4000 x 20 at 48 px: 20 * 48 /
+    4000 = 0.24 -> 0), where PIL raises and the model's own ``preprocess``
+    fails. The copy returned here clamps each side to at least 1 pixel; every
+    size that open_clip can process is unchanged, so the result is identical
+    wherever the reference is defined."""
+    from open_clip.transform import ResizeKeepRatio
+
+    if type(t) is not ResizeKeepRatio:
+        return t
+    c = _resize_keep_ratio_min1().__new__(_resize_keep_ratio_min1())
+    c.__dict__.update(t.__dict__)
+    return c
+
+
+_MIN1_CLASS: list = []
+
+
+def _resize_keep_ratio_min1() -> type:
+    if not _MIN1_CLASS:
+        from open_clip.transform import ResizeKeepRatio
+
+        class ResizeKeepRatioMin1(ResizeKeepRatio):
+            """``ResizeKeepRatio`` with each output side at least 1 pixel."""
+
+            @staticmethod
+            def get_params(*args: Any, **kwargs: Any) -> list[int]:
+                return [max(1, int(v)) for v in ResizeKeepRatio.get_params(*args, **kwargs)]
+
+        _MIN1_CLASS.append(ResizeKeepRatioMin1)
+    return _MIN1_CLASS[0]
 
 
 def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
@@ -282,12 +314,14 @@ class PreparedViews:
             are resampled from it on the model's device).
         boxes: ``[N, 4]`` int64 pixel boxes ``(x, y, w, h)`` in this image's grid.
         width, height: this image's size in pixels.
+        key: the sample key the boxes were drawn from.
     """
 
     pixels: torch.Tensor | None
     boxes: np.ndarray
     width: int
     height: int
+    key: str = ""
     image: torch.Tensor | None = None
     normalized: torch.Tensor | None = None
 
@@ -353,10 +387,10 @@ class VisualSetSpec:
             if self.backend == "pil":
                 views += [full(pil.crop((int(x), int(y), int(x + w), int(y + h)))) for x, y, w, h in boxes]
             return PreparedViews(pixels=None, normalized=torch.stack(views), boxes=boxes,
-                                 width=W, height=H, image=tensor_image)
+                                 width=W, height=H, key=str(key), image=tensor_image)
         px = pil_views(pil, boxes, self.preprocess_cfg, crops=self.backend == "pil")
         return PreparedViews(pixels=torch.from_numpy(px), boxes=boxes, width=W, height=H,
-                             image=tensor_image)
+                             key=str(key), image=tensor_image)
 
 
 def build_views(prepared: Sequence[PreparedViews], spec: VisualSetSpec, *,

@@ -136,7 +136,7 @@ def _ensure_fields(dataset, fields: dict, method: str) -> None:
 
 #: Run-config keys that must match the recorded run for ``skip_existing`` to
 #: resume it (anything that changes a sample's outputs).
-_RESUME_KEYS = ("model", "weights_id", "random_weights", "method", "n_crops", "crop_scale",
+_RESUME_KEYS = ("model", "weights_id", "random_weights", "method", "n_crops", "crop_scale", "crop_backend",
                 "theta", "eps", "gamma", "max_iter", "stop_tol", "seed", "prompt_style",
                 "prompt_suffix", "attribute_set_hash", "classes", "top_k_crops", "top_attributes")
 
