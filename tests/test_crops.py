@@ -130,7 +130,7 @@ def test_full_box_crop_equals_global_view(interpolation):
                    backend="tensor")
     d = (v[1] - v[0]).abs()
     assert d.max() < 0.03
-    assert d.mean() < 0.006
+    assert d.mean() < 0.004
     # ...and the comparison can fail: a half-image crop is very different
     for backend in ("pil", "tensor"):
         half = make_views(img, np.array([[0, 0, 64, 64]]), 64, mean=MEAN, std=STD, backend=backend)
