@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from PIL import Image
 from torchvision.ops import roi_align
 
 from fiftyone_lazsl.core.config import CROP_BACKENDS
+
+if TYPE_CHECKING:
+    from open_clip.transform import PreprocessCfg
 
 __all__ = ["CROP_BACKENDS", "crop_seed", "sample_crop_boxes", "relative_boxes", "VisualSetSpec",
            "PreparedViews", "preprocess_stages", "pil_views", "normalize_views", "tensor_crops",
@@ -101,14 +104,15 @@ def relative_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 # The model's preprocessing, split into its PIL part and its tensor part
 
 
-def _cfg_key(cfg) -> tuple:
+def _cfg_key(cfg: "PreprocessCfg") -> tuple:
     return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(cfg).items())
 
 
 _STAGES: dict[tuple, tuple[Callable[[Image.Image], Image.Image], Callable | None]] = {}
 
 
-def preprocess_stages(cfg) -> tuple[Callable[[Image.Image], Image.Image], Callable | None]:
+def preprocess_stages(cfg: "PreprocessCfg"
+                      ) -> tuple[Callable[[Image.Image], Image.Image], Callable | None]:
     """Split the model's evaluation transform into ``(pil_stage, full)``.
 
     ``open_clip.image_transform_v2(cfg, is_train=False)`` is
@@ -197,7 +201,8 @@ def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
     return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy())
 
 
-def pil_views(image: Image.Image, boxes: np.ndarray, cfg, *, crops: bool = True) -> np.ndarray:
+def pil_views(image: Image.Image, boxes: np.ndarray, cfg: "PreprocessCfg", *,
+              crops: bool = True) -> np.ndarray:
     """The PIL part of the model's preprocessing for the global view and each crop.
 
     View 0 is ``pil_stage(image)``, view ``1 + i`` is
@@ -227,7 +232,8 @@ def pil_views(image: Image.Image, boxes: np.ndarray, cfg, *, crops: bool = True)
     return out
 
 
-def normalize_views(pixels: torch.Tensor, cfg, *, device: torch.device | str | None = None,
+def normalize_views(pixels: torch.Tensor, cfg: "PreprocessCfg", *,
+                    device: torch.device | str | None = None,
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """``ToTensor`` + ``Normalize`` of uint8 views, batched, on ``device``.
 
@@ -258,7 +264,7 @@ def normalize_views(pixels: torch.Tensor, cfg, *, device: torch.device | str | N
     return out
 
 
-def tensor_crops(image: torch.Tensor, boxes: np.ndarray, size: int, cfg, *,
+def tensor_crops(image: torch.Tensor, boxes: np.ndarray, size: int, cfg: "PreprocessCfg", *,
                  device: torch.device | str | None = None) -> torch.Tensor:
     """Crops resampled with ``torchvision.ops.roi_align`` (the ``"tensor"`` backend).
 
@@ -340,7 +346,7 @@ class VisualSetSpec:
         backend: ``"pil"`` or ``"tensor"`` (:data:`CROP_BACKENDS`).
     """
 
-    preprocess_cfg: Any
+    preprocess_cfg: "PreprocessCfg"
     n_crops: int
     crop_scale: tuple[float, float] = (0.6, 0.9)
     seed: int = 0
@@ -414,10 +420,12 @@ def build_views(prepared: Sequence[PreparedViews], spec: VisualSetSpec, *,
     V = 1 + spec.n_crops
     B = len(prepared)
     if out is None:
-        S = spec.size
+        H = W = spec.size
         if prepared and prepared[0].pixels is not None:
-            S = int(prepared[0].pixels.shape[1])
-        out = torch.empty(B * V, 3, S, S, dtype=torch.float32, device=device)
+            H, W = (int(v) for v in prepared[0].pixels.shape[1:3])
+        elif prepared and prepared[0].normalized is not None:
+            H, W = (int(v) for v in prepared[0].normalized.shape[-2:])
+        out = torch.empty(B * V, 3, H, W, dtype=torch.float32, device=device)
     S = out.shape[-1]
     if all(p.pixels is not None for p in prepared) and spec.backend == "pil":
         normalize_views(torch.cat([p.pixels for p in prepared]) if B > 1 else prepared[0].pixels,
@@ -438,8 +446,9 @@ def build_views(prepared: Sequence[PreparedViews], spec: VisualSetSpec, *,
 # Compatibility helpers (earlier public functions)
 
 
-def _loose_cfg(size: int, mean, std, resize_mode: str | None, interpolation: str | None,
-               fill: float = 0):
+def _loose_cfg(size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
+               resize_mode: str | None, interpolation: str | None,
+               fill: float = 0) -> "PreprocessCfg":
     from open_clip.transform import PreprocessCfg
     kw = {"size": int(size), "fill_color": int(fill)}
     if mean is not None:
@@ -477,8 +486,9 @@ def global_view(image: torch.Tensor, size: int, *, resize_mode: str = "shortest"
 
 
 def make_views(image: torch.Tensor | Image.Image, boxes: np.ndarray, size: int | None = None, *,
-               mean=None, std=None, resize_mode: str | None = None,
-               interpolation: str | None = None, preprocess_cfg=None, backend: str = "pil",
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+               resize_mode: str | None = None, interpolation: str | None = None,
+               preprocess_cfg: "PreprocessCfg | None" = None, backend: str = "pil",
                device: torch.device | str | None = None,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """Build the visual set of one image: global view then one view per crop box.

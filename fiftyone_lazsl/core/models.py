@@ -23,12 +23,15 @@ import json
 import logging
 import os
 import socket
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from open_clip.transform import PreprocessCfg
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +54,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def preprocess_cfg_to_dict(cfg) -> dict:
+def preprocess_cfg_to_dict(cfg: "PreprocessCfg") -> dict:
     """``PreprocessCfg`` -> JSON-serialisable dict (tuples as lists)."""
     from dataclasses import asdict
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
 
 
-def preprocess_cfg_from_dict(d: dict):
+def preprocess_cfg_from_dict(d: dict) -> "PreprocessCfg":
     """A dict (e.g. open_clip's ``model.visual.preprocess_cfg``) -> ``PreprocessCfg``;
     unknown keys are ignored, missing ones take open_clip's defaults."""
     from dataclasses import fields
@@ -100,7 +103,7 @@ class LoadedModel:
                  image_size: int | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, interpolation: str | None = None,
                  resize_mode: str | None = None, device: torch.device | str = "cpu",
-                 extra: dict | None = None, *, preprocess_cfg=None):
+                 extra: dict | None = None, *, preprocess_cfg: "PreprocessCfg | dict | None" = None):
         from open_clip.transform import PreprocessCfg
 
         loose = {"size": image_size, "mean": mean, "std": std,
