@@ -11,7 +11,11 @@ One command measures, in one run on one machine (see ``--help``):
    attribute counts, up to 9), N crops, on the floor run's features, against a
    per-class reference loop written like the official ``OP_d.get_OP_distence``
    (batch size 1, one class at a time, ``.item()`` each Sinkhorn iteration);
-4. ``crops``: box sampling + ``make_views``;
+4. ``crops``: crop construction, standalone: the default ``crop_backend="pil"``
+   (each box cut from the PIL image and sent through the model's own
+   preprocessing; done by the decode workers: images/s per worker) next to
+   ``"tensor"`` (``roi_align`` on the model's device), each as a fraction of the
+   encoder floor, and the tensor path's deviation from the exact views;
 5. ``memory``: peak RSS (and CUDA memory) of ``run_lazsl`` over 100 and 1,000
    images, one subprocess per size (a cheaper configuration, see ``--mem-model``);
 6. ``write``: writing 1,000 samples' labels the way ``run_lazsl`` does.
@@ -152,21 +156,20 @@ def reference_scores(image_features, per_class_text, **kw):
 # ------------------------------------------------------------------ sections
 def bench_floor_and_crops(clf, images, keys, batch_size, reps, clock, warmup=True):
     """Encoder floor (model forward on pre-built views) and crop extraction, per
-    image. Returns (floor batch times, crop per-image times, features of the last batch)."""
+    image. ``images`` are decoded RGB PIL images. Returns (floor batch times,
+    crop per-image times, features of the last batch)."""
     import torch
-    from fiftyone_lazsl.core.crops import make_views, sample_crop_boxes
+    from fiftyone_lazsl.core.crops import build_views
     m = clf.model
     V, S = 1 + clf.n_crops, m.image_size
     batch = images[:batch_size]
     bkeys = keys[:batch_size]
     pixels = torch.empty(len(batch) * V, 3, S, S, device=m.device)
     crop_times = []
+    spec = clf.visual_spec
     for i, (im, k) in enumerate(zip(batch, bkeys)):
         t0 = clock()
-        _, H, W = im.shape
-        bx = sample_crop_boxes(W, H, clf.n_crops, scale=clf.crop_scale, seed=clf.seed, key=k)
-        make_views(im, bx, S, mean=m.mean, std=m.std, resize_mode=m.resize_mode,
-                   interpolation=m.interpolation, device=m.device, out=pixels[i * V:(i + 1) * V])
+        build_views([spec.prepare(im, k)], spec, device=m.device, out=pixels[i * V:(i + 1) * V])
         crop_times.append(clock() - t0)
     feats = m.encode_images(pixels) if warmup else None
     times = []
@@ -178,23 +181,76 @@ def bench_floor_and_crops(clf, images, keys, batch_size, reps, clock, warmup=Tru
 
 
 def bench_crops(clf, images, keys, clock, max_images):
-    from fiftyone_lazsl.core.crops import make_views, sample_crop_boxes
-    m = clf.model
+    """Crop construction with the classifier's backend, per image: the CPU part
+    (``VisualSetSpec.prepare``, what a decode worker does) plus the device part
+    (``build_views``)."""
+    from fiftyone_lazsl.core.crops import build_views
+    spec, dev = clf.visual_spec, clf.model.device
     out = []
     for im, k in list(zip(images, keys))[:max_images]:
         t0 = clock()
-        _, H, W = im.shape
-        bx = sample_crop_boxes(W, H, clf.n_crops, scale=clf.crop_scale, seed=clf.seed, key=k)
-        make_views(im, bx, m.image_size, mean=m.mean, std=m.std, resize_mode=m.resize_mode,
-                   interpolation=m.interpolation, device=m.device)
+        build_views([spec.prepare(im, k)], spec, device=dev)
         out.append(clock() - t0)
+    return out
+
+
+def bench_crop_construction(clf, images, keys, clock, reps=2):
+    """Both crop backends on the same images, standalone (see the module docstring).
+
+    Per backend: ``worker_s_per_image`` (``VisualSetSpec.prepare``, single
+    thread, as in a DataLoader decode worker; images/s per worker is its
+    inverse), ``device_s_per_image`` (``build_views`` on the model's device: the
+    normalisation, plus the roi_align crops for ``"tensor"``), and the
+    ``ipc_bytes_per_image`` a worker sends. ``tensor_deviation``: |tensor views -
+    exact views| over all crops (normalised units), mean and max."""
+    import dataclasses
+    import torch
+    from fiftyone_lazsl.core.crops import build_views
+    dev = clf.model.device
+    base = clf.visual_spec
+    out = {}
+    views = {}
+    threads = torch.get_num_threads()
+    for backend in ("pil", "tensor"):
+        spec = dataclasses.replace(base, backend=backend)
+        worker, device_t, ipc = [], [], []
+        for _ in range(reps):
+            for im, k in zip(images, keys):
+                torch.set_num_threads(1)          # a decode worker runs single-threaded
+                t0 = time.perf_counter()
+                prep = spec.prepare(im, k)
+                worker.append(time.perf_counter() - t0)
+                torch.set_num_threads(threads)
+                ipc.append(sum(t.numel() * t.element_size() for t in (prep.pixels, prep.image)
+                               if t is not None))
+                t0 = clock()
+                v = build_views([prep], spec, device=dev)
+                device_t.append(clock() - t0)
+                views[(backend, k)] = v
+        w = statistics.median(worker)
+        out[backend] = dict(worker_s_per_image=w, worker_images_per_s=1 / w,
+                            device_s_per_image=statistics.median(device_t),
+                            s_per_image=w + statistics.median(device_t),
+                            ipc_bytes_per_image=statistics.median(ipc),
+                            worker_samples=worker, device_samples=device_t)
+    diffs = torch.cat([(views[("tensor", k)][1:] - views[("pil", k)][1:]).abs().flatten().cpu()
+                       for k in keys])
+    glob = max(float((views[("tensor", k)][0] - views[("pil", k)][0]).abs().max()) for k in keys)
+    out["tensor_deviation"] = dict(mean=float(diffs.mean()), max=float(diffs.max()),
+                                   p99=float(diffs.float().kthvalue(max(1, int(0.99 * diffs.numel())))[0]),
+                                   global_view_max=glob, images=len(keys), crops=clf.n_crops,
+                                   units="normalised (model mean/std) pixel values")
+    out["images"] = len(keys)
+    out["image_sizes"] = [list(im.size) for im in images]
     return out
 
 
 class StageTimer:
     """Times, inside a pipeline run, the calls the classifier makes to the encoder
-    (``encode_images``), to crop extraction (``make_views``, CPU only: on CUDA a
-    per-image sync would stall the pipeline) and to scoring (``lazsl_scores``), so
+    (``encode_images``), to the main process's part of crop construction
+    (``build_views``: normalisation, and roi_align crops for ``"tensor"``; CPU
+    only: on CUDA a per-batch sync would stall the pipeline; the PIL crops are
+    made in the decode workers, see ``bench_crop_construction``) and to scoring (``lazsl_scores``), so
     that every stage is compared with the encoder under the same load at the same
     moment (a shared machine's load drifts by tens of percent within minutes)."""
 
@@ -202,11 +258,11 @@ class StageTimer:
         import fiftyone_lazsl.core.classifier as C
         self.C, self.clf, self.clock = C, clf, clock
         self.t = {"encode": 0.0, "crops": 0.0, "scoring": 0.0}
-        self.orig = (clf.model.encode_images, C.make_views, C.lazsl_scores)
+        self.orig = (clf.model.encode_images, C.build_views, C.lazsl_scores)
         enc, mv, ls = self.orig
         clf.model.encode_images = self._wrap("encode", enc)
         if crops:
-            C.make_views = self._wrap("crops", mv)
+            C.build_views = self._wrap("crops", mv)
         C.lazsl_scores = self._wrap("scoring", ls)
 
     def _wrap(self, key, fn):
@@ -222,7 +278,7 @@ class StageTimer:
 
     def close(self):
         del self.clf.model.encode_images
-        self.C.make_views, self.C.lazsl_scores = self.orig[1], self.orig[2]
+        self.C.build_views, self.C.lazsl_scores = self.orig[1], self.orig[2]
 
 
 def bench_pipeline(clf, paths, batch_size, num_workers, clock):
@@ -428,8 +484,11 @@ def _ratios(r):
         "run_lazsl_over_floor": rl["s_per_image"] / rl["encoder_s_per_image"],
         "scoring_fraction_of_floor": st["scoring"] / enc,
         "scoring_speedup_vs_loop": sc["loop_s_per_image"] / sc["ours_s_per_image"],
-        "crops_fraction_of_floor": (st["crops"] / enc if st.get("crops") else
-                                    r["crops"]["s_per_image"] / floor),
+        # default backend, worker (PIL) + device part, standalone: the worker part
+        # runs in other processes, so the main process's stage timer cannot see it
+        "crops_fraction_of_floor": r["crop_construction"]["pil"]["s_per_image"] / floor,
+        "tensor_crops_fraction_of_floor": r["crop_construction"]["tensor"]["s_per_image"] / floor,
+        "decode_worker_crop_images_per_s": r["crop_construction"]["pil"]["worker_images_per_s"],
         "standalone_pipeline_over_floor": p["s_per_image"] / floor,
         "standalone_run_lazsl_over_floor": rl["s_per_image"] / floor,
         "standalone_scoring_fraction_of_floor": sc["ours_with_plan_s_per_image"] / floor,
@@ -484,12 +543,16 @@ def write_markdown(r, path):
                      f"{s / e:.3f}x | {s / f:.3f}x |")
     st = p["stages_s_per_image"]
     if st.get("crops"):
-        lines.append(f"| crop extraction inside the pipeline | {_fmt_s(st['crops'])} | | "
-                     f"{100 * st['crops'] / enc:.2f}% | |")
+        lines.append(f"| view normalisation/crops in the main process (build_views) | "
+                     f"{_fmt_s(st['crops'])} | | {100 * st['crops'] / enc:.2f}% | |")
     lines.append(f"| scoring + plans inside the pipeline | {_fmt_s(st['scoring'])} | | "
                  f"{100 * st['scoring'] / enc:.3f}% | |")
-    c = r["crops"]["s_per_image"]
-    lines.append(f"| crop extraction, standalone (boxes + make_views) | {_fmt_s(c)} | | | {100 * c / f:.2f}% |")
+    cc = r["crop_construction"]
+    for backend, label in (("pil", "crops 'pil' (default, exact): worker prepare + build_views"),
+                           ("tensor", "crops 'tensor' (roi_align): worker prepare + build_views")):
+        c = cc[backend]
+        lines.append(f"| {label} | {_fmt_s(c['s_per_image'])} | {c['worker_images_per_s']:.1f} "
+                     f"per decode worker | | {100 * c['s_per_image'] / f:.2f}% |")
     lines.append(f"| scoring, batched (scores only) | {_fmt_s(sc['ours_s_per_image'])} | | | "
                  f"{100 * sc['ours_s_per_image'] / f:.3f}% |")
     lines.append(f"| scoring, batched (+ plans for evidence) | {_fmt_s(sc['ours_with_plan_s_per_image'])} | | | "
@@ -512,6 +575,14 @@ def write_markdown(r, path):
     lines += ["", "| ratio | value | target | met |", "|---|---:|---:|:---:|"]
     for k, v in r["checks"].items():
         lines.append(f"| {k} | {v['value']:.4g} | {v['target']:g} | {'yes' if v['met'] else 'NO'} |")
+    dv = r["crop_construction"]["tensor_deviation"]
+    lines += ["", f"Crop backends on {dv['images']} images x {dv['crops']} crops: the 'tensor' path "
+              f"differs from the exact views by {dv['mean']:.4f} on average, {dv['max']:.3f} at most "
+              f"(99th percentile {dv['p99']:.3f}) in normalised units; global views identical "
+              f"(max {dv['global_view_max']:.1e}). A decode worker sends "
+              f"{r['crop_construction']['pil']['ipc_bytes_per_image'] / 2**20:.1f} MiB per image "
+              f"('pil', uint8 views) vs "
+              f"{r['crop_construction']['tensor']['ipc_bytes_per_image'] / 2**20:.1f} MiB ('tensor')."]
     lines += ["", f"Scoring: {sc['classes']} classes, {sc['attributes_total']} attributes "
               f"(up to {sc['max_attributes']}), {sc['crops']} crops, batch {sc['batch']}; mean "
               f"Sinkhorn iterations {sc['mean_sinkhorn_iterations']:.2f}; max |batched - loop| = "
@@ -527,10 +598,10 @@ def draw_chart(r, path):
     f = r["pipeline"]["encoder_s_per_image"]
     sc = r["scoring"]
     st = r["pipeline"]["stages_s_per_image"]
-    names = ["encoder\n(in pipeline)", "full pipeline", "run_lazsl\n(FiftyOne)", "crops",
+    names = ["encoder\n(in pipeline)", "full pipeline", "run_lazsl\n(FiftyOne)", "crops\n(pil)",
              "scoring\nbatched", "scoring\nper-class loop"]
     vals = [f, r["pipeline"]["s_per_image"], r["run_lazsl"]["s_per_image"],
-            st.get("crops") or r["crops"]["s_per_image"], sc["ours_with_plan_s_per_image"],
+            r["crop_construction"]["pil"]["s_per_image"], sc["ours_with_plan_s_per_image"],
             sc["loop_s_per_image"]]
     colors = ["#888888", "#1f77b4", "#1f77b4", "#2ca02c", "#2ca02c", "#d62728"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1.2]})
@@ -574,6 +645,8 @@ def main(argv=None):
                     help="model of the memory runs (CPU default: the tiny test model; CUDA: --model)")
     ap.add_argument("--mem-crops", type=int, default=None)
     ap.add_argument("--write-samples", type=int, default=None)
+    ap.add_argument("--crop-images", type=int, default=None,
+                    help="images for the crop-backend comparison (default 10, quick 2)")
     ap.add_argument("--name", default=None, help="output basename in benchmarks/results")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -608,6 +681,7 @@ def _main(args: argparse.Namespace, tmp: str) -> dict:
     _log(f"{cfg['model_name']} on {cfg['device']}, N={args.n_crops}, batch {args.batch_size}, "
          f"{cfg['n_images']} images")
     feats, labels = _time_encoder_and_pipeline(args, cfg, clf, r)
+    _time_crop_construction(args, cfg, clf, r)
     r["scoring"] = bench_scoring(clf, feats, cfg["score_reps"], 1 if args.quick else 2,
                                  cfg["clock"])
     _log(f"scoring {r['scoring']['ours_s_per_image'] * 1e3:.2f} ms/img, loop "
@@ -645,6 +719,7 @@ def _resolve_settings(args: argparse.Namespace) -> dict:
     args.mem_model = args.mem_model or (tiny if args.quick else (model_name if cuda else _register_tiny()))
     args.mem_crops = args.mem_crops or args.n_crops
     args.num_workers = default_num_workers() if args.num_workers is None else args.num_workers
+    args.crop_images = args.crop_images or (2 if args.quick else 10)
     return dict(
         device=device, cuda=cuda, model_name=model_name, clock=_Clock(device),
         n_images=args.images or (2 if args.quick else (8 if cuda else 3) * args.batch_size),
@@ -675,11 +750,11 @@ def _meta(args: argparse.Namespace, cfg: dict, model) -> dict:
 def _time_encoder_and_pipeline(args: argparse.Namespace, cfg: dict, clf, r: dict) -> tuple:
     """Encoder floor (before and after), pipeline, ``run_lazsl`` and crop timings
     into ``r``; returns ``(features of one batch, pipeline labels)``."""
-    from fiftyone_lazsl.core.imageio import load_image_tensor
+    from fiftyone_lazsl.core.imageio import load_image
 
     n_images, clock, bs = cfg["n_images"], cfg["clock"], args.batch_size
     paths = _image_paths(max(n_images, bs))
-    images = [t for t, _ in (load_image_tensor(p) for p in paths[:bs])]
+    images = [load_image(p) for p in paths[:bs]]
     keys = paths[:bs]
     # Floor before and after the pipeline runs: load changes on a shared machine
     # then affect floor and pipeline alike.
@@ -719,9 +794,26 @@ def _time_encoder_and_pipeline(args: argparse.Namespace, cfg: dict, clf, r: dict
                           encoder_s_per_image=stages_run["encode"] / n_images,
                           images_per_s=n_images / rl)
     r["crops"] = dict(s_per_image=statistics.median(crop_times), samples=crop_times,
-                      what="sample_crop_boxes + make_views (global view + N roi_align crops, "
-                           "normalised), on the model device")
+                      backend=clf.crop_backend,
+                      what="VisualSetSpec.prepare (boxes, global view and crops through the model's "
+                           "preprocessing) + build_views (normalised, on the model device)")
     return feats, labels
+
+
+def _time_crop_construction(args: argparse.Namespace, cfg: dict, clf, r: dict) -> None:
+    """Crop construction of both backends (worker and device time, throughput
+    per decode worker, the tensor path's deviation from the exact views) into ``r``."""
+    from fiftyone_lazsl.core.imageio import load_image
+
+    cc_paths = _image_paths(args.crop_images)
+    r["crop_construction"] = bench_crop_construction(clf, [load_image(p) for p in cc_paths],
+                                                     cc_paths, cfg["clock"])
+    _log("crop construction per image: " + ", ".join(
+        f"{b} {r['crop_construction'][b]['s_per_image'] * 1e3:.1f} ms "
+        f"({r['crop_construction'][b]['worker_images_per_s']:.1f} img/s per worker)"
+        for b in ("pil", "tensor")) + "; tensor deviation mean "
+        f"{r['crop_construction']['tensor_deviation']['mean']:.4f} max "
+        f"{r['crop_construction']['tensor_deviation']['max']:.3f}")
 
 
 def _notes(r: dict, cuda: bool) -> list[str]:

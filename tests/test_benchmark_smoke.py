@@ -10,8 +10,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-SECTIONS = ("meta", "encoder_floor", "pipeline", "run_lazsl", "scoring", "crops", "memory",
-            "write", "ratios", "checks", "notes")
+SECTIONS = ("meta", "encoder_floor", "pipeline", "run_lazsl", "scoring", "crops",
+            "crop_construction", "memory", "write", "ratios", "checks", "notes")
 
 
 def test_benchmark_quick_mode(tmp_path, shared_data):
@@ -35,9 +35,18 @@ def test_benchmark_quick_mode(tmp_path, shared_data):
     assert set(r["memory"]["runs"]) == {"2", "3"}
     assert all(v["peak_rss_mb"] > 0 for v in r["memory"]["runs"].values())
     assert r["write"]["samples"] == 10
+    cc = r["crop_construction"]
+    assert cc["images"] == 2 and r["crops"]["backend"] == "pil"
+    for b in ("pil", "tensor"):
+        assert cc[b]["worker_images_per_s"] > 0 and cc[b]["s_per_image"] > 0
+    # uint8 views: 1 byte per value, (1 + N) views of 64 x 64 x 3 from each worker
+    assert cc["pil"]["ipc_bytes_per_image"] == 91 * 64 * 64 * 3
+    dv = cc["tensor_deviation"]
+    assert dv["global_view_max"] == 0 and 0 < dv["mean"] < dv["max"]
     for k in ("pipeline_over_floor", "scoring_fraction_of_floor", "scoring_speedup_vs_loop",
               "crops_fraction_of_floor", "memory_growth_100_to_1000"):
         assert k in r["ratios"] and k in r["checks"]
+    assert "tensor_crops_fraction_of_floor" in r["ratios"]
     md = (tmp_path / "smoke.md").read_text()
-    assert "encoder floor" in md and "per-class loop" in md
+    assert "encoder floor" in md and "per-class loop" in md and "crops 'pil'" in md
     assert (tmp_path / "smoke.png").stat().st_size > 1000

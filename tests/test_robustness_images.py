@@ -282,19 +282,19 @@ def test_prediction_failure_is_isolated_to_its_sample(tmp_path, photo_data, clas
     error field; the other images of its batch are still predicted."""
     files = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=3)]
     poisoned = files[1]
-    original = classifier.predict_tensors
+    original = classifier.predict_prepared  # what the pipeline calls with the workers' views
 
-    def predict_tensors(images, keys, *a, **kw):
-        if poisoned in keys:
+    def predict_prepared(prepared, *a, **kw):
+        if poisoned in [p.key for p in prepared]:
             raise RuntimeError(f"simulated device failure on {os.path.basename(poisoned)}")
-        return original(images, keys, *a, **kw)
+        return original(prepared, *a, **kw)
 
-    classifier.predict_tensors = predict_tensors
+    classifier.predict_prepared = predict_prepared
     try:
         ds = bf.make_dataset("robust-isolated", files)
         summary = _run(ds, classifier, batch_size=3)
     finally:
-        del classifier.predict_tensors
+        del classifier.predict_prepared
     assert summary.num_predicted == 2
     assert [f[1] for f in summary.failures] == [poisoned]
     out = assert_every_sample_accounted(ds, "lazsl")

@@ -18,7 +18,8 @@ import torch
 
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
-from fiftyone_lazsl.core.crops import make_views, relative_boxes, sample_crop_boxes
+from fiftyone_lazsl.core.crops import (PreparedViews, VisualSetSpec, build_views, relative_boxes,
+                                       sample_crop_boxes)
 from fiftyone_lazsl.core.models import LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
 from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, global_similarity, lazsl_scores
@@ -105,9 +106,13 @@ class LaZSLClassifier:
 
     Attributes:
         lazsl_config: the effective :class:`LaZSLConfig`.
-        method, n_crops, crop_scale, theta, eps, gamma, max_iter, stop_tol, seed,
-        batch_size, prompt_style, prompt_suffix: its values (``n_crops`` is 0
-        for ``dclip`` / ``clip``, which use the global view only).
+        method, n_crops, crop_scale, crop_backend, theta, eps, gamma, max_iter,
+        stop_tol, seed, batch_size, prompt_style, prompt_suffix: its values
+        (``n_crops`` is 0 for ``dclip`` / ``clip``, which use the global view
+        only). ``crop_backend="pil"`` (default) is the official construction,
+        each box cut from the decoded image and sent through the model's own
+        preprocessing (exact); ``"tensor"`` uses ``roi_align`` on the model's
+        device (faster, approximate). See :mod:`fiftyone_lazsl.core.crops`.
 
     Raises:
         fiftyone_lazsl.errors.ConfigError: a parameter out of its domain or unknown.
@@ -189,47 +194,75 @@ class LaZSLClassifier:
         }
 
     # ---------------------------------------------------------------- images
-    def crop_boxes(self, width: int, height: int, key: str) -> np.ndarray:
-        """The ``[N, 4]`` pixel crop boxes this classifier uses for an image of
-        that size and key (deterministic in ``seed`` and ``key``)."""
-        return sample_crop_boxes(width, height, self.n_crops, scale=self.crop_scale,
-                                 seed=self.seed, key=key)
+    @property
+    def visual_spec(self) -> VisualSetSpec:
+        """What determines an image's visual set (model preprocessing, crops,
+        seed, backend) as one picklable value, for decode workers."""
+        return VisualSetSpec(self.model.preprocess_cfg, self.n_crops, self.crop_scale,
+                             self.seed, self.crop_backend)
 
-    def views(self, image: torch.Tensor, key: str) -> tuple[torch.Tensor, np.ndarray]:
-        """Visual set of one image.
+    def crop_boxes(self, width: int, height: int, key: str) -> np.ndarray:
+        """The pixel crop boxes this classifier uses for an image of that size and key.
 
         Args:
-            image: ``[3, H, W]`` uint8 RGB tensor.
+            width, height: size in pixels of the image as given to :meth:`views`
+                (for files: as decoded, i.e. after any ``max_pixels`` shrink).
+            key: stable sample key (for files: the path, or the FiftyOne sample's).
+
+        Returns:
+            ``[N, 4]`` int64 boxes ``(x, y, w, h)``, square, inside the image
+            (deterministic in ``seed`` and ``key``; ``[0, 4]`` without crops).
+            View ``1 + i`` of :meth:`views` is box ``i``.
+        """
+        return self.visual_spec.boxes(width, height, key)
+
+    def prepare_views(self, image, key: str) -> PreparedViews:
+        """The CPU part of one image's visual set (what decode workers make).
+
+        Args:
+            image: RGB PIL image (other modes are converted with ``.convert("RGB")``)
+                or ``[3, H, W]`` uint8 RGB tensor.
+            key: stable sample key for the crop generator.
+        """
+        return self.visual_spec.prepare(image, key)
+
+    def views(self, image, key: str) -> torch.Tensor:
+        """The visual set of one image, exactly as the image encoder sees it.
+
+        View 0 is the model's own preprocessing of the image,
+        ``preprocess(image)`` with ``preprocess =
+        open_clip.image_transform_v2(model.preprocess_cfg, is_train=False)`` (the
+        transform ``open_clip.create_model_and_transforms`` returns). With
+        ``crop_backend="pil"``, view ``1 + i`` is ``preprocess(image.crop(box_i))``
+        for the boxes of :meth:`crop_boxes` (LaZSL's official construction; equal
+        bit for bit on the CPU); with ``"tensor"`` it is the ``roi_align``
+        approximation.
+
+        Args:
+            image: RGB PIL image (other modes are converted with ``.convert("RGB")``,
+                as torchvision's ``pil_loader`` does; no EXIF rotation is applied to
+                a PIL image given here) or ``[3, H, W]`` uint8 RGB tensor.
             key: stable sample key for the crop generator.
 
         Returns:
-            ``(views, boxes)``: ``[1 + N, 3, S, S]`` float32 normalised views on the
-            model device, and ``[N, 4]`` int64 pixel boxes.
+            ``[1 + N, 3, S, S]`` float32 normalised views on the model's device.
         """
-        _, H, W = image.shape
-        boxes = self.crop_boxes(W, H, key) if self.n_crops else np.zeros((0, 4), np.int64)
-        m = self.model
-        v = make_views(image, boxes, m.image_size, mean=m.mean, std=m.std,
-                       resize_mode=m.resize_mode, interpolation=m.interpolation, device=m.device)
-        return v, boxes
+        return build_views([self.prepare_views(image, key)], self.visual_spec,
+                           device=self.model.device)
 
-    def encode(self, images: Sequence[torch.Tensor], keys: Sequence[str]) -> tuple[torch.Tensor, list[np.ndarray]]:
-        """Encode the visual sets of a batch; returns ``[B, 1 + N, D]`` float32 unit
-        features and the per-image pixel boxes."""
+    def encode_prepared(self, prepared: Sequence[PreparedViews]) -> torch.Tensor:
+        """Encode prepared visual sets; returns ``[B, 1 + N, D]`` float32 unit features."""
         m, V = self.model, 1 + self.n_crops
-        S = m.image_size
-        # Views are written straight into the batch tensor (no per-image stacking).
-        pixels = torch.empty(len(images) * V, 3, S, S, dtype=torch.float32, device=m.device)
-        boxes = []
-        for i, (im, k) in enumerate(zip(images, keys)):
-            _, H, W = im.shape
-            bx = self.crop_boxes(W, H, k) if self.n_crops else np.zeros((0, 4), np.int64)
-            make_views(im, bx, S, mean=m.mean, std=m.std, resize_mode=m.resize_mode,
-                       interpolation=m.interpolation, device=m.device,
-                       out=pixels[i * V:(i + 1) * V])
-            boxes.append(bx)
+        pixels = build_views(prepared, self.visual_spec, device=m.device)
         feats = m.encode_images(pixels)
-        return feats.view(len(images), V, -1), boxes
+        return feats.view(len(prepared), V, -1)
+
+    def encode(self, images: Sequence, keys: Sequence[str]) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Encode the visual sets of a batch of images (PIL images or ``[3, H, W]``
+        uint8 tensors); returns ``[B, 1 + N, D]`` float32 unit features and the
+        per-image ``[N, 4]`` pixel boxes."""
+        prepared = [self.prepare_views(im, k) for im, k in zip(images, keys)]
+        return self.encode_prepared(prepared), [p.boxes for p in prepared]
 
     # ---------------------------------------------------------------- scores
     def predict_tensors(self, images: Sequence[torch.Tensor], keys: Sequence[str],
@@ -238,7 +271,8 @@ class LaZSLClassifier:
         """Predict for a batch of decoded images.
 
         Args:
-            images: ``B`` tensors ``[3, H, W]`` uint8 RGB (displayed orientation).
+            images: ``B`` tensors ``[3, H, W]`` uint8 RGB (displayed orientation),
+                or RGB PIL images.
             keys: ``B`` stable sample keys (crop seeds).
             sizes: original ``(W, H)`` of each image if it was downscaled on decode.
             scales: decoded/original scale factor per image (boxes are mapped back).
@@ -248,11 +282,21 @@ class LaZSLClassifier:
         """
         if len(images) != len(keys):
             raise ValueError("images and keys differ in length")
-        feats, boxes = self.encode(images, keys)
-        return self._predict_features(feats, boxes, images, sizes, scales)
+        prepared = [self.prepare_views(im, k) for im, k in zip(images, keys)]
+        return self.predict_prepared(prepared, sizes, scales)
 
-    def _predict_features(self, feats: torch.Tensor, boxes: list[np.ndarray],
-                          images: Sequence[torch.Tensor],
+    def predict_prepared(self, prepared: Sequence[PreparedViews],
+                         sizes: Sequence[tuple[int, int]] | None = None,
+                         scales: Sequence[float] | None = None) -> list[Prediction]:
+        """Predict for visual sets prepared by :meth:`prepare_views` (e.g. in
+        decode workers, from :attr:`visual_spec`); ``sizes`` and ``scales`` as
+        for :meth:`predict_tensors`."""
+        feats = self.encode_prepared(prepared)
+        return self._predict_features(feats, [p.boxes for p in prepared],
+                                      [(p.width, p.height) for p in prepared], sizes, scales)
+
+    def _predict_features(self, feats: torch.Tensor, boxes: Sequence[np.ndarray],
+                          dims: Sequence[tuple[int, int]],
                           sizes: Sequence[tuple[int, int]] | None,
                           scales: Sequence[float] | None) -> list[Prediction]:
         B = feats.shape[0]
@@ -294,7 +338,7 @@ class LaZSLClassifier:
 
         preds = []
         for b in range(B):
-            H, W = images[b].shape[-2:]
+            W, H = dims[b]
             scale = float(scales[b]) if scales is not None else 1.0
             size = tuple(sizes[b]) if sizes is not None else (int(W), int(H))
             p = Prediction(
@@ -340,29 +384,29 @@ class LaZSLClassifier:
         Raises:
             fiftyone_lazsl.core.imageio.ImageLoadError: an unreadable image file.
         """
-        from fiftyone_lazsl.core.imageio import image_to_tensor, load_image_tensor
+        from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image
 
-        tensors, ks, sizes, scales = [], [], [], []
+        decoded, ks, sizes, scales = [], [], [], []
         for i, im in enumerate(images):
             if isinstance(im, (str, os.PathLike)):
-                t, info = load_image_tensor(os.fspath(im))
+                t = load_image(os.fspath(im))
                 key = os.path.abspath(os.fspath(im))
-                sizes.append(tuple(info["original_size"]))
-                scales.append(float(info["scale"]))
+                sizes.append(tuple(t.info[ORIGINAL_SIZE_KEY]))
+                scales.append(float(t.info[SCALE_KEY]))
             elif isinstance(im, torch.Tensor):
                 t, key = im, str(i)
                 sizes.append((int(t.shape[-1]), int(t.shape[-2])))
                 scales.append(1.0)
             else:
-                t, key = image_to_tensor(im.convert("RGB")), str(i)
-                sizes.append((int(t.shape[-1]), int(t.shape[-2])))
+                t, key = im.convert("RGB"), str(i)
+                sizes.append(t.size)
                 scales.append(1.0)
-            tensors.append(t)
+            decoded.append(t)
             ks.append(key)
         if keys is not None:
             ks = [str(k) for k in keys]
         preds = []
-        for s in range(0, len(tensors), self.batch_size):
+        for s in range(0, len(decoded), self.batch_size):
             e = s + self.batch_size
-            preds.extend(self.predict_tensors(tensors[s:e], ks[s:e], sizes[s:e], scales[s:e]))
+            preds.extend(self.predict_tensors(decoded[s:e], ks[s:e], sizes[s:e], scales[s:e]))
         return preds

@@ -23,8 +23,7 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +31,9 @@ import torch.nn.functional as F
 from fiftyone_lazsl.core.cache import cache_root as _cache_root
 from fiftyone_lazsl.core.config import normalize_pretrained
 from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from open_clip.transform import PreprocessCfg
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@dataclass
+def preprocess_cfg_to_dict(cfg: "PreprocessCfg") -> dict:
+    """``PreprocessCfg`` -> JSON-serialisable dict (tuples as lists)."""
+    from dataclasses import asdict
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+def preprocess_cfg_from_dict(d: dict) -> "PreprocessCfg":
+    """A dict (e.g. open_clip's ``model.visual.preprocess_cfg``) -> ``PreprocessCfg``;
+    unknown keys are ignored, missing ones take open_clip's defaults."""
+    from dataclasses import fields
+    from open_clip.transform import PreprocessCfg
+    known = {f.name for f in fields(PreprocessCfg)}
+    return PreprocessCfg(**{k: (tuple(v) if isinstance(v, list) else v)
+                            for k, v in d.items() if k in known and v is not None})
+
+
 class LoadedModel:
     """An open_clip model ready for inference, with what is needed to use it.
 
@@ -63,25 +80,85 @@ class LoadedModel:
         weights_id: a stable identity of the weights (tag, file path with size and
             mtime, or resolved hub file), None for random weights.
         random_weights: True when no pretrained weights were loaded.
-        image_size: square input side of the image tower, in pixels.
-        mean, std: per-channel normalisation (RGB, for values in [0, 1]).
-        interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
-        resize_mode: open_clip's ``"shortest"``, ``"longest"`` or ``"squash"``.
+        preprocess_cfg: the model's own image preprocessing,
+            ``open_clip.transform.PreprocessCfg`` (size, mean, std, interpolation,
+            resize_mode, fill_color), as ``open_clip.create_model_and_transforms``
+            builds it (``PreprocessCfg(**model.visual.preprocess_cfg)``). The
+            visual set is made with exactly this preprocessing
+            (``open_clip.image_transform_v2(preprocess_cfg, is_train=False)``).
         device: the torch device.
+
+    Read-only views of ``preprocess_cfg`` kept for compatibility: ``image_size``
+    (square input side in pixels), ``mean``, ``std`` (RGB, for values in
+    [0, 1]), ``interpolation`` and ``resize_mode``.
+
+    The constructor takes either ``preprocess_cfg`` or the five loose values
+    (``image_size``, ``mean``, ``std``, ``interpolation``, ``resize_mode``), from
+    which a ``PreprocessCfg`` is built.
     """
 
-    model: torch.nn.Module
-    tokenizer: object
-    name: str
-    pretrained: str | None
-    weights_id: str | None
-    random_weights: bool
-    image_size: int
-    mean: tuple
-    std: tuple
-    interpolation: str
-    resize_mode: str
-    device: torch.device
+    def __init__(self, model: torch.nn.Module, tokenizer: object, name: str,
+                 pretrained: str | None, weights_id: str | None, random_weights: bool,
+                 image_size: int | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, interpolation: str | None = None,
+                 resize_mode: str | None = None, device: torch.device | str = "cpu",
+                 *, preprocess_cfg: "PreprocessCfg | dict | None" = None):
+        from open_clip.transform import PreprocessCfg
+
+        loose = {"size": image_size, "mean": mean, "std": std,
+                 "interpolation": interpolation, "resize_mode": resize_mode}
+        if preprocess_cfg is None:
+            preprocess_cfg = PreprocessCfg(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                                              for k, v in loose.items() if v is not None})
+        elif any(v is not None for v in loose.values()):
+            raise TypeError("pass either preprocess_cfg or the loose preprocessing values, not both")
+        elif isinstance(preprocess_cfg, dict):
+            preprocess_cfg = preprocess_cfg_from_dict(preprocess_cfg)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.weights_id = weights_id
+        self.random_weights = random_weights
+        self.preprocess_cfg = preprocess_cfg
+        self.device = torch.device(device)
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel(name={self.name!r}, pretrained={self.pretrained!r}, "
+                f"random_weights={self.random_weights}, preprocess_cfg={self.preprocess_cfg!r}, "
+                f"device={str(self.device)!r})")
+
+    # Compatibility views of preprocess_cfg (read-only).
+    @property
+    def image_size(self) -> int:
+        """Square input side ``S`` in pixels (the first entry of a ``(H, W)`` size)."""
+        size = self.preprocess_cfg.size
+        return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
+
+    @property
+    def mean(self) -> tuple:
+        return tuple(self.preprocess_cfg.mean)
+
+    @property
+    def std(self) -> tuple:
+        return tuple(self.preprocess_cfg.std)
+
+    @property
+    def interpolation(self) -> str:
+        return self.preprocess_cfg.interpolation
+
+    @property
+    def resize_mode(self) -> str:
+        return self.preprocess_cfg.resize_mode
+
+    @property
+    def transform(self):
+        """The model's own evaluation transform,
+        ``open_clip.image_transform_v2(preprocess_cfg, is_train=False)``: PIL image ->
+        ``[3, S, S]`` float32 normalised tensor (what ``create_model_and_transforms``
+        returns as ``preprocess``)."""
+        from open_clip.transform import image_transform_v2
+        return image_transform_v2(self.preprocess_cfg, is_train=False)
 
     @property
     def logit_scale(self) -> float:
@@ -99,6 +176,7 @@ class LoadedModel:
             "weights_id": self.weights_id,
             "random_weights": self.random_weights,
             "image_size": self.image_size,
+            "preprocess": preprocess_cfg_to_dict(self.preprocess_cfg),
         }
 
     @torch.no_grad()
@@ -370,17 +448,10 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
         raise
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
-    pcfg = open_clip.get_model_preprocess_cfg(model)
-    size = pcfg.get("size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    pcfg = preprocess_cfg_from_dict(open_clip.get_model_preprocess_cfg(model))
     if random:
         logger.warning(RANDOM_WEIGHTS_BANNER.format(model=model_name))
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=name, pretrained=None if random else str(pretrained),
-        weights_id=weights_id, random_weights=random, image_size=int(size),
-        mean=tuple(pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-        std=tuple(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
-        interpolation=pcfg.get("interpolation", "bicubic"),
-        resize_mode=pcfg.get("resize_mode", "shortest"),
-        device=device,
+        weights_id=weights_id, random_weights=random, preprocess_cfg=pcfg, device=device,
     )

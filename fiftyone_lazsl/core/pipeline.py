@@ -1,10 +1,14 @@
 """Streaming inference over many image files: parallel decoding, batched
 encoding and scoring, per-image failures isolated.
 
-Decoding runs in ``torch.utils.data.DataLoader`` worker processes (one of the
-few places where the main process would otherwise wait); each worker returns
-either a decoded ``[3, H, W]`` uint8 tensor or the reason it could not decode
-the file. The main process builds crops and encodes on the model's device.
+Decoding runs in ``torch.utils.data.DataLoader`` worker processes. Each
+worker also makes the CPU part of the image's visual set
+(:meth:`fiftyone_lazsl.core.crops.VisualSetSpec.prepare`: with the default
+``crop_backend="pil"`` the global view and every crop through the model's own
+preprocessing, as ``[1 + N, S, S, 3]`` uint8; with ``"tensor"`` the global view
+and the decoded image), or returns the reason it could not decode the file.
+The main process only normalises the uint8 views on the model's device
+(and, for ``"tensor"``, resamples the crops there), encodes and scores.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
+from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec
 
 
 @dataclass
@@ -31,20 +36,30 @@ class Item:
 
 
 class _Files(Dataset):
-    def __init__(self, filepaths: Sequence[str], max_pixels: int | None):
+    """Decode file ``i`` and prepare its visual set (in a worker process).
+
+    Boxes are drawn on the decoded grid (after any ``max_pixels`` shrink) from
+    ``(spec.seed, keys[i])``; predictions map them back to the original size.
+    """
+
+    def __init__(self, filepaths: Sequence[str], keys: Sequence[str], spec: VisualSetSpec,
+                 max_pixels: int | None):
         self.filepaths = list(filepaths)
+        self.keys = [str(k) for k in keys]
+        self.spec = spec
         self.max_pixels = max_pixels
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.filepaths)
 
-    def __getitem__(self, i):
-        from fiftyone_lazsl.core.imageio import load_image_tensor
+    def __getitem__(self, i: int) -> tuple[int, PreparedViews | None, dict | None, str | None]:
+        from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image
 
         path = self.filepaths[i]
         try:
-            t, info = load_image_tensor(path, max_pixels=self.max_pixels)
-            return i, t, info, None
+            im = load_image(path, max_pixels=self.max_pixels)
+            info = {"original_size": im.info[ORIGINAL_SIZE_KEY], "scale": im.info[SCALE_KEY]}
+            return i, self.spec.prepare(im, self.keys[i]), info, None
         except Exception as e:  # reported per sample, never fatal
             return i, None, None, _reason(e)
 
@@ -88,7 +103,8 @@ def iter_predictions(classifier: LaZSLClassifier, filepaths: Sequence[str],
     keys = list(keys) if keys is not None else list(filepaths)
     batch_size = batch_size or classifier.batch_size
     num_workers = default_num_workers() if num_workers is None else num_workers
-    loader = DataLoader(_Files(filepaths, max_pixels), batch_size=batch_size, shuffle=False,
+    files = _Files(filepaths, keys, classifier.visual_spec, max_pixels)
+    loader = DataLoader(files, batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=_collate,
                         persistent_workers=False,
                         prefetch_factor=2 if num_workers > 0 else None)
@@ -110,8 +126,8 @@ def iter_predictions(classifier: LaZSLClassifier, filepaths: Sequence[str],
 
 def _predict(classifier: LaZSLClassifier, ok) -> None:
     def run(group):
-        preds = classifier.predict_tensors(
-            [t for _, t, _ in group], [it.key for it, _, _ in group],
+        preds = classifier.predict_prepared(
+            [t for _, t, _ in group],
             sizes=[tuple(info["original_size"]) for _, _, info in group],
             scales=[float(info["scale"]) for _, _, info in group])
         for (it, _, _), p in zip(group, preds):

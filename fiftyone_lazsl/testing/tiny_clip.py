@@ -64,6 +64,29 @@ def make_hub_cache(cache_dir, repo_id: str = "lazsl-test/tiny-clip", seed: int =
     return f"hf-hub:{repo_id}"
 
 
+def make_local_dir(folder, preprocess_cfg: dict, *, image_size: int | None = None,
+                   seed: int = 0) -> pathlib.Path:
+    """Lay out ``folder`` as an open_clip ``local-dir:`` model: the tiny
+    architecture (input side ``image_size``, default 64 px) with random weights
+    drawn from ``seed``, and ``preprocess_cfg`` (e.g. ``{"resize_mode": "squash"}``)
+    in ``open_clip_config.json``. Pass the folder as ``pretrained=`` to
+    :func:`fiftyone_lazsl.core.models.load_model`; open_clip's own
+    ``create_model_and_transforms("local-dir:<folder>")`` returns the matching
+    ``preprocess``."""
+    import open_clip
+    cfg = json.loads(_CONFIG.read_text())
+    if image_size is not None:
+        cfg["vision_cfg"]["image_size"] = int(image_size)
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**cfg)
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": cfg, "preprocess_cfg": dict(preprocess_cfg)}))
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return folder
+
+
 def images_dir(shared_data, subset="cub") -> pathlib.Path:
     return pathlib.Path(shared_data) / "images" / subset
 
