@@ -654,8 +654,8 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
         none = np.zeros((0, 4), np.int64)
         for i, it in enumerate(items):
             # The global view exactly as LaZSLClassifier.encode builds it.
-            make_views(it["image"], none, S, mean=m.mean, std=m.std, resize_mode=m.resize_mode,
-                       interpolation=m.interpolation, device=m.device, out=pixels[i:i + 1])
+            make_views(it["image"], none, preprocess_cfg=m.preprocess_cfg, device=m.device,
+                       out=pixels[i:i + 1])
         emb = m.encode_images(pixels).cpu().numpy().astype(np.float32)
         self._last_embeddings = emb
         return emb
