@@ -54,6 +54,7 @@ import numpy as np
 
 from fiftyone_lazsl.core.attributes import class_key
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.labels import class_evidence
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 #: Note shown with every audit: what "evidence" means.
@@ -116,11 +117,14 @@ def _match_class(label, classes, keys) -> int | None:
     return keys.get(class_key(label))
 
 
-def _contributions(method: str, attribute_scores, class_index: int) -> np.ndarray | None:
-    """Per-attribute contribution of one class, or None when not stored."""
-    if attribute_scores is None or class_index is None or class_index >= len(attribute_scores):
+def _contributions(method: str, label: dict, class_index: int) -> np.ndarray | None:
+    """Per-attribute contribution of one class from a stored prediction
+    (``{"attribute_scores": ...}`` full form or ``{"evidence": ...}`` compact
+    form), or None when not stored."""
+    scores, _ = class_evidence(label, class_index)
+    if scores is None:
         return None
-    a = np.asarray(attribute_scores[class_index], dtype=np.float64)
+    a = np.asarray(scores, dtype=np.float64)
     if a.size == 0:
         return None
     if method == "dclip":
@@ -300,12 +304,15 @@ def audit_labels(samples, pred_field: str, gt_field: str, *, top_k: int = 20,
     has_evidence = method != "clip"
 
     paths = ["id", "filepath", f"{gt_field}.label", f"{pred_field}.label",
-             f"{pred_field}.logits", f"{pred_field}.attribute_scores"]
+             f"{pred_field}.logits", f"{pred_field}.attribute_scores",
+             f"{pred_field}.evidence"]
     if has_err:
         paths.append(err_field)
     values = samples.values(paths)
-    ids, fps, gts, preds, logits, att = values[:6]
-    errors = values[6] if has_err else [None] * len(ids)
+    ids, fps, gts, preds, logits, full, compact = values[:7]
+    errors = values[7] if has_err else [None] * len(ids)
+    att = [None if f is None and c is None else {"attribute_scores": f, "evidence": c}
+           for f, c in zip(full, compact)]
 
     res = AuditResult(pred_field=pred_field, gt_field=gt_field, method=method, fields=names,
                       tag=tag, saved_view=None, has_evidence=has_evidence)
@@ -354,6 +361,10 @@ def audit_labels(samples, pred_field: str, gt_field: str, *, top_k: int = 20,
             if cg is not None:
                 row.evidence_gt = _ranked(attribute_labels[gi], cg, n_evidence, most=False)
                 parts.append(f"weakest {classes[gi]!r} attributes: {_fmt_attrs(row.evidence_gt)}")
+            elif gi is not None and gi != pi:
+                parts.append(f"no attribute evidence stored for {classes[gi]!r} (compact "
+                             f"outputs keep it when the run is given gt_field={gt_field!r}, "
+                             "or run with evidence='full')")
             cp = _contributions(method, sc, pi)
             if cp is not None:
                 row.evidence_pred = _ranked(attribute_labels[pi], cp, n_evidence, most=True)

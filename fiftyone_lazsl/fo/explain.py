@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from fiftyone_lazsl.fo.labels import class_evidence
 from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields, output_fields
 
 #: Default longest side, in cells, of the heatmaps written by :func:`write_heatmaps`.
@@ -61,13 +62,16 @@ def _class_summary(classes, logits, idx):
     }
 
 
-def _attribute_rows(attribute_labels, scores, crops, class_idx):
+def _attribute_rows(attribute_labels, pred, class_idx):
     """Rows ``{attribute, attribute_index, contribution, crops}`` of one class,
     sorted by contribution (descending), ties by attribute order. A value the
-    run did not store is None (``crops`` for DCLIP runs, both for CLIP)."""
+    run did not store is None (``crops`` for DCLIP runs, both for CLIP and for
+    classes compact outputs left out). Reads the compact and the full form
+    (:func:`fiftyone_lazsl.fo.labels.class_evidence`)."""
     labels = list(attribute_labels[class_idx]) if class_idx < len(attribute_labels) else []
-    s = list(scores[class_idx]) if scores is not None and class_idx < len(scores) else []
-    c = list(crops[class_idx]) if crops is not None and class_idx < len(crops) else []
+    scores, crops = class_evidence(pred, class_idx)
+    s = list(scores) if scores is not None else []
+    c = list(crops) if crops is not None else []
     rows = []
     for a, text in enumerate(labels):
         rows.append(
@@ -150,8 +154,6 @@ def explain_sample(sample, label_field: str, gt_field: str | None = None, config
     attribute_labels = config.get("attribute_labels") or [[] for _ in classes]
     logits = pred.logits
     logits = [] if logits is None else [float(v) for v in np.asarray(logits).ravel()]
-    scores = _label_attr(pred, "attribute_scores")
-    crops = _label_attr(pred, "attribute_crops")
 
     if pred.label in classes:
         p_idx = classes.index(pred.label)
@@ -185,10 +187,10 @@ def explain_sample(sample, label_field: str, gt_field: str | None = None, config
             ground_truth = {"label": gt_label, "index": None, "score": None, "rank": None}
         gt_differs = gt_label != predicted["label"]
         if gt_differs and ground_truth["index"] is not None:
-            gt_rows = _attribute_rows(attribute_labels, scores, crops, ground_truth["index"])
+            gt_rows = _attribute_rows(attribute_labels, pred, ground_truth["index"])
 
     matched = _get(sample, names["attributes"]) or []
-    pred_rows = _attribute_rows(attribute_labels, scores, crops, p_idx)
+    pred_rows = _attribute_rows(attribute_labels, pred, p_idx)
 
     msg = f"Predicted {predicted['label']}"
     if runner_up is not None:
