@@ -67,6 +67,7 @@ def params_to_kwargs(params: dict) -> dict:
         restrict_to_set=bool(params.get("restrict_to_set", False)) and bool(params.get("gt_field")),
         skip_existing=bool(params.get("skip_existing", False)),
         heatmap=bool(params.get("heatmap", False)),
+        evidence=params.get("evidence") or None,
     )
 
 
@@ -138,6 +139,10 @@ class RunLaZSL(foo.Operator):
                     description="Otherwise classes missing from the set are an error")
         inputs.bool("skip_existing", default=False, label="Skip samples that already have a prediction")
         inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
+        inputs.enum("evidence", ["compact", "full"], default="compact", label="Evidence stored",
+                    description="compact: attributes of the predicted class, runner-up and "
+                                "ground-truth class, top 10 crops; full: every class, all crops",
+                    view=types.DropdownView())
         return types.Property(inputs, view=types.View(label="Run LaZSL"))
 
     def execute(self, ctx):

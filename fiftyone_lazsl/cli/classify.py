@@ -24,7 +24,8 @@ def _classify(args: argparse.Namespace) -> int:
         view, args.attributes, config=config, label_field=args.label_field,
         num_workers=args.workers, skip_existing=args.skip_existing, gt_field=args.gt_field,
         restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
-        heatmap=args.heatmap, write_every=args.write_every,
+        heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
+        runner_ups=args.runner_ups,
         progress=True if sys.stderr.isatty() else None)
     if summary.num_samples == 0:
         print("nothing to classify: the view is empty"
@@ -36,6 +37,19 @@ def _classify(args: argparse.Namespace) -> int:
     if summary.num_failed > 20:
         print(f"  ... and {summary.num_failed - 20} more")
     return 0
+
+
+def _top_k_crops(value: str) -> int | str:
+    """``--top-k-crops``: a positive integer, ``all`` or ``auto`` (the default)."""
+    if value.strip().lower() in ("all", "auto"):
+        return value.strip().lower()
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'all'), got {k}")
+    return k
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--skip-existing", action="store_true",
                      help="only samples without a prediction yet (resume an interrupted run with "
                           "the same parameters); samples with only an error are retried")
-    out.add_argument("--top-k-crops", type=int, default=None,
-                     help="store only the k crops with most transport mass as detections (default: all kept)")
+    out.add_argument("--top-k-crops", type=_top_k_crops, default="auto", metavar="K|all",
+                     help="store the K kept crops with most transport mass as detections, or all "
+                          "(default: 10 with compact evidence, all with --evidence full)")
+    out.add_argument("--evidence", choices=("compact", "full"), default=None,
+                     help="per-attribute evidence of the predicted class, runner-up(s) and "
+                          "ground-truth class (compact, default), or of every class (full)")
+    out.add_argument("--runner-ups", type=int, default=None, metavar="K",
+                     help="runner-up classes whose evidence compact outputs keep (default: 1)")
     out.add_argument("--write-every", type=int, default=64, metavar="N",
                      help="samples per database write (a killed run keeps every written batch; default: 64)")
     out.add_argument("--heatmap", action="store_true", help="also write an evidence heatmap per sample")

@@ -2,7 +2,8 @@
 
 :func:`run_lazsl` is what the ``run_lazsl`` operator and the ``classify`` CLI
 call. It writes the fields described in :mod:`fiftyone_lazsl.fo.runs` in batches
-(``set_values``, never one save per sample), so a run that is killed leaves
+from a background writer (:mod:`fiftyone_lazsl.fo.writer`: one bulk write per
+batch, one atomic update per sample, never one save per sample), so a run that is killed leaves
 every completed batch intact, and records the run's provenance as a FiftyOne
 run (``dataset.list_runs()``).
 """
@@ -294,9 +295,10 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     the view ends with exactly one of a prediction in ``F`` or a one-line
     reason in ``F_error`` (unreadable image, non-finite scores, failed
     prediction); the run goes on past failed samples and lists them in
-    :attr:`RunSummary.failures`. Each database write sets, per sample, the error
-    field first and the prediction last, so a sample that has a prediction also
-    has its crops and attributes even if the process is killed mid-write. An
+    :attr:`RunSummary.failures`. Writes run in a background thread
+    (:mod:`fiftyone_lazsl.fo.writer`) and set all of a sample's fields in one
+    atomic update, so a sample that has a prediction also has its crops and
+    attributes even if the process is killed mid-write. An
     empty view (e.g. everything already predicted with ``skip_existing``)
     writes nothing at all: no run record, no fields, no model loaded.
 
@@ -477,26 +479,29 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                         label_field: str, opts: OutputOptions, summary: RunSummary,
                         report: Callable[[int, str], None],
                         gt_index: list | None = None) -> int:
-    """Stream predictions for ``paths`` and write them in batches of
-    ``opts.write_every`` samples (label documents built directly as BSON-ready
-    dicts by :func:`~fiftyone_lazsl.fo.labels.label_documents`). Returns the
-    number of samples processed."""
+    """Stream predictions for ``paths`` and hand their outputs to a
+    :class:`~fiftyone_lazsl.fo.writer.BackgroundWriter` (batches of
+    ``opts.write_every`` samples, one atomic update per sample; label documents
+    built directly as BSON-ready dicts by
+    :func:`~fiftyone_lazsl.fo.labels.label_documents`). Returns the number of
+    samples processed (all of them written when it returns).
+
+    Raises:
+        fiftyone_lazsl.fo.writer.WriterError: a database write failed.
+    """
+    from fiftyone_lazsl.fo.writer import BackgroundWriter
+
     fields = output_fields(label_field)
     written = _written_fields(label_field, clf.method)
-    pending: dict[str, dict] = {f: {} for f in written}
+    err_f, pred_f = fields["error"], fields["prediction"]
+    crops_f = fields["crops"] if fields["crops"] in written else None
+    attrs_f = fields["attributes"] if fields["attributes"] in written else None
+    failed = dict.fromkeys(written)  # every output None ...
     classes, names = clf.classes, clf.attribute_labels
-
-    def flush() -> None:
-        for f in written:  # error first, prediction last
-            vals = pending[f]
-            if vals:
-                # Raw documents: validated by construction (label_documents).
-                dataset.set_values(f, vals, key_field="id", validate=False)
-                vals.clear()
 
     done = 0
     stage = {"name": "decoding"}
-    try:
+    with BackgroundWriter(dataset, batch_size=opts.write_every) as writer:
         for items in iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
                                       num_workers=opts.num_workers,
                                       on_stage=lambda s: stage.__setitem__("name", s)):
@@ -506,29 +511,24 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                     reason = it.error or "no prediction"
                     summary.failures.append((sid, it.filepath, reason))
                     logger.warning("sample %s (%s): %s", sid, it.filepath, reason)
-                    for f in written:
-                        pending[f][sid] = None
-                    pending[fields["error"]][sid] = reason
+                    writer.put(sid, dict(failed, **{err_f: reason}))  # ... but the reason
                     continue
                 cls, dets, attrs = label_documents(
                     it.prediction, classes, names, evidence=opts.evidence,
                     runner_ups=opts.runner_ups,
                     gt_index=gt_index[it.index] if gt_index is not None else None,
                     top_k_crops=opts.top_k_crops, top_attributes=opts.top_attributes)
-                pending[fields["error"]][sid] = None
-                if fields["crops"] in pending:
-                    pending[fields["crops"]][sid] = dets
-                if fields["attributes"] in pending:
-                    pending[fields["attributes"]][sid] = attrs
-                pending[fields["prediction"]][sid] = cls
+                values = {err_f: None}
+                if crops_f:
+                    values[crops_f] = dets
+                if attrs_f:
+                    values[attrs_f] = attrs
+                values[pred_f] = cls
+                writer.put(sid, values)
                 summary.num_predicted += 1
             done += len(items)
-            if len(pending[fields["error"]]) >= opts.write_every:
-                report(done, "writing")
-                flush()
             report(done, stage["name"])
-    finally:
-        flush()
+        report(done, "writing")
     return done
 
 
