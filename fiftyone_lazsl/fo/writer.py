@@ -120,8 +120,8 @@ class BackgroundWriter:
 
     # ------------------------------------------------------------ caller side
     def _check(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
+        if self._error is not None:  # sticky: nothing more is written after a failure
+            err = self._error
             raise WriterError(f"writing to dataset {getattr(self.dataset, 'name', None)!r} failed: "
                               f"{type(err).__name__}: {err}") from err
 
