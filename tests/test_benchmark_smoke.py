@@ -35,8 +35,14 @@ def test_benchmark_quick_mode(tmp_path, shared_data):
     assert set(r["memory"]["runs"]) == {"2", "3"}
     assert all(v["peak_rss_mb"] > 0 for v in r["memory"]["runs"].values())
     assert r["write"]["samples"] == 10
+    sizes = r["write"]["sizes"]
+    assert sizes["cub_compact"]["classes"] == 200 and sizes["imagenet-1k_compact"]["classes"] == 1000
+    # compact outputs are smaller than full ones (measured from the stored documents)
+    assert sizes["cub_compact"]["bytes_per_sample"] < sizes["cub_full"]["bytes_per_sample"]
+    assert r["write"]["raw_insert_samples_per_s"] > 0
     for k in ("pipeline_over_floor", "scoring_fraction_of_floor", "scoring_speedup_vs_loop",
-              "crops_fraction_of_floor", "memory_growth_100_to_1000"):
+              "crops_fraction_of_floor", "memory_growth_100_to_1000", "cub_bytes_per_sample",
+              "write_samples_per_s"):
         assert k in r["ratios"] and k in r["checks"]
     md = (tmp_path / "smoke.md").read_text()
     assert "encoder floor" in md and "per-class loop" in md
