@@ -68,7 +68,20 @@ def params_to_kwargs(params: dict) -> dict:
         skip_existing=bool(params.get("skip_existing", False)),
         heatmap=bool(params.get("heatmap", False)),
         evidence=params.get("evidence") or None,
+        **_sharding_kwargs(params),
     )
+
+
+def _sharding_kwargs(params: dict) -> dict:
+    """Run options set by :func:`fiftyone_lazsl.fo.shards.queue_shards` (not
+    in the form): the shard this operation runs and its output options."""
+    if params.get("shard_index") is None:
+        return {}
+    out = dict(shard={"index": int(params["shard_index"]), "count": int(params["num_shards"])})
+    for k in ("top_k_crops", "top_attributes", "runner_ups", "write_every"):
+        if params.get(k) is not None:
+            out[k] = params[k]
+    return out
 
 
 def _config_inputs(inputs: types.Object, method: str) -> None:
@@ -109,6 +122,10 @@ class RunLaZSL(foo.Operator):
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
+            # FiftyOne Enterprise may split the operation across workers (one
+            # view per task); open source runs it in one process. Sharded runs
+            # (fiftyone_lazsl.fo.shards) queue one operation per shard instead.
+            allow_distributed_execution=True,
         )
 
     def resolve_execution_options(self, ctx):

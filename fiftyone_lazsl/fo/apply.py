@@ -252,6 +252,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
               top_k_crops: int | str | None = "auto", top_attributes: int = 5,
               heatmap: bool = False, write_every: int = 64, num_workers: int | None = None,
               evidence: str | None = None, runner_ups: int | None = None,
+              shard: dict | None = None,
               classifier: LaZSLClassifier | None = None,
               progress: ProgressFn | bool | None = None, **params: Any) -> RunSummary:
     """Classify every sample of ``samples`` and write labels and evidence.
@@ -290,6 +291,11 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         classifier: a pre-built classifier (then ``config`` and ``**params``
             are ignored).
         progress: ``callable(fraction, stage_label)``, True for a tqdm bar, or None.
+        shard: ``{"index": i, "count": K}`` when ``samples`` is one shard of a
+            run queued by :func:`fiftyone_lazsl.fo.shards.queue_shards` (which
+            recorded the run): implies ``skip_existing``, records the shard's
+            outcome and aggregates it into the run record instead of
+            recording a run of its own.
 
     Every parameter is validated before anything is written. Every sample of
     the view ends with exactly one of a prediction in ``F`` or a one-line
@@ -314,6 +320,10 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     t0 = time.time()
     cfg = (config or LaZSLConfig()).replace(**params) if params else (config or LaZSLConfig())
     dataset = samples._dataset
+    if shard is not None:
+        from fiftyone_lazsl.fo import shards as _shards
+        skip_existing = True
+        _shards.start_shard(dataset, label_field, shard)
     if skip_existing:
         top_k_crops, evidence, runner_ups = _recorded_output_options(
             dataset, label_field, top_k_crops, evidence, runner_ups)
@@ -329,12 +339,14 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     if summary.num_samples == 0:
         logger.info("nothing to classify: the view is empty")
         summary.seconds = time.time() - t0
+        if shard is not None:
+            _shards.finish_shard(samples, label_field, shard, summary, complete=True)
         return summary
 
     clf = classifier or LaZSLClassifier(aset, config=cfg)
     summary.random_weights = clf.model.random_weights
     key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
-                                  summary.num_samples)
+                                  summary.num_samples, register=shard is None)
     summary.run_key = key
     ids, paths = view.values(["id", "filepath"])
     gt_index = _gt_indices(view, clf, gt_field) if gt_field else None
@@ -346,7 +358,11 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
                                    _progress_fn(progress, len(ids)), gt_index=gt_index)
     finally:
         summary.seconds = time.time() - t0
-        _finish_run(dataset, key, summary, complete=done == len(ids))
+        if shard is None:
+            _finish_run(dataset, key, summary, complete=done == len(ids))
+        else:
+            _shards.finish_shard(samples, label_field, shard, summary,
+                                 complete=done == len(ids))
 
     if opts.heatmap and clf.method == "lazsl":
         from fiftyone_lazsl.fo.explain import write_heatmaps
@@ -428,9 +444,10 @@ def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: st
 
 
 def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,
-               skip_existing: bool, n: int) -> tuple[str, dict]:
+               skip_existing: bool, n: int, register: bool = True) -> tuple[str, dict]:
     """Check a resume, record the run (provenance first, so an interrupted run
-    is still recorded), set ``dataset.classes[F]`` and create the fields.
+    is still recorded), set ``dataset.classes[F]`` and create the fields
+    (``register=False``, for shards: only check against the recorded run).
 
     Returns:
         ``(run_key, run_config_dict)``.
@@ -444,6 +461,8 @@ def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: Outpu
                   status="running", num_samples=n)
     if skip_existing:
         _check_resumable(dataset, label_field, config)
+    if not register:
+        return key, config
     for w in clf.attribute_set.warnings:
         logger.warning("attribute set %s: %s", clf.attribute_set.name or "", w)
     dataset.register_run(key, dataset.init_run(**config), overwrite=True)
