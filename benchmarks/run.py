@@ -5,7 +5,7 @@ One command measures, in one run on one machine (see ``--help``):
 1. ``encoder_floor``: seconds per image to encode its ``1 + N`` views (views
    pre-built, model forward only) at the chosen batch size;
 2. ``pipeline``: the full per-image cost through ``iter_predictions`` (decode in
-   DataLoader workers, crops, encode, scoring, evidence) plus ``apply.to_labels``;
+   DataLoader workers, crops, encode, scoring, evidence) plus ``labels.label_documents``;
    ``run_lazsl``: the same into a real FiftyOne dataset (private mongod);
 3. ``scoring``: ``lazsl_scores`` for C = 200 classes (the cub attribute set's
    attribute counts, up to 9), N crops, on the floor run's features, against a
@@ -43,7 +43,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = pathlib.Path(os.environ.get("LAZSL_SHARED_DATA") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "benchmarks" / "results"
 
 TARGETS = {
@@ -231,7 +231,7 @@ class StageTimer:
 
 
 def bench_pipeline(clf, paths, batch_size, num_workers, clock):
-    from fiftyone_lazsl.fo.apply import to_labels
+    from fiftyone_lazsl.fo.labels import label_documents
     from fiftyone_lazsl.core.pipeline import iter_predictions
     n_labels = 0
     batch_times = []
@@ -242,7 +242,7 @@ def bench_pipeline(clf, paths, batch_size, num_workers, clock):
         for it in items:
             if it.prediction is None:
                 raise RuntimeError(f"{it.filepath}: {it.error}")
-            to_labels(it.prediction, clf)
+            label_documents(it.prediction, clf.classes, clf.attribute_labels)
             preds.append(it.prediction)
             n_labels += 1
         now = clock()
@@ -587,7 +587,7 @@ def write_markdown(r, path):
     p = r["pipeline"]
     enc = p["encoder_s_per_image"]
     lines.append(f"| encoder inside the pipeline run | {_fmt_s(enc)} | {1 / enc:.2f} | 1.00x | {enc / f:.3f}x |")
-    for key, label in (("pipeline", "full pipeline (iter_predictions + to_labels)"),
+    for key, label in (("pipeline", "full pipeline (iter_predictions + label_documents)"),
                        ("run_lazsl", "run_lazsl into a FiftyOne dataset")):
         s = r[key]["s_per_image"]
         e = r[key]["encoder_s_per_image"]
@@ -790,7 +790,7 @@ def _main(args, tmp):
                          encoder_s_per_image=stages_pipeline["encode"] / n_images,
                          images_per_s=n_images / total, batch_s_per_image=batch_times,
                          what="iter_predictions (decode workers, crops, encode, scoring, evidence) "
-                              "+ apply.to_labels; includes DataLoader start-up")
+                              "+ labels.label_documents; includes DataLoader start-up")
     r["run_lazsl"] = dict(images=n_images, seconds=rl, s_per_image=rl / n_images,
                           stages_s_per_image={k: v / n_images for k, v in stages_run.items()},
                           encoder_s_per_image=stages_run["encode"] / n_images,
