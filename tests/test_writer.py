@@ -178,5 +178,9 @@ def test_compact_cub_document_is_under_10kb(shared_data, tmp_path):
             assert len(doc["f"]["attribute_scores"]) == 200
             assert len(doc["c_crops"]["detections"]) <= 10
             assert len(doc["f_crops"]["detections"]) >= len(doc["c_crops"]["detections"])
+            # keywords: F_attributes without the article, declared for the App sidebar
+            assert doc["c"]["keywords"] == [strip_article(t) for t in doc["c_attributes"]]
+            assert not any(k.lower().startswith(("a ", "an ")) for k in doc["c"]["keywords"])
+        assert isinstance(ds.get_field("c.keywords"), fo.ListField)
     finally:
         ds.delete()
