@@ -171,3 +171,27 @@ def test_cli_shards_wait_with_local_workers(lazsl_plugin, shared_data, tmp_path)
         assert ds.exists("sh").count() == len(ds)
     finally:
         ds.delete()
+
+
+def test_operator_params_round_trip():
+    """What queue_shards hands the run_lazsl operator gives back the same
+    config and run options (random weights said explicitly)."""
+    import importlib.util
+
+    from fiftyone_lazsl.core.config import LaZSLConfig
+    from fiftyone_lazsl.fo.apply import OutputOptions
+    from fiftyone_lazsl.fo.shards import _operator_params
+
+    spec = importlib.util.spec_from_file_location("lazsl_op_run_shards",
+                                                  ROOT / "operators" / "run_lazsl.py")
+    op = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(op)
+    cfg = LaZSLConfig(pretrained=None, n_crops=5, crop_scale=(0.5, 0.8), theta=0.3, seed=4)
+    opts = OutputOptions(evidence="full", runner_ups=2)
+    p = _operator_params(cfg, "cub", "x", opts, "ground_truth", True, 1, 3)
+    assert op.params_to_config(p) == cfg
+    kw = op.params_to_kwargs(p)
+    assert kw["shard"] == {"index": 1, "count": 3} and kw["evidence"] == "full"
+    assert kw["top_k_crops"] == "all" and kw["runner_ups"] == 2
+    assert kw["label_field"] == "x" and kw["gt_field"] == "ground_truth" and kw["restrict_to_set"]
+    assert op.params_to_kwargs({"attribute_set": "cub"}).get("shard") is None

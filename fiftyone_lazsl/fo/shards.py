@@ -111,6 +111,8 @@ def _operator_params(cfg: Any, spec: str, label_field: str, opts: Any, gt_field:
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg.__dict__)
     lo, hi = d.pop("crop_scale")
     params = {k: v for k, v in d.items() if v is not None}
+    if d.get("pretrained", "") is None:   # random weights, said explicitly (None = default)
+        params["pretrained"] = "none"
     params.update(crop_min=lo, crop_max=hi, attribute_set=spec, label_field=label_field,
                   gt_field=gt_field, restrict_to_set=restrict_to_set, heatmap=opts.heatmap,
                   evidence=opts.evidence, runner_ups=opts.runner_ups,
@@ -211,7 +213,8 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
             "num_samples": n, "num_predicted": 0, "num_failed": 0, "device": c.device,
             "queued_at": time.time()}, upsert=True)
     _update_parent(dataset, label_field, status="queued", num_shards=len(shards),
-                   shard_operations=run.operation_ids)
+                   shard_operations=run.operation_ids,
+                   device=",".join(sorted(set(devices))) if devices else cfg.device)
     return run
 
 
