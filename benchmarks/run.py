@@ -5,7 +5,7 @@ One command measures, in one run on one machine (see ``--help``):
 1. ``encoder_floor``: seconds per image to encode its ``1 + N`` views (views
    pre-built, model forward only) at the chosen batch size;
 2. ``pipeline``: the full per-image cost through ``iter_predictions`` (decode in
-   DataLoader workers, crops, encode, scoring, evidence) plus ``apply.to_labels``;
+   DataLoader workers, crops, encode, scoring, evidence) plus ``labels.label_documents``;
    ``run_lazsl``: the same into a real FiftyOne dataset (private mongod);
 3. ``scoring``: ``lazsl_scores`` for C = 200 classes (the cub attribute set's
    attribute counts, up to 9), N crops, on the floor run's features, against a
@@ -18,7 +18,10 @@ One command measures, in one run on one machine (see ``--help``):
    encoder floor, and the tensor path's deviation from the exact views;
 5. ``memory``: peak RSS (and CUDA memory) of ``run_lazsl`` over 100 and 1,000
    images, one subprocess per size (a cheaper configuration, see ``--mem-model``);
-6. ``write``: writing 1,000 samples' labels the way ``run_lazsl`` does.
+6. ``write``: bytes per stored sample (CUB and ImageNet-1k, compact and full
+   evidence) and the rate of building + writing 1,000 samples' default outputs
+   through the background writer, next to a raw ``insert_many`` of the same
+   documents.
 
 Models have random weights (timings do not depend on the weights); the JSON says so.
 Writes ``benchmarks/results/<name>.json``, ``.md`` and ``.png``.
@@ -44,7 +47,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = pathlib.Path(os.environ.get("LAZSL_SHARED_DATA") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "benchmarks" / "results"
 
 TARGETS = {
@@ -54,6 +57,8 @@ TARGETS = {
     "crops_fraction_of_floor": 0.05,      # crop extraction <= 5% of floor
     "memory_growth_100_to_1000": 1.10,    # peak memory(1000) <= 1.10 x peak memory(100)
     "cuda_images_per_s": 150.0,           # ViT-B-16, N=90, C=200 on one H200
+    "cub_bytes_per_sample": 10_000,       # default outputs, C=200, N=90
+    "write_samples_per_s": 1000.0,        # default outputs built + written
 }
 
 
@@ -282,7 +287,7 @@ class StageTimer:
 
 
 def bench_pipeline(clf, paths, batch_size, num_workers, clock):
-    from fiftyone_lazsl.fo.apply import to_labels
+    from fiftyone_lazsl.fo.labels import label_documents
     from fiftyone_lazsl.core.pipeline import iter_predictions
     n_labels = 0
     batch_times = []
@@ -293,8 +298,8 @@ def bench_pipeline(clf, paths, batch_size, num_workers, clock):
         for it in items:
             if it.prediction is None:
                 raise RuntimeError(f"{it.filepath}: {it.error}")
-            labels = to_labels(it.prediction, clf)
-            preds.append(labels)
+            label_documents(it.prediction, clf.classes, clf.attribute_labels)
+            preds.append(it.prediction)
             n_labels += 1
         now = clock()
         batch_times.append((now - last) / len(items))
@@ -354,32 +359,132 @@ def bench_scoring(clf, feats, reps, loop_images, clock):
         ours_samples=ours, loop_samples=loop)
 
 
-def bench_write(clf, labels, n, clock, write_every=64):
-    """Write ``n`` samples' prepared labels as run_lazsl does (set_values by id,
-    ``write_every`` samples per write)."""
+def _synthetic_prediction(rng, attribute_counts, n_crops):
+    """A Prediction with the shapes of a real one (random numbers): for
+    document sizes of sets no photo run covers (ImageNet-1k)."""
+    import numpy as np
+    from fiftyone_lazsl.core.classifier import CropEvidence, Prediction
+    C = len(attribute_counts)
+    scores = rng.random(C).astype(np.float32)
+    logits = (100 * scores).astype(np.float32)
+    p = np.exp(logits - logits.max())
+    c = int(np.argmax(logits))
+    kept = rng.random(n_crops) < 0.6
+    xy = rng.random((n_crops, 2)) * 0.4
+    boxes_rel = np.concatenate([xy, 0.3 + rng.random((n_crops, 2)) * 0.3], axis=1)
+    mass = np.where(kept, 1.0 / max(1, kept.sum()), 0).astype(np.float32)
+    crops = CropEvidence(boxes=(boxes_rel * 500).astype(np.int64), boxes_rel=boxes_rel, kept=kept,
+                         mass=mass, attribute=rng.integers(0, attribute_counts[c], n_crops),
+                         share=rng.random(n_crops).astype(np.float32),
+                         similarity=rng.random(n_crops).astype(np.float32))
+    return Prediction(label=str(c), label_index=c, scores=scores, logits=logits, probs=p / p.sum(),
+                      image_size=(500, 375), method="lazsl", crops=crops,
+                      attribute_scores=[rng.random(a).astype(np.float32) for a in attribute_counts],
+                      attribute_crops=[rng.integers(0, 5, a) for a in attribute_counts])
+
+
+def _doc_sizes(ds, fields):
+    """Median BSON bytes per sample document in MongoDB: whole document, and
+    the part holding ``fields`` (the LaZSL outputs)."""
+    import bson
     import fiftyone as fo
+    coll = fo.core.odm.get_db_conn()[ds._sample_collection_name]
+    whole, outputs = [], []
+    for doc in coll.find():
+        whole.append(len(bson.BSON.encode(doc)))
+        outputs.append(len(bson.BSON.encode({k: doc[k] for k in fields if k in doc})))
+    return dict(bytes_per_sample=statistics.median(whole),
+                output_bytes_per_sample=statistics.median(outputs),
+                max_bytes_per_sample=max(whole))
+
+
+def bench_write(clf, preds, n, clock, write_every=64):
+    """Label documents and database writes, as ``run_lazsl`` does them.
+
+    1. bytes per sample (BSON of the stored document) with default (compact) and
+       full evidence, CUB (the run's predictions, C = 200) and ImageNet-1k
+       (synthetic predictions with that set's attribute counts, C = 1000);
+    2. write rate of default outputs: building the documents
+       (``label_documents``) and writing them through the background writer
+       (``BackgroundWriter``), ``n`` samples, against a raw ``insert_many`` of
+       the same documents into a bare collection (the database's own speed).
+    """
+    import json as _json
+
+    import fiftyone as fo
+    import numpy as np
     from fiftyone_lazsl.fo.apply import _ensure_fields
+    from fiftyone_lazsl.fo.labels import label_documents
     from fiftyone_lazsl.fo.runs import output_fields
-    ds = fo.Dataset("bench-write", overwrite=True)
-    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(n)])
+    from fiftyone_lazsl.fo.writer import BackgroundWriter
+
     fields = output_fields("lazsl")
-    _ensure_fields(ds, fields, "lazsl")
+    order = [fields["error"], fields["crops"], fields["attributes"], fields["prediction"]]
+
+    def values(pred, classes, names, **kw):
+        cls, dets, attrs = label_documents(pred, classes, names, **kw)
+        return {fields["error"]: None, fields["crops"]: dets, fields["attributes"]: attrs,
+                fields["prediction"]: cls}
+
+    def dataset(name, m):
+        ds = fo.Dataset(name, overwrite=True)
+        ds.add_samples([fo.Sample(filepath=f"/data/images/{i:08d}.jpg") for i in range(m)])
+        _ensure_fields(ds, fields, "lazsl")
+        return ds
+
+    # 1. sizes
+    inet = _json.loads((SHARED / "attribute_sets" / "imagenet.json").read_text())
+    inet_names = [[str(a) for a in v] for v in inet.values()]
+    rng = np.random.default_rng(0)
+    inet_preds = [_synthetic_prediction(rng, [len(a) for a in inet_names], clf.n_crops)
+                  for _ in range(8)]
+    sizes = {}
+    for set_name, ps, classes, names in (
+            ("cub", preds, clf.classes, clf.attribute_labels),
+            ("imagenet-1k", inet_preds, list(inet), inet_names)):
+        for mode in ("compact", "full"):
+            ds = dataset("bench-size", len(ps))
+            with BackgroundWriter(ds) as w:
+                for sid, pr in zip(ds.values("id"), ps):
+                    gt = (pr.label_index + 1) % len(classes)   # a wrong ground truth: 3 classes kept
+                    w.put(sid, values(pr, classes, names, evidence=mode, gt_index=gt,
+                                      top_k_crops=None if mode == "full" else 10))
+            sizes[f"{set_name}_{mode}"] = dict(_doc_sizes(ds, order), classes=len(classes),
+                                               samples=len(ps))
+            ds.delete()
+
+    # 2. write rate of default outputs (CUB), n samples
+    ds = dataset("bench-write", n)
     ids = ds.values("id")
-    prepared = [labels[i % len(labels)] for i in range(n)]
-    prepared = [(fo.Classification.from_dict(c.to_dict()), fo.Detections.from_dict(d.to_dict()), a)
-                for c, d, a in prepared]        # distinct objects, as run_lazsl has
     t0 = clock()
-    for s in range(0, n, write_every):
-        chunk = list(zip(ids[s:s + write_every], prepared[s:s + write_every]))
-        ds.set_values(fields["prediction"], {i: c for i, (c, _, _) in chunk}, key_field="id")
-        ds.set_values(fields["crops"], {i: d for i, (_, d, _) in chunk}, key_field="id")
-        ds.set_values(fields["attributes"], {i: a for i, (_, _, a) in chunk}, key_field="id")
+    w = BackgroundWriter(ds, batch_size=write_every)
+    for i, sid in enumerate(ids):
+        w.put(sid, values(preds[i % len(preds)], clf.classes, clf.attribute_labels))
+    t_put = clock() - t0
+    w.close()
     total = clock() - t0
-    n_dets = sum(len(d.detections) for _, d, _ in prepared)
     assert ds.count(f"{fields['prediction']}.label") == n
     ds.delete()
-    return dict(samples=n, seconds=total, s_per_sample=total / n, write_every=write_every,
-                detections_per_sample=n_dets / n)
+    # the same documents, built beforehand, inserted raw
+    docs = []
+    for i in range(n):
+        d = values(preds[i % len(preds)], clf.classes, clf.attribute_labels)
+        d["filepath"] = f"/data/images/{i:08d}.jpg"
+        docs.append(d)
+    coll = fo.core.odm.get_db_conn()["bench_raw_insert"]
+    coll.drop()
+    t0 = clock()
+    for s in range(0, n, write_every):
+        coll.insert_many(docs[s:s + write_every], ordered=False)
+    raw = clock() - t0
+    coll.drop()
+    return dict(samples=n, seconds=total, s_per_sample=total / n, samples_per_s=n / total,
+                caller_seconds=t_put, caller_samples_per_s=n / t_put,
+                writer_seconds_writing=w.seconds_writing, writer_seconds_blocked=w.seconds_blocked,
+                raw_insert_seconds=raw, raw_insert_samples_per_s=n / raw,
+                write_every=write_every, sizes=sizes,
+                what="label_documents + BackgroundWriter (one $set per sample, bulk per batch), "
+                     "default outputs, CUB; raw = insert_many of the same prebuilt documents")
 
 
 def memory_child(args) -> None:
@@ -498,11 +603,17 @@ def _ratios(r):
     sizes = sorted(r["memory"]["runs"], key=int)
     out["memory_growth_100_to_1000"] = (r["memory"]["runs"][sizes[-1]]["peak_rss_mb"]
                                         / r["memory"]["runs"][sizes[0]]["peak_rss_mb"])
+    w = r["write"]
+    out["cub_bytes_per_sample"] = w["sizes"]["cub_compact"]["bytes_per_sample"]
+    out["imagenet_bytes_per_sample"] = w["sizes"]["imagenet-1k_compact"]["bytes_per_sample"]
+    out["write_samples_per_s"] = w["samples_per_s"]
+    out["write_over_raw_insert"] = w["raw_insert_samples_per_s"] / w["samples_per_s"]
     checks = {}
     for k, v in out.items():
         if k in TARGETS:
             target = TARGETS[k]
-            ok = v >= target if k == "scoring_speedup_vs_loop" else v <= target
+            ok = (v >= target if k in ("scoring_speedup_vs_loop", "write_samples_per_s")
+                  else v <= target)
             checks[k] = dict(value=v, target=target, met=bool(ok))
     if r["meta"]["device"] == "cuda":
         v = r["run_lazsl"]["images_per_s"]
@@ -535,7 +646,7 @@ def write_markdown(r, path):
     p = r["pipeline"]
     enc = p["encoder_s_per_image"]
     lines.append(f"| encoder inside the pipeline run | {_fmt_s(enc)} | {1 / enc:.2f} | 1.00x | {enc / f:.3f}x |")
-    for key, label in (("pipeline", "full pipeline (iter_predictions + to_labels)"),
+    for key, label in (("pipeline", "full pipeline (iter_predictions + label_documents)"),
                        ("run_lazsl", "run_lazsl into a FiftyOne dataset")):
         s = r[key]["s_per_image"]
         e = r[key]["encoder_s_per_image"]
@@ -560,8 +671,11 @@ def write_markdown(r, path):
     lines.append(f"| scoring, per-class loop (official style) | {_fmt_s(sc['loop_s_per_image'])} | | | "
                  f"{100 * sc['loop_s_per_image'] / f:.2f}% |")
     w = r["write"]
-    lines.append(f"| write labels of {w['samples']} samples (set_values) | {_fmt_s(w['s_per_sample'])} | "
-                 f"{1 / w['s_per_sample']:.0f} | | |")
+    lines.append(f"| build + write default outputs of {w['samples']} samples (background writer) "
+                 f"| {_fmt_s(w['s_per_sample'])} | {w['samples_per_s']:.0f} | | |")
+    lines.append(f"| raw insert_many of the same documents | "
+                 f"{_fmt_s(w['raw_insert_seconds'] / w['samples'])} | "
+                 f"{w['raw_insert_samples_per_s']:.0f} | | |")
     lines += ["", "| memory run | images | peak RSS during run | + decode workers | RSS before | seconds |"
               + (" CUDA peak |" if m["device"] == "cuda" else ""),
               "|---|---:|---:|---:|---:|---:|" + ("---:|" if m["device"] == "cuda" else "")]
@@ -572,6 +686,11 @@ def write_markdown(r, path):
         if m["device"] == "cuda":
             row += f" {v.get('cuda_peak_allocated_mb', 0):.0f} MiB |"
         lines.append(row)
+    lines += ["", "| stored document (median BSON bytes per sample) | classes | whole document | "
+              "LaZSL outputs |", "|---|---:|---:|---:|"]
+    for k, v in w["sizes"].items():
+        lines.append(f"| {k.replace('_', ', ')} evidence | {v['classes']} | "
+                     f"{v['bytes_per_sample']:.0f} | {v['output_bytes_per_sample']:.0f} |")
     lines += ["", "| ratio | value | target | met |", "|---|---:|---:|:---:|"]
     for k, v in r["checks"].items():
         lines.append(f"| {k} | {v['value']:.4g} | {v['target']:g} | {'yes' if v['met'] else 'NO'} |")
@@ -687,7 +806,13 @@ def _main(args: argparse.Namespace, tmp: str) -> dict:
     _log(f"scoring {r['scoring']['ours_s_per_image'] * 1e3:.2f} ms/img, loop "
          f"{r['scoring']['loop_s_per_image'] * 1e3:.2f} ms/img")
     r["write"] = bench_write(clf, labels, cfg["write_n"], cfg["clock"])
-    _log(f"write {cfg['write_n']} samples: {r['write']['seconds']:.2f} s")
+    wr = r["write"]
+    _log(f"write {cfg['write_n']} samples: {wr['samples_per_s']:.0f} samples/s (raw insert "
+         f"{wr['raw_insert_samples_per_s']:.0f}/s); bytes/sample CUB "
+         f"{wr['sizes']['cub_compact']['bytes_per_sample']:.0f} (full "
+         f"{wr['sizes']['cub_full']['bytes_per_sample']:.0f}), ImageNet-1k "
+         f"{wr['sizes']['imagenet-1k_compact']['bytes_per_sample']:.0f} (full "
+         f"{wr['sizes']['imagenet-1k_full']['bytes_per_sample']:.0f})")
     r["memory"] = dict(
         config=f"run_lazsl, {args.mem_model} (random weights), N={args.mem_crops}, C=200, "
                f"batch {args.batch_size}, {args.num_workers} decode workers",
@@ -726,7 +851,7 @@ def _resolve_settings(args: argparse.Namespace) -> dict:
         floor_reps=args.floor_reps or (5 if cuda else 1),
         score_reps=args.score_reps or (3 if args.quick else 7),
         sizes=[int(s) for s in (args.memory_sizes or ("4,8" if args.quick else "100,1000")).split(",")],
-        write_n=args.write_samples or (20 if args.quick else 1000),
+        write_n=args.write_samples or 1000,  # cheap: the write rate needs enough samples
     )
 
 
@@ -788,7 +913,7 @@ def _time_encoder_and_pipeline(args: argparse.Namespace, cfg: dict, clf, r: dict
                          encoder_s_per_image=stages_pipeline["encode"] / n_images,
                          images_per_s=n_images / total, batch_s_per_image=batch_times,
                          what="iter_predictions (decode workers, crops, encode, scoring, evidence) "
-                              "+ apply.to_labels; includes DataLoader start-up")
+                              "+ labels.label_documents; includes DataLoader start-up")
     r["run_lazsl"] = dict(images=n_images, seconds=rl, s_per_image=rl / n_images,
                           stages_s_per_image={k: v / n_images for k, v in stages_run.items()},
                           encoder_s_per_image=stages_run["encode"] / n_images,

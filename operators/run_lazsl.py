@@ -67,7 +67,21 @@ def params_to_kwargs(params: dict) -> dict:
         restrict_to_set=bool(params.get("restrict_to_set", False)) and bool(params.get("gt_field")),
         skip_existing=bool(params.get("skip_existing", False)),
         heatmap=bool(params.get("heatmap", False)),
+        evidence=params.get("evidence") or None,
+        **_sharding_kwargs(params),
     )
+
+
+def _sharding_kwargs(params: dict) -> dict:
+    """Run options set by :func:`fiftyone_lazsl.fo.shards.queue_shards` (not
+    in the form): the shard this operation runs and its output options."""
+    if params.get("shard_index") is None:
+        return {}
+    out = dict(shard={"index": int(params["shard_index"]), "count": int(params["num_shards"])})
+    for k in ("top_k_crops", "top_attributes", "runner_ups", "write_every"):
+        if params.get(k) is not None:
+            out[k] = params[k]
+    return out
 
 
 def _config_inputs(inputs: types.Object, method: str) -> None:
@@ -108,6 +122,10 @@ class RunLaZSL(foo.Operator):
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
+            # FiftyOne Enterprise may split the operation across workers (one
+            # view per task); open source runs it in one process. Sharded runs
+            # (fiftyone_lazsl.fo.shards) queue one operation per shard instead.
+            allow_distributed_execution=True,
         )
 
     def resolve_execution_options(self, ctx):
@@ -138,6 +156,10 @@ class RunLaZSL(foo.Operator):
                     description="Otherwise classes missing from the set are an error")
         inputs.bool("skip_existing", default=False, label="Skip samples that already have a prediction")
         inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
+        inputs.enum("evidence", ["compact", "full"], default="compact", label="Evidence stored",
+                    description="compact: attributes of the predicted class, runner-up and "
+                                "ground-truth class, top 10 crops; full: every class, all crops",
+                    view=types.DropdownView())
         return types.Property(inputs, view=types.View(label="Run LaZSL"))
 
     def execute(self, ctx):

@@ -46,12 +46,12 @@ def _dataset(name, items, labels):
     return ds
 
 
-def _run(ds, aset, method, field, **kw):
+def _run(ds, aset, method, field, run_kw=None, **kw):
     from fiftyone_lazsl import LaZSLClassifier, run_lazsl
 
     clf = LaZSLClassifier(aset, model=ce.ControlledModel(aset, **kw), method=method, n_crops=4,
                           seed=1, batch_size=8)
-    return run_lazsl(ds, aset, label_field=field, classifier=clf, num_workers=0)
+    return run_lazsl(ds, aset, label_field=field, classifier=clf, num_workers=0, **(run_kw or {}))
 
 
 @pytest.fixture
@@ -66,14 +66,22 @@ def flipped(tmp_path):
     return ds, aset, items, flips
 
 
-@pytest.mark.parametrize("method", ["lazsl", "dclip"])
-def test_flipped_labels_rank_first_with_right_evidence(flipped, method):
+@pytest.mark.parametrize("method,evidence", [("lazsl", "compact"), ("dclip", "compact"),
+                                             ("lazsl", "full")])
+def test_flipped_labels_rank_first_with_right_evidence(flipped, method, evidence):
+    """Compact outputs keep the labelled class's evidence when the run is given
+    the ground-truth field; full outputs keep every class's."""
     import fiftyone as fo
 
     from fiftyone_lazsl.fo.audit import audit_labels, suspects_view_name
 
     ds, aset, items, flips = flipped
-    s = _run(ds, aset, method, method)
+    run_kw = dict(evidence=evidence)
+    if evidence == "compact":
+        run_kw["gt_field"] = "ground_truth"
+    s = _run(ds, aset, method, method, run_kw)
+    stored = ds.first()[method]
+    assert ("attribute_scores" in stored.to_dict()) == (evidence == "full")
     assert s.num_predicted == len(items)
     res = audit_labels(ds, method, "ground_truth", top_k=5, tag="suspect")
 
@@ -249,7 +257,8 @@ def real_dataset(photo_data, tmp_path_factory):
     model = load_model(tiny_clip.TINY_MODEL, ckpt, device="cpu")
     for m in METHODS:
         clf = LaZSLClassifier(aset, model=model, method=m, n_crops=N_CROPS, seed=0, batch_size=6)
-        s = run_lazsl(ds, aset, label_field=m, classifier=clf, num_workers=0)
+        s = run_lazsl(ds, aset, label_field=m, classifier=clf, num_workers=0,
+                      gt_field="ground_truth")
         assert s.num_predicted == len(ds)
     yield ds, aset
     ds.delete()

@@ -43,8 +43,14 @@ def test_benchmark_quick_mode(tmp_path, shared_data):
     assert cc["pil"]["ipc_bytes_per_image"] == 91 * 64 * 64 * 3
     dv = cc["tensor_deviation"]
     assert dv["global_view_max"] == 0 and 0 < dv["mean"] < dv["max"]
+    sizes = r["write"]["sizes"]
+    assert sizes["cub_compact"]["classes"] == 200 and sizes["imagenet-1k_compact"]["classes"] == 1000
+    # compact outputs are smaller than full ones (measured from the stored documents)
+    assert sizes["cub_compact"]["bytes_per_sample"] < sizes["cub_full"]["bytes_per_sample"]
+    assert r["write"]["raw_insert_samples_per_s"] > 0
     for k in ("pipeline_over_floor", "scoring_fraction_of_floor", "scoring_speedup_vs_loop",
-              "crops_fraction_of_floor", "memory_growth_100_to_1000"):
+              "crops_fraction_of_floor", "memory_growth_100_to_1000", "cub_bytes_per_sample",
+              "write_samples_per_s"):
         assert k in r["ratios"] and k in r["checks"]
     assert "tensor_crops_fraction_of_floor" in r["ratios"]
     md = (tmp_path / "smoke.md").read_text()

@@ -297,8 +297,10 @@ def test_explain_real_tiny_model_run(photo_data, tmp_path):
         ds.add_samples([fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos])
         classes = [c for _, c in photos]
         aset = {c: ATTRS[i] for i, c in enumerate(classes)}
+        # gt_field: compact outputs then keep the ground-truth class's evidence too.
         run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=8, seed=1,
-                  batch_size=3, device="cpu", top_attributes=2, heatmap=True)
+                  batch_size=3, device="cpu", top_attributes=2, heatmap=True,
+                  gt_field="ground_truth")
         scale = ds.get_run_info(run_key("lazsl")).config.logit_scale
         assert ds.has_field("lazsl_heatmap")
         for sample in ds:

@@ -248,7 +248,8 @@ def test_underflowing_kernel_falls_back_and_stays_finite(tmp_path, photo_data, c
     K = torch.exp(-(1.0 - S) / eps)
     assert float(K.max()) == 0.0
     ds = bf.make_dataset("robust-underflow", files)
-    summary = run_lazsl(ds, clf.attribute_set, classifier=clf, num_workers=0)
+    # full evidence: every class's scores and every kept crop (their mass sums to 1)
+    summary = run_lazsl(ds, clf.attribute_set, classifier=clf, num_workers=0, evidence="full")
     assert summary.num_predicted == len(files)
     assert_every_sample_accounted(ds, "lazsl")
     for s in ds:

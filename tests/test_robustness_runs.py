@@ -178,7 +178,8 @@ def test_empty_attribute_list_uses_class_name_prompt(photos, checkpoint):
     assert cfg.attribute_set_warnings == aset.warnings
     assert [len(a) for a in cfg.attribute_labels] == [1, 1, 1, 1]  # class-name-only prompt
     for smp in ds:
-        assert all(len(row) == 1 for row in smp.lazsl["attribute_scores"])
+        assert smp.lazsl["evidence"] and all(len(e["scores"]) == 1 and len(e["attributes"]) == 1
+                                             for e in smp.lazsl["evidence"])
 
 
 def test_classes_missing_from_set_error_or_restrict(photos, checkpoint):

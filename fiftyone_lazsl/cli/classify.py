@@ -18,13 +18,19 @@ def _classify(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.cli.datasets import load_dataset
 
     config = LaZSLConfig.from_cli_args(args)  # validated before anything is touched
+    devices = _parse_devices(args.devices) if args.devices else None
+    if devices and not args.shards:
+        args.shards = len(devices)
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.tag) if args.tag else ds
+    if args.shards:
+        return _classify_sharded(args, config, ds, view, devices)
     summary = run_lazsl(
         view, args.attributes, config=config, label_field=args.label_field,
         num_workers=args.workers, skip_existing=args.skip_existing, gt_field=args.gt_field,
         restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
-        heatmap=args.heatmap, write_every=args.write_every,
+        heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
+        runner_ups=args.runner_ups,
         progress=True if sys.stderr.isatty() else None)
     if summary.num_samples == 0:
         print("nothing to classify: the view is empty"
@@ -36,6 +42,94 @@ def _classify(args: argparse.Namespace) -> int:
     if summary.num_failed > 20:
         print(f"  ... and {summary.num_failed - 20} more")
     return 0
+
+
+def _parse_devices(text: str) -> list[str]:
+    """``--devices cuda:0,cuda:1`` (or ``cpu,cpu``): one worker per entry."""
+    from fiftyone_lazsl.errors import ConfigError
+
+    devs = [d.strip() for d in text.split(",") if d.strip()]
+    kinds = {d.split(":")[0] for d in devs}
+    if not devs or not kinds <= {"cuda", "cpu"} or len(kinds) > 1:
+        raise ConfigError(f"--devices: expected a comma-separated list of cuda:N (or cpu) "
+                          f"entries of one kind, got {text!r}")
+    for d in devs:
+        if d.startswith("cuda") and not d.partition(":")[2].isdigit():
+            raise ConfigError(f"--devices: {d!r} must name a GPU index, e.g. cuda:0")
+    return devs
+
+
+def _launch_workers(devices: list[str]) -> list:
+    """One ``fiftyone delegated launch`` process per device; a CUDA worker
+    sees only its GPU (``CUDA_VISIBLE_DEVICES``)."""
+    import os
+    import shutil
+    import subprocess
+
+    exe = shutil.which("fiftyone") or os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    procs = []
+    for d in devices:
+        env = dict(os.environ, FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true")
+        env["CUDA_VISIBLE_DEVICES"] = d.partition(":")[2] if d.startswith("cuda") else ""
+        procs.append(subprocess.Popen([exe, "delegated", "launch"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+    return procs
+
+
+def _classify_sharded(args: argparse.Namespace, config, ds, view, devices) -> int:
+    import os
+    import signal
+
+    from fiftyone_lazsl.fo import shards
+
+    shard_devices = None
+    if devices:   # each worker sees one GPU, as "cuda"
+        shard_devices = ["cuda" if d.startswith("cuda") else "cpu" for d in devices]
+    run = shards.queue_shards(
+        view, args.attributes, args.shards, config=config, label_field=args.label_field,
+        skip_existing=args.skip_existing, gt_field=args.gt_field,
+        restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
+        heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
+        runner_ups=args.runner_ups, devices=shard_devices)
+    if not run.operation_ids:
+        print("nothing to classify: the view is empty")
+        return 0
+    print(f"queued {len(run.operation_ids)} shard(s) of the run on field {args.label_field!r} "
+          f"(run record {run.run_key}):")
+    for op_id, n in zip(run.operation_ids, run.shard_sizes):
+        print(f"  {op_id}  {n} samples")
+    if not (args.wait or devices):
+        print("run them with one or more `fiftyone delegated launch` workers; "
+              f"`fiftyone-lazsl classify ... --shards {args.shards} --wait` waits")
+        return 0
+    workers = _launch_workers(devices) if devices else []
+    try:
+        agg = shards.wait_for_shards(ds, args.label_field)
+    finally:
+        for p in workers:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
+    print(f"{agg['status']}: {agg['num_predicted']}/{agg['num_samples']} samples classified "
+          f"into field {args.label_field!r}, {agg['num_failed']} failed, "
+          f"{agg['num_shards']} shards")
+    for s in agg["shards"]:
+        print(f"  shard {s['index']}: {s['status']}, {s['num_predicted']}/{s['num_samples']} "
+              f"predicted, {s['num_failed']} failed ({s['worker'] or 'no worker'})")
+    return 0 if agg["status"] == "completed" else 1
+
+
+def _top_k_crops(value: str) -> int | str:
+    """``--top-k-crops``: a positive integer, ``all`` or ``auto`` (the default)."""
+    if value.strip().lower() in ("all", "auto"):
+        return value.strip().lower()
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'all'), got {k}")
+    return k
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,10 +152,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--skip-existing", action="store_true",
                      help="only samples without a prediction yet (resume an interrupted run with "
                           "the same parameters); samples with only an error are retried")
-    out.add_argument("--top-k-crops", type=int, default=None,
-                     help="store only the k crops with most transport mass as detections (default: all kept)")
+    out.add_argument("--top-k-crops", type=_top_k_crops, default="auto", metavar="K|all",
+                     help="store the K kept crops with most transport mass as detections, or all "
+                          "(default: 10 with compact evidence, all with --evidence full)")
+    out.add_argument("--evidence", choices=("compact", "full"), default=None,
+                     help="per-attribute evidence of the predicted class, runner-up(s) and "
+                          "ground-truth class (compact, default), or of every class (full)")
+    out.add_argument("--runner-ups", type=int, default=None, metavar="K",
+                     help="runner-up classes whose evidence compact outputs keep (default: 1)")
     out.add_argument("--write-every", type=int, default=64, metavar="N",
                      help="samples per database write (a killed run keeps every written batch; default: 64)")
     out.add_argument("--heatmap", action="store_true", help="also write an evidence heatmap per sample")
+    sh = p.add_argument_group("one run across several workers")
+    sh.add_argument("--shards", type=int, default=None, metavar="K",
+                    help="queue K delegated operations over disjoint slices of the view (by "
+                         "sample id) and print their ids; `fiftyone delegated launch` workers "
+                         "run them")
+    sh.add_argument("--wait", action="store_true",
+                    help="with --shards: wait for the shards and print the combined summary")
+    sh.add_argument("--devices", default=None, metavar="cuda:0,cuda:1",
+                    help="start one local worker per device and wait (implies --shards "
+                         "<number of devices> unless given)")
     p.set_defaults(func=_classify)
     logging.getLogger("fiftyone_lazsl").setLevel(logging.INFO)

@@ -2,7 +2,8 @@
 
 :func:`run_lazsl` is what the ``run_lazsl`` operator and the ``classify`` CLI
 call. It writes the fields described in :mod:`fiftyone_lazsl.fo.runs` in batches
-(``set_values``, never one save per sample), so a run that is killed leaves
+from a background writer (:mod:`fiftyone_lazsl.fo.writer`: one bulk write per
+batch, one atomic update per sample, never one save per sample), so a run that is killed leaves
 every completed batch intact, and records the run's provenance as a FiftyOne
 run (``dataset.list_runs()``).
 """
@@ -22,6 +23,8 @@ from fiftyone_lazsl.core.config import LaZSLConfig
 from fiftyone_lazsl.errors import ConfigError, RunConflictError
 from fiftyone_lazsl.core.pipeline import iter_predictions
 from fiftyone_lazsl.fo.datasets import dataset_of
+from fiftyone_lazsl.fo.labels import (DEFAULT_RUNNER_UPS, DEFAULT_TOP_K_CROPS, EVIDENCE_MODES,
+                                      label_documents)
 from fiftyone_lazsl.fo.runs import output_fields, run_key
 
 logger = logging.getLogger(__name__)
@@ -74,49 +77,31 @@ def _resolve_attribute_set(attribute_set: Any, dataset: Any) -> AttributeSet:
     return resolve_attribute_set(str(attribute_set), dataset=dataset)
 
 
-def to_labels(pred: Prediction, classifier: LaZSLClassifier, *, top_k_crops: int | None = None,
-              top_attributes: int = 5):
-    """FiftyOne labels for one prediction.
+def to_labels(pred: Prediction, classifier: LaZSLClassifier, *,
+              top_k_crops: int | None = DEFAULT_TOP_K_CROPS, top_attributes: int = 5,
+              evidence: str = "compact", runner_ups: int = DEFAULT_RUNNER_UPS,
+              gt_index: int | None = None):
+    """FiftyOne labels for one prediction (what a run stores; see
+    :func:`fiftyone_lazsl.fo.labels.label_documents` for the arguments and
+    :mod:`fiftyone_lazsl.fo.runs` for the layout).
 
     Returns:
         ``(classification, detections, attributes)``: an ``fo.Classification``
-        (label, confidence = probability, logits in class order, and for LaZSL /
-        DCLIP ``attribute_scores`` and ``attribute_crops``), an ``fo.Detections``
-        of kept crops (LaZSL; None otherwise) and the predicted class's top
-        attributes by score contribution (None for CLIP).
+        (label, confidence = probability, logits in class order, ``keywords`` and,
+        for LaZSL / DCLIP, ``evidence`` of the predicted class, runner-up(s) and
+        ground-truth class; with ``evidence="full"`` also every class's
+        ``attribute_scores`` and ``attribute_crops``), an ``fo.Detections`` of the
+        top ``top_k_crops`` kept crops by mass (None: all; LaZSL, else None)
+        and the predicted class's top attributes (None for CLIP).
     """
     import fiftyone as fo
 
-    c = pred.label_index
-    cls = fo.Classification(label=pred.label, confidence=float(pred.probs[c]),
-                            logits=[float(x) for x in pred.logits])
-    names = classifier.attribute_labels
-    if pred.attribute_scores is not None:
-        cls["attribute_scores"] = [[round(float(v), 6) for v in a] for a in pred.attribute_scores]
-    if pred.attribute_crops is not None:
-        cls["attribute_crops"] = [[int(v) for v in a] for a in pred.attribute_crops]
-    dets = None
-    if pred.crops is not None:
-        cr = pred.crops
-        idx = np.nonzero(cr.kept)[0]
-        if top_k_crops:
-            idx = idx[np.argsort(-cr.mass[idx], kind="stable")[:top_k_crops]]
-        dets = fo.Detections(detections=[
-            fo.Detection(
-                label=names[c][int(cr.attribute[i])],
-                bounding_box=[float(v) for v in np.clip(cr.boxes_rel[i], 0.0, 1.0)],
-                confidence=float(cr.share[i]),
-                similarity=float(cr.similarity[i]),
-                mass=float(cr.mass[i]),
-                crop_index=int(i),
-                attribute_index=int(cr.attribute[i]),
-            ) for i in idx])
-    attrs = None
-    if pred.attribute_scores is not None:
-        a = pred.attribute_scores[c]
-        order = np.argsort(-a, kind="stable")[:top_attributes]
-        attrs = [names[c][int(i)] for i in order]
-    return cls, dets, attrs
+    cls, dets, attrs = label_documents(pred, classifier.classes, classifier.attribute_labels,
+                                       evidence=evidence, runner_ups=runner_ups,
+                                       gt_index=gt_index, top_k_crops=top_k_crops,
+                                       top_attributes=top_attributes)
+    return (fo.Classification.from_dict(cls),
+            None if dets is None else fo.Detections.from_dict(dets), attrs)
 
 
 def _ensure_fields(dataset: Any, fields: dict, method: str) -> None:
@@ -134,12 +119,17 @@ def _ensure_fields(dataset: Any, fields: dict, method: str) -> None:
     for name, kw in want.items():
         if name not in schema:
             dataset.add_sample_field(name, **kw)
+    if method in ("lazsl", "dclip"):
+        # Declared, so the App sidebar offers it (prefix search by attribute words).
+        kw_field = f"{fields['prediction']}.keywords"
+        if not dataset.has_field(kw_field):
+            dataset.add_sample_field(kw_field, fo.ListField, subfield=fo.StringField)
 
 
 #: Run-config keys besides :class:`LaZSLConfig`'s own output parameters that must
 #: match the recorded run for ``skip_existing`` to resume it.
 _RESUME_KEYS = ("weights_id", "random_weights", "attribute_set_hash", "classes",
-                "top_k_crops", "top_attributes")
+                "top_k_crops", "top_attributes", "evidence", "runner_ups")
 
 
 def _all_output_fields(label_field: str) -> list[str]:
@@ -211,21 +201,40 @@ class OutputOptions:
 
     Attributes:
         top_k_crops: keep only the k kept crops with most transport mass as
-            detections (None: all kept crops).
+            detections (None or ``"all"``: all kept crops; ``"auto"``:
+            :data:`~fiftyone_lazsl.fo.labels.DEFAULT_TOP_K_CROPS` with compact
+            evidence, all with full evidence).
         top_attributes: length of ``F_attributes``.
+        evidence: ``"compact"`` (per-attribute evidence of the predicted class,
+            ``runner_ups`` runner-ups and the ground-truth class) or ``"full"``
+            (every class's arrays too); see :mod:`fiftyone_lazsl.fo.labels`.
+        runner_ups: runner-up classes whose evidence compact outputs keep.
         heatmap: also write ``F_heatmap``.
         write_every: samples per database write.
         num_workers: image-decoding processes (None: automatic; 0: in process).
     """
 
-    top_k_crops: int | None = None
+    top_k_crops: int | str | None = "auto"
     top_attributes: int = 5
     heatmap: bool = False
     write_every: int = 64
     num_workers: int | None = None
+    evidence: str = "compact"
+    runner_ups: int = DEFAULT_RUNNER_UPS
 
     def __post_init__(self) -> None:
-        if self.top_k_crops is not None and (isinstance(self.top_k_crops, bool)
+        if self.evidence not in EVIDENCE_MODES:
+            raise ConfigError(f"evidence must be one of {', '.join(EVIDENCE_MODES)}, "
+                              f"got {self.evidence!r}")
+        if isinstance(self.runner_ups, bool) or not isinstance(self.runner_ups, int) \
+                or self.runner_ups < 0:
+            raise ConfigError(f"runner_ups must be an integer >= 0, got {self.runner_ups!r}")
+        if self.top_k_crops == "auto":
+            object.__setattr__(self, "top_k_crops",
+                               DEFAULT_TOP_K_CROPS if self.evidence == "compact" else None)
+        elif self.top_k_crops == "all":
+            object.__setattr__(self, "top_k_crops", None)
+        if self.top_k_crops is not None and (isinstance(self.top_k_crops, (bool, str))
                                              or int(self.top_k_crops) < 1):
             raise ConfigError(f"top_k_crops must be >= 1 (or None for all kept crops), "
                               f"got {self.top_k_crops}")
@@ -241,8 +250,10 @@ class OutputOptions:
 def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = None,
               label_field: str = "lazsl", gt_field: str | None = None,
               restrict_to_set: bool = False, skip_existing: bool = False,
-              top_k_crops: int | None = None, top_attributes: int = 5, heatmap: bool = False,
-              write_every: int = 64, num_workers: int | None = None,
+              top_k_crops: int | str | None = "auto", top_attributes: int = 5,
+              heatmap: bool = False, write_every: int = 64, num_workers: int | None = None,
+              evidence: str | None = None, runner_ups: int | None = None,
+              shard: dict | None = None,
               classifier: LaZSLClassifier | None = None,
               progress: ProgressFn | bool | None = None, **params: Any) -> RunSummary:
     """Classify every sample of ``samples`` and write labels and evidence.
@@ -258,8 +269,11 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
             ``eps=``, ``gamma=``, ``seed=``, ``batch_size=``, ``device=``...).
         label_field: prediction field ``F``; also writes ``F_crops``,
             ``F_attributes``, ``F_error`` (see :mod:`fiftyone_lazsl.fo.runs`).
-        top_k_crops, top_attributes, heatmap, write_every, num_workers: see
-            :class:`OutputOptions`.
+        top_k_crops, top_attributes, heatmap, write_every, num_workers,
+            evidence, runner_ups: see :class:`OutputOptions` (``evidence``
+            default ``"compact"``, ``runner_ups`` default 1). With
+            ``skip_existing``, ``evidence``, ``runner_ups`` and
+            ``top_k_crops="auto"`` default to the recorded run's.
         skip_existing: only process samples without a prediction in ``F``
             (resume an interrupted run). Samples that only have an error in
             ``F_error`` are processed again (the file may have been fixed); a
@@ -278,14 +292,20 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         classifier: a pre-built classifier (then ``config`` and ``**params``
             are ignored).
         progress: ``callable(fraction, stage_label)``, True for a tqdm bar, or None.
+        shard: ``{"index": i, "count": K}`` when ``samples`` is one shard of a
+            run queued by :func:`fiftyone_lazsl.fo.shards.queue_shards` (which
+            recorded the run): implies ``skip_existing``, records the shard's
+            outcome and aggregates it into the run record instead of
+            recording a run of its own.
 
     Every parameter is validated before anything is written. Every sample of
     the view ends with exactly one of a prediction in ``F`` or a one-line
     reason in ``F_error`` (unreadable image, non-finite scores, failed
     prediction); the run goes on past failed samples and lists them in
-    :attr:`RunSummary.failures`. Each database write sets, per sample, the error
-    field first and the prediction last, so a sample that has a prediction also
-    has its crops and attributes even if the process is killed mid-write. An
+    :attr:`RunSummary.failures`. Writes run in a background thread
+    (:mod:`fiftyone_lazsl.fo.writer`) and set all of a sample's fields in one
+    atomic update, so a sample that has a prediction also has its crops and
+    attributes even if the process is killed mid-write. An
     empty view (e.g. everything already predicted with ``skip_existing``)
     writes nothing at all: no run record, no fields, no model loaded.
 
@@ -300,9 +320,18 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     """
     t0 = time.time()
     cfg = (config or LaZSLConfig()).replace(**params) if params else (config or LaZSLConfig())
-    opts = OutputOptions(top_k_crops=top_k_crops, top_attributes=top_attributes,
-                         heatmap=heatmap, write_every=write_every, num_workers=num_workers)
     dataset = dataset_of(samples)
+    if shard is not None:
+        from fiftyone_lazsl.fo import shards as _shards
+        skip_existing = True
+        _shards.start_shard(dataset, label_field, shard)
+    if skip_existing:
+        top_k_crops, evidence, runner_ups = _recorded_output_options(
+            dataset, label_field, top_k_crops, evidence, runner_ups)
+    opts = OutputOptions(top_k_crops=top_k_crops, top_attributes=top_attributes,
+                         heatmap=heatmap, write_every=write_every, num_workers=num_workers,
+                         evidence=evidence or "compact",
+                         runner_ups=DEFAULT_RUNNER_UPS if runner_ups is None else runner_ups)
     _check_label_field(dataset, label_field)
     aset = _resolve_attribute_set(attribute_set, dataset)
     view = _target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set,
@@ -311,23 +340,30 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     if summary.num_samples == 0:
         logger.info("nothing to classify: the view is empty")
         summary.seconds = time.time() - t0
+        if shard is not None:
+            _shards.finish_shard(samples, label_field, shard, summary, complete=True)
         return summary
 
     clf = classifier or LaZSLClassifier(aset, config=cfg)
     summary.random_weights = clf.model.random_weights
     key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
-                                  summary.num_samples)
+                                  summary.num_samples, register=shard is None)
     summary.run_key = key
     ids, paths = view.values(["id", "filepath"])
+    gt_index = _gt_indices(view, clf, gt_field) if gt_field else None
     if not skip_existing:
         _clear_outputs(view, dataset, label_field, len(ids))
     done = 0
     try:
         done = _classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
-                                   _progress_fn(progress, len(ids)))
+                                   _progress_fn(progress, len(ids)), gt_index=gt_index)
     finally:
         summary.seconds = time.time() - t0
-        _finish_run(dataset, key, summary, complete=done == len(ids))
+        if shard is None:
+            _finish_run(dataset, key, summary, complete=done == len(ids))
+        else:
+            _shards.finish_shard(samples, label_field, shard, summary,
+                                 complete=done == len(ids))
 
     if opts.heatmap and clf.method == "lazsl":
         from fiftyone_lazsl.fo.heatmaps import write_heatmaps
@@ -341,6 +377,42 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
                        label_field)
     return summary
+
+
+def _recorded_output_options(dataset: Any, label_field: str, top_k_crops: Any,
+                             evidence: str | None, runner_ups: int | None) -> tuple:
+    """With ``skip_existing``: output options left at their defaults take the
+    recorded run's values (runs recorded before compact outputs existed wrote
+    full evidence and every kept crop), so a resumed run writes what the
+    interrupted one did."""
+    from fiftyone_lazsl.fo.runs import get_run_config
+
+    try:
+        old = get_run_config(dataset, label_field)
+    except ValueError:
+        return top_k_crops, evidence, runner_ups
+    old_evidence = old.get("evidence", "full")
+    if evidence is None:
+        evidence = old_evidence
+    if runner_ups is None and "runner_ups" in old:
+        runner_ups = old["runner_ups"]
+    if top_k_crops == "auto" and evidence == old_evidence:
+        top_k_crops = old.get("top_k_crops")
+    return top_k_crops, evidence, runner_ups
+
+
+def _gt_indices(view: Any, clf: LaZSLClassifier, gt_field: str) -> list[int | None]:
+    """Per sample of ``view`` (in ``view.values`` order), the class index of its
+    ground-truth label in ``clf.classes`` (matched with the set's
+    :meth:`~fiftyone_lazsl.core.attributes.AttributeSet.resolve`), or None."""
+    index = {c: i for i, c in enumerate(clf.classes)}
+    cache: dict = {}
+    out = []
+    for lb in view.values(f"{gt_field}.label"):
+        if lb not in cache:
+            cache[lb] = index.get(clf.attribute_set.resolve(lb)) if lb is not None else None
+        out.append(cache[lb])
+    return out
 
 
 def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: str,
@@ -373,9 +445,10 @@ def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: st
 
 
 def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,
-               skip_existing: bool, n: int) -> tuple[str, dict]:
+               skip_existing: bool, n: int, register: bool = True) -> tuple[str, dict]:
     """Check a resume, record the run (provenance first, so an interrupted run
-    is still recorded), set ``dataset.classes[F]`` and create the fields.
+    is still recorded), set ``dataset.classes[F]`` and create the fields
+    (``register=False``, for shards: only check against the recorded run).
 
     Returns:
         ``(run_key, run_config_dict)``.
@@ -384,10 +457,13 @@ def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: Outpu
     key = run_key(label_field)
     config = dict(clf.config(), label_field=label_field, fields=fields,
                   top_k_crops=opts.top_k_crops, top_attributes=opts.top_attributes,
+                  evidence=opts.evidence, runner_ups=opts.runner_ups,
                   attribute_set_warnings=list(clf.attribute_set.warnings),
                   status="running", num_samples=n)
     if skip_existing:
         _check_resumable(dataset, label_field, config)
+    if not register:
+        return key, config
     for w in clf.attribute_set.warnings:
         logger.warning("attribute set %s: %s", clf.attribute_set.name or "", w)
     dataset.register_run(key, dataset.init_run(**config), overwrite=True)
@@ -421,23 +497,31 @@ def _written_fields(label_field: str, method: str) -> list[str]:
 
 def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: list,
                         label_field: str, opts: OutputOptions, summary: RunSummary,
-                        report: Callable[[int, str], None]) -> int:
-    """Stream predictions for ``paths`` and write them in batches of
-    ``opts.write_every`` samples. Returns the number of samples processed."""
+                        report: Callable[[int, str], None],
+                        gt_index: list | None = None) -> int:
+    """Stream predictions for ``paths`` and hand their outputs to a
+    :class:`~fiftyone_lazsl.fo.writer.BackgroundWriter` (batches of
+    ``opts.write_every`` samples, one atomic update per sample; label documents
+    built directly as BSON-ready dicts by
+    :func:`~fiftyone_lazsl.fo.labels.label_documents`). Returns the number of
+    samples processed (all of them written when it returns).
+
+    Raises:
+        fiftyone_lazsl.fo.writer.WriterError: a database write failed.
+    """
+    from fiftyone_lazsl.fo.writer import BackgroundWriter
+
     fields = output_fields(label_field)
     written = _written_fields(label_field, clf.method)
-    pending: dict[str, dict] = {f: {} for f in written}
-
-    def flush() -> None:
-        for f in written:  # error first, prediction last
-            vals = pending[f]
-            if vals:
-                dataset.set_values(f, vals, key_field="id")
-                vals.clear()
+    err_f, pred_f = fields["error"], fields["prediction"]
+    crops_f = fields["crops"] if fields["crops"] in written else None
+    attrs_f = fields["attributes"] if fields["attributes"] in written else None
+    failed = dict.fromkeys(written)  # every output None ...
+    classes, names = clf.classes, clf.attribute_labels
 
     done = 0
     stage = {"name": "decoding"}
-    try:
+    with BackgroundWriter(dataset, batch_size=opts.write_every) as writer:
         for items in iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
                                       num_workers=opts.num_workers,
                                       on_stage=lambda s: stage.__setitem__("name", s)):
@@ -447,26 +531,24 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                     reason = it.error or "no prediction"
                     summary.failures.append((sid, it.filepath, reason))
                     logger.warning("sample %s (%s): %s", sid, it.filepath, reason)
-                    for f in written:
-                        pending[f][sid] = None
-                    pending[fields["error"]][sid] = reason
+                    writer.put(sid, dict(failed, **{err_f: reason}))  # ... but the reason
                     continue
-                cls, dets, attrs = to_labels(it.prediction, clf, top_k_crops=opts.top_k_crops,
-                                             top_attributes=opts.top_attributes)
-                pending[fields["error"]][sid] = None
-                if fields["crops"] in pending:
-                    pending[fields["crops"]][sid] = dets
-                if fields["attributes"] in pending:
-                    pending[fields["attributes"]][sid] = attrs
-                pending[fields["prediction"]][sid] = cls
+                cls, dets, attrs = label_documents(
+                    it.prediction, classes, names, evidence=opts.evidence,
+                    runner_ups=opts.runner_ups,
+                    gt_index=gt_index[it.index] if gt_index is not None else None,
+                    top_k_crops=opts.top_k_crops, top_attributes=opts.top_attributes)
+                values = {err_f: None}
+                if crops_f:
+                    values[crops_f] = dets
+                if attrs_f:
+                    values[attrs_f] = attrs
+                values[pred_f] = cls
+                writer.put(sid, values)
                 summary.num_predicted += 1
             done += len(items)
-            if len(pending[fields["error"]]) >= opts.write_every:
-                report(done, "writing")
-                flush()
             report(done, stage["name"])
-    finally:
-        flush()
+        report(done, "writing")
     return done
 
 

@@ -49,13 +49,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fiftyone_lazsl.core.attributes import class_key
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo.datasets import dataset_of
+from fiftyone_lazsl.fo.labels import class_evidence
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 if TYPE_CHECKING:
@@ -122,12 +123,14 @@ def _match_class(label: str | None, classes: list[str], keys: dict[str, int]) ->
     return keys.get(class_key(label))
 
 
-def _contributions(method: str | None, attribute_scores: list | None,
-                   class_index: int | None) -> np.ndarray | None:
-    """Per-attribute contribution of one class, or None when not stored."""
-    if attribute_scores is None or class_index is None or class_index >= len(attribute_scores):
+def _contributions(method: str | None, label: Any, class_index: int | None) -> np.ndarray | None:
+    """Per-attribute contribution of one class from a stored prediction
+    (``{"attribute_scores": ...}`` full form or ``{"evidence": ...}`` compact
+    form), or None when not stored."""
+    scores, _ = class_evidence(label, class_index)
+    if scores is None:
         return None
-    a = np.asarray(attribute_scores[class_index], dtype=np.float64)
+    a = np.asarray(scores, dtype=np.float64)
     if a.size == 0:
         return None
     if method == "dclip":
@@ -335,16 +338,21 @@ class _AuditedRun:
 def _read_samples(samples: SampleCollection, pred_field: str, gt_field: str, err_field: str,
                   schema: dict) -> tuple[list[str], list[tuple]]:
     """Sample ids and, per sample, ``(id, filepath, gt label, predicted label,
-    logits, attribute_scores, error)`` in one ``values()`` call."""
+    logits, stored evidence, error)`` in one ``values()`` call (the evidence as
+    ``{"attribute_scores": full form, "evidence": compact form}``, None when
+    neither is stored)."""
     has_err = err_field in schema
     paths = ["id", "filepath", f"{gt_field}.label", f"{pred_field}.label",
-             f"{pred_field}.logits", f"{pred_field}.attribute_scores"]
+             f"{pred_field}.logits", f"{pred_field}.attribute_scores",
+             f"{pred_field}.evidence"]
     if has_err:
         paths.append(err_field)
     values = samples.values(paths)
-    ids = values[0]
-    errors = values[6] if has_err else [None] * len(ids)
-    return ids, list(zip(*values[:6], errors))
+    ids, fps, gts, preds, logits, full, compact = values[:7]
+    errors = values[7] if has_err else [None] * len(ids)
+    att = [None if f is None and c is None else {"attribute_scores": f, "evidence": c}
+           for f, c in zip(full, compact)]
+    return ids, list(zip(ids, fps, gts, preds, logits, att, errors))
 
 
 def _audit_sample(run: _AuditedRun, res: AuditResult, sid: str, fp: str, gt: str | None,
@@ -407,6 +415,10 @@ def _evidence_sentences(run: _AuditedRun, res: AuditResult, row: AuditRow, sc: l
     if cg is not None:
         row.evidence_gt = _ranked(run.attribute_labels[gi], cg, run.n_evidence, most=False)
         parts.append(f"weakest {run.classes[gi]!r} attributes: {_fmt_attrs(row.evidence_gt)}")
+    elif gi is not None and gi != pi:
+        parts.append(f"no attribute evidence stored for {run.classes[gi]!r} (compact outputs "
+                     "keep it when the run is given the ground-truth field, or run with "
+                     "evidence='full')")
     cp = _contributions(run.method, sc, pi)
     if cp is not None:
         row.evidence_pred = _ranked(run.attribute_labels[pi], cp, run.n_evidence, most=True)

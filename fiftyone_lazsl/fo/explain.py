@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from fiftyone_lazsl.fo.labels import class_evidence
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 # Moved to fiftyone_lazsl.fo.heatmaps / fiftyone_lazsl.fo.fields; importable from here.
@@ -50,13 +51,6 @@ def _get(sample: fo.Sample | None, field: str) -> Any:
         return None
 
 
-def _label_attr(label: fo.Label, name: str) -> Any:
-    try:
-        return label[name]
-    except (KeyError, AttributeError):
-        return None
-
-
 def _class_summary(classes: list[str], logits: list[float], idx: int) -> dict:
     return {
         "label": classes[idx] if idx < len(classes) else str(idx),
@@ -65,14 +59,16 @@ def _class_summary(classes: list[str], logits: list[float], idx: int) -> dict:
     }
 
 
-def _attribute_rows(attribute_labels: list[list[str]], scores: list | None, crops: list | None,
-                    class_idx: int) -> list[dict]:
+def _attribute_rows(attribute_labels: list[list[str]], pred: Any, class_idx: int) -> list[dict]:
     """Rows ``{attribute, attribute_index, contribution, crops}`` of one class,
     sorted by contribution (descending), ties by attribute order. A value the
-    run did not store is None (``crops`` for DCLIP runs, both for CLIP)."""
+    run did not store is None (``crops`` for DCLIP runs, both for CLIP and for
+    classes compact outputs left out). Reads the compact and the full form
+    (:func:`fiftyone_lazsl.fo.labels.class_evidence`)."""
     labels = list(attribute_labels[class_idx]) if class_idx < len(attribute_labels) else []
-    s = list(scores[class_idx]) if scores is not None and class_idx < len(scores) else []
-    c = list(crops[class_idx]) if crops is not None and class_idx < len(crops) else []
+    scores, crops = class_evidence(pred, class_idx)
+    s = list(scores) if scores is not None else []
+    c = list(crops) if crops is not None else []
     rows = []
     for a, text in enumerate(labels):
         rows.append(
@@ -184,13 +180,13 @@ def explain_sample(sample: fo.Sample, label_field: str, gt_field: str | None = N
 @dataclass
 class _StoredPrediction:
     """What a run stored for one sample, read once: class order, attribute
-    labels (run config), logits, attribute scores and crop counts (label)."""
+    labels (run config), logits, and the label holding the attribute evidence
+    (compact or full form)."""
 
     classes: list[str]
     attribute_labels: list[list[str]]
     logits: list[float]
-    scores: list | None
-    crops: list | None
+    label: Any
 
     @classmethod
     def read(cls, pred: fo.Classification, config: dict) -> "_StoredPrediction":
@@ -200,8 +196,7 @@ class _StoredPrediction:
             classes=classes,
             attribute_labels=config.get("attribute_labels") or [[] for _ in classes],
             logits=[] if logits is None else [float(v) for v in np.asarray(logits).ravel()],
-            scores=_label_attr(pred, "attribute_scores"),
-            crops=_label_attr(pred, "attribute_crops"),
+            label=pred,
         )
 
     @property
@@ -219,7 +214,7 @@ class _StoredPrediction:
 
     def rows(self, class_idx: int) -> list[dict]:
         """:func:`_attribute_rows` of one class."""
-        return _attribute_rows(self.attribute_labels, self.scores, self.crops, class_idx)
+        return _attribute_rows(self.attribute_labels, self.label, class_idx)
 
 
 def _ground_truth_part(run: _StoredPrediction, gt_label: str | None,

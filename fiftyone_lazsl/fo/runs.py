@@ -3,16 +3,32 @@
 For a label field ``F`` (default ``"lazsl"``) a run writes:
 
 * ``F``: ``fo.Classification(label, confidence, logits)`` with logits in the
-  attribute set's class order, plus two custom attributes on the label:
-  ``attribute_scores`` (``[C][A_c]`` floats: each attribute's contribution
-  ``sum_n T[n, a] * S[n, a]`` to the class score ``psi``; they sum to ``psi``) and
-  ``attribute_crops`` (``[C][A_c]`` ints: kept crops whose largest share of mass,
-  within that class, goes to the attribute). Balanced optimal transport gives
-  every attribute exactly ``1 / A_c`` of the mass, so *received mass* cannot rank
-  attributes; their contribution to the score can, and is what "evidence" means
-  throughout this project. For ``dclip`` runs ``attribute_scores`` holds the
-  global view's cosine with each attribute; ``clip`` runs have neither;
-* ``F_crops``: ``fo.Detections``, one per kept crop (or the top-k by mass):
+  attribute set's class order, plus custom attributes on the label
+  (:mod:`fiftyone_lazsl.fo.labels` builds them):
+
+  - ``evidence`` (LaZSL and DCLIP): a short list of dicts, one per class people
+    look at: the predicted class (``role`` ``"predicted"``), the
+    ``runner_ups`` best other classes (``"runner_up"``, default 1) and, when the
+    run was given ``gt_field``, the sample's ground-truth class
+    (``"ground_truth"``). Each has ``class``, ``index`` (logit order),
+    ``attributes`` (the class's attribute texts, set order), ``scores`` (each
+    attribute's contribution ``sum_n T[n, a] * S[n, a]`` to the class score
+    ``psi``; they sum to ``psi``; DCLIP: the global view's cosine with it) and,
+    for LaZSL, ``crops`` (kept crops whose largest share of mass, within that
+    class, goes to the attribute). Balanced optimal transport gives every
+    attribute exactly ``1 / A_c`` of the mass, so *received mass* cannot rank
+    attributes; their contribution to the score can, and is what "evidence"
+    means throughout this project;
+  - ``keywords``: ``F_attributes`` without a leading article (``"white head"``),
+    declared on the dataset so the App sidebar's prefix search finds them;
+  - with ``evidence="full"`` only (and on datasets written before compact
+    outputs): ``attribute_scores`` (``[C][A_c]`` floats) and ``attribute_crops``
+    (``[C][A_c]`` ints), the same numbers for every class.
+
+  ``clip`` runs have neither evidence nor keywords;
+* ``F_crops``: ``fo.Detections``, the ``top_k_crops`` kept crops with most
+  transport mass (default 10 with compact evidence; every kept crop with
+  ``evidence="full"`` or ``top_k_crops="all"``):
   relative ``bounding_box``, ``label`` = the predicted class's attribute the crop
   sends most mass to, ``confidence`` = that share of the crop's mass, and custom
   attributes ``similarity`` (hybrid similarity of crop and attribute),
@@ -23,8 +39,10 @@ For a label field ``F`` (default ``"lazsl"``) a run writes:
 
 Provenance is a FiftyOne run with key :func:`run_key` whose config holds the
 model, weights, every parameter, ``classes`` (logit order), ``attribute_labels``
-(``[C][A_c]`` attribute texts), attribute-set name and hash, and
-``random_weights``.
+(``[C][A_c]`` attribute texts), attribute-set name and hash,
+``random_weights``, the output options (``evidence``, ``runner_ups``,
+``top_k_crops``, ``top_attributes``) and the outcome (``status``,
+``num_predicted``, ``num_failed``).
 """
 
 from __future__ import annotations
