@@ -176,6 +176,7 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
     from fiftyone import ViewField as F
 
     from fiftyone_lazsl.fo.apply import run_lazsl
+    from fiftyone_lazsl.fo.labels import class_evidence
 
     assert isinstance(zoo_model, fo.core.models.Model)
     assert zoo_model.classifier.model.random_weights
@@ -194,9 +195,14 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
         assert got.label == ref.label
         assert got.confidence == pytest.approx(ref.confidence, abs=1e-5)
         np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4)
-        np.testing.assert_allclose(np.concatenate(got["attribute_scores"]),
-                                   np.concatenate(ref["attribute_scores"]), atol=1e-5)
-        assert got["attribute_crops"] == ref["attribute_crops"]
+        # the compact evidence run_lazsl stores, class by class
+        assert [e["class"] for e in got["evidence"]] == [e["class"] for e in ref["evidence"]]
+        for e in ref["evidence"]:
+            gs, gc = class_evidence(got, e["index"])
+            rs, rc = class_evidence(ref, e["index"])
+            np.testing.assert_allclose(gs, rs, atol=1e-5)
+            assert gc == rc
+        assert got["keywords"] == ref["keywords"]
 
         rd, gd = s["lazsl_crops"].detections, s["zoo_crops"].detections
         assert len(gd) == len(rd) > 0
@@ -210,9 +216,10 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
         attrs = s["zoo_attributes"].classifications
         assert [a.label for a in attrs] == s["lazsl_attributes"]
         c = zoo_model.classes.index(got.label)
+        scores, _ = class_evidence(got, c)
         for a in attrs:  # confidence = the attribute's score contribution
-            assert a.confidence == pytest.approx(got["attribute_scores"][c][a["attribute_index"]],
-                                                 abs=1e-6)  # to_labels rounds to 6 digits
+            assert a.confidence == pytest.approx(scores[a["attribute_index"]],
+                                                 abs=1e-6)  # stored rounded to 6 digits
 
     # The attributes are labels FiftyOne filters on.
     first = dataset.first()["zoo_attributes"].classifications[0].label

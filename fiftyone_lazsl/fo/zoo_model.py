@@ -87,7 +87,7 @@ ZOO_MODELS: dict[str, ZooModelSpec] = {s.name: s for s in (
 LABEL_KEYS = ("prediction", "crops", "attributes")
 
 #: load_zoo_model keyword arguments besides the LaZSLConfig fields.
-_OUTPUT_KWARGS = ("attribute_set", "top_k_crops", "top_attributes")
+_OUTPUT_KWARGS = ("attribute_set", "top_k_crops", "top_attributes", "evidence", "runner_ups")
 
 
 def zoo_model_spec(model_name: str) -> ZooModelSpec:
@@ -283,15 +283,18 @@ def load_model(model_name: str, model_path: str, **kwargs: Any) -> "LaZSLZooMode
 
     spec = zoo_model_spec(model_name)
     params, out = _split_kwargs(spec, kwargs)
-    opts = OutputOptions(top_k_crops=out.get("top_k_crops"),
-                         top_attributes=out.get("top_attributes", 5))
+    opts = OutputOptions(top_k_crops=out.get("top_k_crops", "auto"),
+                         top_attributes=out.get("top_attributes", 5),
+                         evidence=out.get("evidence") or "compact",
+                         runner_ups=out.get("runner_ups", OutputOptions.runner_ups))
     cfg = LaZSLConfig().replace(**params)                  # validated before any weights
     if "pretrained" not in params:
         cfg = cfg.replace(pretrained=download_weights(model_name, model_path))
     aset = _attribute_set(out.get("attribute_set"), spec)
     clf = LaZSLClassifier(aset, config=cfg)
     return LaZSLZooModel(clf, top_k_crops=opts.top_k_crops,
-                         top_attributes=opts.top_attributes, zoo_name=spec.name)
+                         top_attributes=opts.top_attributes, evidence=opts.evidence,
+                         runner_ups=opts.runner_ups, zoo_name=spec.name)
 
 
 def _attribute_set(spec_value: Any, spec: ZooModelSpec):
@@ -414,6 +417,8 @@ class LaZSLZooModelConfig:
     lazsl: LaZSLConfig
     top_k_crops: int | None
     top_attributes: int
+    evidence: str = "compact"
+    runner_ups: int = 1
 
 
 class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptMixin,
@@ -422,14 +427,17 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
 
     Args:
         classifier: the built classifier (attribute set, weights, parameters).
-        top_k_crops, top_attributes: as for :func:`~fiftyone_lazsl.fo.apply.run_lazsl`.
+        top_k_crops, top_attributes, evidence, runner_ups: as for
+            :func:`~fiftyone_lazsl.fo.apply.run_lazsl` (``top_k_crops`` None: all
+            kept crops; :func:`load_model` resolves ``"auto"`` as run_lazsl does).
         zoo_name: the zoo model's name, if any.
 
     ``predict_all`` returns per image a dict of labels (keys :data:`LABEL_KEYS`),
     built by :func:`fiftyone_lazsl.fo.apply.to_labels` like run_lazsl's:
     ``"prediction"``: ``fo.Classification`` (label, confidence = probability,
-    ``logits`` in class order, always stored, plus ``attribute_scores`` /
-    ``attribute_crops``); ``"crops"``: ``fo.Detections`` of the kept crops
+    ``logits`` in class order, always stored, plus the compact ``evidence`` and
+    ``keywords``, or with ``evidence="full"`` every class's ``attribute_scores``
+    / ``attribute_crops``); ``"crops"``: ``fo.Detections`` of the kept crops
     (LaZSL); ``"attributes"``: ``fo.Classifications``, one per top attribute of
     the predicted class, in run_lazsl's order, ``confidence`` = the attribute's
     score contribution (LaZSL / DCLIP). A sample whose image cannot be read or
@@ -441,12 +449,14 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
     """
 
     def __init__(self, classifier: Any, *, top_k_crops: int | None = None,
-                 top_attributes: int = 5, zoo_name: str | None = None) -> None:
+                 top_attributes: int = 5, evidence: str = "compact", runner_ups: int = 1,
+                 zoo_name: str | None = None) -> None:
         fom.LogitsMixin.__init__(self)
         self.classifier = classifier
         self.config = LaZSLZooModelConfig(zoo_name=zoo_name, lazsl=classifier.lazsl_config,
                                           top_k_crops=top_k_crops,
-                                          top_attributes=int(top_attributes))
+                                          top_attributes=int(top_attributes),
+                                          evidence=evidence, runner_ups=int(runner_ups))
         self._preprocess = True
         self._last_embeddings: np.ndarray | None = None
 
@@ -615,7 +625,9 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
         from fiftyone_lazsl.fo.apply import to_labels
 
         cls, dets, attrs = to_labels(pred, self.classifier, top_k_crops=self.config.top_k_crops,
-                                     top_attributes=self.config.top_attributes)
+                                     top_attributes=self.config.top_attributes,
+                                     evidence=self.config.evidence,
+                                     runner_ups=self.config.runner_ups)
         labels: dict = {"prediction": cls}
         if dets is not None:
             labels["crops"] = dets
