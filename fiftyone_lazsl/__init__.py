@@ -4,7 +4,7 @@ Public API::
 
     from fiftyone_lazsl import (
         AttributeSet, LaZSLClassifier, lazsl_scores, dclip_scores, clip_scores,
-        load_model, run_lazsl,
+        load_model, run_lazsl, rescore, attribute_doctor, FeatureStore,
     )
 
 LaZSL: Chen et al., "Interpretable Zero-Shot Learning with Locally-Aligned
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttributeSet", "AttributeSetError", "LaZSLClassifier", "Prediction",
     "lazsl_scores", "dclip_scores", "clip_scores", "load_model", "run_lazsl",
-    "__version__",
+    "rescore", "attribute_doctor", "FeatureStore", "__version__",
 ]
 
 
@@ -34,4 +34,13 @@ def __getattr__(name):
     if name in ("run_lazsl", "RunSummary"):
         from fiftyone_lazsl.fo import apply
         return getattr(apply, name)
+    if name == "rescore":
+        from fiftyone_lazsl.fo.rescore import rescore
+        return rescore
+    if name == "attribute_doctor":
+        from fiftyone_lazsl.fo.doctor import attribute_doctor
+        return attribute_doctor
+    if name == "FeatureStore":
+        from fiftyone_lazsl.core.features import FeatureStore
+        return FeatureStore
     raise AttributeError(f"module 'fiftyone_lazsl' has no attribute {name!r}")
