@@ -67,6 +67,7 @@ def params_to_kwargs(params: dict) -> dict:
         restrict_to_set=bool(params.get("restrict_to_set", False)) and bool(params.get("gt_field")),
         skip_existing=bool(params.get("skip_existing", False)),
         heatmap=bool(params.get("heatmap", False)),
+        store_features=bool(params.get("store_features", False)),
     )
 
 
@@ -138,6 +139,9 @@ class RunLaZSL(foo.Operator):
                     description="Otherwise classes missing from the set are an error")
         inputs.bool("skip_existing", default=False, label="Skip samples that already have a prediction")
         inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
+        inputs.bool("store_features", default=False, label="Store view embeddings",
+                    description="Keep each sample's view embeddings (feature store) so the view can "
+                                "be re-scored with edited attribute sets without encoding again")
         return types.Property(inputs, view=types.View(label="Run LaZSL"))
 
     def execute(self, ctx):
