@@ -54,7 +54,8 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             feature_store: Any = None, gt_field: str | None = None,
             restrict_to_set: bool = False, top_k_crops: int | None = None,
             top_attributes: int = 5, heatmap: bool = False, write_every: int = 64,
-            batch_size: int = 64, progress: Any = None, **params: Any) -> Any:
+            batch_size: int = 64, progress: Any = None, classifier: Any = None,
+            **params: Any) -> Any:
     """Re-score ``samples`` from the features stored by the run on ``from_field``.
 
     Args:
@@ -83,6 +84,9 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             write_every: as :func:`run_lazsl`.
         batch_size: samples scored per batch.
         progress: as :func:`run_lazsl`.
+        classifier: a pre-built :class:`LaZSLClassifier` for ``attribute_set``
+            (then ``theta``/``eps``/``gamma``/``method``/``params`` are its own;
+            saves encoding the set's prompts again, e.g. in the App's workbench).
         **params: other :class:`LaZSLConfig` output parameters (``max_iter``,
             ``stop_tol``, ``prompt_style``, ``prompt_suffix``, ``device``).
 
@@ -135,8 +139,12 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     else:
         store = FeatureStore(feature_store or rec["path"], dtype=rec.get("dtype", "float16"),
                              check=rec.get("check", "stat"))
-    clf = LaZSLClassifier(aset, model=model, config=cfg) if model is not None \
-        else LaZSLClassifier(aset, config=cfg)
+    if classifier is not None:
+        clf = classifier
+    elif model is not None:
+        clf = LaZSLClassifier(aset, model=model, config=cfg)
+    else:
+        clf = LaZSLClassifier(aset, config=cfg)
     spec = feature_spec(clf)
     spec["n_crops"] = int(old.get("n_crops") or 0)  # dclip re-scoring of a lazsl run: global view
     fp = fingerprint(spec)
