@@ -3,7 +3,6 @@ from a fresh run's per-sample evidence (real photos, tiny model, float32
 store); duplicates and degenerate classes are found; views and the pruned set
 are saved; the CLI runs through its process."""
 
-import json
 import os
 import subprocess
 import sys

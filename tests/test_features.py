@@ -5,7 +5,6 @@ stored features equals ``predict_tensors`` on the images."""
 
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from fiftyone_lazsl.core.features import FeatureEntry, FeatureStore, default_store_path
+from fiftyone_lazsl.core.features import FeatureStore, default_store_path
 from fiftyone_lazsl.errors import ConfigError
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))

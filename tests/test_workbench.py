@@ -2,7 +2,6 @@
 driven through FiftyOne's operator executor the way the App sends panel
 events (the browser test drives the same panel in the real App)."""
 
-import numpy as np
 import pytest
 
 import badfiles as bf

@@ -21,7 +21,6 @@ flagged attribute and a proposed pruned attribute set.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,7 +130,6 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     Raises:
         ConfigError: ``from_field`` has no stored features; unknown ``gt_field``.
     """
-    from fiftyone_lazsl.core.attributes import AttributeSet
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
     from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint

@@ -108,7 +108,7 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     ``docs/notes-16.md`` and ``tests/test_rescore.py``).
     """
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
-    from fiftyone_lazsl.core.features import FeatureStore, StoringClassifier, feature_spec, fingerprint
+    from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
     from fiftyone_lazsl.fo import apply as ap
 
     t0 = time.time()
@@ -189,7 +189,6 @@ def _iter_items(clf: Any, store: Any, fp: str, spec: dict, paths: list, batch_si
                 missing: str, counts: dict) -> Iterator[list]:
     """Batches of :class:`~fiftyone_lazsl.core.pipeline.Item`: predictions from
     stored features; samples without them encoded (and stored) or skipped."""
-    from fiftyone_lazsl.core.features import StoringClassifier
     from fiftyone_lazsl.core.pipeline import Item, _non_finite, iter_predictions
 
     encoder = None
