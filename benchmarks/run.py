@@ -768,6 +768,15 @@ def main(argv=None):
                     help="images for the crop-backend comparison (default 10, quick 2)")
     ap.add_argument("--name", default=None, help="output basename in benchmarks/results")
     ap.add_argument("--out-dir", default=str(RESULTS))
+    ap.add_argument("--rescore", action="store_true",
+                    help="re-scoring benchmark only (benchmarks/rescore.py): re-scoring a view with "
+                         "a new attribute set from stored features vs a fresh run, store bytes per "
+                         "sample, memory 100 -> 1000 samples")
+    ap.add_argument("--fresh-images", type=int, default=None,
+                    help="--rescore: photos the fresh run is timed on (default 3)")
+    ap.add_argument("--encode-all", action="store_true",
+                    help="--rescore: encode every photo instead of replicating the encoded ones' features")
+    ap.add_argument("--rescore-memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n-images", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -776,15 +785,61 @@ def main(argv=None):
         args.num_workers = None if args.num_workers is None or args.num_workers < 0 else args.num_workers
         return memory_child(args)
 
+    if args.rescore_memory_child:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from rescore import rescore_memory_child
+        return rescore_memory_child(args)
+
     tmp = tempfile.mkdtemp(prefix="lazsl-bench-")
     _setup_env(tmp)
     mongod = _start_private_mongod(tmp)
     try:
+        if args.rescore:
+            return _main_rescore(args)
         return _main(args, tmp)
     finally:
         from fiftyone_lazsl.testing import mongod as private_mongod
         private_mongod.stop(mongod)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _main_rescore(args):
+    """``--rescore`` mode: writes ``<name>.json`` / ``.md`` (default name ``rescore-<device>``)."""
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from rescore import main_rescore
+
+    args.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    args.batch_size = args.batch_size or (2 if args.quick else 4)
+    log = lambda s: print(f"[bench {time.strftime('%H:%M:%S')}] {s}", flush=True)  # noqa: E731
+    r = main_rescore(args, log)
+    out_dir = pathlib.Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = args.name or ("rescore-quick" if args.quick else f"rescore-{args.device}")
+    (out_dir / f"{name}.json").write_text(json.dumps(r, indent=2))
+    rs, mem = r["rescore"], r["memory"]["runs"]
+    lines = [f"# Re-scoring benchmark ({r['meta']['device']}, {r['meta']['model']}"
+             f"{' random weights' if r['meta']['random_weights'] else ''}, N = {rs['n_crops']}, "
+             f"C = {rs['classes']})", "",
+             "| measure | value |", "|---|---|",
+             f"| fresh run, new attribute set ({rs['fresh_images']} photos) | {rs['fresh_s_per_image']:.3f} s/img |",
+             f"| first run with --store-features ({rs['encoded']} photos) | "
+             f"{rs['first_run_with_store_s_per_image']:.3f} s/img |",
+             f"| rescore, new attribute set ({rs['samples']} samples; {rs['replicated']} with "
+             f"replicated features) | {rs['rescore_s_per_image'] * 1e3:.2f} ms/img |",
+             f"| speed-up, end to end (target >= 100x) | {rs['speedup']:.0f}x |",
+             f"| store reads + scoring + evidence only (no FiftyOne writes) | "
+             f"{rs['scoring_only_s_per_image'] * 1e3:.2f} ms/img ({rs['scoring_only_speedup']:.0f}x) |",
+             f"| store bytes per sample ({rs['dtype']}) | {rs['store_bytes_per_sample']:.0f} |",
+             f"| same argmax as the fresh run (encoded photos) | {rs['same_argmax_on_encoded']} |",
+             f"| max abs logit difference vs fresh | {rs['max_abs_logit_diff_on_encoded']:.4f} |"]
+    for k, v in mem.items():
+        lines.append(f"| peak RSS, rescore of {k} samples ({r['memory']['config'].split(';')[0]}) "
+                     f"| {v['peak_rss_mb']:.0f} MiB |")
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    log(f"wrote {out_dir / name}.json/.md")
+    print("\n".join(lines))
+    return r
 
 
 def _main(args: argparse.Namespace, tmp: str) -> dict:

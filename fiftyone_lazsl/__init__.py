@@ -4,7 +4,8 @@ Public API::
 
     from fiftyone_lazsl import (
         AttributeSet, LaZSLConfig, LaZSLClassifier, lazsl_scores, dclip_scores,
-        clip_scores, load_model, run_lazsl, audit_labels, evaluate_methods,
+        clip_scores, load_model, run_lazsl, audit_labels, evaluate_methods, rescore,
+        attribute_doctor, FeatureStore,
     )
 
 Every name loads its module on first use (``import fiftyone_lazsl`` imports
@@ -46,6 +47,9 @@ _EXPORTS: dict[str, str] = {
     "RunSummary": "fiftyone_lazsl.fo.apply",
     "audit_labels": "fiftyone_lazsl.fo.audit",
     "evaluate_methods": "fiftyone_lazsl.fo.evaluate",
+    "rescore": "fiftyone_lazsl.fo.rescore",
+    "attribute_doctor": "fiftyone_lazsl.fo.doctor",
+    "FeatureStore": "fiftyone_lazsl.core.features",
     "UserError": "fiftyone_lazsl.errors",
     "ConfigError": "fiftyone_lazsl.errors",
     "AttributeSetError": "fiftyone_lazsl.errors",

@@ -18,9 +18,11 @@ from fiftyone_lazsl.fo.explain import (
     matched_attribute_view,
     panel_content,
 )
-from fiftyone_lazsl.fo.runs import list_lazsl_fields
+from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields
 
 _NO_GT = "(none)"
+#: Separator of attributes in the workbench's text field.
+SEP = ";"
 
 
 class LazslExplanationsPanel(foo.Panel):
@@ -98,6 +100,104 @@ class LazslExplanationsPanel(foo.Panel):
         """Back to the whole dataset."""
         ctx.ops.clear_view()
 
+    # -- grid mode --------------------------------------------------------------
+
+    def filter_class(self, ctx):
+        """Grid mode: show the samples predicted as the clicked class."""
+        from fiftyone import ViewField as F
+
+        params = dict(ctx.params or {})
+        params.update(getattr(ctx, "event_args", None) or {})
+        label_field = ctx.panel.get_state("label_field")
+        cls = params.get("class_name")
+        if not cls or not label_field:
+            return
+        ctx.ops.set_view(ctx.dataset.match(F(f"{label_field}.label") == cls))
+
+    # -- attribute workbench ----------------------------------------------------
+
+    def _edited_set(self, ctx):
+        from fiftyone_lazsl.fo.workbench import edit_attribute_set, run_attribute_set
+
+        label_field = ctx.panel.get_state("label_field")
+        aset = run_attribute_set(ctx.dataset, label_field)
+        for c, attrs in (ctx.panel.get_state("wb_edits") or {}).items():
+            aset = edit_attribute_set(aset, c, attrs)
+        return aset
+
+    def _take_text(self, ctx):
+        """Apply the text field to the edited class (edits kept in panel state)."""
+        params = dict(ctx.params or {})
+        text = params.get("wb_text")
+        if text is None:
+            text = ctx.panel.get_state("wb_text")
+        cls = ctx.panel.get_state("wb_class")
+        if cls and text is not None:
+            edits = dict(ctx.panel.get_state("wb_edits") or {})
+            edits[cls] = [a.strip() for a in str(text).split(SEP) if a.strip()]
+            ctx.panel.set_state("wb_edits", edits)
+            ctx.panel.set_state("wb_text", str(text))
+
+    def on_change_wb_class(self, ctx):
+        value = ctx.params.get("value") or ctx.panel.get_state("wb_class")
+        ctx.panel.set_state("wb_class", value)
+        self._refresh(ctx)
+
+    def on_change_wb_text(self, ctx):
+        ctx.panel.set_state("wb_text", ctx.params.get("value"))
+
+    def wb_rescore_sample(self, ctx):
+        """Re-score the open sample with the edited set (nothing written)."""
+        from fiftyone_lazsl.errors import UserError
+        from fiftyone_lazsl.fo.workbench import rescore_sample
+
+        self._take_text(ctx)
+        try:
+            sample = ctx.dataset[ctx.current_sample]
+            r = rescore_sample(sample, ctx.panel.get_state("label_field"), self._edited_set(ctx))
+        except (UserError, KeyError) as e:
+            ctx.panel.set_state("wb_result", f"**Cannot re-score:** {e}")
+            return
+        if not r["ok"]:
+            msg = f"**Cannot re-score:** {r['message']}"
+        else:
+            tops = ", ".join(f"{a} ({v:.4f})" for a, v in r["top_attributes"][:5])
+            msg = (f"**With the edit:** {r['label']} (confidence {r['confidence']:.3f}); "
+                   f"was {r['previous']}. Top attributes: {tops}")
+        ctx.panel.set_state("wb_result", msg)
+
+    def wb_rescore_view(self, ctx):
+        """Re-score the current view with the edited set into the target field."""
+        from fiftyone_lazsl.fo.rescore import rescore
+
+        self._take_text(ctx)
+        label_field = ctx.panel.get_state("label_field")
+        target = (ctx.panel.get_state("wb_target") or f"{label_field}_edited").strip()
+        summary = rescore(ctx.view, self._edited_set(ctx), from_field=label_field,
+                          label_field=target, missing="skip")
+        ctx.panel.set_state("wb_result", f"**View re-scored:** {summary}")
+        ctx.ops.reload_dataset()
+        ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")
+
+    def on_change_wb_target(self, ctx):
+        ctx.panel.set_state("wb_target", ctx.params.get("value"))
+
+    def on_change_wb_name(self, ctx):
+        ctx.panel.set_state("wb_name", ctx.params.get("value"))
+
+    def wb_save(self, ctx):
+        """Save the edited set on the dataset (its metadata records parent and edits)."""
+        from fiftyone_lazsl.fo.store import safe_set_name, save_attribute_set
+
+        self._take_text(ctx)
+        aset = self._edited_set(ctx)
+        name = (ctx.panel.get_state("wb_name") or "").strip() or \
+            f"{safe_set_name(aset.metadata.get('parent') or aset.name)}-edited"
+        saved = save_attribute_set(ctx.dataset, aset, name=name)
+        ctx.panel.set_state("wb_result", f"**Saved** attribute set '{saved}' "
+                                         f"(parent: {aset.metadata.get('parent')})")
+        ctx.ops.notify(f"attribute set '{saved}' saved", variant="success")
+
     # -- state ------------------------------------------------------------------
 
     def _refresh(self, ctx):
@@ -110,10 +210,17 @@ class LazslExplanationsPanel(foo.Panel):
         if gt_field != _NO_GT and gt_field not in gt_fields:
             gt_field = "ground_truth" if "ground_truth" in gt_fields else (gt_fields[0] if gt_fields else _NO_GT)
 
+        grid = {"params": {}, "rows": []}
+        wb = {}
         if not fields:
             content = {"summary": "**No LaZSL run on this dataset.** Run `run_lazsl` first."}
         elif not ctx.current_sample:
             content = {"summary": "Open a sample to see its LaZSL explanation."}
+            from fiftyone_lazsl.fo.workbench import grid_summary
+            try:
+                grid = grid_summary(ctx.view if ctx.view is not None else ctx.dataset, label_field)
+            except Exception:  # noqa: BLE001 -- the grid summary is optional
+                grid = {"params": {}, "rows": []}
         else:
             try:
                 sample = ctx.dataset[ctx.current_sample]
@@ -124,6 +231,8 @@ class LazslExplanationsPanel(foo.Panel):
             else:
                 expl = explain_sample(sample, label_field, None if gt_field == _NO_GT else gt_field)
                 content = panel_content(expl)
+                wb = self._workbench_state(ctx, sample, label_field,
+                                           None if gt_field == _NO_GT else gt_field)
 
         ctx.panel.set_state(
             {
@@ -137,8 +246,42 @@ class LazslExplanationsPanel(foo.Panel):
                 "gt_title": content.get("gt_title", ""),
                 "gt_table": content.get("gt_table", []),
                 "matched_attributes": content.get("matched_attributes", []),
+                "grid_params": "  \n".join(f"**{k}**: {v}" for k, v in grid["params"].items()),
+                "grid_rows": grid["rows"],
+                "wb_available": bool(wb),
+                "wb_classes": wb.get("classes", []),
+                "wb_class": wb.get("class"),
+                "wb_text": wb.get("text", ""),
             }
         )
+
+    def _workbench_state(self, ctx, sample, label_field, gt_field):
+        """Choices of the workbench for the open sample: predicted and
+        ground-truth classes, and the (edited) attributes of the chosen one."""
+        try:
+            if not get_run_config(ctx.dataset, label_field).get("feature_store"):
+                return {}
+        except ValueError:
+            return {}
+        from fiftyone_lazsl.fo.workbench import run_attribute_set
+
+        aset = run_attribute_set(ctx.dataset, label_field)
+        classes = []
+        pred = sample[label_field].label if sample[label_field] is not None else None
+        gt = None
+        if gt_field and sample.has_field(gt_field) and sample[gt_field] is not None:
+            gt = aset.resolve(sample[gt_field].label)
+        for c in (pred, gt):
+            if c and c not in classes:
+                classes.append(c)
+        if not classes:
+            return {}
+        cls = ctx.panel.get_state("wb_class")
+        if cls not in classes:
+            cls = classes[0]
+        edits = ctx.panel.get_state("wb_edits") or {}
+        attrs = edits.get(cls, aset.attributes[cls])
+        return {"classes": classes, "class": cls, "text": f"{SEP} ".join(attrs)}
 
     # -- layout -----------------------------------------------------------------
 
@@ -180,6 +323,35 @@ class LazslExplanationsPanel(foo.Panel):
                     variant="outlined",
                 )
             panel.btn("clear_filter", label="Show all samples", on_click=self.clear_filter)
+
+        if state.grid_rows:
+            panel.md("**Run parameters**  \n" + (state.grid_params or ""), name="grid_params_md")
+            table = types.TableView()
+            for k, label in (("class", "Predicted class"), ("count", "Samples"),
+                             ("attributes", "Most often ranked first")):
+                table.add_column(k, label=label)
+            panel.list("grid_rows", types.Object(), view=table)
+            for i, row in enumerate(state.grid_rows):
+                panel.btn(f"filter_{i}", label=f"Show {row['class']}", on_click=self.filter_class,
+                          params={"class_name": row["class"]}, variant="outlined")
+
+        if state.wb_available:
+            panel.md("**Attribute workbench** (re-scores from stored features)", name="wb_heading")
+            cd = types.DropdownView(label="Class to edit")
+            for c in state.wb_classes or []:
+                cd.add_choice(c, label=c)
+            panel.enum("wb_class", cd.values(), view=cd, default=state.wb_class,
+                       on_change=self.on_change_wb_class)
+            panel.str("wb_text", default=state.wb_text, label=f"Attributes (separated by '{SEP}')",
+                      on_change=self.on_change_wb_text)
+            panel.btn("wb_rescore_sample", label="Re-score this sample", on_click=self.wb_rescore_sample)
+            panel.str("wb_target", default=f"{state.label_field}_edited", label="Field for the view",
+                      on_change=self.on_change_wb_target)
+            panel.btn("wb_rescore_view", label="Re-score the current view", on_click=self.wb_rescore_view)
+            panel.str("wb_name", default="", label="Save as (attribute set name)",
+                      on_change=self.on_change_wb_name)
+            panel.btn("wb_save", label="Save edited attribute set", on_click=self.wb_save)
+            panel.str("wb_result", view=types.MarkdownView())
 
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=1, padding=1))
 

@@ -69,6 +69,7 @@ def params_to_kwargs(params: dict) -> dict:
         heatmap=bool(params.get("heatmap", False)),
         evidence=params.get("evidence") or None,
         **_sharding_kwargs(params),
+        store_features=bool(params.get("store_features", False)),
     )
 
 
@@ -160,6 +161,9 @@ class RunLaZSL(foo.Operator):
                     description="compact: attributes of the predicted class, runner-up and "
                                 "ground-truth class, top 10 crops; full: every class, all crops",
                     view=types.DropdownView())
+        inputs.bool("store_features", default=False, label="Store view embeddings",
+                    description="Keep each sample's view embeddings (feature store) so the view can "
+                                "be re-scored with edited attribute sets without encoding again")
         return types.Property(inputs, view=types.View(label="Run LaZSL"))
 
     def execute(self, ctx):

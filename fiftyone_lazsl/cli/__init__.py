@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "datasets",     # import-folder, app
     "attributes",   # attributes import|list|show|delete|generate
     "classify",     # classify
+    "features",     # features info|prune, rescore
     "audit",        # audit, evaluate
     "demo",         # demo
 )

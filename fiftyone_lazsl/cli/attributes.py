@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     )
     attr_sub = p.add_subparsers(dest="attributes_command", metavar="ACTION")
     attr_sub.required = True
+    from fiftyone_lazsl.cli.doctor import add_doctor
+
+    add_doctor(attr_sub)
 
     imp = attr_sub.add_parser(
         "import", help="store an attribute set (JSON file or published name) on a dataset",

@@ -295,6 +295,33 @@ class LaZSLClassifier:
         return self._predict_features(feats, [p.boxes for p in prepared],
                                       [(p.width, p.height) for p in prepared], sizes, scales)
 
+    def predict_features(self, features: torch.Tensor, boxes: Sequence[np.ndarray],
+                         image_sizes: Sequence[tuple[int, int]],
+                         sizes: Sequence[tuple[int, int]] | None = None,
+                         scales: Sequence[float] | None = None) -> list[Prediction]:
+        """Score precomputed visual sets (e.g. from a
+        :class:`~fiftyone_lazsl.core.features.FeatureStore`) with this
+        classifier's attribute set and parameters; same results as
+        :meth:`predict_tensors` on the images that gave those features.
+
+        Args:
+            features: ``[B, 1 + N, D]`` float unit view embeddings (global view
+                first), as returned by :meth:`encode`. DCLIP / CLIP use index 0.
+            boxes: ``B`` arrays ``[N, 4]`` int64 pixel boxes in the decoded image.
+            image_sizes: ``B`` decoded ``(width, height)``.
+            sizes: original ``(width, height)`` if downscaled on decode.
+            scales: decoded/original scale factor per image.
+
+        Returns:
+            ``B`` :class:`Prediction` objects.
+        """
+        feats = features.to(self.model.device, torch.float32)
+        if self.method == "lazsl" and feats.shape[1] != 1 + self.n_crops:
+            raise ValueError(f"features have {feats.shape[1] - 1} crops, the classifier "
+                             f"uses n_crops={self.n_crops}")
+        return self._predict_features(feats, list(boxes),
+                                      [(int(w), int(h)) for w, h in image_sizes], sizes, scales)
+
     def _predict_features(self, feats: torch.Tensor, boxes: Sequence[np.ndarray],
                           dims: Sequence[tuple[int, int]],
                           sizes: Sequence[tuple[int, int]] | None,

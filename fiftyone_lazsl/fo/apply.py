@@ -11,6 +11,7 @@ run (``dataset.list_runs()``).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -53,6 +54,7 @@ class RunSummary:
     failures: list = field(default_factory=list)
     random_weights: bool = False
     seconds: float = 0.0
+    feature_store: dict | None = None
 
     @property
     def num_failed(self) -> int:
@@ -65,7 +67,16 @@ class RunSummary:
             s += f"; {self.num_failed} failed (see field {self.label_field}_error)"
         if self.random_weights:
             s += "; RANDOM WEIGHTS (meaningless predictions)"
+        if self.feature_store:
+            fs = self.feature_store
+            s += (f"; feature store {fs['path']}: {fs.get('stored', 0)} stored, "
+                  f"{fs.get('reused', 0)} reused, {_mb(fs.get('bytes_before', 0))} -> "
+                  f"{_mb(fs.get('bytes_after', 0))}")
         return s
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _resolve_attribute_set(attribute_set: Any, dataset: Any) -> AttributeSet:
@@ -255,7 +266,9 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
               evidence: str | None = None, runner_ups: int | None = None,
               shard: dict | None = None,
               classifier: LaZSLClassifier | None = None,
-              progress: ProgressFn | bool | None = None, **params: Any) -> RunSummary:
+              progress: ProgressFn | bool | None = None,
+              store_features: "bool | str | Any" = False, feature_dtype: str = "float16",
+              **params: Any) -> RunSummary:
     """Classify every sample of ``samples`` and write labels and evidence.
 
     Args:
@@ -297,6 +310,17 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
             recorded the run): implies ``skip_existing``, records the shard's
             outcome and aggregates it into the run record instead of
             recording a run of its own.
+        store_features: keep each sample's view embeddings and crop boxes in a
+            :class:`~fiftyone_lazsl.core.features.FeatureStore` so that
+            :func:`fiftyone_lazsl.rescore` can re-score with other attribute sets
+            or parameters without encoding again: True (default location,
+            ``$FIFTYONE_LAZSL_FEATURES`` or ``<cache root>/features``), a
+            directory, or a ``FeatureStore``. Default False (about 93 KB per
+            sample at N = 90, D = 512, float16). Features already stored for
+            the same model and visual set are reused instead of encoding. The
+            run record's ``feature_store`` names the store, its fingerprint and
+            its size before and after the run.
+        feature_dtype: ``"float16"`` (default) or ``"float32"`` storage.
 
     Every parameter is validated before anything is written. Every sample of
     the view ends with exactly one of a prediction in ``F`` or a one-line
@@ -344,10 +368,19 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
             _shards.finish_shard(samples, label_field, shard, summary, complete=True)
         return summary
 
+    store = _open_feature_store(store_features, feature_dtype)
     clf = classifier or LaZSLClassifier(aset, config=cfg)
     summary.random_weights = clf.model.random_weights
+    worker, extra = clf, None
+    if store is not None:
+        from fiftyone_lazsl.core.features import StoringClassifier
+
+        worker = StoringClassifier(clf, store)
+        extra = {"feature_store": dict(store.describe(), fingerprint=worker.fingerprint,
+                                       bytes_before=store.size_bytes())}
+        summary.feature_store = dict(extra["feature_store"])
     key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
-                                  summary.num_samples, register=shard is None)
+                                  summary.num_samples, register=shard is None, extra=extra)
     summary.run_key = key
     ids, paths = view.values(["id", "filepath"])
     gt_index = _gt_indices(view, clf, gt_field) if gt_field else None
@@ -355,7 +388,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         _clear_outputs(view, dataset, label_field, len(ids))
     done = 0
     try:
-        done = _classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
+        done = _classify_and_write(dataset, worker, ids, paths, label_field, opts, summary,
                                    _progress_fn(progress, len(ids)), gt_index=gt_index)
     finally:
         summary.seconds = time.time() - t0
@@ -364,6 +397,8 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         else:
             _shards.finish_shard(samples, label_field, shard, summary,
                                  complete=done == len(ids))
+        if store is not None:
+            _record_feature_store(dataset, key, summary, worker, store)
 
     if opts.heatmap and clf.method == "lazsl":
         from fiftyone_lazsl.fo.heatmaps import write_heatmaps
@@ -444,8 +479,37 @@ def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: st
     return view
 
 
+def _open_feature_store(store_features: Any, dtype: str) -> Any:
+    """The :class:`FeatureStore` ``store_features`` asks for (None when off)."""
+    from fiftyone_lazsl.core.features import FeatureStore
+
+    if store_features is None or store_features is False:
+        return None
+    if isinstance(store_features, FeatureStore):
+        return store_features
+    if store_features is True:
+        return FeatureStore(dtype=dtype)
+    if isinstance(store_features, (str, os.PathLike)) and str(store_features).strip():
+        return FeatureStore(store_features, dtype=dtype)
+    raise ConfigError(f"store_features must be True/False, a directory or a FeatureStore, "
+                      f"got {store_features!r}")
+
+
+def _record_feature_store(dataset: Any, key: str, summary: "RunSummary", worker: Any,
+                          store: Any) -> None:
+    """Add the store's counts and size after the run to the run record and summary."""
+    fs = summary.feature_store
+    fs.update(bytes_after=store.size_bytes(), stored=worker.stored, reused=worker.reused,
+              store_errors=worker.store_errors)
+    info = dataset.get_run_info(key)
+    cfg = info.config
+    cfg.feature_store = dict(fs)
+    dataset.update_run_config(key, cfg)
+
+
 def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,
-               skip_existing: bool, n: int, register: bool = True) -> tuple[str, dict]:
+               skip_existing: bool, n: int, register: bool = True,
+               extra: dict | None = None) -> tuple[str, dict]:
     """Check a resume, record the run (provenance first, so an interrupted run
     is still recorded), set ``dataset.classes[F]`` and create the fields
     (``register=False``, for shards: only check against the recorded run).
@@ -459,7 +523,7 @@ def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: Outpu
                   top_k_crops=opts.top_k_crops, top_attributes=opts.top_attributes,
                   evidence=opts.evidence, runner_ups=opts.runner_ups,
                   attribute_set_warnings=list(clf.attribute_set.warnings),
-                  status="running", num_samples=n)
+                  status="running", num_samples=n, **(extra or {}))
     if skip_existing:
         _check_resumable(dataset, label_field, config)
     if not register:
@@ -498,13 +562,15 @@ def _written_fields(label_field: str, method: str) -> list[str]:
 def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: list,
                         label_field: str, opts: OutputOptions, summary: RunSummary,
                         report: Callable[[int, str], None],
-                        gt_index: list | None = None) -> int:
+                        gt_index: list | None = None, items: Any = None) -> int:
     """Stream predictions for ``paths`` and hand their outputs to a
     :class:`~fiftyone_lazsl.fo.writer.BackgroundWriter` (batches of
     ``opts.write_every`` samples, one atomic update per sample; label documents
     built directly as BSON-ready dicts by
     :func:`~fiftyone_lazsl.fo.labels.label_documents`). Returns the number of
-    samples processed (all of them written when it returns).
+    samples processed (all of them written when it returns). ``items``: an
+    iterable of ``list[pipeline.Item]`` to write instead of classifying the
+    images (re-scoring from stored features).
 
     Raises:
         fiftyone_lazsl.fo.writer.WriterError: a database write failed.
@@ -522,10 +588,12 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
     done = 0
     stage = {"name": "decoding"}
     with BackgroundWriter(dataset, batch_size=opts.write_every) as writer:
-        for items in iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
-                                      num_workers=opts.num_workers,
-                                      on_stage=lambda s: stage.__setitem__("name", s)):
-            for it in items:
+        if items is None:
+            items = iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
+                                     num_workers=opts.num_workers,
+                                     on_stage=lambda s: stage.__setitem__("name", s))
+        for batch in items:
+            for it in batch:
                 sid = ids[it.index]
                 if it.prediction is None:
                     reason = it.error or "no prediction"
@@ -546,7 +614,7 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                 values[pred_f] = cls
                 writer.put(sid, values)
                 summary.num_predicted += 1
-            done += len(items)
+            done += len(batch)
             report(done, stage["name"])
         report(done, "writing")
     return done

@@ -1,0 +1,107 @@
+"""``features info|prune`` (manage the feature store) and ``rescore``
+(re-score a view from the features a run stored)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _info(args: argparse.Namespace) -> int:
+    from fiftyone_lazsl.core.features import FeatureStore
+
+    with FeatureStore(args.store) as st:
+        info = st.info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"feature store {info['path']}: {info['entries']} entries, {_mb(info['bytes'])} on disk "
+          f"({_mb(info['live_bytes'])} referenced)")
+    for f in info["fingerprints"]:
+        sp = f["spec"]
+        print(f"  {f['fingerprint']}  {sp.get('model')} weights={sp.get('weights_id')} "
+              f"N={sp.get('n_crops')} seed={sp.get('seed')}: {f['entries']} samples, "
+              f"{_mb(f['bytes'])} ({f['bytes_per_sample'] / 1e3:.1f} KB/sample)")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from fiftyone_lazsl.core.features import FeatureStore
+
+    with FeatureStore(args.store) as st:
+        r = st.prune(fingerprint=args.fingerprint, everything=args.all,
+                     stale=not args.keep_stale, older_than_s=(args.older_than_days * 86400
+                                                             if args.older_than_days else None))
+    print(f"pruned {r['deleted_entries']} entries: {_mb(r['bytes_before'])} -> {_mb(r['bytes_after'])}")
+    return 0
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from fiftyone_lazsl.cli.datasets import load_dataset
+    from fiftyone_lazsl.fo.rescore import rescore
+
+    ds = load_dataset(args.dataset)
+    view = ds.match_tags(args.tag) if args.tag else ds
+    summary = rescore(view, args.attributes, from_field=args.from_field,
+                      label_field=args.label_field, theta=args.theta, eps=args.eps,
+                      gamma=args.gamma, method=args.method, missing=args.missing,
+                      gt_field=args.gt_field, restrict_to_set=args.restrict_to_set,
+                      top_k_crops=args.top_k_crops, feature_store=args.store,
+                      progress=True if sys.stderr.isatty() else None)
+    if summary.num_samples == 0:
+        print("nothing to re-score: the view is empty")
+        return 0
+    print(summary)
+    for sid, path, reason in summary.failures[:20]:
+        print(f"  failed: {path}: {reason}")
+    if summary.num_failed > 20:
+        print(f"  ... and {summary.num_failed - 20} more")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="manage the feature store (info, prune)")
+    fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
+    fsub.required = True
+    i = fsub.add_parser("info", help="size and contents of the feature store")
+    i.add_argument("--store", default=None, metavar="DIR",
+                   help="store directory (default: $FIFTYONE_LAZSL_FEATURES or <cache>/features)")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(func=_info)
+    pr = fsub.add_parser("prune", help="delete stale (or all / one model's) entries and reclaim space")
+    pr.add_argument("--store", default=None, metavar="DIR")
+    pr.add_argument("--all", action="store_true", help="delete every entry")
+    pr.add_argument("--fingerprint", default=None, help="delete the entries of this fingerprint")
+    pr.add_argument("--older-than-days", type=float, default=None, metavar="D")
+    pr.add_argument("--keep-stale", action="store_true",
+                    help="keep entries whose image file is missing or changed (default: delete them)")
+    pr.set_defaults(func=_prune)
+
+    r = sub.add_parser("rescore", help="re-score a view from the features a run stored "
+                                       "(new attribute set / theta / eps / gamma, no encoding)")
+    r.add_argument("--dataset", required=True, metavar="NAME")
+    r.add_argument("--attributes", required=True, metavar="SET_OR_FILE")
+    r.add_argument("--from-field", required=True, metavar="F",
+                   help="label field of a run made with --store-features")
+    r.add_argument("--label-field", required=True, metavar="G", help="field to write")
+    r.add_argument("--method", choices=("lazsl", "dclip", "clip"), default="lazsl")
+    r.add_argument("--theta", type=float, default=None)
+    r.add_argument("--eps", type=float, default=None)
+    r.add_argument("--gamma", type=float, default=None)
+    r.add_argument("--missing", choices=("encode", "skip"), default="encode",
+                   help="samples without stored features: encode (and store) them, or skip them "
+                        "with the reason in G_error (default: encode)")
+    r.add_argument("--store", default=None, metavar="DIR",
+                   help="feature store (default: the one the run on --from-field names)")
+    r.add_argument("--tag", default=None, help="only samples with this tag")
+    r.add_argument("--gt-field", default=None)
+    r.add_argument("--restrict-to-set", action="store_true")
+    r.add_argument("--top-k-crops", type=int, default=None)
+    r.set_defaults(func=_rescore)
+    logging.getLogger("fiftyone_lazsl").setLevel(logging.INFO)

@@ -1,0 +1,274 @@
+"""Re-score a view from stored view embeddings: any attribute set, any
+``theta`` / ``eps`` / ``gamma`` (or DCLIP), no image encoding.
+
+A run made with ``store_features`` (``classify --store-features``) keeps each
+sample's ``[1 + N, D]`` view embeddings and crop boxes in a
+:class:`~fiftyone_lazsl.core.features.FeatureStore`. :func:`rescore` reads them
+back for the samples of a view, scores them with
+:meth:`LaZSLClassifier.predict_features` and writes the same fields and run
+record as :func:`fiftyone_lazsl.fo.apply.run_lazsl` (through its steps), so
+every reader of LaZSL runs (panel, audit, evaluate) works on the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator
+
+import torch
+
+from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.errors import ConfigError
+from fiftyone_lazsl.fo.datasets import dataset_of
+
+logger = logging.getLogger(__name__)
+
+#: Parameters that determine the stored features: a re-scoring cannot change them.
+VISUAL_SET_PARAMS = ("model", "pretrained", "n_crops", "crop_scale", "seed", "crop_backend")
+#: What to do with samples that have no valid stored features.
+MISSING_CHOICES = ("encode", "skip")
+
+
+def stored_run(samples: Any, from_field: str) -> dict:
+    """The recorded config of the run on ``from_field``, checked to name a feature store.
+
+    Raises:
+        ConfigError: no LaZSL run wrote ``from_field``, or it stored no features.
+    """
+    from fiftyone_lazsl.fo.runs import get_run_config
+
+    try:
+        old = get_run_config(dataset_of(samples), from_field)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not old.get("feature_store"):
+        raise ConfigError(
+            f"the run on field {from_field!r} did not store features; classify again with "
+            "--store-features (store_features=True) to re-score from it")
+    return old
+
+
+def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: str,
+            theta: float | None = None, eps: float | None = None, gamma: float | None = None,
+            method: str = "lazsl", missing: str = "encode", model: Any = None,
+            feature_store: Any = None, gt_field: str | None = None,
+            restrict_to_set: bool = False, top_k_crops: int | None = None,
+            top_attributes: int = 5, heatmap: bool = False, write_every: int = 64,
+            batch_size: int = 64, progress: Any = None, classifier: Any = None,
+            **params: Any) -> Any:
+    """Re-score ``samples`` from the features stored by the run on ``from_field``.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        attribute_set: any attribute set (an :class:`AttributeSet`, dict, stored
+            name, JSON path or published name), e.g. an edited copy of the one
+            the run used.
+        from_field: label field of a run made with ``store_features``; its
+            model, weights, preprocessing and visual set (``n_crops``,
+            ``crop_scale``, ``seed``) are reused.
+        label_field: the field to write (``F``, ``F_crops``, ``F_attributes``,
+            ``F_error``, as :func:`~fiftyone_lazsl.fo.apply.run_lazsl`); may be
+            ``from_field`` itself to replace that run's outputs.
+        theta, eps, gamma: LaZSL parameters (None: the run's).
+        method: ``"lazsl"`` or ``"dclip"`` (``"clip"`` needs no attributes
+            and is cheap to run fresh, but works too).
+        missing: samples without valid stored features (never stored, image
+            file changed since): ``"encode"`` them on the way (and store them),
+            or ``"skip"`` them, writing the reason to ``F_error``.
+        model: a :class:`~fiftyone_lazsl.core.models.LoadedModel` to use
+            instead of loading the run's (needed to reuse features of a
+            random-weights model in the same process).
+        feature_store: the store (directory or ``FeatureStore``); default: the
+            one the run record names.
+        gt_field, restrict_to_set, top_k_crops, top_attributes, heatmap,
+            write_every: as :func:`run_lazsl`.
+        batch_size: samples scored per batch.
+        progress: as :func:`run_lazsl`.
+        classifier: a pre-built :class:`LaZSLClassifier` for ``attribute_set``
+            (then ``theta``/``eps``/``gamma``/``method``/``params`` are its own;
+            saves encoding the set's prompts again, e.g. in the App's workbench).
+        **params: other :class:`LaZSLConfig` output parameters (``max_iter``,
+            ``stop_tol``, ``prompt_style``, ``prompt_suffix``, ``device``).
+
+    Returns:
+        a :class:`~fiftyone_lazsl.fo.apply.RunSummary`; its ``feature_store``
+        says how many samples were served from the store and encoded.
+
+    Raises:
+        ConfigError: ``from_field`` has no stored features; a parameter that
+            would change the visual set (``model``, ``pretrained``, ``n_crops``,
+            ``crop_scale``, ``seed``, ``crop_backend``); the store's
+            fingerprint no longer matches the model (weights file changed);
+            bad ``missing``/``method``.
+        the errors of :func:`run_lazsl` for the attribute set, label field
+            and ``gt_field``.
+
+    The results equal a fresh :func:`run_lazsl` with the same parameters up to
+    the storage precision (float32 storage: identical to 1e-6; float16: see
+    ``docs/notes-16.md`` and ``tests/test_rescore.py``).
+    """
+    from fiftyone_lazsl.core.classifier import LaZSLClassifier
+    from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
+    from fiftyone_lazsl.fo import apply as ap
+
+    t0 = time.time()
+    if missing not in MISSING_CHOICES:
+        raise ConfigError(f"missing must be one of {', '.join(MISSING_CHOICES)}, got {missing!r}")
+    bad = sorted(set(params) & set(VISUAL_SET_PARAMS))
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} determine the stored features and cannot change "
+                          f"when re-scoring; run classify again for other values")
+    dataset = dataset_of(samples)
+    old = stored_run(samples, from_field)
+    changes = {k: v for k, v in (("theta", theta), ("eps", eps), ("gamma", gamma)) if v is not None}
+    cfg = LaZSLConfig.from_dict(old, strict=False).replace(method=method, batch_size=batch_size,
+                                                           **changes, **params)
+    opts = ap.OutputOptions(top_k_crops=top_k_crops, top_attributes=top_attributes,
+                            heatmap=heatmap, write_every=write_every, num_workers=0)
+    ap._check_label_field(dataset, label_field)
+    aset = ap._resolve_attribute_set(attribute_set, dataset)
+    view = ap._target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set, False)
+    summary = ap.RunSummary(label_field=label_field, run_key=None, num_samples=len(view))
+    if summary.num_samples == 0:
+        summary.seconds = time.time() - t0
+        return summary
+
+    rec = old["feature_store"]
+    if isinstance(feature_store, FeatureStore):
+        store = feature_store
+    else:
+        store = FeatureStore(feature_store or rec["path"], dtype=rec.get("dtype", "float16"),
+                             check=rec.get("check", "stat"))
+    if classifier is not None:
+        clf = classifier
+    elif model is not None:
+        clf = LaZSLClassifier(aset, model=model, config=cfg)
+    else:
+        clf = LaZSLClassifier(aset, config=cfg)
+    spec = feature_spec(clf)
+    spec["n_crops"] = int(old.get("n_crops") or 0)  # dclip re-scoring of a lazsl run: global view
+    fp = fingerprint(spec)
+    if fp != rec["fingerprint"]:
+        was = store.spec(rec["fingerprint"]) or {}
+        diff = sorted(k for k in set(spec) | set(was) if spec.get(k) != was.get(k))
+        raise ConfigError(
+            f"the stored features of the run on {from_field!r} were made with another model or "
+            f"visual set ({', '.join(diff) or 'fingerprint'} differ: e.g. a changed weights file, "
+            "or random weights loaded again); classify again with --store-features")
+    summary.random_weights = clf.model.random_weights
+    extra = {"rescored_from": from_field,
+             "feature_store": dict(store.describe(), fingerprint=fp, bytes_before=store.size_bytes())}
+    summary.feature_store = dict(extra["feature_store"])
+    key, _ = ap._start_run(dataset, clf, label_field, opts, False, summary.num_samples, extra=extra)
+    summary.run_key = key
+    ids, paths = view.values(["id", "filepath"])
+    ap._clear_outputs(view, dataset, label_field, len(ids))
+    counts = {"reused": 0, "stored": 0, "skipped": 0}
+    items = _iter_items(clf, store, fp, spec, paths, batch_size, missing, counts)
+    done = 0
+    try:
+        done = ap._classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
+                                      ap._progress_fn(progress, len(ids)), items=items)
+    finally:
+        summary.seconds = time.time() - t0
+        ap._finish_run(dataset, key, summary, complete=done == len(ids))
+        summary.feature_store.update(bytes_after=store.size_bytes(), **counts)
+        info = dataset.get_run_info(key)
+        info.config.feature_store = dict(summary.feature_store)
+        dataset.update_run_config(key, info.config)
+    if heatmap and clf.method == "lazsl":
+        from fiftyone_lazsl.fo.heatmaps import write_heatmaps
+        write_heatmaps(dataset.select(ids), label_field)
+    if summary.random_weights:
+        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
+                       label_field)
+    return summary
+
+
+def _iter_items(clf: Any, store: Any, fp: str, spec: dict, paths: list, batch_size: int,
+                missing: str, counts: dict) -> Iterator[list]:
+    """Batches of :class:`~fiftyone_lazsl.core.pipeline.Item`: predictions from
+    stored features; samples without them encoded (and stored) or skipped."""
+    from fiftyone_lazsl.core.pipeline import Item, _non_finite, iter_predictions
+
+    encoder = None
+    for s in range(0, len(paths), batch_size):
+        chunk = paths[s:s + batch_size]
+        found, why = store.get_many(fp, chunk)
+        items = [Item(index=s + j, key=p, filepath=p) for j, p in enumerate(chunk)]
+        have = [it for it in items if it.key in found]
+        if have:
+            es = [found[it.key] for it in have]
+            feats = torch.from_numpy(_stack([e.features for e in es]))
+            if clf.method != "lazsl":
+                feats = feats[:, :1]
+            preds = clf.predict_features(feats, [e.boxes for e in es], [e.image_size for e in es],
+                                         [e.original_size for e in es], [e.scale for e in es])
+            for it, p in zip(have, preds):
+                bad = _non_finite(p)
+                if bad:
+                    it.error = f"non-finite scores ({bad}); nothing written"
+                else:
+                    it.prediction = p
+            counts["reused"] += len(have)
+        lack = [it for it in items if it.key not in found]
+        if lack and missing == "skip":
+            for it in lack:
+                it.error = f"skipped: {why[it.key]}"
+            counts["skipped"] += len(lack)
+        elif lack:
+            if encoder is None:
+                encoder = _Encoder(clf, store, fp, spec)
+            for batch in iter_predictions(encoder, [it.filepath for it in lack],
+                                          batch_size=clf.batch_size, num_workers=0):
+                for sub in batch:
+                    it = lack[sub.index]
+                    it.prediction, it.error = sub.prediction, sub.error
+            counts["stored"] += encoder.stored
+            encoder.stored = 0
+        yield items
+
+
+def _stack(arrays: list) -> Any:
+    import numpy as np
+
+    return np.stack(arrays).astype(np.float32, copy=False)
+
+
+class _Encoder:
+    """Encodes samples missing from the store with the visual set the store
+    was made with (``spec``'s ``n_crops``), stores them, and scores them with
+    ``clf`` (a DCLIP re-scoring of a LaZSL run still stores all crops)."""
+
+    def __init__(self, clf: Any, store: Any, fp: str, spec: dict) -> None:
+        from fiftyone_lazsl.core.classifier import LaZSLClassifier
+        from fiftyone_lazsl.core.features import StoringClassifier
+
+        self.clf = clf
+        enc = clf
+        if clf.n_crops != spec["n_crops"]:
+            enc = LaZSLClassifier(clf.attribute_set, model=clf.model,
+                                  config=clf.lazsl_config.replace(method="lazsl"))
+        self.storing = StoringClassifier(enc, store, reuse=False)
+        if self.storing.fingerprint != fp:  # pragma: no cover -- guarded by rescore()
+            raise ConfigError("internal: encoder fingerprint differs from the store's")
+        self.batch_size = clf.batch_size
+        self.stored = 0
+
+    def predict_tensors(self, images, keys, sizes=None, scales=None):
+        st = self.storing
+        enc = st._clf
+        dims = [(int(im.shape[-1]), int(im.shape[-2])) for im in images]
+        sizes = list(sizes) if sizes is not None else dims
+        scales = list(scales) if scales is not None else [1.0] * len(images)
+        feats, boxes = enc.encode(images, keys)
+        from fiftyone_lazsl.core.features import FeatureEntry
+        st.store.put_many(st.fingerprint, [
+            FeatureEntry(key=k, features=f.cpu().numpy(), boxes=b, image_size=d,
+                         original_size=tuple(sz), scale=float(sc))
+            for k, f, b, d, sz, sc in zip(keys, feats, boxes, dims, sizes, scales)])
+        self.stored += len(keys)
+        if self.clf.method != "lazsl":
+            feats = feats[:, :1]
+        return self.clf.predict_features(feats, boxes, dims, sizes, scales)

@@ -1,0 +1,137 @@
+"""Operators ``rescore_lazsl`` (re-score the target view from the features a
+run stored: any attribute set, theta / eps / gamma, no encoding) and
+``attribute_doctor`` (per-attribute diagnostics, table in the App). Thin
+shells over :func:`fiftyone_lazsl.rescore` and
+:func:`fiftyone_lazsl.attribute_doctor`."""
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields
+
+
+def stored_feature_fields(dataset) -> list:
+    """Label fields of LaZSL runs that stored features."""
+    out = []
+    for f in list_lazsl_fields(dataset):
+        try:
+            if get_run_config(dataset, f).get("feature_store"):
+                out.append(f)
+        except ValueError:
+            pass
+    return out
+
+
+def _set_choices(dataset):
+    view = types.AutocompleteView(allow_user_input=True)
+    for rec in store.list_attribute_sets(dataset):
+        view.add_choice(rec["name"], label=rec["name"])
+    return view
+
+
+def _from_field_input(inputs, ctx) -> bool:
+    fields = stored_feature_fields(ctx.dataset)
+    if not fields:
+        inputs.view("none", types.Warning(
+            label="No run stored features",
+            description="Classify with 'Store view embeddings' (CLI: --store-features) first"))
+        return False
+    inputs.enum("from_field", fields, default=fields[0], required=True,
+                label="Run with stored features", view=types.DropdownView())
+    return True
+
+
+def _float_or_none(v):
+    return None if v is None or v == "" else float(v)
+
+
+class RescoreLaZSL(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="rescore_lazsl",
+            label="LaZSL: re-score from stored features",
+            description="Score the view with another attribute set or theta/eps/gamma without "
+                        "encoding images again",
+            dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()
+        if _from_field_input(inputs, ctx):
+            inputs.str("attribute_set", required=True, label="Attribute set",
+                       view=_set_choices(ctx.dataset))
+            inputs.str("label_field", required=True, default="lazsl_rescored", label="Label field")
+            inputs.enum("method", ["lazsl", "dclip"], default="lazsl", label="Method",
+                        view=types.DropdownView())
+            inputs.float("theta", required=False, label="theta (empty: the run's)")
+            inputs.float("eps", required=False, label="eps (empty: the run's)")
+            inputs.float("gamma", required=False, label="gamma (empty: the run's)")
+            inputs.enum("missing", ["encode", "skip"], default="encode",
+                        label="Samples without stored features", view=types.DropdownView())
+        return types.Property(inputs, view=types.View(label="Re-score from stored features"))
+
+    def execute(self, ctx):
+        from fiftyone_lazsl.fo.rescore import rescore
+
+        p = ctx.params
+        progress = (lambda f, label: ctx.set_progress(f, label)) if ctx.delegated else None
+        summary = rescore(ctx.target_view(), p["attribute_set"], from_field=p["from_field"],
+                          label_field=p["label_field"], method=p.get("method") or "lazsl",
+                          theta=_float_or_none(p.get("theta")), eps=_float_or_none(p.get("eps")),
+                          gamma=_float_or_none(p.get("gamma")),
+                          missing=p.get("missing") or "encode", progress=progress)
+        if not ctx.delegated:
+            ctx.ops.reload_dataset()
+            ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")
+        return {"summary": str(summary), "num_predicted": summary.num_predicted}
+
+
+class AttributeDoctor(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="attribute_doctor",
+            label="LaZSL: attribute doctor",
+            description="Which attributes never win a crop, do not discriminate, or duplicate others",
+            dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        ctx.target_view()
+        if _from_field_input(inputs, ctx):
+            inputs.str("gt_field", required=False, label="Ground-truth field (default: predictions)")
+            inputs.float("dup_threshold", default=0.95, label="Near-duplicate cosine")
+            inputs.float("min_auc", default=0.55, label="Flag attributes below this AUC")
+            inputs.bool("save_pruned", default=True, label="Save a proposed pruned attribute set")
+        return types.Property(inputs, view=types.View(label="Attribute doctor"))
+
+    def execute(self, ctx):
+        from fiftyone_lazsl.fo.doctor import attribute_doctor
+
+        p = ctx.params
+        rep = attribute_doctor(ctx.target_view(), from_field=p["from_field"],
+                               gt_field=p.get("gt_field") or None,
+                               dup_threshold=float(p.get("dup_threshold") or 0.95),
+                               min_auc=float(p.get("min_auc") if p.get("min_auc") is not None else 0.55),
+                               save_pruned_as="" if p.get("save_pruned", True) else None)
+        rows = [{"class": a.class_name, "attribute": a.attribute, "top_rate": round(a.top_rate, 3),
+                 "auc": None if a.auc is None else round(a.auc, 3), "flags": ", ".join(a.flags),
+                 "view": a.saved_view or ""} for a in rep.attributes]
+        return {"rows": rows, "flagged": len(rep.flagged), "pruned_set": rep.pruned_set or "",
+                "degenerate": "; ".join(f"{c}: {w}" for c, w in rep.degenerate.items())}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("flagged", label="Flagged attributes")
+        outputs.str("pruned_set", label="Proposed pruned set (saved)")
+        outputs.str("degenerate", label="Degenerate classes")
+        table = types.TableView()
+        for k in ("class", "attribute", "top_rate", "auc", "flags", "view"):
+            table.add_column(k, label=k)
+        outputs.list("rows", types.Object(), label="Attributes", view=table)
+        return types.Property(outputs)
+
+
+OPERATORS = [RescoreLaZSL, AttributeDoctor]
