@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fiftyone_lazsl.fo.datasets import dataset_of
+
 
 
 @dataclass
@@ -137,7 +139,7 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     from fiftyone_lazsl.fo import apply as ap
     from fiftyone_lazsl.fo.rescore import stored_run
 
-    dataset = samples._dataset
+    dataset = dataset_of(samples)
     old = stored_run(samples, from_field)
     if gt_field is not None and gt_field not in dataset.get_field_schema():
         raise ConfigError(f"dataset {dataset.name!r} has no field {gt_field!r}")

@@ -168,8 +168,10 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     items = _iter_items(clf, store, fp, spec, paths, batch_size, missing, counts)
     done = 0
     try:
+        gt_index = ap._gt_indices(view, clf, gt_field) if gt_field else None
         done = ap._classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
-                                      ap._progress_fn(progress, len(ids)), items=items)
+                                      ap._progress_fn(progress, len(ids)), gt_index=gt_index,
+                                      items=items)
     finally:
         summary.seconds = time.time() - t0
         ap._finish_run(dataset, key, summary, complete=done == len(ids))

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fiftyone_lazsl.fo.datasets import dataset_of
+
 #: Loaded models reused between panel events (model, weights, device) -> LoadedModel.
 _MODELS: dict = {}
 
@@ -21,7 +23,7 @@ def run_attribute_set(samples: Any, label_field: str) -> Any:
     from fiftyone_lazsl.fo.doctor import _recorded_set
     from fiftyone_lazsl.fo.runs import get_run_config
 
-    return _recorded_set(samples._dataset, get_run_config(samples._dataset, label_field))
+    return _recorded_set(dataset_of(samples), get_run_config(dataset_of(samples), label_field))
 
 
 def edit_attribute_set(attribute_set: Any, class_name: str, attributes: Sequence[str]) -> Any:
@@ -93,7 +95,7 @@ def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier
     from fiftyone_lazsl.core.features import FeatureStore
     from fiftyone_lazsl.fo.rescore import stored_run
 
-    ds = sample._dataset
+    ds = sample.dataset
     rec = stored_run(ds, label_field)["feature_store"]
     clf = classifier or classifier_for(ds, label_field, attribute_set)
     with FeatureStore(rec["path"], dtype=rec.get("dtype", "float16"),
@@ -130,7 +132,7 @@ def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
 
     from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
-    cfg = get_run_config(view._dataset, label_field)
+    cfg = get_run_config(dataset_of(view), label_field)
     keys = ("method", "model", "pretrained", "attribute_set", "n_crops", "theta", "eps", "gamma",
             "seed", "random_weights")
     params = {k: cfg.get(k) for k in keys if k in cfg}
@@ -140,7 +142,7 @@ def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
         params["rescored_from"] = cfg["rescored_from"]
     counts = view.count_values(f"{label_field}.label")
     attrs_field = output_fields(label_field)["attributes"]
-    has_attrs = attrs_field in view._dataset.get_field_schema()
+    has_attrs = attrs_field in dataset_of(view).get_field_schema()
     rows = []
     for c, n in sorted(((c, n) for c, n in counts.items() if c is not None),
                        key=lambda x: (-x[1], x[0]))[:max_classes]:
