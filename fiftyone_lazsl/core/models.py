@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,50 @@ def cache_root() -> str:
 def default_device() -> str:
     """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: "str | torch.device | None") -> torch.device:
+    """The torch device ``device`` names, checked to exist on this machine.
+
+    Called before a run writes anything (``run_lazsl``) and by :func:`load_model`,
+    so ``--device cuda`` on a machine without a GPU, ``--device cuda:3`` with two
+    GPUs or ``--device bogus`` are one clear error instead of a torch traceback
+    halfway through a run.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``..., a
+            ``torch.device``, or None for :func:`default_device`.
+
+    Returns:
+        the ``torch.device``.
+
+    Raises:
+        ConfigError: unknown device string, or a device that is not available
+            (message names the parameter ``device``).
+    """
+    from fiftyone_lazsl.errors import ConfigError
+
+    if device is None or (isinstance(device, str) and not device.strip()):
+        return torch.device(default_device())
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a torch device (expected cpu, cuda, "
+                          "cuda:N or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is available on this machine "
+                              "(use --device cpu, or omit it to pick automatically)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                              "GPU(s) are visible")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {str(device)!r}: Apple MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {str(device)!r} is not supported (expected cpu, cuda, cuda:N "
+                          "or mps)")
+    return dev
 
 
 @dataclass
@@ -139,14 +183,22 @@ class LoadedModel:
                 except Exception:  # corrupt cache entry: recompute
                     logger.warning("ignoring unreadable text-feature cache %s", path)
         out = []
+        cut: list[str] = []
         for s in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[s:s + batch_size]).to(self.device)
+            tokens = self.tokenizer(texts[s:s + batch_size])
+            cut += _truncated(self.tokenizer, texts[s:s + batch_size], tokens)
+            tokens = tokens.to(self.device)
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
                     f = encode_text_tokens(self.model, tokens)
             else:
                 f = encode_text_tokens(self.model, tokens)
             out.append(F.normalize(f.float(), dim=-1).cpu())
+        if cut:
+            logger.warning(
+                "%d prompt(s) are longer than the text encoder's context of %d tokens and were "
+                "cut (only the beginning is encoded); shorten them, e.g. %r",
+                len(cut), int(self.tokenizer(texts[:1]).shape[1]), cut[0][:120])
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if path is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -154,6 +206,26 @@ class LoadedModel:
             torch.save(feats, tmp)
             os.replace(tmp, path)
         return feats
+
+
+def _truncated(tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor) -> list[str]:
+    """The ``texts`` whose tokens did not fit the context (``tokens``: the
+    tokenizer's ``[T, context_length]`` output, 0-padded). A prompt that fills
+    the last position is checked exactly with the tokenizer's ``encode`` when it
+    has one (open_clip's ``SimpleTokenizer``: start + tokens + end)."""
+    full = (tokens[:, -1] != 0).nonzero().flatten().tolist()
+    ctx = int(tokens.shape[1])
+    encode = getattr(tokenizer, "encode", None)
+    out = []
+    for i in full:
+        if encode is not None:
+            try:
+                if len(encode(texts[i])) + 2 <= ctx:
+                    continue
+            except Exception:  # other tokenizers: the last position filled is enough
+                pass
+        out.append(texts[i])
+    return out
 
 
 def encode_text_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -347,10 +419,11 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
         ModelNotFoundError: unknown model name.
         WeightsUnavailableError: weights not on disk and not downloadable, or a
             missing checkpoint file / unknown tag.
+        ConfigError: ``device`` does not exist on this machine (:func:`check_device`).
     """
     import open_clip
 
-    device = torch.device(device or default_device())
+    device = check_device(device)
     register_model_configs()
     name, pretrained_arg, weights_id, random = _resolve(model_name, pretrained, cache_dir)
     try:

@@ -147,14 +147,35 @@ def _all_output_fields(label_field: str) -> list[str]:
     return list(output_fields(label_field).values()) + [f"{label_field}_heatmap"]
 
 
+def check_label_field_name(label_field: Any) -> None:
+    """Refuse a label field name that MongoDB / FiftyOne cannot hold as a
+    top-level field: empty, with a ``.`` (an embedded path), starting with
+    ``$`` or ``_`` (operators and private fields), or with other characters
+    than letters, digits and ``_`` (so ``F_crops`` etc. stay plain names too).
+
+    Raises:
+        ConfigError: naming the parameter ``label_field``.
+    """
+    if not isinstance(label_field, str) or not label_field.strip():
+        raise ConfigError("the label field name must be a non-empty string")
+    if "." in label_field:
+        raise ConfigError(f"label_field {label_field!r} contains '.': give a top-level field "
+                          "name (e.g. lazsl_b), not an embedded path")
+    if label_field.startswith(("$", "_")):
+        raise ConfigError(f"label_field {label_field!r} must not start with '$' or '_'")
+    if not all(ch.isalnum() or ch == "_" for ch in label_field):
+        bad = sorted({ch for ch in label_field if not (ch.isalnum() or ch == "_")})
+        raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
+                          f"(found {''.join(bad)!r})")
+
+
 def _check_label_field(dataset: Any, label_field: str) -> None:
     """Refuse a label field whose outputs would overwrite fields this run does
     not own: fields of another LaZSL run (``F`` vs ``F_crops``...), or existing
     fields no LaZSL run wrote (``ground_truth``, ``filepath``...)."""
     from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
-    if not isinstance(label_field, str) or not label_field.strip():
-        raise ConfigError("the label field name must be a non-empty string")
+    check_label_field_name(label_field)
     ours = _all_output_fields(label_field)
     runs = list_lazsl_fields(dataset)
     for other in runs:
@@ -303,6 +324,9 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
                          heatmap=heatmap, write_every=write_every, num_workers=num_workers)
     dataset = samples._dataset
     _check_label_field(dataset, label_field)
+    if classifier is None:
+        from fiftyone_lazsl.core.models import check_device
+        check_device(cfg.device)  # a missing GPU fails here, before anything is written
     aset = _resolve_attribute_set(attribute_set, dataset)
     view = _target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set,
                         skip_existing)
@@ -358,8 +382,10 @@ def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: st
     if restrict_to_set and gt_field is None:
         raise ConfigError("restrict_to_set needs gt_field (the field whose labels select samples)")
     if gt_field is not None:
-        if gt_field not in dataset.get_field_schema():
+        schema = dataset.get_field_schema()
+        if gt_field not in schema:
             raise ConfigError(f"dataset {dataset.name!r} has no field {gt_field!r}")
+        _check_gt_field_type(dataset, gt_field, schema[gt_field])
         labels = [x for x in view.distinct(f"{gt_field}.label")]
         if restrict_to_set:
             keep = [lb for lb in labels if aset.resolve(lb) is not None]
@@ -369,6 +395,23 @@ def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: st
     if skip_existing and label_field in dataset.get_field_schema():
         view = view.match(F(label_field).exists(False))
     return view
+
+
+def _check_gt_field_type(dataset: Any, gt_field: str, field: Any) -> None:
+    """``gt_field`` must be a ``Classification`` field (``filepath``, a tag
+    list or a Detections field hold no class label to check).
+
+    Raises:
+        ConfigError: naming ``gt_field`` and the field's actual type.
+    """
+    import fiftyone as fo
+
+    doc_type = getattr(field, "document_type", None)
+    if not (isinstance(field, fo.EmbeddedDocumentField) and doc_type is not None
+            and issubclass(doc_type, fo.Classification)):
+        what = doc_type.__name__ if doc_type is not None else type(field).__name__
+        raise ConfigError(f"gt_field {gt_field!r} on dataset {dataset.name!r} is a {what}, not a "
+                          "Classification field; give the field holding the ground-truth labels")
 
 
 def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,

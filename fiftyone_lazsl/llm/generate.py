@@ -149,6 +149,14 @@ class AttributeGenerator:
             raise LLMError(f"the number of attributes must be between 1 and 50, got {n}")
         if int(concurrency) < 1:
             raise LLMError(f"concurrency must be at least 1, got {concurrency}")
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise LLMError(f"timeout must be a number of seconds, got {timeout!r}") from None
+        if not (timeout > 0 and timeout != float("inf")):
+            raise LLMError(f"timeout must be a positive number of seconds, got {timeout:g}")
+        if int(max_retries) < 0:
+            raise LLMError(f"max_retries must be >= 0, got {max_retries}")
         self.model = str(model).strip()
         self.n = int(n)
         self.hint = hint.strip() if hint and hint.strip() else None
