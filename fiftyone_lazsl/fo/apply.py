@@ -336,21 +336,27 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         summary.seconds = time.time() - t0
         return summary
 
-    clf = classifier or LaZSLClassifier(aset, config=cfg)
-    summary.random_weights = clf.model.random_weights
-    key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
-                                  summary.num_samples)
-    summary.run_key = key
-    ids, paths = view.values(["id", "filepath"])
-    if not skip_existing:
-        _clear_outputs(view, dataset, label_field, len(ids))
-    done = 0
+    from fiftyone_lazsl.fo.locks import acquire
+
+    lock = acquire(dataset, label_field)  # one writer per label field (RunConflictError)
     try:
-        done = _classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
-                                   _progress_fn(progress, len(ids)))
+        clf = classifier or LaZSLClassifier(aset, config=cfg)
+        summary.random_weights = clf.model.random_weights
+        key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
+                                      summary.num_samples, owner=lock.owner)
+        summary.run_key = key
+        ids, paths = view.values(["id", "filepath"])
+        if not skip_existing:
+            _clear_outputs(view, dataset, label_field, len(ids))
+        done = 0
+        try:
+            done = _classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
+                                       _progress_fn(progress, len(ids)))
+        finally:
+            summary.seconds = time.time() - t0
+            _finish_run(dataset, key, summary, complete=done == len(ids))
     finally:
-        summary.seconds = time.time() - t0
-        _finish_run(dataset, key, summary, complete=done == len(ids))
+        lock.release()
 
     if opts.heatmap and clf.method == "lazsl":
         from fiftyone_lazsl.fo.explain import write_heatmaps
@@ -415,9 +421,14 @@ def _check_gt_field_type(dataset: Any, gt_field: str, field: Any) -> None:
 
 
 def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,
-               skip_existing: bool, n: int) -> tuple[str, dict]:
+               skip_existing: bool, n: int, *, owner: str | None = None) -> tuple[str, dict]:
     """Check a resume, record the run (provenance first, so an interrupted run
     is still recorded), set ``dataset.classes[F]`` and create the fields.
+
+    ``owner`` is the write lock's id (:mod:`fiftyone_lazsl.fo.locks`): while it
+    beats, readers see ``status="running"``; once it stops, ``"interrupted"``.
+    A resume keeps the whole run's ``num_samples`` and earlier ``seconds`` and
+    counts ``resumed``.
 
     Returns:
         ``(run_key, run_config_dict)``.
@@ -427,9 +438,19 @@ def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: Outpu
     config = dict(clf.config(), label_field=label_field, fields=fields,
                   top_k_crops=opts.top_k_crops, top_attributes=opts.top_attributes,
                   attribute_set_warnings=list(clf.attribute_set.warnings),
-                  status="running", num_samples=n)
+                  status="running", num_samples=n, owner=owner)
     if skip_existing:
         _check_resumable(dataset, label_field, config)
+        if key in dataset.list_runs():
+            old = dataset.get_run_info(key).config
+            config["num_samples"] = max(int(getattr(old, "num_samples", 0) or 0), n)
+            # ``seconds`` is written when a (resumed) run ends and is then the
+            # cumulative total; a killed run has only what came before it.
+            prior = getattr(old, "seconds", None)
+            if prior is None:
+                prior = getattr(old, "seconds_before", 0)
+            config["seconds_before"] = float(prior or 0)
+            config["resumed"] = int(getattr(old, "resumed", 0) or 0) + 1
     for w in clf.attribute_set.warnings:
         logger.warning("attribute set %s: %s", clf.attribute_set.name or "", w)
     dataset.register_run(key, dataset.init_run(**config), overwrite=True)
@@ -517,9 +538,16 @@ def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) 
     info = dataset.get_run_info(key)
     cfg = info.config
     cfg.status = "completed" if complete else "interrupted"
-    cfg.num_predicted = summary.num_predicted
-    cfg.num_failed = summary.num_failed
-    cfg.seconds = round(summary.seconds, 3)
+    if getattr(cfg, "resumed", 0):
+        # totals of the whole run, not of this resumed part
+        fields = output_fields(cfg.label_field)
+        cfg.num_predicted = dataset.count(fields["prediction"])
+        cfg.num_failed = dataset.count(fields["error"])
+        cfg.seconds = round(summary.seconds + float(getattr(cfg, "seconds_before", 0) or 0), 3)
+    else:
+        cfg.num_predicted = summary.num_predicted
+        cfg.num_failed = summary.num_failed
+        cfg.seconds = round(summary.seconds, 3)
     dataset.update_run_config(key, cfg)
 
 
