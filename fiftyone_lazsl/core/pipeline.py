@@ -39,11 +39,13 @@ class _Files(Dataset):
         return len(self.filepaths)
 
     def __getitem__(self, i):
-        from fiftyone_lazsl.core.imageio import load_image_tensor
+        from fiftyone_lazsl.core.imageio import load_image_tensor, read_deadline
 
         path = self.filepaths[i]
         try:
-            t, info = load_image_tensor(path, max_pixels=self.max_pixels)
+            # a stalled read or decode fails this sample only (see read_deadline)
+            with read_deadline(path):
+                t, info = load_image_tensor(path, max_pixels=self.max_pixels)
             return i, t, info, None
         except Exception as e:  # reported per sample, never fatal
             return i, None, None, _reason(e)
