@@ -12,7 +12,6 @@ Vision-Language Model", ICCV 2025.
 """
 
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
-from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, lazsl_scores
 
 __version__ = "0.1.0"
 
@@ -28,6 +27,10 @@ def __getattr__(name):
     if name in ("LaZSLClassifier", "Prediction"):
         from fiftyone_lazsl.core import classifier
         return getattr(classifier, name)
+    if name in ("lazsl_scores", "dclip_scores", "clip_scores"):
+        # torch loads on first use (keeps `fiftyone-lazsl --help` fast)
+        from fiftyone_lazsl.core import scoring
+        return getattr(scoring, name)
     if name == "load_model":
         from fiftyone_lazsl.core.models import load_model
         return load_model

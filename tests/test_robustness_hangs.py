@@ -98,3 +98,71 @@ def test_stalled_decode_is_cut_at_the_deadline(shared_data, checkpoint, monkeypa
     assert s.num_predicted == 3 and [f[1] for f in s.failures] == [str(stall)]
     out = assert_every_sample_accounted(ds, "lazsl")
     assert "took longer than 1.5 s" in out[str(stall)]
+
+
+# ------------------------------------------------------------------- LLM
+LLM_CLASSES = ["Quick Bird", "Fast Bird", "Trickle Bird"]
+
+
+def _llm_script():
+    from openai_stub_server import attributes_json, trickle
+
+    return {"Quick Bird": [attributes_json(["a red crest", "black wings"])],
+            "Fast Bird": [attributes_json(["yellow bill"])],
+            "Trickle Bird": [trickle(0.2, attributes_json(["never arrives in time"]))]}
+
+
+def test_trickling_server_cannot_hold_a_request_past_its_deadline(tmp_cache, monkeypatch):
+    from fiftyone_lazsl.llm.generate import AttributeGenerator
+    from openai_stub_server import StubOpenAI
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with StubOpenAI(_llm_script()) as srv:
+        gen = AttributeGenerator("m", base_url=srv.base_url, timeout=0.5, max_retries=0)
+        assert gen.request_deadline == 0.5
+        t0 = time.time()
+        res = {r.class_name: r for r in gen.generate(LLM_CLASSES)}
+        elapsed = time.time() - t0
+    # the trickled reply is ~300 bytes at 5 bytes/s: a minute without the deadline
+    assert elapsed < 10, elapsed
+    assert res["Quick Bird"].attributes == ["a red crest", "black wings"]
+    assert res["Fast Bird"].attributes == ["yellow bill"]
+    assert res["Trickle Bird"].attributes == [] and res["Trickle Bird"].failed
+    assert "no complete answer in time" in res["Trickle Bird"].warning
+
+
+def test_ctrl_c_stops_generation_at_once_and_keeps_finished_classes(tmp_cache, tmp_path,
+                                                                     monkeypatch):
+    from fiftyone_lazsl.llm.generate import AttributeGenerator
+    from openai_stub_server import StubOpenAI, attributes_json, delayed
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    script = _llm_script()
+    script["Trickle Bird"] = [delayed(60, attributes_json(["silent for a minute"]))]
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(LLM_CLASSES) + "\n")
+    out = tmp_path / "set.json"
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+    with StubOpenAI(script) as srv:
+        proc = subprocess.Popen(
+            [exe, "attributes", "generate", "--classes", str(classes), "--out", str(out),
+             "--llm-model", "m", "--base-url", srv.base_url, "--timeout", "120",
+             "--concurrency", "3"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and srv.counts.get("Trickle Bird", 0) == 0:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the two quick classes are answered and cached by now
+        assert proc.poll() is None
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        stopped_in = time.time() - t0
+    assert proc.returncode == 130, err
+    assert stopped_in < 5, stopped_in  # not the 60 s the silent request would take
+    assert "interrupted" in err.splitlines()[-1] and "Traceback" not in err
+    assert not out.exists()
+    gen = AttributeGenerator("m", base_url=srv.base_url)
+    assert gen.cached("Quick Bird").attributes == ["a red crest", "black wings"]
+    assert gen.cached("Fast Bird").attributes == ["yellow bill"]
+    assert gen.cached("Trickle Bird") is None

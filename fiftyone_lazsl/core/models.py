@@ -399,8 +399,17 @@ def _resolve(model_name: str, pretrained, cache_dir):
     return model_name, pretrained, f"tag:{name}:{pretrained}", False
 
 
+class _DropOpenClipRandomNote(logging.Filter):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" on
+    the root logger; :func:`load_model` says it once, louder, itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
 def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", *,
-               device: str | torch.device | None = None, cache_dir: str | None = None) -> LoadedModel:
+               device: str | torch.device | None = None, cache_dir: str | None = None,
+               warn_random: bool = True) -> LoadedModel:
     """Create an open_clip model with its tokenizer and preprocessing settings.
 
     Args:
@@ -411,6 +420,8 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
             or None for random weights (see the module docstring).
         device: torch device; default CUDA when available.
         cache_dir: download cache passed to open_clip (default: the HF cache).
+        warn_random: log the one RANDOM WEIGHTS warning (False when the caller
+            has already told the user, e.g. the demo's banner).
 
     Returns:
         a :class:`LoadedModel`.
@@ -426,6 +437,8 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
     device = check_device(device)
     register_model_configs()
     name, pretrained_arg, weights_id, random = _resolve(model_name, pretrained, cache_dir)
+    quiet = _DropOpenClipRandomNote()
+    logging.getLogger().addFilter(quiet)
     try:
         model = open_clip.create_model(name, pretrained=pretrained_arg, device=device,
                                        cache_dir=cache_dir, pretrained_text=False)
@@ -433,12 +446,14 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
         if "Failed to download" in str(e) or "HF Hub" in str(e):
             raise WeightsUnavailableError(f"{_how_to_supply(model_name, str(pretrained))} ({e})") from e
         raise
+    finally:
+        logging.getLogger().removeFilter(quiet)
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     pcfg = open_clip.get_model_preprocess_cfg(model)
     size = pcfg.get("size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    if random:
+    if random and warn_random:
         logger.warning(RANDOM_WEIGHTS_BANNER.format(model=model_name))
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=name, pretrained=None if random else str(pretrained),

@@ -366,9 +366,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     if summary.failures:
         logger.warning("%d of %d samples failed; their reasons are in field %r",
                        summary.num_failed, len(ids), output_fields(label_field)["error"])
-    if summary.random_weights:
-        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
-                       label_field)
+    # (random weights: load_model warned once; the summary and the run record say so)
     return summary
 
 
