@@ -188,3 +188,43 @@ def test_heartbeat_keeps_a_long_run_alive(setup):
         assert locks.is_alive(locks.current(ds, "beat"), stale_s=0.6)
     finally:
         lock.release()
+
+
+def test_database_hiccup_is_retried_then_a_lost_database_is_one_error(setup, monkeypatch):
+    """A write that fails with pymongo's AutoReconnect (a restarted or stalled
+    mongod) is retried; a database that stays away ends the run with the
+    connection error after the bounded retries, every earlier batch kept and
+    the record not left 'running'."""
+    import fiftyone.core.collections as foc
+    import pymongo.errors as pe
+    from fiftyone_lazsl import run_lazsl
+    from fiftyone_lazsl.fo import apply
+    from fiftyone_lazsl.fo.runs import get_run_config
+
+    ds, aset, ckpt = setup
+    monkeypatch.setattr(apply, "DB_RETRY_WAITS", (0.05, 0.05))
+    real = foc.SampleCollection.set_values
+    calls = {"n": 0, "fail": {2, 3}}
+
+    def flaky(self, field, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] in calls["fail"]:
+            raise pe.AutoReconnect("connection reset by the database")
+        return real(self, field, *a, **kw)
+
+    monkeypatch.setattr(foc.SampleCollection, "set_values", flaky)
+    kw = dict(model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=2, num_workers=0,
+              device="cpu", write_every=2, batch_size=2)
+    s = run_lazsl(ds, aset, label_field="hiccup", **kw)
+    assert s.num_predicted == 10
+    assert_every_sample_accounted(ds, "hiccup")
+
+    calls.update(n=0, fail=set(range(9, 1000)))  # the database goes away after 2 batches
+    with pytest.raises(pe.AutoReconnect):
+        run_lazsl(ds, aset, label_field="lost", **kw)
+    monkeypatch.setattr(foc.SampleCollection, "set_values", real)
+    ds.reload()
+    assert 2 <= ds.count("lost") < 10
+    for smp in ds.exists("lost"):
+        assert smp.lost.label and smp.lost_error is None
+    assert get_run_config(ds, "lost")["status"] == "interrupted"

@@ -464,7 +464,7 @@ def _clear_outputs(view: Any, dataset: Any, label_field: str, n: int) -> None:
     schema = dataset.get_field_schema()
     for f in _all_output_fields(label_field):
         if f in schema:
-            view.set_values(f, [None] * n)
+            _retry_db(lambda: view.set_values(f, [None] * n))
 
 
 def _written_fields(label_field: str, method: str) -> list[str]:
@@ -493,7 +493,7 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
         for f in written:  # error first, prediction last
             vals = pending[f]
             if vals:
-                dataset.set_values(f, vals, key_field="id")
+                _retry_db(lambda: dataset.set_values(f, vals, key_field="id"))
                 vals.clear()
 
     done = 0
@@ -529,6 +529,30 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
     finally:
         flush()
     return done
+
+
+#: Waits (seconds) before each retry of a database write that failed because
+#: MongoDB was unreachable or stalled; then the error propagates (the CLI turns
+#: it into one line, status 2; written batches stay).
+DB_RETRY_WAITS = (1.0, 3.0, 10.0)
+
+
+def _retry_db(write: Callable[[], Any]) -> Any:
+    """``write()``, retried after :data:`DB_RETRY_WAITS` on pymongo connection
+    failures and timeouts (``AutoReconnect``, ``NetworkTimeout``,
+    ``ServerSelectionTimeoutError``...). ``set_values`` by id is idempotent,
+    so a retried batch cannot be written twice."""
+    import pymongo.errors as pe
+
+    for wait in (*DB_RETRY_WAITS, None):
+        try:
+            return write()
+        except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout) as e:
+            if wait is None:
+                raise
+            logger.warning("database write failed (%s: %s); retrying in %g s",
+                           type(e).__name__, str(e).split(",")[0], wait)
+            time.sleep(wait)
 
 
 def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) -> None:
