@@ -7,7 +7,6 @@ shows defaults; the demo prints progress lines when piped, counts only images,
 gives one random-weights warning and registers the published set it used so
 ``--attributes cub`` then works offline; the README's CLI examples parse."""
 
-import json
 import os
 import pathlib
 import re
