@@ -48,6 +48,13 @@ def delayed(seconds, reply):
     return dict(reply, delay=seconds)
 
 
+def trickle(interval, reply):
+    """``reply`` sent one byte every ``interval`` seconds (headers at once):
+    every read gets data before a socket timeout, so only a total deadline
+    ends the request."""
+    return dict(reply, trickle=interval)
+
+
 class StubOpenAI:
     """The server; use as a context manager.
 
@@ -97,6 +104,7 @@ class StubOpenAI:
         return self
 
     def __exit__(self, *exc):
+        self._closed = True  # ends trickling replies
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -148,10 +156,14 @@ class StubOpenAI:
                     message += f" (you sent {h.headers.get('Authorization')})"
                 headers = {"retry-after-ms": str(reply["retry_after_ms"])}
                 return self._send(h, reply["code"], {"error": {"message": message}}, headers)
+            send = self._send
+            if reply.get("trickle"):
+                send = lambda h, code, payload: self._send_trickle(h, code, payload,  # noqa: E731
+                                                                   reply["trickle"])
             message = {"role": "assistant", "content": reply.get("content")}
             if reply["kind"] == "refusal":
                 message = {"role": "assistant", "content": None, "refusal": reply["refusal"]}
-            return self._send(h, 200, {
+            return send(h, 200, {
                 "id": f"chatcmpl-{len(self.requests)}",
                 "object": "chat.completion",
                 "created": 1700000000,
@@ -163,6 +175,23 @@ class StubOpenAI:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    def _send_trickle(self, h, code, payload, interval):
+        data = json.dumps(payload).encode()
+        try:
+            h.send_response(code)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.flush()
+            for i in range(len(data)):
+                if self._server is None or getattr(self, "_closed", False):
+                    return
+                h.wfile.write(data[i:i + 1])
+                h.wfile.flush()
+                time.sleep(interval)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
 
     @staticmethod
     def _send(h, code, payload, headers=None):

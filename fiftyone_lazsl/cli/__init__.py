@@ -22,34 +22,179 @@ COMMAND_MODULES = (
 )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` once per option, and not for None/False/help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        if "default" in h or action.default in (None, False, argparse.SUPPRESS) \
+                or isinstance(action, argparse._HelpAction):
+            return h
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from fiftyone_lazsl import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; building it imports neither torch nor FiftyOne
+    (sub-command modules import them inside their handlers), so ``--help``
+    and ``--version`` are fast."""
     parser = argparse.ArgumentParser(
-        prog="fiftyone-lazsl",
+        prog="fiftyone-lazsl", formatter_class=_HelpFormatter,
         description="LaZSL zero-shot classification with attribute evidence, for FiftyOne datasets.",
+        epilog="Expected failures (bad input, missing GPU or weights, database unavailable, disk "
+               "full, permissions) print one line and exit with status 2; --debug shows the "
+               "traceback.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks of expected failures too, and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _orig_add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw):  # every sub-command shows its defaults
+        kw.setdefault("formatter_class", _HelpFormatter)
+        return _orig_add_parser(name, **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fiftyone-lazsl`` console script."""
+def expected_failure(e: BaseException) -> str | None:
+    """The one-line message for an *expected* failure, or None for a bug.
+
+    Expected: :class:`~fiftyone_lazsl.errors.UserError` (bad input, unknown
+    dataset, missing GPU or weights...), a missing file, permission refused,
+    a full disk or quota, a read-only file system, and MongoDB being
+    unreachable or stalled (after the bounded retries of the write path).
+    """
+    import errno as _errno
+
     from fiftyone_lazsl.errors import UserError
+
+    if isinstance(e, UserError):
+        return str(e)
+    db = _database_error(e)
+    if db is not None:
+        first = str(db).split(",")[0].split(" (configured timeouts")[0]
+        return (f"the FiftyOne database is unavailable or not answering ({type(db).__name__}: "
+                f"{first}); what was written before stays; check that MongoDB is running "
+                "and rerun (classify: --skip-existing resumes)")
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        if isinstance(e, (FileNotFoundError, PermissionError, FileExistsError,
+                          NotADirectoryError, IsADirectoryError)) or e.errno in (
+                _errno.ENOSPC, _errno.EDQUOT, _errno.EROFS, _errno.EACCES, _errno.EPERM,
+                _errno.ENOENT, _errno.EISDIR, _errno.ENOTDIR, _errno.EEXIST,
+                _errno.ENAMETOOLONG, _errno.EFBIG):
+            return f"{where}{e.strerror or e}"
+        return None
+    return None
+
+
+def _database_error(e: BaseException | None) -> BaseException | None:
+    """The pymongo connection/timeout error in ``e``'s cause chain (FiftyOne
+    wraps a refused connection in ``ConnectionError("Could not connect to
+    `mongod`")``), or None."""
+    seen = 0
+    while e is not None and seen < 10:
+        mod = type(e).__module__ or ""
+        if mod.startswith("pymongo"):
+            import pymongo.errors as pe
+
+            if isinstance(e, (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout,
+                              pe.WTimeoutError)):
+                return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+class _QuietMongoNotice:
+    """Drops FiftyOne's "You are running the oldest supported major version of
+    MongoDB" notice (printed by every command on FiftyOne's bundled MongoDB;
+    nothing the user of this CLI can act on). ``--debug`` keeps it."""
+
+    def filter(self, record) -> bool:
+        return "oldest supported major version of MongoDB" not in record.getMessage()
+
+
+def progress_lines(out=None, every_s: float = 5.0):
+    """A ``progress(fraction, label)`` callback for ``run_lazsl`` that prints a
+    plain line (``progress: 40% decoding 12/30, 25 s elapsed, ~37 s left``) at
+    most every ``every_s`` seconds and at the end: for output that is not a
+    terminal (piped, logged), where a tqdm bar would print nothing useful."""
+    import time
+
+    out = out or sys.stderr
+    t0 = time.time()
+    last = [-1e9]
+
+    def report(fraction: float, label: str) -> None:
+        now = time.time()
+        if fraction < 1.0 and now - last[0] < every_s:
+            return
+        last[0] = now
+        el = now - t0
+        eta = f", ~{el / fraction - el:.0f} s left" if 0 < fraction < 1 else ""
+        print(f"progress: {fraction:4.0%} {label}, {el:.0f} s elapsed{eta}", file=out, flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fiftyone-lazsl`` console script.
+
+    Returns the exit status: 0, 2 for an expected failure (one line on
+    stderr, see :func:`expected_failure`), 130 after Ctrl-C. Other exceptions
+    are bugs and keep their traceback. Run as the console script
+    (``argv=None``), Ctrl-C exits at once without waiting for abandoned
+    worker threads (network requests in flight).
+    """
+    import logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG)
+    else:
+        logging.getLogger("fiftyone.core.odm.database").addFilter(_QuietMongoNotice())
     try:
         rc = args.func(args)
-    except (UserError, FileNotFoundError) as e:
-        msg = " ".join(str(e).split())  # always one line
-        print(f"fiftyone-lazsl {args.command}: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"fiftyone-lazsl {args.command}: interrupted", file=sys.stderr)
+        if argv is None:
+            _exit_now(130)
         return 130
+    except Exception as e:  # noqa: BLE001 -- sorted into expected failures and bugs
+        msg = expected_failure(e)
+        if msg is None or args.debug:
+            raise
+        msg = " ".join(msg.split())  # always one line
+        print(f"fiftyone-lazsl {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+def _exit_now(code: int) -> None:
+    """Flush and leave without interpreter shutdown (which would wait on
+    abandoned threads and atexit hooks); everything the command keeps was
+    written before the interrupt reached here."""
+    import logging
+    import os
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+    finally:
+        os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

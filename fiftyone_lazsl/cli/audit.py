@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from fiftyone_lazsl.fo.store import load_dataset
 
 
 def _audit(args) -> int:
     from fiftyone_lazsl.fo.audit import audit_labels
+
+    from fiftyone_lazsl.fo.store import load_dataset
 
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.only_tag) if args.only_tag else ds
@@ -30,6 +31,8 @@ def _audit(args) -> int:
 
 def _evaluate(args) -> int:
     from fiftyone_lazsl.fo.evaluate import evaluate_methods
+
+    from fiftyone_lazsl.fo.store import load_dataset
 
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.only_tag) if args.only_tag else ds

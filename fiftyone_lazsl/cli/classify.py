@@ -15,6 +15,7 @@ import sys
 def _classify(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.fo.apply import run_lazsl
+    from fiftyone_lazsl.cli import progress_lines
     from fiftyone_lazsl.cli.datasets import load_dataset
 
     config = LaZSLConfig.from_cli_args(args)  # validated before anything is touched
@@ -32,7 +33,7 @@ def _classify(args: argparse.Namespace) -> int:
         heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
         runner_ups=args.runner_ups,
         store_features=_store_arg(args.store_features), feature_dtype=args.feature_dtype,
-        progress=True if sys.stderr.isatty() else None)
+        progress=True if sys.stderr.isatty() else progress_lines())
     if summary.num_samples == 0:
         print("nothing to classify: the view is empty"
               + (" (every sample already has a prediction)" if args.skip_existing else ""))

@@ -1,45 +1,57 @@
-"""``import-folder`` and ``app`` sub-commands."""
+"""``import-folder`` and ``app`` sub-commands (thin shells over the library:
+:mod:`fiftyone_lazsl.fo.import_folder`)."""
 
 from __future__ import annotations
 
-import os
+import logging
 
-from fiftyone_lazsl.errors import UserError
-from fiftyone_lazsl.fo.store import load_dataset
+logger = logging.getLogger(__name__)
+
+
+def load_dataset(name: str):
+    """:func:`fiftyone_lazsl.fo.store.load_dataset` (imported on use, so
+    building the CLI parser does not import FiftyOne)."""
+    from fiftyone_lazsl.fo.store import load_dataset as _load
+
+    return _load(name)
 
 
 def import_folder(directory: str, dataset_name: str, *, overwrite: bool = False,
                   label_field: str = "ground_truth"):
-    """Create a persistent dataset from a folder tree with one sub-folder per class.
+    """Create a persistent dataset from a folder tree with one sub-folder per
+    class; images only, by content (see
+    :func:`fiftyone_lazsl.fo.import_folder.import_image_folder`, which also
+    returns what was skipped). Kept for backward compatibility.
 
-    Uses FiftyOne's ``ImageClassificationDirectoryTree`` importer: each image gets
-    ``fo.Classification(label=<sub-folder name>)`` in ``label_field``.
+    Returns:
+        the ``fo.Dataset``.
 
     Raises:
-        UserError: the folder does not exist, has no images, or the dataset exists
-            and ``overwrite`` is False.
+        UserError: the folder does not exist, has no images, or the dataset
+            exists and ``overwrite`` is False.
     """
-    import fiftyone as fo
+    from fiftyone_lazsl.fo.import_folder import import_image_folder
 
-    if not os.path.isdir(directory):
-        raise UserError(f"folder not found: {directory}")
-    if fo.dataset_exists(dataset_name) and not overwrite:
-        raise UserError(f"dataset {dataset_name!r} already exists (use --overwrite to replace it)")
-    ds = fo.Dataset.from_dir(dataset_dir=directory,
-                             dataset_type=fo.types.ImageClassificationDirectoryTree,
-                             label_field=label_field, name=dataset_name, overwrite=overwrite)
-    if len(ds) == 0:
-        ds.delete()
-        raise UserError(f"no images found under {directory} (expected one sub-folder per class)")
-    ds.persistent = True
-    ds.compute_metadata()
-    return ds
+    res = import_image_folder(directory, dataset_name, overwrite=overwrite,
+                              label_field=label_field)
+    for line in res.skipped_summary():
+        logger.info(line)
+    return res.dataset
 
 
 def _import_folder(args) -> int:
-    ds = import_folder(args.directory, args.dataset, overwrite=args.overwrite)
-    n_cls = len(ds.distinct("ground_truth.label"))
-    print(f"dataset {ds.name!r}: {len(ds)} images in {n_cls} classes (field 'ground_truth')")
+    import sys
+
+    from fiftyone_lazsl.fo.import_folder import import_image_folder
+
+    res = import_image_folder(args.directory, args.dataset, overwrite=args.overwrite)
+    for line in res.skipped_summary(limit=20):
+        print(line, file=sys.stderr)
+    msg = (f"dataset {res.dataset.name!r}: {res.num_images} images in {len(res.classes)} classes "
+           "(field 'ground_truth')")
+    if res.skipped:
+        msg += f"; {len(res.skipped)} non-image entries skipped"
+    print(msg)
     return 0
 
 
@@ -48,14 +60,21 @@ def _app(args) -> int:
 
     ds = load_dataset(args.dataset)
     session = fo.launch_app(ds, port=args.port, address=args.address, remote=args.remote)
-    print(f"App: {session.url}  (Ctrl+C to stop)")
     if args.wait:
+        print(f"App: {session.url}  (Ctrl+C to stop)")
         session.wait(-1)
+    else:
+        # The server lives only as long as this process: say so instead of
+        # printing a URL that is gone when the prompt returns.
+        print(f"App server checked on port {args.port} and stopped (--no-wait); run without "
+              "--no-wait to keep it serving, or open the dataset from Python with "
+              "fo.launch_app()")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("import-folder", help="create a dataset from DIR/<class>/<image> folders")
+    p = sub.add_parser("import-folder", help="create a dataset from DIR/<class>/<image> folders "
+                                             "(images only, detected by content)")
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--dataset", required=True, metavar="NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
@@ -67,5 +86,5 @@ def register(sub) -> None:
     p.add_argument("--address", default="localhost")
     p.add_argument("--remote", action="store_true", help="serve without opening a browser")
     p.add_argument("--no-wait", dest="wait", action="store_false",
-                   help="return at once instead of serving until interrupted")
+                   help="check that the App starts, then stop it and return")
     p.set_defaults(func=_app)

@@ -37,15 +37,22 @@ BANNER = """
 
 
 def _subset(directory: pathlib.Path, per_class: int, out: pathlib.Path) -> pathlib.Path:
-    """A folder of symlinks with at most ``per_class`` images per class (sorted)."""
+    """A folder of symlinks with at most ``per_class`` images per class (sorted;
+    images by content, so ``.DS_Store``, ``Thumbs.db`` or text files are not
+    counted as images)."""
+    from fiftyone_lazsl.fo.import_folder import scan_image_folder
+
     out.mkdir(parents=True, exist_ok=True)
-    for cls in sorted(p for p in directory.iterdir() if p.is_dir()):
-        files = sorted(f for f in cls.iterdir() if f.is_file())[:per_class]
-        (out / cls.name).mkdir(exist_ok=True)
-        for f in files:
-            link = out / cls.name / f.name
-            if not link.exists():
-                link.symlink_to(f.resolve())
+    images, _ = scan_image_folder(directory)
+    taken: dict[str, int] = {}
+    for path, cls in images:
+        if taken.get(cls, 0) >= per_class:
+            continue
+        taken[cls] = taken.get(cls, 0) + 1
+        (out / cls).mkdir(exist_ok=True)
+        link = out / cls / os.path.basename(path)
+        if not link.exists():
+            link.symlink_to(os.path.realpath(path))
     return out
 
 
@@ -59,8 +66,33 @@ def _choose_weights(model: str, tag: str | None) -> tuple["LoadedModel", bool]:
     try:
         return load_model(model, tag), True
     except WeightsUnavailableError:
+        # the banner is the one random-weights warning of the demo
         print(BANNER.format(model=model, tag=tag), file=sys.stderr)
-        return load_model(model, None), False
+        return load_model(model, None, warn_random=False), False
+
+
+def _register_published_copy(name: str, local_dirs: list[str]) -> str | None:
+    """Copy the verified local copy of published set ``name`` that the demo
+    used into the published-set cache, so ``--attributes <name>`` works
+    afterwards without network or ``$FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS``.
+    Returns the cached path, or None when ``name`` is not a published set."""
+    import shutil
+
+    from fiftyone_lazsl.core import published
+
+    if not published.is_published(name):
+        return None
+    found = published.find_local_copy(name, local_dirs=local_dirs)
+    if found is None:
+        return None
+    cache = published.default_cache_dir()
+    dest = cache / f"{name}.json"
+    if pathlib.Path(found).resolve() != dest.resolve():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(found, tmp)
+        os.replace(tmp, dest)
+    return str(dest)
 
 
 def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "lazsl-demo",
@@ -92,7 +124,12 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     if os.path.isfile(attributes):
         aset = AttributeSet.from_json(attributes)
     else:
-        aset = load_published(attributes, local_dirs=[str(d) for d in DEFAULT_ATTRIBUTE_DIRS])
+        local = [str(d) for d in DEFAULT_ATTRIBUTE_DIRS]
+        aset = load_published(attributes, local_dirs=local)
+        cached = _register_published_copy(attributes, local)
+        if cached:
+            print(f"published attribute set {attributes!r} registered at {cached} "
+                  f"(--attributes {attributes} now works offline)", file=out)
 
     source = images
     if per_class:
@@ -107,8 +144,10 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
 
     loaded, real = _choose_weights(model, pretrained)
     clf = LaZSLClassifier(aset, loaded, n_crops=n_crops, seed=seed, batch_size=batch_size)
+    from fiftyone_lazsl.cli import progress_lines
+
     summary = run_lazsl(ds, aset, classifier=clf, label_field="lazsl", gt_field="ground_truth",
-                        progress=True if sys.stderr.isatty() else None)
+                        progress=True if sys.stderr.isatty() else progress_lines(out, every_s=5.0))
     print(summary, file=out)
 
     gts, preds, attrs, paths = ds.values(["ground_truth.label", "lazsl.label", "lazsl_attributes",
@@ -121,9 +160,17 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     print("matched attributes (top 3 by contribution to the score):", file=out)
     for g, p, a, f in list(zip(gts, preds, attrs, paths))[:: max(1, len(paths) // 5)][:5]:
         print(f"  {os.path.basename(f)}: true {g!r}, predicted {p!r}: {'; '.join((a or [])[:3])}", file=out)
-    print(f"open the App:  fiftyone-lazsl app --dataset {dataset_name}", file=out)
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+    cmd = exe if os.path.isfile(exe) and not _on_path("fiftyone-lazsl") else "fiftyone-lazsl"
+    print(f"open the App:  {cmd} app --dataset {dataset_name}", file=out)
     return {"accuracy": acc, "num_samples": len(ds), "num_predicted": summary.num_predicted,
             "random_weights": not real}
+
+
+def _on_path(name: str) -> bool:
+    import shutil
+
+    return shutil.which(name) is not None
 
 
 def _demo(args) -> int:

@@ -92,10 +92,12 @@ class AttributeSet:
                 raise AttributeSetError(
                     f"attribute set {self.source or self.name or ''}: empty class name"
                 )
-            if isinstance(attrs, str) or not isinstance(attrs, Iterable):
+            # A dict would iterate over its keys only (values silently lost).
+            if isinstance(attrs, (str, Mapping)) or not isinstance(attrs, Iterable):
                 raise AttributeSetError(
                     f"attribute set {self.source or self.name or ''}: class {name!r} must map "
-                    f"to a list of strings, got {type(attrs).__name__}"
+                    f"to a list of strings, got "
+                    f"{'dict' if isinstance(attrs, Mapping) else type(attrs).__name__}"
                 )
             cleaned = []
             for a in attrs:

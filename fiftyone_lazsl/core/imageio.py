@@ -87,9 +87,13 @@ warning, which PIL does not expose.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from typing import IO, TYPE_CHECKING, Any, Callable
+import signal
+import stat
+import threading
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, TiffImagePlugin
@@ -157,9 +161,29 @@ class _TrackedFile:
         return getattr(self._raw, name)
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def _open_file(path: str) -> IO[bytes]:
+    """Open ``path`` for reading, only if it is a regular file.
+
+    Opened with ``O_NONBLOCK`` first, so a FIFO, socket or device named
+    ``x.jpg`` cannot block the open (a FIFO without a writer would block
+    ``open`` forever); checked with ``fstat`` on the open descriptor (no race
+    with a file swapped in between), then read normally.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fp = open(path, "rb")
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # sockets cannot even be opened
+            raise ImageLoadError(path, f"is {_file_kind(mode)}, not a regular file")
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
     except IsADirectoryError:
@@ -167,10 +191,19 @@ def _open_file(path: str) -> IO[bytes]:
     except OSError as e:
         raise ImageLoadError(path, e.strerror or str(e)) from None
     try:
-        size = os.fstat(fp.fileno()).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageLoadError(path, f"is {_file_kind(st.st_mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        fp = os.fdopen(fd, "rb")
+    except ImageLoadError:
+        os.close(fd)
+        raise
     except OSError as e:
-        fp.close()
+        os.close(fd)
         raise ImageLoadError(path, e.strerror or str(e)) from None
+    size = st.st_size
     if size == 0:
         fp.close()
         raise ImageLoadError(path, "empty file (0 bytes)")
@@ -514,6 +547,58 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
         raise ValueError(f"image_to_tensor expects an RGB image, got mode {img.mode!r}")
     arr = np.array(img, dtype=np.uint8)  # [H, W, 3], writable copy
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+#: Seconds one image may take to read and decode (env ``FIFTYONE_LAZSL_DECODE_TIMEOUT``).
+DECODE_TIMEOUT_S = 60.0
+
+
+def decode_timeout() -> float:
+    """The per-image read+decode deadline in seconds: ``$FIFTYONE_LAZSL_DECODE_TIMEOUT``
+    or :data:`DECODE_TIMEOUT_S` (0 or a negative value disables it)."""
+    try:
+        return float(os.environ.get("FIFTYONE_LAZSL_DECODE_TIMEOUT", DECODE_TIMEOUT_S))
+    except ValueError:
+        return DECODE_TIMEOUT_S
+
+
+@contextlib.contextmanager
+def read_deadline(path: str | os.PathLike, seconds: float | None = None) -> Iterator[None]:
+    """Bound the time spent reading and decoding one image.
+
+    A read that blocks (a hung network mount, a file that trickles in) or a
+    decode that takes too long is interrupted after ``seconds`` with
+    :class:`ImageLoadError` ``"reading/decoding took longer than N s"``, and the
+    process can go on with the next image: decode workers unstick themselves
+    instead of stalling the batch. Uses ``SIGALRM`` (``setitimer``), so it is
+    active only in a process's main thread on POSIX, i.e. in ``DataLoader``
+    workers and in-process decoding from the main thread; elsewhere it does
+    nothing (the pipeline's ``DataLoader`` timeout is the backstop there).
+    Waits the kernel does not interrupt (uninterruptible disk sleep) cannot
+    be bounded from inside the process.
+
+    Args:
+        path: the image (for the message).
+        seconds: the deadline; default :func:`decode_timeout`. ``<= 0``: none.
+    """
+    seconds = decode_timeout() if seconds is None else float(seconds)
+    usable = (seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def _expired(signum: int, frame: Any) -> None:
+        raise ImageLoadError(os.fspath(path), f"reading/decoding took longer than {seconds:g} s "
+                                              "(file stalled or too slow)")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def load_image_tensor(path: str | os.PathLike,

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,50 @@ def preprocess_cfg_from_dict(d: dict) -> "PreprocessCfg":
     known = {f.name for f in fields(PreprocessCfg)}
     return PreprocessCfg(**{k: (tuple(v) if isinstance(v, list) else v)
                             for k, v in d.items() if k in known and v is not None})
+
+
+def check_device(device: "str | torch.device | None") -> torch.device:
+    """The torch device ``device`` names, checked to exist on this machine.
+
+    Called before a run writes anything (``run_lazsl``) and by :func:`load_model`,
+    so ``--device cuda`` on a machine without a GPU, ``--device cuda:3`` with two
+    GPUs or ``--device bogus`` are one clear error instead of a torch traceback
+    halfway through a run.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``..., a
+            ``torch.device``, or None for :func:`default_device`.
+
+    Returns:
+        the ``torch.device``.
+
+    Raises:
+        ConfigError: unknown device string, or a device that is not available
+            (message names the parameter ``device``).
+    """
+    from fiftyone_lazsl.errors import ConfigError
+
+    if device is None or (isinstance(device, str) and not device.strip()):
+        return torch.device(default_device())
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a torch device (expected cpu, cuda, "
+                          "cuda:N or mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is available on this machine "
+                              "(use --device cpu, or omit it to pick automatically)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                              "GPU(s) are visible")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device {str(device)!r}: Apple MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {str(device)!r} is not supported (expected cpu, cuda, cuda:N "
+                          "or mps)")
+    return dev
 
 
 class LoadedModel:
@@ -215,14 +259,22 @@ class LoadedModel:
                 except Exception:  # corrupt cache entry: recompute
                     logger.warning("ignoring unreadable text-feature cache %s", path)
         out = []
+        cut: list[str] = []
         for s in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[s:s + batch_size]).to(self.device)
+            tokens = self.tokenizer(texts[s:s + batch_size])
+            cut += _truncated(self.tokenizer, texts[s:s + batch_size], tokens)
+            tokens = tokens.to(self.device)
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
                     f = encode_text_tokens(self.model, tokens)
             else:
                 f = encode_text_tokens(self.model, tokens)
             out.append(F.normalize(f.float(), dim=-1).cpu())
+        if cut:
+            logger.warning(
+                "%d prompt(s) are longer than the text encoder's context of %d tokens and were "
+                "cut (only the beginning is encoded); shorten them, e.g. %r",
+                len(cut), int(self.tokenizer(texts[:1]).shape[1]), cut[0][:120])
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if path is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -230,6 +282,26 @@ class LoadedModel:
             torch.save(feats, tmp)
             os.replace(tmp, path)
         return feats
+
+
+def _truncated(tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor) -> list[str]:
+    """The ``texts`` whose tokens did not fit the context (``tokens``: the
+    tokenizer's ``[T, context_length]`` output, 0-padded). A prompt that fills
+    the last position is checked exactly with the tokenizer's ``encode`` when it
+    has one (open_clip's ``SimpleTokenizer``: start + tokens + end)."""
+    full = (tokens[:, -1] != 0).nonzero().flatten().tolist()
+    ctx = int(tokens.shape[1])
+    encode = getattr(tokenizer, "encode", None)
+    out = []
+    for i in full:
+        if encode is not None:
+            try:
+                if len(encode(texts[i])) + 2 <= ctx:
+                    continue
+            except Exception:  # other tokenizers: the last position filled is enough
+                pass
+        out.append(texts[i])
+    return out
 
 
 def encode_text_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -413,8 +485,17 @@ def _resolve(model_name: str, pretrained: str | None,
     return model_name, pretrained, f"tag:{name}:{pretrained}", False
 
 
+class _DropOpenClipRandomNote(logging.Filter):
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" on
+    the root logger; :func:`load_model` says it once, louder, itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
 def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", *,
-               device: str | torch.device | None = None, cache_dir: str | None = None) -> LoadedModel:
+               device: str | torch.device | None = None, cache_dir: str | None = None,
+               warn_random: bool = True) -> LoadedModel:
     """Create an open_clip model with its tokenizer and preprocessing settings.
 
     Args:
@@ -425,6 +506,8 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
             or None for random weights (see the module docstring).
         device: torch device; default CUDA when available.
         cache_dir: download cache passed to open_clip (default: the HF cache).
+        warn_random: log the one RANDOM WEIGHTS warning (False when the caller
+            has already told the user, e.g. the demo's banner).
 
     Returns:
         a :class:`LoadedModel`.
@@ -433,12 +516,15 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
         ModelNotFoundError: unknown model name.
         WeightsUnavailableError: weights not on disk and not downloadable, or a
             missing checkpoint file / unknown tag.
+        ConfigError: ``device`` does not exist on this machine (:func:`check_device`).
     """
     import open_clip
 
-    device = torch.device(device or default_device())
+    device = check_device(device)
     register_model_configs()
     name, pretrained_arg, weights_id, random = _resolve(model_name, pretrained, cache_dir)
+    quiet = _DropOpenClipRandomNote()
+    logging.getLogger().addFilter(quiet)
     try:
         model = open_clip.create_model(name, pretrained=pretrained_arg, device=device,
                                        cache_dir=cache_dir, pretrained_text=False)
@@ -446,10 +532,12 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
         if "Failed to download" in str(e) or "HF Hub" in str(e):
             raise WeightsUnavailableError(f"{_how_to_supply(model_name, str(pretrained))} ({e})") from e
         raise
+    finally:
+        logging.getLogger().removeFilter(quiet)
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     pcfg = preprocess_cfg_from_dict(open_clip.get_model_preprocess_cfg(model))
-    if random:
+    if random and warn_random:
         logger.warning(RANDOM_WEIGHTS_BANNER.format(model=model_name))
     return LoadedModel(
         model=model, tokenizer=tokenizer, name=name, pretrained=None if random else str(pretrained),

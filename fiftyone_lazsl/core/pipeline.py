@@ -53,11 +53,14 @@ class _Files(Dataset):
         return len(self.filepaths)
 
     def __getitem__(self, i: int) -> tuple[int, PreparedViews | None, dict | None, str | None]:
-        from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image
+        from fiftyone_lazsl.core.imageio import (ORIGINAL_SIZE_KEY, SCALE_KEY, load_image,
+                                                   read_deadline)
 
         path = self.filepaths[i]
         try:
-            im = load_image(path, max_pixels=self.max_pixels)
+            # a stalled read or decode fails this sample only (see read_deadline)
+            with read_deadline(path):
+                im = load_image(path, max_pixels=self.max_pixels)
             info = {"original_size": im.info[ORIGINAL_SIZE_KEY], "scale": im.info[SCALE_KEY]}
             return i, self.spec.prepare(im, self.keys[i]), info, None
         except Exception as e:  # reported per sample, never fatal

@@ -24,6 +24,7 @@ from fiftyone_lazsl.core.config import LaZSLConfig
 from fiftyone_lazsl.errors import ConfigError, RunConflictError
 from fiftyone_lazsl.core.pipeline import iter_predictions
 from fiftyone_lazsl.fo.datasets import dataset_of
+from fiftyone_lazsl.fo.writer import DB_RETRY_WAITS, retry_db as _retry_db  # noqa: F401
 from fiftyone_lazsl.fo.labels import (DEFAULT_RUNNER_UPS, DEFAULT_TOP_K_CROPS, EVIDENCE_MODES,
                                       label_documents)
 from fiftyone_lazsl.fo.runs import output_fields, run_key
@@ -149,14 +150,35 @@ def _all_output_fields(label_field: str) -> list[str]:
     return list(output_fields(label_field).values()) + [f"{label_field}_heatmap"]
 
 
+def check_label_field_name(label_field: Any) -> None:
+    """Refuse a label field name that MongoDB / FiftyOne cannot hold as a
+    top-level field: empty, with a ``.`` (an embedded path), starting with
+    ``$`` or ``_`` (operators and private fields), or with other characters
+    than letters, digits and ``_`` (so ``F_crops`` etc. stay plain names too).
+
+    Raises:
+        ConfigError: naming the parameter ``label_field``.
+    """
+    if not isinstance(label_field, str) or not label_field.strip():
+        raise ConfigError("the label field name must be a non-empty string")
+    if "." in label_field:
+        raise ConfigError(f"label_field {label_field!r} contains '.': give a top-level field "
+                          "name (e.g. lazsl_b), not an embedded path")
+    if label_field.startswith(("$", "_")):
+        raise ConfigError(f"label_field {label_field!r} must not start with '$' or '_'")
+    if not all(ch.isalnum() or ch == "_" for ch in label_field):
+        bad = sorted({ch for ch in label_field if not (ch.isalnum() or ch == "_")})
+        raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
+                          f"(found {''.join(bad)!r})")
+
+
 def _check_label_field(dataset: Any, label_field: str) -> None:
     """Refuse a label field whose outputs would overwrite fields this run does
     not own: fields of another LaZSL run (``F`` vs ``F_crops``...), or existing
     fields no LaZSL run wrote (``ground_truth``, ``filepath``...)."""
     from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
-    if not isinstance(label_field, str) or not label_field.strip():
-        raise ConfigError("the label field name must be a non-empty string")
+    check_label_field_name(label_field)
     ours = _all_output_fields(label_field)
     runs = list_lazsl_fields(dataset)
     for other in runs:
@@ -357,6 +379,9 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
                          evidence=evidence or "compact",
                          runner_ups=DEFAULT_RUNNER_UPS if runner_ups is None else runner_ups)
     _check_label_field(dataset, label_field)
+    if classifier is None:
+        from fiftyone_lazsl.core.models import check_device
+        check_device(cfg.device)  # a missing GPU fails here, before anything is written
     aset = _resolve_attribute_set(attribute_set, dataset)
     view = _target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set,
                         skip_existing)
@@ -368,37 +393,47 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
             _shards.finish_shard(samples, label_field, shard, summary, complete=True)
         return summary
 
-    store = _open_feature_store(store_features, feature_dtype)
-    clf = classifier or LaZSLClassifier(aset, config=cfg)
-    summary.random_weights = clf.model.random_weights
-    worker, extra = clf, None
-    if store is not None:
-        from fiftyone_lazsl.core.features import StoringClassifier
+    from fiftyone_lazsl.fo.locks import acquire
 
-        worker = StoringClassifier(clf, store)
-        extra = {"feature_store": dict(store.describe(), fingerprint=worker.fingerprint,
-                                       bytes_before=store.size_bytes())}
-        summary.feature_store = dict(extra["feature_store"])
-    key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
-                                  summary.num_samples, register=shard is None, extra=extra)
-    summary.run_key = key
-    ids, paths = view.values(["id", "filepath"])
-    gt_index = _gt_indices(view, clf, gt_field) if gt_field else None
-    if not skip_existing:
-        _clear_outputs(view, dataset, label_field, len(ids))
-    done = 0
+    # One writer per label field (RunConflictError); shards of one run share
+    # the field by design and coordinate through fiftyone_lazsl.fo.shards.
+    lock = acquire(dataset, label_field) if shard is None else None
     try:
-        done = _classify_and_write(dataset, worker, ids, paths, label_field, opts, summary,
-                                   _progress_fn(progress, len(ids)), gt_index=gt_index)
-    finally:
-        summary.seconds = time.time() - t0
-        if shard is None:
-            _finish_run(dataset, key, summary, complete=done == len(ids))
-        else:
-            _shards.finish_shard(samples, label_field, shard, summary,
-                                 complete=done == len(ids))
+        store = _open_feature_store(store_features, feature_dtype)
+        clf = classifier or LaZSLClassifier(aset, config=cfg)
+        summary.random_weights = clf.model.random_weights
+        worker, extra = clf, None
         if store is not None:
-            _record_feature_store(dataset, key, summary, worker, store)
+            from fiftyone_lazsl.core.features import StoringClassifier
+
+            worker = StoringClassifier(clf, store)
+            extra = {"feature_store": dict(store.describe(), fingerprint=worker.fingerprint,
+                                           bytes_before=store.size_bytes())}
+            summary.feature_store = dict(extra["feature_store"])
+        key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
+                                      summary.num_samples, register=shard is None, extra=extra,
+                                      owner=lock.owner if lock is not None else None)
+        summary.run_key = key
+        ids, paths = view.values(["id", "filepath"])
+        gt_index = _gt_indices(view, clf, gt_field) if gt_field else None
+        if not skip_existing:
+            _clear_outputs(view, dataset, label_field, len(ids))
+        done = 0
+        try:
+            done = _classify_and_write(dataset, worker, ids, paths, label_field, opts, summary,
+                                       _progress_fn(progress, len(ids)), gt_index=gt_index)
+        finally:
+            summary.seconds = time.time() - t0
+            if shard is None:
+                _finish_run(dataset, key, summary, complete=done == len(ids))
+            else:
+                _shards.finish_shard(samples, label_field, shard, summary,
+                                     complete=done == len(ids))
+            if store is not None:
+                _record_feature_store(dataset, key, summary, worker, store)
+    finally:
+        if lock is not None:
+            lock.release()
 
     if opts.heatmap and clf.method == "lazsl":
         from fiftyone_lazsl.fo.heatmaps import write_heatmaps
@@ -408,9 +443,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     if summary.failures:
         logger.warning("%d of %d samples failed; their reasons are in field %r",
                        summary.num_failed, len(ids), output_fields(label_field)["error"])
-    if summary.random_weights:
-        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
-                       label_field)
+    # (random weights: load_model warned once; the summary and the run record say so)
     return summary
 
 
@@ -466,8 +499,10 @@ def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: st
     if restrict_to_set and gt_field is None:
         raise ConfigError("restrict_to_set needs gt_field (the field whose labels select samples)")
     if gt_field is not None:
-        if gt_field not in dataset.get_field_schema():
+        schema = dataset.get_field_schema()
+        if gt_field not in schema:
             raise ConfigError(f"dataset {dataset.name!r} has no field {gt_field!r}")
+        _check_gt_field_type(dataset, gt_field, schema[gt_field])
         labels = [x for x in view.distinct(f"{gt_field}.label")]
         if restrict_to_set:
             keep = [lb for lb in labels if aset.resolve(lb) is not None]
@@ -477,6 +512,23 @@ def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: st
     if skip_existing and label_field in dataset.get_field_schema():
         view = view.match(F(label_field).exists(False))
     return view
+
+
+def _check_gt_field_type(dataset: Any, gt_field: str, field: Any) -> None:
+    """``gt_field`` must be a ``Classification`` field (``filepath``, a tag
+    list or a Detections field hold no class label to check).
+
+    Raises:
+        ConfigError: naming ``gt_field`` and the field's actual type.
+    """
+    import fiftyone as fo
+
+    doc_type = getattr(field, "document_type", None)
+    if not (isinstance(field, fo.EmbeddedDocumentField) and doc_type is not None
+            and issubclass(doc_type, fo.Classification)):
+        what = doc_type.__name__ if doc_type is not None else type(field).__name__
+        raise ConfigError(f"gt_field {gt_field!r} on dataset {dataset.name!r} is a {what}, not a "
+                          "Classification field; give the field holding the ground-truth labels")
 
 
 def _open_feature_store(store_features: Any, dtype: str) -> Any:
@@ -509,10 +561,15 @@ def _record_feature_store(dataset: Any, key: str, summary: "RunSummary", worker:
 
 def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,
                skip_existing: bool, n: int, register: bool = True,
-               extra: dict | None = None) -> tuple[str, dict]:
+               extra: dict | None = None, *, owner: str | None = None) -> tuple[str, dict]:
     """Check a resume, record the run (provenance first, so an interrupted run
     is still recorded), set ``dataset.classes[F]`` and create the fields
     (``register=False``, for shards: only check against the recorded run).
+
+    ``owner`` is the write lock's id (:mod:`fiftyone_lazsl.fo.locks`): while it
+    beats, readers see ``status="running"``; once it stops, ``"interrupted"``.
+    A resume keeps the whole run's ``num_samples`` and earlier ``seconds`` and
+    counts ``resumed``.
 
     Returns:
         ``(run_key, run_config_dict)``.
@@ -523,9 +580,19 @@ def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: Outpu
                   top_k_crops=opts.top_k_crops, top_attributes=opts.top_attributes,
                   evidence=opts.evidence, runner_ups=opts.runner_ups,
                   attribute_set_warnings=list(clf.attribute_set.warnings),
-                  status="running", num_samples=n, **(extra or {}))
+                  status="running", num_samples=n, owner=owner, **(extra or {}))
     if skip_existing:
         _check_resumable(dataset, label_field, config)
+        if key in dataset.list_runs():
+            old = dataset.get_run_info(key).config
+            config["num_samples"] = max(int(getattr(old, "num_samples", 0) or 0), n)
+            # ``seconds`` is written when a (resumed) run ends and is then the
+            # cumulative total; a killed run has only what came before it.
+            prior = getattr(old, "seconds", None)
+            if prior is None:
+                prior = getattr(old, "seconds_before", 0)
+            config["seconds_before"] = float(prior or 0)
+            config["resumed"] = int(getattr(old, "resumed", 0) or 0) + 1
     if not register:
         return key, config
     for w in clf.attribute_set.warnings:
@@ -543,7 +610,7 @@ def _clear_outputs(view: Any, dataset: Any, label_field: str, n: int) -> None:
     schema = dataset.get_field_schema()
     for f in _all_output_fields(label_field):
         if f in schema:
-            view.set_values(f, [None] * n)
+            _retry_db(lambda: view.set_values(f, [None] * n))
 
 
 def _written_fields(label_field: str, method: str) -> list[str]:
@@ -625,9 +692,16 @@ def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) 
     info = dataset.get_run_info(key)
     cfg = info.config
     cfg.status = "completed" if complete else "interrupted"
-    cfg.num_predicted = summary.num_predicted
-    cfg.num_failed = summary.num_failed
-    cfg.seconds = round(summary.seconds, 3)
+    if getattr(cfg, "resumed", 0):
+        # totals of the whole run, not of this resumed part
+        fields = output_fields(cfg.label_field)
+        cfg.num_predicted = dataset.count(fields["prediction"])
+        cfg.num_failed = dataset.count(fields["error"])
+        cfg.seconds = round(summary.seconds + float(getattr(cfg, "seconds_before", 0) or 0), 3)
+    else:
+        cfg.num_predicted = summary.num_predicted
+        cfg.num_failed = summary.num_failed
+        cfg.seconds = round(summary.seconds, 3)
     dataset.update_run_config(key, cfg)
 
 

@@ -41,8 +41,17 @@ Provenance is a FiftyOne run with key :func:`run_key` whose config holds the
 model, weights, every parameter, ``classes`` (logit order), ``attribute_labels``
 (``[C][A_c]`` attribute texts), attribute-set name and hash,
 ``random_weights``, the output options (``evidence``, ``runner_ups``,
-``top_k_crops``, ``top_attributes``) and the outcome (``status``,
-``num_predicted``, ``num_failed``).
+``top_k_crops``, ``top_attributes``); and the run's outcome: ``status``
+(``"running"``, ``"completed"`` or ``"interrupted"``), ``num_samples``,
+``num_predicted``, ``num_failed``, ``seconds`` and ``owner`` (the id of the
+process's write lock, :mod:`fiftyone_lazsl.fo.locks`). A resumed run
+(``skip_existing``) keeps the totals of the whole run: ``num_samples`` of the
+first start, ``num_predicted`` / ``num_failed`` counted over the dataset,
+``seconds`` summed, and ``resumed`` (how many times it was resumed).
+
+A record that says ``"running"`` whose owner no longer holds a live lock (the
+process was killed, its machine or database connection died) is reported as
+``"interrupted"`` by :func:`get_run_config` and :func:`run_status`.
 """
 
 from __future__ import annotations
@@ -78,7 +87,32 @@ def get_run_config(samples, label_field: str) -> dict:
             f"no LaZSL run wrote field {label_field!r} on dataset {dataset_of(samples).name!r}"
         )
     cfg = samples.get_run_info(key).config
-    return {k: v for k, v in cfg.serialize().items() if not k.startswith("_")}
+    out = {k: v for k, v in cfg.serialize().items() if not k.startswith("_")}
+    if out.get("status") == "running" and not _owner_alive(samples, label_field, out):
+        out["status"] = "interrupted"
+    return out
+
+
+def _owner_alive(samples, label_field: str, config: dict) -> bool:
+    """Whether the run recorded in ``config`` still holds a live write lock."""
+    from fiftyone_lazsl.fo import locks
+
+    doc = locks.current(samples._dataset, label_field)
+    if doc is None or (config.get("owner") and doc.get("owner") != config["owner"]):
+        return False
+    return locks.is_alive(doc)
+
+
+def run_status(samples, label_field: str) -> str:
+    """``"running"``, ``"completed"`` or ``"interrupted"`` for the LaZSL run
+    that wrote ``label_field``; a ``"running"`` record whose process is gone
+    (no fresh heartbeat, see :mod:`fiftyone_lazsl.fo.locks`) is
+    ``"interrupted"``.
+
+    Raises:
+        ValueError: if no LaZSL run wrote that field.
+    """
+    return str(get_run_config(samples, label_field).get("status", "completed"))
 
 
 def list_lazsl_fields(samples) -> list[str]:

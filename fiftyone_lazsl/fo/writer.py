@@ -21,11 +21,14 @@ it, made exact.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
 
 _STOP = object()
 
@@ -56,7 +59,35 @@ def bulk_set(dataset: Any, batch: list[tuple[str, dict]]) -> None:
         ids.append(oid)
         ops.append(UpdateOne({"_id": oid}, {"$set": dict(values, last_modified_at=now)}))
     if ops:
-        dataset._bulk_write(ops, ids=ids)
+        retry_db(lambda: dataset._bulk_write(ops, ids=ids))
+
+
+#: Waits (seconds) before each retry of a database write that failed because
+#: MongoDB was unreachable or stalled; then the error propagates (the CLI turns
+#: it into one line, status 2; written batches stay).
+DB_RETRY_WAITS = (1.0, 3.0, 10.0)
+
+
+def retry_db(write: Callable[[], Any]) -> Any:
+    """``write()``, retried after :data:`DB_RETRY_WAITS` on pymongo connection
+    failures and timeouts (``AutoReconnect``, ``NetworkTimeout``,
+    ``ServerSelectionTimeoutError``...). Writes by id (``$set``, ``set_values``) are idempotent, so a retried
+    batch cannot be written twice."""
+    import pymongo.errors as pe
+
+    import sys
+
+    waits = sys.modules[__name__].DB_RETRY_WAITS  # read at call time (tests shorten it)
+    for wait in (*waits, None):
+        try:
+            return write()
+        except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout) as e:
+            if wait is None:
+                raise
+            logger.warning("database write failed (%s: %s); retrying in %g s",
+                           type(e).__name__, str(e).split(",")[0], wait)
+            time.sleep(wait)
+
 
 
 class WriterError(RuntimeError):

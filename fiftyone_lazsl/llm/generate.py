@@ -18,9 +18,14 @@ whose request fails after the client's retries (timeout, 429, 5xx) also gets
 an empty list and a warning; errors that concern the whole run (bad key,
 unknown model or URL, unreachable server) stop it with :class:`LLMError`.
 
-Classes run concurrently on a small thread pool. Usable answers are cached on
-disk (:mod:`fiftyone_lazsl.llm.cache`), so re-running costs nothing and an
-interrupted run resumes. The API key is never stored or logged, and is
+Classes run concurrently on a few daemon threads. Every request has a *total*
+deadline (:meth:`AttributeGenerator.request_deadline`), not only the client's
+per-read socket timeout, so a server that trickles bytes or never finishes its
+answer cannot hold a class (or the run) forever: the class fails with a warning.
+Ctrl-C stops the run at once (the calling thread never waits for requests in
+flight; they are abandoned with their daemon threads). Usable answers are
+cached on disk (:mod:`fiftyone_lazsl.llm.cache`) as each class finishes, so
+re-running costs nothing and an interrupted run resumes. The API key is never stored or logged, and is
 scrubbed from error messages (:mod:`fiftyone_lazsl.llm.secrets`).
 """
 
@@ -28,8 +33,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -122,7 +128,9 @@ class AttributeGenerator:
             from the environment. A custom ``base_url`` may go without one.
         n: attributes asked for per class (and kept at most), 1 to 50.
         hint: optional domain hint put into the prompt.
-        timeout: seconds allowed per HTTP request.
+        timeout: seconds allowed per HTTP attempt (each socket operation); the
+            whole call, retries included, ends within :attr:`request_deadline`
+            even if the server keeps trickling bytes. Must be > 0.
         max_retries: the ``openai`` client's retries (with its exponential
             backoff, honouring ``Retry-After``) on timeouts, 408/409/429 and 5xx.
         concurrency: classes requested at the same time.
@@ -133,8 +141,8 @@ class AttributeGenerator:
         max_chars: cap on one attribute's length.
 
     Raises:
-        LLMError: no API key for OpenAI's endpoint; ``n`` or ``concurrency`` out
-            of range.
+        LLMError: no API key for OpenAI's endpoint; ``n``, ``concurrency``,
+            ``timeout`` or ``max_retries`` out of range.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, base_url: str | None = None,
@@ -149,6 +157,14 @@ class AttributeGenerator:
             raise LLMError(f"the number of attributes must be between 1 and 50, got {n}")
         if int(concurrency) < 1:
             raise LLMError(f"concurrency must be at least 1, got {concurrency}")
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise LLMError(f"timeout must be a number of seconds, got {timeout!r}") from None
+        if not (timeout > 0 and timeout != float("inf")):
+            raise LLMError(f"timeout must be a positive number of seconds, got {timeout:g}")
+        if int(max_retries) < 0:
+            raise LLMError(f"max_retries must be >= 0, got {max_retries}")
         self.model = str(model).strip()
         self.n = int(n)
         self.hint = hint.strip() if hint and hint.strip() else None
@@ -167,6 +183,8 @@ class AttributeGenerator:
                 )
             key = NO_KEY
         self._key = key
+        self.timeout = timeout
+        self.max_retries = int(max_retries)
         self.client = openai.OpenAI(api_key=key, base_url=base_url, timeout=float(timeout),
                                     max_retries=int(max_retries))
         if cache is True:
@@ -201,6 +219,14 @@ class AttributeGenerator:
         return ClassResult(class_name, prompt_name, attrs, requests=0, cached=True)
 
     # -------------------------------------------------------------- request
+    @property
+    def request_deadline(self) -> float:
+        """Seconds one chat-completion call may take in total, the client's
+        retries included: ``timeout * (max_retries + 1)`` plus the client's
+        largest backoff (8 s) per retry. ``timeout`` alone bounds each socket
+        read; this bounds the whole answer."""
+        return self.timeout * (self.max_retries + 1) + 8.0 * self.max_retries
+
     def _fatal(self, e: Exception) -> LLMError:
         what = type(e).__name__
         detail = scrub(str(e), self._key)
@@ -220,7 +246,8 @@ class AttributeGenerator:
                 kwargs.pop("response_format", None)
             counter[0] += 1
             try:
-                resp = self.client.chat.completions.create(**kwargs)
+                resp = _call_with_deadline(
+                    lambda: self.client.chat.completions.create(**kwargs), self.request_deadline)
             except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
                 if use_json:
                     if self.json_mode:
@@ -270,6 +297,9 @@ class AttributeGenerator:
                 raise self._fatal(e) from None
             except openai.APITimeoutError as e:
                 return self._failed(class_name, prompt_name, counter[0], "request timed out", e)
+            except RequestDeadlineError as e:
+                return self._failed(class_name, prompt_name, counter[0],
+                                    "no complete answer in time", e)
             except openai.APIConnectionError as e:
                 raise self._fatal(e) from None
             except openai.APIStatusError as e:
@@ -348,23 +378,89 @@ class AttributeGenerator:
         logger.info("LLM attributes for %d classes with %s at %s: %d cached, %d to request",
                     total, self.model, self.endpoint, total - len(todo), len(todo))
         if todo:
-            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
-                                      thread_name_prefix="lazsl-llm")
-            try:
-                futures = {pool.submit(self.generate_class, *pairs[i]): i for i in todo}
-                for fut in as_completed(futures):
-                    r = fut.result()
-                    results[futures[fut]] = r
-                    done += 1
-                    if progress:
-                        progress(done, total, r)
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            for i, r in self._run_concurrently(pairs, todo):
+                results[i] = r
+                done += 1
+                if progress:
+                    progress(done, total, r)
             failed = [results[i] for i in todo if results[i].failed]
             if failed and len(failed) == len(todo):
                 raise LLMError(f"every request to {self.endpoint} failed; first: "
                                f"{failed[0].warning}")
         return results  # type: ignore[return-value]
+
+
+    def _run_concurrently(self, pairs: list, todo: list[int]):
+        """Yield ``(index, ClassResult)`` as classes finish, ``concurrency`` at a time.
+
+        Daemon threads, not ``ThreadPoolExecutor`` (whose threads are joined at
+        interpreter exit, so Ctrl-C used to wait for every request in flight):
+        the calling thread only waits on a queue in short steps, so
+        ``KeyboardInterrupt`` reaches it at once; on any exit the workers take
+        no new class and requests in flight are abandoned. An error of the
+        whole run (:class:`LLMError`) raised by a worker is re-raised here.
+        """
+        jobs: "queue.Queue[int]" = queue.Queue()
+        for i in todo:
+            jobs.put(i)
+        out: "queue.Queue[tuple]" = queue.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            while not stop.is_set():
+                try:
+                    i = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    out.put((i, self.generate_class(*pairs[i]), None))
+                except BaseException as e:  # noqa: BLE001 -- handed to the caller
+                    out.put((i, None, e))
+
+        for k in range(min(self.concurrency, len(todo))):
+            threading.Thread(target=work, name=f"lazsl-llm-{k}", daemon=True).start()
+        remaining = len(todo)
+        try:
+            while remaining:
+                try:
+                    i, r, e = out.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                remaining -= 1
+                if e is not None:
+                    raise e
+                yield i, r
+        finally:
+            stop.set()
+
+
+class RequestDeadlineError(Exception):
+    """A chat-completion call did not return within its total deadline."""
+
+
+def _call_with_deadline(fn: Callable[[], object], seconds: float) -> object:
+    """``fn()``, or :class:`RequestDeadlineError` once ``seconds`` have passed.
+
+    ``fn`` runs in a daemon thread that is abandoned on timeout (a blocking
+    HTTP read cannot be interrupted from outside; the thread ends with its
+    socket, or with the process)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target, name="lazsl-llm-request", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise RequestDeadlineError(f"no complete answer within {seconds:g} s (the server is "
+                                   "too slow or stalled)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def generate_attribute_set(classes: Sequence[str] | Mapping[str, str], *,

@@ -1,0 +1,154 @@
+"""A FiftyOne dataset from ``DIR/<class>/<image>`` folders, images only.
+
+FiftyOne's ``ImageClassificationDirectoryTree`` importer takes every file of
+the class folders and decides the media type from the file extension: a
+``README.txt``, ``Thumbs.db``, a PDF or a video in a class folder makes it
+fail with ``MediaTypeError``, an extension-less JPEG becomes media type
+``unknown``, and a folder of non-images gives a dataset of unknown media type.
+:func:`import_image_folder` instead decides *by content*: a file is an image
+when its header opens with a PIL format plugin
+(:func:`fiftyone_lazsl.core.imageio.probe_image`: regular files only, never
+blocks on a FIFO, header only, so it is fast). Everything else is skipped and
+reported with the reason; samples are added with ``media_type="image"``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from fiftyone_lazsl.errors import ImageLoadError, UserError
+
+__all__ = ["ImportResult", "scan_image_folder", "import_image_folder"]
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_image_folder` did.
+
+    Attributes:
+        dataset: the created ``fo.Dataset`` (persistent).
+        num_images: samples added.
+        classes: class (sub-folder) names that got at least one image, sorted.
+        skipped: ``[(path, reason)]`` for every file or folder not imported.
+    """
+
+    dataset: Any
+    num_images: int = 0
+    classes: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+    def skipped_summary(self, limit: int = 10) -> list[str]:
+        """One line per skipped entry (at most ``limit``, then a count)."""
+        lines = [f"skipped {p}: {r}" for p, r in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            lines.append(f"... and {len(self.skipped) - limit} more skipped")
+        return lines
+
+
+def _why_not_image(path: str) -> str | None:
+    """None if ``path`` is an image file (by content), else the reason."""
+    from fiftyone_lazsl.core.imageio import probe_image
+
+    if os.path.basename(path).startswith("."):
+        return "hidden file"
+    try:
+        probe_image(path)
+    except ImageLoadError as e:
+        return e.reason
+    except Exception as e:  # noqa: BLE001 -- a corrupt header of any kind
+        return f"not a readable image ({type(e).__name__})"
+    return None
+
+
+def scan_image_folder(directory: str | os.PathLike) -> tuple[list[tuple[str, str]],
+                                                               list[tuple[str, str]]]:
+    """Images of a class-folder tree, by content.
+
+    Args:
+        directory: folder with one sub-folder per class; images directly in
+            the class folders (one level, like FiftyOne's
+            ``ImageClassificationDirectoryTree``).
+
+    Returns:
+        ``(images, skipped)``: ``[(path, class)]`` sorted by class then file
+        name, and ``[(path, reason)]`` for files that are not images (text,
+        PDF, video, ``Thumbs.db``, hidden files, FIFOs, empty or corrupt
+        files), files outside class folders, and nested folders.
+
+    Raises:
+        UserError: ``directory`` is not a folder.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise UserError(f"folder not found: {directory}")
+    images: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            skipped.append((entry.path, "hidden"))
+            continue
+        if not entry.is_dir():
+            skipped.append((entry.path, "not in a class sub-folder"))
+            continue
+        for f in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            if f.is_dir():
+                skipped.append((f.path, "nested folder (images must sit directly in the class "
+                                        "folder)"))
+                continue
+            why = _why_not_image(f.path)
+            if why:
+                skipped.append((f.path, why))
+            else:
+                images.append((os.path.abspath(f.path), entry.name))
+    return images, skipped
+
+
+def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
+                        overwrite: bool = False, label_field: str = "ground_truth",
+                        compute_metadata: bool = True) -> ImportResult:
+    """Create a persistent image dataset from ``DIR/<class>/<image>`` folders.
+
+    Each image gets ``fo.Classification(label=<sub-folder name>)`` in
+    ``label_field``; non-images are skipped with a reason (see
+    :func:`scan_image_folder`). The dataset's media type is always ``image``.
+
+    Args:
+        directory: the folder tree.
+        dataset_name: name of the new dataset.
+        overwrite: replace an existing dataset of that name.
+        label_field: ground-truth field.
+        compute_metadata: fill ``metadata`` (width, height, size) from the
+            headers, as ``dataset.compute_metadata()`` does.
+
+    Returns:
+        an :class:`ImportResult`.
+
+    Raises:
+        UserError: the folder does not exist, holds no image, or the dataset
+            exists and ``overwrite`` is False (checked before anything is
+            created or deleted).
+    """
+    import fiftyone as fo
+
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise UserError(f"folder not found: {directory}")
+    if fo.dataset_exists(dataset_name) and not overwrite:
+        raise UserError(f"dataset {dataset_name!r} already exists (use --overwrite to replace it)")
+    images, skipped = scan_image_folder(directory)
+    if not images:
+        why = f"; skipped {len(skipped)} non-image entries" if skipped else ""
+        raise UserError(f"no images found under {directory} (expected one sub-folder per class "
+                        f"holding image files{why})")
+    if fo.dataset_exists(dataset_name):
+        fo.delete_dataset(dataset_name)
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=p, media_type="image",
+                              **{label_field: fo.Classification(label=c)}) for p, c in images])
+    ds.persistent = True
+    if compute_metadata:
+        ds.compute_metadata()
+    return ImportResult(dataset=ds, num_images=len(images),
+                        classes=sorted({c for _, c in images}), skipped=skipped)
