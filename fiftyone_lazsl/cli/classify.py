@@ -162,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="only samples without a prediction yet (resume an interrupted run with "
                           "the same parameters); samples with only an error are retried")
     out.add_argument("--top-k-crops", type=_top_k_crops, default="auto", metavar="K|all",
-                     help="store the K kept crops with most transport mass as detections, or all "
+                     help="store the K kept crops that match their attribute best as detections, or all "
                           "(default: 10 with compact evidence, all with --evidence full)")
     out.add_argument("--evidence", choices=("compact", "full"), default=None,
                      help="per-attribute evidence of the predicted class, runner-up(s) and "

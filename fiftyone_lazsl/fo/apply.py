@@ -233,7 +233,7 @@ class OutputOptions:
     """What a run writes besides the prediction (not LaZSL parameters).
 
     Attributes:
-        top_k_crops: keep only the k kept crops with most transport mass as
+        top_k_crops: keep only the k kept crops that match their attribute best as
             detections (None or ``"all"``: all kept crops; ``"auto"``:
             :data:`~fiftyone_lazsl.fo.labels.DEFAULT_TOP_K_CROPS` with compact
             evidence, all with full evidence).

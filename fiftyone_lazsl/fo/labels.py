@@ -18,8 +18,9 @@ per-class evidence back from either form:
 
   and ``keywords``: the predicted class's top attributes without a leading
   article (``"white head"``), so the App sidebar's prefix search finds them by
-  the words users type; ``F_crops`` keeps the ``top_k_crops`` crops with most
-  transport mass (:data:`DEFAULT_TOP_K_CROPS`).
+  the words users type; ``F_crops`` keeps the ``top_k_crops`` kept crops that
+  match their attribute best (hybrid similarity;
+  :data:`DEFAULT_TOP_K_CROPS`).
 * ``evidence="full"``: also every class's arrays ``attribute_scores`` and
   ``attribute_crops`` (``[C][A_c]``, the pre-0.2 layout, which datasets written
   before compact outputs still have) and all kept crops.
@@ -39,7 +40,7 @@ import numpy as np
 
 EVIDENCE_MODES = ("compact", "full")
 
-#: Crops kept as detections by default with compact evidence (most mass first).
+#: Crops kept as detections by default with compact evidence (best-matching first).
 DEFAULT_TOP_K_CROPS = 10
 
 #: Runner-up classes whose evidence is stored by default.
@@ -118,8 +119,9 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
         evidence: ``"compact"`` or ``"full"`` (see the module docstring).
         runner_ups: runner-up classes whose evidence is kept (compact).
         gt_index: the sample's ground-truth class index, or None.
-        top_k_crops: kept crops stored as detections, most transport mass
-            first (None: all kept crops).
+        top_k_crops: kept crops stored as detections, best-matching first
+            (hybrid similarity to their attribute, to 3 decimals; None: all
+            kept crops, in crop order).
         top_attributes: length of ``F_attributes`` / ``keywords``.
 
     Returns:
@@ -157,7 +159,13 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
         cr = pred.crops
         idx = np.nonzero(cr.kept)[0]
         if top_k_crops:
-            idx = idx[np.argsort(-cr.mass[idx], kind="stable")[:top_k_crops]]
+            # Balanced OT gives every kept crop the same mass (1 / #kept, up to
+            # Sinkhorn's tolerance), so mass cannot rank crops: rank by each
+            # crop's hybrid similarity to the attribute it matched, rounded so
+            # that float noise between batches or devices never reorders them
+            # (ties keep crop order).
+            key = np.round(cr.similarity[idx].astype(np.float64), 3)
+            idx = idx[np.argsort(-key, kind="stable")[:top_k_crops]]
         boxes = np.clip(cr.boxes_rel[idx], 0.0, 1.0).tolist()
         share, sim, mass = cr.share[idx].tolist(), cr.similarity[idx].tolist(), cr.mass[idx].tolist()
         att = cr.attribute[idx].tolist()

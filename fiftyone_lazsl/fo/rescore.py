@@ -53,8 +53,9 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             theta: float | None = None, eps: float | None = None, gamma: float | None = None,
             method: str = "lazsl", missing: str = "encode", model: Any = None,
             feature_store: Any = None, gt_field: str | None = None,
-            restrict_to_set: bool = False, top_k_crops: int | None = None,
-            top_attributes: int = 5, heatmap: bool = False, write_every: int = 64,
+            restrict_to_set: bool = False, top_k_crops: int | str | None = "auto",
+            top_attributes: int = 5, evidence: str = "compact", runner_ups: int = 1,
+            heatmap: bool = False, write_every: int = 64,
             batch_size: int = 64, progress: Any = None, classifier: Any = None,
             **params: Any) -> Any:
     """Re-score ``samples`` from the features stored by the run on ``from_field``.
@@ -81,7 +82,7 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             random-weights model in the same process).
         feature_store: the store (directory or ``FeatureStore``); default: the
             one the run record names.
-        gt_field, restrict_to_set, top_k_crops, top_attributes, heatmap,
+        gt_field, restrict_to_set, top_k_crops, top_attributes, evidence, runner_ups, heatmap,
             write_every: as :func:`run_lazsl`.
         batch_size: samples scored per batch.
         progress: as :func:`run_lazsl`.
@@ -125,7 +126,8 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     cfg = LaZSLConfig.from_dict(old, strict=False).replace(method=method, batch_size=batch_size,
                                                            **changes, **params)
     opts = ap.OutputOptions(top_k_crops=top_k_crops, top_attributes=top_attributes,
-                            heatmap=heatmap, write_every=write_every, num_workers=0)
+                            heatmap=heatmap, write_every=write_every, num_workers=0,
+                            evidence=evidence, runner_ups=runner_ups)
     ap._check_label_field(dataset, label_field)
     aset = ap._resolve_attribute_set(attribute_set, dataset)
     view = ap._target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set, False)
@@ -258,14 +260,30 @@ class _Encoder:
         self.batch_size = clf.batch_size
         self.stored = 0
 
-    def predict_tensors(self, images, keys, sizes=None, scales=None):
+    @property
+    def visual_spec(self) -> Any:
+        """The store's visual set (what the decode workers prepare)."""
+        return self.storing._clf.visual_spec
+
+    def predict_tensors(self, images: Any, keys: Any, sizes: Any = None,
+                        scales: Any = None) -> list:
+        enc = self.storing._clf
+        prepared = [enc.prepare_views(im, k) for im, k in zip(images, keys)]
+        return self.predict_prepared(prepared, sizes, scales)
+
+    def predict_prepared(self, prepared: Any, sizes: Any = None, scales: Any = None) -> list:
+        """Encode prepared visual sets with the store's visual set, store them,
+        and score them with the re-scoring classifier."""
+        from fiftyone_lazsl.core.features import FeatureEntry
+
         st = self.storing
         enc = st._clf
-        dims = [(int(im.shape[-1]), int(im.shape[-2])) for im in images]
+        keys = [p.key for p in prepared]
+        dims = [(int(p.width), int(p.height)) for p in prepared]
         sizes = list(sizes) if sizes is not None else dims
-        scales = list(scales) if scales is not None else [1.0] * len(images)
-        feats, boxes = enc.encode(images, keys)
-        from fiftyone_lazsl.core.features import FeatureEntry
+        scales = list(scales) if scales is not None else [1.0] * len(prepared)
+        feats = enc.encode_prepared(prepared)
+        boxes = [p.boxes for p in prepared]
         st.store.put_many(st.fingerprint, [
             FeatureEntry(key=k, features=f.cpu().numpy(), boxes=b, image_size=d,
                          original_size=tuple(sz), scale=float(sc))
