@@ -175,6 +175,19 @@ def _check_label_field(dataset: Any, label_field: str) -> None:
                 "(or delete those fields)")
 
 
+def check_label_field(dataset: Any, label_field: str) -> None:
+    """Check, before anything is written, that a run on ``label_field`` would
+    only touch its own outputs (what :func:`run_lazsl` checks first; the
+    ``run_lazsl`` operator's form calls it too).
+
+    Raises:
+        ConfigError: an empty name.
+        RunConflictError: the outputs would overwrite another run's fields or
+            fields no LaZSL run wrote.
+    """
+    _check_label_field(dataset, label_field)
+
+
 def _check_resumable(dataset: Any, label_field: str, config: dict) -> None:
     """``skip_existing`` keeps earlier outputs: refuse to mix them with outputs
     of different parameters (every output-determining :class:`LaZSLConfig`
@@ -312,7 +325,8 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         summary.seconds = time.time() - t0
         return summary
 
-    clf = classifier or LaZSLClassifier(aset, config=cfg)
+    report = _progress_fn(progress, summary.num_samples)
+    clf = classifier or _build_classifier(aset, cfg, report)
     summary.random_weights = clf.model.random_weights
     key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
                                   summary.num_samples)
@@ -322,8 +336,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         _clear_outputs(view, dataset, label_field, len(ids))
     done = 0
     try:
-        done = _classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
-                                   _progress_fn(progress, len(ids)))
+        done = _classify_and_write(dataset, clf, ids, paths, label_field, opts, summary, report)
     finally:
         summary.seconds = time.time() - t0
         _finish_run(dataset, key, summary, complete=done == len(ids))
@@ -340,6 +353,20 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
                        label_field)
     return summary
+
+
+def _build_classifier(aset: AttributeSet, cfg: LaZSLConfig,
+                      report: Callable[[int, str], None]) -> LaZSLClassifier:
+    """Load the model, then encode the prompts, reporting each stage (both
+    happen before the first image: they may take most of a small run)."""
+    from fiftyone_lazsl.core.models import load_model
+
+    weights = cfg.pretrained if cfg.pretrained is not None else "random weights"
+    report(0, f"loading the model {cfg.model} ({weights})")
+    loaded = load_model(cfg.model, cfg.pretrained, device=cfg.device)
+    n = len(aset) if cfg.method == "clip" else sum(len(aset[c]) for c in aset.classes)
+    report(0, f"encoding {n} {'class' if cfg.method == 'clip' else 'attribute'} prompts")
+    return LaZSLClassifier(aset, loaded, config=cfg)
 
 
 def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: str,
@@ -434,12 +461,18 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                 dataset.set_values(f, vals, key_field="id")
                 vals.clear()
 
-    done = 0
-    stage = {"name": "decoding"}
+    done, total = 0, len(paths)
+
+    def on_stage(name: str) -> None:
+        # per batch: decoding (DataLoader), encoding and scoring (the classifier)
+        if done < total:
+            hi = min(done + clf.batch_size, total)
+            what = "encoding and scoring" if name == "encoding" else name
+            report(done, f"{what} images {done + 1}-{hi}")
+
     try:
         for items in iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
-                                      num_workers=opts.num_workers,
-                                      on_stage=lambda s: stage.__setitem__("name", s)):
+                                      num_workers=opts.num_workers, on_stage=on_stage):
             for it in items:
                 sid = ids[it.index]
                 if it.prediction is None:
@@ -460,10 +493,10 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                 pending[fields["prediction"]][sid] = cls
                 summary.num_predicted += 1
             done += len(items)
-            if len(pending[fields["error"]]) >= opts.write_every:
+            if len(pending[fields["error"]]) >= opts.write_every or done >= total:
                 report(done, "writing")
                 flush()
-            report(done, stage["name"])
+            on_stage("decoding")
     finally:
         flush()
     return done
@@ -493,4 +526,14 @@ def _progress_fn(progress: ProgressFn | bool | None, total: int) -> Callable[[in
             if done >= total:
                 bar.close()
         return tick
-    return lambda done, label: progress(done / total, f"{label} {done}/{total}")
+    # "<stage> images a-b of N" while a batch is in flight, "<stage> k/N" after
+    # (k samples done), the model / prompt stages without a count
+    def report(done: int, label: str) -> None:
+        if label.startswith(("loading", "encoding ")) and "images" not in label:
+            text = label
+        elif "images" in label:
+            text = f"{label} of {total}"
+        else:
+            text = f"{label} {done}/{total}"
+        progress(done / total, text)
+    return report
