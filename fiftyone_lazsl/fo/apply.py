@@ -462,13 +462,21 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                 vals.clear()
 
     done, total = 0, len(paths)
+    encoded = {"pending": False}  # a batch was encoded and is not written yet
 
     def on_stage(name: str) -> None:
-        # per batch: decoding (DataLoader), encoding and scoring (the classifier)
+        # Per batch: decoding (DataLoader), then encoding and scoring (the
+        # classifier). The pipeline says "decoding" again before it yields the
+        # batch; that is reported once the batch is handled (below).
+        if name == "encoding":
+            encoded["pending"] = True
+        elif encoded["pending"]:
+            return
         if done < total:
             hi = min(done + clf.batch_size, total)
             what = "encoding and scoring" if name == "encoding" else name
-            report(done, f"{what} images {done + 1}-{hi}")
+            report(done, f"{what} images {done + 1}-{hi}" if hi > done + 1
+                   else f"{what} image {hi}")
 
     try:
         for items in iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
@@ -496,6 +504,7 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
             if len(pending[fields["error"]]) >= opts.write_every or done >= total:
                 report(done, "writing")
                 flush()
+            encoded["pending"] = False
             on_stage("decoding")
     finally:
         flush()
@@ -529,9 +538,9 @@ def _progress_fn(progress: ProgressFn | bool | None, total: int) -> Callable[[in
     # "<stage> images a-b of N" while a batch is in flight, "<stage> k/N" after
     # (k samples done), the model / prompt stages without a count
     def report(done: int, label: str) -> None:
-        if label.startswith(("loading", "encoding ")) and "images" not in label:
+        if label.startswith(("loading", "encoding ")) and " image" not in label:
             text = label
-        elif "images" in label:
+        elif " image" in label:
             text = f"{label} of {total}"
         else:
             text = f"{label} {done}/{total}"
