@@ -455,10 +455,17 @@ def test_run_lazsl_mistakes(world, app, ui):
     ui.wait_text("Weights: pretrained weights 'openai' for 'ViT-B-32' are not on this machine")
     assert ui.execute_enabled()  # a warning: the check cannot be sure
     ui.button("Execute").click()
-    ui.wait(lambda: re.search(r"\npretrained weights 'openai' for 'ViT-B-32' are not on this "
-                              r"machine[^\n]*\n", ui.text().split("Execute")[-1]) or
-            "Weights:" not in ui.text() and "are not on this machine" in ui.text(),
-            what="the one-line error notification")
+    msg = "pretrained weights 'openai' for 'ViT-B-32' are not on this machine"
+    # the form is gone (no "Weights:" warning): the line is the error notification
+    text = ui.wait(lambda: "Weights:" not in ui.text() and msg in ui.text() and ui.text(),
+                   what="the one-line error notification")
+    line = next(ln for ln in text.splitlines() if msg in ln)
+    from fiftyone_lazsl.core.models import check_weights
+    from fiftyone_lazsl.errors import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError) as err:  # the library's own message
+        check_weights("ViT-B-32", "openai")
+    assert line.strip() == str(err.value).strip()
     ui.assert_no_traceback()
     assert "with_openai" not in world["ds"].get_field_schema()
 
