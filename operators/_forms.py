@@ -6,7 +6,7 @@ delegated run with a message, and form checks of dataset fields.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Generator
 
 import fiftyone.operators.types as types
 
@@ -89,7 +89,7 @@ def notice(inputs: types.Object, name: str, message: str, kind: str = "warning")
     inputs.view(name, view(label=message))
 
 
-def user_errors(execute):
+def user_errors(execute: Callable) -> Callable:
     """Decorate a (non-generator) ``execute``: a :class:`UserError` becomes one
     plain line, as an error notification in the App plus ``{"error": line}``
     as the result (shown by the operator's output view), or a failed delegated
@@ -98,7 +98,7 @@ def user_errors(execute):
     import functools
 
     @functools.wraps(execute)
-    def wrapper(self, ctx):
+    def wrapper(self: Any, ctx: Any) -> Any:
         try:
             return execute(self, ctx)
         except UserError as e:
@@ -112,7 +112,7 @@ def user_errors(execute):
     return wrapper
 
 
-def error_output(ctx, outputs: types.Object) -> bool:
+def error_output(ctx: Any, outputs: types.Object) -> bool:
     """Add the ``error`` line to an output view when the result carries one;
     returns whether it did (then the other outputs are left out)."""
     err = (ctx.results or {}).get("error") if isinstance(ctx.results, dict) else None
@@ -122,7 +122,8 @@ def error_output(ctx, outputs: types.Object) -> bool:
     return False
 
 
-def stream_progress(ctx, work):
+def stream_progress(ctx: Any, work: Callable[[Callable[[float, str], None]], Any]
+                    ) -> Generator[Any, None, Any]:
     """Generator for immediate (``execute_as_generator``) runs: calls
     ``work(progress)`` in a thread, yields one ``set_progress`` trigger per
     ``progress(fraction, label)`` call while it runs, and returns what
@@ -133,7 +134,7 @@ def stream_progress(ctx, work):
 
     events, out = queue.Queue(), {}
 
-    def run():
+    def run() -> None:
         try:
             out["result"] = work(lambda f, label: events.put((f, label)))
         except BaseException as e:  # re-raised below

@@ -9,13 +9,14 @@ Thin shells over :mod:`fiftyone_lazsl.fo.store` and :mod:`fiftyone_lazsl.core.pu
 """
 
 import os
+from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import published
 from fiftyone_lazsl.fo import store
-from fiftyone_lazsl.core.attributes import FORMATS
+from fiftyone_lazsl.core.attributes import FORMATS, AttributeSet
 from fiftyone_lazsl.errors import UserError
 
 from ._forms import class_label_fields, error_output, invalid, plain, user_errors
@@ -38,7 +39,7 @@ def _default_name(source):
     return store.safe_set_name(stem)
 
 
-def _source_set(ctx):
+def _source_set(ctx: Any) -> AttributeSet:
     """The attribute set the import form names (a published set is read from
     this machine or downloaded; a file is parsed).
 

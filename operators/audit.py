@@ -7,6 +7,8 @@ evaluations of several prediction fields, one comparison table, saved views).
 Both act on the target view (dataset, current view or selected samples).
 """
 
+from typing import Any
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -24,7 +26,7 @@ def _dropdown(choices):
     return view
 
 
-def _add_gt_input(inputs, ctx):
+def _add_gt_input(inputs: types.Object, ctx: Any) -> None:
     """The ground-truth dropdown (Classification fields that are not LaZSL
     outputs); a typed name that is not one is invalid with the reason."""
     import fiftyone as fo

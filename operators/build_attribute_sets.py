@@ -11,6 +11,8 @@ LaZSL outputs are offered; replacing a stored set of the same name needs an
 explicit tick; an unreachable endpoint or a failed request is one plain line.
 """
 
+from typing import Any, Callable, Generator
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -92,7 +94,7 @@ class BuildAttributeSets(foo.Operator):
                 return fail_delegated(ctx, plain(e))
         return self._execute_immediate(ctx)
 
-    def _execute_immediate(self, ctx):
+    def _execute_immediate(self, ctx: Any) -> Generator[Any, None, None]:
         try:
             result = yield from stream_progress(ctx, lambda progress: self._build(ctx, progress))
         except UserError as e:
@@ -106,13 +108,13 @@ class BuildAttributeSets(foo.Operator):
                if result["empty_classes"] else ""),
             variant="warning" if result["empty_classes"] else "success")
 
-    def _build(self, ctx, report) -> dict:
+    def _build(self, ctx: Any, report: Callable[[float, str], None]) -> dict:
         p = ctx.params
         name = store.validate_set_name(str(p["set_name"]).strip())
         classes = classnames.classes_from_field(ctx.dataset, p["label_field"])
         targets = classnames.readable_names(classes) if p.get("readable_names") else classes
 
-        def progress(done, total, result):
+        def progress(done: int, total: int, result: Any) -> None:
             report(done / total, f"{done}/{total} classes ({result.class_name})")
 
         report(0.0, f"asking {p.get('llm_model') or DEFAULT_MODEL} about {len(classes)} classes")

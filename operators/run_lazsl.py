@@ -24,6 +24,7 @@ views larger than :data:`DELEGATE_ABOVE` samples (``ExecutionOptions``).
 """
 
 import time
+from typing import Any, Generator
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -152,7 +153,7 @@ def _weights_problem(model: str, pretrained) -> str | None:
     return msg
 
 
-def _resolve_set(spec, dataset):
+def _resolve_set(spec: str, dataset: Any) -> tuple[Any, str | None, str | None]:
     """``(attribute set or None, problem or None, note or None)`` for what the
     user typed, without downloading: a published set that is not on this
     machine is reported as a note (Execute downloads it)."""
@@ -182,14 +183,14 @@ def _resolve_set(spec, dataset):
         return None, plain(e), None
 
 
-def _remembered(ctx) -> dict:
+def _remembered(ctx: Any) -> dict:
     try:
         return dict(ctx.store(_STORE).get("last") or {})
     except Exception:  # no execution store (e.g. no dataset): nothing remembered
         return {}
 
 
-def _remember(ctx) -> None:
+def _remember(ctx: Any) -> None:
     try:
         ctx.store(_STORE).set("last", {k: ctx.params.get(k) for k in _REMEMBERED
                                        if ctx.params.get(k) not in (None, "")})
@@ -197,7 +198,7 @@ def _remember(ctx) -> None:
         pass
 
 
-def _check_gt(ctx, aset, gt_field: str, restrict: bool) -> str | None:
+def _check_gt(ctx: Any, aset: Any, gt_field: str, restrict: bool) -> str | None:
     """Why the ground-truth field does not fit the set (None if it does)."""
     if restrict:
         return None
@@ -322,7 +323,7 @@ class RunLaZSL(foo.Operator):
             return self._execute_delegated(ctx)
         return self._execute_immediate(ctx)
 
-    def _prepare(self, ctx):
+    def _prepare(self, ctx: Any) -> tuple[Any, str, dict]:
         p = ctx.params
         kwargs = params_to_kwargs(p)
         if (p.get("label_field") or "lazsl") in list_lazsl_fields(ctx.dataset) and not (
@@ -334,7 +335,7 @@ class RunLaZSL(foo.Operator):
                 "to replace it, or choose another label field")
         return ctx.target_view(), str(p["attribute_set"]).strip(), kwargs
 
-    def _execute_delegated(self, ctx):
+    def _execute_delegated(self, ctx: Any) -> dict:
         try:
             view, spec, kwargs = self._prepare(ctx)
             summary = run_lazsl(view, spec, progress=lambda f, label: ctx.set_progress(f, label),
@@ -345,7 +346,7 @@ class RunLaZSL(foo.Operator):
         ctx.log(str(summary))
         return _summary_dict(summary)
 
-    def _execute_immediate(self, ctx):
+    def _execute_immediate(self, ctx: Any) -> Generator[Any, None, None]:
         try:
             view, spec, kwargs = self._prepare(ctx)
         except UserError as e:
@@ -364,7 +365,7 @@ class RunLaZSL(foo.Operator):
         ctx.log(str(summary))
 
 
-def _summary_dict(summary) -> dict:
+def _summary_dict(summary: Any) -> dict:
     """A :class:`~fiftyone_lazsl.fo.apply.RunSummary` as a JSON-able dict
     (the delegated operation's result)."""
     return {
