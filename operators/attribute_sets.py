@@ -8,14 +8,19 @@ Thin shells over :mod:`fiftyone_lazsl.fo.store` and :mod:`fiftyone_lazsl.core.pu
 * ``delete_attribute_set``: removes a stored set.
 """
 
+import os
+from typing import Any
+
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import published
 from fiftyone_lazsl.fo import store
-from fiftyone_lazsl.fo.fields import CLASSIFICATION_TYPES, label_fields, validate_for_field
-from fiftyone_lazsl.core.attributes import FORMATS
+from fiftyone_lazsl.fo.fields import validate_for_field
+from fiftyone_lazsl.core.attributes import FORMATS, AttributeSet
 from fiftyone_lazsl.errors import UserError
+
+from ._forms import class_label_fields, error_output, invalid, plain, user_errors
 
 _FORMAT_HELP = {
     "descriptors": "DCLIP/LaZSL attributes, turned into '<class>, which has <attribute>' prompts",
@@ -33,6 +38,18 @@ def _default_name(source):
     if stem.lower().endswith(".json"):
         stem = stem[:-5]
     return store.safe_set_name(stem)
+
+
+def _source_set(ctx: Any) -> AttributeSet:
+    """The attribute set the import form names (a published set is read from
+    this machine or downloaded; a file is parsed).
+
+    Raises:
+        UserError: nothing of that name, a malformed file, a failed download.
+    """
+    source = str(ctx.params["source"]).strip()
+    fmt = ctx.params.get("format") or "auto"
+    return store.resolve_attribute_set(source, None, format=None if fmt == "auto" else fmt)
 
 
 class ImportAttributeSet(foo.Operator):
@@ -80,21 +97,45 @@ class ImportAttributeSet(foo.Operator):
             fmt.add_choice(f, label=f, description=_FORMAT_HELP.get(f, ""))
         inputs.enum("format", fmt.values(), default="auto", label="Format", view=fmt)
 
-        cls_fields = list(label_fields(ctx.dataset, types=CLASSIFICATION_TYPES,
-                                              strings=False))
-        if cls_fields:
+        fields = class_label_fields(ctx.dataset)
+        field_prop = None
+        if fields:
             pick = types.Dropdown()
-            for f in cls_fields:
+            for f in fields:
                 pick.add_choice(f, label=f)
-            inputs.enum(
+            field_prop = inputs.enum(
                 "label_field", pick.values(), required=False, label="Check against label field",
-                description="Optional: fail if a label of this field has no attributes in the set",
+                description="Optional: refuse the set if a label of this field has no "
+                            "attributes in it",
                 view=pick,
             )
         overwrite = inputs.bool(
             "overwrite", default=False, label="Replace an existing set of that name",
         )
 
+        src = str(source or "").strip()
+        if src and published.is_published(src) and not os.path.isfile(os.path.expanduser(src)):
+            try:
+                if published.find_local_copy(src) is None:
+                    entry = published.get_published_entry(src)
+                    inputs.view("download_note", types.Notice(
+                        label=f"{entry['name']!r} is not on this machine yet: Execute downloads it "
+                              f"from {entry['url']} (needs network)"))
+                    src = ""  # not parsed here: the form never downloads
+            except UserError as e:
+                invalid(inputs.properties["source"], plain(e))
+                src = ""
+        if src:
+            try:
+                aset = _source_set(ctx)
+            except UserError as e:
+                invalid(inputs.properties["source"], plain(e))
+            else:
+                if field_prop is not None and ctx.params.get("label_field"):
+                    try:
+                        store.validate_for_field(ctx.dataset, aset, ctx.params["label_field"])
+                    except UserError as e:
+                        invalid(field_prop, plain(e))
         name = ctx.params.get("name") or _default_name(source)
         if name:
             try:
@@ -111,10 +152,9 @@ class ImportAttributeSet(foo.Operator):
                     )
         return types.Property(inputs, view=types.View(label="Import attribute set"))
 
+    @user_errors
     def execute(self, ctx):
-        source = str(ctx.params["source"]).strip()
-        fmt = ctx.params.get("format") or "auto"
-        aset = store.resolve_attribute_set(source, None, format=fmt)
+        aset = _source_set(ctx)
         label_field = ctx.params.get("label_field")
         if label_field:
             validate_for_field(ctx.dataset, aset, label_field)
@@ -134,6 +174,8 @@ class ImportAttributeSet(foo.Operator):
 
     def resolve_output(self, ctx):
         outputs = types.Object()
+        if error_output(ctx, outputs):
+            return types.Property(outputs, view=types.View(label="Import failed"))
         outputs.str("name", label="Stored as")
         outputs.int("num_classes", label="Classes")
         outputs.int("num_attributes", label="Attributes")
@@ -165,8 +207,16 @@ class DeleteAttributeSet(foo.Operator):
             pick.add_choice(r["name"], label=f"{r['name']} ({r['num_classes']} classes)",
                             description=r["source"] or "")
         inputs.enum("name", pick.values(), required=True, label="Attribute set", view=pick)
+        name = ctx.params.get("name")
+        confirm = inputs.bool("confirm", default=False, required=True,
+                              label=f"Yes, delete {name!r} from this dataset" if name
+                              else "Yes, delete it",
+                              description="Runs that used it keep their outputs and its hash")
+        if name and not ctx.params.get("confirm"):
+            invalid(confirm, f"tick the box to confirm deleting attribute set {name!r}")
         return types.Property(inputs, view=types.View(label="Delete attribute set"))
 
+    @user_errors
     def execute(self, ctx):
         name = ctx.params["name"]
         store.delete_attribute_set(ctx.dataset, name)

@@ -3,7 +3,6 @@ the CLI and the operator; validation happens before anything is written."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -102,13 +101,25 @@ def test_cli_args_give_the_same_config():
 
 
 def _operator_module():
+    """``operators/run_lazsl.py`` imported as FiftyOne imports it: a module of
+    the ``operators`` package of the plugin package (it imports its siblings
+    relatively)."""
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("lazsl_op_run", os.path.join(root, "operators", "run_lazsl.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    for name, path, pkg in (("lazsl_plugin_pkg", os.path.join(root, "__init__.py"), True),
+                            ("lazsl_plugin_pkg.operators",
+                             os.path.join(root, "operators", "__init__.py"), True),
+                            ("lazsl_plugin_pkg.operators.run_lazsl",
+                             os.path.join(root, "operators", "run_lazsl.py"), False)):
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(
+            name, path, submodule_search_locations=[os.path.dirname(path)] if pkg else None)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["lazsl_plugin_pkg.operators.run_lazsl"]
 
 
 def test_operator_form_and_params_cover_the_config():

@@ -7,7 +7,7 @@ import uuid
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
-from fiftyone.operators.executor import ExecutionContext
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
 
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.cli import main
@@ -106,13 +106,24 @@ def test_operator_builds_and_stores_the_set(lazsl_plugin, dataset, tmp_cache, ke
     with StubOpenAI(SCRIPT) as server:
         params = {"label_field": "gt", "llm_model": "stub", "base_url": server.base_url, "n": 4,
                   "hint": "bird species", "readable_names": True, "set_name": "llm_gt"}
+        # immediate ("Execute"): a generator operator, exhausted here
         res = run_operator("build_attribute_sets", dataset, params)
         assert server.total == 4
+        assert res.error is None
+        assert store.load_attribute_set(fo.load_dataset(dataset.name), "llm_gt").to_dict() == EXPECTED
+        # the name is taken now: the form refuses until "overwrite" is ticked
+        with pytest.raises(ExecutionError, match="Validation error.*overwrite"):
+            run_operator("build_attribute_sets", dataset, params)
+        # as a delegated worker runs it: the result is the summary dict (from the cache)
+        res = run_operator("build_attribute_sets", dataset, dict(params, overwrite=True),
+                           delegated=True)
+        again = server.total - 4  # requests of the second run (the cache answers the rest)
     assert res.error is None
     assert res.result == {
         "set_name": "llm_gt", "num_classes": 3, "num_attributes": 4,
         "empty_classes": ["003.Sooty_Albatross"], "warnings": res.result["warnings"],
-        "requests": 4, "cached_classes": 0}
+        "requests": again, "cached_classes": res.result["cached_classes"]}
+    assert res.result["cached_classes"] >= 1
     assert len(res.result["warnings"]) == 2
     stored = store.load_attribute_set(fo.load_dataset(dataset.name), "llm_gt")
     assert stored.to_dict() == EXPECTED
@@ -124,7 +135,7 @@ def test_operator_progress_and_secrets(lazsl_plugin, dataset, tmp_cache, key_env
     op = foo.get_operator(operator_uri("build_attribute_sets"))
     updates = []
     ctx = ExecutionContext(
-        request_params={"dataset_name": dataset.name, "params": {
+        request_params={"dataset_name": dataset.name, "delegated": True, "params": {
             "label_field": "gt", "llm_model": "stub", "n": 4, "readable_names": True,
             "set_name": "with_progress"}},
         set_progress=lambda op_id, p: updates.append((p.progress, p.label)),
@@ -136,5 +147,6 @@ def test_operator_progress_and_secrets(lazsl_plugin, dataset, tmp_cache, key_env
         result = op.execute(ctx)
         assert set(server.auth_headers) == {f"Bearer {KEY}"}  # read through ctx.secrets
     assert result["set_name"] == "with_progress"
-    assert [u[0] for u in updates] == [1 / 3, 2 / 3, 1.0]
-    assert sorted(u[1] for u in updates)[-1].startswith("3/3 classes (")
+    assert [u[0] for u in updates] == [0.0, 1 / 3, 2 / 3, 1.0]
+    assert updates[0][1] == "asking stub about 3 classes"
+    assert sorted(u[1] for u in updates[1:])[-1].startswith("3/3 classes (")

@@ -49,11 +49,13 @@ def test_import_published_with_label_field_then_delete(lazsl_plugin, dataset, lo
     res = run_operator("import_attribute_set", dataset, {"source": "pets", "overwrite": True})
     assert res.result["name"] == "pets"
 
-    res = run_operator("delete_attribute_set", dataset, {"name": "pets"})
+    with pytest.raises(ExecutionError, match="Validation error.*confirm"):
+        run_operator("delete_attribute_set", dataset, {"name": "pets"})
+    res = run_operator("delete_attribute_set", dataset, {"name": "pets", "confirm": True})
     assert res.result == {"deleted": "pets"}
     assert store.list_attribute_sets(dataset) == []
     with pytest.raises(ExecutionError, match="Validation error"):
-        run_operator("delete_attribute_set", dataset, {"name": "pets"})
+        run_operator("delete_attribute_set", dataset, {"name": "pets", "confirm": True})
 
 
 def test_import_file_checked_against_label_field(lazsl_plugin, dataset, tmp_path):

@@ -18,8 +18,7 @@ import torch
 
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
-from fiftyone_lazsl.core.crops import (PreparedViews, VisualSetSpec, build_views, relative_boxes,
-                                       sample_crop_boxes)
+from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec, build_views, relative_boxes
 from fiftyone_lazsl.core.models import LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
 from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, global_similarity, lazsl_scores

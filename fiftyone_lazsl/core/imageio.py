@@ -98,7 +98,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, TiffImagePlugin
 
-from fiftyone_lazsl.errors import ImageLoadError, UserError
+from fiftyone_lazsl.errors import ImageLoadError
 
 if TYPE_CHECKING:
     import torch

@@ -543,3 +543,28 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
         model=model, tokenizer=tokenizer, name=name, pretrained=None if random else str(pretrained),
         weights_id=weights_id, random_weights=random, preprocess_cfg=pcfg, device=device,
     )
+
+
+def check_weights(model_name: str, pretrained: str | None, *, cache_dir: str | None = None) -> bool:
+    """Whether :func:`load_model` could load these weights here, without building
+    the model (no weights are read or downloaded).
+
+    Cheap: checks the model name, the checkpoint file / folder, or whether a
+    pretrained tag's weights are in the local cache or the hub is reachable
+    (up to about 3 s when offline without ``HF_HUB_OFFLINE=1``).
+
+    Args:
+        model_name: an open_clip model name (plus ``$FIFTYONE_LAZSL_MODEL_CONFIGS``).
+        pretrained: as for :func:`load_model` (None: random weights).
+        cache_dir: download cache (default: the HF cache).
+
+    Returns:
+        True if the weights are random (``pretrained`` None), else False.
+
+    Raises:
+        ModelNotFoundError: unknown model name.
+        WeightsUnavailableError: the weights cannot be loaded here (the message
+            says how to supply them).
+    """
+    register_model_configs()
+    return bool(_resolve(model_name, pretrained, cache_dir)[3])

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
@@ -197,6 +196,19 @@ def _check_label_field(dataset: Any, label_field: str) -> None:
                 f"field(s) {', '.join(taken)} already exist on dataset {dataset.name!r} and were "
                 f"not written by a LaZSL run on {label_field!r}; choose another label field "
                 "(or delete those fields)")
+
+
+def check_label_field(dataset: Any, label_field: str) -> None:
+    """Check, before anything is written, that a run on ``label_field`` would
+    only touch its own outputs (what :func:`run_lazsl` checks first; the
+    ``run_lazsl`` operator's form calls it too).
+
+    Raises:
+        ConfigError: an empty name.
+        RunConflictError: the outputs would overwrite another run's fields or
+            fields no LaZSL run wrote.
+    """
+    _check_label_field(dataset, label_field)
 
 
 def _check_resumable(dataset: Any, label_field: str, config: dict) -> None:
@@ -400,7 +412,8 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     lock = acquire(dataset, label_field) if shard is None else None
     try:
         store = _open_feature_store(store_features, feature_dtype)
-        clf = classifier or LaZSLClassifier(aset, config=cfg)
+        report = _progress_fn(progress, summary.num_samples)
+        clf = classifier or _build_classifier(aset, cfg, report)
         summary.random_weights = clf.model.random_weights
         worker, extra = clf, None
         if store is not None:
@@ -421,7 +434,7 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
         done = 0
         try:
             done = _classify_and_write(dataset, worker, ids, paths, label_field, opts, summary,
-                                       _progress_fn(progress, len(ids)), gt_index=gt_index)
+                                       report, gt_index=gt_index)
         finally:
             summary.seconds = time.time() - t0
             if shard is None:
@@ -481,6 +494,20 @@ def _gt_indices(view: Any, clf: LaZSLClassifier, gt_field: str) -> list[int | No
             cache[lb] = index.get(clf.attribute_set.resolve(lb)) if lb is not None else None
         out.append(cache[lb])
     return out
+
+
+def _build_classifier(aset: AttributeSet, cfg: LaZSLConfig,
+                      report: Callable[[int, str], None]) -> LaZSLClassifier:
+    """Load the model, then encode the prompts, reporting each stage (both
+    happen before the first image: they may take most of a small run)."""
+    from fiftyone_lazsl.core.models import load_model
+
+    weights = cfg.pretrained if cfg.pretrained is not None else "random weights"
+    report(0, f"loading the model {cfg.model} ({weights})")
+    loaded = load_model(cfg.model, cfg.pretrained, device=cfg.device)
+    n = len(aset) if cfg.method == "clip" else sum(len(aset[c]) for c in aset.classes)
+    report(0, f"encoding {n} {'class' if cfg.method == 'clip' else 'attribute'} prompts")
+    return LaZSLClassifier(aset, loaded, config=cfg)
 
 
 def _target_view(samples: Any, dataset: Any, aset: AttributeSet, label_field: str,
@@ -652,13 +679,27 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
     failed = dict.fromkeys(written)  # every output None ...
     classes, names = clf.classes, clf.attribute_labels
 
-    done = 0
-    stage = {"name": "decoding"}
+    done, total = 0, len(paths)
+    encoded = {"pending": False}  # a batch was encoded and is not written yet
+
+    def on_stage(name: str) -> None:
+        # Per batch: decoding (DataLoader), then encoding and scoring (the
+        # classifier). The pipeline says "decoding" again before it yields the
+        # batch; that is reported once the batch is handled (below).
+        if name == "encoding":
+            encoded["pending"] = True
+        elif encoded["pending"]:
+            return
+        if done < total:
+            hi = min(done + clf.batch_size, total)
+            what = "encoding and scoring" if name == "encoding" else name
+            report(done, f"{what} images {done + 1}-{hi}" if hi > done + 1
+                   else f"{what} image {hi}")
+
     with BackgroundWriter(dataset, batch_size=opts.write_every) as writer:
         if items is None:
             items = iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
-                                     num_workers=opts.num_workers,
-                                     on_stage=lambda s: stage.__setitem__("name", s))
+                                     num_workers=opts.num_workers, on_stage=on_stage)
         for batch in items:
             for it in batch:
                 sid = ids[it.index]
@@ -681,9 +722,13 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                 values[pred_f] = cls
                 writer.put(sid, values)
                 summary.num_predicted += 1
+            before = done
             done += len(batch)
-            report(done, stage["name"])
-        report(done, "writing")
+            # the writer flushes every write_every samples (and at the end)
+            if done // opts.write_every > before // opts.write_every or done >= total:
+                report(done, "writing")
+            encoded["pending"] = False
+            on_stage("decoding")
     return done
 
 
@@ -718,4 +763,14 @@ def _progress_fn(progress: ProgressFn | bool | None, total: int) -> Callable[[in
             if done >= total:
                 bar.close()
         return tick
-    return lambda done, label: progress(done / total, f"{label} {done}/{total}")
+    # "<stage> images a-b of N" while a batch is in flight, "<stage> k/N" after
+    # (k samples done), the model / prompt stages without a count
+    def report(done: int, label: str) -> None:
+        if label.startswith(("loading", "encoding ")) and " image" not in label:
+            text = label
+        elif " image" in label:
+            text = f"{label} of {total}"
+        else:
+            text = f"{label} {done}/{total}"
+        progress(done / total, text)
+    return report

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from fiftyone_lazsl.core.attributes import AttributeSet
-from fiftyone_lazsl.errors import LLMError, UserError
+from fiftyone_lazsl.errors import LLMError
 from fiftyone_lazsl.llm.cache import LLMCache, cache_key
 from fiftyone_lazsl.llm.secrets import DEFAULT_BASE_URL, public_url, resolve_api_key, scrub
 from fiftyone_lazsl.llm.text import MAX_ATTRIBUTE_CHARS, is_refusal, normalize_attributes, parse_attribute_reply
