@@ -37,7 +37,8 @@ def test_doctor_figures_and_outputs(tmp_path, shared_data, checkpoint):
     ds = bf.make_dataset("doctor", [p for p, _ in photos], gt=[k for _, k in photos])
     run_lazsl(ds, aset, label_field="run", store_features=str(tmp_path / "s"),
               feature_dtype="float32", model=tiny_clip.TINY_MODEL, pretrained=checkpoint,
-              device="cpu", n_crops=6, seed=1, num_workers=0)
+              device="cpu", n_crops=6, seed=1, num_workers=0,
+              evidence="full")  # every class's arrays, to check the doctor against below
     rep = attribute_doctor(ds, from_field="run", gt_field="ground_truth", min_auc=0.0)
     assert rep.num_samples == len(photos) and rep.skipped == {}
 
