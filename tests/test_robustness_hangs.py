@@ -80,14 +80,14 @@ def test_stalled_decode_is_cut_at_the_deadline(shared_data, checkpoint, monkeypa
     photos = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)]
     stall = tmp_path / "stall.jpg"
     stall.write_bytes(open(photos[0], "rb").read())
-    real = imageio.load_image_tensor
+    real = imageio.load_image  # what the decode workers call
 
-    def slow(path, max_pixels=None):
+    def slow(path, *a, **kw):
         if os.fspath(path) == str(stall):
             time.sleep(120)  # like a read on a hung network mount
-        return real(path, max_pixels=max_pixels)
+        return real(path, *a, **kw)
 
-    monkeypatch.setattr(imageio, "load_image_tensor", slow)
+    monkeypatch.setattr(imageio, "load_image", slow)
     monkeypatch.setenv("FIFTYONE_LAZSL_DECODE_TIMEOUT", "1.5")
     ds = bf.make_dataset(f"hang-stall-{workers}", [str(stall)] + photos)
     t0 = time.time()

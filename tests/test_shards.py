@@ -182,10 +182,9 @@ def test_operator_params_round_trip():
     from fiftyone_lazsl.fo.apply import OutputOptions
     from fiftyone_lazsl.fo.shards import _operator_params
 
-    spec = importlib.util.spec_from_file_location("lazsl_op_run_shards",
-                                                  ROOT / "operators" / "run_lazsl.py")
-    op = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(op)
+    from test_config import _operator_module
+
+    op = _operator_module()  # imported as FiftyOne imports it (relative sibling imports)
     cfg = LaZSLConfig(pretrained=None, n_crops=5, crop_scale=(0.5, 0.8), theta=0.3, seed=4)
     opts = OutputOptions(evidence="full", runner_ups=2)
     p = _operator_params(cfg, "cub", "x", opts, "ground_truth", True, 1, 3)

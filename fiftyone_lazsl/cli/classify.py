@@ -129,9 +129,7 @@ def _top_k_crops(value: str) -> int | str:
         k = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'all'), got {k}")
-    return k
+    return k  # the range is checked with the other run options (OutputOptions: one line)
 
 
 def _store_arg(value: str | None) -> "bool | str":

@@ -119,7 +119,8 @@ def _operator_params(cfg: Any, spec: str, label_field: str, opts: Any, gt_field:
                   evidence=opts.evidence, runner_ups=opts.runner_ups,
                   top_k_crops=opts.top_k_crops if opts.top_k_crops is not None else "all",
                   top_attributes=opts.top_attributes, shard_index=index, num_shards=count,
-                  view_target="CURRENT_VIEW")
+                  # a shard resumes into the run queue_shards recorded on this field
+                  skip_existing=True, view_target="CURRENT_VIEW")
     return params
 
 
