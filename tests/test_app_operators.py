@@ -525,11 +525,21 @@ def test_evaluate_methods(world, app, ui):
     for attempt in range(5):  # the autocomplete may re-render while typing: try again
         e = ui._input("Prediction fields")
         e.click()
-        e.send_keys("nope")
+        # type the way React sees typing (the native value setter, then an input
+        # event): keystrokes can be lost while the form re-renders
+        ui.d.execute_script(
+            "const el = arguments[0];"
+            "const set = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;"
+            "el.focus(); set.call(el, arguments[1]);"
+            "el.dispatchEvent(new Event('input', {bubbles: true}));", e, "nope")
         time.sleep(0.5)
         if ui._input("Prediction fields").get_attribute("value") == "nope":
             ui._input("Prediction fields").send_keys(Keys.ENTER)
-            break
+            try:
+                ui.wait_text("has no field 'nope'", timeout=20)
+                break
+            except AssertionError:
+                pass
         ui.load()
         ui.open_operator("evaluate_methods", "Compare methods")
     ui.wait_text(f"dataset {DATASET!r} has no field 'nope'")
