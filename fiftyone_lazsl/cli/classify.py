@@ -38,11 +38,7 @@ def _classify(args: argparse.Namespace) -> int:
         print("nothing to classify: the view is empty"
               + (" (every sample already has a prediction)" if args.skip_existing else ""))
         return 0
-    print(summary)
-    for sid, path, reason in summary.failures[:20]:
-        print(f"  failed: {path}: {reason}")
-    if summary.num_failed > 20:
-        print(f"  ... and {summary.num_failed - 20} more")
+    print_summary(summary)
     return 0
 
 
@@ -119,6 +115,15 @@ def _classify_sharded(args: argparse.Namespace, config, ds, view, devices) -> in
         print(f"  shard {s['index']}: {s['status']}, {s['num_predicted']}/{s['num_samples']} "
               f"predicted, {s['num_failed']} failed ({s['worker'] or 'no worker'})")
     return 0 if agg["status"] == "completed" else 1
+
+
+def print_summary(summary) -> None:
+    """Print a :class:`~fiftyone_lazsl.fo.apply.RunSummary` and its first 20 failures."""
+    print(summary)
+    for _sid, path, reason in summary.failures[:20]:
+        print(f"  failed: {path}: {reason}")
+    if summary.num_failed > 20:
+        print(f"  ... and {summary.num_failed - 20} more")
 
 
 def _top_k_crops(value: str) -> int | str:

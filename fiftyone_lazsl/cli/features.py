@@ -57,11 +57,9 @@ def _rescore(args: argparse.Namespace) -> int:
     if summary.num_samples == 0:
         print("nothing to re-score: the view is empty")
         return 0
-    print(summary)
-    for sid, path, reason in summary.failures[:20]:
-        print(f"  failed: {path}: {reason}")
-    if summary.num_failed > 20:
-        print(f"  ... and {summary.num_failed - 20} more")
+    from fiftyone_lazsl.cli.classify import print_summary
+
+    print_summary(summary)
     return 0
 
 
