@@ -23,7 +23,8 @@ def test_rescore_benchmark_quick_mode(tmp_path, shared_data):
     rs = r["rescore"]
     assert (rs["samples"], rs["encoded"], rs["replicated"]) == (3, 1, 2)
     assert rs["same_argmax_on_encoded"] is True and rs["max_abs_logit_diff_on_encoded"] < 0.1
-    assert rs["store_bytes_per_sample"] == 91 * 32 * 2      # 1 + N views, D = 32, float16
+    # 1 + N views, D = 32, float16; plus N float32 crop-to-global cosines
+    assert rs["store_bytes_per_sample"] == 91 * 32 * 2 + 90 * 4
     assert set(r["memory"]["runs"]) == {"2", "3"}
     assert all(v["predicted"] == int(k) for k, v in r["memory"]["runs"].items())
     assert "rescore_speedup_vs_fresh" in r["ratios"] and "memory_flat" in r["checks"]

@@ -53,9 +53,16 @@ def test_round_trip_float16_float32_and_stale(tmp_path):
             assert np.abs(got.features - e.features).max() <= tol
             np.testing.assert_array_equal(got.boxes, e.boxes)
             assert (got.image_size, got.original_size) == ((100, 80), (100, 80))
+            # the crop-to-global cosines are kept in float32 whatever the dtype,
+            # computed from the unrounded embeddings (None on write)
+            f32 = e.features.astype(np.float32)
+            assert got.crop_global.dtype == np.float32
+            np.testing.assert_allclose(got.crop_global, f32[1:] @ f32[0], rtol=0, atol=1e-6)
             info = st.info()
             assert info["entries"] == 1
-            assert info["live_bytes"] == e.features.size * (2 if dtype == "float16" else 4)
+            n_views = e.features.shape[0]
+            assert info["live_bytes"] == e.features.size * (2 if dtype == "float16" else 4) \
+                + 4 * (n_views - 1)
     # a changed file is not served (size change; then mtime only)
     with FeatureStore(tmp_path / "float32", dtype="float32") as st:
         fp = st.register(fw.SPEC)

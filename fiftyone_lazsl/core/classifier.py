@@ -297,7 +297,8 @@ class LaZSLClassifier:
     def predict_features(self, features: torch.Tensor, boxes: Sequence[np.ndarray],
                          image_sizes: Sequence[tuple[int, int]],
                          sizes: Sequence[tuple[int, int]] | None = None,
-                         scales: Sequence[float] | None = None) -> list[Prediction]:
+                         scales: Sequence[float] | None = None,
+                         crop_global: torch.Tensor | None = None) -> list[Prediction]:
         """Score precomputed visual sets (e.g. from a
         :class:`~fiftyone_lazsl.core.features.FeatureStore`) with this
         classifier's attribute set and parameters; same results as
@@ -310,27 +311,37 @@ class LaZSLClassifier:
             image_sizes: ``B`` decoded ``(width, height)``.
             sizes: original ``(width, height)`` if downscaled on decode.
             scales: decoded/original scale factor per image.
+            crop_global: optional ``[B, N]`` float32 crop-to-global cosines
+                (:func:`~fiftyone_lazsl.core.scoring.crop_global_similarity` of
+                the unrounded embeddings) for the vision selection; a feature
+                store keeps them so float16 storage selects the same crops.
 
         Returns:
             ``B`` :class:`Prediction` objects.
+
+        Raises:
+            ValueError: ``features`` with another ``N`` than ``n_crops``;
+                ``crop_global`` not ``[B, N]``.
         """
         feats = features.to(self.model.device, torch.float32)
         if self.method == "lazsl" and feats.shape[1] != 1 + self.n_crops:
             raise ValueError(f"features have {feats.shape[1] - 1} crops, the classifier "
                              f"uses n_crops={self.n_crops}")
         return self._predict_features(feats, list(boxes),
-                                      [(int(w), int(h)) for w, h in image_sizes], sizes, scales)
+                                      [(int(w), int(h)) for w, h in image_sizes], sizes, scales,
+                                      crop_global if self.method == "lazsl" else None)
 
     def _predict_features(self, feats: torch.Tensor, boxes: Sequence[np.ndarray],
                           dims: Sequence[tuple[int, int]],
                           sizes: Sequence[tuple[int, int]] | None,
-                          scales: Sequence[float] | None) -> list[Prediction]:
+                          scales: Sequence[float] | None,
+                          crop_global: torch.Tensor | None = None) -> list[Prediction]:
         B = feats.shape[0]
         out = None
         if self.method == "lazsl":
             out = lazsl_scores(feats, self.text_features, self.text_mask, theta=self.theta,
                                eps=self.eps, max_iter=self.max_iter, stop_tol=self.stop_tol,
-                               gamma=self.gamma, return_plan=True)
+                               gamma=self.gamma, return_plan=True, crop_global=crop_global)
             scores = out.scores
         elif self.method == "dclip":
             scores = dclip_scores(feats, self.text_features, self.text_mask)

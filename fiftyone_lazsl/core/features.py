@@ -3,7 +3,9 @@ LaZSL parameters can be changed without re-encoding images.
 
 What is stored, per sample: the ``[1 + N, D]`` unit view embeddings (global
 view first, then the ``N`` crops; float16 by default, float32 on request), the
-``[N, 4]`` int64 pixel crop boxes in the decoded image, the decoded and the
+``[N]`` float32 crop-to-global cosines that the vision selection thresholds
+(computed before rounding, so float16 storage selects exactly the crops a fresh
+run selects: the selection is a hard threshold), the ``[N, 4]`` int64 pixel crop boxes in the decoded image, the decoded and the
 original image size and the decode scale. Everything that determines those
 numbers forms the entry's *fingerprint* (:func:`feature_spec`): the model
 (architecture, weights identity = :attr:`LoadedModel.weights_id`), its
@@ -17,6 +19,8 @@ Format (a directory, default ``<cache root>/features``, or
 
     index.sqlite            SQLite in WAL mode: fingerprints, entries, writers
     shards/<fp>/<writer>.bin append-only raw arrays, one file per writer
+                            (per entry: embeddings in the store dtype, then
+                            the N float32 crop-to-global cosines)
 
 A writer appends an entry's bytes to its *own* shard file, flushes and
 ``fsync``s them, and only then inserts the index row (with offset, length and
@@ -57,14 +61,14 @@ import numpy as np
 from fiftyone_lazsl.errors import ConfigError
 
 __all__ = ["FeatureStore", "FeatureEntry", "feature_spec", "fingerprint", "default_store_path",
-           "StoringClassifier", "FEATURE_DTYPES", "STORE_ENV"]
+           "StoringClassifier", "predict_entries", "FEATURE_DTYPES", "STORE_ENV"]
 
 #: Environment variable naming the store directory.
 STORE_ENV = "FIFTYONE_LAZSL_FEATURES"
 #: Storage precisions.
 FEATURE_DTYPES = ("float16", "float32")
 #: Version of the on-disk layout (part of every fingerprint).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Ways to detect a changed image file.
 CHECKS = ("stat", "hash", "none")
 
@@ -151,6 +155,9 @@ class FeatureEntry:
         image_size: decoded ``(width, height)`` in pixels.
         original_size: original ``(width, height)`` (differs when downscaled on decode).
         scale: decoded / original size.
+        crop_global: ``[N]`` float32 cosines ``x_n . g`` of the unrounded
+            embeddings (what the vision selection thresholds); computed from
+            ``features`` when None on write.
     """
 
     key: str
@@ -159,6 +166,7 @@ class FeatureEntry:
     image_size: tuple[int, int]
     original_size: tuple[int, int]
     scale: float = 1.0
+    crop_global: np.ndarray | None = None
 
 
 def _file_signature(path: str, check: str) -> tuple[int | None, int | None, str | None]:
@@ -304,7 +312,15 @@ class FeatureStore:
             arr = np.ascontiguousarray(np.asarray(e.features, dtype=self.dtype))
             if arr.ndim != 2:
                 raise ValueError(f"features of {e.key} must be [1+N, D], got shape {arr.shape}")
-            data = arr.tobytes()
+            r = e.crop_global
+            if r is None:
+                f32 = np.asarray(e.features, dtype=np.float32)
+                r = f32[1:] @ f32[0]
+            r = np.ascontiguousarray(np.asarray(r, dtype=np.float32).reshape(-1))
+            if r.shape[0] != arr.shape[0] - 1:
+                raise ValueError(f"crop_global of {e.key} must have {arr.shape[0] - 1} values, "
+                                 f"got {r.shape[0]}")
+            data = arr.tobytes() + r.tobytes()
             fh.write(data)
             size, mtime, sha = _file_signature(e.key, self.check) if self.check != "none" else (None, None, None)
             boxes = np.ascontiguousarray(np.asarray(e.boxes, dtype=np.int64).reshape(-1, 4))
@@ -372,10 +388,14 @@ class FeatureStore:
             if len(data) != nbytes or zlib.crc32(data) != crc:
                 missing[k] = "stored features corrupted (checksum mismatch)"
                 continue
-            feats = np.frombuffer(data, dtype=dtype).reshape(nv, dim).astype(np.float32)
+            fbytes = nv * dim * np.dtype(dtype).itemsize
+            feats = np.frombuffer(data[:fbytes], dtype=dtype).reshape(nv, dim).astype(np.float32)
+            r = (np.frombuffer(data[fbytes:], dtype=np.float32).copy()
+                 if nbytes == fbytes + 4 * (nv - 1) else None)
             found[k] = FeatureEntry(key=k, features=feats,
                                     boxes=np.frombuffer(boxes, dtype=np.int64).reshape(-1, 4).copy(),
-                                    image_size=(w, h), original_size=(ow, oh), scale=scale)
+                                    image_size=(w, h), original_size=(ow, oh), scale=scale,
+                                    crop_global=r)
         return found, missing
 
     def count(self, fp: str | None = None) -> int:
@@ -558,6 +578,8 @@ class StoringClassifier:
 
         import torch
 
+        from fiftyone_lazsl.core.scoring import crop_global_similarity
+
         clf = self._clf
         keys = [p.key for p in prepared]
         dims = [(int(p.width), int(p.height)) for p in prepared]
@@ -572,15 +594,18 @@ class StoringClassifier:
         todo = [i for i, k in enumerate(keys) if k not in found]
         feats: list = [None] * len(prepared)
         boxes: list = [None] * len(prepared)
+        sims: list = [None] * len(prepared)
         if todo:
             f = clf.encode_prepared([prepared[i] for i in todo])
+            r = crop_global_similarity(f)
             for j, i in enumerate(todo):
-                feats[i], boxes[i] = f[j], prepared[i].boxes
+                feats[i], boxes[i], sims[i] = f[j], prepared[i].boxes, r[j]
             try:
                 self.store.put_many(self.fingerprint, [
                     FeatureEntry(key=keys[i], features=f[j].cpu().numpy(), boxes=prepared[i].boxes,
                                  image_size=dims[i], original_size=tuple(sizes[i]),
-                                 scale=float(scales[i])) for j, i in enumerate(todo)])
+                                 scale=float(scales[i]), crop_global=r[j].cpu().numpy())
+                    for j, i in enumerate(todo)])
                 self.stored += len(todo)
             except Exception as e:  # noqa: BLE001
                 if not self.store_errors:
@@ -592,8 +617,53 @@ class StoringClassifier:
             if k in found:
                 feats[i] = torch.from_numpy(found[k].features).to(clf.model.device)
                 boxes[i] = found[k].boxes
+                sims[i] = _crop_global_tensor(found[k], feats[i])
                 self.reused += 1
-        return clf.predict_features(torch.stack(feats), boxes, dims, sizes, scales)
+        return clf.predict_features(torch.stack(feats), boxes, dims, sizes, scales,
+                                    crop_global=torch.stack([x.to(clf.model.device) for x in sims]))
+
+
+def _crop_global_tensor(entry: FeatureEntry, features: Any) -> Any:
+    """The entry's stored crop-to-global cosines as a float32 tensor (from its
+    features when the entry has none)."""
+    import torch
+
+    from fiftyone_lazsl.core.scoring import crop_global_similarity
+
+    if entry.crop_global is not None:
+        return torch.from_numpy(np.asarray(entry.crop_global, dtype=np.float32))
+    return crop_global_similarity(features[None].float())[0]
+
+
+def predict_entries(classifier: Any, entries: Sequence[FeatureEntry]) -> list:
+    """Score stored visual sets with a classifier's attribute set and parameters.
+
+    Args:
+        classifier: a :class:`~fiftyone_lazsl.core.classifier.LaZSLClassifier`
+            whose visual set matches the entries (same ``n_crops``).
+        entries: ``B`` entries from :meth:`FeatureStore.get_many`.
+
+    Returns:
+        ``B`` :class:`~fiftyone_lazsl.core.classifier.Prediction` objects, the
+        same as :meth:`LaZSLClassifier.predict_features` on the unrounded
+        embeddings up to the storage precision (float32: to 1e-6; the vision
+        selection uses the stored float32 cosines, so it is exact either way).
+
+    Raises:
+        ValueError: entries with another ``N`` than the classifier's ``n_crops``.
+    """
+    import torch
+
+    feats = torch.from_numpy(np.stack([np.asarray(e.features, dtype=np.float32) for e in entries]))
+    sims = None
+    if classifier.method == "lazsl":
+        sims = torch.stack([_crop_global_tensor(e, f) for e, f in zip(entries, feats)])
+    else:
+        feats = feats[:, :1]
+    return classifier.predict_features(feats, [e.boxes for e in entries],
+                                       [e.image_size for e in entries],
+                                       [e.original_size for e in entries],
+                                       [e.scale for e in entries], crop_global=sims)
 
 
 def iter_entries(store: FeatureStore, fp: str, keys: Sequence[str], batch: int = 256

@@ -21,7 +21,7 @@ import torch
 from fiftyone_lazsl.core.transport import sinkhorn
 
 __all__ = ["lazsl_scores", "dclip_scores", "clip_scores", "hybrid_similarity",
-           "global_similarity", "vision_selection", "LaZSLOutput"]
+           "global_similarity", "vision_selection", "crop_global_similarity", "LaZSLOutput"]
 
 # Upper bound on B*C*N*A elements processed at once; larger calls are split
 # over classes so that memory stays bounded (1000 classes x 10 attributes).
@@ -113,21 +113,47 @@ def global_similarity(image_features: torch.Tensor, text_features: torch.Tensor)
     return torch.einsum("bd,cad->bca", g.float(), text_features.to(g.device).float())
 
 
-def vision_selection(image_features: torch.Tensor, gamma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_global_similarity(image_features: torch.Tensor) -> torch.Tensor:
+    """Cosine of every crop with its image's global view, ``r_n = x_n . g``: what
+    the vision selection thresholds (official ``OP_d``).
+
+    Args:
+        image_features: ``[B, 1+N, D]`` unit vectors, index 0 the global view.
+
+    Returns:
+        ``[B, N]`` float32. A :class:`~fiftyone_lazsl.core.features.FeatureStore`
+        keeps these in float32 next to (possibly float16) embeddings, so a
+        re-scoring selects exactly the crops a fresh run selects.
+    """
+    return torch.einsum("bnd,bd->bn", image_features[:, 1:], image_features[:, 0]).float()
+
+
+def vision_selection(image_features: torch.Tensor, gamma: float = 0.0,
+                     crop_global: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """LaZSL vision selection: keep crops whose similarity to the global view is
     at least the mean over crops plus ``gamma``.
 
     Args:
         image_features: ``[B, 1+N, D]``.
         gamma: margin added to the mean (official default 0).
+        crop_global: ``[B, N]`` precomputed :func:`crop_global_similarity` (e.g.
+            stored in float32 beside float16 embeddings); computed from
+            ``image_features`` when None.
 
     Returns:
         ``(keep, mu)``: ``keep`` ``[B, N]`` bool and ``mu`` ``[B, N]`` float32, the
         crop marginal (``1 / #kept`` on kept crops, 0 elsewhere).
+
+    Raises:
+        ValueError: ``crop_global`` not ``[B, N]``.
     """
-    g = image_features[:, 0]
-    x = image_features[:, 1:]
-    r = torch.einsum("bnd,bd->bn", x, g).float()
+    if crop_global is None:
+        r = crop_global_similarity(image_features)
+    else:
+        want = (image_features.shape[0], image_features.shape[1] - 1)
+        if tuple(crop_global.shape) != want:
+            raise ValueError(f"crop_global must be {list(want)}, got {list(crop_global.shape)}")
+        r = crop_global.to(image_features.device, torch.float32)
     # Official rule: drop crops with r < mean(r) + gamma. A float32 tolerance of
     # 1e-6 keeps crops that tie with the mean (e.g. all crops equally similar,
     # where the rounded mean can exceed every r by one ulp).
@@ -174,7 +200,8 @@ def _lazsl_chunk(image_features: torch.Tensor, text_features: torch.Tensor,
 def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
                  text_mask: torch.Tensor, *, theta: float = 0.8, eps: float = 0.1,
                  max_iter: int = 100, stop_tol: float = 1e-2, gamma: float = 0.0,
-                 return_plan: bool = False) -> torch.Tensor | LaZSLOutput:
+                 return_plan: bool = False, crop_global: torch.Tensor | None = None
+                 ) -> torch.Tensor | LaZSLOutput:
     """LaZSL class scores by optimal transport between crops and attributes.
 
     For every image ``b`` and class ``y`` (paper Sec. 3, official ``OP_d``):
@@ -199,6 +226,9 @@ def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
         stop_tol: stopping tolerance (1e-2); 0 runs ``max_iter`` iterations.
         gamma: vision-selection margin (0).
         return_plan: also return plans, keep mask, similarity and iteration counts.
+        crop_global: optional ``[B, N]`` float32 crop-to-global cosines for the
+            vision selection (see :func:`vision_selection`); from
+            ``image_features`` when None.
 
     Returns:
         ``scores`` ``[B, C]`` float32, or with ``return_plan=True`` a
@@ -211,7 +241,7 @@ def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
     _check(image_features, text_features, text_mask)
     text_mask = text_mask.to(device=image_features.device, dtype=torch.bool)
     text_features = text_features.to(image_features.device)
-    keep, mu = vision_selection(image_features.float(), gamma)
+    keep, mu = vision_selection(image_features.float(), gamma, crop_global)
     B, N1, _ = image_features.shape
     C, A, _ = text_features.shape
     per_class = max(1, B * (N1 - 1) * A)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
+from fiftyone_lazsl.core.features import predict_entries
 from fiftyone_lazsl.fo.datasets import dataset_of
 
 
@@ -170,9 +170,7 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
         es = [(i, found[p]) for i, p in enumerate(paths[s:s + batch_size], s) if p in found]
         if not es:
             continue
-        feats = torch.from_numpy(np.stack([e.features for _, e in es]).astype(np.float32))
-        preds = clf.predict_features(feats, [e.boxes for _, e in es], [e.image_size for _, e in es],
-                                     [e.original_size for _, e in es], [e.scale for _, e in es])
+        preds = predict_entries(clf, [e for _, e in es])
         for (i, _), p in zip(es, preds):
             for c in range(len(classes)):
                 crops[c] += p.attribute_crops[c]

@@ -16,9 +16,9 @@ import logging
 import time
 from typing import Any, Iterator
 
-import torch
-
 from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.core.features import FeatureEntry, predict_entries
+from fiftyone_lazsl.core.scoring import crop_global_similarity
 from fiftyone_lazsl.errors import ConfigError
 from fiftyone_lazsl.fo.datasets import dataset_of
 
@@ -203,12 +203,7 @@ def _iter_items(clf: Any, store: Any, fp: str, spec: dict, paths: list, batch_si
         items = [Item(index=s + j, key=p, filepath=p) for j, p in enumerate(chunk)]
         have = [it for it in items if it.key in found]
         if have:
-            es = [found[it.key] for it in have]
-            feats = torch.from_numpy(_stack([e.features for e in es]))
-            if clf.method != "lazsl":
-                feats = feats[:, :1]
-            preds = clf.predict_features(feats, [e.boxes for e in es], [e.image_size for e in es],
-                                         [e.original_size for e in es], [e.scale for e in es])
+            preds = predict_entries(clf, [found[it.key] for it in have])
             for it, p in zip(have, preds):
                 bad = _non_finite(p)
                 if bad:
@@ -232,12 +227,6 @@ def _iter_items(clf: Any, store: Any, fp: str, spec: dict, paths: list, batch_si
             counts["stored"] += encoder.stored
             encoder.stored = 0
         yield items
-
-
-def _stack(arrays: list) -> Any:
-    import numpy as np
-
-    return np.stack(arrays).astype(np.float32, copy=False)
 
 
 class _Encoder:
@@ -274,8 +263,6 @@ class _Encoder:
     def predict_prepared(self, prepared: Any, sizes: Any = None, scales: Any = None) -> list:
         """Encode prepared visual sets with the store's visual set, store them,
         and score them with the re-scoring classifier."""
-        from fiftyone_lazsl.core.features import FeatureEntry
-
         st = self.storing
         enc = st._clf
         keys = [p.key for p in prepared]
@@ -283,12 +270,13 @@ class _Encoder:
         sizes = list(sizes) if sizes is not None else dims
         scales = list(scales) if scales is not None else [1.0] * len(prepared)
         feats = enc.encode_prepared(prepared)
+        sims = crop_global_similarity(feats)
         boxes = [p.boxes for p in prepared]
         st.store.put_many(st.fingerprint, [
             FeatureEntry(key=k, features=f.cpu().numpy(), boxes=b, image_size=d,
-                         original_size=tuple(sz), scale=float(sc))
-            for k, f, b, d, sz, sc in zip(keys, feats, boxes, dims, sizes, scales)])
+                         original_size=tuple(sz), scale=float(sc), crop_global=r.cpu().numpy())
+            for k, f, b, d, sz, sc, r in zip(keys, feats, boxes, dims, sizes, scales, sims)])
         self.stored += len(keys)
         if self.clf.method != "lazsl":
-            feats = feats[:, :1]
-        return self.clf.predict_features(feats, boxes, dims, sizes, scales)
+            return self.clf.predict_features(feats[:, :1], boxes, dims, sizes, scales)
+        return self.clf.predict_features(feats, boxes, dims, sizes, scales, crop_global=sims)

@@ -339,7 +339,7 @@ def requeue_shards(dataset: Any, label_field: str, *, stale: bool = False) -> li
             old = ObjectId(d["operation_id"])
             if st not in ("failed", "completed"):
                 svc.set_failed(old, result=ExecutionResult(
-                    error=f"re-queued by fiftyone_lazsl.fo.shards.requeue_shards"))
+                    error="re-queued by fiftyone_lazsl.fo.shards.requeue_shards"))
             op = svc.rerun_operation(old)
             new_id = str(op.id)
             coll.update_one({"_id": d["_id"]}, {"$set": {"operation_id": new_id,

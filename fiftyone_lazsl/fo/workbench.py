@@ -90,9 +90,7 @@ def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier
         the new predicted class and confidence, the label in ``label_field``,
         and the new predicted class's attributes by contribution (highest first).
     """
-    import torch
-
-    from fiftyone_lazsl.core.features import FeatureStore
+    from fiftyone_lazsl.core.features import FeatureStore, predict_entries
     from fiftyone_lazsl.fo.rescore import stored_run
 
     ds = sample.dataset
@@ -105,11 +103,7 @@ def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier
     if not found:
         return {"ok": False, "message": why[sample.filepath], "label": None, "confidence": None,
                 "previous": prev, "top_attributes": []}
-    e = found[sample.filepath]
-    feats = torch.from_numpy(e.features[None])
-    if clf.method != "lazsl":
-        feats = feats[:, :1]
-    p = clf.predict_features(feats, [e.boxes], [e.image_size], [e.original_size], [e.scale])[0]
+    p = predict_entries(clf, [found[sample.filepath]])[0]
     names = clf.attribute_labels[p.label_index]
     top = []
     if p.attribute_scores is not None:
