@@ -47,7 +47,8 @@ def _fill_store(clf, store, fp, paths, encoded):
             w, h = im.size
         e = src[i % len(src)]
         entries.append(FeatureEntry(key=p, features=e.features, boxes=clf.crop_boxes(w, h, p),
-                                    image_size=(w, h), original_size=(w, h)))
+                                    image_size=(w, h), original_size=(w, h),
+                                    crop_global=e.crop_global))
     for s in range(0, len(entries), 64):
         store.put_many(fp, entries[s:s + 64])
     return len(entries)
@@ -94,14 +95,12 @@ def bench_rescore(clf, aset, paths, fresh_n, encode_all, log, dtype="float16"):
     t_rescore = (time.perf_counter() - t0) / len(paths)
     assert s2.num_predicted == len(paths), s2.failures[:3]
     log(f"rescore, new set: {t_rescore * 1e3:.1f} ms/img ({len(paths)} samples)")
-    # the same without FiftyOne: store reads + scoring + evidence (predict_features)
-    import torch
+    # the same without FiftyOne: store reads + scoring + evidence (predict_entries)
+    from fiftyone_lazsl.core.features import predict_entries
     t0 = time.perf_counter()
     for s in range(0, len(paths), 64):
         found, _ = store.get_many(fp, paths[s:s + 64])
-        es = list(found.values())
-        clf_new.predict_features(torch.from_numpy(np.stack([e.features for e in es])),
-                                 [e.boxes for e in es], [e.image_size for e in es])
+        predict_entries(clf_new, list(found.values()))
     t_score = (time.perf_counter() - t0) / len(paths)
     log(f"store reads + scoring only: {t_score * 1e3:.1f} ms/img")
     # agreement on the encoded photos
@@ -149,15 +148,18 @@ def rescore_memory_child(args) -> None:
                    store_features=True)
     from fiftyone_lazsl.core.features import FeatureEntry, FeatureStore
     from fiftyone_lazsl.core.imageio import load_image_tensor
+    from fiftyone_lazsl.core.scoring import crop_global_similarity
     store = FeatureStore()
     fp = s1.feature_store["fingerprint"]
     todo = sorted(set(paths))
     for s in range(0, len(todo), 16):
         ims = [load_image_tensor(p)[0] for p in todo[s:s + 16]]
         f, b = clf.encode(ims, todo[s:s + 16])
+        r = crop_global_similarity(f)
         store.put_many(fp, [FeatureEntry(key=k, features=f[j].numpy(), boxes=b[j],
                                          image_size=(im.shape[-1], im.shape[-2]),
-                                         original_size=(im.shape[-1], im.shape[-2]))
+                                         original_size=(im.shape[-1], im.shape[-2]),
+                                         crop_global=r[j].numpy())
                             for j, (k, im) in enumerate(zip(todo[s:s + 16], ims))])
     new = _new_set(aset)
     clf_new = LaZSLClassifier(new, model, n_crops=args.mem_crops, batch_size=64)

@@ -716,7 +716,6 @@ def draw_chart(r, path):
     import matplotlib.pyplot as plt
     f = r["pipeline"]["encoder_s_per_image"]
     sc = r["scoring"]
-    st = r["pipeline"]["stages_s_per_image"]
     names = ["encoder\n(in pipeline)", "full pipeline", "run_lazsl\n(FiftyOne)", "crops\n(pil)",
              "scoring\nbatched", "scoring\nper-class loop"]
     vals = [f, r["pipeline"]["s_per_image"], r["run_lazsl"]["s_per_image"],
