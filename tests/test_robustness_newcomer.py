@@ -223,3 +223,36 @@ def test_readme_cli_examples_parse():
         except SystemExit:
             pytest.fail(f"README example does not parse: {cmd}")
         assert callable(args.func), cmd
+
+
+def test_progress_lines_name_the_current_stage_while_it_lasts():
+    """Piped progress prints the latest state on a timer: a long encoding
+    stage (no new report for many seconds) is shown as encoding, repeatedly,
+    not as the decoding that preceded it; 100 % prints at once and stops the
+    timer; close() stops it too."""
+    import io
+    import time
+
+    from fiftyone_lazsl.cli import progress_lines
+
+    out = io.StringIO()
+    prog = progress_lines(out, every_s=0.2)
+    prog(0.25, "decoding images 5-8")
+    prog(0.25, "encoding and scoring images 5-8")      # within every_s: not printed yet
+    time.sleep(0.9)                                    # a long encoding stage, no reports
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("progress:  25% decoding images 5-8")
+    later = lines[1:]
+    assert len(later) >= 2 and all("encoding and scoring images 5-8" in l for l in later), lines
+    prog(1.0, "writing")
+    n = len(out.getvalue().splitlines())
+    assert out.getvalue().splitlines()[-1].startswith("progress: 100% writing")
+    time.sleep(0.5)
+    assert len(out.getvalue().splitlines()) == n       # the timer stopped at 100 %
+
+    out2 = io.StringIO()
+    with progress_lines(out2, every_s=0.1) as p2:
+        p2(0.5, "encoding")
+    m = len(out2.getvalue().splitlines())
+    time.sleep(0.4)
+    assert len(out2.getvalue().splitlines()) == m      # closed: silent

@@ -26,14 +26,19 @@ def _classify(args: argparse.Namespace) -> int:
     view = ds.match_tags(args.tag) if args.tag else ds
     if args.shards:
         return _classify_sharded(args, config, ds, view, devices)
-    summary = run_lazsl(
-        view, args.attributes, config=config, label_field=args.label_field,
-        num_workers=args.workers, skip_existing=args.skip_existing, gt_field=args.gt_field,
-        restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
-        heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
-        runner_ups=args.runner_ups,
-        store_features=_store_arg(args.store_features), feature_dtype=args.feature_dtype,
-        progress=True if sys.stderr.isatty() else progress_lines())
+    progress = True if sys.stderr.isatty() else progress_lines()
+    try:
+        summary = run_lazsl(
+            view, args.attributes, config=config, label_field=args.label_field,
+            num_workers=args.workers, skip_existing=args.skip_existing, gt_field=args.gt_field,
+            restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
+            heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
+            runner_ups=args.runner_ups,
+            store_features=_store_arg(args.store_features), feature_dtype=args.feature_dtype,
+            progress=progress)
+    finally:
+        if progress is not True:
+            progress.close()
     if summary.num_samples == 0:
         print("nothing to classify: the view is empty"
               + (" (every sample already has a prediction)" if args.skip_existing else ""))

@@ -146,8 +146,13 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     clf = LaZSLClassifier(aset, loaded, n_crops=n_crops, seed=seed, batch_size=batch_size)
     from fiftyone_lazsl.cli import progress_lines
 
-    summary = run_lazsl(ds, aset, classifier=clf, label_field="lazsl", gt_field="ground_truth",
-                        progress=True if sys.stderr.isatty() else progress_lines(out, every_s=5.0))
+    progress = True if sys.stderr.isatty() else progress_lines(out, every_s=5.0)
+    try:
+        summary = run_lazsl(ds, aset, classifier=clf, label_field="lazsl",
+                            gt_field="ground_truth", progress=progress)
+    finally:
+        if progress is not True:
+            progress.close()
     print(summary, file=out)
 
     gts, preds, attrs, paths = ds.values(["ground_truth.label", "lazsl.label", "lazsl_attributes",
