@@ -63,7 +63,9 @@ def _check(image_features: torch.Tensor, text_features: torch.Tensor,
         raise ValueError(
             f"feature dims differ: image {image_features.shape[-1]} vs text {text_features.shape[-1]}")
     for what, t in (("image_features", image_features), ("text_features", text_features)):
-        if not bool(torch.isfinite(t).all()):
+        # A sum is NaN or inf when any term is (cheap, one reduction); only then
+        # is every element checked, so a sum that overflows cannot raise wrongly.
+        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{what} has non-finite values (NaN or inf); no score is computed")
     if not bool(text_mask.any(dim=1).all()):
         bad = (~text_mask.any(dim=1)).nonzero().flatten().tolist()
