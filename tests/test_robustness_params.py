@@ -204,6 +204,13 @@ def test_non_finite_features_raise_instead_of_nan_scores():
             t[0, 1, 0] = float("inf")
         with pytest.raises(ValueError, match=f"{what} has non-finite values"):
             lazsl_scores(i, t, mask)
+    # finite values whose sum overflows float32 are not called non-finite (the
+    # check sums first and only then looks at every element)
+    from fiftyone_lazsl.core import scoring
+    big = img.clone()
+    big[0, 0, :] = 3e38
+    assert not torch.isfinite(big.sum())
+    scoring._check(big, txt, mask)
 
 
 def test_prompts_longer_than_the_context_warn_once(caplog):
