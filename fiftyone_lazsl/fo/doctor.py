@@ -212,7 +212,10 @@ def _recorded_set(dataset: Any, old: dict) -> Any:
         s = load_attribute_set(dataset, name)
         if s.content_hash == old.get("attribute_set_hash"):
             return s
-    return AttributeSet.from_dict(dict(zip(old["classes"], old["attribute_labels"])))
+    # not stored on the dataset (e.g. a published set or a file): rebuilt from
+    # the run record, under the recorded name (so a pruned copy is "<name>-pruned")
+    return AttributeSet.from_dict(dict(zip(old["classes"], old["attribute_labels"])),
+                                  name=name or None)
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
