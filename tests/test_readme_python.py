@@ -1,4 +1,4 @@
-"""README.md's Python examples run as written, with two substitutions that only
+"""README.md's Python examples and its feature-store command-line workflow run as written, with two substitutions that only
 the lack of network forces: the model (``"ViT-B-32", "openai"`` becomes the tiny
 test model and a saved random-weight checkpoint, also where the example relies
 on the default model) and the example's file names (``descriptors_cub.json``,
@@ -76,3 +76,35 @@ def test_feature_store_block_runs(world):
     assert ds.count("lazsl") == len(world["photos"])
     assert rep.pruned_set == "cub-pruned"
     assert ds.count("lazsl_pruned") == len(world["photos"])
+
+
+def test_feature_store_workflow_cli_runs_as_written(world):
+    """The README's command-line workflow (classify --store-features, attributes
+    doctor, rescore with the pruned set, evaluate) as processes, the model flags
+    added to the first command (no weights offline)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from test_robustness_newcomer import _expand_optional, _readme_examples
+
+    cmds = _readme_examples()
+    i = next(k for k, c in enumerate(cmds) if c.endswith("--store-features"))
+    flow = [_expand_optional(c) for c in cmds[i:i + 4]]
+    assert [shlex.split(c)[1] for c in flow] == ["classify", "attributes", "rescore", "evaluate"]
+    flow[0] += (f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(world['ckpt'])}"
+                " --n-crops 12 --workers 0")
+    world["ds"].persistent = True
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+    for c in flow:
+        r = subprocess.run([exe, *shlex.split(c)[1:]], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
+        assert "Traceback" not in r.stderr, c
+    ds = world["ds"]
+    ds.reload()
+    n = len(world["photos"])
+    assert ds.count("lazsl") == n and ds.count("lazsl_pruned") == n
+    from fiftyone_lazsl.fo.runs import get_run_config
+    assert get_run_config(ds, "lazsl_pruned")["attribute_set"] == "cub-pruned"
