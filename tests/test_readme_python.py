@@ -1,9 +1,10 @@
-"""README.md's Python examples and its feature-store command-line workflow run as written, with two substitutions that only
-the lack of network forces: the model (``"ViT-B-32", "openai"`` becomes the tiny
-test model and a saved random-weight checkpoint, also where the example relies
-on the default model) and the example's file names (``descriptors_cub.json``,
-``bird.jpg``) become a real attribute set and a real photo. The zoo example
-registers a GitHub source and is covered offline by tests/test_zoo.py."""
+"""README.md's Python examples and its feature-store command-line workflow
+run as written, with two substitutions that only the lack of network forces:
+the model (``"ViT-B-32", "openai"`` becomes the tiny test model and a saved
+random-weight checkpoint, also where an example relies on the default model)
+and the example's file names (``descriptors_cub.json``, ``bird.jpg``) become a
+real attribute set and a real photo. The zoo example registers a GitHub source
+and is covered offline by tests/test_zoo.py."""
 
 import pathlib
 import re
