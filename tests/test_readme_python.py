@@ -109,3 +109,53 @@ def test_feature_store_workflow_cli_runs_as_written(world):
     assert ds.count("lazsl") == n and ds.count("lazsl_pruned") == n
     from fiftyone_lazsl.fo.runs import get_run_config
     assert get_run_config(ds, "lazsl_pruned")["attribute_set"] == "cub-pruned"
+
+
+def test_compare_methods_workflow_cli_runs_as_written(tmp_path, photo_data, monkeypatch):
+    """README's "Compare methods and audit labels" block as processes: import a
+    DIR/<class>/<image> folder, import the published set, classify with the
+    three methods (model flags added), evaluate side by side, audit. (The
+    final ``app`` line serves until Ctrl-C; tests/test_robustness_cli.py runs it.)"""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    import fiftyone as fo
+
+    from test_robustness_newcomer import _readme_examples
+
+    ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
+    monkeypatch.setenv("FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS", str(photo_data / "attribute_sets"))
+    monkeypatch.setenv("FIFTYONE_LAZSL_MODEL_CONFIGS", str(tiny_clip._CONFIG))
+    folder = tmp_path / "birds"
+    photos = tiny_clip.some_images(photo_data, "cub", per_class=2, max_classes=4)
+    for p, c in photos:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / c / os.path.basename(p))
+    cmds = _readme_examples()
+    i = next(k for k, c in enumerate(cmds) if c.startswith("fiftyone-lazsl import-folder ~/"))
+    block = cmds[i:i + 6]
+    assert [shlex.split(c)[1] for c in block] == ["import-folder", "attributes", "classify",
+                                                  "evaluate", "audit", "app"]
+    flow = [block[0].replace("~/data/birds", shlex.quote(str(folder))), block[1]]
+    model = (f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(ckpt)}"
+             " --n-crops 12 --workers 0")
+    flow += [block[2].replace("$m", m) + model for m in ("clip", "dclip", "lazsl")]
+    flow += block[3:5]
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+    try:
+        for c in flow:
+            r = subprocess.run([exe, *shlex.split(c)[1:]], capture_output=True, text=True,
+                               timeout=600)
+            assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
+            assert "Traceback" not in r.stderr, c
+        ds = fo.load_dataset("birds")
+        n = len(photos)
+        assert len(ds) == n and all(ds.count(m) == n for m in ("clip", "dclip", "lazsl"))
+        assert {"eval_lazsl", "eval_clip", "eval_dclip"} <= set(ds.list_evaluations())
+        assert ds.count_sample_tags().get("suspect", 0) >= 1
+    finally:
+        if fo.dataset_exists("birds"):
+            fo.delete_dataset("birds")
