@@ -5,8 +5,9 @@ What is stored, per sample: the ``[1 + N, D]`` unit view embeddings (global
 view first, then the ``N`` crops; float16 by default, float32 on request), the
 ``[N]`` float32 crop-to-global cosines that the vision selection thresholds
 (computed before rounding, so float16 storage selects exactly the crops a fresh
-run selects: the selection is a hard threshold), the ``[N, 4]`` int64 pixel crop boxes in the decoded image, the decoded and the
-original image size and the decode scale. Everything that determines those
+run selects: the selection is a hard threshold), the ``[N, 4]`` int64 pixel
+crop boxes in the decoded image, the decoded and the original image size and
+the decode scale. Everything that determines those
 numbers forms the entry's *fingerprint* (:func:`feature_spec`): the model
 (architecture, weights identity = :attr:`LoadedModel.weights_id`), its
 preprocessing (input size, mean, std, resize mode, interpolation), the crop
