@@ -23,7 +23,10 @@ def _python_blocks() -> list[str]:
 
 
 @pytest.fixture
-def world(tmp_path, photo_data, monkeypatch):
+def world(tmp_path, shared_data, monkeypatch):
+    # the examples name the published set "cub": its real file (hash-checked)
+    # is in ../shared; a clone without it skips these tests
+    photo_data = shared_data
     ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
     photos = tiny_clip.some_images(photo_data, "cub", per_class=2, max_classes=4)
     monkeypatch.setenv("FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS", str(photo_data / "attribute_sets"))
@@ -111,7 +114,7 @@ def test_feature_store_workflow_cli_runs_as_written(world):
     assert get_run_config(ds, "lazsl_pruned")["attribute_set"] == "cub-pruned"
 
 
-def test_compare_methods_workflow_cli_runs_as_written(tmp_path, photo_data, monkeypatch):
+def test_compare_methods_workflow_cli_runs_as_written(tmp_path, shared_data, monkeypatch):
     """README's "Compare methods and audit labels" block as processes: import a
     DIR/<class>/<image> folder, import the published set, classify with the
     three methods (model flags added), evaluate side by side, audit. (The
@@ -126,6 +129,7 @@ def test_compare_methods_workflow_cli_runs_as_written(tmp_path, photo_data, monk
 
     from test_robustness_newcomer import _readme_examples
 
+    photo_data = shared_data  # the published "cub" file (hash-checked) is there
     ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
     monkeypatch.setenv("FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS", str(photo_data / "attribute_sets"))
     monkeypatch.setenv("FIFTYONE_LAZSL_MODEL_CONFIGS", str(tiny_clip._CONFIG))
