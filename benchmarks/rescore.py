@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -179,17 +178,15 @@ def rescore_memory_child(args) -> None:
 
 
 def bench_rescore_memory(args, sizes):
+    from run import child_result
+
     res = {}
     for n in sizes:
         cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "run.py"),
                "--rescore-memory-child", "--n-images", str(n), "--device", args.device,
                "--mem-model", args.mem_model, "--mem-crops", str(args.mem_crops),
                "--batch-size", str(args.batch_size)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        line = [ln for ln in p.stdout.splitlines() if ln.startswith("RMEM_RESULT ")]
-        if p.returncode != 0 or not line:
-            raise RuntimeError(f"rescore memory child ({n}) failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
-        res[str(n)] = json.loads(line[-1][len("RMEM_RESULT "):])
+        res[str(n)] = child_result(cmd, "RMEM_RESULT", f"rescore memory child ({n})")
     return res
 
 

@@ -559,6 +559,16 @@ def memory_child(args) -> None:
     print("MEMORY_RESULT " + json.dumps(out), flush=True)
 
 
+def child_result(cmd, marker, what):
+    """Run a benchmark child process (its own interpreter, so its peak RSS is
+    its own) and return the JSON it printed after ``marker``."""
+    p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith(marker + " ")]
+    if p.returncode != 0 or not line:
+        raise RuntimeError(f"{what} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    return json.loads(line[-1][len(marker) + 1:])
+
+
 def bench_memory(args, sizes):
     res = {}
     for n in sizes:
@@ -566,11 +576,7 @@ def bench_memory(args, sizes):
                "--device", args.device, "--mem-model", args.mem_model,
                "--mem-crops", str(args.mem_crops), "--batch-size", str(args.batch_size),
                "--num-workers", str(args.num_workers)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        line = [ln for ln in p.stdout.splitlines() if ln.startswith("MEMORY_RESULT ")]
-        if p.returncode != 0 or not line:
-            raise RuntimeError(f"memory child ({n} images) failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
-        res[str(n)] = json.loads(line[-1][len("MEMORY_RESULT "):])
+        res[str(n)] = child_result(cmd, "MEMORY_RESULT", f"memory child ({n} images)")
     return res
 
 
