@@ -11,6 +11,7 @@ repository root). Nothing is downloaded: the App's static files ship with the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -174,3 +175,24 @@ def make_driver(user_data_dir: str):
     opts.add_argument(f"--user-data-dir={user_data_dir}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+
+
+@contextlib.contextmanager
+def browser(profile_dir):
+    """:func:`make_driver` with a new profile in ``profile_dir`` (created),
+    quit on exit."""
+    profile = pathlib.Path(profile_dir)
+    profile.mkdir(parents=True, exist_ok=True)
+    d = make_driver(str(profile))
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+def artifacts_dir() -> pathlib.Path:
+    """Where browser tests leave screenshots and page text
+    (``$LAZSL_TEST_ARTIFACTS``, default ``tests/artifacts``), created."""
+    d = pathlib.Path(os.environ.get("LAZSL_TEST_ARTIFACTS") or ROOT / "tests" / "artifacts")
+    d.mkdir(parents=True, exist_ok=True)
+    return d

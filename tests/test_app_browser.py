@@ -28,13 +28,12 @@ selenium``; skips with the reason otherwise.
 
 import json
 import os
-import pathlib
 import re
 import time
 
 import pytest
 
-from app_server import AppServer, chromium_available, make_driver
+from app_server import AppServer, chromium_available, artifacts_dir, browser
 from plugin_fixtures import lazsl_plugin  # noqa: F401  (fails fast if the plugin cannot load)
 
 _MISSING = chromium_available()
@@ -43,17 +42,10 @@ pytestmark = [
     pytest.mark.skipif(_MISSING is not None, reason=f"browser test needs Chromium: {_MISSING}"),
 ]
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ["Cardinal", "Indigo Bunting", "Bobolink"]
 PER_CLASS = 2
 WAIT_S = 120
 PANEL_TAB = "[data-cy='panel-tab-lazsl_explanations']"
-
-
-def _artifacts_dir() -> pathlib.Path:
-    d = pathlib.Path(os.environ.get("LAZSL_TEST_ARTIFACTS") or ROOT / "tests" / "artifacts")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +93,8 @@ def app(classified, lazsl_plugin):
 
 @pytest.fixture
 def driver(tmp_path):
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    d = make_driver(str(profile))
-    try:
+    with browser(tmp_path / "chromium-profile") as d:
         yield d
-    finally:
-        d.quit()
 
 
 def _pick_sample(ds):
@@ -243,7 +230,7 @@ def _expected_rows(table):
 
 
 def _save_failure(driver, app, tag):
-    art = _artifacts_dir()
+    art = artifacts_dir()
     try:
         driver.save_screenshot(str(art / f"{tag}-failure.png"))
         (art / f"{tag}-failure.html").write_text(driver.page_source)
@@ -282,7 +269,7 @@ def test_panel_and_crops_in_browser(classified, app, driver):
         wait.until(lambda d: len(_tables(d)) >= (2 if content["gt_table"] else 1))
         time.sleep(2)  # let the media canvas draw the crop boxes for the screenshot
 
-        shot = _artifacts_dir() / "app_panel.png"
+        shot = artifacts_dir() / "app_panel.png"
         driver.save_screenshot(str(shot))
         docs = os.environ.get("LAZSL_DOCS_SCREENSHOT")
         if docs:
@@ -308,7 +295,7 @@ def test_panel_and_crops_in_browser(classified, app, driver):
         section = _expand_sidebar_field(driver, "lazsl_crops", labels)
         for lab in set(labels):
             assert f"{lab}\n{labels.count(lab)}" in section, (lab, section)
-        driver.save_screenshot(str(_artifacts_dir() / "app_crops_sidebar.png"))
+        driver.save_screenshot(str(artifacts_dir() / "app_crops_sidebar.png"))
 
         # A matched-attribute button filters the grid to the samples sharing it.
         matched = content["matched_attributes"]
@@ -321,7 +308,7 @@ def test_panel_and_crops_in_browser(classified, app, driver):
         btn.click()
         pattern = re.compile(rf"(^|\n){n} samples?(\n|$)")
         wait.until(lambda d: pattern.search(d.find_element(By.TAG_NAME, "body").text))
-        driver.save_screenshot(str(_artifacts_dir() / "app_matched_view.png"))
+        driver.save_screenshot(str(artifacts_dir() / "app_matched_view.png"))
     except Exception:
         _save_failure(driver, app, "app_panel")
         raise

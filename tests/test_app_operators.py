@@ -47,7 +47,7 @@ import time
 
 import pytest
 
-from app_server import AppServer, chromium_available, free_port, make_driver
+from app_server import AppServer, chromium_available, free_port, artifacts_dir, browser
 from plugin_fixtures import lazsl_plugin  # noqa: F401  (fails fast if the plugin cannot load)
 
 _MISSING = chromium_available()
@@ -63,12 +63,6 @@ WAIT_S = 120
 DATASET = "lazsl-app-operators"
 LLM_KEY = "sk-test-APP-KEY-0123456789"
 TRACEBACK = "Traceback (most recent call last)"
-
-
-def _artifacts_dir() -> pathlib.Path:
-    d = pathlib.Path(os.environ.get("LAZSL_TEST_ARTIFACTS") or ROOT / "tests" / "artifacts")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 # --------------------------------------------------------------------- fixtures
@@ -118,12 +112,8 @@ def app(world, lazsl_plugin):
 
 @pytest.fixture(scope="module")
 def driver(app, tmp_path_factory):
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    d = make_driver(str(profile))
-    try:
+    with browser(tmp_path_factory.mktemp("chromium-profile")) as d:
         yield d
-    finally:
-        d.quit()
 
 
 @pytest.fixture
@@ -173,7 +163,7 @@ class Page:
         assert TRACEBACK not in t and "Error occurred during operator execution" not in t, t[-3000:]
 
     def save_failure(self, tag: str):
-        art = _artifacts_dir()
+        art = artifacts_dir()
         try:
             self.d.save_screenshot(str(art / f"{tag}-failure.png"))
             (art / f"{tag}-failure.txt").write_text(
@@ -337,7 +327,7 @@ def _docs_png(ui: Page, name: str):
         return
     from PIL import Image
 
-    raw = _artifacts_dir() / f"raw-{name}"
+    raw = artifacts_dir() / f"raw-{name}"
     ui.d.save_screenshot(str(raw))
     dst = pathlib.Path(d) / name
     with Image.open(raw) as im:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from app_server import AppServer, chromium_available, make_driver
+from app_server import AppServer, chromium_available, browser
 from plugin_fixtures import lazsl_plugin  # noqa: F401
 
 _MISSING = chromium_available()
@@ -55,13 +55,8 @@ def app(stored, lazsl_plugin):
 
 @pytest.fixture
 def driver(tmp_path):
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    d = make_driver(str(profile))
-    try:
+    with browser(tmp_path / "chromium-profile") as d:
         yield d
-    finally:
-        d.quit()
 
 
 def _input_with_value(driver, value):

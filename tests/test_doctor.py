@@ -5,7 +5,6 @@ are saved; the CLI runs through its process."""
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +14,7 @@ import badfiles as bf
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-ENV = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
-EXE = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+from cli_helpers import ENV, EXE
 
 
 @pytest.fixture(scope="module")

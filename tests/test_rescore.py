@@ -6,7 +6,6 @@ changed files; the run record; the CLI through its process."""
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 
@@ -17,14 +16,13 @@ import badfiles as bf
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
+from cli_helpers import ENV, EXE
 
 N = 6
 #: float16 storage: |logit difference| bound, stated and derived in
 #: tests/test_feature_precision.py (the crop selection is exact: the store keeps
 #: the float32 crop-to-global cosines).
 from test_feature_precision import F16_LOGIT_TOL  # noqa: E402
-ENV = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
-EXE = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,7 @@ from fiftyone_lazsl.testing import tiny_clip
 from badfiles import assert_every_sample_accounted
 
 tiny_clip.register()
-
-ENV = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
-EXE = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+from cli_helpers import ENV, EXE, main_in_process as _main, one_error_line as _one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +43,6 @@ def cub_dataset(photo_data):
 def _cli(*args, timeout=300):
     return subprocess.run([EXE, *args], capture_output=True, text=True,
                           env=dict(os.environ, **ENV), timeout=timeout)
-
-
-def _main(capsys, *args):
-    from fiftyone_lazsl.cli import main
-
-    os.environ.update(ENV)
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _one_error_line(stderr, command="classify"):
-    """The user-error line, checking it is alone of its kind and no traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = [l for l in stderr.splitlines() if l.startswith(f"fiftyone-lazsl {command}: error: ")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def _snapshot(ds):
@@ -284,6 +265,7 @@ def test_app_serves_until_ctrl_c_and_no_wait_returns(cub_dataset):
     on its port, URL printed) until Ctrl-C, then exits 130 with one line and
     frees the port; ``--no-wait`` starts the App, stops it and returns 0; an
     unknown dataset is one error line."""
+    import threading
     import urllib.request
 
     from app_server import free_port
@@ -293,22 +275,29 @@ def test_app_serves_until_ctrl_c_and_no_wait_returns(cub_dataset):
     p = subprocess.Popen([EXE, "app", "--dataset", cub_dataset.name, "--port", str(port),
                           "--address", "127.0.0.1", "--remote"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
     try:
-        deadline, status = time.time() + 180, None
-        while time.time() < deadline and p.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3) as r:
-                    status = r.status
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert status == 200, (p.poll(), p.stderr.read() if p.poll() is not None else "")
+        # the CLI prints the URL once launch_app has returned (the server is up
+        # then); Ctrl-C only after that, as a user who read the URL would
+        deadline = time.time() + 180
+        while time.time() < deadline and p.poll() is None and not any(
+                l.startswith("App: ") for l in lines):
+            time.sleep(0.2)
+        url = next((l.split()[1] for l in lines if l.startswith("App: ")), None)
+        assert url in (f"http://127.0.0.1:{port}/", f"http://localhost:{port}/"), (
+            lines, p.poll(), p.stderr.read() if p.poll() is not None else "")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
+        p.wait(timeout=120)
+        reader.join(timeout=10)
+        err = p.stderr.read()
     finally:
         if p.poll() is None:
             p.kill()
-    assert f"App: http://127.0.0.1:{port}/" in out or f"App: http://localhost:{port}/" in out, out
     assert p.returncode == 130, (p.returncode, err[-2000:])
     assert "Traceback" not in err and "fiftyone-lazsl app: interrupted" in err, err[-2000:]
     deadline = time.time() + 30

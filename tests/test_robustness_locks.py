@@ -14,7 +14,6 @@ import os
 import threading
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -24,8 +23,7 @@ from badfiles import assert_every_sample_accounted
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-ENV = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
-EXE = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+from cli_helpers import ENV, EXE
 
 
 @pytest.fixture(scope="module")

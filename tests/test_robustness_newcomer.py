@@ -20,21 +20,13 @@ import pytest
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-ENV = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
-EXE = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+from cli_helpers import ENV, EXE, one_error_line as _one_error_line
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, env=None, timeout=300):
     return subprocess.run([EXE, *args], capture_output=True, text=True,
                           env=dict(os.environ, **ENV, **(env or {})), timeout=timeout)
-
-
-def _one_error_line(stderr, command):
-    assert "Traceback" not in stderr, stderr
-    lines = [l for l in stderr.splitlines() if l.startswith(f"fiftyone-lazsl {command}: error: ")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ interpreter start) against a real MongoDB and real photos."""
 
 import json
 import logging
-import os
 
 import bson
 import pytest
@@ -22,7 +21,7 @@ from badfiles import assert_every_sample_accounted
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-ENV = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
+from cli_helpers import main_in_process as _main, one_error_line as _one_error_line
 FIELDS = ["lazsl", "lazsl_crops", "lazsl_attributes", "lazsl_error"]
 
 
@@ -62,22 +61,6 @@ def _state(ds):
     ds.reload()
     runs = {k: ds.get_run_info(k).config.serialize() for k in ds.list_runs()}
     return _raw(ds), sorted(ds.get_field_schema()), runs, dict(ds.classes)
-
-
-def _main(capsys, *args):
-    from fiftyone_lazsl.cli import main
-
-    os.environ.update(ENV)
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _one_error_line(stderr, command="classify"):
-    assert "Traceback" not in stderr, stderr
-    lines = [l for l in stderr.splitlines() if l.startswith(f"fiftyone-lazsl {command}: error: ")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 # (extra flags, text the one error line must hold). Each must fail before the
