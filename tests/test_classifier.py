@@ -36,6 +36,8 @@ def cub_set(photo_data, photos):
 
 @pytest.fixture(scope="module")
 def random_model():
+    # seeded: otherwise the weights depend on which tests ran before
+    torch.manual_seed(0)
     return load_model(TINY_MODEL, None, device="cpu")
 
 
@@ -107,7 +109,12 @@ def _check_lazsl(clf, preds, images, keys, *, n_crops):
             assert cr.kept.all()                # all crops equally similar: r == mean, all kept
         else:
             assert clear.sum() >= n_crops // 2
-        assert np.array_equal(cr.kept[clear], (r >= thr)[clear])
+        if (r < thr - 1e-5).all():
+            # no crop reaches mean + gamma (possible when gamma > 0 and the crops
+            # are nearly alike): the selection keeps every crop rather than none
+            assert cr.kept.all()
+        else:
+            assert np.array_equal(cr.kept[clear], (r >= thr)[clear])
         assert cr.kept.any() and cr.kept.dtype == bool
 
         # the plan of the predicted class: mass, argmax attribute, share, similarity
