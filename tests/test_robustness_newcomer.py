@@ -157,7 +157,7 @@ def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, t
     if (cache / "cub.json").exists():
         (cache / "cub.json").unlink()
     env = {"FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS": ""}
-    r = _cli("demo", "--images", str(root), "--dataset", "demo-test", "--model",
+    r = _cli("demo", "--images", str(root), "--attributes", "cub", "--dataset", "demo-test", "--model",
              tiny_clip.TINY_MODEL, "--pretrained", "none", "--per-class", "2", "--n-crops", "3",
              env=env, timeout=600)
     try:

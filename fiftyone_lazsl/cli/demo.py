@@ -163,6 +163,8 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
         if progress is not True:
             progress.close()
     print(summary, file=out)
+    for _, path, reason in summary.failures[:3]:
+        print(f"  not classified: {os.path.basename(path)}: {reason}", file=out)
 
     gts, preds, attrs, paths = ds.values(["ground_truth.label", "lazsl.label", "lazsl_attributes",
                                           "filepath"])
