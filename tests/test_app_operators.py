@@ -1,4 +1,4 @@
-"""Issue 12 acceptance: every operator of the plugin used from the real
+"""Every operator of the plugin used from the real
 FiftyOne App, the way a user does it, in Debian's headless Chromium.
 
 One App server (a subprocess on localhost, this checkout as its plugin,

@@ -1,4 +1,4 @@
-"""Issue 14, items 6, 7 and 10-13: import-folder takes images only (by
+"""Import-folder takes images only (by
 content) and says what it skipped; the CLI turns expected failures (database
 unavailable, disk full, missing folders) into one line and exit status 2,
 keeps tracebacks for bugs (``--debug`` shows them for expected failures too),
