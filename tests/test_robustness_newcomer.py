@@ -182,17 +182,12 @@ def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, t
 
 
 def _readme_examples() -> list[str]:
-    """``fiftyone-lazsl ...`` command lines from README.md's ```bash blocks
-    (continuation lines joined)."""
-    text = (ROOT / "README.md").read_text()
-    cmds = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        block = block.replace("\\\n", " ")
-        for line in block.splitlines():
-            line = line.split(" #")[0].strip()
-            if line.startswith("fiftyone-lazsl "):
-                cmds.append(line)
-    return cmds
+    """``fiftyone-lazsl ...`` command lines of the shell blocks of README.md and
+    docs/*.md that are not marked ``doc-test: skip`` (see tests/doc_blocks.py)."""
+    from doc_blocks import CHECKED_LANGS, blocks, cli_lines
+
+    return [c for b in blocks() if b.lang in CHECKED_LANGS[1:] and b.marker != "skip"
+            for c in cli_lines(b.text)]
 
 
 def _expand_optional(cmd: str) -> str:
@@ -213,7 +208,7 @@ def test_readme_cli_examples_parse():
         try:
             args = parser.parse_args(argv)
         except SystemExit:
-            pytest.fail(f"README example does not parse: {cmd}")
+            pytest.fail(f"documented example does not parse: {cmd}")
         assert callable(args.func), cmd
 
 
