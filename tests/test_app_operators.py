@@ -30,7 +30,7 @@ The model is the tiny random-weight open_clip config (given to the server by
 ``FIFTYONE_LAZSL_MODEL_CONFIGS``) with a saved checkpoint. With
 ``LAZSL_DOCS_SCREENSHOTS=<dir>`` a run in progress and its success
 notification are saved there as ``app_run_progress.png`` / ``app_run_done.png``
-(how the README's screenshots are made). Failure screenshots and page text go
+(how the screenshots of docs/app.md are made). Failure screenshots and page text go
 to ``$LAZSL_TEST_ARTIFACTS`` (default ``tests/artifacts/``).
 """
 

@@ -163,3 +163,47 @@ def test_compare_methods_workflow_cli_runs_as_written(tmp_path, shared_data, mon
     finally:
         if fo.dataset_exists("birds"):
             fo.delete_dataset("birds")
+
+
+def test_readme_cli_quick_start_runs_as_written(tmp_path, shared_data, monkeypatch):
+    """README's command-line quick start as processes: import a DIR/<class>/<image>
+    folder, import the published set, classify (model flags added: no weights
+    offline), evaluate. (The final ``app`` line serves until Ctrl-C;
+    tests/test_robustness_cli.py runs it.)"""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    import fiftyone as fo
+
+    ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
+    monkeypatch.setenv("FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS", str(shared_data / "attribute_sets"))
+    monkeypatch.setenv("FIFTYONE_LAZSL_MODEL_CONFIGS", str(tiny_clip._CONFIG))
+    folder = tmp_path / "birds"
+    photos = tiny_clip.some_images(shared_data, "cub", per_class=2, max_classes=3)
+    for p, c in photos:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / c / os.path.basename(p))
+    cmds = cli_lines(block("readme-cli"))
+    assert [shlex.split(c)[1] for c in cmds] == ["import-folder", "attributes", "classify",
+                                                 "evaluate", "app"]
+    assert "~/photos/birds" in cmds[0]
+    flow = [cmds[0].replace("~/photos/birds", shlex.quote(str(folder))), cmds[1],
+            cmds[2] + f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(ckpt)}"
+                      " --n-crops 12 --workers 0", cmds[3]]
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+    try:
+        for c in flow:
+            r = subprocess.run([exe, *shlex.split(c)[1:]], capture_output=True, text=True,
+                               timeout=600)
+            assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
+            assert "Traceback" not in r.stderr, c
+        ds = fo.load_dataset("birds")
+        assert len(ds) == len(photos) and ds.count("lazsl") == len(photos)
+        assert sorted(ds.values("ground_truth.label")) == sorted(c for _, c in photos)
+        assert "eval_lazsl" in ds.list_evaluations()
+    finally:
+        if fo.dataset_exists("birds"):
+            fo.delete_dataset("birds")
