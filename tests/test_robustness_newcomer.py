@@ -157,13 +157,15 @@ def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, t
     if (cache / "cub.json").exists():
         (cache / "cub.json").unlink()
     env = {"FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS": ""}
-    r = _cli("demo", "--images", str(root), "--attributes", "cub", "--dataset", "demo-test", "--model",
+    # images by flag, the attribute set by variable (both point the demo anywhere)
+    r = _cli("demo", "--images", str(root), "--dataset", "demo-test", "--model",
              tiny_clip.TINY_MODEL, "--pretrained", "none", "--per-class", "2", "--n-crops", "3",
-             env=env, timeout=600)
+             env=dict(env, DEMO_ATTRIBUTES="cub"), timeout=600)
     try:
         assert r.returncode == 0, r.stderr
         out = r.stdout
-        assert "dataset 'demo-test': 6 images, 3 classes" in out  # no .DS_Store or README
+        assert "dataset 'demo-test': 6 images, 3 classes" in out
+        assert "attribute set 'cub' (" in out  # no .DS_Store or README
         prog = [l for l in out.splitlines() if l.startswith("progress: ")]
         assert prog and prog[-1].startswith("progress: 100%"), out
         assert out.index(prog[-1]) < out.index("samples classified into field 'lazsl'")
