@@ -269,6 +269,27 @@ def test_classifier_wca_scores_and_evidence(pets, checkpoint):
 # --------------------------------------------------------------------------
 # The CLI as a process: classify --method wca, then rescore every method
 # --------------------------------------------------------------------------
+def compare_runs(ds, fresh, rescored, *, logit_tol, score_tol):
+    """Same labels, logits, sentence contributions and crop detections (the
+    float32-storage tolerances of tests/test_rescore.py)."""
+    from fiftyone_lazsl.fo.labels import class_evidence
+
+    for a, b, ca, cb in zip(ds.values(fresh), ds.values(rescored), ds.values(f"{fresh}_crops"),
+                            ds.values(f"{rescored}_crops")):
+        assert a is not None and b is not None and a.label == b.label
+        assert np.abs(np.array(a.logits) - np.array(b.logits)).max() <= logit_tol
+        assert [e["class"] for e in a["evidence"]] == [e["class"] for e in b["evidence"]]
+        for e in a["evidence"]:
+            np.testing.assert_allclose(class_evidence(a, e["index"])[0],
+                                       class_evidence(b, e["index"])[0], atol=score_tol)
+        assert [d.label for d in ca.detections] == [d.label for d in cb.detections]
+        assert [d.crop_index for d in ca.detections] == [d.crop_index for d in cb.detections]
+        np.testing.assert_allclose([d.bounding_box for d in ca.detections],
+                                   [d.bounding_box for d in cb.detections], atol=0)
+        np.testing.assert_allclose([d.confidence for d in ca.detections],
+                                   [d.confidence for d in cb.detections], atol=score_tol)
+
+
 def _cli(env, *args):
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=600)
 
@@ -319,7 +340,6 @@ def test_rescore_every_method_from_one_encoding(tmp_path, pets, checkpoint):
     without encoding an image; evaluate_methods compares the four."""
     from fiftyone_lazsl import evaluate_methods, rescore, run_lazsl
     from fiftyone_lazsl.fo.runs import get_run_config
-    from test_rescore import _compare
 
     photos, sentences = pets
     path = tmp_path / "pets_cupl.json"
@@ -350,7 +370,7 @@ def test_rescore_every_method_from_one_encoding(tmp_path, pets, checkpoint):
         # fresh runs of each method on the same crops (same seed, N, crop scale)
         run_lazsl(ds, str(path), label_field="wca_fresh", method="wca", crop_scale=(0.6, 0.9),
                   **kw)
-        _compare(ds, "wca_fresh", "wca", 1e-6 * 100, 1e-6)
+        compare_runs(ds, "wca_fresh", "wca", logit_tol=1e-6 * 100, score_tol=1e-6)
         for m in ("dclip", "clip"):
             run_lazsl(ds, str(path), label_field=f"{m}_fresh", method=m, **kw)
             for a, b in zip(ds.values(m), ds.values(f"{m}_fresh")):
