@@ -19,6 +19,7 @@ import torch
 
 import badfiles as bf
 from cli_helpers import ENV, EXE
+from plugin_fixtures import lazsl_plugin, run_operator  # noqa: F401
 from fiftyone_lazsl.core.scoring import wca_scores
 from fiftyone_lazsl.testing import tiny_clip
 
@@ -393,3 +394,38 @@ def test_rescore_every_method_from_one_encoding(tmp_path, pets, checkpoint):
             assert abs(m.accuracy - acc) < 1e-9 and r[2] == f"{acc:.3f}"
     finally:
         ds.delete()
+
+
+def test_operators_run_and_rescore_wca(lazsl_plugin, pets, checkpoint):
+    """The run_lazsl operator with method wca and the rescore_lazsl operator's
+    method choice (executed as the App does) give what the Python functions give."""
+    from fiftyone_lazsl import rescore, run_lazsl
+    from fiftyone_lazsl.core.attributes import AttributeSet
+    from fiftyone_lazsl.fo.runs import get_run_config
+    from fiftyone_lazsl.fo.store import save_attribute_set
+
+    photos, sentences = pets
+    ds = bf.make_dataset("wca-ops", [p for p, _ in photos[:3]], gt=[c for _, c in photos[:3]])
+    save_attribute_set(ds, AttributeSet.from_dict(sentences, format="cupl"), "cupl")
+    kw = {"model": tiny_clip.TINY_MODEL, "pretrained": checkpoint, "device": "cpu", "n_crops": 4}
+    res = run_operator("run_lazsl", ds, {"attribute_set": "cupl", "method": "wca",
+                                         "label_field": "op", "store_features": True,
+                                         "image_scale_log": 3.0, **kw})
+    assert res.error is None, res.error
+    cfg = get_run_config(ds, "op")
+    assert (cfg["method"], cfg["image_scale_log"], cfg["crop_scale"]) == ("wca", 3.0, [0.5, 0.9])
+    run_lazsl(ds, "cupl", label_field="py", method="wca", image_scale_log=3.0, num_workers=0, **kw)
+    for m in ("wca", "lazsl", "clip"):
+        res = run_operator("rescore_lazsl", ds, {"from_field": "op", "attribute_set": "cupl",
+                                                 "label_field": f"op_{m}", "method": m,
+                                                 "text_scale_log": 1.0})
+        assert res.error is None, res.error
+        rescore(ds, "cupl", from_field="op", label_field=f"py_{m}", method=m, text_scale_log=1.0)
+    ds.reload()
+    for a, b in zip(ds.values("op"), ds.values("py")):
+        assert a.label == b.label and np.allclose(a.logits, b.logits, atol=1e-4)
+    for m in ("wca", "lazsl", "clip"):
+        assert get_run_config(ds, f"op_{m}")["method"] == m
+        for a, b in zip(ds.values(f"op_{m}"), ds.values(f"py_{m}")):
+            assert a.label == b.label and np.allclose(a.logits, b.logits, atol=0)
+    assert get_run_config(ds, "op_wca")["text_scale_log"] == 1.0
