@@ -429,3 +429,10 @@ def test_operators_run_and_rescore_wca(lazsl_plugin, pets, checkpoint):
         for a, b in zip(ds.values(f"op_{m}"), ds.values(f"py_{m}")):
             assert a.label == b.label and np.allclose(a.logits, b.logits, atol=0)
     assert get_run_config(ds, "op_wca")["text_scale_log"] == 1.0
+    # the audit reads WCA's sentence evidence like LaZSL's
+    from fiftyone_lazsl import audit_labels
+    res = audit_labels(ds, "op", "ground_truth", min_suspicion=None, top_k=1)
+    assert res.has_evidence and res.method == "wca"
+    for pred, ev in zip(ds.values("op"), ds.values("op_evidence_pred")):
+        own = {t.strip() for t in sentences[pred.label]}
+        assert ev and set(ev) <= own

@@ -330,7 +330,7 @@ def test_zoo_model_wca_matches_run_lazsl(zoo_source, dataset, cub_subset):
     ctx = ExecutionContext(request_params={"dataset_name": dataset.name,
                                            "params": {"method": "wca"}})
     props = zm.resolve_input(ctx).type.properties
-    assert props["n_crops"].default == 60 and "wca" in props["method"].type.values()
+    assert props["n_crops"].default == 60 and "wca" in props["method"].type.values
     torch.manual_seed(0)
     model = foz.load_zoo_model(NAME, pretrained=None, attribute_set=cub_subset, method="wca",
                                n_crops=N_CROPS, seed=SEED)
