@@ -441,14 +441,17 @@ class LaZSLClassifier:
         att = v.unsqueeze(0) * torch.einsum("bd,cad->bca", z, tf) / u[None, :, None]
         B, N1, _ = feats.shape
         C, A, _ = tf.shape
-        sim = torch.einsum("bnd,kd->bkn", feats[:, 1:].float(), tf.reshape(C * A, -1))
-        sim = sim.view(B, C, A, N1 - 1).masked_fill(~mask[None, :, :, None], float("-inf"))
-        best = sim.argmax(2)                                                    # [B, C, N]
+        flat, pad = tf.reshape(C * A, -1), ~mask[:, :, None]
         counts = torch.zeros(B, C, A, device=feats.device)
-        counts.scatter_add_(2, best, torch.ones_like(best, dtype=counts.dtype))
-        bidx = torch.arange(B, device=feats.device)
-        cattr = best[bidx, pred]                                                # [B, N]
-        csim = sim[bidx, pred].gather(1, cattr.unsqueeze(1)).squeeze(1)         # [B, N]
+        cattr = torch.zeros(B, N1 - 1, dtype=torch.long, device=feats.device)
+        csim = torch.zeros(B, N1 - 1, device=feats.device)
+        for b in range(B):  # one image at a time: [C, A, N] stays small for 1000 classes
+            sim = (flat @ feats[b, 1:].float().T).view(C, A, N1 - 1).masked_fill(pad, float("-inf"))
+            best = sim.argmax(1)                                                # [C, N]
+            counts[b].scatter_add_(1, best, torch.ones_like(best, dtype=counts.dtype))
+            c = int(pred[b])
+            cattr[b] = best[c]
+            csim[b] = sim[c].gather(0, best[c].unsqueeze(0)).squeeze(0)
         w = wca.crop_weights
         keep = torch.ones_like(w, dtype=torch.bool)
         crop = tuple(t.cpu().numpy() for t in (w, cattr, w, csim, keep))
