@@ -3,8 +3,8 @@
 Public API::
 
     from fiftyone_lazsl import (
-        AttributeSet, LaZSLConfig, LaZSLClassifier, lazsl_scores, dclip_scores,
-        clip_scores, load_model, run_lazsl, audit_labels, evaluate_methods, rescore,
+        AttributeSet, LaZSLConfig, LaZSLClassifier, lazsl_scores, wca_scores,
+        dclip_scores, clip_scores, load_model, run_lazsl, audit_labels, evaluate_methods, rescore,
         attribute_doctor, FeatureStore,
     )
 
@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "LaZSLClassifier": "fiftyone_lazsl.core.classifier",
     "Prediction": "fiftyone_lazsl.core.classifier",
     "lazsl_scores": "fiftyone_lazsl.core.scoring",
+    "wca_scores": "fiftyone_lazsl.core.scoring",
     "dclip_scores": "fiftyone_lazsl.core.scoring",
     "clip_scores": "fiftyone_lazsl.core.scoring",
     "load_model": "fiftyone_lazsl.core.models",

@@ -1,5 +1,5 @@
 """Operators ``rescore_lazsl`` (re-score the target view from the features a
-run stored: any attribute set, theta / eps / gamma, no encoding) and
+run stored: any method, attribute set or parameters, no encoding) and
 ``attribute_doctor`` (per-attribute diagnostics, table in the App). Thin
 shells over :func:`fiftyone_lazsl.rescore` and
 :func:`fiftyone_lazsl.attribute_doctor`."""
@@ -7,6 +7,7 @@ shells over :func:`fiftyone_lazsl.rescore` and
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields
 
@@ -52,8 +53,8 @@ class RescoreLaZSL(foo.Operator):
         return foo.OperatorConfig(
             name="rescore_lazsl",
             label="LaZSL: re-score from stored features",
-            description="Score the view with another attribute set or theta/eps/gamma without "
-                        "encoding images again",
+            description="Score the view with another method, attribute set or parameters "
+                        "without encoding images again",
             dynamic=True, allow_immediate_execution=True, allow_delegated_execution=True)
 
     def resolve_input(self, ctx):
@@ -63,11 +64,17 @@ class RescoreLaZSL(foo.Operator):
             inputs.str("attribute_set", required=True, label="Attribute set",
                        view=_set_choices(ctx.dataset))
             inputs.str("label_field", required=True, default="lazsl_rescored", label="Label field")
-            inputs.enum("method", ["lazsl", "dclip"], default="lazsl", label="Method",
+            inputs.enum("method", list(METHODS), default="lazsl", label="Method",
+                        description="any method, scored on the run's stored visual set",
                         view=types.DropdownView())
-            inputs.float("theta", required=False, label="theta (empty: the run's)")
-            inputs.float("eps", required=False, label="eps (empty: the run's)")
-            inputs.float("gamma", required=False, label="gamma (empty: the run's)")
+            if (ctx.params.get("method") or "lazsl") == "lazsl":
+                inputs.float("theta", required=False, label="theta (empty: the run's)")
+                inputs.float("eps", required=False, label="eps (empty: the run's)")
+                inputs.float("gamma", required=False, label="gamma (empty: the run's)")
+            for f in LaZSLConfig.fields_for(ctx.params.get("method") or "lazsl"):
+                if f.metadata["group"] == "weighting":   # WCA's temperatures
+                    inputs.float(f.name, default=f.default, label=f.name,
+                                 description=f.metadata["help"])
             inputs.enum("missing", ["encode", "skip"], default="encode",
                         label="Samples without stored features", view=types.DropdownView())
         return types.Property(inputs, view=types.View(label="Re-score from stored features"))
@@ -81,7 +88,9 @@ class RescoreLaZSL(foo.Operator):
                           label_field=p["label_field"], method=p.get("method") or "lazsl",
                           theta=_float_or_none(p.get("theta")), eps=_float_or_none(p.get("eps")),
                           gamma=_float_or_none(p.get("gamma")),
-                          missing=p.get("missing") or "encode", progress=progress)
+                          missing=p.get("missing") or "encode", progress=progress,
+                          **{k: float(p[k]) for k in ("image_scale_log", "text_scale_log")
+                             if p.get(k) not in (None, "")})
         if not ctx.delegated:
             ctx.ops.reload_dataset()
             ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")

@@ -1,4 +1,4 @@
-"""Operator ``run_lazsl``: classify the target view with LaZSL, DCLIP or CLIP.
+"""Operator ``run_lazsl``: classify the target view with LaZSL, WCA, DCLIP or CLIP.
 
 A thin shell over :func:`fiftyone_lazsl.fo.apply.run_lazsl`. Immediate and
 delegated execution are both allowed; delegation is the default choice for
@@ -44,6 +44,7 @@ DELEGATE_ABOVE = 200
 
 METHODS = {
     "lazsl": "LaZSL: crops aligned to attributes by optimal transport",
+    "wca": "WCA: crops weighted by their likeness to the image, against label-weighted sentences",
     "dclip": "DCLIP: mean similarity of the whole image to each attribute",
     "clip": "CLIP: one 'a photo of a {class}.' prompt per class",
 }
@@ -77,7 +78,7 @@ def params_to_config(params: dict) -> LaZSLConfig:
     """
     d = {k: params[k] for k in LaZSLConfig.field_names()
          if k in params and params[k] is not None and params[k] != ""}
-    lo, hi = LaZSLConfig.crop_scale_default()
+    lo, hi = LaZSLConfig.crop_scale_default(d.get("method", "lazsl"))
     if "crop_min" in params or "crop_max" in params:
         d["crop_scale"] = (params.get("crop_min", lo) if params.get("crop_min") is not None else lo,
                            params.get("crop_max", hi) if params.get("crop_max") is not None else hi)
@@ -114,8 +115,9 @@ def _sharding_kwargs(params: dict) -> dict:
 
 def _config_inputs(inputs: types.Object, method: str) -> None:
     """One form input per :class:`LaZSLConfig` field the chosen method uses,
-    with the field's help text and default (``crop_scale`` as two numbers)."""
-    defaults = LaZSLConfig()
+    with the field's help text and the method's default (``crop_scale`` as two
+    numbers)."""
+    defaults = LaZSLConfig(method=method)
     for f in LaZSLConfig.fields_for(method):
         if f.name == "method":
             continue
@@ -233,7 +235,7 @@ class RunLaZSL(foo.Operator):
         return foo.OperatorConfig(
             name="run_lazsl",
             label="LaZSL: classify samples",
-            description="Zero-shot classification with attribute evidence (LaZSL, DCLIP or CLIP)",
+            description="Zero-shot classification with attribute evidence (LaZSL, WCA, DCLIP or CLIP)",
             dynamic=True,
             execute_as_generator=True,
             allow_immediate_execution=True,

@@ -312,3 +312,11 @@ def test_panel_and_crops_in_browser(classified, app, driver):
     except Exception:
         _save_failure(driver, app, "app_panel")
         raise
+
+
+# Shared with the other browser tests (tests/test_app_wca.py).
+open_panel = _open_panel
+split_beside_sample = _split_beside_sample
+page_tables = _tables
+expected_rows = _expected_rows
+save_failure = _save_failure

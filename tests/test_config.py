@@ -129,8 +129,16 @@ def test_operator_form_and_params_cover_the_config():
     inputs = types.Object()
     op._config_inputs(inputs, "lazsl")
     names = set(inputs.properties)
-    expected = (set(LaZSLConfig.field_names()) - {"method", "crop_scale"}) | {"crop_min", "crop_max"}
+    expected = (set(LaZSLConfig.field_names())
+                - {"method", "crop_scale", "image_scale_log", "text_scale_log"}) | {"crop_min", "crop_max"}
     assert names == expected
+    # the WCA form: its temperatures, the crop options with WCA's defaults, no transport
+    inputs = types.Object()
+    op._config_inputs(inputs, "wca")
+    assert {"image_scale_log", "text_scale_log", "n_crops", "crop_min", "crop_max"} <= set(inputs.properties)
+    assert "theta" not in inputs.properties and "eps" not in inputs.properties
+    assert inputs.properties["crop_min"].default == 0.5 and inputs.properties["n_crops"].default == 60
+    assert op.params_to_config({"method": "wca", "crop_max": 0.8}).crop_scale == (0.5, 0.8)
     # dclip / clip forms show only the parameters those methods use
     inputs = types.Object()
     op._config_inputs(inputs, "clip")

@@ -316,3 +316,34 @@ def test_operator_form_and_parameters(zoo_source, dataset, cub_subset):
     zm.parse_parameters(ctx, params)
     assert set(params) == {"attribute_set", "n_crops"}
     assert params["attribute_set"].classes == aset.classes
+
+
+def test_zoo_model_wca_matches_run_lazsl(zoo_source, dataset, cub_subset):
+    """``method="wca"`` through the zoo model: the same labels, logits and
+    crop detections as run_lazsl's WCA run; the form offers WCA's defaults."""
+    import fiftyone.zoo as foz
+    from fiftyone.operators.executor import ExecutionContext
+
+    from fiftyone_lazsl.fo.apply import run_lazsl
+
+    zm = foz.get_zoo_model(NAME)
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name,
+                                           "params": {"method": "wca"}})
+    props = zm.resolve_input(ctx).type.properties
+    assert props["n_crops"].default == 60 and "wca" in props["method"].type.values
+    torch.manual_seed(0)
+    model = foz.load_zoo_model(NAME, pretrained=None, attribute_set=cub_subset, method="wca",
+                               n_crops=N_CROPS, seed=SEED)
+    assert model.classifier.method == "wca" and model.classifier.crop_scale == (0.5, 0.9)
+    dataset.apply_model(model, label_field="zoo_wca", batch_size=2, num_workers=0)
+    torch.manual_seed(0)
+    run_lazsl(dataset, cub_subset, label_field="wca", model="ViT-B-32", pretrained=None,
+              method="wca", n_crops=N_CROPS, seed=SEED, num_workers=0)
+    for s in dataset.iter_samples():
+        ref, got = s["wca"], s["zoo_wca_prediction"]
+        assert got.label == ref.label
+        np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4)
+        rd, gd = s["wca_crops"].detections, s["zoo_wca_crops"].detections
+        assert [(d.label, d["crop_index"]) for d in gd] == [(d.label, d["crop_index"]) for d in rd]
+        np.testing.assert_allclose([d.confidence for d in gd], [d.confidence for d in rd],
+                                   atol=1e-5)

@@ -152,7 +152,7 @@ def _store_arg(value: str | None) -> "bool | str":
 def register(sub: argparse._SubParsersAction) -> None:
     from fiftyone_lazsl.core.config import LaZSLConfig
 
-    p = sub.add_parser("classify", help="zero-shot classify a dataset with LaZSL (or dclip/clip)")
+    p = sub.add_parser("classify", help="zero-shot classify a dataset with LaZSL (or wca/dclip/clip)")
     p.add_argument("--dataset", required=True, metavar="NAME")
     p.add_argument("--attributes", required=True, metavar="SET_OR_FILE",
                    help="attribute set stored on the dataset, JSON file, or published name (cub, ...)")

@@ -48,12 +48,13 @@ def _rescore(args: argparse.Namespace) -> int:
 
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.tag) if args.tag else ds
+    wca = {k: getattr(args, k) for k in _WCA_FLAGS if getattr(args, k, None) is not None}
     summary = rescore(view, args.attributes, from_field=args.from_field,
                       label_field=args.label_field, theta=args.theta, eps=args.eps,
                       gamma=args.gamma, method=args.method, missing=args.missing,
                       gt_field=args.gt_field, restrict_to_set=args.restrict_to_set,
                       top_k_crops=args.top_k_crops, feature_store=args.store,
-                      progress=True if sys.stderr.isatty() else None)
+                      progress=True if sys.stderr.isatty() else None, **wca)
     if summary.num_samples == 0:
         print("nothing to re-score: the view is empty")
         return 0
@@ -63,7 +64,23 @@ def _rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top_k(value: str) -> "int | str":
+    """``--top-k-crops``: a positive integer, ``all`` or ``auto``."""
+    if value in ("all", "auto"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+
+
+#: WCA parameters ``rescore`` takes as flags (``--image-scale-log`` ...).
+_WCA_FLAGS = ("image_scale_log", "text_scale_log")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
+
     p = sub.add_parser("features", help="manage the feature store (info, prune)")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
     fsub.required = True
@@ -82,16 +99,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=_prune)
 
     r = sub.add_parser("rescore", help="re-score a view from the features a run stored "
-                                       "(new attribute set / theta / eps / gamma, no encoding)")
+                                       "(another method, attribute set or parameters; no "
+                                       "encoding)")
     r.add_argument("--dataset", required=True, metavar="NAME")
     r.add_argument("--attributes", required=True, metavar="SET_OR_FILE")
     r.add_argument("--from-field", required=True, metavar="F",
                    help="label field of a run made with --store-features")
     r.add_argument("--label-field", required=True, metavar="G", help="field to write")
-    r.add_argument("--method", choices=("lazsl", "dclip", "clip"), default="lazsl")
+    r.add_argument("--method", choices=METHODS, default="lazsl",
+                   help="scoring method, any of them on the stored visual set (default: lazsl)")
     r.add_argument("--theta", type=float, default=None)
     r.add_argument("--eps", type=float, default=None)
     r.add_argument("--gamma", type=float, default=None)
+    fields = {f.name: f for f in LaZSLConfig.fields_for("wca")}
+    for name in _WCA_FLAGS:
+        r.add_argument(LaZSLConfig.cli_flag(name), type=float, default=None,
+                       help=f"{fields[name].metadata['help']} (default: {fields[name].default})")
     r.add_argument("--missing", choices=("encode", "skip"), default="encode",
                    help="samples without stored features: encode (and store) them, or skip them "
                         "with the reason in G_error (default: encode)")
@@ -100,6 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--tag", default=None, help="only samples with this tag")
     r.add_argument("--gt-field", default=None)
     r.add_argument("--restrict-to-set", action="store_true")
-    r.add_argument("--top-k-crops", type=int, default=None)
+    r.add_argument("--top-k-crops", type=_top_k, default="auto", metavar="K|all",
+                   help="crops stored as detections, as for classify (default: 10 with compact "
+                        "evidence, or the recorded run's when re-scoring into its field)")
     r.set_defaults(func=_rescore)
     logging.getLogger("fiftyone_lazsl").setLevel(logging.INFO)

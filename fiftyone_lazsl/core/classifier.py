@@ -2,8 +2,9 @@
 
 Ties together the semantic set (prompts encoded once per classifier), the
 visual set (seeded crops), and the scorers of :mod:`fiftyone_lazsl.core.scoring`.
-Methods: ``"lazsl"`` (optimal transport of crops to attributes), ``"dclip"``
-(mean global-view similarity over attributes) and ``"clip"`` (one
+Methods: ``"lazsl"`` (optimal transport of crops to attributes), ``"wca"``
+(weighted crops against label-weighted sentences, Li et al., ICML 2024),
+``"dclip"`` (mean global-view similarity over attributes) and ``"clip"`` (one
 ``"a photo of a {class}."`` prompt per class).
 """
 
@@ -17,11 +18,12 @@ import numpy as np
 import torch
 
 from fiftyone_lazsl.core.attributes import AttributeSet
-from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
+from fiftyone_lazsl.core.config import CROP_METHODS, METHODS, LaZSLConfig
 from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec, build_views, relative_boxes
 from fiftyone_lazsl.core.models import LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
-from fiftyone_lazsl.core.scoring import clip_scores, dclip_scores, global_similarity, lazsl_scores
+from fiftyone_lazsl.core.scoring import (clip_scores, dclip_scores, global_similarity,
+                                         lazsl_scores, wca_scores)
 
 __all__ = ["LaZSLClassifier", "Prediction", "CropEvidence", "METHODS"]
 
@@ -36,13 +38,17 @@ class CropEvidence:
     Attributes:
         boxes: ``[N, 4]`` int64 pixel boxes ``(x, y, w, h)`` in the original image.
         boxes_rel: ``[N, 4]`` float64 relative ``[x, y, w, h]``.
-        kept: ``[N]`` bool, kept by vision selection.
+        kept: ``[N]`` bool, kept by vision selection (WCA: all True).
         mass: ``[N]`` float32, transport mass the crop sends to the predicted class's
             attributes (``1/#kept`` summed over attributes; 0 if dropped).
+            WCA: the crop's weight ``w_n`` in the image embedding (sums to 1).
         attribute: ``[N]`` int64, index (within the predicted class) of the
-            attribute receiving most of the crop's mass.
-        share: ``[N]`` float32, that attribute's share of the crop's mass (0..1).
-        similarity: ``[N]`` float32, hybrid similarity of crop and that attribute.
+            attribute receiving most of the crop's mass (WCA: the sentence most
+            similar to the crop, ``argmax_a x_n . t_a``).
+        share: ``[N]`` float32, that attribute's share of the crop's mass (0..1);
+            WCA: the crop's weight ``w_n`` (as ``mass``).
+        similarity: ``[N]`` float32, hybrid similarity of crop and that attribute
+            (WCA: cosine ``x_n . t_a``).
     """
 
     boxes: np.ndarray
@@ -60,19 +66,23 @@ class Prediction:
 
     Attributes:
         label: predicted class name; label_index: its index in class order.
-        scores: ``[C]`` float32 raw scores (``psi`` for LaZSL, mean cosine for
-            DCLIP, cosine for CLIP).
+        scores: ``[C]`` float32 raw scores (``psi`` for LaZSL, cosine of the
+            weighted image and class embeddings for WCA, mean cosine for DCLIP,
+            cosine for CLIP).
         logits: ``[C]`` float32, ``logit_scale * scores`` (CLIP's temperature).
         probs: ``[C]`` float32, ``softmax(logits)``.
         image_size: ``(width, height)`` of the original image in pixels.
-        crops: per-crop evidence (LaZSL only).
+        crops: per-crop evidence (LaZSL and WCA).
         attribute_scores: per class, ``[A_c]`` float32 contribution of each attribute
             to the class score, ``sum_n T[n, a] * S[n, a]`` (sums to ``scores[c]``;
-            LaZSL), or the attribute's global-view cosine (DCLIP). (Every attribute
-            receives exactly ``1/A_c`` of the transport mass, so mass alone cannot
-            rank attributes.)
+            LaZSL), ``v_a (z . t_a) / ||sum_a' v_a' t_a'||`` (sums to
+            ``scores[c]``; WCA, ``z`` the weighted image embedding), or the
+            attribute's global-view cosine (DCLIP). (Every attribute receives
+            exactly ``1/A_c`` of the transport mass, so mass alone cannot rank
+            attributes.)
         attribute_crops: per class, ``[A_c]`` int64, kept crops whose largest mass
-            share within that class goes to the attribute (LaZSL).
+            share within that class goes to the attribute (LaZSL), or crops most
+            similar to the sentence among the class's sentences (WCA).
     """
 
     label: str
@@ -140,11 +150,12 @@ class LaZSLClassifier:
         self.lazsl_config = cfg
         self.model = loaded or load_model(cfg.model, cfg.pretrained, device=cfg.device)
         self.method = cfg.method
-        self.n_crops = cfg.n_crops if cfg.method == "lazsl" else 0
+        self.n_crops = cfg.n_crops if cfg.method in CROP_METHODS else 0
         self.crop_scale = cfg.crop_scale
         self.crop_backend = cfg.crop_backend
         self.theta, self.eps, self.gamma = cfg.theta, cfg.eps, cfg.gamma
         self.max_iter, self.stop_tol = cfg.max_iter, cfg.stop_tol
+        self.image_scale_log, self.text_scale_log = cfg.image_scale_log, cfg.text_scale_log
         self.seed = cfg.seed
         self.batch_size = cfg.batch_size
         self.prompt_style = cfg.prompt_style
@@ -174,6 +185,11 @@ class LaZSLClassifier:
             i += len(ps)
         self.text_features = tf.to(self.model.device)
         self.text_mask = mask.to(self.model.device)
+        if self.method == "wca":
+            # WCA weights each class's sentences by their likeness to its label prompt
+            names = prompt_names(self.attribute_set)
+            self.label_features = self.model.encode_texts(
+                [clip_prompt(names[c]) for c in self.classes]).to(self.model.device)
 
     def config(self) -> dict:
         """Provenance: every :class:`LaZSLConfig` field (``to_dict``), the
@@ -324,12 +340,12 @@ class LaZSLClassifier:
                 ``crop_global`` not ``[B, N]``.
         """
         feats = features.to(self.model.device, torch.float32)
-        if self.method == "lazsl" and feats.shape[1] != 1 + self.n_crops:
+        if self.method in CROP_METHODS and feats.shape[1] != 1 + self.n_crops:
             raise ValueError(f"features have {feats.shape[1] - 1} crops, the classifier "
                              f"uses n_crops={self.n_crops}")
         return self._predict_features(feats, list(boxes),
                                       [(int(w), int(h)) for w, h in image_sizes], sizes, scales,
-                                      crop_global if self.method == "lazsl" else None)
+                                      crop_global if self.method in CROP_METHODS else None)
 
     def _predict_features(self, feats: torch.Tensor, boxes: Sequence[np.ndarray],
                           dims: Sequence[tuple[int, int]],
@@ -337,8 +353,14 @@ class LaZSLClassifier:
                           scales: Sequence[float] | None,
                           crop_global: torch.Tensor | None = None) -> list[Prediction]:
         B = feats.shape[0]
-        out = None
-        if self.method == "lazsl":
+        out = wca = None
+        if self.method == "wca":
+            wca = wca_scores(feats, self.text_features, self.text_mask, self.label_features,
+                             image_scale_log=self.image_scale_log,
+                             text_scale_log=self.text_scale_log, return_weights=True,
+                             crop_global=crop_global)
+            scores = wca.scores
+        elif self.method == "lazsl":
             out = lazsl_scores(feats, self.text_features, self.text_mask, theta=self.theta,
                                eps=self.eps, max_iter=self.max_iter, stop_tol=self.stop_tol,
                                gamma=self.gamma, return_plan=True, crop_global=crop_global)
@@ -370,6 +392,9 @@ class LaZSLClassifier:
                                  / cmass.clamp_min(1e-30), torch.zeros_like(cmass))
             csim = Sp.gather(-1, cattr.unsqueeze(-1)).squeeze(-1)
             cmass, cattr, cshare, csim, keep_np = (t.cpu().numpy() for t in (cmass, cattr, cshare, csim, keep))
+        elif wca is not None:
+            att_mass, att_crops, (cmass, cattr, cshare, csim, keep_np) = self._wca_evidence(
+                feats, wca, pred)
         elif self.method == "dclip":
             sim = global_similarity(feats, self.text_features).cpu().numpy()       # [B, C, A]
 
@@ -383,7 +408,7 @@ class LaZSLClassifier:
                 scores=scores_np[b], logits=logits_np[b], probs=probs_np[b],
                 image_size=(int(size[0]), int(size[1])), method=self.method,
             )
-            if out is not None:
+            if out is not None or wca is not None:
                 bx = boxes[b].astype(np.float64)
                 if scale != 1.0:
                     # Downscaled on decode: pixel boxes in the original grid, and
@@ -402,6 +427,35 @@ class LaZSLClassifier:
                 p.attribute_scores = [sim[b, c, :lens[c]].astype(np.float32) for c in range(len(lens))]
             preds.append(p)
         return preds
+
+    def _wca_evidence(self, feats: torch.Tensor, wca: Any, pred: torch.Tensor) -> tuple:
+        """WCA evidence: ``(attribute_scores [B, C, A], attribute_crops [B, C, A],
+        (mass, attribute, share, similarity, kept) [B, N] each)`` as NumPy arrays.
+
+        A sentence's score is its exact share of the class score,
+        ``v_a (z . t_a) / ||sum_a' v_a' t_a'||``; each crop is matched to the
+        sentence of the class it is most similar to (``argmax_a x_n . t_a``)."""
+        tf, mask = self.text_features.float(), self.text_mask
+        z, v = wca.image_embeddings, wca.text_weights                           # [B, D], [C, A]
+        u = torch.einsum("ca,cad->cd", v, tf).norm(dim=-1).clamp_min(1e-12)     # [C]
+        att = v.unsqueeze(0) * torch.einsum("bd,cad->bca", z, tf) / u[None, :, None]
+        B, N1, _ = feats.shape
+        C, A, _ = tf.shape
+        flat, pad = tf.reshape(C * A, -1), ~mask[:, :, None]
+        counts = torch.zeros(B, C, A, device=feats.device)
+        cattr = torch.zeros(B, N1 - 1, dtype=torch.long, device=feats.device)
+        csim = torch.zeros(B, N1 - 1, device=feats.device)
+        for b in range(B):  # one image at a time: [C, A, N] stays small for 1000 classes
+            sim = (flat @ feats[b, 1:].float().T).view(C, A, N1 - 1).masked_fill(pad, float("-inf"))
+            best = sim.argmax(1)                                                # [C, N]
+            counts[b].scatter_add_(1, best, torch.ones_like(best, dtype=counts.dtype))
+            c = int(pred[b])
+            cattr[b] = best[c]
+            csim[b] = sim[c].gather(0, best[c].unsqueeze(0)).squeeze(0)
+        w = wca.crop_weights
+        keep = torch.ones_like(w, dtype=torch.bool)
+        crop = tuple(t.cpu().numpy() for t in (w, cattr, w, csim, keep))
+        return att.cpu().numpy(), counts.long().cpu().numpy(), crop
 
     def model_class_features(self) -> torch.Tensor:
         """``[C, D]`` class-name prompt features (CLIP method)."""

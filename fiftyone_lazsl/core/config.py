@@ -22,11 +22,22 @@ from typing import Any, Iterable, Mapping
 
 from fiftyone_lazsl.errors import ConfigError
 
-__all__ = ["LaZSLConfig", "METHODS", "CROP_BACKENDS", "PROMPT_STYLES", "RANDOM_WEIGHT_TAGS",
+__all__ = ["LaZSLConfig", "METHODS", "METHOD_DEFAULTS", "CROP_METHODS", "ATTRIBUTE_METHODS",
+           "CROP_BACKENDS", "PROMPT_STYLES", "RANDOM_WEIGHT_TAGS",
            "normalize_pretrained"]
 
-#: Scoring methods: LaZSL and the two baselines of the paper's tables.
-METHODS = ("lazsl", "dclip", "clip")
+#: Scoring methods: LaZSL, WCA (Li et al., ICML 2024) and the two baselines of
+#: the LaZSL paper's tables.
+METHODS = ("lazsl", "wca", "dclip", "clip")
+#: Defaults of the visual-set parameters that depend on the method: each
+#: method's published configuration (LaZSL paper: 90 crops of side
+#: U(0.6, 0.9); WCA's ``cfgs/*.yaml``: 60 crops, alpha 0.5, beta 0.9). Used
+#: only for parameters not given; a value given by the user (or read from a
+#: run's config, e.g. when re-scoring stored features) always wins.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lazsl": {"n_crops": 90, "crop_scale": (0.6, 0.9)},
+    "wca": {"n_crops": 60, "crop_scale": (0.5, 0.9)},
+}
 #: How crops are made: ``"pil"`` (default; the official construction: each
 #: square box cut from the decoded PIL image and sent through the model's own
 #: open_clip preprocessing, in the decode workers; exact) or ``"tensor"``
@@ -40,15 +51,20 @@ RANDOM_WEIGHT_TAGS = ("", "none", "random")
 
 _ALL = METHODS
 _OT = ("lazsl",)
-_ATTR = ("lazsl", "dclip")
+#: Methods that score crops (and so use the visual-set parameters).
+CROP_METHODS = ("lazsl", "wca")
+#: Methods that score with the attribute set's texts (and write ``F_attributes``).
+ATTRIBUTE_METHODS = ("lazsl", "wca", "dclip")
+_ATTR = ATTRIBUTE_METHODS
+_WCA = ("wca",)
 
 
 def _meta(help: str, *, methods: tuple[str, ...] = _ALL, group: str,
           output: bool = True, choices: tuple | None = None, unit: str = "",
           advanced: bool = False) -> dict:
     """Field metadata: ``help`` (one line), the methods that use the parameter,
-    its ``group`` (model / visual set / semantic set / transport / execution),
-    whether it changes a sample's outputs (``output``; resuming compares only
+    its ``group`` (model / visual set / semantic set / transport / weighting /
+    execution), whether it changes a sample's outputs (``output``; resuming compares only
     those), ``choices``, ``unit`` and whether forms hide it by default."""
     return {"help": help, "methods": methods, "group": group, "output": output,
             "choices": choices, "unit": unit, "advanced": advanced}
@@ -73,15 +89,21 @@ class LaZSLConfig:
 
     Attributes:
         method: ``"lazsl"`` (crops aligned to attributes by optimal transport),
-            ``"dclip"`` (mean global-view similarity over a class's attributes)
-            or ``"clip"`` (one ``"a photo of a {class}."`` prompt per class).
+            ``"wca"`` (weighted crops against label-weighted sentences, Li et
+            al., ICML 2024), ``"dclip"`` (mean global-view similarity over a
+            class's attributes) or ``"clip"`` (one ``"a photo of a {class}."``
+            prompt per class).
         model: open_clip model name (``open_clip.list_models()``) or ``hf-hub:`` id.
         pretrained: open_clip tag, ``hf-hub:`` id, checkpoint file or folder, or
             None for random weights (tests only; recorded as such).
         device: torch device string; None picks CUDA when available.
-        n_crops: crops per image ``N`` (paper: 90). The visual set has ``1 + N`` views.
-        crop_scale: ``(alpha, beta)``: crop side ``~ U(alpha, beta) * min(H, W)``
-            (paper: ``(0.6, 0.9)``), fractions of the short side.
+        n_crops: crops per image ``N`` (default: the method's, see
+            :data:`METHOD_DEFAULTS`: LaZSL 90, WCA 60). The visual set has ``1 + N`` views.
+        crop_scale: ``(alpha, beta)``: crop side ``~ U(alpha, beta) * min(H, W)``,
+            fractions of the short side (default: the method's: LaZSL
+            ``(0.6, 0.9)``, WCA ``(0.5, 0.9)``). Not given (None), ``n_crops`` and
+            ``crop_scale`` take the method's default and follow the method in
+            :meth:`replace`; given, they stay (one visual set for every method).
         crop_backend: how crops are cut and resized (see :data:`CROP_BACKENDS`).
         seed: user seed; each image's crops are drawn from ``(seed, sample key)``.
         theta: weight of the crop term in the hybrid similarity
@@ -91,6 +113,9 @@ class LaZSLConfig:
             image mean plus ``gamma`` are dropped (official code: 0).
         max_iter: Sinkhorn iterations at most (official code: 100).
         stop_tol: Sinkhorn stops when ``mean |r - r_prev| < stop_tol`` (official: 0.01).
+        image_scale_log: WCA crop-weight temperature, ``w_n = softmax(exp(.) x_n.g)`` (4.0).
+        text_scale_log: WCA sentence-weight temperature,
+            ``v_a = softmax(exp(.) t_a.l_c)`` (2.0).
         prompt_style: ``"dclip"`` or ``"legacy"`` (official ``startswith('a')`` rule).
         prompt_suffix: appended to every prompt (official ImageNet runs use ``"."``).
         batch_size: images per forward pass (each has ``1 + N`` views).
@@ -110,17 +135,17 @@ class LaZSLConfig:
     device: str | None = field(default=None, metadata=_meta(
         "torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
         group="execution", output=False))
-    n_crops: int = field(default=90, metadata=_meta(
-        "crops per image N", methods=_OT, group="visual set", unit="crops"))
-    crop_scale: tuple[float, float] = field(default=(0.6, 0.9), metadata=_meta(
-        "(alpha, beta): crop side ~ U(alpha, beta) * min(H, W)", methods=_OT,
+    n_crops: int = field(default=None, metadata=_meta(  # type: ignore[assignment]
+        "crops per image N", methods=CROP_METHODS, group="visual set", unit="crops"))
+    crop_scale: tuple[float, float] = field(default=None, metadata=_meta(  # type: ignore[assignment]
+        "(alpha, beta): crop side ~ U(alpha, beta) * min(H, W)", methods=CROP_METHODS,
         group="visual set", unit="fraction of the short side"))
     crop_backend: str = field(default="pil", metadata=_meta(
         "crop construction: 'pil' (official: model preprocessing of each cut-out box, exact) "
         "or 'tensor' (roi_align on the model's device, faster, approximate)",
-        methods=_OT, group="visual set", choices=CROP_BACKENDS, advanced=True))
+        methods=CROP_METHODS, group="visual set", choices=CROP_BACKENDS, advanced=True))
     seed: int = field(default=0, metadata=_meta(
-        "crop seed (combined with each sample's key)", methods=_OT, group="visual set"))
+        "crop seed (combined with each sample's key)", methods=CROP_METHODS, group="visual set"))
     theta: float = field(default=0.8, metadata=_meta(
         "weight of the crop term in the hybrid similarity, in [0, 1]", methods=_OT,
         group="transport"))
@@ -135,6 +160,12 @@ class LaZSLConfig:
     stop_tol: float = field(default=1e-2, metadata=_meta(
         "Sinkhorn stopping tolerance on mean |r - r_prev|", methods=_OT, group="transport",
         advanced=True))
+    image_scale_log: float = field(default=4.0, metadata=_meta(
+        "WCA crop weights softmax(exp(image_scale_log) * crop.global): log temperature",
+        methods=_WCA, group="weighting"))
+    text_scale_log: float = field(default=2.0, metadata=_meta(
+        "WCA sentence weights softmax(exp(text_scale_log) * sentence.label prompt): "
+        "log temperature", methods=_WCA, group="weighting"))
     prompt_style: str = field(default="dclip", metadata=_meta(
         "prompt rule: 'dclip' or 'legacy' (official startswith('a') test)", methods=_ATTR,
         group="semantic set", choices=PROMPT_STYLES, advanced=True))
@@ -147,6 +178,14 @@ class LaZSLConfig:
     def __post_init__(self) -> None:
         # Normalise types first (CLI / JSON / form values), then check domains.
         set_ = object.__setattr__
+        _choice("method", self.method, METHODS)
+        auto = []
+        for name, value in METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["lazsl"]).items():
+            if getattr(self, name) is None:
+                set_(self, name, value)
+                auto.append(name)
+        # Parameters that took the method's default (not part of equality).
+        set_(self, "_method_defaults", frozenset(auto))
         set_(self, "pretrained", normalize_pretrained(self.pretrained))
         if self.device is not None:
             set_(self, "device", str(self.device).strip() or None)
@@ -156,7 +195,7 @@ class LaZSLConfig:
         set_(self, "crop_scale", (_num("crop_scale", cs[0]), _num("crop_scale", tuple(cs)[1])))
         for name in ("n_crops", "seed", "max_iter", "batch_size"):
             set_(self, name, _int(name, getattr(self, name)))
-        for name in ("theta", "eps", "gamma", "stop_tol"):
+        for name in ("theta", "eps", "gamma", "stop_tol", "image_scale_log", "text_scale_log"):
             set_(self, name, _num(name, getattr(self, name)))
         set_(self, "prompt_suffix", "" if self.prompt_suffix is None else str(self.prompt_suffix))
         self._validate()
@@ -167,8 +206,8 @@ class LaZSLConfig:
         _choice("prompt_style", self.prompt_style, PROMPT_STYLES)
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model must be a non-empty open_clip model name")
-        if self.n_crops < 1 and self.method == "lazsl":
-            raise ConfigError(f"n_crops must be >= 1 for LaZSL, got {self.n_crops}")
+        if self.n_crops < 1 and self.method in CROP_METHODS:
+            raise ConfigError(f"n_crops must be >= 1 for {self.method}, got {self.n_crops}")
         if self.n_crops < 0:
             raise ConfigError(f"n_crops must be >= 0, got {self.n_crops}")
         a, b = self.crop_scale
@@ -215,12 +254,17 @@ class LaZSLConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def replace(self, **changes: Any) -> "LaZSLConfig":
-        """A copy with some parameters changed (validated).
+        """A copy with some parameters changed (validated). Parameters that
+        took the method's default (``n_crops``, ``crop_scale`` not given) follow
+        a change of ``method``; given ones are kept.
 
         Raises:
             ConfigError: an unknown parameter or a bad value.
         """
-        return self.from_dict({**self.to_dict(), **changes})
+        d = self.to_dict()
+        for name in getattr(self, "_method_defaults", ()):
+            d[name] = None
+        return self.from_dict({**d, **changes})
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -262,7 +306,11 @@ class LaZSLConfig:
                 continue
             m, flag = f.metadata, cls.cli_flag(f.name)
             default = f.default
-            help_ = f"{m['help']} (default: {_show(default)})"
+            if f.name in METHOD_DEFAULTS["lazsl"]:
+                help_ = m["help"] + " (default: " + ", ".join(
+                    f"{_show(v[f.name])} for {k}" for k, v in METHOD_DEFAULTS.items()) + ")"
+            else:
+                help_ = f"{m['help']} (default: {_show(default)})"
             if f.name == "crop_scale":
                 group.add_argument(flag, type=float, nargs=2, metavar=("ALPHA", "BETA"),
                                    default=None, help=help_)
@@ -293,17 +341,31 @@ class LaZSLConfig:
             v = getattr(args, name, None)
             if v is not None:
                 d[name] = v
+        d.update({k: v for k, v in overrides.items() if v is not None})
         lo, hi = getattr(args, "crop_min", None), getattr(args, "crop_max", None)
         if lo is not None or hi is not None:
-            base = list(d.get("crop_scale", cls.crop_scale_default()))
+            base = list(d.get("crop_scale", cls.crop_scale_default(d.get("method", "lazsl"))))
             d["crop_scale"] = (lo if lo is not None else base[0], hi if hi is not None else base[1])
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d)
 
     @classmethod
-    def crop_scale_default(cls) -> tuple[float, float]:
-        """The default ``(alpha, beta)``."""
-        return next(f.default for f in dataclasses.fields(cls) if f.name == "crop_scale")
+    def crop_scale_default(cls, method: str = "lazsl") -> tuple[float, float]:
+        """The default ``(alpha, beta)`` of ``method`` (:data:`METHOD_DEFAULTS`;
+        methods without crops: LaZSL's)."""
+        return tuple(METHOD_DEFAULTS.get(method, METHOD_DEFAULTS["lazsl"])["crop_scale"])
+
+    @classmethod
+    def default_of(cls, name: str, method: str = "lazsl") -> Any:
+        """The default of parameter ``name`` for ``method`` (the method's own
+        default for ``n_crops`` / ``crop_scale``, else the field's).
+
+        Raises:
+            ConfigError: an unknown parameter.
+        """
+        if name not in cls.field_names():
+            raise ConfigError(f"unknown LaZSL parameter {name!r}")
+        return getattr(cls(method=method), name)
 
 
 def _show(v: Any) -> str:

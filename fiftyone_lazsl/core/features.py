@@ -60,6 +60,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from fiftyone_lazsl.core.config import CROP_METHODS
 from fiftyone_lazsl.errors import ConfigError
 
 __all__ = ["FeatureStore", "FeatureEntry", "feature_spec", "fingerprint", "default_store_path",
@@ -649,7 +650,8 @@ def predict_entries(classifier: Any, entries: Sequence[FeatureEntry]) -> list:
         ``B`` :class:`~fiftyone_lazsl.core.classifier.Prediction` objects, the
         same as :meth:`LaZSLClassifier.predict_features` on the unrounded
         embeddings up to the storage precision (float32: to 1e-6; the vision
-        selection uses the stored float32 cosines, so it is exact either way).
+        selection and WCA's crop weights use the stored float32 cosines, so
+        they are exact either way).
 
     Raises:
         ValueError: entries with another ``N`` than the classifier's ``n_crops``.
@@ -658,7 +660,7 @@ def predict_entries(classifier: Any, entries: Sequence[FeatureEntry]) -> list:
 
     feats = torch.from_numpy(np.stack([np.asarray(e.features, dtype=np.float32) for e in entries]))
     sims = None
-    if classifier.method == "lazsl":
+    if classifier.method in CROP_METHODS:
         sims = torch.stack([_crop_global_tensor(e, f) for e, f in zip(entries, feats)])
     else:
         feats = feats[:, :1]

@@ -13,6 +13,19 @@ Menon & Vondrick 2023, ``make_descriptor_sentence``; reused unchanged by LaZSL's
 test ``a.startswith('a')``, which also fires on "antennae" or "angular body"
 ("which is antennae"). The default ``style="dclip"`` tests the first *word*.
 CuPL attribute sets are full sentences and are used verbatim.
+
+Per method (the attribute set's ``format`` decides, see
+:mod:`fiftyone_lazsl.core.attribute_formats`):
+
+* LaZSL, WCA, DCLIP: a descriptor set gives the ``"{y}, which ..."`` prompts
+  above, a CuPL set its sentences as written (``prompt_suffix`` appended to
+  either);
+* WCA also encodes each class's label prompt :func:`clip_prompt`
+  (``"a photo of a {y}."``, official WCA ``zeroshot_classifier``) and weights
+  the class's prompts by their similarity to it;
+* CLIP: :func:`clip_prompt` only; the attributes are not used.
+
+A class without attributes gets one class-name prompt in every format.
 """
 
 from __future__ import annotations

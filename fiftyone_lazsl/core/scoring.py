@@ -1,4 +1,5 @@
-"""Scores from features: LaZSL optimal transport, and the DCLIP / CLIP baselines.
+"""Scores from features: LaZSL optimal transport, WCA weighted alignment, and the
+DCLIP / CLIP baselines.
 
 Pure functions of torch tensors; no model, no I/O. All ``B x C`` transport
 problems of a call are solved together as one batched Sinkhorn iteration, with
@@ -13,6 +14,7 @@ vision selection and the Sinkhorn plan; official code ``OP.py`` (``OP_d``,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,8 +22,9 @@ import torch
 
 from fiftyone_lazsl.core.transport import sinkhorn
 
-__all__ = ["lazsl_scores", "dclip_scores", "clip_scores", "hybrid_similarity",
-           "global_similarity", "vision_selection", "crop_global_similarity", "LaZSLOutput"]
+__all__ = ["lazsl_scores", "wca_scores", "dclip_scores", "clip_scores", "hybrid_similarity",
+           "global_similarity", "vision_selection", "crop_global_similarity", "LaZSLOutput",
+           "WCAOutput", "wca_class_embeddings"]
 
 # Upper bound on B*C*N*A elements processed at once; larger calls are split
 # over classes so that memory stays bounded (1000 classes x 10 attributes).
@@ -302,3 +305,147 @@ def clip_scores(image_features: torch.Tensor, class_features: torch.Tensor) -> t
     """
     g = image_features[:, 0] if image_features.dim() == 3 else image_features
     return g.float() @ class_features.to(g.device).float().T
+
+
+@dataclass
+class WCAOutput:
+    """Scores and weights returned by :func:`wca_scores` with ``return_weights=True``.
+
+    Attributes:
+        scores: ``[B, C]`` float32, ``normalise(sum_n w_n x_n) . e_c``.
+        crop_weights: ``[B, N]`` float32 crop weights ``w_n`` (each row sums to 1).
+        text_weights: ``[C, A]`` float32 sentence weights ``v_{c,a}`` (0 on
+            padded sentences; each row sums to 1, or is all 0 for a class
+            without sentences).
+        class_weights: ``[C, D]`` float32 class embeddings ``e_c`` (unit norm;
+            the official code's ``zeroshot_weights`` transposed).
+        image_embeddings: ``[B, D]`` float32 weighted crop embeddings (unit norm).
+    """
+
+    scores: torch.Tensor
+    crop_weights: torch.Tensor
+    text_weights: torch.Tensor
+    class_weights: torch.Tensor
+    image_embeddings: torch.Tensor
+
+
+def _check_wca(image_features: torch.Tensor, text_features: torch.Tensor,
+               text_mask: torch.Tensor, label_features: torch.Tensor) -> None:
+    if image_features.dim() != 3 or image_features.shape[1] < 2:
+        raise ValueError(
+            f"image_features must be [B, 1+N, D] with N >= 1, got {tuple(image_features.shape)}")
+    if text_features.dim() != 3:
+        raise ValueError(f"text_features must be [C, A, D], got {tuple(text_features.shape)}")
+    if text_mask.shape != text_features.shape[:2]:
+        raise ValueError(
+            f"text_mask must be [C, A] = {tuple(text_features.shape[:2])}, got {tuple(text_mask.shape)}")
+    C, _, D = text_features.shape
+    if tuple(label_features.shape) != (C, D):
+        raise ValueError(f"label_features must be [C, D] = {(C, D)}, got {tuple(label_features.shape)}")
+    if image_features.shape[-1] != D:
+        raise ValueError(f"feature dims differ: image {image_features.shape[-1]} vs text {D}")
+    for what, t in (("image_features", image_features), ("text_features", text_features),
+                    ("label_features", label_features)):
+        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} has non-finite values (NaN or inf); no score is computed")
+
+
+def wca_class_embeddings(text_features: torch.Tensor, text_mask: torch.Tensor,
+                         label_features: torch.Tensor, text_scale_log: float = 2.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """WCA's text side: each class's sentences averaged with weights given by
+    their similarity to the class's label prompt (official ``helper.py``
+    ``zeroshot_classifier`` with ``tt_scale = exp(text_scale_log)``).
+
+    ``v_{c,a} = softmax_a(exp(text_scale_log) * t_{c,a} . l_c)`` over the
+    class's real sentences; ``e_c = normalise(sum_a v_{c,a} t_{c,a})``. A class
+    with no sentence (an all-False ``text_mask`` row) gets ``e_c = l_c``, its
+    label prompt alone (plain CLIP for that class; the official code cannot
+    encode an empty list).
+
+    Args:
+        text_features: ``[C, A, D]`` unit sentence embeddings, zero-padded.
+        text_mask: ``[C, A]`` bool, True where a sentence exists.
+        label_features: ``[C, D]`` unit embeddings of ``"a photo of a {class}."``.
+        text_scale_log: log of the softmax temperature (WCA: 2.0).
+
+    Returns:
+        ``(class_weights [C, D], text_weights [C, A])`` float32.
+    """
+    tf = text_features.float()
+    lf = label_features.to(tf.device).float()
+    mask = text_mask.to(device=tf.device, dtype=torch.bool)
+    logits = torch.einsum("cad,cd->ca", tf, lf) * math.exp(float(text_scale_log))
+    logits = logits.masked_fill(~mask, float("-inf"))
+    has = mask.any(dim=1, keepdim=True)
+    v = torch.where(has, logits.softmax(dim=1), torch.zeros_like(logits)).nan_to_num(0.0)
+    e = torch.einsum("ca,cad->cd", v, tf)
+    e = torch.where(has, e, lf)
+    return torch.nn.functional.normalize(e, dim=-1), v
+
+
+def wca_scores(image_features: torch.Tensor, text_features: torch.Tensor,
+               text_mask: torch.Tensor, label_features: torch.Tensor, *,
+               image_scale_log: float = 4.0, text_scale_log: float = 2.0,
+               return_weights: bool = False, crop_global: torch.Tensor | None = None
+               ) -> torch.Tensor | WCAOutput:
+    """WCA class scores: weighted crops against weighted class sentences.
+
+    Li et al., "Visual-Text Cross Alignment: Refining the Similarity Score in
+    Vision-Language Models", ICML 2024; official code ``tmlr-group/WCA``
+    (``main.py`` method ``"ours"``, ``helper.py`` ``zeroshot_classifier``), with
+    every crop of the visual set used once (the official evaluation instead
+    draws 60 of 100 encoded crops with replacement, 20 times). For image ``b``
+    with global view ``g`` and crops ``x_1..x_N``, and class ``c`` with
+    sentences ``t_{c,a}`` and label prompt ``l_c``:
+
+    1. crop weights ``w_n = softmax_n(exp(image_scale_log) * x_n . g)`` (the
+       global view only weights the crops; it is not averaged in);
+    2. image embedding ``z = normalise(sum_n w_n x_n)``;
+    3. sentence weights ``v_{c,a} = softmax_a(exp(text_scale_log) * t_{c,a} . l_c)``
+       over the class's sentences, class embedding
+       ``e_c = normalise(sum_a v_{c,a} t_{c,a})`` (:func:`wca_class_embeddings`);
+    4. score ``s_{b,c} = z . e_c``.
+
+    Masked (padded) sentences get weight 0. A class without any sentence is
+    scored with its label prompt alone (``e_c = l_c``). Computation is float32
+    whatever the input dtype.
+
+    Args:
+        image_features: ``[B, 1+N, D]`` unit vectors, index 0 the global view.
+        text_features: ``[C, A, D]`` unit sentence embeddings, zero-padded to ``A``.
+        text_mask: ``[C, A]`` bool, True where a sentence exists.
+        label_features: ``[C, D]`` unit embeddings of ``"a photo of a {class}."``.
+        image_scale_log: log of the crop-weight temperature (WCA configs: 4.0).
+        text_scale_log: log of the sentence-weight temperature (WCA configs: 2.0).
+        return_weights: return a :class:`WCAOutput` with the weights and embeddings.
+        crop_global: optional ``[B, N]`` float32 ``x_n . g`` (see
+            :func:`crop_global_similarity`; a feature store keeps them in float32
+            beside float16 embeddings so the weights are those of a fresh run);
+            computed from ``image_features`` when None.
+
+    Returns:
+        ``scores`` ``[B, C]`` float32, or a :class:`WCAOutput`.
+
+    Raises:
+        ValueError: shapes that do not fit, non-finite features, ``crop_global``
+            not ``[B, N]``.
+    """
+    _check_wca(image_features, text_features, text_mask, label_features)
+    imf = image_features.float()
+    if crop_global is None:
+        r = crop_global_similarity(imf)
+    else:
+        want = (imf.shape[0], imf.shape[1] - 1)
+        if tuple(crop_global.shape) != want:
+            raise ValueError(f"crop_global must be {list(want)}, got {list(crop_global.shape)}")
+        r = crop_global.to(imf.device, torch.float32)
+    w = (r * math.exp(float(image_scale_log))).softmax(dim=-1)                  # [B, N]
+    z = torch.nn.functional.normalize(torch.einsum("bn,bnd->bd", w, imf[:, 1:]), dim=-1)
+    e, v = wca_class_embeddings(text_features.to(imf.device), text_mask, label_features,
+                                text_scale_log)
+    scores = z @ e.T
+    if not return_weights:
+        return scores
+    return WCAOutput(scores=scores, crop_weights=w, text_weights=v, class_weights=e,
+                     image_embeddings=z)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
-from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.core.config import ATTRIBUTE_METHODS, CROP_METHODS, LaZSLConfig
 from fiftyone_lazsl.errors import ConfigError, RunConflictError
 from fiftyone_lazsl.core.pipeline import iter_predictions
 from fiftyone_lazsl.fo.datasets import dataset_of
@@ -123,14 +123,14 @@ def _ensure_fields(dataset: Any, fields: dict, method: str) -> None:
         fields["prediction"]: dict(ftype=fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification),
         fields["error"]: dict(ftype=fo.StringField),
     }
-    if method == "lazsl":
+    if method in CROP_METHODS:
         want[fields["crops"]] = dict(ftype=fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    if method in ("lazsl", "dclip"):
+    if method in ATTRIBUTE_METHODS:
         want[fields["attributes"]] = dict(ftype=fo.ListField, subfield=fo.StringField)
     for name, kw in want.items():
         if name not in schema:
             dataset.add_sample_field(name, **kw)
-    if method in ("lazsl", "dclip"):
+    if method in ATTRIBUTE_METHODS:
         # Declared, so the App sidebar offers it (prefix search by attribute words).
         kw_field = f"{fields['prediction']}.keywords"
         if not dataset.has_field(kw_field):
@@ -645,9 +645,9 @@ def _written_fields(label_field: str, method: str) -> list[str]:
     (a sample with a prediction then also has the rest)."""
     fields = output_fields(label_field)
     written = [fields["error"]]
-    if method == "lazsl":
+    if method in CROP_METHODS:
         written.append(fields["crops"])
-    if method in ("lazsl", "dclip"):
+    if method in ATTRIBUTE_METHODS:
         written.append(fields["attributes"])
     written.append(fields["prediction"])
     return written

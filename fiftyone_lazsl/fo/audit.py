@@ -1,6 +1,6 @@
 """Label audit: rank likely label errors and say why, in attribute words.
 
-:func:`audit_labels` reads the predictions a LaZSL / DCLIP / CLIP run wrote in a
+:func:`audit_labels` reads the predictions a LaZSL / WCA / DCLIP / CLIP run wrote in a
 field ``F`` (see :mod:`fiftyone_lazsl.fo.runs`) and a ground-truth
 ``fo.Classification`` field ``G``, and writes for every audited sample:
 
@@ -35,7 +35,8 @@ field ``F`` (see :mod:`fiftyone_lazsl.fo.runs`) and a ground-truth
 transport mass it received: balanced optimal transport gives every attribute of
 a class exactly ``1 / A_c`` of the mass, so mass cannot rank attributes. For
 LaZSL it is ``sum_n T[n, a] * S[n, a]`` (the stored ``attribute_scores``, which
-sum to the class score); for DCLIP, whose class score is the mean of the global
+sum to the class score); for WCA the sentence's weighted share of the class
+score, ``v_a (z . t_a) / ||sum v t||`` (also summing to it); for DCLIP, whose class score is the mean of the global
 view's cosines with the attributes, it is ``cosine / A_c``. CLIP runs score one
 class-name prompt per class and have no attribute evidence: their evidence
 lists are empty (None) and the sentence says so.

@@ -120,8 +120,10 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
         runner_ups: runner-up classes whose evidence is kept (compact).
         gt_index: the sample's ground-truth class index, or None.
         top_k_crops: kept crops stored as detections, best-matching first
-            (hybrid similarity to their attribute, to 3 decimals; None: all
-            kept crops, in crop order).
+            (hybrid similarity to their attribute, to 3 decimals; WCA: crop
+            weight, to 6 decimals; None: all kept crops, in crop order). WCA
+            detections carry the crop's weight as ``confidence`` and ``mass``
+            and its most similar sentence of the predicted class as ``label``.
         top_attributes: length of ``F_attributes`` / ``keywords``.
 
     Returns:
@@ -164,7 +166,9 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
             # crop's hybrid similarity to the attribute it matched, rounded so
             # that float noise between batches or devices never reorders them
             # (ties keep crop order).
-            key = np.round(cr.similarity[idx].astype(np.float64), 3)
+            # WCA weights crops unequally: its top crops are the heaviest ones.
+            rank = cr.mass if getattr(pred, "method", None) == "wca" else cr.similarity
+            key = np.round(rank[idx].astype(np.float64), 3 if rank is cr.similarity else 6)
             idx = idx[np.argsort(-key, kind="stable")[:top_k_crops]]
         boxes = np.clip(cr.boxes_rel[idx], 0.0, 1.0).tolist()
         share, sim, mass = cr.share[idx].tolist(), cr.similarity[idx].tolist(), cr.mass[idx].tolist()

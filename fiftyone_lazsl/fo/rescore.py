@@ -1,5 +1,5 @@
-"""Re-score a view from stored view embeddings: any attribute set, any
-``theta`` / ``eps`` / ``gamma`` (or DCLIP), no image encoding.
+"""Re-score a view from stored view embeddings: any attribute set, any method
+(LaZSL, WCA, DCLIP, CLIP) and its parameters, no image encoding.
 
 A run made with ``store_features`` (``classify --store-features``) keeps each
 sample's ``[1 + N, D]`` view embeddings and crop boxes in a
@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Iterator
 
-from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.core.config import CROP_METHODS, METHODS, LaZSLConfig
 from fiftyone_lazsl.core.features import FeatureEntry, predict_entries
 from fiftyone_lazsl.core.scoring import crop_global_similarity
 from fiftyone_lazsl.errors import ConfigError
@@ -72,8 +72,12 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             ``F_error``, as :func:`~fiftyone_lazsl.fo.apply.run_lazsl`); may be
             ``from_field`` itself to replace that run's outputs.
         theta, eps, gamma: LaZSL parameters (None: the run's).
-        method: ``"lazsl"`` or ``"dclip"`` (``"clip"`` needs no attributes
-            and is cheap to run fresh, but works too).
+        method: ``"lazsl"``, ``"wca"``, ``"dclip"`` or ``"clip"``, whatever
+            method the stored run used: every method scores the stored visual
+            set (its ``n_crops``, ``crop_scale``, ``seed``, recorded in the new
+            run's config), so re-scoring equals a fresh run of ``method`` with
+            that visual set. LaZSL and WCA need stored crops (a run made with
+            ``lazsl`` or ``wca``); DCLIP and CLIP use the global view only.
         missing: samples without valid stored features (never stored, image
             file changed since): ``"encode"`` them on the way (and store them),
             or ``"skip"`` them, writing the reason to ``F_error``.
@@ -99,7 +103,8 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     Raises:
         ConfigError: ``from_field`` has no stored features; a parameter that
             would change the visual set (``model``, ``pretrained``, ``n_crops``,
-            ``crop_scale``, ``seed``, ``crop_backend``); the store's
+            ``crop_scale``, ``seed``, ``crop_backend``); a crop method
+            (``lazsl``, ``wca``) on a store without crops; the store's
             fingerprint no longer matches the model (weights file changed);
             bad ``missing``/``method``.
         the errors of :func:`run_lazsl` for the attribute set, label field
@@ -120,8 +125,15 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     if bad:
         raise ConfigError(f"{', '.join(bad)} determine the stored features and cannot change "
                           f"when re-scoring; run classify again for other values")
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     dataset = dataset_of(samples)
     old = stored_run(samples, from_field)
+    if method in CROP_METHODS and not int(old.get("n_crops") or 0):
+        raise ConfigError(
+            f"the run on {from_field!r} ({old.get('method')}) stored the global view only; "
+            f"method {method!r} needs crops: classify with --method lazsl or wca and "
+            "--store-features to re-score with it")
     changes = {k: v for k, v in (("theta", theta), ("eps", eps), ("gamma", gamma)) if v is not None}
     cfg = LaZSLConfig.from_dict(old, strict=False).replace(method=method, batch_size=batch_size,
                                                            **changes, **params)
@@ -277,6 +289,6 @@ class _Encoder:
                          original_size=tuple(sz), scale=float(sc), crop_global=r.cpu().numpy())
             for k, f, b, d, sz, sc, r in zip(keys, feats, boxes, dims, sizes, scales, sims)])
         self.stored += len(keys)
-        if self.clf.method != "lazsl":
+        if self.clf.method not in CROP_METHODS:
             return self.clf.predict_features(feats[:, :1], boxes, dims, sizes, scales)
         return self.clf.predict_features(feats, boxes, dims, sizes, scales, crop_global=sims)

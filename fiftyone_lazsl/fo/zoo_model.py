@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
 import fiftyone.core.models as fom
 import fiftyone.utils.torch as fout
 
@@ -336,12 +336,15 @@ def resolve_input(model_name: str, ctx: Any) -> Any:
                description="a set stored on this dataset, a published set name (e.g. cub) or a "
                            "JSON file {class: [attributes]}")
     fields = {f.name: f for f in dataclasses.fields(LaZSLConfig)}
+    method = (getattr(ctx, "params", None) or {}).get("method")
+    # the chosen method's defaults (WCA: 60 crops), re-resolved as the form changes
+    defaults = LaZSLConfig(method=method if method in METHODS else "lazsl")
     for name in _FORM_FIELDS:
-        f = fields[name]
-        kw = dict(default=f.default, label=name, description=f.metadata["help"])
+        f, default = fields[name], getattr(defaults, name)
+        kw = dict(default=default, label=name, description=f.metadata["help"])
         if f.metadata.get("choices"):
             inputs.enum(name, list(f.metadata["choices"]), **kw)
-        elif isinstance(f.default, int):
+        elif isinstance(default, int):
             inputs.int(name, **kw)
         else:
             inputs.float(name, **kw)
