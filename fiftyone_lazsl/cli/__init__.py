@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     import logging
 
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
@@ -223,7 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         logging.getLogger("fiftyone.core.odm.database").addFilter(_QuietMongoNotice())
     try:
+        from fiftyone_lazsl.env import validate_environment
+
+        validate_environment()
         rc = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``... | head -1``): stop quietly, as a tool killed
+        # by SIGPIPE would; nothing more can be printed
+        _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print(f"fiftyone-lazsl {args.command}: interrupted", file=sys.stderr)
         if argv is None:
@@ -237,6 +247,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fiftyone-lazsl {args.command}: error: {msg}", file=sys.stderr)
         return 2
     return int(rc or 0)
+
+
+def _tolerant_streams() -> None:
+    """Let stdout and stderr replace characters their encoding cannot show
+    (a Latin-1 or ASCII terminal printing Chinese class names) instead of
+    failing with ``UnicodeEncodeError``."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError, OSError):  # not a text file, or detached
+            pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's final flush
+    after a closed pipe prints no "Exception ignored" message."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        pass
 
 
 def _exit_now(code: int) -> None:

@@ -173,7 +173,9 @@ class AttributeGenerator:
         self.max_chars = int(max_chars)
         self.concurrency = int(concurrency)
         self.json_mode = bool(json_mode)
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        from fiftyone_lazsl import env
+
+        base_url = base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         self.endpoint = public_url(base_url)
         key = api_key if api_key else resolve_api_key()
         if not key:
