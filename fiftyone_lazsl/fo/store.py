@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from fiftyone.core.collections import SampleCollection
 
 __all__ = ["INFO_KEY", "RECORD_VERSION", "COLLECTION", "MAX_SET_BYTES", "validate_set_name",
-           "safe_set_name", "save_attribute_set", "list_attribute_sets", "has_attribute_set",
+           "safe_set_name", "derived_set_name", "save_attribute_set", "list_attribute_sets", "has_attribute_set",
            "load_attribute_set", "delete_attribute_set", "copy_attribute_sets",
            "resolve_attribute_set",
            # re-exported (moved)
@@ -105,6 +105,33 @@ def safe_set_name(text: str | None) -> str:
     become ``_``; ``"attribute_set"`` if nothing is left."""
     s = re.sub(r"[^A-Za-z0-9_-]+", "_", str(text or "")).strip("_-")[:64]
     return s or "attribute_set"
+
+
+def derived_set_name(parent: str | None, suffix: str) -> str:
+    """The name of a set derived from ``parent`` (e.g. the doctor's pruned
+    copy, ``suffix="-pruned"``): ``<parent><suffix>`` when that is a valid name;
+    when it would be longer than 64 characters, ``parent`` is cut and a short
+    digest of the full parent name keeps derived names of different parents
+    apart: ``<first characters of parent>-<8 hex digits of SHA-1(parent)><suffix>``,
+    64 characters in all. Deterministic: the same parent always gives the same
+    name.
+
+    Args:
+        parent: the parent set's name (made valid with :func:`safe_set_name`).
+        suffix: what to append, letters, digits, ``_`` or ``-`` (at most 40 characters).
+
+    Returns:
+        a valid set name (:func:`validate_set_name`).
+    """
+    import hashlib
+
+    base = safe_set_name(parent)
+    name = base + suffix
+    if len(name) <= 64:
+        return validate_set_name(name)
+    digest = hashlib.sha1(str(parent).encode("utf-8")).hexdigest()[:8]
+    keep = 64 - len(suffix) - len(digest) - 1
+    return validate_set_name(f"{base[:keep].rstrip('_-')}-{digest}{suffix}")
 
 
 # ------------------------------------------------------------------ records
