@@ -59,19 +59,15 @@ class ResponseTooLargeError(MalformedAnswerError):
 # ------------------------------------------------------------------ scrubbing
 def secret_forms(key: str | None) -> list[bytes]:
     """The byte strings under which ``key`` may appear in an answer: itself,
-    ``Bearer <key>``, JSON-escaped (ASCII and ``\\/`` forms), URL-encoded, and
-    base64 (standard and URL-safe, with and without ``Bearer``), longest first.
+    JSON-escaped (ASCII and ``\\/`` forms), URL-encoded, and base64 (standard
+    and URL-safe, of the key and of ``Bearer <key>``), longest first.
     Empty for None or an empty key."""
     if not key:
         return []
-    forms: set[str] = set()
-    for s in (key, f"Bearer {key}"):
-        forms.add(s)
-        forms.add(json.dumps(s)[1:-1])
-        forms.add(json.dumps(s, ensure_ascii=False)[1:-1])
-        forms.add(json.dumps(s)[1:-1].replace("/", "\\/"))
-        forms.add(urllib.parse.quote(s, safe=""))
-        forms.add(urllib.parse.quote_plus(s))
+    forms: set[str] = {key, json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1],
+                       json.dumps(key)[1:-1].replace("/", "\\/"),
+                       urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}
+    for s in (key, f"Bearer {key}"):  # base64 does not contain the key's own text
         raw = s.encode("utf-8")
         for enc in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
             forms.add(enc.decode("ascii"))
