@@ -7,7 +7,6 @@ import os
 import subprocess
 
 import badfiles as bf
-from fiftyone_lazsl.fo.store import derived_set_name, validate_set_name
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
@@ -15,6 +14,8 @@ from cli_helpers import ENV, EXE  # noqa: E402
 
 
 def test_derived_names_are_valid_and_deterministic():
+    from fiftyone_lazsl.fo.store import derived_set_name, validate_set_name
+
     assert derived_set_name("cub", "-pruned") == "cub-pruned"
     long_a, long_b = "a" * 63 + "1", "a" * 63 + "2"
     da, db = derived_set_name(long_a, "-pruned"), derived_set_name(long_b, "-pruned")
