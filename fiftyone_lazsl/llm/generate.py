@@ -10,7 +10,12 @@ For every class one request asks for ``n`` short visual attributes, with an
 optional domain hint ("bird species"). The answer is requested as JSON
 (``response_format={"type": "json_object"}``); an endpoint that rejects that
 option (HTTP 400/422) is asked again, for the rest of the run, without it.
-Replies are parsed and cleaned by :mod:`fiftyone_lazsl.llm.text`. A class whose
+Every answer is read through :mod:`fiftyone_lazsl.llm.response`: bounded in
+size (a decompression bomb is refused), scrubbed of the API key in any
+encoding before anything parses, caches or writes it, and parsed by one
+parser that accepts every chat-completion form of OpenAI and compatible
+servers (an unusable answer fails its class with a one-line warning). The
+attribute text is then cleaned by :mod:`fiftyone_lazsl.llm.text`. A class whose
 answer has no usable attribute (empty, refusal, prose) is asked once more with
 a stricter reminder; if that fails too it keeps an empty list, which LaZSL
 scores with a class-name-only prompt, and the set records a warning. A class
@@ -25,8 +30,10 @@ answer cannot hold a class (or the run) forever: the class fails with a warning.
 Ctrl-C stops the run at once (the calling thread never waits for requests in
 flight; they are abandoned with their daemon threads). Usable answers are
 cached on disk (:mod:`fiftyone_lazsl.llm.cache`) as each class finishes, so
-re-running costs nothing and an interrupted run resumes. The API key is never stored or logged, and is
-scrubbed from error messages (:mod:`fiftyone_lazsl.llm.secrets`).
+re-running costs nothing and an interrupted run resumes; a cache that cannot be
+written is reported once and the run goes on without it. The API key is never
+stored or logged, and is scrubbed from error messages
+(:mod:`fiftyone_lazsl.llm.secrets`).
 """
 
 from __future__ import annotations
@@ -55,6 +62,9 @@ DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_N = 8
 #: Placeholder key sent to local servers that need none (the client requires one).
 NO_KEY = "no-key"
+#: Characters of a raw reply kept in its cache record (for inspection only;
+#: answers themselves are bounded by :data:`fiftyone_lazsl.llm.response.MAX_RESPONSE_BYTES`).
+MAX_CACHED_REPLY = 20_000
 
 SYSTEM_PROMPT = (
     "You are an expert in visual recognition. You describe what things look like "
@@ -333,7 +343,7 @@ class AttributeGenerator:
                 self._cache_put(prompt_name, {
                     "class": prompt_name, "endpoint": self.endpoint, "model": self.model,
                     "prompt_version": PROMPT_VERSION, "n": self.n, "hint": self.hint,
-                    "attributes": attrs, "reply": content,
+                    "attributes": attrs, "reply": (content or "")[:MAX_CACHED_REPLY],
                 })
                 return ClassResult(class_name, prompt_name, attrs, requests=counter[0])
             if not content or not content.strip():
