@@ -209,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fiftyone-lazsl`` console script.
 
     Returns the exit status: 0, 2 for an expected failure (one line on
-    stderr, see :func:`expected_failure`), 130 after Ctrl-C. Other exceptions
+    stderr, see :func:`expected_failure`), 130 after Ctrl-C, 141 (as a
+    command killed by SIGPIPE) when the reader of stdout went away
+    (``... | head -1``), without a message. Malformed environment variables
+    (:mod:`fiftyone_lazsl.env`) are expected failures, checked first.
+    Characters the terminal's encoding cannot show are replaced. Other exceptions
     are bugs and keep their traceback. Run as the console script
     (``argv=None``), Ctrl-C exits at once without waiting for abandoned
     worker threads (network requests in flight).
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader went away (``... | head -1``): stop quietly, as a tool killed
         # by SIGPIPE would; nothing more can be printed
-        _silence_stdout()
+        if argv is None:  # the console script: its own stdout, not a caller's
+            _silence_stdout()
         return 141
     except KeyboardInterrupt:
         print(f"fiftyone-lazsl {args.command}: interrupted", file=sys.stderr)
