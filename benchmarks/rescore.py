@@ -1,4 +1,4 @@
-"""Re-scoring benchmark (issue 16), a separate mode of ``benchmarks/run.py``
+"""Re-scoring benchmark, a separate mode of ``benchmarks/run.py``
 (``--rescore``): re-scoring a view with a new attribute set from stored
 features vs a fresh run per image, store bytes per sample, and peak memory of
 re-scoring 100 vs 1,000 samples.

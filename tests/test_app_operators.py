@@ -1,4 +1,4 @@
-"""Issue 12 acceptance: every operator of the plugin used from the real
+"""Every operator of the plugin used from the real
 FiftyOne App, the way a user does it, in Debian's headless Chromium.
 
 One App server (a subprocess on localhost, this checkout as its plugin,
@@ -30,7 +30,7 @@ The model is the tiny random-weight open_clip config (given to the server by
 ``FIFTYONE_LAZSL_MODEL_CONFIGS``) with a saved checkpoint. With
 ``LAZSL_DOCS_SCREENSHOTS=<dir>`` a run in progress and its success
 notification are saved there as ``app_run_progress.png`` / ``app_run_done.png``
-(how the README's screenshots are made). Failure screenshots and page text go
+(how the screenshots of docs/app.md are made). Failure screenshots and page text go
 to ``$LAZSL_TEST_ARTIFACTS`` (default ``tests/artifacts/``).
 """
 

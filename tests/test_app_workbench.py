@@ -1,4 +1,4 @@
-"""Issue 16 acceptance: in the real App (headless Chromium), the explanations
+"""In the real App (headless Chromium), the explanations
 panel's attribute workbench edits the predicted class's attributes, re-scores
 the open sample and the view from stored features, and the labels change as
 the library computes them."""

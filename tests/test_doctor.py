@@ -1,4 +1,4 @@
-"""Issue 16: attribute doctor. Its figures match those computed independently
+"""Attribute doctor. Its figures match those computed independently
 from a fresh run's per-sample evidence (real photos, tiny model, float32
 store); duplicates and degenerate classes are found; views and the pruned set
 are saved; the CLI runs through its process."""

@@ -1,4 +1,4 @@
-"""Issue 16: float16 feature storage and the stated re-scoring tolerance.
+"""Float16 feature storage and the stated re-scoring tolerance.
 
 The vision selection is a hard threshold (official rule: drop crop ``n`` when
 ``x_n.g < mean(x.g) + gamma``), so rounding the stored embeddings to float16

@@ -1,4 +1,4 @@
-"""Issue 16: the feature store. Round trips (float16 / float32), stale files
+"""The feature store. Round trips (float16 / float32), stale files
 not served, SIGKILL while writing leaves it consistent, two writer processes
 corrupt nothing, info/prune, and ``LaZSLClassifier.predict_features`` on
 stored features equals ``predict_tensors`` on the images."""

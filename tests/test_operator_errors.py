@@ -1,4 +1,4 @@
-"""Issue 12: progress stage labels of ``run_lazsl``, and user errors of the
+"""Progress stage labels of ``run_lazsl``, and user errors of the
 operators as one plain line (immediate: an error notification; delegated: a
 failed operation whose error message is that line), through FiftyOne's
 operator executor and delegated-operation service (the App itself is driven

@@ -27,6 +27,7 @@ import json, pathlib, sys
 import fiftyone_lazsl
 from fiftyone_lazsl.core import published
 from fiftyone_lazsl.testing import tiny_clip
+from fiftyone_lazsl.cli import demo
 sets = published.list_published()
 entry = published.get_published_entry(sets[0]["name"])
 print(json.dumps({
@@ -36,6 +37,13 @@ print(json.dumps({
     "entry_has_sha": len(entry["sha256"]) == 64,
     "tiny_config": str(tiny_clip._CONFIG),
     "tiny_config_exists": pathlib.Path(tiny_clip._CONFIG).is_file(),
+    "demo_images": str(demo.DEFAULT_IMAGES),
+    "demo_files": sorted(str(p.relative_to(demo.DEFAULT_IMAGES))
+                         for p in demo.DEFAULT_IMAGES.rglob("*") if p.is_file()),
+    "demo_set": str(published.find_local_copy(demo.DEFAULT_ATTRIBUTES,
+                                              cache_dir=pathlib.Path.cwd() / "no-cache",
+                                              local_dirs=[demo.DEMO_DATA])),
+    "attribution": (demo.DEMO_DATA / "ATTRIBUTION.md").is_file(),
 }))
 """
 
@@ -72,6 +80,13 @@ def test_wheel_install_ships_registry_and_tiny_config(tmp_path):
     assert got["names"] == names and "cub" in names and got["entry_has_sha"]
     assert got["tiny_config_exists"]
     assert pathlib.Path(got["tiny_config"]).resolve().is_relative_to(target.resolve())
+    # the demo's packaged photos, attribute set (hash-verified) and attribution ship
+    demo_src = REPO / "fiftyone_lazsl" / "data" / "demo" / "pets"
+    expected_photos = sorted(str(p.relative_to(demo_src)) for p in demo_src.rglob("*.jpg"))
+    assert len(expected_photos) >= 20 and got["demo_files"] == expected_photos
+    assert pathlib.Path(got["demo_images"]).resolve().is_relative_to(target.resolve())
+    assert pathlib.Path(got["demo_set"]).resolve().is_relative_to(target.resolve())
+    assert got["attribution"]
 
 
 def test_fiftyone_version_gate():

@@ -1,4 +1,4 @@
-"""Issue 13: the visual set is exactly what the model and the official code
+"""The visual set is exactly what the model and the official code
 feed the encoder.
 
 The reference is open_clip's own ``preprocess`` (the third value of

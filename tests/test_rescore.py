@@ -1,4 +1,4 @@
-"""Issue 16: re-scoring from stored features equals a fresh run with the same
+"""Re-scoring from stored features equals a fresh run with the same
 parameters and the new attribute set (real photos, real MongoDB, tiny model):
 float32 storage to 1e-6, float16 within the stated tolerance; missing and
 changed files; the run record; the CLI through its process."""

@@ -1,4 +1,4 @@
-"""Issue 16: the operators (run_lazsl with store_features, rescore_lazsl,
+"""The operators (run_lazsl with store_features, rescore_lazsl,
 attribute_doctor) executed through FiftyOne's operator executor, as the App
 does, give what the Python functions give."""
 

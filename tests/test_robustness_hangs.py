@@ -1,4 +1,4 @@
-"""Issue 14, items 4 and 5: nothing hangs.
+"""Nothing hangs.
 
 Decoding: a FIFO, a socket or a device named like an image is refused without
 being read (a FIFO without a writer used to block a decode worker forever); a

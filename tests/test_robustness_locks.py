@@ -1,4 +1,4 @@
-"""Issue 14, items 2 and 3: one writer per label field, and run records that
+"""One writer per label field, and run records that
 tell the truth.
 
 A real ``fiftyone-lazsl classify`` process holds the write lock of its label

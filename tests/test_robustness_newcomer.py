@@ -1,4 +1,4 @@
-"""Issue 14, items 6, 7 and 10-13: import-folder takes images only (by
+"""Import-folder takes images only (by
 content) and says what it skipped; the CLI turns expected failures (database
 unavailable, disk full, missing folders) into one line and exit status 2,
 keeps tracebacks for bugs (``--debug`` shows them for expected failures too),
@@ -157,13 +157,15 @@ def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, t
     if (cache / "cub.json").exists():
         (cache / "cub.json").unlink()
     env = {"FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS": ""}
+    # images by flag, the attribute set by variable (both point the demo anywhere)
     r = _cli("demo", "--images", str(root), "--dataset", "demo-test", "--model",
              tiny_clip.TINY_MODEL, "--pretrained", "none", "--per-class", "2", "--n-crops", "3",
-             env=env, timeout=600)
+             env=dict(env, DEMO_ATTRIBUTES="cub"), timeout=600)
     try:
         assert r.returncode == 0, r.stderr
         out = r.stdout
-        assert "dataset 'demo-test': 6 images, 3 classes" in out  # no .DS_Store or README
+        assert "dataset 'demo-test': 6 images, 3 classes" in out
+        assert "attribute set 'cub' (" in out  # no .DS_Store or README
         prog = [l for l in out.splitlines() if l.startswith("progress: ")]
         assert prog and prog[-1].startswith("progress: 100%"), out
         assert out.index(prog[-1]) < out.index("samples classified into field 'lazsl'")
@@ -182,17 +184,12 @@ def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, t
 
 
 def _readme_examples() -> list[str]:
-    """``fiftyone-lazsl ...`` command lines from README.md's ```bash blocks
-    (continuation lines joined)."""
-    text = (ROOT / "README.md").read_text()
-    cmds = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        block = block.replace("\\\n", " ")
-        for line in block.splitlines():
-            line = line.split(" #")[0].strip()
-            if line.startswith("fiftyone-lazsl "):
-                cmds.append(line)
-    return cmds
+    """``fiftyone-lazsl ...`` command lines of the shell blocks of README.md and
+    docs/*.md that are not marked ``doc-test: skip`` (see tests/doc_blocks.py)."""
+    from doc_blocks import CHECKED_LANGS, blocks, cli_lines
+
+    return [c for b in blocks() if b.lang in CHECKED_LANGS[1:] and b.marker != "skip"
+            for c in cli_lines(b.text)]
 
 
 def _expand_optional(cmd: str) -> str:
@@ -213,7 +210,7 @@ def test_readme_cli_examples_parse():
         try:
             args = parser.parse_args(argv)
         except SystemExit:
-            pytest.fail(f"README example does not parse: {cmd}")
+            pytest.fail(f"documented example does not parse: {cmd}")
         assert callable(args.func), cmd
 
 

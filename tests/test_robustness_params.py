@@ -1,4 +1,4 @@
-"""Issue 14, items 1, 7, 8: every bad parameter is refused with one line and
+"""Every bad parameter is refused with one line and
 exit status 2 *before* anything is written, so a dataset holding an earlier
 completed run keeps every byte of it (predictions, errors, run record,
 ``dataset.classes``). Domain checks of the library: missing or unknown torch

@@ -1,4 +1,4 @@
-"""Issue 16 / 12: the explanations panel's attribute workbench and grid mode,
+"""The explanations panel's attribute workbench and grid mode,
 driven through FiftyOne's operator executor the way the App sends panel
 events (the browser test drives the same panel in the real App)."""
 

@@ -1,4 +1,4 @@
-"""Issue 17 acceptance: the repository as a FiftyOne remote zoo model source.
+"""The repository as a FiftyOne remote zoo model source.
 
 The source is registered with FiftyOne's own ``register_zoo_model_source``
 from an archive of the repository served over HTTP on the loopback interface

@@ -1,12 +1,14 @@
 """``demo`` sub-command: the main job end to end on real photos.
 
-Builds a dataset from a folder of class sub-folders (``$DEMO_IMAGES``, default
-``../shared/data/images/cub`` next to a checkout), imports the matching
-attribute set (``$DEMO_ATTRIBUTES``, default the published ``cub`` set), runs
-LaZSL with ViT-B-32 — pretrained ``openai`` weights when they are cached or the
-hub is reachable, otherwise random weights behind a loud banner, recorded in
-the run's provenance — and prints accuracy, matched attributes and the command
-that opens the App.
+Builds a dataset from a folder of class sub-folders (``--images`` /
+``$DEMO_IMAGES``; default the Oxford-IIIT Pet photos packaged with this project
+in ``fiftyone_lazsl/data/demo/pets``, see ``fiftyone_lazsl/data/demo/ATTRIBUTION.md``),
+imports the matching attribute set (``--attributes`` / ``$DEMO_ATTRIBUTES``;
+default the published ``pets`` set, packaged alongside), runs LaZSL with
+ViT-B-32 — pretrained ``openai`` weights when they are cached or the hub is
+reachable, otherwise random weights behind a loud banner, recorded in the run's
+provenance — and prints accuracy, matched attributes, the command that opens
+the App and how to run it on your own folder.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ if TYPE_CHECKING:
     from fiftyone_lazsl.core.models import LoadedModel
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_IMAGES = _REPO.parent / "shared" / "data" / "images" / "cub"
-DEFAULT_ATTRIBUTE_DIRS = [_REPO.parent / "shared" / "data" / "attribute_sets"]
+#: Demo data shipped as package data (works after a non-editable install).
+DEMO_DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "demo"
+DEFAULT_IMAGES = DEMO_DATA / "pets"
+DEFAULT_ATTRIBUTES = "pets"
+# Verified local copies of published sets: the packaged demo set, then the
+# development data folder next to a checkout (CUB and others), when present.
+DEFAULT_ATTRIBUTE_DIRS = [DEMO_DATA, _REPO.parent / "shared" / "data" / "attribute_sets"]
 
 BANNER = """
 ##############################################################################
@@ -102,9 +109,11 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     """Run the demo; returns the summary numbers it prints.
 
     Args:
-        images: folder with one sub-folder per class.
+        images: folder with one sub-folder per class (default ``$DEMO_IMAGES``,
+            else the packaged pet photos).
         dataset_name: persistent dataset created (replaced if it exists).
-        attributes: attribute-set JSON file or published name (default ``cub``).
+        attributes: attribute-set JSON file or published name (default
+            ``$DEMO_ATTRIBUTES``, else ``pets``, packaged).
         per_class: images per class taken from ``images`` (0 = all).
 
     Raises:
@@ -122,7 +131,7 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     images = pathlib.Path(images or env.get("DEMO_IMAGES") or DEFAULT_IMAGES)
     if not images.is_dir():
         raise UserError(f"demo images not found at {images}; set DEMO_IMAGES=/path/to/<class>/<image> folders")
-    attributes = attributes or env.get("DEMO_ATTRIBUTES") or "cub"
+    attributes = attributes or env.get("DEMO_ATTRIBUTES") or DEFAULT_ATTRIBUTES
     if os.path.isfile(attributes):
         aset = AttributeSet.from_json(attributes)
     else:
@@ -156,6 +165,8 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
         if progress is not True:
             progress.close()
     print(summary, file=out)
+    for _, path, reason in summary.failures[:3]:
+        print(f"  not classified: {os.path.basename(path)}: {reason}", file=out)
 
     gts, preds, attrs, paths = ds.values(["ground_truth.label", "lazsl.label", "lazsl_attributes",
                                           "filepath"])
@@ -167,17 +178,29 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     print("matched attributes (top 3 by contribution to the score):", file=out)
     for g, p, a, f in list(zip(gts, preds, attrs, paths))[:: max(1, len(paths) // 5)][:5]:
         print(f"  {os.path.basename(f)}: true {g!r}, predicted {p!r}: {'; '.join((a or [])[:3])}", file=out)
-    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
-    cmd = exe if os.path.isfile(exe) and not _on_path("fiftyone-lazsl") else "fiftyone-lazsl"
-    print(f"open the App:  {cmd} app --dataset {dataset_name}", file=out)
+    cli = cli_command()
+    print("", file=out)
+    print(f"open the App on the result:\n  {cli} app --dataset {dataset_name}", file=out)
+    print("run it on your own photos (one sub-folder per class; an attribute-set JSON "
+          "{class: [attribute, ...]} or a published name, e.g. cub, imagenet):\n"
+          f"  {cli} demo --images /path/to/folder --attributes my_attributes.json "
+          "--dataset my-photos --per-class 0", file=out)
     return {"accuracy": acc, "num_samples": len(ds), "num_predicted": summary.num_predicted,
             "random_weights": not real}
 
 
-def _on_path(name: str) -> bool:
+def cli_command() -> str:
+    """How to call ``fiftyone-lazsl`` from a shell here: the bare name when it
+    is on ``PATH``, else the full path of the script next to this interpreter,
+    else ``<python> -m fiftyone_lazsl.cli``."""
     import shutil
 
-    return shutil.which(name) is not None
+    if shutil.which("fiftyone-lazsl"):
+        return "fiftyone-lazsl"
+    exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
+    if os.path.isfile(exe):
+        return exe
+    return f"{sys.executable} -m fiftyone_lazsl.cli"
 
 
 def _demo(args) -> int:
@@ -193,9 +216,9 @@ def _demo(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="classify real photos end to end and print a summary")
-    p.add_argument("--images", default=None, help="folder of class sub-folders (default $DEMO_IMAGES or CUB photos)")
+    p.add_argument("--images", default=None, help="folder of class sub-folders (default $DEMO_IMAGES, else the packaged pet photos)")
     p.add_argument("--dataset", default="lazsl-demo")
-    p.add_argument("--attributes", default=None, help="attribute-set file or published name (default cub)")
+    p.add_argument("--attributes", default=None, help="attribute-set file or published name (default $DEMO_ATTRIBUTES, else pets)")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--pretrained", default=None,
                    help="pretrained weights tag or file (default $DEMO_PRETRAINED or openai)")

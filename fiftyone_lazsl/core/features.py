@@ -42,7 +42,8 @@ file is missing or changed) and rewrites shards to drop dead bytes;
 :meth:`FeatureStore.info` reports the size.
 
 Only NumPy and the standard library (``sqlite3``) are needed; see
-``docs/notes-16.md`` for why this format rather than Zarr or Lance.
+``docs/feature-store.md`` ("Why this format") for why this format rather than
+Zarr or Lance.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
 
     The results equal a fresh :func:`run_lazsl` with the same parameters up to
     the storage precision (float32 storage: identical to 1e-6; float16: see
-    ``docs/notes-16.md`` and ``tests/test_rescore.py``).
+    ``docs/feature-store.md``, "Re-scoring", and ``tests/test_feature_precision.py``).
     """
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
     from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
