@@ -75,7 +75,8 @@ CHUNK_BYTES = 8 << 20
 #: Largest set stored, as JSON (bytes): 1 GiB, far beyond any real vocabulary
 #: (the 49 MB of a 200-class set with 10 kB attributes is fine).
 MAX_SET_BYTES = 1 << 30
-#: Most warnings kept in a set's header (the listing); the record keeps all.
+#: Most warnings (of at most 1000 characters each) kept in a set's header, which
+#: :func:`list_attribute_sets` reads; the record itself keeps them all.
 _HEADER_WARNINGS = 200
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -227,7 +228,8 @@ def _write(dataset: fo.Dataset, name: str, record: dict, *, overwrite: bool,
         "num_attributes": sum(len(a) for a in attrs if isinstance(a, list)),
         "source": record.get("source"), "format": record.get("format", "descriptors"),
         "hash": record.get("hash"), "num_warnings": len(warnings),
-        "warnings": warnings[:_HEADER_WARNINGS], "saved_at": record.get("saved_at"),
+        "warnings": [str(w)[:1000] for w in warnings[:_HEADER_WARNINGS]],
+        "saved_at": record.get("saved_at"),
     }
     try:
         if overwrite:
