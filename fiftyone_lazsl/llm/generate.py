@@ -254,7 +254,13 @@ class AttributeGenerator:
 
     def _complete(self, messages: list[dict], counter: list) -> tuple[str | None, str | None]:
         """One chat completion; returns ``(content, refusal)``; ``counter[0]``
-        is increased for every call made (a JSON-mode rejection makes two)."""
+        is increased for every call made (a JSON-mode rejection makes two).
+
+        Raises:
+            MalformedAnswerError: the answer is too large or not a chat
+                completion (see :mod:`fiftyone_lazsl.llm.response`).
+            openai.OpenAIError: what the client raises (status, connection, timeout).
+        """
         import openai
 
         kwargs = {"model": self.model, "messages": messages}
