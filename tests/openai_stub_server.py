@@ -42,6 +42,61 @@ def status(code, message="scripted error", retry_after_ms=10, echo_auth=False):
             "retry_after_ms": retry_after_ms, "echo_auth": echo_auth}
 
 
+def raw(body, content_type="application/json", encoding=None, code=200):
+    """A body sent as is (bytes or text): for answers that are not a chat
+    completion, or hostile ones. Text may hold the placeholders of
+    :func:`fill` (the request's key, echoed back). ``encoding="gzip"``
+    compresses it (and sends ``Content-Encoding: gzip``)."""
+    return {"kind": "raw", "body": body, "content_type": content_type,
+            "encoding": encoding, "code": code}
+
+
+def completion(message=None, choice=None, **fields):
+    """A chat completion whose first choice is ``choice`` (default
+    ``{"index": 0, "message": message, "finish_reason": "stop"}``), for
+    answers in unusual shapes (``content`` as a list of parts, an object, a
+    number; a choice without ``message``)."""
+    if choice is None:
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    body = dict({"id": "chatcmpl-x", "object": "chat.completion", "created": 1700000000,
+                 "model": "stub", "choices": [choice]}, **fields)
+    return raw(json.dumps(body))
+
+
+def event_stream(pieces, valid=True):
+    """A server-sent-event stream of ``chat.completion.chunk`` events whose
+    deltas carry ``pieces`` (sent although no stream was asked for);
+    ``valid=False`` sends events that are not JSON."""
+    lines = []
+    for i, p in enumerate(pieces):
+        chunk = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1700000000,
+                 "model": "stub", "choices": [{"index": 0, "delta": (
+                     {"role": "assistant", "content": p} if i == 0 else {"content": p}),
+                     "finish_reason": None}]}
+        lines.append("data: " + (json.dumps(chunk) if valid else "{not json " + p) + "\n\n")
+    lines.append("data: [DONE]\n\n")
+    return raw("".join(lines), content_type="text/event-stream")
+
+
+def gzip_bomb(decoded_bytes):
+    """A 200 answer whose gzip body inflates to ``decoded_bytes`` bytes (a JSON
+    completion whose content is one enormous attribute)."""
+    return {"kind": "bomb", "size": int(decoded_bytes)}
+
+
+def fill(text, auth):
+    """``text`` with ``{AUTHORIZATION}`` (the request's Authorization header),
+    ``{KEY}`` (the key in it), ``{KEY_B64}`` (the key in base64) and
+    ``{KEY_U}`` (the key as JSON ``\\uXXXX`` escapes) replaced."""
+    import base64
+
+    auth = auth or ""
+    key = auth.split(" ", 1)[-1]
+    return (text.replace("{AUTHORIZATION}", auth).replace("{KEY}", key)
+            .replace("{KEY_B64}", base64.b64encode(key.encode()).decode())
+            .replace("{KEY_U}", "".join(f"\\u{ord(c):04x}" for c in key)))
+
+
 def delayed(seconds, reply):
     """``reply`` after sleeping ``seconds`` (longer than the client timeout
     makes the request time out)."""
@@ -156,11 +211,28 @@ class StubOpenAI:
                     message += f" (you sent {h.headers.get('Authorization')})"
                 headers = {"retry-after-ms": str(reply["retry_after_ms"])}
                 return self._send(h, reply["code"], {"error": {"message": message}}, headers)
+            auth = h.headers.get("Authorization")
+            if reply["kind"] == "raw":
+                body = reply["body"]
+                if isinstance(body, str):
+                    body = fill(body, auth).encode("utf-8")
+                headers = {}
+                if reply["encoding"] == "gzip":
+                    import gzip
+
+                    body = gzip.compress(body)
+                    headers["Content-Encoding"] = "gzip"
+                return self._send_bytes(h, reply["code"], body, reply["content_type"], headers)
+            if reply["kind"] == "bomb":
+                return self._send_bytes(h, 200, _bomb(reply["size"]), "application/json",
+                                        {"Content-Encoding": "gzip"})
             send = self._send
             if reply.get("trickle"):
                 send = lambda h, code, payload: self._send_trickle(h, code, payload,  # noqa: E731
                                                                    reply["trickle"])
-            message = {"role": "assistant", "content": reply.get("content")}
+            text = reply.get("content")
+            message = {"role": "assistant",
+                       "content": fill(text, auth) if isinstance(text, str) else text}
             if reply["kind"] == "refusal":
                 message = {"role": "assistant", "content": None, "refusal": reply["refusal"]}
             return send(h, 200, {
@@ -194,6 +266,19 @@ class StubOpenAI:
             pass
 
     @staticmethod
+    def _send_bytes(h, code, data, content_type, headers=None):
+        try:
+            h.send_response(code)
+            h.send_header("Content-Type", content_type)
+            h.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    @staticmethod
     def _send(h, code, payload, headers=None):
         data = json.dumps(payload).encode()
         try:
@@ -206,3 +291,28 @@ class StubOpenAI:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+_BOMBS = {}
+
+
+def _bomb(size):
+    """gzip bytes of a chat completion padded to ``size`` bytes once inflated
+    (built in 1 MiB steps, so the test process never holds the inflated body)."""
+    if size not in _BOMBS:
+        import zlib
+
+        head = b'{"id":"x","object":"chat.completion","created":1,"model":"stub","choices":' \
+               b'[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"'
+        tail = b'"}}]}'
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        parts = [c.compress(head)]
+        left = size - len(head) - len(tail)
+        block = b"a" * (1 << 20)
+        while left > 0:
+            parts.append(c.compress(block[:min(left, len(block))]))
+            left -= len(block)
+        parts.append(c.compress(tail))
+        parts.append(c.flush())
+        _BOMBS[size] = b"".join(parts)
+    return _BOMBS[size]

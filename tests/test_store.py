@@ -150,10 +150,18 @@ def test_persisted_across_processes(dataset):
 
 
 def test_corrupt_record_is_detected(dataset):
+    import zlib
+
+    import fiftyone.core.odm.database as fod
+
     store.save_attribute_set(dataset, _small())
-    info = dataset.info
-    info[store.INFO_KEY]["small"]["attributes"][0] = ["tampered"]
-    dataset.info = info
+    coll = fod.get_db_conn()[store.COLLECTION]
+    header = coll.find_one({"kind": "header", "dataset_name": dataset.name, "name": "small"})
+    chunk = coll.find_one({"kind": "chunk", "set": header["_id"]})
+    record = json.loads(zlib.decompress(chunk["data"]))
+    record["attributes"][0] = ["tampered"]
+    coll.update_one({"_id": chunk["_id"]},
+                    {"$set": {"data": zlib.compress(json.dumps(record).encode())}})
     with pytest.raises(AttributeSetError, match="corrupt: content hash"):
         store.load_attribute_set(dataset, "small")
 

@@ -209,13 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fiftyone-lazsl`` console script.
 
     Returns the exit status: 0, 2 for an expected failure (one line on
-    stderr, see :func:`expected_failure`), 130 after Ctrl-C. Other exceptions
+    stderr, see :func:`expected_failure`), 130 after Ctrl-C, 141 (as a
+    command killed by SIGPIPE) when the reader of stdout went away
+    (``... | head -1``), without a message. Malformed environment variables
+    (:mod:`fiftyone_lazsl.env`) are expected failures, checked first.
+    Characters the terminal's encoding cannot show are replaced. Other exceptions
     are bugs and keep their traceback. Run as the console script
     (``argv=None``), Ctrl-C exits at once without waiting for abandoned
     worker threads (network requests in flight).
     """
     import logging
 
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
@@ -223,7 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         logging.getLogger("fiftyone.core.odm.database").addFilter(_QuietMongoNotice())
     try:
+        from fiftyone_lazsl.env import validate_environment
+
+        validate_environment()
         rc = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``... | head -1``): stop quietly, as a tool killed
+        # by SIGPIPE would; nothing more can be printed
+        if argv is None:  # the console script: its own stdout, not a caller's
+            _silence_stdout()
+        return 141
     except KeyboardInterrupt:
         print(f"fiftyone-lazsl {args.command}: interrupted", file=sys.stderr)
         if argv is None:
@@ -237,6 +252,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fiftyone-lazsl {args.command}: error: {msg}", file=sys.stderr)
         return 2
     return int(rc or 0)
+
+
+def _tolerant_streams() -> None:
+    """Let stdout and stderr replace characters their encoding cannot show
+    (a Latin-1 or ASCII terminal printing Chinese class names) instead of
+    failing with ``UnicodeEncodeError``."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError, OSError):  # not a text file, or detached
+            pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's final flush
+    after a closed pipe prints no "Exception ignored" message."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        pass
 
 
 def _exit_now(code: int) -> None:

@@ -126,10 +126,12 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     from fiftyone_lazsl.core.attributes import AttributeSet
     from fiftyone_lazsl.cli.datasets import import_folder
 
-    images = pathlib.Path(images or os.environ.get("DEMO_IMAGES") or DEFAULT_IMAGES)
+    from fiftyone_lazsl import env
+
+    images = pathlib.Path(images or env.get("DEMO_IMAGES") or DEFAULT_IMAGES)
     if not images.is_dir():
         raise UserError(f"demo images not found at {images}; set DEMO_IMAGES=/path/to/<class>/<image> folders")
-    attributes = attributes or os.environ.get("DEMO_ATTRIBUTES") or DEFAULT_ATTRIBUTES
+    attributes = attributes or env.get("DEMO_ATTRIBUTES") or DEFAULT_ATTRIBUTES
     if os.path.isfile(attributes):
         aset = AttributeSet.from_json(attributes)
     else:
@@ -202,8 +204,12 @@ def cli_command() -> str:
 
 
 def _demo(args) -> int:
+    from fiftyone_lazsl import env
+
+    pretrained = env.get("DEMO_PRETRAINED") if args.pretrained is None else args.pretrained
+    per_class = env.get("DEMO_PER_CLASS") if args.per_class is None else args.per_class
     run_demo(args.images, dataset_name=args.dataset, attributes=args.attributes, model=args.model,
-             pretrained=args.pretrained, per_class=args.per_class, n_crops=args.n_crops,
+             pretrained=pretrained, per_class=per_class, n_crops=args.n_crops,
              batch_size=args.batch_size)
     return 0
 
@@ -214,9 +220,11 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="lazsl-demo")
     p.add_argument("--attributes", default=None, help="attribute-set file or published name (default $DEMO_ATTRIBUTES, else pets)")
     p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--pretrained", default=os.environ.get("DEMO_PRETRAINED", "openai"))
-    p.add_argument("--per-class", type=int, default=int(os.environ.get("DEMO_PER_CLASS", "2")),
-                   help="images per class (0 = all; default 2 keeps the CPU demo within minutes)")
+    p.add_argument("--pretrained", default=None,
+                   help="pretrained weights tag or file (default $DEMO_PRETRAINED or openai)")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="images per class (0 = all; default $DEMO_PER_CLASS or 2, which keeps "
+                        "the CPU demo within minutes)")
     p.add_argument("--n-crops", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=_demo)

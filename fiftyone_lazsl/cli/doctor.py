@@ -53,5 +53,7 @@ def add_doctor(attr_sub: argparse._SubParsersAction) -> None:
     d.add_argument("--json", action="store_true")
     d.add_argument("--no-views", action="store_true", help="do not save a view per flagged attribute")
     d.add_argument("--no-pruned", action="store_true", help="do not save the proposed pruned set")
-    d.add_argument("--pruned-name", default=None, help="name of the pruned set (default <set>-pruned)")
+    d.add_argument("--pruned-name", default=None,
+                   help="name of the pruned set (default <set>-pruned; past 64 characters the "
+                        "set name is cut and an 8-digit digest of it added)")
     d.set_defaults(func=_doctor)

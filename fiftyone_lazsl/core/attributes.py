@@ -41,6 +41,49 @@ def class_key(name: str) -> str:
     return " ".join(_clean_name(name).casefold().split())
 
 
+#: Fields of a ``<file>.meta.json`` sidecar and the JSON types they must have.
+_SIDECAR_TYPES = {"name": (str, "a string"), "source": (str, "a string"),
+                  "format": (str, "a string"), "warnings": (list, "a list of strings"),
+                  "metadata": (dict, "an object")}
+
+
+def _read_sidecar(meta_path: str) -> dict:
+    """The ``<file>.meta.json`` sidecar of an attribute-set file ({} if absent).
+
+    Raises:
+        AttributeSetError: unreadable, not JSON, not an object, or a field of the
+            wrong type (``warnings`` a number, ``metadata`` a string...); the
+            message names the file and the field.
+    """
+    if not os.path.exists(meta_path):
+        return {}
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except OSError as e:
+        raise AttributeSetError(f"cannot read sidecar {meta_path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise AttributeSetError(f"sidecar {meta_path} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise AttributeSetError(f"sidecar {meta_path} is not valid JSON: {e.msg} at line "
+                                f"{e.lineno}, column {e.colno}") from None
+    if not isinstance(meta, dict):
+        raise AttributeSetError(f"sidecar {meta_path} must hold a JSON object (name, source, "
+                                f"format, warnings, metadata), not a {type(meta).__name__}")
+    for key, (typ, what) in _SIDECAR_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, typ) or (key == "warnings" and
+                                          not all(isinstance(w, str) for w in value)):
+            raise AttributeSetError(f"sidecar {meta_path}: {key!r} must be {what}, not "
+                                    f"{json.dumps(value)[:60]}")
+    if meta.get("format") is not None and meta["format"] not in FORMATS:
+        raise AttributeSetError(f"sidecar {meta_path}: 'format' must be one of {FORMATS}, "
+                                f"not {meta['format']!r}")
+    return meta
+
+
 @dataclass
 class AttributeSet:
     """An ordered mapping ``class -> [attribute, ...]`` plus provenance.
@@ -180,14 +223,7 @@ class AttributeSet:
                 f"attribute set file {path} is not valid JSON: {e.msg} at line {e.lineno}, "
                 f"column {e.colno}"
             ) from e
-        meta = {}
-        meta_path = path + ".meta.json"
-        if os.path.exists(meta_path):
-            try:
-                with open(meta_path, encoding="utf-8") as f:
-                    meta = json.load(f)
-            except (OSError, json.JSONDecodeError):
-                meta = {}
+        meta = _read_sidecar(path + ".meta.json")
         if name is None:
             name = meta.get("name") or os.path.splitext(os.path.basename(path))[0]
         try:
@@ -195,10 +231,10 @@ class AttributeSet:
                 data,
                 name=name,
                 source=meta.get("source") or os.path.abspath(path),
-                format=meta.get("format", format),
-                warnings=list(meta.get("warnings", []))
+                format=meta.get("format") or format,
+                warnings=list(meta.get("warnings") or [])
                 + [f"duplicate class {k!r} in {path} merged" for k in dict.fromkeys(duplicates)],
-                metadata=dict(meta.get("metadata", {})),
+                metadata=dict(meta.get("metadata") or {}),
             )
         except AttributeSetError as e:
             msg = str(e)

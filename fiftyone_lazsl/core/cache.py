@@ -9,7 +9,6 @@ and ``llm/`` (LLM answers, :mod:`fiftyone_lazsl.llm.cache`).
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 __all__ = ["CACHE_ENV", "cache_root"]
@@ -22,7 +21,9 @@ def cache_root(*parts: str) -> pathlib.Path:
 
     The folder is not created; writers create it when they first write.
     """
-    root = os.environ.get(CACHE_ENV)
+    from fiftyone_lazsl import env
+
+    root = env.get(CACHE_ENV)
     base = pathlib.Path(root).expanduser() if root else (
         pathlib.Path.home() / ".cache" / "fiftyone-lazsl")
     return base.joinpath(*parts)

@@ -96,12 +96,10 @@ CREATE INDEX IF NOT EXISTS entries_shard ON entries (shard);
 def default_store_path() -> str:
     """``$FIFTYONE_LAZSL_FEATURES``, else ``<cache root>/features`` (cache root:
     ``$FIFTYONE_LAZSL_CACHE`` or ``~/.cache/fiftyone-lazsl``)."""
-    env = os.environ.get(STORE_ENV)
-    if env:
-        return env
-    root = os.environ.get("FIFTYONE_LAZSL_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "fiftyone-lazsl")
-    return os.path.join(root, "features")
+    from fiftyone_lazsl import env
+    from fiftyone_lazsl.core.cache import cache_root
+
+    return env.get(STORE_ENV) or os.fspath(cache_root("features"))
 
 
 def feature_spec(classifier: Any) -> dict:

@@ -556,10 +556,9 @@ DECODE_TIMEOUT_S = 60.0
 def decode_timeout() -> float:
     """The per-image read+decode deadline in seconds: ``$FIFTYONE_LAZSL_DECODE_TIMEOUT``
     or :data:`DECODE_TIMEOUT_S` (0 or a negative value disables it)."""
-    try:
-        return float(os.environ.get("FIFTYONE_LAZSL_DECODE_TIMEOUT", DECODE_TIMEOUT_S))
-    except ValueError:
-        return DECODE_TIMEOUT_S
+    from fiftyone_lazsl import env
+
+    return env.get("FIFTYONE_LAZSL_DECODE_TIMEOUT")
 
 
 @contextlib.contextmanager

@@ -408,8 +408,10 @@ def register_model_configs(paths: str | None = None) -> None:
             variable ``FIFTYONE_LAZSL_MODEL_CONFIGS``.
     """
     import open_clip
-    paths = os.environ.get("FIFTYONE_LAZSL_MODEL_CONFIGS", "") if paths is None else paths
-    for p in filter(None, paths.split(os.pathsep)):
+    from fiftyone_lazsl import env
+
+    paths = env.get("FIFTYONE_LAZSL_MODEL_CONFIGS") if paths is None else paths.split(os.pathsep)
+    for p in filter(None, paths):
         if not os.path.exists(p):
             raise ModelNotFoundError(f"model config not found: {p} (FIFTYONE_LAZSL_MODEL_CONFIGS)")
         open_clip.add_model_config(p)

@@ -121,7 +121,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _env_dirs() -> list[str]:
-    return [d for d in os.environ.get(DIRS_ENV, "").split(os.pathsep) if d.strip()]
+    from fiftyone_lazsl import env
+
+    return env.get(DIRS_ENV)
 
 
 def _candidates(name: str, dirs: Iterable[str | os.PathLike]) -> list[pathlib.Path]:

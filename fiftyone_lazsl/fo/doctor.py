@@ -120,6 +120,8 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
             by the attribute's contribution, highest first).
         max_views: at most this many saved views.
         save_pruned_as: name for the proposed pruned set ("" = ``<set>-pruned``,
+            shortened with a digest when that exceeds 64 characters, see
+            :func:`fiftyone_lazsl.fo.store.derived_set_name`;
             None = do not save). It drops flagged attributes (keeping the first
             of each near-duplicate group and never emptying a class) and
             records ``parent`` and the removed attributes in its metadata.
@@ -302,7 +304,7 @@ def _save_views(dataset, from_field, report, ids, labels, contrib, max_views) ->
 
 def _save_pruned(dataset, aset, report, name) -> None:
     from fiftyone_lazsl.core.attributes import AttributeSet
-    from fiftyone_lazsl.fo.store import safe_set_name, save_attribute_set
+    from fiftyone_lazsl.fo.store import derived_set_name, save_attribute_set
 
     drop = {(d.class_name, d.index): d.flags for d in report.flagged}
     new, removed = {}, []
@@ -320,7 +322,7 @@ def _save_pruned(dataset, aset, report, name) -> None:
         return
     parent = aset.name or "set"
     out = AttributeSet.from_dict(
-        new, name=name or f"{safe_set_name(parent)}-pruned", source=f"doctor:{parent}",
+        new, name=name or derived_set_name(parent, "-pruned"), source=f"doctor:{parent}",
         format=aset.format,
         metadata={"parent": parent, "parent_hash": aset.content_hash,
                   "edit": {"removed": [[c, a, r] for c, a, r in removed]}})

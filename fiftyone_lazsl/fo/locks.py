@@ -35,10 +35,26 @@ from fiftyone_lazsl.errors import RunConflictError
 logger = logging.getLogger(__name__)
 
 COLLECTION = "lazsl_locks"
-#: Seconds between heartbeats of a lock owner.
-HEARTBEAT_S = float(os.environ.get("FIFTYONE_LAZSL_HEARTBEAT_S", "10"))
-#: A lock whose heartbeat is older than this (seconds) may be taken over.
-STALE_S = float(os.environ.get("FIFTYONE_LAZSL_STALE_S", "60"))
+#: Default seconds between heartbeats of a lock owner (env ``FIFTYONE_LAZSL_HEARTBEAT_S``,
+#: read when a lock is taken, see :mod:`fiftyone_lazsl.env`).
+HEARTBEAT_S = 10.0
+#: Default age (seconds) after which a lock's heartbeat is stale and the lock may
+#: be taken over (env ``FIFTYONE_LAZSL_STALE_S``).
+STALE_S = 60.0
+
+
+def default_heartbeat_s() -> float:
+    """Seconds between heartbeats: ``$FIFTYONE_LAZSL_HEARTBEAT_S`` or :data:`HEARTBEAT_S`."""
+    from fiftyone_lazsl import env
+
+    return env.get("FIFTYONE_LAZSL_HEARTBEAT_S")
+
+
+def default_stale_s() -> float:
+    """Heartbeat age after which a lock is stale: ``$FIFTYONE_LAZSL_STALE_S`` or :data:`STALE_S`."""
+    from fiftyone_lazsl import env
+
+    return env.get("FIFTYONE_LAZSL_STALE_S")
 
 _HOST = socket.gethostname()
 
@@ -80,7 +96,7 @@ def is_alive(doc: dict | None, *, stale_s: float | None = None) -> bool:
     heartbeat and, on this host, a live process."""
     if not doc:
         return False
-    stale_s = STALE_S if stale_s is None else stale_s
+    stale_s = default_stale_s() if stale_s is None else stale_s
     age = (_now() - doc["heartbeat"]).total_seconds()
     return age <= stale_s and not _pid_dead(doc)
 
@@ -108,14 +124,14 @@ class LabelFieldLock:
         stolen_from: the stale lock document taken over, or None.
     """
 
-    def __init__(self, dataset: Any, label_field: str, *, heartbeat_s: float = HEARTBEAT_S,
+    def __init__(self, dataset: Any, label_field: str, *, heartbeat_s: float | None = None,
                  on_beat: Callable[[], None] | None = None) -> None:
         self._id = lock_id(dataset, label_field)
         self.label_field = label_field
         self.dataset_name = dataset.name
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.stolen_from: dict | None = None
-        self._heartbeat_s = heartbeat_s
+        self._heartbeat_s = default_heartbeat_s() if heartbeat_s is None else heartbeat_s
         self._on_beat = on_beat
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -180,9 +196,8 @@ def acquire(dataset: Any, label_field: str, *, stale_s: float | None = None,
     """
     from pymongo.errors import DuplicateKeyError
 
-    stale_s = STALE_S if stale_s is None else float(stale_s)
-    lock = LabelFieldLock(dataset, label_field,
-                          heartbeat_s=HEARTBEAT_S if heartbeat_s is None else heartbeat_s)
+    stale_s = default_stale_s() if stale_s is None else float(stale_s)
+    lock = LabelFieldLock(dataset, label_field, heartbeat_s=heartbeat_s)
     coll = _collection()
     for _ in range(3):
         try:

@@ -1,12 +1,30 @@
 """Attribute sets stored with a FiftyOne dataset.
 
-An imported attribute set lives in the dataset document itself, under
-``dataset.info["lazsl_attribute_sets"][<name>]``, so it is persisted in the
-database, travels with clones and exports, and later runs can refer to it by
-name. Each record holds the classes (in logit order), their attributes (a list
+Each set lives in FiftyOne's own MongoDB database (the one the dataset is in),
+in the ``lazsl_attribute_sets`` collection: one small *header* document per
+``(dataset, set name)`` (``_id = "<dataset id>:<name>"``: name, summary, hash,
+version) and the record itself, zlib-compressed JSON, in *chunk* documents of
+at most :data:`CHUNK_BYTES` each. So
+
+* a set's size is not bounded by MongoDB's 16 MB document limit (the limit is
+  :data:`MAX_SET_BYTES` of JSON, refused with one line), and
+* writers of different sets never touch the same document: eight processes
+  importing eight sets at once all keep theirs. A set is replaced by writing
+  the chunks of a new version first and then swapping the header in one atomic
+  operation, so a reader sees the old or the new set, never a mix; the old
+  version's chunks are deleted afterwards.
+
+Each record holds the classes (in logit order), their attributes (a list
 parallel to the classes, so class names never become database keys), source,
 format, warnings, metadata (as a JSON string, whatever its keys) and the
-content hash, which is checked again on load.
+content hash, which is checked again on load. Sets are keyed by the dataset's
+id, so a new dataset with a deleted one's name starts without sets; a clone
+(``dataset.clone()``) does not carry them: copy them with
+:func:`copy_attribute_sets`.
+
+Earlier versions kept every set inside the dataset document
+(``dataset.info["lazsl_attribute_sets"]``); such sets are moved into the
+collection, unchanged, the first time the dataset's sets are read or written.
 
 Also here: :func:`resolve_attribute_set` (a stored name, a JSON path or a
 published name). :func:`load_dataset` (now in :mod:`fiftyone_lazsl.fo.datasets`)
@@ -20,6 +38,8 @@ import datetime
 import json
 import os
 import re
+import uuid
+import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -35,16 +55,29 @@ if TYPE_CHECKING:
     import fiftyone as fo
     from fiftyone.core.collections import SampleCollection
 
-__all__ = ["INFO_KEY", "RECORD_VERSION", "validate_set_name", "safe_set_name",
-           "save_attribute_set", "list_attribute_sets", "has_attribute_set",
-           "load_attribute_set", "delete_attribute_set", "resolve_attribute_set",
+__all__ = ["INFO_KEY", "RECORD_VERSION", "COLLECTION", "MAX_SET_BYTES", "validate_set_name",
+           "safe_set_name", "derived_set_name", "save_attribute_set", "list_attribute_sets", "has_attribute_set",
+           "load_attribute_set", "delete_attribute_set", "copy_attribute_sets",
+           "resolve_attribute_set",
            # re-exported (moved)
            "load_dataset", "validate_for_field"]
 
-#: Key of ``dataset.info`` under which attribute sets are stored.
+#: Key of ``dataset.info`` under which earlier versions stored attribute sets
+#: (read once and moved into :data:`COLLECTION`).
 INFO_KEY = "lazsl_attribute_sets"
 #: Version of the stored record layout.
 RECORD_VERSION = 1
+#: The collection of FiftyOne's database holding the sets.
+COLLECTION = "lazsl_attribute_sets"
+#: Largest compressed piece of a set in one document (bytes), well below
+#: MongoDB's 16 MB document limit.
+CHUNK_BYTES = 8 << 20
+#: Largest set stored, as JSON (bytes): 1 GiB, far beyond any real vocabulary
+#: (the 49 MB of a 200-class set with 10 kB attributes is fine).
+MAX_SET_BYTES = 1 << 30
+#: Most warnings (of at most 1000 characters each) kept in a set's header, which
+#: :func:`list_attribute_sets` reads; the record itself keeps them all.
+_HEADER_WARNINGS = 200
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -75,10 +108,166 @@ def safe_set_name(text: str | None) -> str:
     return s or "attribute_set"
 
 
+def derived_set_name(parent: str | None, suffix: str) -> str:
+    """The name of a set derived from ``parent`` (e.g. the doctor's pruned
+    copy, ``suffix="-pruned"``): ``<parent><suffix>`` when that is a valid name;
+    when it would be longer than 64 characters, ``parent`` is cut and a short
+    digest of the full parent name keeps derived names of different parents
+    apart: ``<first characters of parent>-<8 hex digits of SHA-1(parent)><suffix>``,
+    64 characters in all. Deterministic: the same parent always gives the same
+    name.
+
+    Args:
+        parent: the parent set's name (made valid with :func:`safe_set_name`).
+        suffix: what to append, letters, digits, ``_`` or ``-`` (at most 40 characters).
+
+    Returns:
+        a valid set name (:func:`validate_set_name`).
+    """
+    import hashlib
+
+    base = safe_set_name(parent)
+    name = base + suffix
+    if len(name) <= 64:
+        return validate_set_name(name)
+    digest = hashlib.sha1(str(parent).encode("utf-8")).hexdigest()[:8]
+    keep = 64 - len(suffix) - len(digest) - 1
+    return validate_set_name(f"{base[:keep].rstrip('_-')}-{digest}{suffix}")
+
+
 # ------------------------------------------------------------------ records
-def _stored(dataset: fo.Dataset) -> dict:
-    sets = (dataset.info or {}).get(INFO_KEY) or {}
-    return sets if isinstance(sets, dict) else {}
+def _collection():
+    import fiftyone.core.odm.database as fod
+
+    global _INDEXED
+    coll = fod.get_db_conn()[COLLECTION]
+    if not _INDEXED:
+        coll.create_index([("dataset_id", 1), ("kind", 1)])
+        coll.create_index([("set", 1), ("version", 1), ("i", 1)])
+        _INDEXED = True
+    return coll
+
+
+_INDEXED = False
+
+
+def _dataset_id(dataset: fo.Dataset) -> str:
+    return str(dataset._doc.id)
+
+
+def _header_id(dataset: fo.Dataset, name: str) -> str:
+    return f"{_dataset_id(dataset)}:{name}"
+
+
+def _migrate_legacy(dataset: fo.Dataset) -> None:
+    """Move the sets an earlier version kept in ``dataset.info`` into the
+    collection (records unchanged; a set already in the collection wins), then
+    remove them from ``dataset.info``."""
+    info = dataset.info or {}
+    legacy = info.get(INFO_KEY)
+    if not legacy:
+        return
+    dataset.reload()
+    info = dict(dataset.info or {})
+    legacy = info.get(INFO_KEY)
+    if isinstance(legacy, dict):
+        coll = _collection()
+        for name, record in legacy.items():
+            if not isinstance(record, dict) or \
+                    coll.find_one({"_id": _header_id(dataset, name)}, {"_id": 1}):
+                continue
+            _write(dataset, str(name), record, overwrite=False, quiet_exists=True)
+    info.pop(INFO_KEY, None)
+    dataset.info = info  # the setter saves the dataset
+
+
+def _headers(dataset: fo.Dataset) -> dict[str, dict]:
+    """``{name: header}`` of the sets stored on ``dataset``."""
+    _migrate_legacy(dataset)
+    coll = _collection()
+    return {h["name"]: h for h in coll.find({"kind": "header",
+                                              "dataset_id": _dataset_id(dataset)})}
+
+
+def _stored(dataset: fo.Dataset) -> dict[str, dict]:
+    return _headers(dataset)
+
+
+def _encode(record: dict, where: str) -> bytes:
+    data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    if len(data) > MAX_SET_BYTES:
+        raise UserError(f"{where} is too big to store: {len(data) / 2**20:.0f} MB as JSON, "
+                        f"the most a dataset stores is {MAX_SET_BYTES / 2**20:.0f} MB; split it "
+                        "or shorten its attributes")
+    return zlib.compress(data, 6)
+
+
+def _write(dataset: fo.Dataset, name: str, record: dict, *, overwrite: bool,
+           quiet_exists: bool = False) -> None:
+    """Store ``record`` as set ``name``: chunks of a new version first, then
+    the header in one atomic operation, then the replaced version's chunks go."""
+    from bson import Binary
+    from pymongo.errors import DuplicateKeyError
+
+    where = f"attribute set {name!r} of dataset {dataset.name!r}"
+    blob = _encode(record, where)
+    coll = _collection()
+    hid = _header_id(dataset, name)
+    version = uuid.uuid4().hex
+    chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    for i, piece in enumerate(chunks):
+        coll.insert_one({"_id": f"{hid}:{version}:{i}", "kind": "chunk", "set": hid,
+                         "version": version, "i": i, "data": Binary(piece)})
+    attrs = record.get("attributes") or []
+    warnings = list(record.get("warnings") or [])
+    header = {
+        "_id": hid, "kind": "header", "dataset_id": _dataset_id(dataset),
+        "dataset_name": dataset.name, "name": name, "version": version,
+        "n_chunks": len(chunks), "bytes": len(blob),
+        "num_classes": len(record.get("classes") or []),
+        "num_attributes": sum(len(a) for a in attrs if isinstance(a, list)),
+        "source": record.get("source"), "format": record.get("format", "descriptors"),
+        "hash": record.get("hash"), "num_warnings": len(warnings),
+        "warnings": [str(w)[:1000] for w in warnings[:_HEADER_WARNINGS]],
+        "saved_at": record.get("saved_at"),
+    }
+    try:
+        if overwrite:
+            old = coll.find_one_and_replace({"_id": hid}, header, upsert=True)
+        else:
+            coll.insert_one(header)
+            old = None
+    except DuplicateKeyError:
+        coll.delete_many({"set": hid, "version": version})
+        if quiet_exists:
+            return
+        raise UserError(
+            f"dataset {dataset.name!r} already has an attribute set named {name!r}; "
+            "choose another name or allow overwriting") from None
+    except BaseException:
+        coll.delete_many({"set": hid, "version": version})
+        raise
+    if old is not None:
+        coll.delete_many({"set": hid, "version": old.get("version")})
+
+
+def _read(dataset: fo.Dataset, header: dict) -> dict:
+    """The record a header points to."""
+    coll = _collection()
+    where = f"attribute set {header['name']!r} stored on dataset {dataset.name!r}"
+    pieces = list(coll.find({"set": header["_id"], "version": header.get("version")},
+                            sort=[("i", 1)]))
+    if len(pieces) != header.get("n_chunks") or \
+            [p["i"] for p in pieces] != list(range(len(pieces))):
+        raise AttributeSetError(f"{where} is incomplete ({len(pieces)} of "
+                                f"{header.get('n_chunks')} pieces); import it again")
+    try:
+        record = json.loads(zlib.decompress(b"".join(bytes(p["data"]) for p in pieces)))
+    except (zlib.error, ValueError) as e:
+        raise AttributeSetError(f"{where} is unreadable: {e}; import it again") from None
+    if not isinstance(record, dict):
+        raise AttributeSetError(f"{where} is unreadable: not a record; import it again")
+    return record
 
 
 def _to_record(attribute_set: AttributeSet, name: str) -> dict:
@@ -125,8 +314,9 @@ def save_attribute_set(dataset: SampleCollection, attribute_set: AttributeSet, n
                        overwrite: bool = True) -> str:
     """Store an attribute set on a dataset (persisted in the database).
 
-    The dataset is reloaded from the database first, so that attribute sets
-    saved meanwhile by other processes are kept.
+    Each set is its own group of documents (see the module docstring), so sets
+    saved meanwhile by other processes, and concurrent writers of other sets,
+    are never affected; a set of the same name is replaced atomically.
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset` (or a view: its root
@@ -140,25 +330,16 @@ def save_attribute_set(dataset: SampleCollection, attribute_set: AttributeSet, n
         the name it was stored under.
 
     Raises:
-        UserError: invalid name, or a set of that name exists and ``overwrite``
-            is False.
+        UserError: invalid name, a set of that name exists and ``overwrite``
+            is False, or the set is larger than :data:`MAX_SET_BYTES` as JSON.
         TypeError: ``attribute_set`` is not an :class:`AttributeSet`.
     """
     if not isinstance(attribute_set, AttributeSet):
         raise TypeError(f"expected an AttributeSet, got {type(attribute_set).__name__}")
     dataset = dataset_of(dataset)
     name = validate_set_name(name if name is not None else safe_set_name(attribute_set.name))
-    dataset.reload()
-    info = dict(dataset.info or {})
-    sets = dict(_stored(dataset))
-    if name in sets and not overwrite:
-        raise UserError(
-            f"dataset {dataset.name!r} already has an attribute set named {name!r}; "
-            "choose another name or allow overwriting"
-        )
-    sets[name] = _to_record(attribute_set, name)
-    info[INFO_KEY] = sets
-    dataset.info = info  # the setter saves the dataset
+    _migrate_legacy(dataset)
+    _write(dataset, name, _to_record(attribute_set, name), overwrite=overwrite)
     return name
 
 
@@ -174,18 +355,17 @@ def list_attribute_sets(dataset: SampleCollection) -> list[dict]:
         ``saved_at``.
     """
     out = []
-    for name, rec in sorted(_stored(dataset_of(dataset)).items()):
-        attrs = rec.get("attributes") or []
+    for name, head in sorted(_headers(dataset_of(dataset)).items()):
         out.append({
             "name": name,
-            "num_classes": len(rec.get("classes") or []),
-            "num_attributes": sum(len(a) for a in attrs),
-            "source": rec.get("source"),
-            "format": rec.get("format", "descriptors"),
-            "hash": rec.get("hash"),
-            "num_warnings": len(rec.get("warnings") or []),
-            "warnings": list(rec.get("warnings") or []),
-            "saved_at": rec.get("saved_at"),
+            "num_classes": head.get("num_classes", 0),
+            "num_attributes": head.get("num_attributes", 0),
+            "source": head.get("source"),
+            "format": head.get("format", "descriptors"),
+            "hash": head.get("hash"),
+            "num_warnings": head.get("num_warnings", 0),
+            "warnings": list(head.get("warnings") or []),
+            "saved_at": head.get("saved_at"),
         })
     return out
 
@@ -198,7 +378,7 @@ def _unknown(dataset: fo.Dataset, name: str) -> UserError:
 
 def has_attribute_set(dataset: SampleCollection, name: str) -> bool:
     """Whether a set of that name is stored on the dataset (or the view's dataset)."""
-    return name in _stored(dataset_of(dataset))
+    return name in _headers(dataset_of(dataset))
 
 
 def load_attribute_set(dataset: SampleCollection, name: str) -> AttributeSet:
@@ -217,10 +397,22 @@ def load_attribute_set(dataset: SampleCollection, name: str) -> AttributeSet:
             does not match.
     """
     dataset = dataset_of(dataset)
-    sets = _stored(dataset)
+    sets = _headers(dataset)
     if name not in sets:
         raise _unknown(dataset, name)
-    return _from_record(sets[name], name, dataset.name)
+    for _ in range(3):
+        try:
+            return _from_record(_read(dataset, sets[name]), name, dataset.name)
+        except AttributeSetError:
+            # replaced meanwhile by another writer (its old pieces deleted): read
+            # the new header; a set that stays unreadable is reported
+            fresh = _headers(dataset).get(name)
+            if fresh is None:
+                raise _unknown(dataset, name) from None
+            if fresh.get("version") == sets[name].get("version"):
+                raise
+            sets[name] = fresh
+    return _from_record(_read(dataset, sets[name]), name, dataset.name)
 
 
 def delete_attribute_set(dataset: SampleCollection, name: str) -> None:
@@ -230,17 +422,41 @@ def delete_attribute_set(dataset: SampleCollection, name: str) -> None:
         UserError: no set of that name (the message lists the available names).
     """
     dataset = dataset_of(dataset)
-    dataset.reload()
-    sets = dict(_stored(dataset))
-    if name not in sets:
+    head = _headers(dataset).get(name)
+    if head is None:
         raise _unknown(dataset, name)
-    del sets[name]
-    info = dict(dataset.info or {})
-    if sets:
-        info[INFO_KEY] = sets
-    else:
-        info.pop(INFO_KEY, None)
-    dataset.info = info
+    coll = _collection()
+    if coll.delete_one({"_id": head["_id"], "version": head.get("version")}).deleted_count:
+        coll.delete_many({"set": head["_id"], "version": head.get("version")})
+
+
+def copy_attribute_sets(source: SampleCollection, dest: SampleCollection,
+                        names: list[str] | None = None, overwrite: bool = True) -> list[str]:
+    """Copy stored attribute sets from one dataset to another (e.g. to a
+    ``dataset.clone()``, which does not carry them).
+
+    Args:
+        source, dest: datasets or views (their root datasets are used).
+        names: the sets to copy (default: all of ``source``'s).
+        overwrite: whether sets of ``dest`` with the same names may be replaced.
+
+    Returns:
+        the names copied.
+
+    Raises:
+        UserError: a name is not stored on ``source``, or exists on ``dest``
+            and ``overwrite`` is False.
+    """
+    source, dest = dataset_of(source), dataset_of(dest)
+    heads = _headers(source)
+    names = sorted(heads) if names is None else list(names)
+    for name in names:
+        if name not in heads:
+            raise _unknown(source, name)
+    _migrate_legacy(dest)
+    for name in names:
+        _write(dest, name, _read(source, heads[name]), overwrite=overwrite)
+    return names
 
 
 def resolve_attribute_set(spec: str | os.PathLike | AttributeSet,

@@ -10,7 +10,12 @@ For every class one request asks for ``n`` short visual attributes, with an
 optional domain hint ("bird species"). The answer is requested as JSON
 (``response_format={"type": "json_object"}``); an endpoint that rejects that
 option (HTTP 400/422) is asked again, for the rest of the run, without it.
-Replies are parsed and cleaned by :mod:`fiftyone_lazsl.llm.text`. A class whose
+Every answer is read through :mod:`fiftyone_lazsl.llm.response`: bounded in
+size (a decompression bomb is refused), scrubbed of the API key in any
+encoding before anything parses, caches or writes it, and parsed by one
+parser that accepts every chat-completion form of OpenAI and compatible
+servers (an unusable answer fails its class with a one-line warning). The
+attribute text is then cleaned by :mod:`fiftyone_lazsl.llm.text`. A class whose
 answer has no usable attribute (empty, refusal, prose) is asked once more with
 a stricter reminder; if that fails too it keeps an empty list, which LaZSL
 scores with a class-name-only prompt, and the set records a warning. A class
@@ -25,8 +30,10 @@ answer cannot hold a class (or the run) forever: the class fails with a warning.
 Ctrl-C stops the run at once (the calling thread never waits for requests in
 flight; they are abandoned with their daemon threads). Usable answers are
 cached on disk (:mod:`fiftyone_lazsl.llm.cache`) as each class finishes, so
-re-running costs nothing and an interrupted run resumes. The API key is never stored or logged, and is
-scrubbed from error messages (:mod:`fiftyone_lazsl.llm.secrets`).
+re-running costs nothing and an interrupted run resumes; a cache that cannot be
+written is reported once and the run goes on without it. The API key is never
+stored or logged, and is scrubbed from error messages
+(:mod:`fiftyone_lazsl.llm.secrets`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from typing import Callable, Mapping, Sequence
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.errors import LLMError
 from fiftyone_lazsl.llm.cache import LLMCache, cache_key
+from fiftyone_lazsl.llm.response import (MalformedAnswerError, guarded_http_client,
+                                         parse_chat_completion)
 from fiftyone_lazsl.llm.secrets import DEFAULT_BASE_URL, public_url, resolve_api_key, scrub
 from fiftyone_lazsl.llm.text import MAX_ATTRIBUTE_CHARS, is_refusal, normalize_attributes, parse_attribute_reply
 
@@ -53,6 +62,9 @@ DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_N = 8
 #: Placeholder key sent to local servers that need none (the client requires one).
 NO_KEY = "no-key"
+#: Characters of a raw reply kept in its cache record (for inspection only;
+#: answers themselves are bounded by :data:`fiftyone_lazsl.llm.response.MAX_RESPONSE_BYTES`).
+MAX_CACHED_REPLY = 20_000
 
 SYSTEM_PROMPT = (
     "You are an expert in visual recognition. You describe what things look like "
@@ -171,7 +183,9 @@ class AttributeGenerator:
         self.max_chars = int(max_chars)
         self.concurrency = int(concurrency)
         self.json_mode = bool(json_mode)
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        from fiftyone_lazsl import env
+
+        base_url = base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         self.endpoint = public_url(base_url)
         key = api_key if api_key else resolve_api_key()
         if not key:
@@ -185,8 +199,14 @@ class AttributeGenerator:
         self._key = key
         self.timeout = timeout
         self.max_retries = int(max_retries)
+        # every answer is read by the guarded transport: bounded in size and
+        # scrubbed of the key before the client (or anything else) sees it
+        secret = None if key == NO_KEY else key
         self.client = openai.OpenAI(api_key=key, base_url=base_url, timeout=float(timeout),
-                                    max_retries=int(max_retries))
+                                    max_retries=int(max_retries),
+                                    http_client=guarded_http_client(secret))
+        self._secret = secret
+        self._cache_warned = threading.Event()
         if cache is True:
             self.cache = LLMCache()
         elif not cache:
@@ -234,7 +254,13 @@ class AttributeGenerator:
 
     def _complete(self, messages: list[dict], counter: list) -> tuple[str | None, str | None]:
         """One chat completion; returns ``(content, refusal)``; ``counter[0]``
-        is increased for every call made (a JSON-mode rejection makes two)."""
+        is increased for every call made (a JSON-mode rejection makes two).
+
+        Raises:
+            MalformedAnswerError: the answer is too large or not a chat
+                completion (see :mod:`fiftyone_lazsl.llm.response`).
+            openai.OpenAIError: what the client raises (status, connection, timeout).
+        """
         import openai
 
         kwargs = {"model": self.model, "messages": messages}
@@ -247,20 +273,25 @@ class AttributeGenerator:
             counter[0] += 1
             try:
                 resp = _call_with_deadline(
-                    lambda: self.client.chat.completions.create(**kwargs), self.request_deadline)
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
-                if use_json:
-                    if self.json_mode:
-                        logger.info("%s rejected JSON mode (%s); asking for plain text",
-                                    self.endpoint, type(e).__name__)
-                    self.json_mode = False
-                    continue
+                    lambda: self.client.chat.completions.with_raw_response.create(**kwargs),
+                    self.request_deadline)
+            except MalformedAnswerError:
+                raise
+            except openai.OpenAIError as e:
+                # the guarded transport's refusal, however this client version wraps it
+                cause = _answer_error(e)
+                if cause is not None:
+                    raise cause from None
+                if isinstance(e, (openai.BadRequestError, openai.UnprocessableEntityError)):
+                    if use_json:
+                        if self.json_mode:
+                            logger.info("%s rejected JSON mode (%s); asking for plain text",
+                                        self.endpoint, type(e).__name__)
+                        self.json_mode = False
+                        continue
                 raise
             break
-        if not resp.choices:
-            return None, None
-        msg = resp.choices[0].message
-        return msg.content, getattr(msg, "refusal", None)
+        return parse_chat_completion(_body_of(resp), self._secret)
 
     def generate_class(self, class_name: str, prompt_name: str | None = None) -> ClassResult:
         """Attributes of one class: from the cache, else asked (twice at most
@@ -305,6 +336,8 @@ class AttributeGenerator:
             except openai.APIStatusError as e:
                 return self._failed(class_name, prompt_name, counter[0],
                                     f"HTTP {e.status_code}", e)
+            except MalformedAnswerError as e:  # too large, not a chat completion
+                return self._failed(class_name, prompt_name, counter[0], "unusable answer", e)
             except openai.APIError as e:  # malformed response and the like
                 return self._failed(class_name, prompt_name, counter[0], type(e).__name__, e)
             if refusal:
@@ -313,12 +346,11 @@ class AttributeGenerator:
             attrs = normalize_attributes(parse_attribute_reply(content), class_name=prompt_name,
                                          max_items=self.n, max_chars=self.max_chars)
             if attrs:
-                if self.cache is not None:
-                    self.cache.put(self._key_for(prompt_name), {
-                        "class": prompt_name, "endpoint": self.endpoint, "model": self.model,
-                        "prompt_version": PROMPT_VERSION, "n": self.n, "hint": self.hint,
-                        "attributes": attrs, "reply": content,
-                    })
+                self._cache_put(prompt_name, {
+                    "class": prompt_name, "endpoint": self.endpoint, "model": self.model,
+                    "prompt_version": PROMPT_VERSION, "n": self.n, "hint": self.hint,
+                    "attributes": attrs, "reply": (content or "")[:MAX_CACHED_REPLY],
+                })
                 return ClassResult(class_name, prompt_name, attrs, requests=counter[0])
             if not content or not content.strip():
                 reasons.append("empty answer")
@@ -331,6 +363,20 @@ class AttributeGenerator:
                    f"requests ({'; '.join(reasons)}); it falls back to a class-name-only prompt")
         logger.warning(warning)
         return ClassResult(class_name, prompt_name, [], requests=calls, warning=warning)
+
+    def _cache_put(self, prompt_name: str, record: dict) -> None:
+        """Cache one answer; the cache is only an optimisation, so a cache that
+        cannot be written (read-only folder, disk full) is reported once and the
+        run goes on without it: the answers received are kept in the result."""
+        if self.cache is None or self._cache_warned.is_set():
+            return
+        try:
+            self.cache.put(self._key_for(prompt_name), record)
+        except OSError as e:
+            if not self._cache_warned.is_set():
+                self._cache_warned.set()
+                logger.warning("cannot write the LLM answer cache in %s (%s); going on "
+                               "without caching", self.cache.root, e.strerror or e)
 
     def _failed(self, class_name, prompt_name, calls, what, e) -> ClassResult:
         warning = (f"class {class_name!r}: request failed after retries ({what}: "
@@ -432,6 +478,25 @@ class AttributeGenerator:
                 yield i, r
         finally:
             stop.set()
+
+
+def _answer_error(e: BaseException | None) -> MalformedAnswerError | None:
+    """The :class:`MalformedAnswerError` in ``e``'s cause chain (older
+    ``openai`` clients wrap what the transport raised in ``APIConnectionError``)."""
+    for _ in range(10):
+        if e is None:
+            return None
+        if isinstance(e, MalformedAnswerError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _body_of(raw) -> bytes:
+    """The body of a ``with_raw_response`` answer (already read, bounded and
+    scrubbed by the guarded transport)."""
+    http = getattr(raw, "http_response", raw)
+    return http.content
 
 
 class RequestDeadlineError(Exception):

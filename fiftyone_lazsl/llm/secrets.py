@@ -72,11 +72,30 @@ def scrub(text: str, *secrets: str | None) -> str:
     text = str(text)
     for s in secrets:
         if s:
-            text = text.replace(s, REDACTED)
+            text = replace_secret(text, s, REDACTED)
     text = _KEY_LIKE.sub(REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
     return text
+
+
+#: Secrets shorter than this are replaced only where they stand alone (not
+#: inside a longer word or number), so a short placeholder key ("k", "ollama")
+#: cannot mangle ordinary text; longer ones are replaced wherever they occur.
+MIN_ANYWHERE = 8
+
+
+def replace_secret(text, secret, replacement):
+    """``text`` (str or bytes) with ``secret`` (same type) replaced by
+    ``replacement``: everywhere when it has at least :data:`MIN_ANYWHERE`
+    characters, else only where no letter or digit touches it."""
+    if len(secret) >= MIN_ANYWHERE:
+        return text.replace(secret, replacement)
+    if isinstance(text, bytes):
+        pat = re.compile(rb"(?<![A-Za-z0-9])" + re.escape(secret) + rb"(?![A-Za-z0-9])")
+    else:
+        pat = re.compile(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])")
+    return pat.sub(lambda m: replacement, text)
 
 
 def public_url(base_url: str | None) -> str:
