@@ -7,8 +7,11 @@ shells over :func:`fiftyone_lazsl.rescore` and
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields
+
+from ._forms import fail_delegated, invalid, label_field_problem, plain, stream_progress
 
 
 def stored_feature_fields(dataset) -> list:
@@ -60,9 +63,26 @@ class RescoreLaZSL(foo.Operator):
         inputs = types.Object()
         ctx.target_view()
         if _from_field_input(inputs, ctx):
-            inputs.str("attribute_set", required=True, label="Attribute set",
-                       view=_set_choices(ctx.dataset))
-            inputs.str("label_field", required=True, default="lazsl_rescored", label="Label field")
+            set_prop = inputs.str("attribute_set", required=True, label="Attribute set",
+                                  view=_set_choices(ctx.dataset))
+            spec = ctx.params.get("attribute_set")
+            if spec:
+                from fiftyone_lazsl.core import published
+
+                spec = str(spec).strip()
+                try:  # a published set is checked on Execute (it may need a download)
+                    if store.has_attribute_set(ctx.dataset, spec) or not published.is_published(spec):
+                        store.resolve_attribute_set(spec, ctx.dataset)
+                except UserError as e:
+                    invalid(set_prop, plain(e))
+            label_prop = inputs.str("label_field", required=True, default="lazsl_rescored",
+                                    label="Label field",
+                                    description="Field written (also F_crops, F_attributes, "
+                                                "F_error); a run's field is replaced")
+            problem = label_field_problem(ctx.dataset,
+                                          ctx.params.get("label_field", "lazsl_rescored"))
+            if problem:
+                invalid(label_prop, problem)
             inputs.enum("method", ["lazsl", "dclip"], default="lazsl", label="Method",
                         view=types.DropdownView())
             inputs.float("theta", required=False, label="theta (empty: the run's)")
@@ -73,19 +93,37 @@ class RescoreLaZSL(foo.Operator):
         return types.Property(inputs, view=types.View(label="Re-score from stored features"))
 
     def execute(self, ctx):
+        # Not a generator itself: a delegated run returns its result dict.
+        if ctx.delegated:
+            try:
+                summary = self._rescore(ctx, lambda f, label: ctx.set_progress(f, label))
+            except UserError as e:
+                return fail_delegated(ctx, plain(e))
+            return {"summary": str(summary), "num_predicted": summary.num_predicted}
+        return self._execute_immediate(ctx)
+
+    def _rescore(self, ctx, progress):
         from fiftyone_lazsl.fo.rescore import rescore
 
         p = ctx.params
-        progress = (lambda f, label: ctx.set_progress(f, label)) if ctx.delegated else None
-        summary = rescore(ctx.target_view(), p["attribute_set"], from_field=p["from_field"],
-                          label_field=p["label_field"], method=p.get("method") or "lazsl",
-                          theta=_float_or_none(p.get("theta")), eps=_float_or_none(p.get("eps")),
-                          gamma=_float_or_none(p.get("gamma")),
-                          missing=p.get("missing") or "encode", progress=progress)
-        if not ctx.delegated:
-            ctx.ops.reload_dataset()
-            ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")
-        return {"summary": str(summary), "num_predicted": summary.num_predicted}
+        problem = label_field_problem(ctx.dataset, p.get("label_field"))
+        if problem:
+            raise UserError(problem)
+        return rescore(ctx.target_view(), p["attribute_set"], from_field=p["from_field"],
+                       label_field=p["label_field"], method=p.get("method") or "lazsl",
+                       theta=_float_or_none(p.get("theta")), eps=_float_or_none(p.get("eps")),
+                       gamma=_float_or_none(p.get("gamma")),
+                       missing=p.get("missing") or "encode", progress=progress)
+
+    def _execute_immediate(self, ctx):
+        try:
+            summary = yield from stream_progress(ctx, lambda progress: self._rescore(ctx, progress))
+        except UserError as e:
+            yield ctx.ops.reload_dataset()
+            yield ctx.ops.notify(plain(e), variant="error")
+            return
+        yield ctx.ops.reload_dataset()
+        yield ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")
 
 
 class AttributeDoctor(foo.Operator):

@@ -125,3 +125,18 @@ def list_lazsl_fields(samples) -> list[str]:
             if field:
                 out.append(field)
     return out
+
+
+def latest_lazsl_field(samples) -> str | None:
+    """The label field of the most recently recorded LaZSL run on ``samples``
+    (the run record's timestamp: when the run was started or last replaced), or
+    None when no LaZSL run wrote any field."""
+    best, when = None, None
+    for key in samples.list_runs():
+        if key.startswith(RUN_PREFIX):
+            info = samples.get_run_info(key)
+            field = getattr(info.config, "label_field", None)
+            ts = info.timestamp
+            if field and (best is None or (ts is not None and (when is None or ts >= when))):
+                best, when = field, ts
+    return best
