@@ -143,9 +143,30 @@ class AttributeDoctor(foo.Operator):
             inputs.float("dup_threshold", default=0.95, label="Near-duplicate cosine")
             inputs.float("min_auc", default=0.55, label="Flag attributes below this AUC")
             inputs.bool("save_pruned", default=True, label="Save a proposed pruned attribute set")
+            inputs.bool("all_classes", default=False, label="Every class of the set",
+                        description="Otherwise only the classes present in the view (by the "
+                                    "ground-truth field, else the run's predictions)")
         return types.Property(inputs, view=types.View(label="Attribute doctor"))
 
     def execute(self, ctx):
+        if ctx.delegated:
+            try:
+                return self._doctor(ctx, lambda f, label: ctx.set_progress(f, label))
+            except UserError as e:
+                return fail_delegated(ctx, plain(e))
+        return self._execute_immediate(ctx)
+
+    def _execute_immediate(self, ctx):
+        try:
+            result = yield from stream_progress(ctx, lambda progress: self._doctor(ctx, progress))
+        except UserError as e:
+            yield ctx.ops.notify(plain(e), variant="error")
+            return
+        # a generator's return value is not shown as the operator's output: show it
+        yield ctx.ops.show_output(_doctor_outputs().to_json(), result)
+        yield ctx.ops.notify(f"{result['flagged']} attributes flagged", variant="success")
+
+    def _doctor(self, ctx, progress):
         from fiftyone_lazsl.fo.doctor import attribute_doctor
 
         p = ctx.params
@@ -153,7 +174,8 @@ class AttributeDoctor(foo.Operator):
                                gt_field=p.get("gt_field") or None,
                                dup_threshold=float(p.get("dup_threshold") or 0.95),
                                min_auc=float(p.get("min_auc") if p.get("min_auc") is not None else 0.55),
-                               save_pruned_as="" if p.get("save_pruned", True) else None)
+                               save_pruned_as="" if p.get("save_pruned", True) else None,
+                               all_classes=bool(p.get("all_classes")), progress=progress)
         rows = [{"class": a.class_name, "attribute": a.attribute, "top_rate": round(a.top_rate, 3),
                  "auc": None if a.auc is None else round(a.auc, 3), "flags": ", ".join(a.flags),
                  "view": a.saved_view or ""} for a in rep.attributes]
@@ -161,15 +183,19 @@ class AttributeDoctor(foo.Operator):
                 "degenerate": "; ".join(f"{c}: {w}" for c, w in rep.degenerate.items())}
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.int("flagged", label="Flagged attributes")
-        outputs.str("pruned_set", label="Proposed pruned set (saved)")
-        outputs.str("degenerate", label="Degenerate classes")
-        table = types.TableView()
-        for k in ("class", "attribute", "top_rate", "auc", "flags", "view"):
-            table.add_column(k, label=k)
-        outputs.list("rows", types.Object(), label="Attributes", view=table)
-        return types.Property(outputs)
+        return _doctor_outputs()
+
+
+def _doctor_outputs():
+    outputs = types.Object()
+    outputs.int("flagged", label="Flagged attributes")
+    outputs.str("pruned_set", label="Proposed pruned set (saved)")
+    outputs.str("degenerate", label="Degenerate classes")
+    table = types.TableView()
+    for k in ("class", "attribute", "top_rate", "auc", "flags", "view"):
+        table.add_column(k, label=k)
+    outputs.list("rows", types.Object(), label="Attributes", view=table)
+    return types.Property(outputs)
 
 
 OPERATORS = [RescoreLaZSL, AttributeDoctor]
