@@ -353,15 +353,15 @@ def _save_pruned(dataset, aset, report, name) -> None:
     drop = {(d.class_name, d.index): d.flags for d in report.flagged}
     new, removed = {}, []
     for c, attrs in aset.attributes.items():
-        keep = [a for i, a in enumerate(attrs) if (c, i) not in drop]
-        if not keep and attrs:  # never empty a class: keep its most discriminative attribute
+        kept = [i for i in range(len(attrs)) if (c, i) not in drop]
+        if not kept and attrs:  # never empty a class: keep its most discriminative attribute
             mine = [d for d in report.attributes if d.class_name == c]
             best = max(mine, key=lambda d: (d.auc if d.auc is not None else 0.5, d.top_rate))
-            keep = [attrs[best.index]]
+            kept = [best.index]
         for i, a in enumerate(attrs):
-            if a not in keep:
+            if i not in kept:  # by position: a dropped duplicate has the text of a kept one
                 removed.append((c, a, list(drop.get((c, i), []))))
-        new[c] = keep
+        new[c] = [attrs[i] for i in kept]
     if not removed:
         return
     parent = aset.name or "set"
