@@ -334,7 +334,7 @@ class RunLaZSL(foo.Operator):
         inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
         inputs.enum("evidence", ["compact", "full"], default="compact", label="Evidence stored",
                     description="compact: attributes of the predicted class, runner-up and "
-                                "ground-truth class, top 10 crops; full: every class, all crops",
+                                "ground-truth class, top 5 crops; full: every class, all crops",
                     view=types.DropdownView())
         inputs.bool("store_features", default=False, label="Store view embeddings",
                     description="Keep each sample's view embeddings (feature store) so the view can "
