@@ -99,7 +99,8 @@ class LazslExplanationsPanel(foo.Panel):
         params = dict(ctx.params or {})
         params.update(getattr(ctx, "event_args", None) or {})
         attribute = params.get("attribute")
-        label_field = ctx.panel.get_state("shown_field") or ctx.panel.get_state("label_field")
+        label_field = (ctx.panel.get_state("shown_field") or ctx.panel.get_state("label_field")
+                       or latest_lazsl_field(ctx.dataset))
         if not attribute or not label_field:
             return
         view = matched_attribute_view(ctx.dataset, label_field, attribute)
