@@ -217,6 +217,12 @@ def test_workbench_typing_keystrokes_and_save(stored, app, driver):
         # the panel opened on the latest run (lazsl), not the first by name (dclip)
         p = explain_sample(sample, "lazsl", "ground_truth")["predicted"]
         wait.until(lambda d: f"Predicted: {p['label']} (score {p['score']:.4f}" in _body(d))
+        # for the tour's picture: the crops ticked in the sample's sidebar
+        boxes = [e for e in driver.find_elements("css selector", "[data-cy='checkbox-lazsl_crops']")
+                 if e.is_displayed()]
+        if boxes and os.environ.get("LAZSL_DOCS_IMAGES"):
+            _click(driver, max(boxes, key=lambda e: e.location["x"]))
+            time.sleep(2)  # let the canvas draw the boxes
         _docs_image(driver, "app-sample-panel.png")
 
         box = wait.until(lambda d: _input_with_value(d, old_text))
@@ -286,7 +292,7 @@ def test_panel_field_stays_after_split_and_between_samples(stored, app, driver):
     from selenium.webdriver.support.ui import WebDriverWait
 
     from fiftyone_lazsl.fo.explain import explain_sample
-    from test_app_browser import _open_panel, _save_failure, _split_beside_sample
+    from test_app_browser import _displayed, _open_panel, _save_failure, _split_beside_sample
 
     ds = stored
     a, b = ds.first(), ds.last()
@@ -294,6 +300,9 @@ def test_panel_field_stays_after_split_and_between_samples(stored, app, driver):
     try:
         driver.get(f"{app.url}/datasets/{ds.name}?id={a.id}")
         _open_panel(driver)
+        _close_popovers(driver)
+        _click(driver, wait.until(lambda d: _displayed(
+            d, "//button[@data-cy='panel-tab-lazsl_explanations']")))
         wait.until(lambda d: _dropdown_value(d, "LaZSL field") == "lazsl")
         _choose(driver, "LaZSL field", "dclip", wait)
         p = explain_sample(a, "dclip", "ground_truth")["predicted"]
@@ -305,6 +314,9 @@ def test_panel_field_stays_after_split_and_between_samples(stored, app, driver):
 
         driver.get(f"{app.url}/datasets/{ds.name}?id={b.id}")
         _open_panel(driver)
+        _close_popovers(driver)
+        _click(driver, wait.until(lambda d: _displayed(
+            d, "//button[@data-cy='panel-tab-lazsl_explanations']")))
         pb = explain_sample(b, "dclip", "ground_truth")["predicted"]
         wait.until(lambda d: f"Predicted: {pb['label']} (score {pb['score']:.4f}" in _body(d))
         assert _dropdown_value(driver, "LaZSL field") == "dclip"
@@ -360,7 +372,7 @@ def test_workbench_edit_rescore_view_in_browser(stored, app, driver):
 
         _click(driver, _visible(driver, wait.until(
             lambda d: _displayed(d, "//button[normalize-space()='Re-score the current view']"))))
-        wait.until(lambda d: "View re-scored:" in d.find_element(By.TAG_NAME, "body").text)
+        wait.until(lambda d: "View re-scored" in d.find_element(By.TAG_NAME, "body").text)
         ds.reload()
         got = ds.values("lazsl_edited.label")
         rescore(ds, edit_attribute_set(run, pred, attrs), from_field="lazsl", label_field="expected")
