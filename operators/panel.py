@@ -412,11 +412,11 @@ class LazslExplanationsPanel(foo.Panel):
             # sends it with the button events
             panel.str("wb_text", label=f"Attributes (separated by '{SEP}')")
             panel.btn("wb_rescore_sample", label="Re-score this sample", on_click=self.wb_rescore_sample)
+            panel.str("wb_result", view=types.MarkdownView())
             panel.str("wb_target", label="Field for the view")
             panel.btn("wb_rescore_view", label="Re-score the current view", on_click=self.wb_rescore_view)
             panel.str("wb_name", label="Save as (attribute set name)")
             panel.btn("wb_save", label="Save edited attribute set", on_click=self.wb_save)
-            panel.str("wb_result", view=types.MarkdownView())
 
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=1, padding=1))
 
