@@ -110,7 +110,7 @@ def test_rerun_on_same_field_replaces_cleanly(tmp_path, photos, aset, checkpoint
     late = tmp_path / "late.jpg"
     files = [p for p, _ in photos] + [str(late)]
     ds = bf.make_dataset("runs-replace", files)
-    _run(ds, aset, checkpoint, n_crops=12)
+    _run(ds, aset, checkpoint, n_crops=12, top_k_crops=10)
     assert ds.count("lazsl_error") == 1
     assert max(len(s.lazsl_crops.detections) for s in ds.exists("lazsl")) > 5
     shutil.copy(photos[1][0], late)
