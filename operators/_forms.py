@@ -76,6 +76,23 @@ def field_problem(dataset: Any, name: str | None, kinds: tuple, what: str) -> st
     return None
 
 
+def label_field_problem(dataset: Any, label_field: Any) -> str | None:
+    """Why an operation may not write its outputs to ``label_field`` on
+    ``dataset`` (None if it may): the one check every form that writes a
+    field uses, the same one the library runs before writing
+    (:func:`fiftyone_lazsl.fo.apply.check_label_field`: a plain top-level
+    name, not another run's outputs, not a field no LaZSL run wrote)."""
+    from fiftyone_lazsl.fo.apply import check_label_field
+
+    if dataset is None:
+        return None
+    try:
+        check_label_field(dataset, label_field)
+    except UserError as e:
+        return plain(e)
+    return None
+
+
 def invalid(prop: types.Property, message: str) -> None:
     """Mark a form input invalid with ``message`` (the App shows it under the
     input and disables Execute; the server refuses the params too)."""

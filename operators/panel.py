@@ -18,7 +18,7 @@ from fiftyone_lazsl.fo.explain import (
     matched_attribute_view,
     panel_content,
 )
-from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields
+from fiftyone_lazsl.fo.runs import get_run_config, latest_lazsl_field, list_lazsl_fields
 
 _NO_GT = "(none)"
 #: Separator of attributes in the workbench's text field.
@@ -46,6 +46,16 @@ class LazslExplanationsPanel(foo.Panel):
         )
 
     # -- events ---------------------------------------------------------------
+    #
+    # How state is kept (and why nothing loops): the App keeps every input's
+    # value in the panel state itself, as the user types or picks, and sends
+    # that state with each event. The handlers below therefore never write an
+    # input's own value back (a late echo of an older value is what overwrote
+    # keystrokes and made two values chase each other); they only set inputs
+    # when the server must choose a value (the first run shown, a class's
+    # attributes when the class or sample changes). ``shown_field`` and
+    # ``wb_for`` record what the displayed content was computed for, so an
+    # event repeating the current value is a no-op.
 
     def on_load(self, ctx):
         """Populate the field dropdowns and the current sample's explanation."""
@@ -53,12 +63,12 @@ class LazslExplanationsPanel(foo.Panel):
 
     def on_change_dataset(self, ctx):
         """A new dataset: re-read its LaZSL and ground-truth fields."""
-        ctx.panel.set_state("label_field", None)
-        ctx.panel.set_state("gt_field", None)
+        ctx.panel.set_state({"label_field": None, "gt_field": None, "shown_field": None,
+                             "wb_for": None, "wb_edits": {}, "wb_result": ""})
         self._refresh(ctx)
 
     def on_change_current_sample(self, ctx):
-        """A new sample in the modal."""
+        """A new sample in the modal (the chosen run stays)."""
         self._refresh(ctx)
 
     def on_change_view(self, ctx):
@@ -66,16 +76,22 @@ class LazslExplanationsPanel(foo.Panel):
         self._refresh(ctx)
 
     def on_change_label_field(self, ctx):
-        """The LaZSL field dropdown changed."""
-        value = ctx.params.get("value") or ctx.panel.get_state("label_field")
-        ctx.panel.set_state("label_field", value)
-        self._refresh(ctx)
+        """The LaZSL field dropdown changed: remember the choice for this
+        dataset (also for other samples and when the panel is opened again)."""
+        value = ctx.params.get("value")
+        if not value or value == ctx.panel.get_state("shown_field"):
+            return
+        _remember(ctx, "label_field", value)
+        ctx.panel.set_state({"wb_for": None, "wb_edits": {}, "wb_result": ""})
+        self._refresh(ctx, label_field=value)
 
     def on_change_gt_field(self, ctx):
         """The ground-truth field dropdown changed."""
-        value = ctx.params.get("value") or ctx.panel.get_state("gt_field")
-        ctx.panel.set_state("gt_field", value)
-        self._refresh(ctx)
+        value = ctx.params.get("value")
+        if not value or value == ctx.panel.get_state("shown_gt_field"):
+            return
+        _remember(ctx, "gt_field", value)
+        self._refresh(ctx, gt_field=value)
 
     def show_matched(self, ctx):
         """Filter the App to samples whose ranked attributes contain the
@@ -83,10 +99,8 @@ class LazslExplanationsPanel(foo.Panel):
         params = dict(ctx.params or {})
         params.update(getattr(ctx, "event_args", None) or {})
         attribute = params.get("attribute")
-        label_field = ctx.panel.get_state("label_field")
-        if not label_field:
-            fields = list_lazsl_fields(ctx.dataset)
-            label_field = fields[0] if fields else None
+        label_field = (ctx.panel.get_state("shown_field") or ctx.panel.get_state("label_field")
+                       or latest_lazsl_field(ctx.dataset))
         if not attribute or not label_field:
             return
         view = matched_attribute_view(ctx.dataset, label_field, attribute)
@@ -108,7 +122,7 @@ class LazslExplanationsPanel(foo.Panel):
 
         params = dict(ctx.params or {})
         params.update(getattr(ctx, "event_args", None) or {})
-        label_field = ctx.panel.get_state("label_field")
+        label_field = ctx.panel.get_state("shown_field")
         cls = params.get("class_name")
         if not cls or not label_field:
             return
@@ -116,99 +130,141 @@ class LazslExplanationsPanel(foo.Panel):
 
     # -- attribute workbench ----------------------------------------------------
 
-    def _edited_set(self, ctx):
-        from fiftyone_lazsl.fo.workbench import edit_attribute_set, run_attribute_set
+    def _run_set(self, ctx):
+        from fiftyone_lazsl.fo.workbench import run_attribute_set
 
-        label_field = ctx.panel.get_state("label_field")
-        aset = run_attribute_set(ctx.dataset, label_field)
-        for c, attrs in (ctx.panel.get_state("wb_edits") or {}).items():
+        return run_attribute_set(ctx.dataset, ctx.panel.get_state("shown_field"))
+
+    def _edits(self, ctx, run_set=None) -> dict:
+        """``{class: attributes}`` edited so far, the text field included
+        (attributed to the class it was loaded for, ``wb_for``, whatever the
+        class dropdown says now)."""
+        edits = dict(ctx.panel.get_state("wb_edits") or {})
+        key = ctx.panel.get_state("wb_for")
+        text = ctx.panel.get_state("wb_text")
+        if key and text is not None and key.count("|") == 2 \
+                and key.split("|", 2)[1] == ctx.panel.get_state("shown_field"):
+            cls = key.split("|", 2)[2]
+            run_set = run_set or self._run_set(ctx)
+            attrs = [a.strip() for a in str(text).split(SEP) if a.strip()]
+            if cls in run_set.attributes:
+                if attrs == list(run_set.attributes[cls]):
+                    edits.pop(cls, None)
+                else:
+                    edits[cls] = attrs
+        return edits
+
+    def _edited_set(self, ctx, edits, run_set):
+        from fiftyone_lazsl.fo.workbench import edit_attribute_set
+
+        aset = run_set
+        for c, attrs in edits.items():
             aset = edit_attribute_set(aset, c, attrs)
         return aset
 
-    def _take_text(self, ctx):
-        """Apply the text field to the edited class (edits kept in panel state)."""
-        params = dict(ctx.params or {})
-        text = params.get("wb_text")
-        if text is None:
-            text = ctx.panel.get_state("wb_text")
-        cls = ctx.panel.get_state("wb_class")
-        if cls and text is not None:
-            edits = dict(ctx.panel.get_state("wb_edits") or {})
-            edits[cls] = [a.strip() for a in str(text).split(SEP) if a.strip()]
-            ctx.panel.set_state("wb_edits", edits)
-            ctx.panel.set_state("wb_text", str(text))
-
     def on_change_wb_class(self, ctx):
-        value = ctx.params.get("value") or ctx.panel.get_state("wb_class")
-        ctx.panel.set_state("wb_class", value)
-        self._refresh(ctx)
-
-    def on_change_wb_text(self, ctx):
-        ctx.panel.set_state("wb_text", ctx.params.get("value"))
+        """Another class to edit: keep the text typed for the previous one
+        (as its edit) and load this class's attributes."""
+        value = ctx.params.get("value")
+        key = ctx.panel.get_state("wb_for") or ""
+        if not value or key.endswith("|" + value):
+            return
+        self._refresh(ctx, wb_class=value)
 
     def wb_rescore_sample(self, ctx):
         """Re-score the open sample with the edited set (nothing written)."""
         from fiftyone_lazsl.errors import UserError
         from fiftyone_lazsl.fo.workbench import rescore_sample
 
-        self._take_text(ctx)
+        label_field = ctx.panel.get_state("shown_field")
         try:
+            run_set = self._run_set(ctx)
+            edits = self._edits(ctx, run_set)
+            ctx.panel.set_state("wb_edits", edits)
+            key = ctx.panel.get_state("wb_for") or ""
+            cls = key.split("|", 2)[2] if key.count("|") == 2 else None
             sample = ctx.dataset[ctx.current_sample]
-            r = rescore_sample(sample, ctx.panel.get_state("label_field"), self._edited_set(ctx))
+            r = rescore_sample(sample, label_field, self._edited_set(ctx, edits, run_set),
+                               class_name=cls)
         except (UserError, KeyError) as e:
             ctx.panel.set_state("wb_result", f"**Cannot re-score:** {e}")
             return
-        if not r["ok"]:
-            msg = f"**Cannot re-score:** {r['message']}"
-        else:
-            tops = ", ".join(f"{a} ({v:.4f})" for a, v in r["top_attributes"][:5])
-            msg = (f"**With the edit:** {r['label']} (confidence {r['confidence']:.3f}); "
-                   f"was {r['previous']}. Top attributes: {tops}")
-        ctx.panel.set_state("wb_result", msg)
+        ctx.panel.set_state("wb_result", workbench_message(r, edits))
 
     def wb_rescore_view(self, ctx):
         """Re-score the current view with the edited set into the target field."""
+        from fiftyone_lazsl.errors import UserError
         from fiftyone_lazsl.fo.rescore import rescore
 
-        self._take_text(ctx)
-        label_field = ctx.panel.get_state("label_field")
+        label_field = ctx.panel.get_state("shown_field")
+        run_set = self._run_set(ctx)
+        edits = self._edits(ctx, run_set)
+        ctx.panel.set_state("wb_edits", edits)
         target = (ctx.panel.get_state("wb_target") or f"{label_field}_edited").strip()
-        summary = rescore(ctx.view, self._edited_set(ctx), from_field=label_field,
-                          label_field=target, missing="skip")
-        ctx.panel.set_state("wb_result", f"**View re-scored:** {summary}")
+        try:
+            summary = rescore(ctx.view, self._edited_set(ctx, edits, run_set),
+                              from_field=label_field, label_field=target, missing="skip")
+        except UserError as e:
+            ctx.panel.set_state("wb_result", f"**Cannot re-score the view:** {e}")
+            return
+        what = "with the edit of " + ", ".join(edits) if edits else "with the run's set (no edit)"
+        ctx.panel.set_state("wb_result", f"**View re-scored** {what}: {summary}")
         ctx.ops.reload_dataset()
         ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")
 
-    def on_change_wb_target(self, ctx):
-        ctx.panel.set_state("wb_target", ctx.params.get("value"))
-
-    def on_change_wb_name(self, ctx):
-        ctx.panel.set_state("wb_name", ctx.params.get("value"))
-
     def wb_save(self, ctx):
         """Save the edited set on the dataset (its metadata records parent and edits)."""
+        from fiftyone_lazsl.errors import UserError
         from fiftyone_lazsl.fo.store import safe_set_name, save_attribute_set
 
-        self._take_text(ctx)
-        aset = self._edited_set(ctx)
+        run_set = self._run_set(ctx)
+        edits = self._edits(ctx, run_set)
+        ctx.panel.set_state("wb_edits", edits)
+        if not edits:
+            ctx.panel.set_state("wb_result", "**Nothing to save:** no class's attributes "
+                                              "differ from the run's set.")
+            return
+        aset = self._edited_set(ctx, edits, run_set)
         name = (ctx.panel.get_state("wb_name") or "").strip() or \
             f"{safe_set_name(aset.metadata.get('parent') or aset.name)}-edited"
-        saved = save_attribute_set(ctx.dataset, aset, name=name)
-        ctx.panel.set_state("wb_result", f"**Saved** attribute set '{saved}' "
-                                         f"(parent: {aset.metadata.get('parent')})")
+        try:
+            saved = save_attribute_set(ctx.dataset, aset, name=name)
+        except UserError as e:
+            ctx.panel.set_state("wb_result", f"**Cannot save:** {e}")
+            return
+        ctx.panel.set_state("wb_result", f"**Saved** attribute set '{saved}' with the edit of "
+                                         f"{', '.join(edits)} (parent: "
+                                         f"{aset.metadata.get('parent')})")
         ctx.ops.notify(f"attribute set '{saved}' saved", variant="success")
 
     # -- state ------------------------------------------------------------------
 
-    def _refresh(self, ctx):
+    def _refresh(self, ctx, label_field=None, gt_field=None, wb_class=None):
+        """Recompute what the panel shows for the current sample / view.
+
+        Inputs are set only when their value must change (see the note on
+        events above)."""
+        state = ctx.panel.state
         fields = list_lazsl_fields(ctx.dataset) if ctx.dataset is not None else []
         gt_fields = ground_truth_fields(ctx.dataset) if ctx.dataset is not None else []
-        label_field = ctx.panel.get_state("label_field")
+        label_field = label_field or state.label_field
         if label_field not in fields:
-            label_field = fields[0] if fields else None
-        gt_field = ctx.panel.get_state("gt_field")
+            label_field = _recalled(ctx, "label_field")
+        if label_field not in fields:
+            label_field = latest_lazsl_field(ctx.dataset) if fields else None
+        gt_field = gt_field or state.gt_field
+        if gt_field != _NO_GT and gt_field not in gt_fields:
+            gt_field = _recalled(ctx, "gt_field")
         if gt_field != _NO_GT and gt_field not in gt_fields:
             gt_field = "ground_truth" if "ground_truth" in gt_fields else (gt_fields[0] if gt_fields else _NO_GT)
+
+        update = {}
+        if state.label_field != label_field:
+            update["label_field"] = label_field
+        if state.gt_field != gt_field:
+            update["gt_field"] = gt_field
+        if state.shown_field and state.shown_field != label_field:
+            update.update({"wb_for": None, "wb_edits": {}})
 
         grid = {"params": {}, "rows": []}
         wb = {}
@@ -229,17 +285,17 @@ class LazslExplanationsPanel(foo.Panel):
             if sample is None:
                 content = {"summary": f"Sample {ctx.current_sample} is not in dataset '{ctx.dataset.name}'."}
             else:
-                expl = explain_sample(sample, label_field, None if gt_field == _NO_GT else gt_field)
+                gt = None if gt_field == _NO_GT else gt_field
+                expl = explain_sample(sample, label_field, gt)
                 content = panel_content(expl)
-                wb = self._workbench_state(ctx, sample, label_field,
-                                           None if gt_field == _NO_GT else gt_field)
+                wb = self._workbench_state(ctx, sample, label_field, gt, wb_class, update)
 
-        ctx.panel.set_state(
+        update.update(
             {
                 "fields": fields,
                 "gt_fields": [_NO_GT] + gt_fields,
-                "label_field": label_field,
-                "gt_field": gt_field,
+                "shown_field": label_field,
+                "shown_gt_field": gt_field,
                 "summary": content.get("summary", ""),
                 "predicted_title": content.get("predicted_title", ""),
                 "predicted_table": content.get("predicted_table", []),
@@ -250,14 +306,16 @@ class LazslExplanationsPanel(foo.Panel):
                 "grid_rows": grid["rows"],
                 "wb_available": bool(wb),
                 "wb_classes": wb.get("classes", []),
-                "wb_class": wb.get("class"),
-                "wb_text": wb.get("text", ""),
             }
         )
+        if wb and not state.wb_target:
+            update["wb_target"] = f"{label_field}_edited"
+        ctx.panel.set_state(update)
 
-    def _workbench_state(self, ctx, sample, label_field, gt_field):
-        """Choices of the workbench for the open sample: predicted and
-        ground-truth classes, and the (edited) attributes of the chosen one."""
+    def _workbench_state(self, ctx, sample, label_field, gt_field, wb_class, update):
+        """Choices of the workbench for the open sample (predicted and
+        ground-truth classes); puts into ``update`` the class and its (edited)
+        attributes when the sample, run or class changed."""
         try:
             if not get_run_config(ctx.dataset, label_field).get("feature_store"):
                 return {}
@@ -272,16 +330,25 @@ class LazslExplanationsPanel(foo.Panel):
         if gt_field and sample.has_field(gt_field) and sample[gt_field] is not None:
             gt = aset.resolve(sample[gt_field].label)
         for c in (pred, gt):
-            if c and c not in classes:
+            if c and c in aset.attributes and c not in classes:
                 classes.append(c)
         if not classes:
             return {}
-        cls = ctx.panel.get_state("wb_class")
+        state = ctx.panel.state
+        same_run = state.shown_field == label_field
+        cls = wb_class or state.wb_class
         if cls not in classes:
             cls = classes[0]
-        edits = ctx.panel.get_state("wb_edits") or {}
-        attrs = edits.get(cls, aset.attributes[cls])
-        return {"classes": classes, "class": cls, "text": f"{SEP} ".join(attrs)}
+        key = f"{sample.id}|{label_field}|{cls}"
+        if state.wb_for != key:
+            # keep what was typed for the class shown until now
+            edits = self._edits(ctx, aset) if same_run else {}
+            attrs = edits.get(cls, aset.attributes[cls])
+            update.update({"wb_edits": edits, "wb_for": key, "wb_text": f"{SEP} ".join(attrs),
+                           "wb_result": ""})
+        if state.wb_class != cls:
+            update["wb_class"] = cls
+        return {"classes": classes, "class": cls}
 
     # -- layout -----------------------------------------------------------------
 
@@ -296,11 +363,11 @@ class LazslExplanationsPanel(foo.Panel):
             dd = types.DropdownView(label="LaZSL field")
             for f in fields:
                 dd.add_choice(f, label=f)
-            panel.enum("label_field", dd.values(), view=dd, default=state.label_field, on_change=self.on_change_label_field)
+            panel.enum("label_field", dd.values(), view=dd, on_change=self.on_change_label_field)
             gd = types.DropdownView(label="Ground-truth field")
             for f in gt_fields:
                 gd.add_choice(f, label=f)
-            panel.enum("gt_field", gd.values(), view=gd, default=state.gt_field, on_change=self.on_change_gt_field)
+            panel.enum("gt_field", gd.values(), view=gd, on_change=self.on_change_gt_field)
 
         panel.str("summary", view=types.MarkdownView())
 
@@ -340,20 +407,58 @@ class LazslExplanationsPanel(foo.Panel):
             cd = types.DropdownView(label="Class to edit")
             for c in state.wb_classes or []:
                 cd.add_choice(c, label=c)
-            panel.enum("wb_class", cd.values(), view=cd, default=state.wb_class,
-                       on_change=self.on_change_wb_class)
-            panel.str("wb_text", default=state.wb_text, label=f"Attributes (separated by '{SEP}')",
-                      on_change=self.on_change_wb_text)
+            panel.enum("wb_class", cd.values(), view=cd, on_change=self.on_change_wb_class)
+            # no on_change: the App keeps the typed text in the panel state and
+            # sends it with the button events
+            panel.str("wb_text", label=f"Attributes (separated by '{SEP}')")
             panel.btn("wb_rescore_sample", label="Re-score this sample", on_click=self.wb_rescore_sample)
-            panel.str("wb_target", default=f"{state.label_field}_edited", label="Field for the view",
-                      on_change=self.on_change_wb_target)
-            panel.btn("wb_rescore_view", label="Re-score the current view", on_click=self.wb_rescore_view)
-            panel.str("wb_name", default="", label="Save as (attribute set name)",
-                      on_change=self.on_change_wb_name)
-            panel.btn("wb_save", label="Save edited attribute set", on_click=self.wb_save)
             panel.str("wb_result", view=types.MarkdownView())
+            panel.str("wb_target", label="Field for the view")
+            panel.btn("wb_rescore_view", label="Re-score the current view", on_click=self.wb_rescore_view)
+            panel.str("wb_name", label="Save as (attribute set name)")
+            panel.btn("wb_save", label="Save edited attribute set", on_click=self.wb_save)
 
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=1, padding=1))
+
+
+_STORE = "lazsl_explanations"
+
+
+def _remember(ctx, key, value) -> None:
+    """Remember a choice of the user for this dataset (FiftyOne's execution
+    store: kept between samples, panels and App sessions)."""
+    try:
+        ctx.store(_STORE).set(key, value)
+    except Exception:  # noqa: BLE001 -- remembering is a convenience
+        pass
+
+
+def _recalled(ctx, key):
+    try:
+        return ctx.store(_STORE).get(key)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def workbench_message(r: dict, edits: dict) -> str:
+    """The workbench's markdown for :func:`rescore_sample`'s result ``r``;
+    ``edits`` are the classes edited (``{class: attributes}``)."""
+    if not r["ok"]:
+        return f"**Cannot re-score:** {r['message']}"
+    tops = ", ".join(f"{a} ({v:.4f})" for a, v in r["top_attributes"][:5])
+    head = (f"**With the edit of {', '.join(edits)}:**" if edits
+            else "**No edit yet** (the run's attribute set):")
+    lines = [f"{head} predicted {r['label']} (confidence {r['confidence']:.3f}); "
+             f"was {r['previous']}."]
+    c = r.get("class")
+    if c:
+        was = ""
+        if c["previous_rank"] is not None:
+            was = f" (was score {c['previous_score']:.4f}, rank {c['previous_rank']})"
+        lines.append(f"**{c['name']}:** score {c['score']:.4f}, rank {c['rank']} of "
+                     f"{c['num_classes']}, probability {c['probability']:.3f}{was}.")
+    lines.append(f"Top attributes of {r['label']}: {tops}")
+    return "  \n".join(lines)
 
 
 def _attribute_table():

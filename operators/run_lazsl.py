@@ -33,10 +33,11 @@ from fiftyone_lazsl.core import published
 from fiftyone_lazsl.core.config import LaZSLConfig
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo import store
-from fiftyone_lazsl.fo.apply import check_label_field, run_lazsl
+from fiftyone_lazsl.fo.apply import run_lazsl
 from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
-from ._forms import (DELEGATION_HELP, class_label_fields, fail_delegated, invalid, notice,
+from ._forms import (DELEGATION_HELP, class_label_fields, fail_delegated, invalid,
+                     label_field_problem, notice,
                      plain, stream_progress)
 
 #: Views with more samples than this default to delegated execution.
@@ -294,11 +295,10 @@ class RunLaZSL(foo.Operator):
                 invalid(label_prop, f"field {label_field!r} holds an earlier LaZSL run: tick "
                                     "'Replace the outputs...' below, or choose another label "
                                     "field")
-        elif ctx.dataset is not None:
-            try:
-                check_label_field(ctx.dataset, label_field)
-            except UserError as e:
-                invalid(label_prop, plain(e))
+        else:
+            problem = label_field_problem(ctx.dataset, label_field)
+            if problem:
+                invalid(label_prop, problem)
 
         _config_inputs(inputs, p.get("method") or last.get("method") or "lazsl")
         for k in ("model", "pretrained", "device", "batch_size"):
@@ -336,7 +336,7 @@ class RunLaZSL(foo.Operator):
         inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
         inputs.enum("evidence", ["compact", "full"], default="compact", label="Evidence stored",
                     description="compact: attributes of the predicted class, runner-up and "
-                                "ground-truth class, top 10 crops; full: every class, all crops",
+                                "ground-truth class, top 5 crops; full: every class, all crops",
                     view=types.DropdownView())
         inputs.bool("store_features", default=False, label="Store view embeddings",
                     description="Keep each sample's view embeddings (feature store) so the view can "

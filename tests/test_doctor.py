@@ -102,3 +102,65 @@ def test_doctor_figures_and_outputs(tmp_path, shared_data, checkpoint):
         assert r.returncode == 2 and "no LaZSL run wrote field 'ground_truth'" in r.stderr
     finally:
         ds.delete()
+
+
+def test_doctor_scoped_to_view_classes_and_view_names(tmp_path, shared_data, checkpoint):
+    """By default the doctor reviews only the classes present in the samples
+    (the rest of the set is copied unchanged into the pruned set); the whole
+    set on request (Python and CLI). Views are saved only for flagged
+    attributes with samples, one per class even when class names differ only
+    in punctuation; progress reports each stage."""
+    from fiftyone_lazsl import attribute_doctor, run_lazsl
+    from fiftyone_lazsl.fo.store import load_attribute_set
+
+    photos = tiny_clip.some_images(shared_data, "cub", per_class=2, max_classes=2)
+    first = photos[0][1]
+    names = ["Crow/Raven" if c == first else "Crow Raven" for _, c in photos]
+    aset = {"Crow/Raven": ["black wings", "black wings", "a hooked beak"],
+            "Crow Raven": ["dark feathers", "dark feathers", "a heavy bill"],
+            "Absent Gull": ["white wings", "white wings", "webbed feet"],
+            "Absent Tern": ["a forked tail", "a forked tail"]}
+    ds = bf.make_dataset("doctor-scope", [p for p, _ in photos], gt=names)
+    run_lazsl(ds, aset, label_field="run", store_features=str(tmp_path / "s"),
+              feature_dtype="float32", model=tiny_clip.TINY_MODEL, pretrained=checkpoint,
+              device="cpu", n_crops=6, seed=1, num_workers=0, gt_field="ground_truth")
+    stages = []
+    rep = attribute_doctor(ds, from_field="run", gt_field="ground_truth", min_auc=0.0,
+                           progress=lambda f, text: stages.append((f, text)))
+    assert {d.class_name for d in rep.attributes} == {"Crow/Raven", "Crow Raven"}
+    assert stages[0][1] == "encoding 6 attribute prompts of 2 classes"
+    assert f"scoring samples {len(photos)}/{len(photos)}" in [t for _, t in stages]
+    assert stages[-1] == (1.0, f"{len(rep.flagged)} of 6 attributes flagged")
+    assert all(0.0 <= f <= 1.0 for f, _ in stages) and [f for f, _ in stages] == sorted(f for f, _ in stages)
+    # duplicates flagged in both classes, each with its own view of its own samples
+    dup = {d.class_name: d for d in rep.flagged if "duplicate" in d.flags}
+    assert set(dup) == {"Crow/Raven", "Crow Raven"}
+    assert dup["Crow/Raven"].saved_view != dup["Crow Raven"].saved_view
+    for c, d in dup.items():
+        assert d.saved_view.startswith("doctor-run-crow-raven-")
+        assert set(ds.load_saved_view(d.saved_view).values("ground_truth.label")) == {c}
+    doctor_views = [v for v in ds.list_saved_views() if v.startswith("doctor-")]
+    assert sorted(doctor_views) == sorted(d.saved_view for d in rep.flagged if d.saved_view)
+    assert all(len(ds.load_saved_view(v)) > 0 for v in doctor_views)
+    # the pruned set changes only the classes reviewed
+    pruned = load_attribute_set(ds, rep.pruned_set)
+    assert pruned.attributes["Absent Gull"] == aset["Absent Gull"]
+    assert pruned.attributes["Absent Tern"] == aset["Absent Tern"]
+    assert pruned.attributes["Crow/Raven"].count("black wings") == 1
+
+    full = attribute_doctor(ds, from_field="run", gt_field="ground_truth", min_auc=0.0,
+                            all_classes=True, save_views=False, save_pruned_as=None)
+    assert {d.class_name for d in full.attributes} == set(aset)
+    assert "Absent Tern" in full.degenerate
+
+    ds.persistent = True
+    try:
+        for extra, want in (([], 6), (["--all-classes"], 11)):
+            r = subprocess.run([EXE, "attributes", "doctor", "--dataset", ds.name, "--from-field",
+                                "run", "--gt-field", "ground_truth", "--no-views", "--no-pruned",
+                                *extra], capture_output=True, text=True,
+                               env=dict(os.environ, **ENV), timeout=300)
+            assert r.returncode == 0, r.stderr
+            assert f" of {want} attributes flagged" in r.stdout, r.stdout
+    finally:
+        ds.delete()

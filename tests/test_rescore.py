@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 
-from fiftyone_lazsl.fo.labels import class_evidence
+from fiftyone_lazsl.fo.labels import class_evidence, evidence_entries
 import pytest
 
 import badfiles as bf
@@ -67,8 +67,8 @@ def _compare(ds, fresh, rescored, logit_tol, crop_tol):
         d = np.abs(np.array(a.logits) - np.array(b.logits)).max()
         worst = max(worst, d)
         assert d <= logit_tol, d
-        assert [e["class"] for e in a["evidence"]] == [e["class"] for e in b["evidence"]]
-        for e in a["evidence"]:  # the compact evidence of each stored class
+        assert [e["class"] for e in evidence_entries(a)] == [e["class"] for e in evidence_entries(b)]
+        for e in evidence_entries(a):  # the compact evidence of each stored class
             np.testing.assert_allclose(class_evidence(a, e["index"])[0],
                                        class_evidence(b, e["index"])[0], atol=crop_tol)
         if crop_tol < 1e-5:

@@ -14,6 +14,7 @@ import pytest
 from plugin_fixtures import lazsl_plugin  # noqa: F401
 
 from fiftyone_lazsl.testing import tiny_clip
+from fiftyone_lazsl.fo.labels import evidence_entries
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_CROPS = 3
@@ -138,7 +139,7 @@ def test_two_workers_four_shards_kill_and_requeue(lazsl_plugin, shared_data, tmp
         pids = {s["worker"].rsplit(":", 1)[1] for s in cfg["shards"]}
         assert str(workers[1].pid) in pids          # B ran shards
         assert len(partial) > 0                     # A ran (part of) a shard before it died
-        assert all(len(s["evidence"]) >= 1 for s in ds.exists("lazsl").values("lazsl"))
+        assert all(len(evidence_entries(s)) >= 1 for s in ds.exists("lazsl").values("lazsl"))
     finally:
         for w in workers:
             _stop(w)

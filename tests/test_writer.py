@@ -174,7 +174,8 @@ def test_compact_cub_document_is_under_10kb(shared_data, tmp_path):
             compact = {k: v for k, v in doc.items() if k not in ("f", "f_crops", "f_attributes", "f_error")}
             size = len(bson.BSON.encode(compact))
             assert size <= 10_000, size
-            assert len(doc["c"]["evidence"]) == 2 and "attribute_scores" not in doc["c"]
+            assert len(doc["c"]["evidence_by_class"]) == 2 and "attribute_scores" not in doc["c"]
+            assert "evidence" not in doc["c"]  # the list of dicts the App tooltip cannot render
             assert len(doc["f"]["attribute_scores"]) == 200
             assert len(doc["c_crops"]["detections"]) <= 10
             assert len(doc["f_crops"]["detections"]) >= len(doc["c_crops"]["detections"])

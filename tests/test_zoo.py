@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from fiftyone_lazsl.testing.tiny_clip import some_images
+from fiftyone_lazsl.fo.labels import evidence_entries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "lazsl-vit-b-32"
@@ -196,8 +197,8 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
         assert got.confidence == pytest.approx(ref.confidence, abs=1e-5)
         np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4)
         # the compact evidence run_lazsl stores, class by class
-        assert [e["class"] for e in got["evidence"]] == [e["class"] for e in ref["evidence"]]
-        for e in ref["evidence"]:
+        assert [e["class"] for e in evidence_entries(got)] == [e["class"] for e in evidence_entries(ref)]
+        for e in evidence_entries(ref):
             gs, gc = class_evidence(got, e["index"])
             rs, rc = class_evidence(ref, e["index"])
             np.testing.assert_allclose(gs, rs, atol=1e-5)

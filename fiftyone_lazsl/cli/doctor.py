@@ -15,7 +15,8 @@ def _doctor(args: argparse.Namespace) -> int:
     rep = attribute_doctor(view, from_field=args.from_field, gt_field=args.gt_field,
                            attribute_set=args.attributes, dup_threshold=args.dup_threshold,
                            min_auc=args.min_auc, save_views=not args.no_views,
-                           save_pruned_as=None if args.no_pruned else (args.pruned_name or ""))
+                           save_pruned_as=None if args.no_pruned else (args.pruned_name or ""),
+                           all_classes=args.all_classes)
     if args.json:
         print(json.dumps({"attributes": [a.to_dict() for a in rep.attributes],
                           "degenerate": rep.degenerate, "num_samples": rep.num_samples,
@@ -50,6 +51,9 @@ def add_doctor(attr_sub: argparse._SubParsersAction) -> None:
     d.add_argument("--min-auc", type=float, default=0.55, help="flag attributes below this AUC")
     d.add_argument("--tag", default=None, help="only samples with this tag")
     d.add_argument("--all", action="store_true", help="show every attribute, not only flagged ones")
+    d.add_argument("--all-classes", action="store_true",
+                   help="diagnose every class of the set (default: only the classes present "
+                        "in the samples, by --gt-field or the run's predictions)")
     d.add_argument("--json", action="store_true")
     d.add_argument("--no-views", action="store_true", help="do not save a view per flagged attribute")
     d.add_argument("--no-pruned", action="store_true", help="do not save the proposed pruned set")

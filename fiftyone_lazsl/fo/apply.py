@@ -132,9 +132,14 @@ def _ensure_fields(dataset: Any, fields: dict, method: str) -> None:
             dataset.add_sample_field(name, **kw)
     if method in ATTRIBUTE_METHODS:
         # Declared, so the App sidebar offers it (prefix search by attribute words).
-        kw_field = f"{fields['prediction']}.keywords"
-        if not dataset.has_field(kw_field):
-            dataset.add_sample_field(kw_field, fo.ListField, subfield=fo.StringField)
+        for name in ("keywords", "words"):
+            kw_field = f"{fields['prediction']}.{name}"
+            if not dataset.has_field(kw_field):
+                dataset.add_sample_field(kw_field, fo.ListField, subfield=fo.StringField)
+    if method == "lazsl":
+        from fiftyone_lazsl.fo.appconfig import hide_until_shown
+
+        hide_until_shown(dataset, [fields["crops"]])
 
 
 #: Run-config keys besides :class:`LaZSLConfig`'s own output parameters that must
@@ -192,10 +197,15 @@ def _check_label_field(dataset: Any, label_field: str) -> None:
         schema = dataset.get_field_schema()
         taken = [f for f in ours if f in schema]
         if taken:
+            # Deleting is advice only for what looks like a removed run's
+            # leftovers (F_crops, F_attributes...), never for the user's own
+            # fields (filepath, ground_truth, F itself).
+            leftovers = all(f != label_field for f in taken)
             raise RunConflictError(
                 f"field(s) {', '.join(taken)} already exist on dataset {dataset.name!r} and were "
-                f"not written by a LaZSL run on {label_field!r}; choose another label field "
-                "(or delete those fields)")
+                f"not written by a LaZSL run on {label_field!r}; choose another label field"
+                + (" (or delete those fields if they are left from a removed run)"
+                   if leftovers else ""))
 
 
 def check_label_field(dataset: Any, label_field: str) -> None:

@@ -345,14 +345,15 @@ def _read_samples(samples: SampleCollection, pred_field: str, gt_field: str, err
     has_err = err_field in schema
     paths = ["id", "filepath", f"{gt_field}.label", f"{pred_field}.label",
              f"{pred_field}.logits", f"{pred_field}.attribute_scores",
-             f"{pred_field}.evidence"]
+             f"{pred_field}.evidence", f"{pred_field}.evidence_by_class"]
     if has_err:
         paths.append(err_field)
     values = samples.values(paths)
-    ids, fps, gts, preds, logits, full, compact = values[:7]
-    errors = values[7] if has_err else [None] * len(ids)
-    att = [None if f is None and c is None else {"attribute_scores": f, "evidence": c}
-           for f, c in zip(full, compact)]
+    ids, fps, gts, preds, logits, full, compact, by_class = values[:8]
+    errors = values[8] if has_err else [None] * len(ids)
+    att = [None if f is None and c is None and b is None else
+           {"attribute_scores": f, "evidence": c, "evidence_by_class": b}
+           for f, c, b in zip(full, compact, by_class)]
     return ids, list(zip(ids, fps, gts, preds, logits, att, errors))
 
 

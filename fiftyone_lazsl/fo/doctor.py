@@ -94,12 +94,29 @@ def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")[:40] or "x"
 
 
+def class_slugs(classes: Any) -> dict[str, str]:
+    """``{class: slug}`` for view names: lower-case words joined by ``-``;
+    classes whose slugs would collide (names differing only in punctuation
+    or case, e.g. ``Crow/Raven`` and ``Crow Raven``) get the first 6 hex
+    digits of the exact name's SHA-1 appended, so every class has its own."""
+    import hashlib
+
+    base = {c: _slug(c) for c in classes}
+    count: dict[str, int] = {}
+    for b in base.values():
+        count[b] = count.get(b, 0) + 1
+    return {c: b if count[b] == 1 else
+            f"{b}-{hashlib.sha1(c.encode('utf-8')).hexdigest()[:6]}"
+            for c, b in base.items()}
+
+
 def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = None,
                      attribute_set: Any = None, dup_threshold: float = 0.95,
                      min_auc: float = 0.55, min_top_rate: float = 0.0,
                      save_views: bool = True, max_views: int = 50,
                      save_pruned_as: str | None = "", model: Any = None,
-                     batch_size: int = 64) -> DoctorReport:
+                     batch_size: int = 64, all_classes: bool = False,
+                     progress: Any = None) -> DoctorReport:
     """Diagnose an attribute set on ``samples`` from the features stored by
     the run on ``from_field``.
 
@@ -115,9 +132,12 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
             (only when the class has samples and non-samples in the view).
         min_top_rate: attributes whose ``top_rate`` is at or below this are
             flagged ``"never-top"`` (default 0: no crop ever prefers it).
-        save_views: save one view per flagged attribute
-            (``doctor-<from_field>-<class>-<i>``: its class's samples, ordered
-            by the attribute's contribution, highest first).
+        save_views: save one view per flagged attribute that holds samples
+            (``doctor-<from_field>-<class>-<i>``, so a dataset's doctor views
+            list together by field and class: the class's samples, ordered by
+            the attribute's contribution, highest first; classes whose names
+            differ only in punctuation or case get a short hash of the exact
+            name, e.g. ``crow-raven-1a2b3c``).
         max_views: at most this many saved views.
         save_pruned_as: name for the proposed pruned set ("" = ``<set>-pruned``,
             shortened with a digest when that exceeds 64 characters, see
@@ -127,6 +147,12 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
             records ``parent`` and the removed attributes in its metadata.
         model: a loaded model to use (see :func:`fiftyone_lazsl.rescore`).
         batch_size: samples scored per batch.
+        all_classes: diagnose every class of the set; by default only the
+            classes present in ``samples`` (their ``gt_field`` labels, else the
+            run's predictions) are diagnosed, and the proposed pruned set
+            changes only those (the other classes are copied unchanged).
+        progress: ``progress(fraction, stage_text)`` called as the stages
+            advance (encoding prompts, scoring ``k/N`` samples, saving), or None.
 
     Returns:
         a :class:`DoctorReport`.
@@ -134,6 +160,7 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     Raises:
         ConfigError: ``from_field`` has no stored features; unknown ``gt_field``.
     """
+    from fiftyone_lazsl.core.attributes import AttributeSet
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
     from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
@@ -149,7 +176,20 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
         aset = _recorded_set(dataset, old)
     else:
         aset = ap._resolve_attribute_set(attribute_set, dataset)
+    report_progress = progress or (lambda fraction, text: None)
+    label_path = f"{gt_field}.label" if gt_field else f"{from_field}.label"
+    ids, paths, labels = samples.values(["id", "filepath", label_path])
+    full_set = aset
+    if not all_classes:
+        present = {aset.resolve(lb) for lb in labels if lb is not None} - {None}
+        keep = [c for c in aset.classes if c in present]
+        if keep and len(keep) < len(aset.classes):
+            aset = AttributeSet.from_dict({c: list(aset.attributes[c]) for c in keep},
+                                          name=aset.name, source=aset.source,
+                                          format=aset.format, metadata=dict(aset.metadata or {}))
     cfg = LaZSLConfig.from_dict(old, strict=False).replace(method="lazsl", batch_size=batch_size)
+    n_attrs = sum(len(a) for a in aset.attributes.values())
+    report_progress(0.0, f"encoding {n_attrs} attribute prompts of {len(aset.classes)} classes")
     clf = LaZSLClassifier(aset, model=model, config=cfg) if model is not None \
         else LaZSLClassifier(aset, config=cfg)
     rec = old["feature_store"]
@@ -161,8 +201,6 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
 
     classes = list(clf.classes)
     lens = [len(a) for a in clf.attribute_labels]
-    label_path = f"{gt_field}.label" if gt_field else f"{from_field}.label"
-    ids, paths, labels = samples.values(["id", "filepath", label_path])
     crops = [np.zeros(n) for n in lens]
     contrib: list[list[np.ndarray]] = [[] for _ in classes]
     kept_ids, kept_labels, skipped = [], [], {}
@@ -178,7 +216,9 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
                 crops[c] += p.attribute_crops[c]
                 contrib[c].append(p.attribute_scores[c])
             kept_ids.append(ids[i])
-            kept_labels.append(aset.resolve(labels[i]) if labels[i] is not None else None)
+            kept_labels.append(full_set.resolve(labels[i]) if labels[i] is not None else None)
+        done = min(s + batch_size, len(paths))
+        report_progress(0.9 * done / max(len(paths), 1), f"scoring samples {done}/{len(paths)}")
     store.close()
 
     # Near-duplicates compare the attribute texts themselves: the prompts
@@ -197,9 +237,13 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     report = DoctorReport(attributes=diags, degenerate=degenerate, num_samples=len(kept_ids),
                           skipped=skipped)
     if save_views:
-        _save_views(dataset, from_field, report, kept_ids, kept_labels, contrib, max_views)
+        report_progress(0.95, f"saving views of {len(report.flagged)} flagged attributes")
+        _save_views(dataset, from_field, report, kept_ids, kept_labels, contrib, max_views,
+                    full_set.classes)
     if save_pruned_as is not None:
-        _save_pruned(dataset, aset, report, save_pruned_as)
+        report_progress(0.98, "saving the proposed pruned set")
+        _save_pruned(dataset, full_set, report, save_pruned_as)
+    report_progress(1.0, f"{len(report.flagged)} of {len(report.attributes)} attributes flagged")
     return report
 
 
@@ -282,8 +326,10 @@ def _degenerate(classes, lens, diags) -> dict[str, str]:
     return out
 
 
-def _save_views(dataset, from_field, report, ids, labels, contrib, max_views) -> None:
+def _save_views(dataset, from_field, report, ids, labels, contrib, max_views,
+                all_classes) -> None:
     classes = list(dict.fromkeys(d.class_name for d in report.attributes))
+    slugs = class_slugs(all_classes)
     n = 0
     for d in report.flagged:
         if n >= max_views:
@@ -294,7 +340,7 @@ def _save_views(dataset, from_field, report, ids, labels, contrib, max_views) ->
         if not rows:
             continue
         rows.sort(key=lambda r: -r[0])
-        name = f"doctor-{_slug(from_field)}-{_slug(d.class_name)}-{d.index}"
+        name = f"doctor-{_slug(from_field)}-{slugs[d.class_name]}-{d.index}"
         dataset.save_view(name, dataset.select([r[1] for r in rows], ordered=True),
                           description=f"{d.class_name}: {d.attribute} ({', '.join(d.flags)})",
                           overwrite=True)
@@ -309,15 +355,15 @@ def _save_pruned(dataset, aset, report, name) -> None:
     drop = {(d.class_name, d.index): d.flags for d in report.flagged}
     new, removed = {}, []
     for c, attrs in aset.attributes.items():
-        keep = [a for i, a in enumerate(attrs) if (c, i) not in drop]
-        if not keep and attrs:  # never empty a class: keep its most discriminative attribute
+        kept = [i for i in range(len(attrs)) if (c, i) not in drop]
+        if not kept and attrs:  # never empty a class: keep its most discriminative attribute
             mine = [d for d in report.attributes if d.class_name == c]
             best = max(mine, key=lambda d: (d.auc if d.auc is not None else 0.5, d.top_rate))
-            keep = [attrs[best.index]]
+            kept = [best.index]
         for i, a in enumerate(attrs):
-            if a not in keep:
+            if i not in kept:  # by position: a dropped duplicate has the text of a kept one
                 removed.append((c, a, list(drop.get((c, i), []))))
-        new[c] = keep
+        new[c] = [attrs[i] for i in kept]
     if not removed:
         return
     parent = aset.name or "set"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo.datasets import dataset_of
@@ -167,7 +167,7 @@ def evaluate_methods(samples: SampleCollection, gt_field: str, pred_fields: str 
         k: the k of top-k accuracy (capped at each run's number of classes).
         worst: number of classes in the worst-classes table.
         save_views: save ``"A right, B wrong"`` views for every ordered pair of
-            fields and ``"all wrong"``.
+            fields and ``"all wrong"``, each only when it holds samples.
         progress: FiftyOne's progress-bar setting for the evaluations (None:
             FiftyOne's default; False: none).
 
@@ -269,16 +269,26 @@ def _save_comparison_views(view: SampleCollection, dataset: fo.Dataset, report: 
                 continue
             v = view.match((F(a.eval_key) == True) & (F(b.eval_key) != True))  # noqa: E712
             name = pair_view_name(a.field, b.field)
-            dataset.save_view(name, v, overwrite=True,
-                              description=f"top-1: {a.field!r} right and {b.field!r} wrong "
-                                          f"against {gt_field!r}")
-            report.saved_views[name] = len(v)
+            if _save_if_any(dataset, name, v, f"top-1: {a.field!r} right and {b.field!r} "
+                                              f"wrong against {gt_field!r}"):
+                report.saved_views[name] = len(v)
     expr = None
     for m in report.methods:
         e = F(m.eval_key) != True  # noqa: E712
         expr = e if expr is None else expr & e
     v = view.match(expr)
-    dataset.save_view(ALL_WRONG_VIEW, v, overwrite=True,
-                      description=f"top-1: every one of {', '.join(pred_fields)} wrong "
-                                  f"against {gt_field!r}")
-    report.saved_views[ALL_WRONG_VIEW] = len(v)
+    if _save_if_any(dataset, ALL_WRONG_VIEW, v, f"top-1: every one of {', '.join(pred_fields)} "
+                                                f"wrong against {gt_field!r}"):
+        report.saved_views[ALL_WRONG_VIEW] = len(v)
+
+
+def _save_if_any(dataset: fo.Dataset, name: str, view: Any, description: str) -> bool:
+    """Save ``view`` as ``name`` when it holds samples (an empty saved view is
+    clutter); an earlier view of that name is removed when it no longer
+    would. Returns whether it was saved."""
+    if len(view) == 0:
+        if dataset.has_saved_view(name):
+            dataset.delete_saved_view(name)
+        return False
+    dataset.save_view(name, view, overwrite=True, description=description)
+    return True

@@ -6,19 +6,25 @@ both stored forms.
 the cost of writing), :func:`class_evidence` / :func:`evidence_classes` read the
 per-class evidence back from either form:
 
-* ``evidence="compact"`` (default): the ``Classification`` carries ``evidence``,
-  a short list of dicts, one per class people look at (the predicted class,
-  ``runner_ups`` runner-ups, and the ground-truth class when a ground-truth
-  field was given)::
+* ``evidence="compact"`` (default): the ``Classification`` carries
+  ``evidence_by_class``, a dict keyed by class index (as a string) with one
+  entry per class people look at (the predicted class first, ``runner_ups``
+  runner-ups, and the ground-truth class when a ground-truth field was
+  given)::
 
       {"class": "Laysan Albatross", "index": 1, "role": "predicted",
        "attributes": ["a white head", ...],   # the class's attributes, set order
        "scores": [0.031, ...],                # contribution of each to the score
        "crops": [3, ...]}                     # kept crops matched to it (LaZSL)
 
-  and ``keywords``: the predicted class's top attributes without a leading
-  article (``"white head"``), so the App sidebar's prefix search finds them by
-  the words users type; ``F_crops`` keeps the ``top_k_crops`` kept crops that
+  (outputs written before this layout hold the same entries as a list named
+  ``evidence``, which the App's label tooltip rendered as ``[object Object]``;
+  :func:`evidence_entries` reads both), ``evidence_summary``: one readable line
+  of those classes' top attributes (what the tooltip shows), ``keywords``: the
+  predicted class's top attributes without a leading article (``"white
+  head"``), and ``words``: their distinct words (``"white"``, ``"head"``), so
+  the App sidebar's search, which matches the start of a value, finds an
+  attribute by any of its words; ``F_crops`` keeps the ``top_k_crops`` kept crops that
   match their attribute best (hybrid similarity;
   :data:`DEFAULT_TOP_K_CROPS`).
 * ``evidence="full"``: also every class's arrays ``attribute_scores`` and
@@ -40,8 +46,9 @@ import numpy as np
 
 EVIDENCE_MODES = ("compact", "full")
 
-#: Crops kept as detections by default with compact evidence (best-matching first).
-DEFAULT_TOP_K_CROPS = 10
+#: Crops kept as detections by default with compact evidence (best-matching
+#: first): few enough that their boxes and labels stay readable on the image.
+DEFAULT_TOP_K_CROPS = 5
 
 #: Runner-up classes whose evidence is stored by default.
 DEFAULT_RUNNER_UPS = 1
@@ -149,8 +156,11 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
         order = np.argsort(-a, kind="stable")[:top_attributes]
         attrs = [attribute_labels[c][int(i)] for i in order]
         cls["keywords"] = [strip_article(t) for t in attrs]
-        cls["evidence"] = [_class_entry(pred, attribute_labels, classes, i, role)
-                           for i, role in evidence_class_indices(pred, gt_index, runner_ups)]
+        cls["words"] = attribute_words(attrs)
+        entries = [_class_entry(pred, attribute_labels, classes, i, role)
+                   for i, role in evidence_class_indices(pred, gt_index, runner_ups)]
+        cls["evidence_summary"] = evidence_summary(entries)
+        cls["evidence_by_class"] = {str(e["index"]): e for e in entries}
         if evidence == "full":
             cls["attribute_scores"] = [_round(s) for s in pred.attribute_scores]
             if pred.attribute_crops is not None:
@@ -182,6 +192,50 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
     return cls, dets, attrs
 
 
+_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*", re.UNICODE)
+_STOP = frozenset("a an the and or of with its it has have is are to in on at by for from as "
+                  "that which this than".split())
+
+
+def attribute_words(attributes: Sequence[str]) -> list[str]:
+    """Distinct lower-case words of ``attributes`` in first-seen order, without
+    English articles and other short function words (``"a small, brown bird"``
+    -> ``["small", "brown", "bird"]``): stored as the label attribute ``words``
+    so the App sidebar's search, which matches the start of a value, finds an
+    attribute by any of its words."""
+    out: dict[str, None] = {}
+    for text in attributes:
+        for w in _WORD.findall(str(text).lower()):
+            if w not in _STOP:
+                out.setdefault(w, None)
+    return list(out)
+
+
+_ROLE_TEXT = {"predicted": "predicted", "runner_up": "runner-up", "ground_truth": "ground truth"}
+
+
+def evidence_summary(entries: Sequence[dict], top: int = 3) -> str:
+    """One readable line per evidence class (what the App's label tooltip
+    shows as ``evidence_summary``): its role, name and its ``top`` attributes
+    by contribution, with the contribution and matched crops, e.g.
+    ``predicted Cardinal: red crest 0.0312 (3 crops), ...``; classes joined by
+    ``" | "``."""
+    parts = []
+    for e in entries:
+        scores = list(e.get("scores") or [])
+        crops = e.get("crops")
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top]
+        items = []
+        for i in order:
+            t = f"{strip_article(e['attributes'][i])} {scores[i]:.4f}"
+            if crops is not None:
+                t += f" ({crops[i]} crop{'' if crops[i] == 1 else 's'})"
+            items.append(t)
+        parts.append(f"{_ROLE_TEXT.get(e.get('role'), e.get('role'))} {e['class']}: "
+                     + ", ".join(items))
+    return " | ".join(parts)
+
+
 # ------------------------------------------------------------------ readers
 def _get(label: Any, name: str) -> Any:
     if label is None:
@@ -194,15 +248,28 @@ def _get(label: Any, name: str) -> Any:
         return None
 
 
+def evidence_entries(label: Any) -> list:
+    """The compact per-class evidence entries of a stored ``Classification``
+    (or its dict), in stored order (predicted class first): each a dict
+    ``{"class", "index", "role", "attributes", "scores", "crops"}``. Reads
+    ``evidence_by_class`` (the current layout: a dict keyed by class index, which
+    the App's tooltip leaves out) and the earlier ``evidence`` list (a list of
+    dicts, which the tooltip showed as ``[object Object]``); empty for the full
+    form without it, and for CLIP."""
+    by_class = _get(label, "evidence_by_class")
+    if by_class:
+        return list(by_class.values())
+    return list(_get(label, "evidence") or [])
+
+
 def evidence_classes(label: Any) -> list[int]:
     """Class indices whose per-attribute evidence ``label`` (a stored
     ``Classification``, or its dict) holds: all classes for the full form,
     the listed ones for the compact form, none for CLIP."""
-    ev = _get(label, "evidence")
     full = _get(label, "attribute_scores")
     if full is not None:
         return list(range(len(full)))
-    return [int(_get(e, "index")) for e in ev or []]
+    return [int(_get(e, "index")) for e in evidence_entries(label)]
 
 
 def class_evidence(label: Any, class_index: int | None) -> tuple[list | None, list | None]:
@@ -219,7 +286,7 @@ def class_evidence(label: Any, class_index: int | None) -> tuple[list | None, li
         s = full[class_index] if class_index < len(full) else None
         k = crops[class_index] if crops is not None and class_index < len(crops) else None
         return s, k
-    for e in _get(label, "evidence") or []:
+    for e in evidence_entries(label):
         if int(_get(e, "index")) == int(class_index):
             return _get(e, "scores"), _get(e, "crops")
     return None, None

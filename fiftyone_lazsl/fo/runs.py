@@ -6,8 +6,8 @@ For a label field ``F`` (default ``"lazsl"``) a run writes:
   attribute set's class order, plus custom attributes on the label
   (:mod:`fiftyone_lazsl.fo.labels` builds them):
 
-  - ``evidence`` (LaZSL and DCLIP): a short list of dicts, one per class people
-    look at: the predicted class (``role`` ``"predicted"``), the
+  - ``evidence_by_class`` (LaZSL and DCLIP): a dict keyed by class index (a
+    string), one entry per class people look at, in this order: the predicted class (``role`` ``"predicted"``), the
     ``runner_ups`` best other classes (``"runner_up"``, default 1) and, when the
     run was given ``gt_field``, the sample's ground-truth class
     (``"ground_truth"``). Each has ``class``, ``index`` (logit order),
@@ -18,16 +18,25 @@ For a label field ``F`` (default ``"lazsl"``) a run writes:
     class, goes to the attribute). Balanced optimal transport gives every
     attribute exactly ``1 / A_c`` of the mass, so *received mass* cannot rank
     attributes; their contribution to the score can, and is what "evidence"
-    means throughout this project;
+    means throughout this project. Outputs written before this layout hold the
+    same entries as a list named ``evidence`` (which the App's label tooltip
+    cannot render); :func:`fiftyone_lazsl.fo.labels.evidence_entries` reads
+    either;
+  - ``evidence_summary``: the same classes' top attributes as one readable
+    line (what the App's label tooltip shows);
   - ``keywords``: ``F_attributes`` without a leading article (``"white head"``),
-    declared on the dataset so the App sidebar's prefix search finds them;
+    and ``words``: their distinct words (``"white"``, ``"head"``), both
+    declared on the dataset so the App sidebar's search (which matches the
+    start of a value) finds an attribute by any of its words;
   - with ``evidence="full"`` only (and on datasets written before compact
     outputs): ``attribute_scores`` (``[C][A_c]`` floats) and ``attribute_crops``
     (``[C][A_c]`` ints), the same numbers for every class.
 
   ``clip`` runs have neither evidence nor keywords;
+  the crop detections are hidden in the App until shown (the dataset's App
+  config, :mod:`fiftyone_lazsl.fo.appconfig`);
 * ``F_crops``: ``fo.Detections``, the ``top_k_crops`` kept crops with most
-  transport mass (default 10 with compact evidence; every kept crop with
+  transport mass (default 5 with compact evidence; every kept crop with
   ``evidence="full"`` or ``top_k_crops="all"``):
   relative ``bounding_box``, ``label`` = the predicted class's attribute the crop
   sends most mass to, ``confidence`` = that share of the crop's mass, and custom
@@ -125,3 +134,18 @@ def list_lazsl_fields(samples) -> list[str]:
             if field:
                 out.append(field)
     return out
+
+
+def latest_lazsl_field(samples) -> str | None:
+    """The label field of the most recently recorded LaZSL run on ``samples``
+    (the run record's timestamp: when the run was started or last replaced), or
+    None when no LaZSL run wrote any field."""
+    best, when = None, None
+    for key in samples.list_runs():
+        if key.startswith(RUN_PREFIX):
+            info = samples.get_run_info(key)
+            field = getattr(info.config, "label_field", None)
+            ts = info.timestamp
+            if field and (best is None or (ts is not None and (when is None or ts >= when))):
+                best, when = field, ts
+    return best

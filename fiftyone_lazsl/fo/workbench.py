@@ -82,13 +82,28 @@ def classifier_for(samples: Any, label_field: str, attribute_set: Any) -> Any:
     return LaZSLClassifier(attribute_set, model=_MODELS[key], config=cfg)
 
 
-def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier: Any = None) -> dict:
+def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier: Any = None,
+                   class_name: str | None = None) -> dict:
     """Re-score one sample from its stored features (nothing is written).
 
+    Args:
+        sample: a sample of a dataset with a run on ``label_field`` that
+            stored features.
+        label_field: the run's label field.
+        attribute_set: the (edited) :class:`AttributeSet` to score with.
+        classifier: a pre-built classifier for ``attribute_set`` (else one is
+            built with the run's parameters).
+        class_name: a class whose new score and rank to report (e.g. the
+            edited one), or None.
+
     Returns:
-        ``{"ok", "message", "label", "confidence", "previous", "top_attributes"}``:
-        the new predicted class and confidence, the label in ``label_field``,
-        and the new predicted class's attributes by contribution (highest first).
+        ``{"ok", "message", "label", "confidence", "previous", "top_attributes",
+        "class"}``: the new predicted class and confidence, the label in
+        ``label_field``, the new predicted class's attributes by contribution
+        (highest first), and for ``class_name`` a dict ``{"name", "score"
+        (logit, as the panel shows scores), "probability", "rank" (1 = highest
+        logit), "num_classes", "previous_score", "previous_rank"}`` (previous
+        figures from the stored logits; None where not stored), else None.
     """
     from fiftyone_lazsl.core.features import FeatureStore, predict_entries
     from fiftyone_lazsl.fo.rescore import stored_run
@@ -99,18 +114,33 @@ def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier
     with FeatureStore(rec["path"], dtype=rec.get("dtype", "float16"),
                       check=rec.get("check", "stat")) as store:
         found, why = store.get_many(rec["fingerprint"], [sample.filepath])
-    prev = sample[label_field].label if sample[label_field] is not None else None
+    label = sample[label_field]
+    prev = label.label if label is not None else None
     if not found:
         return {"ok": False, "message": why[sample.filepath], "label": None, "confidence": None,
-                "previous": prev, "top_attributes": []}
+                "previous": prev, "top_attributes": [], "class": None}
     p = predict_entries(clf, [found[sample.filepath]])[0]
     names = clf.attribute_labels[p.label_index]
     top = []
     if p.attribute_scores is not None:
         a = p.attribute_scores[p.label_index]
         top = [(names[i], float(a[i])) for i in np.argsort(-a, kind="stable")]
+    cls = None
+    c = attribute_set.resolve(class_name) if class_name else None
+    if c is not None and c in clf.classes:
+        i = list(clf.classes).index(c)
+        logits = np.asarray(p.logits, dtype=np.float64)
+        cls = {"name": c, "score": float(logits[i]), "probability": float(p.probs[i]),
+               "rank": int((logits > logits[i]).sum()) + 1, "num_classes": int(logits.size),
+               "previous_score": None, "previous_rank": None}
+        old = getattr(label, "logits", None) if label is not None else None
+        if old is not None and len(old) == logits.size:
+            old = np.asarray(old, dtype=np.float64)
+            cls["previous_score"] = float(old[i])
+            cls["previous_rank"] = int((old > old[i]).sum()) + 1
     return {"ok": True, "message": "", "label": p.label,
-            "confidence": float(p.probs[p.label_index]), "previous": prev, "top_attributes": top}
+            "confidence": float(p.probs[p.label_index]), "previous": prev, "top_attributes": top,
+            "class": cls}
 
 
 def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
