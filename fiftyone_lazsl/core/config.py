@@ -22,17 +22,22 @@ from typing import Any, Iterable, Mapping
 
 from fiftyone_lazsl.errors import ConfigError
 
-__all__ = ["LaZSLConfig", "METHODS", "CROP_BACKENDS", "PROMPT_STYLES", "RANDOM_WEIGHT_TAGS",
-           "normalize_pretrained"]
+__all__ = ["LaZSLConfig", "METHODS", "CROP_BACKENDS", "EXACT_CROP_BACKENDS", "PROMPT_STYLES",
+           "RANDOM_WEIGHT_TAGS", "normalize_pretrained"]
 
 #: Scoring methods: LaZSL and the two baselines of the paper's tables.
 METHODS = ("lazsl", "dclip", "clip")
-#: How crops are made: ``"pil"`` (default; the official construction: each
-#: square box cut from the decoded PIL image and sent through the model's own
-#: open_clip preprocessing, in the decode workers; exact) or ``"tensor"``
-#: (``torchvision.ops.roi_align`` on the model's device: faster on a GPU,
-#: an approximation, mean |difference| ~0.012-0.017, max ~0.9 in normalised units).
-CROP_BACKENDS = ("pil", "tensor")
+#: How crops are made (see docs/crops.md): ``"auto"`` (default: ``"device"`` when
+#: the model runs on CUDA, else ``"pil"``), ``"pil"`` (the official construction:
+#: each square box cut from the decoded PIL image and sent through the model's
+#: own open_clip preprocessing, in the decode workers; exact), ``"device"`` (the
+#: same views, byte for byte: Pillow's integer resampling reproduced on the
+#: model's device from the decoded image) or ``"tensor"``
+#: (``torchvision.ops.roi_align`` on the model's device: an approximation, mean
+#: |difference| ~0.012-0.017, max ~0.9 in normalised units).
+CROP_BACKENDS = ("auto", "pil", "device", "tensor")
+#: Backends whose views are identical (interchangeable for resume and re-scoring).
+EXACT_CROP_BACKENDS = ("pil", "device")
 #: Prompt rules (see :mod:`fiftyone_lazsl.core.prompts`).
 PROMPT_STYLES = ("dclip", "legacy")
 #: Spellings of "no pretrained weights" (random initialisation, tests only).
@@ -115,9 +120,10 @@ class LaZSLConfig:
     crop_scale: tuple[float, float] = field(default=(0.6, 0.9), metadata=_meta(
         "(alpha, beta): crop side ~ U(alpha, beta) * min(H, W)", methods=_OT,
         group="visual set", unit="fraction of the short side"))
-    crop_backend: str = field(default="pil", metadata=_meta(
-        "crop construction: 'pil' (official: model preprocessing of each cut-out box, exact) "
-        "or 'tensor' (roi_align on the model's device, faster, approximate)",
+    crop_backend: str = field(default="auto", metadata=_meta(
+        "crop construction: 'pil' (official: model preprocessing of each cut-out box, in the "
+        "decode workers), 'device' (the same views bit for bit, resampled on the model's "
+        "device), 'tensor' (roi_align, approximate) or 'auto' (device on CUDA, else pil)",
         methods=_OT, group="visual set", choices=CROP_BACKENDS, advanced=True))
     seed: int = field(default=0, metadata=_meta(
         "crop seed (combined with each sample's key)", methods=_OT, group="visual set"))
@@ -238,7 +244,8 @@ class LaZSLConfig:
         values never change a sample's result) that differ from ``other``."""
         o = other if isinstance(other, LaZSLConfig) else LaZSLConfig.from_dict(other, strict=False)
         return [f.name for f in dataclasses.fields(self)
-                if f.metadata["output"] and getattr(self, f.name) != getattr(o, f.name)]
+                if f.metadata["output"] and _views(f.name, getattr(self, f.name))
+                != _views(f.name, getattr(o, f.name))]
 
     # --------------------------------------------------------------------- CLI
     @classmethod
@@ -353,3 +360,8 @@ def _num(name: str, v: Any) -> float:
     if not math.isfinite(x):
         raise ConfigError(f"{name} must be a finite number, got {v!r}")
     return x
+
+
+def _views(name: str, value: Any) -> Any:
+    """``"pil"`` and ``"device"`` make the same views: equal as outputs."""
+    return "pil" if name == "crop_backend" and value in EXACT_CROP_BACKENDS else value
