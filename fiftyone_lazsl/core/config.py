@@ -363,5 +363,7 @@ def _num(name: str, v: Any) -> float:
 
 
 def _views(name: str, value: Any) -> Any:
-    """``"pil"`` and ``"device"`` make the same views: equal as outputs."""
-    return "pil" if name == "crop_backend" and value in EXACT_CROP_BACKENDS else value
+    """``"pil"`` and ``"device"`` (and ``"auto"``, which is one of them) make the
+    same views: equal as outputs."""
+    exact = EXACT_CROP_BACKENDS + ("auto",)
+    return "pil" if name == "crop_backend" and value in exact else value
