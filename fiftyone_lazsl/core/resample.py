@@ -379,7 +379,8 @@ def _resample(images, views, plans, vfirst, device, max_elements) -> torch.Tenso
     Sw, Sh = plans[0].out_size
     if any(p.out_size != (Sw, Sh) for p in plans):
         raise ValueError("all views must have the same output size")
-    flat = torch.cat([im.to(device).reshape(-1, 3) for im in images])
+    # int32 once: the gathers below then need no per-tap conversion
+    flat = torch.cat([im.to(device).reshape(-1, 3) for im in images]).to(torch.int32)
     offsets = np.cumsum([0] + [int(im.shape[0]) * int(im.shape[1]) for im in images])
     widths = [int(im.shape[1]) for im in images]
     out = torch.empty(V, Sh, Sw, 3, dtype=torch.uint8, device=device)
@@ -451,8 +452,9 @@ def _resample(images, views, plans, vfirst, device, max_elements) -> torch.Tenso
         # pass 1: [G, R lines, o1, 3]
         acc = torch.full((G, R, o1, 3), half, dtype=torch.int32, device=device)
         for k in range(K1):
-            acc += flat[t_base[:, :, None] + t_taps[:, None, :, k]].to(torch.int32) * t_w1[:, None, :, k, None]
-        tmp = (acc >> PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+            acc += flat[t_base[:, :, None] + t_taps[:, None, :, k]] * t_w1[:, None, :, k, None]
+        # the uint8 Pillow stores between the passes, kept as int32 values 0..255
+        tmp = (acc >> PRECISION_BITS).clamp_(0, 255)
         del acc
         # pass 2 over the lines: [G, o2, o1, 3]
         t_sel = torch.from_numpy(sel).to(device)
@@ -460,7 +462,7 @@ def _resample(images, views, plans, vfirst, device, max_elements) -> torch.Tenso
         gi = torch.arange(G, device=device)[:, None]
         acc = torch.full((G, o2, o1, 3), half, dtype=torch.int32, device=device)
         for k in range(K2):
-            acc += tmp[gi, t_sel[:, :, k]].to(torch.int32) * t_w2[:, :, k, None, None]
+            acc += tmp[gi, t_sel[:, :, k]] * t_w2[:, :, k, None, None]
         del tmp
         res = (acc >> PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
         del acc
