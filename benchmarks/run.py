@@ -11,11 +11,14 @@ One command measures, in one run on one machine (see ``--help``):
    attribute counts, up to 9), N crops, on the floor run's features, against a
    per-class reference loop written like the official ``OP_d.get_OP_distence``
    (batch size 1, one class at a time, ``.item()`` each Sinkhorn iteration);
-4. ``crops``: crop construction, standalone: the default ``crop_backend="pil"``
+4. ``crops``: crop construction, standalone: ``crop_backend="pil"``
    (each box cut from the PIL image and sent through the model's own
    preprocessing; done by the decode workers: images/s per worker) next to
-   ``"tensor"`` (``roi_align`` on the model's device), each as a fraction of the
-   encoder floor, and the tensor path's deviation from the exact views;
+   ``"device"`` (the same views resampled on the model's device from the decoded
+   image; values differing from ``"pil"``, expected 0) and ``"tensor"``
+   (``roi_align`` on the model's device), each as a fraction of the encoder
+   floor, the bytes a worker sends, and the tensor path's deviation from the
+   exact views (``benchmarks/backends.py`` compares the backends end to end);
 5. ``memory``: peak RSS (and CUDA memory) of ``run_lazsl`` over 100 and 1,000
    images, one subprocess per size (a cheaper configuration, see ``--mem-model``);
 6. ``write``: bytes per stored sample (CUB and ImageNet-1k, compact and full
