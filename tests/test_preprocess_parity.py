@@ -13,8 +13,10 @@ grayscale JPEGs of the shared set, and odd files made here (1 x 1, 4000 x 20 and
 20 x 4000 strips, grayscale PNG, palette PNG, RGBA PNG, EXIF-rotated JPEG).
 Models: ViT-B-32 (``resize_mode="shortest"``, 224 px, random weights: only the
 preprocessing matters) and the tiny test architecture as open_clip
-``local-dir:`` models whose ``preprocess_cfg`` says ``"squash"`` or
-``"longest"`` (with a grey fill colour).
+``local-dir:`` models whose ``preprocess_cfg`` says ``"squash"``,
+``"longest"`` (with a grey fill colour) or bilinear interpolation.
+Both exact backends are held to it: ``"pil"`` (PIL in the decode workers) and
+``"device"`` (Pillow's integer resampling reproduced on the model's device).
 """
 
 import glob
