@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_PINS := torch==2.14.1 torchvision==0.29.1 fiftyone==1.22.1 open_clip_torch==3.3.0 POT==0.9.7
 
-.PHONY: venv browser test demo bench bench-quick clean
+.PHONY: venv browser test demo bench bench-quick gpu-wheels clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ bench: venv
 
 bench-quick: venv
 	$(PY) benchmarks/run.py --quick
+
+# Wheels the GPU machines lack (Python 3.12, x86-64, no registry there), into the
+# ignored .whl/ folder; benchmarks/gpu_check.sh installs them there (see its header).
+GPU_WHEELS := open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.5 POT==0.9.7
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	@ls -l .whl; du -sh .whl | awk '{print "gpu wheels: " $$1 " in .whl/"}'
 
 clean:
 	rm -rf $(VENV) build *.egg-info

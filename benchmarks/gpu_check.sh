@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# GPU check of fiftyone-lazsl, ready to run on a CUDA machine (target: < 8 minutes).
+# GPU check of fiftyone-lazsl, ready to run on a CUDA machine as it is (target: < 8 minutes).
 #
+#   make gpu-wheels                                 # here, once: the wheels the GPU machine lacks -> .whl/
 #   bash benchmarks/gpu_check.sh [OUT_DIR]          # on the GPU machine, from the repo root
 #   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh    # dry mode: same steps on the CPU, tiny model
 #
-# 1. setup: uses $PYTHON (default: python3, or .venv/bin/python when present); when
-#    fiftyone_lazsl does not import, installs the project (pip install --no-deps
-#    --no-build-isolation -e ., offline-safe: dependencies must already be there;
-#    missing ones are listed and the script exits 3).
+# The core part needs only Python 3.12 with torch, torchvision, numpy, pillow and timm (what the
+# lent GPU machines have) plus the carried wheels in .whl/ (open_clip_torch, ftfy, wcwidth, POT):
+# no registry, no FiftyOne, no database.
+# 1. setup: uses $PYTHON (default: python3, or .venv/bin/python when present); when open_clip
+#    is missing and .whl/ holds wheels, installs them offline into a private folder
+#    (pip install --no-index --no-deps --target); the project runs from the checkout
+#    (PYTHONPATH); a missing core package is listed and the script exits 3.
 # 2. golden parity on CUDA (benchmarks/gpu_parity.py): float32 scorer <= 1e-5 of the
 #    official scores, same argmax; fp16-rounded (autocast) features: same argmax;
 #    encoder fp16 autocast vs float32 on real photos: argmax agreement.
-# 3. throughput (benchmarks/run.py): ViT-B-16, N = 90, C = 200, batch 32: images/s,
-#    encoder floor, stage fractions, run_lazsl (background writer) rate, write rate,
-#    bytes per sample, memory.
+# 3. crop backends (benchmarks/backends.py): ViT-B-16, N = 90, C = 200, batch 32: "pil" and
+#    "device" views compared value for value on the GPU, crop stage per image and bytes a
+#    decode worker sends, encoder floor, images/s end to end (decode workers, views, encoder,
+#    scoring, evidence; no database) with each backend and the crop stage's share.
+# 4. only when FiftyOne is installed: the full throughput benchmark (benchmarks/run.py:
+#    run_lazsl into a private database, write rate, bytes per sample, memory).
 # Real photos, attribute sets and golden files: ../shared/data, or LAZSL_SHARED_DATA=/path/to/data
 # (or shared/data inside the checkout, as the device runner copies it).
 # Results: OUT_DIR (default: $OUT when set, else benchmarks/results/gpu-check):
-# parity.json, cuda-ViT-B-16.{json,md,png}, summary.txt, logs.
+# parity.json, backends-*.{json,md}, cuda-ViT-B-16.{json,md,png} (with FiftyOne), summary.txt, logs.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 DRY="${GPU_CHECK_DRY:-0}"
@@ -36,24 +43,36 @@ fi
 export HF_HUB_OFFLINE=1 FIFTYONE_DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false
 
 # ---------------------------------------------------------------- 1. setup
+have() { "$PYTHON" -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('$1') else 1)"; }
+if ! have open_clip && ls .whl/*.whl >/dev/null 2>&1; then
+  SITE="${GPU_CHECK_SITE:-/tmp/lazsl-gpu-site}"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" .whl/*.whl >"$OUT_DIR/pip.log" 2>&1 \
+    || { log "installing the carried wheels failed (see pip.log)"; exit 3; }
+  export PYTHONPATH="$PYTHONPATH:$SITE"
+  log "installed the carried wheels from .whl/ into $SITE"
+fi
 missing=$("$PYTHON" - <<'PY'
-import importlib
-need = ["torch", "numpy", "open_clip", "fiftyone", "ot", "PIL", "matplotlib"]
+import importlib.util
+need = ["torch", "torchvision", "numpy", "PIL", "open_clip", "ftfy", "regex", "huggingface_hub",
+        "safetensors", "timm"]
 print(" ".join(m for m in need if importlib.util.find_spec(m) is None))
 PY
 )
 if [ -n "$missing" ]; then
-  log "missing Python packages: $missing (install them, e.g. pip install -e '.[test]' with network)"
+  log "missing Python packages: $missing (run 'make gpu-wheels' where pip works and carry .whl/)"
   exit 3
 fi
-if ! "$PYTHON" -c "import fiftyone_lazsl" 2>/dev/null; then
-  "$PYTHON" -m pip install --no-deps --no-build-isolation -e . >"$OUT_DIR/pip.log" 2>&1 \
-    || { log "pip install of the project failed (see pip.log)"; exit 3; }
-fi
+if have fiftyone && have matplotlib; then HAVE_FO=1; else HAVE_FO=0; fi
 "$PYTHON" - <<'PY' | tee -a "$OUT_DIR/summary.txt"
-import torch, fiftyone, open_clip
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}, "
-      f"devices {torch.cuda.device_count()}, fiftyone {fiftyone.__version__}, open_clip {open_clip.__version__}")
+import importlib.util, platform, torch, open_clip, PIL
+fo = "not installed (database part skipped)"
+if importlib.util.find_spec("fiftyone"):
+    import fiftyone
+    fo = fiftyone.__version__
+print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"available {torch.cuda.is_available()}, devices {torch.cuda.device_count()}, "
+      f"open_clip {open_clip.__version__}, pillow {PIL.__version__}, fiftyone {fo}")
 if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name())
 PY
@@ -64,6 +83,8 @@ if [ "$DRY" = "1" ]; then
   BENCH_ARGS=(--quick --device cpu --write-samples 200 --memory-sizes 2,3 --score-reps 1 --floor-reps 1)
   BENCH_NAME=dry-cpu
   BENCH_TIMEOUT=1200   # a small shared CPU
+  BACKENDS_ARGS=(--device cpu --model "$MODEL" --n-crops 8 --batch-size 2 --images 4 --reps 1)
+  BACKENDS_TIMEOUT=600
 else
   "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { log "CUDA is not available (use GPU_CHECK_DRY=1 for the CPU dry run)"; exit 2; }
@@ -73,6 +94,8 @@ else
               --memory-sizes 100,1000 --write-samples 1000)
   BENCH_NAME=cuda-ViT-B-16
   BENCH_TIMEOUT=330
+  BACKENDS_ARGS=(--device cuda --model ViT-B-16 --n-crops 90 --batch-size 32 --images 192)
+  BACKENDS_TIMEOUT=240
 fi
 
 # ---------------------------------------------------------------- 2. parity
@@ -82,7 +105,31 @@ timeout 180 "$PYTHON" benchmarks/gpu_parity.py "${PARITY_ARGS[@]}" --out-dir "$O
 PARITY_RC=$?
 log "parity exit status $PARITY_RC (0 = golden parity met; see parity.json)"
 
-# ---------------------------------------------------------------- 3. throughput
+# ---------------------------------------------------------------- 3. crop backends
+log "crop backends pil vs device: $MODEL on $DEVICE (no database)"
+timeout "$BACKENDS_TIMEOUT" "$PYTHON" benchmarks/backends.py "${BACKENDS_ARGS[@]}" --out-dir "$OUT_DIR" \
+  --name "backends-$BENCH_NAME" >"$OUT_DIR/backends.log" 2>&1
+BACKENDS_RC=$?
+log "crop backends exit status $BACKENDS_RC (see backends-$BENCH_NAME.md)"
+[ -f "$OUT_DIR/backends-$BENCH_NAME.md" ] && tee -a "$OUT_DIR/summary.txt" <"$OUT_DIR/backends-$BENCH_NAME.md"
+if [ -f "$OUT_DIR/backends-$BENCH_NAME.json" ]; then
+  "$PYTHON" - "$OUT_DIR/backends-$BENCH_NAME.json" <<'PY' || BACKENDS_RC=4
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = {b: c["values_differing_from_pil"] for b, c in r["crop_stage"].items()
+       if isinstance(c, dict) and b == "device" and c["values_differing_from_pil"] != 0}
+print("device views equal pil views bit for bit" if not bad else f"device views DIFFER from pil: {bad}")
+sys.exit(1 if bad else 0)
+PY
+fi
+
+# ---------------------------------------------------------------- 4. throughput (FiftyOne)
+if [ "$HAVE_FO" != 1 ]; then
+  log "FiftyOne (or matplotlib) not installed: the database benchmark (run.py) is skipped"
+  log "done in $(( $(date +%s) - START )) s; results in $OUT_DIR"
+  [ "$PARITY_RC" = 0 ] && [ "$BACKENDS_RC" = 0 ]
+  exit
+fi
 log "throughput benchmark: $MODEL, N=90, C=200 on $DEVICE"
 timeout "$BENCH_TIMEOUT" "$PYTHON" benchmarks/run.py "${BENCH_ARGS[@]}" --out-dir "$OUT_DIR" --name "$BENCH_NAME" \
   >"$OUT_DIR/bench.log" 2>&1
@@ -104,4 +151,4 @@ for k, v in r["checks"].items():
 PY
 fi
 log "done in $(( $(date +%s) - START )) s; results in $OUT_DIR"
-[ "$PARITY_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
+[ "$PARITY_RC" = 0 ] && [ "$BACKENDS_RC" = 0 ] && [ "$BENCH_RC" = 0 ]

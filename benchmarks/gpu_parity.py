@@ -36,7 +36,9 @@ def golden_checks(device: str, data: pathlib.Path) -> list[dict]:
     from fiftyone_lazsl.core.scoring import dclip_scores, lazsl_scores
 
     out = []
-    files = sorted(glob.glob(str(data / "golden" / "*.npz")))
+    # LaZSL's golden files (others in the folder, e.g. of other methods, lack its parameters)
+    files = [f for f in sorted(glob.glob(str(data / "golden" / "*.npz")))
+             if "theta" in np.load(f).files]
     if not files:
         raise SystemExit(f"no golden files under {data / 'golden'}")
     for f in files:

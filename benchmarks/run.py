@@ -11,11 +11,14 @@ One command measures, in one run on one machine (see ``--help``):
    attribute counts, up to 9), N crops, on the floor run's features, against a
    per-class reference loop written like the official ``OP_d.get_OP_distence``
    (batch size 1, one class at a time, ``.item()`` each Sinkhorn iteration);
-4. ``crops``: crop construction, standalone: the default ``crop_backend="pil"``
+4. ``crops``: crop construction, standalone: ``crop_backend="pil"``
    (each box cut from the PIL image and sent through the model's own
    preprocessing; done by the decode workers: images/s per worker) next to
-   ``"tensor"`` (``roi_align`` on the model's device), each as a fraction of the
-   encoder floor, and the tensor path's deviation from the exact views;
+   ``"device"`` (the same views resampled on the model's device from the decoded
+   image; values differing from ``"pil"``, expected 0) and ``"tensor"``
+   (``roi_align`` on the model's device), each as a fraction of the encoder
+   floor, the bytes a worker sends, and the tensor path's deviation from the
+   exact views (``benchmarks/backends.py`` compares the backends end to end);
 5. ``memory``: peak RSS (and CUDA memory) of ``run_lazsl`` over 100 and 1,000
    images, one subprocess per size (a cheaper configuration, see ``--mem-model``);
 6. ``write``: bytes per stored sample (CUB and ImageNet-1k, compact and full
@@ -216,7 +219,7 @@ def bench_crop_construction(clf, images, keys, clock, reps=2):
     out = {}
     views = {}
     threads = torch.get_num_threads()
-    for backend in ("pil", "tensor"):
+    for backend in ("pil", "device", "tensor"):
         spec = dataclasses.replace(base, backend=backend)
         worker, device_t, ipc = [], [], []
         for _ in range(reps):
@@ -226,7 +229,8 @@ def bench_crop_construction(clf, images, keys, clock, reps=2):
                 prep = spec.prepare(im, k)
                 worker.append(time.perf_counter() - t0)
                 torch.set_num_threads(threads)
-                ipc.append(sum(t.numel() * t.element_size() for t in (prep.pixels, prep.image)
+                ipc.append(sum(t.numel() * t.element_size() for t in (prep.pixels, prep.image,
+                                                                      prep.decoded)
                                if t is not None))
                 t0 = clock()
                 v = build_views([prep], spec, device=dev)
@@ -245,6 +249,8 @@ def bench_crop_construction(clf, images, keys, clock, reps=2):
                                    p99=float(diffs.float().kthvalue(max(1, int(0.99 * diffs.numel())))[0]),
                                    global_view_max=glob, images=len(keys), crops=clf.n_crops,
                                    units="normalised (model mean/std) pixel values")
+    out["device_values_differing_from_pil"] = sum(
+        int((views[("device", k)] != views[("pil", k)]).sum()) for k in keys)
     out["images"] = len(keys)
     out["image_sizes"] = [list(im.size) for im in images]
     return out
@@ -599,6 +605,9 @@ def _ratios(r):
         # runs in other processes, so the main process's stage timer cannot see it
         "crops_fraction_of_floor": r["crop_construction"]["pil"]["s_per_image"] / floor,
         "tensor_crops_fraction_of_floor": r["crop_construction"]["tensor"]["s_per_image"] / floor,
+        "device_crops_fraction_of_floor": r["crop_construction"]["device"]["s_per_image"] / floor,
+        "device_over_pil_crops": (r["crop_construction"]["device"]["s_per_image"]
+                                  / r["crop_construction"]["pil"]["s_per_image"]),
         "decode_worker_crop_images_per_s": r["crop_construction"]["pil"]["worker_images_per_s"],
         "standalone_pipeline_over_floor": p["s_per_image"] / floor,
         "standalone_run_lazsl_over_floor": rl["s_per_image"] / floor,
@@ -665,7 +674,9 @@ def write_markdown(r, path):
     lines.append(f"| scoring + plans inside the pipeline | {_fmt_s(st['scoring'])} | | "
                  f"{100 * st['scoring'] / enc:.3f}% | |")
     cc = r["crop_construction"]
-    for backend, label in (("pil", "crops 'pil' (default, exact): worker prepare + build_views"),
+    for backend, label in (("pil", "crops 'pil' (exact, PIL in the worker): worker prepare + build_views"),
+                           ("device", "crops 'device' (exact, resampled on the model's device): "
+                                      "worker prepare + build_views"),
                            ("tensor", "crops 'tensor' (roi_align): worker prepare + build_views")):
         c = cc[backend]
         lines.append(f"| {label} | {_fmt_s(c['s_per_image'])} | {c['worker_images_per_s']:.1f} "
@@ -707,7 +718,12 @@ def write_markdown(r, path):
               f"(max {dv['global_view_max']:.1e}). A decode worker sends "
               f"{r['crop_construction']['pil']['ipc_bytes_per_image'] / 2**20:.1f} MiB per image "
               f"('pil', uint8 views) vs "
-              f"{r['crop_construction']['tensor']['ipc_bytes_per_image'] / 2**20:.1f} MiB ('tensor')."]
+              f"{r['crop_construction']['device']['ipc_bytes_per_image'] / 2**20:.2f} MiB ('device', "
+              f"the decoded image) and "
+              f"{r['crop_construction']['tensor']['ipc_bytes_per_image'] / 2**20:.1f} MiB ('tensor'). "
+              f"'device' views differing from 'pil': "
+              f"{r['crop_construction']['device_values_differing_from_pil']} values; "
+              f"'device' / 'pil' crop time {r['ratios']['device_over_pil_crops']:.2f}."]
     lines += ["", f"Scoring: {sc['classes']} classes, {sc['attributes_total']} attributes "
               f"(up to {sc['max_attributes']}), {sc['crops']} crops, batch {sc['batch']}; mean "
               f"Sinkhorn iterations {sc['mean_sinkhorn_iterations']:.2f}; max |batched - loop| = "
@@ -996,7 +1012,8 @@ def _time_crop_construction(args: argparse.Namespace, cfg: dict, clf, r: dict) -
     _log("crop construction per image: " + ", ".join(
         f"{b} {r['crop_construction'][b]['s_per_image'] * 1e3:.1f} ms "
         f"({r['crop_construction'][b]['worker_images_per_s']:.1f} img/s per worker)"
-        for b in ("pil", "tensor")) + "; tensor deviation mean "
+        for b in ("pil", "device", "tensor")) + "; device values differing from pil "
+        f"{r['crop_construction']['device_values_differing_from_pil']}; tensor deviation mean "
         f"{r['crop_construction']['tensor_deviation']['mean']:.4f} max "
         f"{r['crop_construction']['tensor_deviation']['max']:.3f}")
 

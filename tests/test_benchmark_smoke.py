@@ -37,10 +37,15 @@ def test_benchmark_quick_mode(tmp_path, shared_data):
     assert r["write"]["samples"] == 10
     cc = r["crop_construction"]
     assert cc["images"] == 2 and r["crops"]["backend"] == "pil"
-    for b in ("pil", "tensor"):
+    for b in ("pil", "device", "tensor"):
         assert cc[b]["worker_images_per_s"] > 0 and cc[b]["s_per_image"] > 0
     # uint8 views: 1 byte per value, (1 + N) views of 64 x 64 x 3 from each worker
     assert cc["pil"]["ipc_bytes_per_image"] == 91 * 64 * 64 * 3
+    # "device": the same views, from the decoded image (W x H x 3 bytes) sent by the worker
+    assert cc["device_values_differing_from_pil"] == 0
+    decoded = [w * h * 3 for w, h in cc["image_sizes"]]
+    assert min(decoded) <= cc["device"]["ipc_bytes_per_image"] <= max(decoded)
+    assert "device_over_pil_crops" in r["ratios"]
     dv = cc["tensor_deviation"]
     assert dv["global_view_max"] == 0 and 0 < dv["mean"] < dv["max"]
     sizes = r["write"]["sizes"]

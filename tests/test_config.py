@@ -160,10 +160,12 @@ def test_classifier_takes_every_field():
 
     c = LaZSLConfig(model=tiny_clip.TINY_MODEL, pretrained=None, n_crops=3, crop_scale=(0.5, 0.8),
                     seed=4, theta=0.3, eps=0.2, gamma=0.01, max_iter=9, stop_tol=0.001,
-                    prompt_suffix=".", batch_size=2, device="cpu")
+                    prompt_suffix=".", batch_size=2, device="cpu", crop_backend="pil")
     aset = {"cat": ["whiskers"], "dog": ["a tail"]}
     a = LaZSLClassifier(aset, config=c)
     assert a.lazsl_config == c
+    # the default "auto" is resolved on the model's device ("pil" on the CPU)
+    assert LaZSLClassifier(aset, config=c.replace(crop_backend="auto")).lazsl_config == c
     b = LaZSLClassifier(aset, **{k: v for k, v in c.to_dict().items()})
     assert b.lazsl_config == c
     cfg = a.config()

@@ -124,3 +124,31 @@ def test_operator_immediate_and_delegated_match_python(lazsl_plugin, small_cub, 
     assert ops and all(op.run_state == "completed" for op in ops), [op.run_state for op in ops]
     assert _labels(ds, "dlg") == _labels(ds, "py")
     assert {"lazsl_py", "lazsl_imm", "lazsl_dlg"} <= set(ds.list_runs())
+
+
+def test_cli_device_backend_writes_the_pil_logits(small_cub, checkpoint, photo_data):
+    """``classify --crop-backend device`` (views resampled on the model's device)
+    writes the same logits as ``--crop-backend pil``, bit for bit; each run records
+    its backend, and a ``pil`` run resumes with ``device`` (identical views)."""
+    import fiftyone as fo
+
+    name = "cli-cub-device"
+    assert _cli("import-folder", str(small_cub), "--dataset", name).returncode == 0
+    r = _cli("attributes", "import", str(photo_data / "attribute_sets" / "cub.json"),
+             "--dataset", name, "--name", "cub")
+    assert r.returncode == 0, r.stderr
+    env = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
+    common = ("--dataset", name, "--attributes", "cub", "--model", tiny_clip.TINY_MODEL,
+              "--pretrained", checkpoint, "--n-crops", str(N_CROPS), "--seed", "3", "--device", "cpu")
+    for backend in ("pil", "device"):
+        r = _cli("classify", *common, "--label-field", f"by_{backend}", "--crop-backend", backend, env=env)
+        assert r.returncode == 0, r.stderr
+        assert "6/6 samples classified" in r.stdout
+    ds = fo.load_dataset(name)
+    for backend in ("pil", "device"):
+        assert ds.get_run_info(f"lazsl_by_{backend}").config.crop_backend == backend
+    for s in ds:
+        assert np.array_equal(s.by_pil.logits, s.by_device.logits) and s.by_pil.label == s.by_device.label
+    r = _cli("classify", *common, "--label-field", "by_pil", "--crop-backend", "device",
+             "--skip-existing", env=env)
+    assert r.returncode == 0, r.stderr

@@ -13,8 +13,10 @@ grayscale JPEGs of the shared set, and odd files made here (1 x 1, 4000 x 20 and
 20 x 4000 strips, grayscale PNG, palette PNG, RGBA PNG, EXIF-rotated JPEG).
 Models: ViT-B-32 (``resize_mode="shortest"``, 224 px, random weights: only the
 preprocessing matters) and the tiny test architecture as open_clip
-``local-dir:`` models whose ``preprocess_cfg`` says ``"squash"`` or
-``"longest"`` (with a grey fill colour).
+``local-dir:`` models whose ``preprocess_cfg`` says ``"squash"``,
+``"longest"`` (with a grey fill colour) or bilinear interpolation.
+Both exact backends are held to it: ``"pil"`` (PIL in the decode workers) and
+``"device"`` (Pillow's integer resampling reproduced on the model's device).
 """
 
 import glob
@@ -102,7 +104,7 @@ def _displayed_rgb(path):
 
 
 # ------------------------------------------------------------------ models
-MODELS = ["vit-b-32-shortest", "tiny-squash", "tiny-longest"]
+MODELS = ["vit-b-32-shortest", "tiny-squash", "tiny-longest", "tiny-bilinear"]
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +117,13 @@ def models(tmp_path_factory):
     _, _, pre = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
     out["vit-b-32-shortest"] = (ours, pre)
     for name, cfg, size in (("tiny-squash", {"resize_mode": "squash"}, 224),
-                            ("tiny-longest", {"resize_mode": "longest", "fill_color": 128}, 96)):
+                            ("tiny-longest", {"resize_mode": "longest", "fill_color": 128}, 96),
+                            ("tiny-bilinear", {"interpolation": "bilinear"}, 72)):
         folder = tiny_clip.make_local_dir(tmp_path_factory.mktemp(name), cfg, image_size=size)
         m = load_model(tiny_clip.TINY_MODEL, str(folder), device="cpu")
         _, _, pre = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-        assert m.resize_mode == cfg["resize_mode"] and m.image_size == size
+        assert m.resize_mode == cfg.get("resize_mode", "shortest") and m.image_size == size
+        assert m.preprocess_cfg.interpolation == cfg.get("interpolation", "bicubic")
         out[name] = (m, pre)
     return out
 
@@ -157,13 +161,19 @@ def _assert_exact(views, image, boxes, pre, what):
             f"{what}: crop {i} {tuple(boxes[i])} differs by {(views[1 + i] - ref).abs().max()}"
 
 
+@pytest.mark.parametrize("backend", ["pil", "device"])
 @pytest.mark.parametrize("model_name", MODELS)
-def test_views_equal_the_models_own_preprocessing(models, images, model_name):
+def test_views_equal_the_models_own_preprocessing(models, images, model_name, backend):
     """``views(image)[0] == preprocess(image)`` and ``views(image)[1 + i] ==
-    preprocess(image.crop(box_i))`` for every crop, exactly, on every image."""
+    preprocess(image.crop(box_i))`` for every crop, exactly, on every image,
+    whether PIL makes the views (``"pil"``) or the integer resampler on the
+    model's device (``"device"``)."""
     m, pre = models[model_name]
-    clf = LaZSLClassifier(SET, m, n_crops=N_CROPS, seed=7)
-    assert clf.crop_backend == "pil" == LaZSLConfig().crop_backend
+    clf = LaZSLClassifier(SET, m, n_crops=N_CROPS, seed=7, crop_backend=backend)
+    assert clf.crop_backend == backend
+    if backend == "device":  # the decoded pixels travel, not the views
+        p = clf.prepare_views(load_image(images[0][1]), "k")
+        assert p.pixels is None and p.decoded is not None and p.decoded.dtype == torch.uint8
     sizes = set()
     for name, path in images:
         image = load_image(path)
@@ -200,13 +210,14 @@ def test_decoding_matches_the_official_loader_plus_exif(models, images):
     assert torch.equal(v[0], pre(rotated)) and not torch.equal(v[0], pre(official))
 
 
-def test_non_rgb_pil_images_are_converted_first(models, images):
+@pytest.mark.parametrize("backend", ["pil", "device"])
+def test_non_rgb_pil_images_are_converted_first(models, images, backend):
     """A palette / grayscale / RGBA PIL image given directly is converted to RGB
     first, like the official loader (torchvision ``pil_loader``). (Calling
     ``preprocess`` on the palette image itself would resize it with nearest
     neighbour, which PIL forces for mode ``P``.)"""
     m, pre = models["vit-b-32-shortest"]
-    clf = LaZSLClassifier(SET, m, n_crops=N_CROPS, seed=7)
+    clf = LaZSLClassifier(SET, m, n_crops=N_CROPS, seed=7, crop_backend=backend)
     for name in ("palette.png", "gray.png", "rgba.png"):
         path = dict(images)[name]
         with Image.open(path) as raw:
@@ -216,7 +227,20 @@ def test_non_rgb_pil_images_are_converted_first(models, images):
         _assert_exact(views, rgb, clf.crop_boxes(*rgb.size, "k"), pre, name)
 
 
-@pytest.mark.parametrize("backend", ["pil", "tensor"])
+def test_auto_backend_is_pil_on_the_cpu(models):
+    """``crop_backend="auto"`` (the default) resolves on the model's device:
+    ``"pil"`` on the CPU (faster here, see docs/crops.md); the resolved name is
+    what the classifier and its recorded config hold."""
+    from fiftyone_lazsl.core.classifier import default_crop_backend
+
+    m, _ = models["tiny-longest"]
+    assert LaZSLConfig().crop_backend == "auto"
+    clf = LaZSLClassifier(SET, m, n_crops=N_CROPS)
+    assert clf.crop_backend == "pil" == clf.config()["crop_backend"]
+    assert default_crop_backend("cuda") == "device" and default_crop_backend("cpu") == "pil"
+
+
+@pytest.mark.parametrize("backend", ["pil", "device", "tensor"])
 def test_decode_workers_feed_the_encoder_the_exact_views(models, images, backend):
     """Through the streaming pipeline (a decode worker process builds the views),
     the pixels that reach ``encode_images`` are the reference views: all of them
@@ -246,7 +270,7 @@ def test_decode_workers_feed_the_encoder_the_exact_views(models, images, backend
         image = _displayed_rgb(path)
         boxes = clf.crop_boxes(*image.size, path)
         assert np.array_equal(items[k].prediction.crops.boxes, boxes)
-        if backend == "pil":
+        if backend != "tensor":
             _assert_exact(pixels[k], image, boxes, pre, path)
         else:
             assert torch.equal(pixels[k, 0], _reference(pre, image))
@@ -256,6 +280,30 @@ def test_decode_workers_feed_the_encoder_the_exact_views(models, images, backend
             assert 0 < float(d.mean()) and float(d.max()) < 3.0
             if "strip" not in path:  # (the strips are pixel noise: bicubic vs bilinear upsampling)
                 assert float(d.mean()) < 0.05
+
+
+def test_device_and_pil_runs_write_the_same_logits(models, images):
+    """Through the decode workers (one worker process), a ``"device"`` run and a
+    ``"pil"`` run give the same predictions, logits bit for bit, on real photos
+    and odd files, including images shrunk while decoding (``max_pixels``;
+    boxes mapped back to the original pixels)."""
+    from fiftyone_lazsl.core.pipeline import iter_predictions
+
+    m, _ = models["tiny-bilinear"]
+    paths = [p for _, p in images]
+    runs = {}
+    for backend in ("pil", "device"):
+        clf = LaZSLClassifier(SET, m, n_crops=N_CROPS, seed=5, crop_backend=backend, batch_size=4)
+        runs[backend] = [it for b in iter_predictions(clf, paths, num_workers=1, max_pixels=60_000)
+                         for it in b]
+    shrunk = 0
+    for a, b in zip(runs["pil"], runs["device"]):
+        assert a.error is None and b.error is None, (a.error, b.error)
+        assert np.array_equal(a.prediction.logits, b.prediction.logits), a.filepath
+        assert np.array_equal(a.prediction.crops.boxes, b.prediction.crops.boxes)
+        assert a.prediction.label == b.prediction.label
+        shrunk += a.prediction.image_size[0] * a.prediction.image_size[1] > 60_000
+    assert shrunk >= 5
 
 
 def test_tensor_backend_global_view_exact_crops_approximate(models, shared_data):
@@ -298,4 +346,22 @@ def test_resume_with_another_crop_backend_is_refused(tmp_path, shared_data):
     with pytest.raises(UserError, match="crop_backend"):
         run_lazsl(ds, SET, classifier=pil, num_workers=0, skip_existing=True)
     summary = run_lazsl(ds, SET, classifier=tensor, num_workers=0, skip_existing=True)
+    assert summary.num_predicted == 1
+
+
+def test_pil_and_device_runs_are_interchangeable_for_resume(tmp_path, shared_data):
+    """``"pil"`` and ``"device"`` make the same views: a run started with one
+    resumes with the other (and the fingerprint of stored features is the same)."""
+    import badfiles as bf
+    from fiftyone_lazsl import run_lazsl
+    from fiftyone_lazsl.core.features import feature_spec
+
+    m = load_model(tiny_clip.TINY_MODEL, None, device="cpu")
+    files = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=2)]
+    ds = bf.make_dataset("parity-resume-device", files)
+    pil = LaZSLClassifier(SET, m, n_crops=3, crop_backend="pil")
+    dev = LaZSLClassifier(SET, m, n_crops=3, crop_backend="device")
+    assert feature_spec(pil) == feature_spec(dev)
+    run_lazsl(ds.limit(1), SET, classifier=pil, num_workers=0)
+    summary = run_lazsl(ds, SET, classifier=dev, num_workers=0, skip_existing=True)
     assert summary.num_predicted == 1

@@ -25,10 +25,19 @@ from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
 from fiftyone_lazsl.core.scoring import (clip_scores, dclip_scores, global_similarity,
                                          lazsl_scores, wca_scores)
 
-__all__ = ["LaZSLClassifier", "Prediction", "CropEvidence", "METHODS"]
+__all__ = ["LaZSLClassifier", "Prediction", "CropEvidence", "METHODS", "default_crop_backend"]
 
 #: Marks an argument that was not given (``None`` means random weights).
 _UNSET = object()
+
+
+def default_crop_backend(device: "torch.device | str") -> str:
+    """What ``crop_backend="auto"`` means on ``device``: ``"device"`` on CUDA (the
+    views are resampled on the GPU, the decode workers only decode), ``"pil"``
+    elsewhere (on the CPU, PIL's C resampler in the decode workers is faster
+    than the same integer arithmetic in torch; see docs/crops.md for the
+    measured ratio). Both give identical views."""
+    return "device" if torch.device(device).type == "cuda" else "pil"
 
 
 @dataclass
@@ -118,10 +127,14 @@ class LaZSLClassifier:
         method, n_crops, crop_scale, crop_backend, theta, eps, gamma, max_iter,
         stop_tol, seed, batch_size, prompt_style, prompt_suffix: its values
         (``n_crops`` is 0 for ``dclip`` / ``clip``, which use the global view
-        only). ``crop_backend="pil"`` (default) is the official construction,
-        each box cut from the decoded image and sent through the model's own
-        preprocessing (exact); ``"tensor"`` uses ``roi_align`` on the model's
-        device (faster, approximate). See :mod:`fiftyone_lazsl.core.crops`.
+        only). ``crop_backend="pil"`` is the official construction, each box
+        cut from the decoded image and sent through the model's own
+        preprocessing in the decode workers; ``"device"`` makes the same views
+        byte for byte on the model's device; ``"tensor"`` uses ``roi_align``
+        (approximate); ``"auto"`` (default) resolves to
+        :func:`default_crop_backend` of the model's device, and the resolved
+        name is what ``crop_backend`` and :meth:`config` hold. See
+        :mod:`fiftyone_lazsl.core.crops` and docs/crops.md.
 
     Raises:
         fiftyone_lazsl.errors.ConfigError: a parameter out of its domain or unknown.
@@ -147,8 +160,10 @@ class LaZSLClassifier:
         elif not isinstance(attribute_set, AttributeSet):
             attribute_set = AttributeSet.from_dict(attribute_set)
         self.attribute_set = attribute_set
-        self.lazsl_config = cfg
         self.model = loaded or load_model(cfg.model, cfg.pretrained, device=cfg.device)
+        if cfg.crop_backend == "auto":
+            cfg = cfg.replace(crop_backend=default_crop_backend(self.model.device))
+        self.lazsl_config = cfg
         self.method = cfg.method
         self.n_crops = cfg.n_crops if cfg.method in CROP_METHODS else 0
         self.crop_scale = cfg.crop_scale
@@ -248,10 +263,10 @@ class LaZSLClassifier:
         ``preprocess(image)`` with ``preprocess =
         open_clip.image_transform_v2(model.preprocess_cfg, is_train=False)`` (the
         transform ``open_clip.create_model_and_transforms`` returns). With
-        ``crop_backend="pil"``, view ``1 + i`` is ``preprocess(image.crop(box_i))``
-        for the boxes of :meth:`crop_boxes` (LaZSL's official construction; equal
-        bit for bit on the CPU); with ``"tensor"`` it is the ``roi_align``
-        approximation.
+        ``crop_backend="pil"`` or ``"device"``, view ``1 + i`` is
+        ``preprocess(image.crop(box_i))`` for the boxes of :meth:`crop_boxes`
+        (LaZSL's official construction; equal bit for bit on the CPU); with
+        ``"tensor"`` it is the ``roi_align`` approximation.
 
         Args:
             image: RGB PIL image (other modes are converted with ``.convert("RGB")``,

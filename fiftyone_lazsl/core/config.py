@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 from fiftyone_lazsl.errors import ConfigError
 
 __all__ = ["LaZSLConfig", "METHODS", "METHOD_DEFAULTS", "CROP_METHODS", "ATTRIBUTE_METHODS",
-           "CROP_BACKENDS", "PROMPT_STYLES", "RANDOM_WEIGHT_TAGS",
+           "CROP_BACKENDS", "EXACT_CROP_BACKENDS", "PROMPT_STYLES", "RANDOM_WEIGHT_TAGS",
            "normalize_pretrained"]
 
 #: Scoring methods: LaZSL, WCA (Li et al., ICML 2024) and the two baselines of
@@ -38,12 +38,17 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lazsl": {"n_crops": 90, "crop_scale": (0.6, 0.9)},
     "wca": {"n_crops": 60, "crop_scale": (0.5, 0.9)},
 }
-#: How crops are made: ``"pil"`` (default; the official construction: each
-#: square box cut from the decoded PIL image and sent through the model's own
-#: open_clip preprocessing, in the decode workers; exact) or ``"tensor"``
-#: (``torchvision.ops.roi_align`` on the model's device: faster on a GPU,
-#: an approximation, mean |difference| ~0.012-0.017, max ~0.9 in normalised units).
-CROP_BACKENDS = ("pil", "tensor")
+#: How crops are made (see docs/crops.md): ``"auto"`` (default: ``"device"`` when
+#: the model runs on CUDA, else ``"pil"``), ``"pil"`` (the official construction:
+#: each square box cut from the decoded PIL image and sent through the model's
+#: own open_clip preprocessing, in the decode workers; exact), ``"device"`` (the
+#: same views, byte for byte: Pillow's integer resampling reproduced on the
+#: model's device from the decoded image) or ``"tensor"``
+#: (``torchvision.ops.roi_align`` on the model's device: an approximation, mean
+#: |difference| ~0.012-0.017, max ~0.9 in normalised units).
+CROP_BACKENDS = ("auto", "pil", "device", "tensor")
+#: Backends whose views are identical (interchangeable for resume and re-scoring).
+EXACT_CROP_BACKENDS = ("pil", "device")
 #: Prompt rules (see :mod:`fiftyone_lazsl.core.prompts`).
 PROMPT_STYLES = ("dclip", "legacy")
 #: Spellings of "no pretrained weights" (random initialisation, tests only).
@@ -140,9 +145,10 @@ class LaZSLConfig:
     crop_scale: tuple[float, float] = field(default=None, metadata=_meta(  # type: ignore[assignment]
         "(alpha, beta): crop side ~ U(alpha, beta) * min(H, W)", methods=CROP_METHODS,
         group="visual set", unit="fraction of the short side"))
-    crop_backend: str = field(default="pil", metadata=_meta(
-        "crop construction: 'pil' (official: model preprocessing of each cut-out box, exact) "
-        "or 'tensor' (roi_align on the model's device, faster, approximate)",
+    crop_backend: str = field(default="auto", metadata=_meta(
+        "crop construction: 'pil' (official: model preprocessing of each cut-out box, in the "
+        "decode workers), 'device' (the same views bit for bit, resampled on the model's "
+        "device), 'tensor' (roi_align, approximate) or 'auto' (device on CUDA, else pil)",
         methods=CROP_METHODS, group="visual set", choices=CROP_BACKENDS, advanced=True))
     seed: int = field(default=0, metadata=_meta(
         "crop seed (combined with each sample's key)", methods=CROP_METHODS, group="visual set"))
@@ -282,7 +288,8 @@ class LaZSLConfig:
         values never change a sample's result) that differ from ``other``."""
         o = other if isinstance(other, LaZSLConfig) else LaZSLConfig.from_dict(other, strict=False)
         return [f.name for f in dataclasses.fields(self)
-                if f.metadata["output"] and getattr(self, f.name) != getattr(o, f.name)]
+                if f.metadata["output"] and _views(f.name, getattr(self, f.name))
+                != _views(f.name, getattr(o, f.name))]
 
     # --------------------------------------------------------------------- CLI
     @classmethod
@@ -415,3 +422,10 @@ def _num(name: str, v: Any) -> float:
     if not math.isfinite(x):
         raise ConfigError(f"{name} must be a finite number, got {v!r}")
     return x
+
+
+def _views(name: str, value: Any) -> Any:
+    """``"pil"`` and ``"device"`` (and ``"auto"``, which is one of them) make the
+    same views: equal as outputs."""
+    exact = EXACT_CROP_BACKENDS + ("auto",)
+    return "pil" if name == "crop_backend" and value in exact else value

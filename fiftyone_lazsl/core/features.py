@@ -132,7 +132,9 @@ def feature_spec(classifier: Any) -> dict:
         "std": [round(float(x), 8) for x in m.std],
         "resize_mode": m.resize_mode,
         "interpolation": m.interpolation,
-        "crop_backend": getattr(classifier, "crop_backend", "tensor"),
+        # "pil" and "device" make the same views: one fingerprint for both
+        "crop_backend": {"device": "pil"}.get(getattr(classifier, "crop_backend", "tensor"),
+                                              getattr(classifier, "crop_backend", "tensor")),
         "n_crops": int(classifier.n_crops),
         "crop_scale": [float(x) for x in np.atleast_1d(classifier.crop_scale)],
         "seed": int(classifier.seed),

@@ -3,12 +3,14 @@ encoding and scoring, per-image failures isolated.
 
 Decoding runs in ``torch.utils.data.DataLoader`` worker processes. Each
 worker also makes the CPU part of the image's visual set
-(:meth:`fiftyone_lazsl.core.crops.VisualSetSpec.prepare`: with the default
+(:meth:`fiftyone_lazsl.core.crops.VisualSetSpec.prepare`: with
 ``crop_backend="pil"`` the global view and every crop through the model's own
-preprocessing, as ``[1 + N, S, S, 3]`` uint8; with ``"tensor"`` the global view
-and the decoded image), or returns the reason it could not decode the file.
-The main process only normalises the uint8 views on the model's device
-(and, for ``"tensor"``, resamples the crops there), encodes and scores.
+preprocessing, as ``[1 + N, S, S, 3]`` uint8; with ``"device"`` only the
+decoded ``[H, W, 3]`` uint8 image; with ``"tensor"`` the global view and the
+decoded image), or returns the reason it could not decode the file.
+The main process normalises the uint8 views on the model's device (for
+``"device"`` it first resamples every view of the batch there, for
+``"tensor"`` the crops), encodes and scores.
 """
 
 from __future__ import annotations
