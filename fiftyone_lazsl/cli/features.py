@@ -64,6 +64,8 @@ def _rescore(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fiftyone_lazsl.cli import argtypes
+
     p = sub.add_parser("features", help="manage the feature store (info, prune)")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
     fsub.required = True
@@ -97,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with the reason in G_error (default: encode)")
     r.add_argument("--store", default=None, metavar="DIR",
                    help="feature store (default: the one the run on --from-field names)")
-    r.add_argument("--tag", default=None, help="only samples with this tag")
+    r.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     r.add_argument("--gt-field", default=None)
     r.add_argument("--restrict-to-set", action="store_true")
     r.add_argument("--top-k-crops", type=int, default=None)

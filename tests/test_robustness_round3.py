@@ -1,0 +1,233 @@
+"""Third round of faults, mistakes and hostile input (part B): nothing a user
+wrote is lost, a field holds one run, bad numbers and names are one line.
+
+Every case is run the way the user meets it: ``fiftyone-lazsl`` processes on a
+private mongod, real photos copied into a temporary folder (so a test may
+delete or break them), the tiny open_clip test model with a saved checkpoint.
+"""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+import badfiles as bf
+from cli_helpers import ENV, EXE, one_error_line
+from fiftyone_lazsl.testing import tiny_clip
+
+tiny_clip.register()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return str(tiny_clip.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=2))
+
+
+@pytest.fixture(scope="module")
+def sets(photo_data, tmp_path_factory):
+    """Two attribute-set files over the photos' classes: ``a`` (4 classes),
+    ``b`` (2 of them, other attributes)."""
+    d = tmp_path_factory.mktemp("sets")
+    classes = sorted({c for _, c in tiny_clip.some_images(photo_data, "cub", 1, 4)})
+    a = {c: [f"{c} feathers", "a small beak", f"a bird with trait {i}"]
+         for i, c in enumerate(classes)}
+    b = {c: ["a long tail", "a red crown"] for c in classes[:2]}
+    pa, pb = d / "a.json", d / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    return str(pa), str(pb)
+
+
+def _copy_photos(photo_data, dest, n=6):
+    """``n`` real photos copied into ``dest`` (the test may break them)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p, c in tiny_clip.some_images(photo_data, "cub", per_class=2, max_classes=4)[:n]:
+        q = dest / f"{c}-{os.path.basename(p)}"
+        shutil.copy(p, q)
+        out.append(str(q))
+    return out
+
+
+def _cli(*args, timeout=300, preexec_fn=None, env=None):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **ENV, **(env or {})), preexec_fn=preexec_fn)
+
+
+def _classify(ds, aset, ckpt, field, *extra):
+    return ["classify", "--dataset", ds.name, "--attributes", aset, "--model",
+            tiny_clip.TINY_MODEL, "--pretrained", ckpt, "--n-crops", "4", "--batch-size", "2",
+            "--workers", "0", "--label-field", field, "--device", "cpu", "--seed", "1", *extra]
+
+
+def _snapshot(ds, field):
+    """Everything a run wrote on ``field``, per sample, plus its run record."""
+    ds.reload()
+    fields = [f for f in (field, f"{field}_crops", f"{field}_attributes", f"{field}_error")
+              if f in ds.get_field_schema()]
+    rows = list(zip(*([v.to_dict() if hasattr(v, "to_dict") else v for v in ds.values(f)]
+                      for f in fields)))
+    rec = ds.get_run_info(f"lazsl_{field}").config.serialize()
+    rec = {k: v for k, v in rec.items() if not k.startswith("_")}
+    return rows, rec
+
+
+# --------------------------------------------------------------- data loss
+def test_rescore_is_refused_while_classify_writes_the_field(photo_data, sets, checkpoint,
+                                                             tmp_path):
+    """One writer per label field holds for re-scoring too: a ``rescore`` into
+    a field a ``classify`` process is writing is one line (exit 2), and the
+    classify ends complete, its field unmixed."""
+    from fiftyone_lazsl import run_lazsl
+    from fiftyone_lazsl.fo import locks
+    from fiftyone_lazsl.fo.runs import get_run_config
+
+    files = _copy_photos(photo_data, tmp_path / "img")
+    ds = bf.make_dataset("r3-mix", files)
+    ds.persistent = True
+    aset_a, aset_b = sets
+    try:
+        run_lazsl(ds, aset_a, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=4,
+                  seed=1, num_workers=0, device="cpu", label_field="src",
+                  store_features=str(tmp_path / "store"))
+        proc = subprocess.Popen(
+            [EXE, *_classify(ds, aset_a, checkpoint, "mix", "--batch-size", "1",
+                             "--write-every", "1")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, **ENV))
+        try:
+            deadline = time.time() + 240
+            while locks.current(ds, "mix") is None and time.time() < deadline:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run, lock held and alive
+            r = _cli("rescore", "--dataset", ds.name, "--attributes", aset_b, "--from-field",
+                     "src", "--label-field", "mix")
+            os.kill(proc.pid, signal.SIGCONT)
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            line = one_error_line(r.stderr, "rescore")
+            assert "'mix'" in line and f"pid {proc.pid}" in line, line
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        ds.reload()
+        cfg = get_run_config(ds, "mix")
+        assert cfg["status"] == "completed" and "rescored_from" not in cfg
+        assert {len(s.mix.logits) for s in ds} == {len(cfg["classes"])} == {4}
+    finally:
+        ds.delete()
+
+
+def test_rerun_in_which_every_sample_fails_keeps_the_earlier_outputs(photo_data, sets,
+                                                                     checkpoint, tmp_path):
+    """A rerun into a field holding 6 predictions in which every sample fails
+    (here: the image files became unreadable) writes nothing: one line, exit 2,
+    the 6 predictions, crops and the run record exactly as before."""
+    files = _copy_photos(photo_data, tmp_path / "img")
+    ds = bf.make_dataset("r3-keep", files)
+    ds.persistent = True
+    aset_a, _ = sets
+    try:
+        r = _cli(*_classify(ds, aset_a, checkpoint, "keep"))
+        assert r.returncode == 0, r.stderr
+        before = _snapshot(ds, "keep")
+        assert sum(v is not None for v, *_ in before[0]) == 6
+        for f in files:
+            with open(f, "wb") as fh:
+                fh.write(b"not an image any more")
+        r = _cli(*_classify(ds, aset_a, checkpoint, "keep"))
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        line = one_error_line(r.stderr)
+        assert "every one of the 6 samples failed" in line and "'keep'" in line, line
+        assert _snapshot(ds, "keep") == before
+    finally:
+        ds.delete()
+
+
+def _limit_memory(nbytes):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+    return limit
+
+
+def test_n_crops_that_cannot_fit_in_memory_is_refused_and_keeps_outputs(photo_data, sets,
+                                                                       checkpoint, tmp_path):
+    """``--n-crops 200000`` (a typo) under an 8 GB address-space limit: before
+    anything is written, one line naming ``--n-crops``; the field's earlier
+    predictions stay."""
+    files = _copy_photos(photo_data, tmp_path / "img", n=3)
+    ds = bf.make_dataset("r3-mem", files)
+    ds.persistent = True
+    aset_a, _ = sets
+    try:
+        r = _cli(*_classify(ds, aset_a, checkpoint, "m"))
+        assert r.returncode == 0, r.stderr
+        before = _snapshot(ds, "m")
+        args = _classify(ds, aset_a, checkpoint, "m", "--n-crops", "200000", "--batch-size",
+                         "1", "--crop-backend", "tensor")
+        r = _cli(*args, preexec_fn=_limit_memory(8 << 30))
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        line = one_error_line(r.stderr)
+        assert "--n-crops" in line and "200000" in line, line
+        assert _snapshot(ds, "m") == before
+    finally:
+        ds.delete()
+
+
+# ------------------------------------------------------- one run per field
+def test_rerun_on_a_subset_with_another_set_is_refused(photo_data, sets, checkpoint, tmp_path):
+    """A field holds one run's outputs: rerunning on a tagged subset with
+    another attribute set is refused (one line naming --label-field; nothing
+    written); with the same parameters the subset rerun is allowed."""
+    files = _copy_photos(photo_data, tmp_path / "img")
+    ds = bf.make_dataset("r3-sub", files)
+    ds.persistent = True
+    aset_a, aset_b = sets
+    try:
+        r = _cli(*_classify(ds, aset_a, checkpoint, "f"))
+        assert r.returncode == 0, r.stderr
+        ds.take(2, seed=0).tag_samples("sub")
+        before = _snapshot(ds, "f")
+        r = _cli(*_classify(ds, aset_b, checkpoint, "f", "--tag", "sub"))
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        line = one_error_line(r.stderr)
+        assert "--label-field" in line and "4 sample(s)" in line, line
+        assert "attribute_set_hash" in line or "classes" in line, line
+        assert _snapshot(ds, "f") == before
+        # the same run's parameters on the subset: one run still
+        r = _cli(*_classify(ds, aset_a, checkpoint, "f", "--tag", "sub"))
+        assert r.returncode == 0, r.stderr
+        ds.reload()
+        assert {len(s.f.logits) for s in ds} == {4}
+        # on every sample, another set replaces the whole run
+        r = _cli(*_classify(ds, aset_b, checkpoint, "f"))
+        assert r.returncode == 0, r.stderr
+        ds.reload()
+        assert {len(s.f.logits) for s in ds} == {2}
+    finally:
+        ds.delete()
+
+
+def test_empty_tag_is_refused(photo_data, sets, checkpoint, tmp_path):
+    """``--tag ''`` (an empty shell variable) is one line, not the whole dataset."""
+    files = _copy_photos(photo_data, tmp_path / "img", n=2)
+    ds = bf.make_dataset("r3-tag", files)
+    ds.persistent = True
+    aset_a, _ = sets
+    try:
+        r = _cli(*_classify(ds, aset_a, checkpoint, "t", "--tag", ""))
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "--tag" in one_error_line(r.stderr)
+        r = _cli(*_classify(ds, aset_a, checkpoint, "t", "--tag", "   "))
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        ds.reload()
+        assert "t" not in ds.get_field_schema()
+    finally:
+        ds.delete()
