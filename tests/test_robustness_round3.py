@@ -231,3 +231,93 @@ def test_empty_tag_is_refused(photo_data, sets, checkpoint, tmp_path):
         assert "t" not in ds.get_field_schema()
     finally:
         ds.delete()
+
+
+# ------------------------------------------------------------ import-folder
+def _class_tree(photo_data, root, copies=1):
+    """``root/<class>/<image>`` of symbolic links to the real photos
+    (``copies`` links per photo, so an import takes a while)."""
+    n = 0
+    for p, c in tiny_clip.some_images(photo_data, "cub", per_class=100):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for k in range(copies):
+            os.symlink(p, root / c / f"{k}-{os.path.basename(p)}")
+            n += 1
+    return n
+
+
+def test_interrupted_import_overwrite_keeps_the_old_dataset(photo_data, tmp_path):
+    """Ctrl-C during ``import-folder --overwrite`` (while the new dataset is
+    being filled) leaves the old dataset whole and no half-built one."""
+    import fiftyone as fo
+    import fiftyone.core.odm.database as fodb
+
+    small, big = tmp_path / "small", tmp_path / "big"
+    n_small = _class_tree(photo_data, small)
+    _class_tree(photo_data, big, copies=8)
+    r = _cli("import-folder", str(small), "--dataset", "r3-imp")
+    assert r.returncode == 0, r.stderr
+    old = fo.load_dataset("r3-imp")
+    before = sorted(old.values("filepath"))
+    assert len(before) == n_small
+    conn = fodb.get_db_conn()
+    seen = {d["_id"] for d in conn.datasets.find({}, {"_id": 1})}
+    proc = subprocess.Popen([EXE, "import-folder", str(big), "--dataset", "r3-imp",
+                             "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, **ENV))
+    try:
+        deadline = time.time() + 120
+        new = None
+        while new is None and time.time() < deadline and proc.poll() is None:
+            new = next((d for d in conn.datasets.find({}, {"_id": 1, "name": 1})
+                        if d["_id"] not in seen), None)
+            time.sleep(0.005)
+        assert new is not None, proc.communicate()
+        time.sleep(0.2)  # samples are being added
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    ds = fo.load_dataset("r3-imp", reload=True)
+    assert sorted(ds.values("filepath")) == before
+    assert not [n for n in fo.list_datasets() if "importing" in n]
+    ds.delete()
+
+
+def test_import_over_symbolic_link_loops_skips_them(photo_data, tmp_path):
+    root = tmp_path / "tree"
+    n = _class_tree(photo_data, root)
+    os.symlink("c2", root / "c1")
+    os.symlink("c1", root / "c2")
+    first_class = sorted(os.listdir(root))[0]
+    os.symlink("self", root / first_class / "self")
+    os.symlink("..", root / first_class / "up")
+    r = _cli("import-folder", str(root), "--dataset", "r3-loops")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"{n} images" in r.stdout, r.stdout
+    assert "c1: cannot follow (Too many levels of symbolic links)" in r.stderr, r.stderr
+    import fiftyone as fo
+    fo.delete_dataset("r3-loops")
+
+
+@pytest.mark.parametrize("name,other", [("鳥 データ ✓", None), ("b slug", "b-slug")])
+def test_dataset_names_fiftyone_cannot_use_are_one_line(photo_data, tmp_path, name, other):
+    import fiftyone as fo
+
+    root = tmp_path / "tree"
+    _class_tree(photo_data, root)
+    if other:
+        fo.Dataset(other).persistent = True
+    try:
+        for extra in ([], ["--overwrite"]):
+            r = _cli("import-folder", str(root), "--dataset", name, *extra)
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            line = one_error_line(r.stderr, "import-folder")
+            assert repr(name) in line and ("slug" in line), line
+        assert not fo.dataset_exists(name)
+    finally:
+        if other:
+            fo.delete_dataset(other)
