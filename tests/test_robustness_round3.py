@@ -321,3 +321,118 @@ def test_dataset_names_fiftyone_cannot_use_are_one_line(photo_data, tmp_path, na
     finally:
         if other:
             fo.delete_dataset(other)
+
+
+# ------------------------------------------------------------ feature store
+@pytest.fixture
+def stored(photo_data, sets, checkpoint, tmp_path):
+    """A dataset of 4 copied photos classified with ``--store-features`` into
+    ``tmp_path/store``."""
+    from fiftyone_lazsl import run_lazsl
+
+    files = _copy_photos(photo_data, tmp_path / "img", n=4)
+    ds = bf.make_dataset("r3-store", files)
+    ds.persistent = True
+    store = tmp_path / "store"
+    run_lazsl(ds, sets[0], model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=4, seed=1,
+              num_workers=0, device="cpu", label_field="src", store_features=str(store))
+    yield ds, store
+    ds.delete()
+
+
+def _entries(store):
+    import sqlite3
+
+    with sqlite3.connect(store / "index.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+
+def test_prune_never_follows_links_and_skips_stray_files(stored, tmp_path):
+    _, store = stored
+    user = tmp_path / "user"
+    user.mkdir()
+    for i in range(3):
+        (user / f"precious-{i}.bin").write_bytes(b"mine")
+    shards = store / "shards"
+    os.symlink(user, shards / "photos")
+    os.symlink(user, shards / ("ab" * 16))  # named like a fingerprint folder
+    fpdir = next(p for p in shards.iterdir() if p.is_dir() and not p.is_symlink())
+    os.symlink(user / "precious-0.bin", fpdir / "123-0123456789ab.bin")  # named like a shard
+    (shards / "README.txt").write_text("notes")
+    r = _cli("features", "prune", "--all", "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(user)) == [f"precious-{i}.bin" for i in range(3)]
+    assert (shards / "README.txt").read_text() == "notes"
+    assert _entries(store) == 0
+
+
+def test_prune_older_than_days_negative_refused_zero_prunes_all(stored):
+    _, store = stored
+    n = _entries(store)
+    assert n == 4
+    r = _cli("features", "prune", "--older-than-days", "-1", "--store", str(store))
+    assert r.returncode == 2, r.stderr
+    assert "--older-than-days" in one_error_line(r.stderr, "features prune")
+    assert _entries(store) == n
+    r = _cli("features", "prune", "--older-than-days", "0", "--keep-stale", "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    assert f"pruned {n} entries" in r.stdout, r.stdout
+    assert _entries(store) == 0
+
+
+def test_features_info_on_a_missing_store_creates_nothing(tmp_path):
+    missing = tmp_path / "no" / "store"
+    for action in ("info", "prune"):
+        r = _cli("features", action, "--store", str(missing))
+        assert r.returncode == 2, r.stderr
+        assert "no feature store" in one_error_line(r.stderr, "features")
+    assert not (tmp_path / "no").exists()
+
+
+def test_index_that_is_not_sqlite_is_one_line(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "index.sqlite").write_bytes(b"this is not a database, just text " * 50)
+    r = _cli("features", "info", "--store", str(store))
+    assert r.returncode == 2, r.stderr
+    assert "not a feature-store index" in one_error_line(r.stderr, "features")
+
+
+def test_corrupt_index_rows_are_per_sample_errors(stored, sets):
+    import sqlite3
+
+    ds, store = stored
+    keys = ds.values("filepath")
+    with sqlite3.connect(store / "index.sqlite") as db:
+        db.execute("UPDATE entries SET dtype = 'float99' WHERE key = ?", (keys[0],))
+        db.execute("UPDATE entries SET dim = -5 WHERE key = ?", (keys[1],))
+        db.execute("UPDATE entries SET boxes = x'0001' WHERE key = ?", (keys[2],))
+    r = _cli("rescore", "--dataset", ds.name, "--attributes", sets[0], "--from-field", "src",
+             "--label-field", "re", "--missing", "skip")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    ds.reload()
+    errs = dict(zip(ds.values("filepath"), ds.values("re_error")))
+    for k in keys[:3]:
+        assert errs[k].startswith("skipped: stored features corrupt"), errs[k]
+    assert errs[keys[3]] is None and ds[keys[3]].re is not None
+
+
+def test_rescore_from_a_store_on_a_read_only_mount(stored, sets, tmp_path):
+    ds, store = stored
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        shutil.copytree(store, mnt / "store")
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
+        r = _cli("rescore", "--dataset", ds.name, "--attributes", sets[0], "--from-field",
+                 "src", "--label-field", "ro", "--store", str(mnt / "store"))
+        assert r.returncode == 0, r.stderr
+        assert "4/4 samples classified into field 'ro'" in r.stdout, r.stdout
+        r = _cli("features", "info", "--store", str(mnt / "store"))
+        assert r.returncode == 0 and "4 entries" in r.stdout, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
