@@ -358,12 +358,15 @@ def test_prune_never_follows_links_and_skips_stray_files(stored, tmp_path):
     os.symlink(user, shards / ("ab" * 16))  # named like a fingerprint folder
     fpdir = next(p for p in shards.iterdir() if p.is_dir() and not p.is_symlink())
     os.symlink(user / "precious-0.bin", fpdir / "123-0123456789ab.bin")  # named like a shard
-    (shards / "README.txt").write_text("notes")
     r = _cli("features", "prune", "--all", "--store", str(store))
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(user)) == [f"precious-{i}.bin" for i in range(3)]
-    assert (shards / "README.txt").read_text() == "notes"
     assert _entries(store) == 0
+    (shards / "README.txt").write_text("notes")
+    r = _cli("features", "prune", "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    assert (shards / "README.txt").read_text() == "notes"
+    assert sorted(os.listdir(user)) == [f"precious-{i}.bin" for i in range(3)]
 
 
 def test_prune_older_than_days_negative_refused_zero_prunes_all(stored):
@@ -426,7 +429,11 @@ def test_rescore_from_a_store_on_a_read_only_mount(stored, sets, tmp_path):
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (not root?)")
     try:
-        shutil.copytree(store, mnt / "store")
+        import sqlite3
+
+        with sqlite3.connect(store / "index.sqlite") as db:  # as a finished run leaves it
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copytree(store, mnt / "store", ignore=shutil.ignore_patterns("*-wal", "*-shm"))
         assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
         r = _cli("rescore", "--dataset", ds.name, "--attributes", sets[0], "--from-field",
                  "src", "--label-field", "ro", "--store", str(mnt / "store"))
@@ -436,3 +443,42 @@ def test_rescore_from_a_store_on_a_read_only_mount(stored, sets, tmp_path):
         assert r.returncode == 0 and "4 entries" in r.stdout, r.stderr
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+# ------------------------------------------------------------------ numbers
+@pytest.fixture
+def predicted(photo_data, sets, checkpoint, tmp_path):
+    """4 copied photos with ground truth, classified into ``p``."""
+    from fiftyone_lazsl import run_lazsl
+
+    imgs = tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=4)
+    files = _copy_photos(photo_data, tmp_path / "img", n=4)
+    ds = bf.make_dataset("r3-num", files, gt=[c for _, c in imgs])
+    ds.persistent = True
+    run_lazsl(ds, sets[0], model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=4, seed=1,
+              num_workers=0, device="cpu", label_field="p")
+    yield ds
+    ds.delete()
+
+
+def test_numbers_out_of_range_are_one_line(predicted, sets, checkpoint):
+    ds = predicted
+    audit = ["audit", "--dataset", ds.name, "--pred-field", "p", "--gt-field", "ground_truth"]
+    cases = [
+        (audit + ["--n-evidence", "-1"], "audit", "--n-evidence"),
+        (audit + ["--show", "-5"], "audit", "--show"),
+        (["evaluate", "--dataset", ds.name, "--gt-field", "ground_truth", "--pred-fields", "p",
+          "--top-k", "-3"], "evaluate", "--top-k"),
+        (["app", "--dataset", ds.name, "--port", "70000", "--no-wait"], "app", "--port"),
+        (_classify(ds, sets[0], checkpoint, "big", "--seed", "18446744073709551616"),
+         "classify", "seed"),
+        (_classify(ds, sets[0], checkpoint, "big", "--max-iter", "10000000000000000000"),
+         "classify", "max_iter"),
+    ]
+    for args, cmd, name in cases:
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        line = one_error_line(r.stderr, cmd)
+        assert name in line, line
+    ds.reload()
+    assert "big" not in ds.get_field_schema() and "lazsl_big" not in ds.list_runs()
