@@ -446,13 +446,13 @@ def test_rescore_from_a_store_on_a_read_only_mount(stored, sets, tmp_path):
 
 
 # ------------------------------------------------------------------ numbers
-@pytest.fixture
-def predicted(photo_data, sets, checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def predicted(photo_data, sets, checkpoint, tmp_path_factory):
     """4 copied photos with ground truth, classified into ``p``."""
     from fiftyone_lazsl import run_lazsl
 
     imgs = tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=4)
-    files = _copy_photos(photo_data, tmp_path / "img", n=4)
+    files = _copy_photos(photo_data, tmp_path_factory.mktemp("num"), n=4)
     ds = bf.make_dataset("r3-num", files, gt=[c for _, c in imgs])
     ds.persistent = True
     run_lazsl(ds, sets[0], model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=4, seed=1,
@@ -461,24 +461,86 @@ def predicted(photo_data, sets, checkpoint, tmp_path):
     ds.delete()
 
 
-def test_numbers_out_of_range_are_one_line(predicted, sets, checkpoint):
+_AUDIT = ["audit", "--pred-field", "p", "--gt-field", "ground_truth"]
+
+
+@pytest.mark.parametrize("args,cmd,name", [
+    (_AUDIT + ["--n-evidence", "-1"], "audit", "--n-evidence"),
+    (_AUDIT + ["--show", "-5"], "audit", "--show"),
+    (["evaluate", "--gt-field", "ground_truth", "--pred-fields", "p", "--top-k", "-3"],
+     "evaluate", "--top-k"),
+    (["app", "--port", "70000", "--no-wait"], "app", "--port"),
+    (["--seed", "18446744073709551616"], "classify", "seed"),
+    (["--max-iter", "10000000000000000000"], "classify", "max_iter"),
+], ids=["n-evidence", "show", "top-k", "port", "seed", "max-iter"])
+def test_numbers_out_of_range_are_one_line(predicted, sets, checkpoint, args, cmd, name):
     ds = predicted
-    audit = ["audit", "--dataset", ds.name, "--pred-field", "p", "--gt-field", "ground_truth"]
-    cases = [
-        (audit + ["--n-evidence", "-1"], "audit", "--n-evidence"),
-        (audit + ["--show", "-5"], "audit", "--show"),
-        (["evaluate", "--dataset", ds.name, "--gt-field", "ground_truth", "--pred-fields", "p",
-          "--top-k", "-3"], "evaluate", "--top-k"),
-        (["app", "--dataset", ds.name, "--port", "70000", "--no-wait"], "app", "--port"),
-        (_classify(ds, sets[0], checkpoint, "big", "--seed", "18446744073709551616"),
-         "classify", "seed"),
-        (_classify(ds, sets[0], checkpoint, "big", "--max-iter", "10000000000000000000"),
-         "classify", "max_iter"),
-    ]
-    for args, cmd, name in cases:
-        r = _cli(*args)
-        assert r.returncode == 2, (args, r.stdout, r.stderr)
-        line = one_error_line(r.stderr, cmd)
-        assert name in line, line
+    if cmd == "classify":
+        args = _classify(ds, sets[0], checkpoint, "big", *args)
+    else:
+        args = [args[0], "--dataset", ds.name, *args[1:]]
+    r = _cli(*args)
+    assert r.returncode == 2, (args, r.stdout, r.stderr)
+    assert name in one_error_line(r.stderr, cmd)
     ds.reload()
     assert "big" not in ds.get_field_schema() and "lazsl_big" not in ds.list_runs()
+
+
+# ------------------------------------------------------------------- images
+def _exif_orientation(typ, count, payload):
+    """Raw EXIF (``Exif\\0\\0`` + little-endian TIFF) holding one Orientation
+    entry of TIFF type ``typ``."""
+    import struct
+
+    head = b"II*\x00" + struct.pack("<I", 8)
+    if len(payload) <= 4:
+        entry = struct.pack("<HHI", 0x0112, typ, count) + payload.ljust(4, b"\x00")
+        return b"Exif\x00\x00" + head + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
+    entry = struct.pack("<HHII", 0x0112, typ, count, 8 + 2 + 12 + 4)
+    return (b"Exif\x00\x00" + head + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
+            + payload)
+
+
+def test_malformed_orientation_as_pil_and_float_tiff_with_nan_is_scored(photo_data, sets,
+                                                                        checkpoint, tmp_path):
+    """An Orientation tag written as text ``"6"`` or as the rational 13/2 does
+    not rotate in ``PIL.ImageOps.exif_transpose``, and must not here: each
+    such JPEG scores exactly as a PNG of what ``exif_transpose`` shows (CLIP
+    scores the whole image, so the logits compare pixels); a rational 12/2
+    (= 6) rotates in both. A float TIFF with NaN and inf pixels is scored."""
+    import struct
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    photo, _ = tiny_clip.some_images(photo_data, "cub", 1, 1)[0]
+    im = Image.open(photo).convert("RGB")
+    files, refs = [], []
+    for name, (typ, cnt, payload) in {"text6": (2, 2, b"6\x00"),
+                                      "half": (5, 1, struct.pack("<II", 13, 2)),
+                                      "six": (5, 1, struct.pack("<II", 12, 2))}.items():
+        jpg = tmp_path / f"{name}.jpg"
+        im.save(jpg, exif=_exif_orientation(typ, cnt, payload), quality=95)
+        ref = tmp_path / f"{name}-shown.png"
+        ImageOps.exif_transpose(Image.open(jpg)).convert("RGB").save(ref)
+        files += [str(jpg), str(ref)]
+    rng = np.random.default_rng(0)
+    a = (rng.random((120, 160)) * 0.8 + 0.1).astype(np.float32)
+    a[:10, :10], a[20, 20:40], a[50, :] = np.nan, np.inf, -np.inf
+    tif = tmp_path / "nan.tif"
+    Image.fromarray(a, mode="F").save(tif)
+    files.append(str(tif))
+    ds = bf.make_dataset("r3-img", files)
+    ds.persistent = True
+    try:
+        r = _cli(*_classify(ds, sets[0], checkpoint, "c", "--method", "clip"))
+        assert r.returncode == 0, r.stderr
+        ds.reload()
+        by = {os.path.basename(s.filepath): s for s in ds}
+        for name in ("text6", "half", "six"):
+            got, want = by[f"{name}.jpg"].c, by[f"{name}-shown.png"].c
+            assert got is not None and want is not None, name
+            np.testing.assert_allclose(got.logits, want.logits, atol=1e-5, err_msg=name)
+        assert by["nan.tif"].c is not None and by["nan.tif"].c_error is None, by["nan.tif"]
+    finally:
+        ds.delete()
