@@ -544,3 +544,66 @@ def test_malformed_orientation_as_pil_and_float_tiff_with_nan_is_scored(photo_da
         assert by["nan.tif"].c is not None and by["nan.tif"].c_error is None, by["nan.tif"]
     finally:
         ds.delete()
+
+
+# ------------------------------------------------------- datasets and views
+def test_patches_view_is_refused_before_any_record(photo_data, sets, checkpoint, tmp_path):
+    import fiftyone as fo
+
+    from fiftyone_lazsl import run_lazsl
+    from fiftyone_lazsl.errors import ConfigError
+
+    files = _copy_photos(photo_data, tmp_path / "img", n=2)
+    ds = bf.make_dataset("r3-patches", files)
+    for s in ds:
+        s["boxes"] = fo.Detections(detections=[fo.Detection(label="bird",
+                                                            bounding_box=[0.1, 0.1, 0.5, 0.5])])
+        s.save()
+    with pytest.raises(ConfigError, match="a patches view of dataset 'r3-patches'"):
+        run_lazsl(ds.to_patches("boxes"), sets[0], model=tiny_clip.TINY_MODEL,
+                  pretrained=checkpoint, n_crops=4, num_workers=0, device="cpu",
+                  label_field="pp")
+    assert "lazsl_pp" not in ds.list_runs() and "pp" not in ds.get_field_schema()
+    ds.delete()
+
+
+def test_label_field_fiftyone_cannot_key_is_one_line(photo_data, sets, checkpoint, tmp_path):
+    files = _copy_photos(photo_data, tmp_path / "img", n=2)
+    ds = bf.make_dataset("r3-half", files)
+    ds.persistent = True
+    try:
+        r = _cli(*_classify(ds, sets[0], checkpoint, "x½"))
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "'x½'" in one_error_line(r.stderr)
+        ds.reload()
+        assert not ds.list_runs() and "x½" not in ds.get_field_schema()
+    finally:
+        ds.delete()
+
+
+def test_dataset_deleted_while_a_run_writes_is_one_line(photo_data, sets, checkpoint, tmp_path):
+    import fiftyone as fo
+
+    from fiftyone_lazsl.fo import locks
+
+    files = _copy_photos(photo_data, tmp_path / "img", n=8)
+    ds = bf.make_dataset("r3-gone", files)
+    ds.persistent = True
+    proc = subprocess.Popen([EXE, *_classify(ds, sets[0], checkpoint, "g", "--batch-size", "1",
+                                             "--write-every", "1")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **ENV))
+    try:
+        coll = ds._sample_collection
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if locks.current(ds, "g") and coll.count_documents({"g": {"$ne": None}}) >= 2:
+                break
+            time.sleep(0.05)
+        fo.delete_dataset("r3-gone")
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, (out, err)
+    assert "was deleted" in one_error_line(err)

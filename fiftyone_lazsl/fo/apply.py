@@ -153,7 +153,9 @@ def check_label_field_name(label_field: Any) -> None:
     """Refuse a label field name that MongoDB / FiftyOne cannot hold as a
     top-level field: empty, with a ``.`` (an embedded path), starting with
     ``$`` or ``_`` (operators and private fields), or with other characters
-    than letters, digits and ``_`` (so ``F_crops`` etc. stay plain names too).
+    than letters, digits and ``_`` (so ``F_crops`` etc. stay plain names too),
+    or whose run key ``lazsl_F`` FiftyOne refuses (not a Python identifier:
+    ``x½``).
 
     Raises:
         ConfigError: naming the parameter ``label_field``.
@@ -169,6 +171,13 @@ def check_label_field_name(label_field: Any) -> None:
         bad = sorted({ch for ch in label_field if not (ch.isalnum() or ch == "_")})
         raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
                           f"(found {''.join(bad)!r})")
+    # FiftyOne's rule for the run key that records the run (fiftyone.core.runs:
+    # a valid Python identifier): '½', '²' are alphanumeric, yet not allowed.
+    if not run_key(label_field).isidentifier():
+        bad = sorted({ch for ch in label_field if not ("a" + ch).isidentifier()})
+        raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
+                          f"as in a Python name (FiftyOne's rule for run keys; found "
+                          f"{''.join(bad)!r})")
 
 
 def _check_label_field(dataset: Any, label_field: str) -> None:
@@ -436,6 +445,9 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     """
     t0 = time.time()
     cfg = (config or LaZSLConfig()).replace(**params) if params else (config or LaZSLConfig())
+    from fiftyone_lazsl.fo.datasets import check_sample_view
+
+    check_sample_view(samples)  # a patches / frames / clips view: one line, nothing written
     dataset = dataset_of(samples)
     if shard is not None:
         from fiftyone_lazsl.fo import shards as _shards
@@ -522,6 +534,9 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
                                      complete=done == len(ids))
             if store is not None and key is not None:
                 _record_feature_store(dataset, key, summary, worker, store)
+    except Exception as e:  # noqa: BLE001 -- re-raised, as one line if the dataset is gone
+        raise_if_dataset_deleted(dataset, e)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -858,8 +873,34 @@ def _after_first_success(items: Any, start: Callable[[], None] | None, held: lis
     yield from it
 
 
+def raise_if_dataset_deleted(dataset: Any, error: BaseException) -> None:
+    """Turn ``error`` into one line when it came from ``dataset`` having been
+    deleted (by another process) while a run was writing.
+
+    Raises:
+        UserError: the dataset no longer exists (``error`` as its cause).
+    """
+    import fiftyone as fo
+
+    try:
+        gone = not fo.dataset_exists(dataset.name)
+    except Exception:  # noqa: BLE001 -- the database itself is away: keep the error
+        return
+    if gone:
+        raise UserError(f"dataset {dataset.name!r} was deleted (by another process?) while the "
+                        "run was writing to it; nothing more was written") from error
+
+
 def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) -> None:
-    """Record the outcome on the run: status, counts and wall time."""
+    """Record the outcome on the run: status, counts and wall time.
+
+    Raises:
+        UserError: the dataset was deleted while the run wrote to it.
+    """
+    import fiftyone as fo
+
+    if not fo.dataset_exists(dataset.name):
+        raise_if_dataset_deleted(dataset, RuntimeError("dataset deleted"))
     info = dataset.get_run_info(key)
     cfg = info.config
     cfg.status = "completed" if complete else "interrupted"

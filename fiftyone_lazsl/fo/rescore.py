@@ -120,6 +120,9 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     if bad:
         raise ConfigError(f"{', '.join(bad)} determine the stored features and cannot change "
                           f"when re-scoring; run classify again for other values")
+    from fiftyone_lazsl.fo.datasets import check_sample_view
+
+    check_sample_view(samples)
     dataset = dataset_of(samples)
     old = stored_run(samples, from_field)
     changes = {k: v for k, v in (("theta", theta), ("eps", eps), ("gamma", gamma)) if v is not None}
@@ -145,6 +148,9 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             dataset, view, old, aset, cfg, opts, summary, from_field, label_field,
             feature_store, classifier, model, gt_field, batch_size, missing, progress, t0,
             lock.owner)
+    except Exception as e:  # noqa: BLE001 -- re-raised, as one line if the dataset is gone
+        ap.raise_if_dataset_deleted(dataset, e)
+        raise
     finally:
         lock.release()
     if heatmap and clf.method == "lazsl":
