@@ -607,3 +607,49 @@ def test_dataset_deleted_while_a_run_writes_is_one_line(photo_data, sets, checkp
             proc.kill()
     assert proc.returncode == 2, (out, err)
     assert "was deleted" in one_error_line(err)
+
+
+# ------------------------------------------------------------------ weights
+class _RunsCode:
+    """Unpickling this creates the file ``path`` (what a hostile checkpoint
+    could do); ``torch.load(weights_only=True)`` must refuse it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("kind", ["pt", "bin", "safetensors", "folder", "hub"])
+def test_unloadable_weights_are_one_line_and_run_no_code(photo_data, sets, tmp_path, kind):
+    import torch
+
+    files = _copy_photos(photo_data, tmp_path / "img", n=1)
+    ds = bf.make_dataset(f"r3-w-{kind}", files)
+    ds.persistent = True
+    marker = tmp_path / "code-ran"
+    evil = {"state_dict": _RunsCode(marker)}
+    if kind == "folder":
+        folder = tiny_clip.make_local_dir(tmp_path / "oc", {"size": 64})
+        for f in folder.glob("*.bin"):
+            f.unlink()
+        torch.save(evil, folder / "open_clip_model.safetensors")
+        pretrained = str(folder)
+    elif kind == "hub":
+        pretrained = "hf-hub:../../.."
+    else:
+        pretrained = str(tmp_path / f"evil.{kind}")
+        torch.save(evil, pretrained)
+    try:
+        args = _classify(ds, sets[0], pretrained, "w")
+        if kind == "folder":
+            i = args.index("--model")
+            args[i + 1] = f"local-dir:{pretrained}"
+        r = _cli(*args)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        line = one_error_line(r.stderr)
+        assert ("../../.." if kind == "hub" else pretrained) in line, line
+        assert not marker.exists()
+    finally:
+        ds.delete()
