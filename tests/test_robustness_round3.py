@@ -653,3 +653,25 @@ def test_unloadable_weights_are_one_line_and_run_no_code(photo_data, sets, tmp_p
         assert not marker.exists()
     finally:
         ds.delete()
+
+
+# -------------------------------------------------------------- environment
+def test_read_only_cache_folder_warns_once_and_the_run_goes_on(photo_data, sets, checkpoint,
+                                                               tmp_path):
+    files = _copy_photos(photo_data, tmp_path / "img", n=2)
+    ds = bf.make_dataset("r3-rocache", files)
+    ds.persistent = True
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "none", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (not root?)")
+    try:
+        r = _cli(*_classify(ds, sets[0], checkpoint, "c"),
+                 env={"FIFTYONE_LAZSL_CACHE": str(mnt / "cache"), "HOME": str(mnt)})
+        assert r.returncode == 0, r.stderr
+        assert "2/2 samples classified" in r.stdout, r.stdout
+        assert r.stderr.count("cannot be written") == 1, r.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+        ds.delete()

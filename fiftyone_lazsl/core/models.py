@@ -277,11 +277,35 @@ class LoadedModel:
                 len(cut), int(self.tokenizer(texts[:1]).shape[1]), cut[0][:120])
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if path is not None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            torch.save(feats, tmp)
-            os.replace(tmp, path)
+            _write_text_cache(path, feats)
         return feats
+
+
+#: Cache folders that could not be written (warned about once each).
+_UNWRITABLE_CACHES: set[str] = set()
+
+
+def _write_text_cache(path: str, feats: torch.Tensor) -> None:
+    """Store text features at ``path`` (atomically). The cache is only an
+    optimisation: a folder that cannot be written (read-only ``HOME`` or
+    cache, full disk) is warned about once and the run goes on without it."""
+    folder = os.path.dirname(path)
+    if folder in _UNWRITABLE_CACHES:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        _UNWRITABLE_CACHES.add(folder)
+        logger.warning("text-feature cache %s cannot be written (%s); going on without caching "
+                       "(set FIFTYONE_LAZSL_CACHE to a writable folder to keep it)",
+                       folder, e.strerror or e)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 def _truncated(tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor) -> list[str]:
