@@ -675,3 +675,53 @@ def test_read_only_cache_folder_warns_once_and_the_run_goes_on(photo_data, sets,
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
         ds.delete()
+
+
+def test_database_dying_mid_run_is_one_line_within_the_retry_budget(photo_data, sets,
+                                                                    checkpoint, tmp_path):
+    """MongoDB killed while a classify writes: the one line comes within the
+    write retry budget (30 s, plus the batch in flight), not after every
+    clean-up step waited pymongo's 30 s server selection (~230 s before)."""
+    from fiftyone_lazsl.testing import mongod
+
+    saved = {k: os.environ.get(k) for k in ("FIFTYONE_DATABASE_URI",
+                                            "FIFTYONE_DATABASE_VALIDATION")}
+    try:
+        proc_db = mongod.start(str(tmp_path / "db2"), str(tmp_path / "db2.log"))
+        env = {"FIFTYONE_DATABASE_URI": os.environ["FIFTYONE_DATABASE_URI"]}
+    finally:
+        for k, v in saved.items():
+            os.environ[k] = v
+    try:
+        root = tmp_path / "tree"
+        (root / "c").mkdir(parents=True)
+        for i, p in enumerate(_copy_photos(photo_data, tmp_path / "img", n=8) * 6):
+            shutil.copy(p, root / "c" / f"{i}.jpg")
+        r = _cli("import-folder", str(root), "--dataset", "dying", env=env)
+        assert r.returncode == 0, r.stderr
+        args = ["classify", "--dataset", "dying", "--attributes", sets[0], "--model",
+                tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--n-crops", "4",
+                "--batch-size", "1", "--write-every", "1", "--workers", "0",
+                "--device", "cpu", "--label-field", "d"]
+        proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, **ENV, **env))
+        try:
+            deadline = time.time() + 240
+            line = ""
+            while "writing" not in line and time.time() < deadline:  # writes began
+                line = proc.stderr.readline()
+                assert line or proc.poll() is None, proc.communicate()
+            proc_db.kill()
+            proc_db.wait()
+            t0 = time.time()
+            out, err = proc.communicate(timeout=400)
+            took = time.time() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 2, (out, err)
+        assert "database is unavailable" in one_error_line(err)
+        assert took < 75, f"the error took {took:.0f} s: {err}"
+    finally:
+        if proc_db.poll() is None:
+            proc_db.kill()

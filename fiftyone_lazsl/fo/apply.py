@@ -535,6 +535,9 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
             if store is not None and key is not None:
                 _record_feature_store(dataset, key, summary, worker, store)
     except Exception as e:  # noqa: BLE001 -- re-raised, as one line if the dataset is gone
+        from fiftyone_lazsl.fo.writer import note_database_error
+
+        note_database_error(e)  # a lost database: the clean-up below does not wait on it
         raise_if_dataset_deleted(dataset, e)
         raise
     finally:
@@ -670,6 +673,10 @@ def _open_feature_store(store_features: Any, dtype: str) -> Any:
 def _record_feature_store(dataset: Any, key: str, summary: "RunSummary", worker: Any,
                           store: Any) -> None:
     """Add the store's counts and size after the run to the run record and summary."""
+    from fiftyone_lazsl.fo.writer import database_lost
+
+    if database_lost():
+        return
     fs = summary.feature_store
     fs.update(bytes_after=store.size_bytes(), stored=worker.stored, reused=worker.reused,
               store_errors=worker.store_errors)
@@ -882,6 +889,10 @@ def raise_if_dataset_deleted(dataset: Any, error: BaseException) -> None:
     """
     import fiftyone as fo
 
+    from fiftyone_lazsl.fo.writer import database_lost
+
+    if database_lost():
+        return
     try:
         gone = not fo.dataset_exists(dataset.name)
     except Exception:  # noqa: BLE001 -- the database itself is away: keep the error
@@ -899,6 +910,10 @@ def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) 
     """
     import fiftyone as fo
 
+    from fiftyone_lazsl.fo.writer import database_lost
+
+    if database_lost():
+        return  # the record stays "running"; its lock goes stale: readers see "interrupted"
     if not fo.dataset_exists(dataset.name):
         raise_if_dataset_deleted(dataset, RuntimeError("dataset deleted"))
     info = dataset.get_run_info(key)

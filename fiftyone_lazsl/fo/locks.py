@@ -145,8 +145,14 @@ class LabelFieldLock:
         self._thread.start()
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the lock (only if still ours)."""
+        """Stop the heartbeat and delete the lock (only if still ours); after
+        a lost database (:func:`fiftyone_lazsl.fo.writer.database_lost`) the
+        lock is left to go stale instead of waiting on the database."""
+        from fiftyone_lazsl.fo.writer import database_lost
+
         self._stop.set()
+        if database_lost():
+            return
         try:
             _collection().delete_one({"_id": self._id, "owner": self.owner})
         except Exception as e:  # the database is gone: the lock goes stale by itself

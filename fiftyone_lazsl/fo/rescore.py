@@ -149,6 +149,9 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             feature_store, classifier, model, gt_field, batch_size, missing, progress, t0,
             lock.owner)
     except Exception as e:  # noqa: BLE001 -- re-raised, as one line if the dataset is gone
+        from fiftyone_lazsl.fo.writer import note_database_error
+
+        note_database_error(e)
         ap.raise_if_dataset_deleted(dataset, e)
         raise
     finally:
@@ -225,7 +228,9 @@ def _rescore_locked(dataset: Any, view: Any, old: dict, aset: Any, cfg: Any, opt
         summary.seconds = time.time() - t0
         summary.feature_store.update(bytes_after=store.size_bytes(), **counts)
         key = summary.run_key
-        if key is not None:
+        from fiftyone_lazsl.fo.writer import database_lost
+
+        if key is not None and not database_lost():
             ap._finish_run(dataset, key, summary, complete=done == len(ids))
             info = dataset.get_run_info(key)
             info.config.feature_store = dict(summary.feature_store)

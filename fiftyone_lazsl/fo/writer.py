@@ -66,28 +66,69 @@ def bulk_set(dataset: Any, batch: list[tuple[str, dict]]) -> None:
 #: MongoDB was unreachable or stalled; then the error propagates (the CLI turns
 #: it into one line, status 2; written batches stay).
 DB_RETRY_WAITS = (1.0, 3.0, 10.0)
+#: Seconds a write may take in all, retries and server selection included
+#: (``pymongo.timeout``), before a database that does not answer is given up.
+DB_RETRY_BUDGET_S = 30.0
+#: Seconds the clean-up after a lost database (run record, lock) may take.
+DB_LOST_CLEANUP_S = 2.0
+
+_lost = threading.Event()
+
+
+def database_lost() -> bool:
+    """Whether a write of this process already gave up on the database
+    (:func:`retry_db`); clean-up steps then spend at most
+    :data:`DB_LOST_CLEANUP_S` on it."""
+    return _lost.is_set()
+
+
+def note_database_error(error: BaseException | None) -> None:
+    """Mark the database lost (:func:`database_lost`) when ``error`` or its
+    cause chain is a pymongo connection failure or timeout, so the clean-up
+    that follows does not wait on it again."""
+    import pymongo.errors as pe
+
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout)):
+            _lost.set()
+            return
+        error = error.__cause__ or error.__context__
+        seen += 1
 
 
 def retry_db(write: Callable[[], Any]) -> Any:
     """``write()``, retried after :data:`DB_RETRY_WAITS` on pymongo connection
     failures and timeouts (``AutoReconnect``, ``NetworkTimeout``,
-    ``ServerSelectionTimeoutError``...). Writes by id (``$set``, ``set_values``) are idempotent, so a retried
+    ``ServerSelectionTimeoutError``...), all of it within
+    :data:`DB_RETRY_BUDGET_S` seconds (each attempt runs under
+    ``pymongo.timeout`` of the time left, so a dead server is given up within
+    the budget rather than after pymongo's 30 s server selection per attempt).
+    Writes by id (``$set``, ``set_values``) are idempotent, so a retried
     batch cannot be written twice."""
+    import pymongo
     import pymongo.errors as pe
 
     import sys
 
-    waits = sys.modules[__name__].DB_RETRY_WAITS  # read at call time (tests shorten it)
+    mod = sys.modules[__name__]
+    waits = mod.DB_RETRY_WAITS  # read at call time (tests shorten it)
+    budget = mod.DB_LOST_CLEANUP_S if database_lost() else mod.DB_RETRY_BUDGET_S
+    deadline = time.monotonic() + float(budget)
     for wait in (*waits, None):
+        left = deadline - time.monotonic()
         try:
-            return write()
-        except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout) as e:
-            if wait is None:
+            with pymongo.timeout(max(left, 0.5)):
+                return write()
+        except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout,
+                pe.ServerSelectionTimeoutError) as e:
+            left = deadline - time.monotonic()
+            if wait is None or left <= wait:
+                _lost.set()
                 raise
             logger.warning("database write failed (%s: %s); retrying in %g s",
                            type(e).__name__, str(e).split(",")[0], wait)
             time.sleep(wait)
-
 
 
 class WriterError(RuntimeError):
