@@ -162,7 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prediction field F; also F_crops, F_attributes, F_error (default: lazsl)")
     LaZSLConfig.add_cli_arguments(p)
     out = p.add_argument_group("what to classify and write")
-    out.add_argument("--workers", type=argtypes.int_range(0), default=None, help="image decoding processes (default: auto)")
+    out.add_argument("--workers", type=int, default=None, help="image decoding processes (default: auto)")
     out.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     out.add_argument("--gt-field", default=None,
                      help="Classification field whose classes must all be in the attribute set")
@@ -177,9 +177,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--evidence", choices=("compact", "full"), default=None,
                      help="per-attribute evidence of the predicted class, runner-up(s) and "
                           "ground-truth class (compact, default), or of every class (full)")
-    out.add_argument("--runner-ups", type=argtypes.int_range(0), default=None, metavar="K",
+    out.add_argument("--runner-ups", type=int, default=None, metavar="K",
                      help="runner-up classes whose evidence compact outputs keep (default: 1)")
-    out.add_argument("--write-every", type=argtypes.int_range(1), default=64, metavar="N",
+    out.add_argument("--write-every", type=int, default=64, metavar="N",
                      help="samples per database write (a killed run keeps every written batch; default: 64)")
     out.add_argument("--heatmap", action="store_true", help="also write an evidence heatmap per sample")
     out.add_argument("--store-features", nargs="?", const="", default=None, metavar="DIR",
@@ -190,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16",
                      help="storage precision of --store-features (default: float16)")
     sh = p.add_argument_group("one run across several workers")
-    sh.add_argument("--shards", type=argtypes.int_range(1), default=None, metavar="K",
+    sh.add_argument("--shards", type=int, default=None, metavar="K",
                     help="queue K delegated operations over disjoint slices of the view (by "
                          "sample id) and print their ids; `fiftyone delegated launch` workers "
                          "run them")

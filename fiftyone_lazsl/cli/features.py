@@ -105,6 +105,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     r.add_argument("--gt-field", default=None)
     r.add_argument("--restrict-to-set", action="store_true")
-    r.add_argument("--top-k-crops", type=argtypes.int_range(1), default=None)
+    r.add_argument("--top-k-crops", type=int, default=None)
     r.set_defaults(func=_rescore)
     logging.getLogger("fiftyone_lazsl").setLevel(logging.INFO)

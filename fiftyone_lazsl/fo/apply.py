@@ -676,7 +676,7 @@ def _record_feature_store(dataset: Any, key: str, summary: "RunSummary", worker:
     from fiftyone_lazsl.fo.writer import database_lost
 
     if database_lost():
-        return
+        return  # (the run record is not reachable)
     fs = summary.feature_store
     fs.update(bytes_after=store.size_bytes(), stored=worker.stored, reused=worker.reused,
               store_errors=worker.store_errors)
@@ -889,12 +889,11 @@ def raise_if_dataset_deleted(dataset: Any, error: BaseException) -> None:
     """
     import fiftyone as fo
 
-    from fiftyone_lazsl.fo.writer import database_lost
+    from fiftyone_lazsl.fo.writer import cleanup_budget
 
-    if database_lost():
-        return
     try:
-        gone = not fo.dataset_exists(dataset.name)
+        with cleanup_budget():
+            gone = not fo.dataset_exists(dataset.name)
     except Exception:  # noqa: BLE001 -- the database itself is away: keep the error
         return
     if gone:
@@ -910,12 +909,21 @@ def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) 
     """
     import fiftyone as fo
 
-    from fiftyone_lazsl.fo.writer import database_lost
+    from fiftyone_lazsl.fo.writer import cleanup_budget, database_lost
 
     if database_lost():
-        return  # the record stays "running"; its lock goes stale: readers see "interrupted"
+        try:
+            with cleanup_budget():  # the database was lost: try briefly
+                _finish_run_now(dataset, key, summary, complete=complete)
+        except Exception as e:  # noqa: BLE001 -- the record stays "running"; its lock goes
+            logger.warning("could not record the end of the run (%s)", type(e).__name__)
+        return  # stale, so readers see "interrupted"
     if not fo.dataset_exists(dataset.name):
         raise_if_dataset_deleted(dataset, RuntimeError("dataset deleted"))
+    _finish_run_now(dataset, key, summary, complete=complete)
+
+
+def _finish_run_now(dataset: Any, key: str, summary: RunSummary, *, complete: bool) -> None:
     info = dataset.get_run_info(key)
     cfg = info.config
     cfg.status = "completed" if complete else "interrupted"

@@ -230,8 +230,9 @@ def _rescore_locked(dataset: Any, view: Any, old: dict, aset: Any, cfg: Any, opt
         key = summary.run_key
         from fiftyone_lazsl.fo.writer import database_lost
 
-        if key is not None and not database_lost():
+        if key is not None:
             ap._finish_run(dataset, key, summary, complete=done == len(ids))
+        if key is not None and not database_lost():
             info = dataset.get_run_info(key)
             info.config.feature_store = dict(summary.feature_store)
             dataset.update_run_config(key, info.config)

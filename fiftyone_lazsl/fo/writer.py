@@ -70,16 +70,21 @@ DB_RETRY_WAITS = (1.0, 3.0, 10.0)
 #: (``pymongo.timeout``), before a database that does not answer is given up.
 DB_RETRY_BUDGET_S = 30.0
 #: Seconds the clean-up after a lost database (run record, lock) may take.
-DB_LOST_CLEANUP_S = 2.0
+DB_LOST_CLEANUP_S = 2.0  # budget of a write once the database was lost
 
 _lost = threading.Event()
 
 
 def database_lost() -> bool:
-    """Whether a write of this process already gave up on the database
-    (:func:`retry_db`); clean-up steps then spend at most
-    :data:`DB_LOST_CLEANUP_S` on it."""
+    """Whether a write of this process gave up on the database
+    (:func:`retry_db`) and nothing reached it since (a later successful write
+    or lock clears it); the clean-up of the failed run then skips it."""
     return _lost.is_set()
+
+
+def note_database_answers() -> None:
+    """Clear :func:`database_lost` (the database answered again)."""
+    _lost.clear()
 
 
 def note_database_error(error: BaseException | None) -> None:
@@ -95,6 +100,19 @@ def note_database_error(error: BaseException | None) -> None:
             return
         error = error.__cause__ or error.__context__
         seen += 1
+
+
+def cleanup_budget() -> Any:
+    """A context for the clean-up database calls after a failed run (run
+    record, lock release): once the database was lost
+    (:func:`database_lost`), each gets at most :data:`DB_LOST_CLEANUP_S`
+    seconds (``pymongo.timeout``) instead of pymongo's 30 s server selection;
+    otherwise no limit."""
+    import contextlib
+
+    import pymongo
+
+    return pymongo.timeout(DB_LOST_CLEANUP_S) if database_lost() else contextlib.nullcontext()
 
 
 def retry_db(write: Callable[[], Any]) -> Any:
@@ -119,7 +137,9 @@ def retry_db(write: Callable[[], Any]) -> Any:
         left = deadline - time.monotonic()
         try:
             with pymongo.timeout(max(left, 0.5)):
-                return write()
+                result = write()
+            _lost.clear()  # the database answers (again)
+            return result
         except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout,
                 pe.ServerSelectionTimeoutError) as e:
             left = deadline - time.monotonic()
