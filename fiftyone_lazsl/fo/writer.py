@@ -66,9 +66,12 @@ def bulk_set(dataset: Any, batch: list[tuple[str, dict]]) -> None:
 #: MongoDB was unreachable or stalled; then the error propagates (the CLI turns
 #: it into one line, status 2; written batches stay).
 DB_RETRY_WAITS = (1.0, 3.0, 10.0)
-#: Seconds a write may take in all, retries and server selection included
-#: (``pymongo.timeout``), before a database that does not answer is given up.
-DB_RETRY_BUDGET_S = 30.0
+#: Seconds each *retry* of a failed write may take, server selection included
+#: (``pymongo.timeout``): a database that is gone (connection refused) is given
+#: up about 30 s after the first failure instead of after pymongo's 30 s server
+#: selection per attempt (~2 minutes), while the first attempt keeps pymongo's
+#: own patience so a stalled server (paused, failing over) is waited for.
+DB_RETRY_ATTEMPT_S = 5.0
 #: Seconds the clean-up after a lost database (run record, lock) may take.
 DB_LOST_CLEANUP_S = 2.0  # budget of a write once the database was lost
 
@@ -118,10 +121,9 @@ def cleanup_budget() -> Any:
 def retry_db(write: Callable[[], Any]) -> Any:
     """``write()``, retried after :data:`DB_RETRY_WAITS` on pymongo connection
     failures and timeouts (``AutoReconnect``, ``NetworkTimeout``,
-    ``ServerSelectionTimeoutError``...), all of it within
-    :data:`DB_RETRY_BUDGET_S` seconds (each attempt runs under
-    ``pymongo.timeout`` of the time left, so a dead server is given up within
-    the budget rather than after pymongo's 30 s server selection per attempt).
+    ``ServerSelectionTimeoutError``...); each retry runs under
+    ``pymongo.timeout(DB_RETRY_ATTEMPT_S)`` (:data:`DB_RETRY_ATTEMPT_S`), so a
+    database that is gone is given up about 30 s after the first failure.
     Writes by id (``$set``, ``set_values``) are idempotent, so a retried
     batch cannot be written twice."""
     import pymongo
@@ -131,21 +133,18 @@ def retry_db(write: Callable[[], Any]) -> Any:
 
     mod = sys.modules[__name__]
     waits = mod.DB_RETRY_WAITS  # read at call time (tests shorten it)
-    budget = mod.DB_LOST_CLEANUP_S if database_lost() else mod.DB_RETRY_BUDGET_S
-    deadline = time.monotonic() + float(budget)
+    limit = mod.DB_LOST_CLEANUP_S if database_lost() else None
     for wait in (*waits, None):
-        left = deadline - time.monotonic()
         try:
-            with pymongo.timeout(max(left, 0.5)):
+            with pymongo.timeout(limit):
                 result = write()
             _lost.clear()  # the database answers (again)
             return result
-        except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout,
-                pe.ServerSelectionTimeoutError) as e:
-            left = deadline - time.monotonic()
-            if wait is None or left <= wait:
+        except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout) as e:
+            if wait is None:
                 _lost.set()
                 raise
+            limit = float(mod.DB_RETRY_ATTEMPT_S)
             logger.warning("database write failed (%s: %s); retrying in %g s",
                            type(e).__name__, str(e).split(",")[0], wait)
             time.sleep(wait)
