@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = " ".join(msg.split())  # always one line
         print(f"fiftyone-lazsl {args.command}: error: {msg}", file=sys.stderr)
+        if argv is None and _database_error(e) is not None:
+            _exit_now(2)  # FiftyOne's exit hooks would wait on the lost database
         return 2
     return int(rc or 0)
 

@@ -47,6 +47,8 @@ def _evaluate(args) -> int:
 
 
 def register(sub) -> None:
+    from fiftyone_lazsl.cli.argtypes import int_range, tag
+
     """Add the ``audit`` and ``evaluate`` commands to the CLI's sub-parsers."""
     p = sub.add_parser(
         "audit", help="rank likely label errors and write attribute evidence",
@@ -58,14 +60,14 @@ def register(sub) -> None:
     p.add_argument("--pred-field", required=True, metavar="F",
                    help="prediction field written by 'classify'")
     p.add_argument("--gt-field", required=True, metavar="G", help="Classification field to audit")
-    p.add_argument("--top-k", type=int, default=20, metavar="K", help="samples to tag (20)")
+    p.add_argument("--top-k", type=int_range(0), default=20, metavar="K", help="samples to tag (20)")
     p.add_argument("--tag", default="suspect", help="sample tag for the suspects ('suspect'; "
                                                     "'' tags nothing)")
     p.add_argument("--tag-all", action="store_true",
                    help="tag the top K even if the prediction agrees with the label")
-    p.add_argument("--n-evidence", type=int, default=3, help="attributes listed per class (3)")
-    p.add_argument("--show", type=int, default=None, help="rows printed (default K)")
-    p.add_argument("--only-tag", default=None, metavar="TAG", help="only samples with this tag")
+    p.add_argument("--n-evidence", type=int_range(0), default=3, help="attributes listed per class (3)")
+    p.add_argument("--show", type=int_range(0), default=None, help="rows printed (default K)")
+    p.add_argument("--only-tag", default=None, type=tag, metavar="TAG", help="only samples with this tag")
     p.set_defaults(func=_audit)
 
     p = sub.add_parser(
@@ -77,8 +79,8 @@ def register(sub) -> None:
     p.add_argument("--gt-field", required=True, metavar="G")
     p.add_argument("--pred-fields", required=True, metavar="F1,F2,...",
                    help="comma-separated prediction fields")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="k of top-k accuracy (5)")
-    p.add_argument("--worst", type=int, default=10, help="classes in the worst-classes table (10)")
+    p.add_argument("--top-k", type=int_range(1), default=5, metavar="K", help="k of top-k accuracy (5)")
+    p.add_argument("--worst", type=int_range(0), default=10, help="classes in the worst-classes table (10)")
     p.add_argument("--no-views", action="store_true", help="do not save comparison views")
-    p.add_argument("--only-tag", default=None, metavar="TAG", help="only samples with this tag")
+    p.add_argument("--only-tag", default=None, type=tag, metavar="TAG", help="only samples with this tag")
     p.set_defaults(func=_evaluate)

@@ -150,6 +150,8 @@ def _store_arg(value: str | None) -> "bool | str":
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from fiftyone_lazsl.cli import argtypes
+
     from fiftyone_lazsl.core.config import LaZSLConfig
 
     p = sub.add_parser("classify", help="zero-shot classify a dataset with LaZSL (or wca/dclip/clip)")
@@ -161,7 +163,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     LaZSLConfig.add_cli_arguments(p)
     out = p.add_argument_group("what to classify and write")
     out.add_argument("--workers", type=int, default=None, help="image decoding processes (default: auto)")
-    out.add_argument("--tag", default=None, help="only samples with this tag")
+    out.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     out.add_argument("--gt-field", default=None,
                      help="Classification field whose classes must all be in the attribute set")
     out.add_argument("--restrict-to-set", action="store_true",

@@ -73,6 +73,8 @@ def _app(args) -> int:
 
 
 def register(sub) -> None:
+    from fiftyone_lazsl.cli.argtypes import int_range
+
     p = sub.add_parser("import-folder", help="create a dataset from DIR/<class>/<image> folders "
                                              "(images only, detected by content)")
     p.add_argument("directory", metavar="DIR")
@@ -82,7 +84,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("app", help="open the FiftyOne App on a dataset")
     p.add_argument("--dataset", required=True, metavar="NAME")
-    p.add_argument("--port", type=int, default=5151)
+    p.add_argument("--port", type=int_range(1, 65535), default=5151)
     p.add_argument("--address", default="localhost")
     p.add_argument("--remote", action="store_true", help="serve without opening a browser")
     p.add_argument("--no-wait", dest="wait", action="store_false",

@@ -38,6 +38,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def add_doctor(attr_sub: argparse._SubParsersAction) -> None:
     """Add ``doctor`` to the ``attributes`` command group."""
+    from fiftyone_lazsl.cli import argtypes
+
     d = attr_sub.add_parser("doctor", help="diagnose an attribute set from a run's stored features")
     d.add_argument("--dataset", required=True)
     d.add_argument("--from-field", required=True, metavar="F",
@@ -49,7 +51,7 @@ def add_doctor(attr_sub: argparse._SubParsersAction) -> None:
     d.add_argument("--dup-threshold", type=float, default=0.95,
                    help="text-embedding cosine for near-duplicates (default 0.95)")
     d.add_argument("--min-auc", type=float, default=0.55, help="flag attributes below this AUC")
-    d.add_argument("--tag", default=None, help="only samples with this tag")
+    d.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     d.add_argument("--all", action="store_true", help="show every attribute, not only flagged ones")
     d.add_argument("--all-classes", action="store_true",
                    help="diagnose every class of the set (default: only the classes present "

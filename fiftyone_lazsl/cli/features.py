@@ -16,7 +16,7 @@ def _mb(n: int) -> str:
 def _info(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.core.features import FeatureStore
 
-    with FeatureStore(args.store) as st:
+    with FeatureStore(args.store, create=False) as st:
         info = st.info()
     if args.json:
         print(json.dumps(info, indent=1))
@@ -34,10 +34,11 @@ def _info(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.core.features import FeatureStore
 
-    with FeatureStore(args.store) as st:
+    days = args.older_than_days
+    with FeatureStore(args.store, create=False) as st:
         r = st.prune(fingerprint=args.fingerprint, everything=args.all,
-                     stale=not args.keep_stale, older_than_s=(args.older_than_days * 86400
-                                                             if args.older_than_days else None))
+                     stale=not args.keep_stale,
+                     older_than_s=None if days is None else days * 86400)
     print(f"pruned {r['deleted_entries']} entries: {_mb(r['bytes_before'])} -> {_mb(r['bytes_after'])}")
     return 0
 
@@ -80,6 +81,7 @@ _WCA_FLAGS = ("image_scale_log", "text_scale_log")
 
 def register(sub: argparse._SubParsersAction) -> None:
     from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
+    from fiftyone_lazsl.cli import argtypes
 
     p = sub.add_parser("features", help="manage the feature store (info, prune)")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
@@ -93,7 +95,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--store", default=None, metavar="DIR")
     pr.add_argument("--all", action="store_true", help="delete every entry")
     pr.add_argument("--fingerprint", default=None, help="delete the entries of this fingerprint")
-    pr.add_argument("--older-than-days", type=float, default=None, metavar="D")
+    pr.add_argument("--older-than-days", type=argtypes.float_range(0), default=None, metavar="D",
+                    help="delete entries stored more than D days ago (0: every entry stored "
+                         "before now)")
     pr.add_argument("--keep-stale", action="store_true",
                     help="keep entries whose image file is missing or changed (default: delete them)")
     pr.set_defaults(func=_prune)
@@ -120,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with the reason in G_error (default: encode)")
     r.add_argument("--store", default=None, metavar="DIR",
                    help="feature store (default: the one the run on --from-field names)")
-    r.add_argument("--tag", default=None, help="only samples with this tag")
+    r.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     r.add_argument("--gt-field", default=None)
     r.add_argument("--restrict-to-set", action="store_true")
     r.add_argument("--top-k-crops", type=_top_k, default="auto", metavar="K|all",

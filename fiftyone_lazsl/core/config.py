@@ -51,6 +51,8 @@ CROP_BACKENDS = ("auto", "pil", "device", "tensor")
 EXACT_CROP_BACKENDS = ("pil", "device")
 #: Prompt rules (see :mod:`fiftyone_lazsl.core.prompts`).
 PROMPT_STYLES = ("dclip", "legacy")
+#: The integers a run record can hold (MongoDB stores BSON int64).
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: Spellings of "no pretrained weights" (random initialisation, tests only).
 RANDOM_WEIGHT_TAGS = ("", "none", "random")
 
@@ -409,6 +411,9 @@ def _int(name: str, v: Any) -> int:
             raise ConfigError(f"{name} must be an integer, got {v!r}") from None
     if not isinstance(v, int):
         raise ConfigError(f"{name} must be an integer, got {v!r}")
+    if not INT64_MIN <= v <= INT64_MAX:
+        raise ConfigError(f"{name} must be a 64-bit integer (at most {INT64_MAX}; runs are "
+                          f"recorded in MongoDB), got {v}")
     return int(v)
 
 

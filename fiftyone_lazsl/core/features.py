@@ -51,7 +51,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
+import tempfile
 import time
 import uuid
 import zlib
@@ -188,6 +190,71 @@ def _file_signature(path: str, check: str) -> tuple[int | None, int | None, str 
     return int(st.st_size), int(st.st_mtime_ns), digest
 
 
+#: A fingerprint folder's name (:func:`fingerprint`) and a shard file's name
+#: (``<pid>-<12 hex>.bin``, :meth:`FeatureStore._open_shard`).
+_FP_RE = re.compile(r"[0-9a-f]{32}")
+_SHARD_RE = re.compile(r"[0-9]+-[0-9a-f]{12}\.bin")
+
+
+def _writable(path: str) -> bool:
+    """Whether files can be created in ``path`` (a read-only mount says no
+    even to root, which ``os.access`` would not tell)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=path)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(tmp)
+    return True
+
+
+def _connect_readonly(index: str) -> sqlite3.Connection:
+    """The index opened read-only (``mode=ro``; on a read-only mount where
+    SQLite cannot create its WAL shared-memory file, ``immutable=1``)."""
+    from urllib.parse import quote
+
+    uri = "file:" + quote(index)
+    for opts in ("?mode=ro", "?mode=ro&immutable=1"):
+        db = sqlite3.connect(uri + opts, uri=True, timeout=60.0, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute("SELECT COUNT(*) FROM entries").fetchone()
+            return db
+        except sqlite3.OperationalError as e:
+            db.close()
+            err = e
+            if "no such table" in str(e):
+                break
+    raise sqlite3.DatabaseError(str(err))
+
+
+def _decode_entry(k: str, data: bytes, nv: Any, dim: Any, dtype: Any, boxes: Any, w: Any,
+                  h: Any, ow: Any, oh: Any, scale: Any) -> FeatureEntry:
+    """A :class:`FeatureEntry` from an index row and its bytes.
+
+    Raises:
+        ValueError, TypeError: a row whose ``dtype``, ``n_views``, ``dim`` or
+            ``boxes`` do not describe the bytes (a corrupt index).
+    """
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"dtype {dtype!r}")
+    nv, dim = int(nv), int(dim)
+    if nv < 1 or dim < 1:
+        raise ValueError(f"shape [{nv}, {dim}]")
+    fbytes = nv * dim * np.dtype(dtype).itemsize
+    if fbytes > len(data):
+        raise ValueError(f"shape [{nv}, {dim}] {dtype} needs {fbytes} bytes, {len(data)} stored")
+    feats = np.frombuffer(data[:fbytes], dtype=dtype).reshape(nv, dim).astype(np.float32)
+    r = (np.frombuffer(data[fbytes:], dtype=np.float32).copy()
+         if len(data) == fbytes + 4 * (nv - 1) else None)
+    if not isinstance(boxes, (bytes, bytearray, memoryview)) or len(boxes) != 32 * (nv - 1):
+        raise ValueError(f"boxes: expected {nv - 1} boxes of 4 int64")
+    return FeatureEntry(key=k, features=feats,
+                        boxes=np.frombuffer(boxes, dtype=np.int64).reshape(-1, 4).copy(),
+                        image_size=(int(w), int(h)), original_size=(int(ow), int(oh)),
+                        scale=float(scale), crop_global=r)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -210,12 +277,21 @@ class FeatureStore:
             mtime in ns, default), ``"hash"`` (SHA-256 of the file; reads it) or
             ``"none"`` (keys are not files).
 
+        create: create the store when there is none at ``path`` (False: a
+            :class:`ConfigError` says there is no store there; read-only
+            commands such as ``features info`` create nothing).
+
+    A store the process cannot write (a read-only mount or folder) is opened
+    read-only: look-ups work, writes raise :class:`ConfigError`.
+
     Raises:
-        ConfigError: unknown ``dtype`` or ``check``; a path that is a file.
+        ConfigError: unknown ``dtype`` or ``check``; a path that is a file; no
+            store at ``path`` with ``create=False``; an ``index.sqlite`` that
+            is not a SQLite database or has not the store's tables.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, dtype: str = "float16",
-                 check: str = "stat") -> None:
+                 check: str = "stat", create: bool = True) -> None:
         if dtype not in FEATURE_DTYPES:
             raise ConfigError(f"feature dtype must be one of {', '.join(FEATURE_DTYPES)}, got {dtype!r}")
         if check not in CHECKS:
@@ -224,15 +300,29 @@ class FeatureStore:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ConfigError(f"feature store path {self.path} is a file, not a directory")
         self.dtype, self.check = dtype, check
-        os.makedirs(os.path.join(self.path, "shards"), exist_ok=True)
-        self._db = self._connect()
+        index = os.path.join(self.path, "index.sqlite")
+        if not create and not os.path.isfile(index):
+            raise ConfigError(f"there is no feature store at {self.path} (no index.sqlite); "
+                              "give the folder a run stored features in (--store)")
+        self.readonly = os.path.isfile(index) and not _writable(self.path)
+        if not self.readonly:
+            os.makedirs(os.path.join(self.path, "shards"), exist_ok=True)
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"feature store {self.path}: index.sqlite is not a feature-store "
+                              f"index ({e}); point --store at another folder, or move it "
+                              "away to start a new store") from None
         self._shard: str | None = None
         self._fh = None
         self._readers: dict[str, Any] = {}
 
     # ------------------------------------------------------------ plumbing
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(os.path.join(self.path, "index.sqlite"), timeout=60.0,
+        index = os.path.join(self.path, "index.sqlite")
+        if self.readonly:
+            return _connect_readonly(index)
+        db = sqlite3.connect(index, timeout=60.0,
                              isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout=60000")
         db.execute("PRAGMA journal_mode=WAL")
@@ -280,9 +370,19 @@ class FeatureStore:
         return {"path": self.path, "dtype": self.dtype, "check": self.check}
 
     # ------------------------------------------------------------- writing
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ConfigError(f"feature store {self.path} is read-only (a read-only folder or "
+                              "mount): it can be read, not written")
+
     def register(self, spec: dict) -> str:
-        """Record a fingerprint's spec; returns the fingerprint."""
+        """Record a fingerprint's spec; returns the fingerprint (on a
+        read-only store: only if it is already recorded)."""
         fp = fingerprint(spec)
+        if self.readonly:
+            if self.spec(fp) is None:
+                self._check_writable()
+            return fp
         with self._tx():
             self._db.execute("INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?)",
                              (fp, json.dumps(spec, sort_keys=True), time.time()))
@@ -306,6 +406,7 @@ class FeatureStore:
         after, in one transaction. Returns the bytes appended."""
         if not entries:
             return 0
+        self._check_writable()
         self._open_shard(fp)
         fh = self._fh
         fh.seek(0, os.SEEK_END)
@@ -391,14 +492,10 @@ class FeatureStore:
             if len(data) != nbytes or zlib.crc32(data) != crc:
                 missing[k] = "stored features corrupted (checksum mismatch)"
                 continue
-            fbytes = nv * dim * np.dtype(dtype).itemsize
-            feats = np.frombuffer(data[:fbytes], dtype=dtype).reshape(nv, dim).astype(np.float32)
-            r = (np.frombuffer(data[fbytes:], dtype=np.float32).copy()
-                 if nbytes == fbytes + 4 * (nv - 1) else None)
-            found[k] = FeatureEntry(key=k, features=feats,
-                                    boxes=np.frombuffer(boxes, dtype=np.int64).reshape(-1, 4).copy(),
-                                    image_size=(w, h), original_size=(ow, oh), scale=scale,
-                                    crop_global=r)
+            try:
+                found[k] = _decode_entry(k, data, nv, dim, dtype, boxes, w, h, ow, oh, scale)
+            except (TypeError, ValueError) as e:
+                missing[k] = f"stored features corrupt (index row: {e})"
         return found, missing
 
     def count(self, fp: str | None = None) -> int:
@@ -458,9 +555,22 @@ class FeatureStore:
         their live entries only (written and fsynced before the index is
         switched to them, so a kill during pruning loses nothing).
 
+        Only the store's own files are ever deleted (:meth:`_delete`): shard
+        files named as this store names them, inside ``shards/``, never
+        through a symbolic link; anything else there is left alone.
+
         Returns:
             ``{"deleted_entries", "bytes_before", "bytes_after"}``.
+
+        Raises:
+            ConfigError: a negative ``older_than_s``; a read-only store.
         """
+        if older_than_s is not None:
+            older_than_s = float(older_than_s)
+            if not older_than_s >= 0:
+                raise ConfigError(f"the age of entries to prune must be >= 0 (0: every entry "
+                                  f"stored before now), got {older_than_s:g} s")
+        self._check_writable()
         before = self.size_bytes()
         deleted = 0
         with self._tx():
@@ -502,43 +612,80 @@ class FeatureStore:
     def _compact(self) -> None:
         active = self._active_shards()
         sroot = os.path.join(self.path, "shards")
-        for fpdir in os.listdir(sroot):
-            for name in os.listdir(os.path.join(sroot, fpdir)):
-                shard = f"{fpdir}/{name}"
-                if shard in active or shard.endswith(".tmp"):
-                    continue
-                full = os.path.join(sroot, shard)
-                live = self._db.execute("SELECT key, offset, nbytes FROM entries WHERE shard = ? "
-                                        "ORDER BY offset", (shard,)).fetchall()
-                size = os.path.getsize(full)
-                if not live:
-                    os.remove(full)
-                    with self._tx():
-                        self._db.execute("DELETE FROM writers WHERE shard = ?", (shard,))
-                    continue
-                live_bytes = sum(r[2] for r in live)
-                if live_bytes * 2 >= size:
-                    continue
-                new = f"{fpdir}/{os.getpid()}-{uuid.uuid4().hex[:12]}.bin"
-                moves, off = [], 0
-                with open(full, "rb") as src, open(os.path.join(sroot, new), "wb") as dst:
-                    for key, o, n in live:
-                        src.seek(o)
-                        dst.write(src.read(n))
-                        moves.append((new, off, shard, key, o))
-                        off += n
-                    dst.flush()
-                    os.fsync(dst.fileno())
+        for shard in self._own_shard_files():
+            if shard in active:
+                continue
+            full = os.path.join(sroot, shard)
+            live = self._db.execute("SELECT key, offset, nbytes FROM entries WHERE shard = ? "
+                                    "ORDER BY offset", (shard,)).fetchall()
+            size = os.path.getsize(full)
+            if not live:
+                self._delete(shard)
                 with self._tx():
-                    self._db.execute("INSERT INTO writers VALUES (?, ?, ?, ?)",
-                                     (new, 0, os.uname().nodename, time.time()))
-                    self._db.executemany("UPDATE entries SET shard = ?, offset = ? "
-                                         "WHERE shard = ? AND key = ? AND offset = ?", moves)
                     self._db.execute("DELETE FROM writers WHERE shard = ?", (shard,))
-                f = self._readers.pop(shard, None)
-                if f is not None:
-                    f.close()
-                os.remove(full)
+                continue
+            live_bytes = sum(r[2] for r in live)
+            if live_bytes * 2 >= size:
+                continue
+            new = f"{shard.partition('/')[0]}/{os.getpid()}-{uuid.uuid4().hex[:12]}.bin"
+            moves, off = [], 0
+            with open(full, "rb") as src, open(os.path.join(sroot, new), "wb") as dst:
+                for key, o, n in live:
+                    src.seek(o)
+                    dst.write(src.read(n))
+                    moves.append((new, off, shard, key, o))
+                    off += n
+                dst.flush()
+                os.fsync(dst.fileno())
+            with self._tx():
+                self._db.execute("INSERT INTO writers VALUES (?, ?, ?, ?)",
+                                 (new, 0, os.uname().nodename, time.time()))
+                self._db.executemany("UPDATE entries SET shard = ?, offset = ? "
+                                     "WHERE shard = ? AND key = ? AND offset = ?", moves)
+                self._db.execute("DELETE FROM writers WHERE shard = ?", (shard,))
+            f = self._readers.pop(shard, None)
+            if f is not None:
+                f.close()
+            self._delete(shard)
+
+    def _own_shard_files(self) -> list[str]:
+        """``"<fp>/<name>"`` of every shard file this store wrote: folders
+        named by a fingerprint and files named as :meth:`_open_shard` names
+        them, both real (not symbolic links). Anything else under
+        ``shards/`` (a stray README, a link to another folder) is skipped."""
+        sroot = os.path.join(self.path, "shards")
+        out = []
+        try:
+            fpdirs = list(os.scandir(sroot))
+        except FileNotFoundError:
+            return out
+        for d in fpdirs:
+            if not _FP_RE.fullmatch(d.name) or not d.is_dir(follow_symlinks=False):
+                continue
+            for f in os.scandir(d.path):
+                if _SHARD_RE.fullmatch(f.name) and f.is_file(follow_symlinks=False):
+                    out.append(f"{d.name}/{f.name}")
+        return sorted(out)
+
+    def _delete(self, shard: str) -> None:
+        """The one way this store deletes a file: ``shards/<fp>/<name>``, a
+        regular file (not a link) of the store's own naming, whose real path
+        is inside the store's real ``shards/`` folder.
+
+        Raises:
+            ConfigError: anything else (never deleted).
+        """
+        sroot = os.path.realpath(os.path.join(self.path, "shards"))
+        fpdir, _, name = shard.partition("/")
+        full = os.path.join(self.path, "shards", fpdir, name)
+        real = os.path.realpath(full)
+        if (not _FP_RE.fullmatch(fpdir) or not _SHARD_RE.fullmatch(name)
+                or os.path.islink(os.path.dirname(full)) or os.path.islink(full)
+                or os.path.dirname(os.path.dirname(real)) != sroot
+                or not os.path.isfile(real)):
+            raise ConfigError(f"feature store {self.path}: refusing to delete {full} "
+                              "(not a shard file of this store)")
+        os.remove(full)
 
 
 class StoringClassifier:

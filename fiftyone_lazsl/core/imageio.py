@@ -27,7 +27,8 @@ preprocessing, which calls ``.convert("RGB")``:
   0..255, scaled by 1/257 when they lie in 0..65535 (16-bit data that PIL
   widened), and otherwise stretched linearly from their min..max to 0..255;
   float ``F`` images map 0..1 to 0..255, keep 0..255 as they are, and are
-  otherwise stretched from min..max;
+  otherwise stretched from min..max; non-finite pixels (NaN, +-inf) take the
+  low (NaN, -inf) or high (+inf) end of the finite pixels' range;
 * only the first frame of animated GIF/WebP/APNG and multi-page TIFF is used.
 
 Large images and decompression bombs
@@ -262,10 +263,20 @@ def _orientation(im: Image.Image) -> int:
     """
     try:
         value = Image.Image.getexif(im).get(_EXIF_ORIENTATION_TAG, 1)
-        value = int(value)
     except Exception:  # malformed EXIF must not fail the image
         return 1
-    return value if value in _ORIENTATION_TRANSPOSE else 1
+    return _orientation_value(value)
+
+
+def _orientation_value(value: Any) -> int:
+    """The transposition a tag value asks for, decided as
+    ``PIL.ImageOps.exif_transpose`` decides it: a value *equal* to 2..8
+    (``6``, ``6.0``, a rational 6/1) transposes; anything else (``"6"``,
+    ``6.5``, a tuple, an unhashable value) means 1."""
+    try:
+        return int(value) if value in _ORIENTATION_TRANSPOSE else 1
+    except (TypeError, ValueError):
+        return 1
 
 
 def _has_orientation_tag(im: Image.Image) -> bool:
@@ -293,10 +304,10 @@ def _orientation_from_exif_bytes(data: bytes) -> int:
     try:
         exif = Image.Exif()
         exif.load(data)
-        value = int(exif.get(_EXIF_ORIENTATION_TAG, 1))
+        value = exif.get(_EXIF_ORIENTATION_TAG, 1)
     except Exception:  # malformed EXIF must not fail the image
         return 1
-    return value if value in _ORIENTATION_TRANSPOSE else 1
+    return _orientation_value(value)
 
 
 def _displayed(size: tuple[int, int], orientation: int) -> tuple[int, int]:
@@ -365,12 +376,23 @@ def _rgb_converter(im: Image.Image) -> Callable[[Image.Image], Image.Image]:
     if mode == "F":
         lo, hi = im.getextrema()
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError("float image with non-finite values")
+            # NaN / inf pixels: the range of the finite ones; NaN and -inf
+            # become its low end, +inf its high end (then as below).
+            a = np.asarray(im)
+            finite = a[np.isfinite(a)]
+            if finite.size == 0:
+                raise ValueError("float image without a single finite pixel value")
+            lo, hi = float(finite.min()), float(finite.max())
+            fix = lambda a, lo=lo, hi=hi: np.nan_to_num(  # noqa: E731
+                a.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+        else:
+            fix = lambda a: a.astype(np.float64)  # noqa: E731
         if lo >= 0 and hi <= 1:
-            return _scaled_gray(lambda a: np.rint(a.astype(np.float64) * 255))
+            return _scaled_gray(lambda a: np.rint(fix(a) * 255))
         if lo >= 0 and hi <= 255:
-            return _scaled_gray(lambda a: np.rint(a))
-        return _scaled_gray(_stretch(lo, hi))
+            return _scaled_gray(lambda a: np.rint(fix(a)))
+        stretch = _stretch(lo, hi)
+        return _scaled_gray(lambda a: stretch(fix(a)))
 
     def convert(band: Image.Image) -> Image.Image:
         # Transparency is dropped by the RGB conversion anyway; removing it

@@ -277,11 +277,35 @@ class LoadedModel:
                 len(cut), int(self.tokenizer(texts[:1]).shape[1]), cut[0][:120])
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if path is not None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            torch.save(feats, tmp)
-            os.replace(tmp, path)
+            _write_text_cache(path, feats)
         return feats
+
+
+#: Cache folders that could not be written (warned about once each).
+_UNWRITABLE_CACHES: set[str] = set()
+
+
+def _write_text_cache(path: str, feats: torch.Tensor) -> None:
+    """Store text features at ``path`` (atomically). The cache is only an
+    optimisation: a folder that cannot be written (read-only ``HOME`` or
+    cache, full disk) is warned about once and the run goes on without it."""
+    folder = os.path.dirname(path)
+    if folder in _UNWRITABLE_CACHES:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        _UNWRITABLE_CACHES.add(folder)
+        logger.warning("text-feature cache %s cannot be written (%s); going on without caching "
+                       "(set FIFTYONE_LAZSL_CACHE to a writable folder to keep it)",
+                       folder, e.strerror or e)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 def _truncated(tokenizer: Any, texts: Sequence[str], tokens: torch.Tensor) -> list[str]:
@@ -380,6 +404,23 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _check_repo_id(repo: str, given: str) -> None:
+    """Refuse an ``hf-hub:`` id that is not a Hugging Face repository id
+    (``huggingface_hub``'s own validation: ``org/name``, no ``..``).
+
+    Raises:
+        WeightsUnavailableError: naming the id.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise WeightsUnavailableError(f"{given!r} is not a Hugging Face repository id "
+                                      f"(hf-hub:org/name): {first}") from None
+
+
 def _hub_cached(repo_id: str, filenames: Sequence[str], cache_dir: str | None) -> str | None:
     from huggingface_hub import try_to_load_from_cache
     for fn in filenames:
@@ -419,7 +460,10 @@ def register_model_configs(paths: str | None = None) -> None:
 
 def _check_model_name(model_name: str) -> None:
     import open_clip
-    if model_name.startswith(("hf-hub:", "local-dir:")):
+    if model_name.startswith("hf-hub:"):
+        _check_repo_id(model_name[len("hf-hub:"):], model_name)
+        return
+    if model_name.startswith("local-dir:"):
         return
     if open_clip.get_model_config(model_name.replace("/", "-")) is None:
         names = open_clip.list_models()
@@ -427,6 +471,27 @@ def _check_model_name(model_name: str) -> None:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelNotFoundError(f"unknown open_clip model {model_name!r}{hint} "
                                  f"(see open_clip.list_models())")
+
+
+def _refuse_local_weights(pretrained_arg: str | None, name: str, error: BaseException) -> None:
+    """One line for a local checkpoint file or open_clip folder that cannot be
+    loaded as weights: a pickle that would run code when unpickled (refused
+    by ``torch.load(weights_only=True)``; nothing of it runs), a pickle named
+    ``.safetensors``, a truncated file, weights of another architecture.
+
+    Raises:
+        WeightsUnavailableError: when the weights are a local file or folder.
+    """
+    where = pretrained_arg or (name[len("local-dir:"):] if name.startswith("local-dir:") else None)
+    if where is None or not os.path.exists(where):
+        return
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    why = ("it holds pickled code, which is never run (torch.load weights_only refuses it)"
+           if "weights only" in str(error).lower() or "weights_only" in str(error) else
+           f"{type(error).__name__}: {first}")
+    raise WeightsUnavailableError(
+        f"weights {where} cannot be loaded as {name!r} weights: {why}; give a checkpoint of "
+        "plain tensors (.safetensors, or a .pt/.bin state dict)") from error
 
 
 def _file_identity(path: str) -> str:
@@ -444,6 +509,7 @@ def _resolve(model_name: str, pretrained: str | None,
     pretrained = normalize_pretrained(pretrained)
     if pretrained.startswith("hf-hub:"):
         repo = pretrained[len("hf-hub:"):]
+        _check_repo_id(repo, pretrained)
         from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
         cfg = _hub_cached(repo, [HF_CONFIG_NAME], cache_dir)
         weights = _hub_cached(repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache_dir)
@@ -533,6 +599,10 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
     except RuntimeError as e:
         if "Failed to download" in str(e) or "HF Hub" in str(e):
             raise WeightsUnavailableError(f"{_how_to_supply(model_name, str(pretrained))} ({e})") from e
+        _refuse_local_weights(pretrained_arg, name, e)
+        raise
+    except Exception as e:  # noqa: BLE001 -- a local file that is not loadable weights
+        _refuse_local_weights(pretrained_arg, name, e)
         raise
     finally:
         logging.getLogger().removeFilter(quiet)

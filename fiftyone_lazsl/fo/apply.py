@@ -20,7 +20,7 @@ from typing import Any, Callable
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
 from fiftyone_lazsl.core.config import ATTRIBUTE_METHODS, CROP_METHODS, LaZSLConfig
-from fiftyone_lazsl.errors import ConfigError, RunConflictError
+from fiftyone_lazsl.errors import ConfigError, RunConflictError, UserError
 from fiftyone_lazsl.core.pipeline import iter_predictions
 from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.writer import DB_RETRY_WAITS, retry_db as _retry_db  # noqa: F401
@@ -158,7 +158,9 @@ def check_label_field_name(label_field: Any) -> None:
     """Refuse a label field name that MongoDB / FiftyOne cannot hold as a
     top-level field: empty, with a ``.`` (an embedded path), starting with
     ``$`` or ``_`` (operators and private fields), or with other characters
-    than letters, digits and ``_`` (so ``F_crops`` etc. stay plain names too).
+    than letters, digits and ``_`` (so ``F_crops`` etc. stay plain names too),
+    or whose run key ``lazsl_F`` FiftyOne refuses (not a Python identifier:
+    ``x½``).
 
     Raises:
         ConfigError: naming the parameter ``label_field``.
@@ -174,6 +176,13 @@ def check_label_field_name(label_field: Any) -> None:
         bad = sorted({ch for ch in label_field if not (ch.isalnum() or ch == "_")})
         raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
                           f"(found {''.join(bad)!r})")
+    # FiftyOne's rule for the run key that records the run (fiftyone.core.runs:
+    # a valid Python identifier): '½', '²' are alphanumeric, yet not allowed.
+    if not run_key(label_field).isidentifier():
+        bad = sorted({ch for ch in label_field if not ("a" + ch).isidentifier()})
+        raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
+                          f"as in a Python name (FiftyOne's rule for run keys; found "
+                          f"{''.join(bad)!r})")
 
 
 def _check_label_field(dataset: Any, label_field: str) -> None:
@@ -221,27 +230,85 @@ def check_label_field(dataset: Any, label_field: str) -> None:
     _check_label_field(dataset, label_field)
 
 
-def _check_resumable(dataset: Any, label_field: str, config: dict) -> None:
-    """``skip_existing`` keeps earlier outputs: refuse to mix them with outputs
-    of different parameters (every output-determining :class:`LaZSLConfig`
-    field, plus :data:`_RESUME_KEYS`)."""
-    from fiftyone_lazsl.fo.runs import get_run_config
-
-    try:
-        old = get_run_config(dataset, label_field)
-    except ValueError:
-        return
+def _run_diff(old: dict, config: dict) -> list[str]:
+    """Names of what makes ``config`` a different run from the recorded ``old``
+    one: every output-determining :class:`LaZSLConfig` field, plus
+    :data:`_RESUME_KEYS` (attribute set, classes, weights, output options)."""
     old = dict(old)
     # Runs recorded before crop_backend existed cut crops with roi_align.
     old.setdefault("crop_backend", "tensor")
     diff = LaZSLConfig.from_dict(config, strict=False).output_diff(old)
     diff += [k for k in _RESUME_KEYS if k in old and k in config
              and _plain(old[k]) != _plain(config[k])]
+    return diff
+
+
+def _check_resumable(dataset: Any, label_field: str, config: dict) -> None:
+    """``skip_existing`` keeps earlier outputs: refuse to mix them with outputs
+    of different parameters (:func:`_run_diff`)."""
+    from fiftyone_lazsl.fo.runs import get_run_config
+
+    try:
+        old = get_run_config(dataset, label_field)
+    except ValueError:
+        return
+    diff = _run_diff(old, config)
     if diff:
         raise RunConflictError(
             f"cannot resume the run on field {label_field!r} with different parameters "
             f"({', '.join(diff)} differ from the recorded run); run again without "
             "skip_existing to replace its outputs, or use another label field")
+
+
+def _holding_outputs(samples: Any, label_field: str) -> Any:
+    """The samples of ``samples`` holding a prediction or an error in ``F``."""
+    from fiftyone import ViewField as F
+
+    fields = output_fields(label_field)
+    schema = samples._dataset.get_field_schema()
+    held = [f for f in (fields["prediction"], fields["error"]) if f in schema]
+    if not held:
+        return None
+    expr = F(held[0]).exists()
+    for f in held[1:]:
+        expr = expr | F(f).exists()
+    return samples.match(expr)
+
+
+def check_one_run(dataset: Any, view: Any, label_field: str, config: dict) -> None:
+    """The rule for a field's run: **a label field holds the outputs of one
+    run, always**. A new run (not a resume) into a field that already holds a
+    run's outputs replaces them on the samples it targets; if the field also
+    holds outputs on samples *outside* the target view (a rerun on a subset,
+    e.g. ``--tag``), the new run must have the recorded run's parameters
+    (:func:`_run_diff`: attribute set, classes, model, visual set, transport,
+    output options), so the field still holds one run's outputs. Otherwise it
+    is refused before anything is written.
+
+    Used by :func:`run_lazsl`, :func:`fiftyone_lazsl.rescore` and sharded runs.
+
+    Raises:
+        RunConflictError: naming what differs and the ways out.
+    """
+    from fiftyone_lazsl.fo.runs import get_run_config
+
+    try:
+        old = get_run_config(dataset, label_field)
+    except ValueError:
+        return
+    holding = _holding_outputs(dataset, label_field)
+    if holding is None:
+        return
+    outside = holding.count() - _holding_outputs(view, label_field).count()
+    if outside <= 0:
+        return
+    diff = _run_diff(old, config)
+    if diff:
+        raise RunConflictError(
+            f"field {label_field!r} holds the outputs of another run on {outside} sample(s) "
+            f"outside the samples given ({', '.join(diff)} differ); a field holds one run's "
+            "outputs: run on every sample of that run, with its parameters, or write to another "
+            "label field (--label-field)")
 
 
 def _plain(v: Any) -> Any:
@@ -388,6 +455,9 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     """
     t0 = time.time()
     cfg = (config or LaZSLConfig()).replace(**params) if params else (config or LaZSLConfig())
+    from fiftyone_lazsl.fo.datasets import check_sample_view
+
+    check_sample_view(samples)  # a patches / frames / clips view: one line, nothing written
     dataset = dataset_of(samples)
     if shard is not None:
         from fiftyone_lazsl.fo import shards as _shards
@@ -433,27 +503,53 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
             extra = {"feature_store": dict(store.describe(), fingerprint=worker.fingerprint,
                                            bytes_before=store.size_bytes())}
             summary.feature_store = dict(extra["feature_store"])
-        key, config_dict = _start_run(dataset, clf, label_field, opts, skip_existing,
-                                      summary.num_samples, register=shard is None, extra=extra,
-                                      owner=lock.owner if lock is not None else None)
-        summary.run_key = key
+        from fiftyone_lazsl.core.memory import check_visual_set_fits
+
+        check_visual_set_fits(clf)  # an N that cannot fit is refused before anything is written
         ids, paths = view.values(["id", "filepath"])
         gt_index = _gt_indices(view, clf, gt_field) if gt_field else None
-        if not skip_existing:
-            _clear_outputs(view, dataset, label_field, len(ids))
+
+        def start() -> None:
+            key, _ = _start_run(dataset, clf, label_field, opts, skip_existing,
+                                summary.num_samples, register=shard is None, extra=extra,
+                                owner=lock.owner if lock is not None else None, view=view)
+            summary.run_key = key
+            if not skip_existing:
+                _clear_outputs(view, dataset, label_field, len(ids))
+
+        # A rerun replacing earlier outputs records itself and clears them only
+        # once a sample succeeded (checked now, started then); else at once.
+        earlier = _holding_outputs(view, label_field)
+        replacing = (shard is None and not skip_existing and earlier is not None
+                     and earlier.count() > 0)
+        if replacing:
+            _start_run(dataset, clf, label_field, opts, skip_existing, summary.num_samples,
+                       register=False, view=view)
+        else:
+            start()
         done = 0
         try:
             done = _classify_and_write(dataset, worker, ids, paths, label_field, opts, summary,
-                                       report, gt_index=gt_index)
+                                       report, gt_index=gt_index,
+                                       start=start if replacing else None)
         finally:
             summary.seconds = time.time() - t0
-            if shard is None:
+            key = summary.run_key
+            if key is None:
+                pass  # nothing was started (a rerun in which no sample succeeded)
+            elif shard is None:
                 _finish_run(dataset, key, summary, complete=done == len(ids))
             else:
                 _shards.finish_shard(samples, label_field, shard, summary,
                                      complete=done == len(ids))
-            if store is not None:
+            if store is not None and key is not None:
                 _record_feature_store(dataset, key, summary, worker, store)
+    except Exception as e:  # noqa: BLE001 -- re-raised, as one line if the dataset is gone
+        from fiftyone_lazsl.fo.writer import note_database_error
+
+        note_database_error(e)  # a lost database: the clean-up below does not wait on it
+        raise_if_dataset_deleted(dataset, e)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -587,6 +683,10 @@ def _open_feature_store(store_features: Any, dtype: str) -> Any:
 def _record_feature_store(dataset: Any, key: str, summary: "RunSummary", worker: Any,
                           store: Any) -> None:
     """Add the store's counts and size after the run to the run record and summary."""
+    from fiftyone_lazsl.fo.writer import database_lost
+
+    if database_lost():
+        return  # (the run record is not reachable)
     fs = summary.feature_store
     fs.update(bytes_after=store.size_bytes(), stored=worker.stored, reused=worker.reused,
               store_errors=worker.store_errors)
@@ -598,7 +698,8 @@ def _record_feature_store(dataset: Any, key: str, summary: "RunSummary", worker:
 
 def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: OutputOptions,
                skip_existing: bool, n: int, register: bool = True,
-               extra: dict | None = None, *, owner: str | None = None) -> tuple[str, dict]:
+               extra: dict | None = None, *, owner: str | None = None,
+               view: Any = None) -> tuple[str, dict]:
     """Check a resume, record the run (provenance first, so an interrupted run
     is still recorded), set ``dataset.classes[F]`` and create the fields
     (``register=False``, for shards: only check against the recorded run).
@@ -606,7 +707,8 @@ def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: Outpu
     ``owner`` is the write lock's id (:mod:`fiftyone_lazsl.fo.locks`): while it
     beats, readers see ``status="running"``; once it stops, ``"interrupted"``.
     A resume keeps the whole run's ``num_samples`` and earlier ``seconds`` and
-    counts ``resumed``.
+    counts ``resumed``. With ``view`` (the samples the run targets), a new run
+    is checked against :func:`check_one_run` first.
 
     Returns:
         ``(run_key, run_config_dict)``.
@@ -630,6 +732,8 @@ def _start_run(dataset: Any, clf: LaZSLClassifier, label_field: str, opts: Outpu
                 prior = getattr(old, "seconds_before", 0)
             config["seconds_before"] = float(prior or 0)
             config["resumed"] = int(getattr(old, "resumed", 0) or 0) + 1
+    elif view is not None:
+        check_one_run(dataset, view, label_field, config)
     if not register:
         return key, config
     for w in clf.attribute_set.warnings:
@@ -666,7 +770,8 @@ def _written_fields(label_field: str, method: str) -> list[str]:
 def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: list,
                         label_field: str, opts: OutputOptions, summary: RunSummary,
                         report: Callable[[int, str], None],
-                        gt_index: list | None = None, items: Any = None) -> int:
+                        gt_index: list | None = None, items: Any = None,
+                        start: Callable[[], None] | None = None) -> int:
     """Stream predictions for ``paths`` and hand their outputs to a
     :class:`~fiftyone_lazsl.fo.writer.BackgroundWriter` (batches of
     ``opts.write_every`` samples, one atomic update per sample; label documents
@@ -676,8 +781,15 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
     iterable of ``list[pipeline.Item]`` to write instead of classifying the
     images (re-scoring from stored features).
 
+    ``start``: for a run replacing earlier outputs, called (to record the run
+    and clear the old outputs) once the first batch holding a prediction
+    arrives; batches of failures before it are held back. A run in which no
+    sample succeeds then writes nothing and the earlier outputs and record
+    stay as they were (:class:`NothingWrittenError`).
+
     Raises:
         fiftyone_lazsl.fo.writer.WriterError: a database write failed.
+        NothingWrittenError: with ``start``, no sample got a prediction.
     """
     from fiftyone_lazsl.fo.writer import BackgroundWriter
 
@@ -710,7 +822,8 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
         if items is None:
             items = iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
                                      num_workers=opts.num_workers, on_stage=on_stage)
-        for batch in items:
+        held: list = []
+        for batch in _after_first_success(items, start, held):
             for it in batch:
                 sid = ids[it.index]
                 if it.prediction is None:
@@ -739,11 +852,88 @@ def _classify_and_write(dataset: Any, clf: LaZSLClassifier, ids: list, paths: li
                 report(done, "writing")
             encoded["pending"] = False
             on_stage("decoding")
+    if held:  # nothing succeeded: nothing was written
+        fails = [(ids[it.index], it.filepath, it.error or "no prediction")
+                 for b in held for it in b]
+        summary.failures.extend(fails)
+        _, path, reason = fails[0]
+        raise NothingWrittenError(
+            f"every one of the {len(fails)} samples failed (first: {path}: {reason}); nothing "
+            f"was written: field {label_field!r} keeps its earlier outputs and run record")
     return done
 
 
+class NothingWrittenError(UserError):
+    """A run replacing a field's earlier outputs had no sample succeed; it
+    wrote nothing, so the earlier outputs and run record are unchanged."""
+
+
+def _after_first_success(items: Any, start: Callable[[], None] | None, held: list) -> Any:
+    """``items``' batches; with ``start``, batches without any prediction are
+    kept in ``held`` until one with a prediction arrives, then ``start()`` is
+    called and the held batches are yielded before it. If none arrives,
+    ``held`` keeps them all (and ``start`` is never called)."""
+    if start is None:
+        yield from items
+        return
+    it = iter(items)
+    for batch in it:
+        if not any(x.prediction is not None for x in batch):
+            held.append(batch)
+            continue
+        start()
+        earlier = list(held)
+        held.clear()
+        yield from earlier
+        yield batch
+        break
+    yield from it
+
+
+def raise_if_dataset_deleted(dataset: Any, error: BaseException) -> None:
+    """Turn ``error`` into one line when it came from ``dataset`` having been
+    deleted (by another process) while a run was writing.
+
+    Raises:
+        UserError: the dataset no longer exists (``error`` as its cause).
+    """
+    import fiftyone as fo
+
+    from fiftyone_lazsl.fo.writer import cleanup_budget
+
+    try:
+        with cleanup_budget():
+            gone = not fo.dataset_exists(dataset.name)
+    except Exception:  # noqa: BLE001 -- the database itself is away: keep the error
+        return
+    if gone:
+        raise UserError(f"dataset {dataset.name!r} was deleted (by another process?) while the "
+                        "run was writing to it; nothing more was written") from error
+
+
 def _finish_run(dataset: Any, key: str, summary: RunSummary, *, complete: bool) -> None:
-    """Record the outcome on the run: status, counts and wall time."""
+    """Record the outcome on the run: status, counts and wall time.
+
+    Raises:
+        UserError: the dataset was deleted while the run wrote to it.
+    """
+    import fiftyone as fo
+
+    from fiftyone_lazsl.fo.writer import cleanup_budget, database_lost
+
+    if database_lost():
+        try:
+            with cleanup_budget():  # the database was lost: try briefly
+                _finish_run_now(dataset, key, summary, complete=complete)
+        except Exception as e:  # noqa: BLE001 -- the record stays "running"; its lock goes
+            logger.warning("could not record the end of the run (%s)", type(e).__name__)
+        return  # stale, so readers see "interrupted"
+    if not fo.dataset_exists(dataset.name):
+        raise_if_dataset_deleted(dataset, RuntimeError("dataset deleted"))
+    _finish_run_now(dataset, key, summary, complete=complete)
+
+
+def _finish_run_now(dataset: Any, key: str, summary: RunSummary, *, complete: bool) -> None:
     info = dataset.get_run_info(key)
     cfg = info.config
     cfg.status = "completed" if complete else "interrupted"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import fiftyone as fo
 
-from fiftyone_lazsl.errors import DatasetNotFoundError
+from fiftyone_lazsl.errors import ConfigError, DatasetNotFoundError
 
-__all__ = ["load_dataset", "dataset_of"]
+__all__ = ["load_dataset", "dataset_of", "check_sample_view"]
 
 
 def load_dataset(name: str) -> fo.Dataset:
@@ -39,3 +39,28 @@ def dataset_of(samples: fo.core.collections.SampleCollection) -> fo.Dataset:
     if isinstance(samples, fo.DatasetView):
         return fo.load_dataset(samples.dataset_name)
     raise TypeError(f"expected a FiftyOne dataset or view, got {type(samples).__name__}")
+
+
+def check_sample_view(samples: fo.core.collections.SampleCollection) -> None:
+    """Refuse a view whose samples are not the dataset's images: a patches
+    view (``to_patches``, ``to_evaluation_patches``), a frames or clips view.
+    A LaZSL run classifies whole images and writes to their samples; call it
+    on the dataset or a view that filters its samples (``match``, ``select``,
+    ``match_tags``...). Checked before anything is written.
+
+    Raises:
+        ConfigError: naming the kind of view.
+        TypeError: ``samples`` is not a FiftyOne dataset or view.
+    """
+    from fiftyone.core.clips import ClipsView
+    from fiftyone.core.patches import EvaluationPatchesView, PatchesView
+    from fiftyone.core.video import FramesView
+
+    kinds = (((PatchesView, EvaluationPatchesView), "a patches view"),
+             (FramesView, "a frames view"), (ClipsView, "a clips view"))
+    for cls, what in kinds:
+        if isinstance(samples, cls):
+            raise ConfigError(f"{what} of dataset {samples.dataset_name!r} cannot be classified: "
+                              "LaZSL classifies whole images; give the dataset or a view of "
+                              "its samples (e.g. match, select, match_tags)")
+    dataset_of(samples)

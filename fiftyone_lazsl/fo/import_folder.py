@@ -15,12 +15,13 @@ reported with the reason; samples are added with ``media_type="image"``.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from fiftyone_lazsl.errors import ImageLoadError, UserError
 
-__all__ = ["ImportResult", "scan_image_folder", "import_image_folder"]
+__all__ = ["ImportResult", "scan_image_folder", "import_image_folder", "check_new_dataset_name"]
 
 
 @dataclass
@@ -62,6 +63,16 @@ def _why_not_image(path: str) -> str | None:
     return None
 
 
+def _entry_kind(entry: os.DirEntry) -> str | None:
+    """``"dir"`` for a folder (links followed), None for anything else, or
+    the reason an entry cannot be followed (a symbolic-link loop, a dangling
+    link, no permission)."""
+    try:
+        return "dir" if entry.is_dir() else None
+    except OSError as e:  # ELOOP (a link loop), EACCES...
+        return f"cannot follow ({e.strerror or e})"
+
+
 def scan_image_folder(directory: str | os.PathLike) -> tuple[list[tuple[str, str]],
                                                                list[tuple[str, str]]]:
     """Images of a class-folder tree, by content.
@@ -89,11 +100,21 @@ def scan_image_folder(directory: str | os.PathLike) -> tuple[list[tuple[str, str
         if entry.name.startswith("."):
             skipped.append((entry.path, "hidden"))
             continue
-        if not entry.is_dir():
-            skipped.append((entry.path, "not in a class sub-folder"))
+        kind = _entry_kind(entry)
+        if kind != "dir":
+            skipped.append((entry.path, kind or "not in a class sub-folder"))
             continue
-        for f in sorted(os.scandir(entry.path), key=lambda e: e.name):
-            if f.is_dir():
+        try:
+            files = sorted(os.scandir(entry.path), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((entry.path, f"unreadable folder ({e.strerror or e})"))
+            continue
+        for f in files:
+            kind = _entry_kind(f)
+            if kind not in ("dir", None):
+                skipped.append((f.path, kind))
+                continue
+            if kind == "dir":
                 skipped.append((f.path, "nested folder (images must sit directly in the class "
                                         "folder)"))
                 continue
@@ -117,7 +138,9 @@ def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
     Args:
         directory: the folder tree.
         dataset_name: name of the new dataset.
-        overwrite: replace an existing dataset of that name.
+        overwrite: replace an existing dataset of that name. The new dataset
+            is built under a temporary name and swapped in once complete, so
+            an interrupted import leaves the old dataset as it was.
         label_field: ground-truth field.
         compute_metadata: fill ``metadata`` (width, height, size) from the
             headers, as ``dataset.compute_metadata()`` does.
@@ -126,15 +149,17 @@ def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
         an :class:`ImportResult`.
 
     Raises:
-        UserError: the folder does not exist, holds no image, or the dataset
-            exists and ``overwrite`` is False (checked before anything is
-            created or deleted).
+        UserError: the folder does not exist, holds no image, the dataset
+            exists and ``overwrite`` is False, or FiftyOne cannot use the name
+            (:func:`check_new_dataset_name`); all checked before anything is
+            created or deleted.
     """
     import fiftyone as fo
 
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise UserError(f"folder not found: {directory}")
+    check_new_dataset_name(dataset_name, replace=overwrite)
     if fo.dataset_exists(dataset_name) and not overwrite:
         raise UserError(f"dataset {dataset_name!r} already exists (use --overwrite to replace it)")
     images, skipped = scan_image_folder(directory)
@@ -142,13 +167,76 @@ def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
         why = f"; skipped {len(skipped)} non-image entries" if skipped else ""
         raise UserError(f"no images found under {directory} (expected one sub-folder per class "
                         f"holding image files{why})")
-    if fo.dataset_exists(dataset_name):
-        fo.delete_dataset(dataset_name)
-    ds = fo.Dataset(dataset_name)
-    ds.add_samples([fo.Sample(filepath=p, media_type="image",
-                              **{label_field: fo.Classification(label=c)}) for p, c in images])
-    ds.persistent = True
-    if compute_metadata:
-        ds.compute_metadata()
+    # Built under a temporary name and swapped in at the end: an interrupted
+    # import (Ctrl-C, a crash) leaves the old dataset as it was.
+    tmp = f"{dataset_name}-importing-{uuid.uuid4().hex[:12]}"
+    ds = fo.Dataset(tmp)  # not persistent until complete: FiftyOne cleans it up if we die
+    try:
+        ds.add_samples([fo.Sample(filepath=p, media_type="image",
+                                  **{label_field: fo.Classification(label=c)})
+                        for p, c in images])
+        if compute_metadata:
+            ds.compute_metadata()
+        ds.persistent = True
+        _swap_in(ds, dataset_name)
+    except BaseException:
+        if ds.name == tmp and fo.dataset_exists(tmp):
+            fo.delete_dataset(tmp)
+        raise
     return ImportResult(dataset=ds, num_images=len(images),
                         classes=sorted({c for _, c in images}), skipped=skipped)
+
+
+def _swap_in(ds: Any, name: str) -> None:
+    """Delete the dataset ``name`` (if any) and rename ``ds`` to it, with
+    Ctrl-C held back for those two steps (a signal arriving then is delivered
+    right after)."""
+    import signal
+    import threading
+
+    import fiftyone as fo
+
+    block = threading.current_thread() is threading.main_thread()
+    if block:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+        ds.name = name
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def check_new_dataset_name(name: Any, *, replace: bool = False) -> str:
+    """Check, before anything is created, that FiftyOne can create a dataset
+    called ``name``: its URL slug (``fiftyone.core.utils.to_slug``) is not
+    empty and no *other* dataset has that slug (``"b slug"`` and ``"b-slug"``
+    share ``b-slug``). A dataset of exactly that name is fine when
+    ``replace`` (it is the one replaced).
+
+    Returns:
+        the slug.
+
+    Raises:
+        UserError: one line naming the dataset and the clash.
+    """
+    import fiftyone as fo
+    import fiftyone.core.odm.database as fodb
+    import fiftyone.core.utils as fou
+
+    if not isinstance(name, str) or not name.strip():
+        raise UserError("the dataset name must be a non-empty string")
+    try:
+        slug = fou.to_slug(name)
+    except ValueError:
+        raise UserError(f"dataset name {name!r} cannot be used: FiftyOne needs a name whose "
+                        "URL slug is not empty (use some ASCII letters or digits)") from None
+    other = fodb.get_db_conn().datasets.find_one({"slug": slug, "name": {"$ne": name}},
+                                                 {"name": True})
+    if other is not None:
+        raise UserError(f"dataset name {name!r} is not available: its URL slug {slug!r} is that "
+                        f"of dataset {other['name']!r}; choose another name")
+    if fo.dataset_exists(name) and not replace:
+        raise UserError(f"dataset {name!r} already exists (use --overwrite to replace it)")
+    return slug

@@ -71,6 +71,13 @@ def _collection() -> Any:
     return fod.get_db_conn()[COLLECTION]
 
 
+def _database_answers() -> None:
+    """The database answered: clear the writer's "lost" mark of an earlier run."""
+    from fiftyone_lazsl.fo import writer
+
+    writer.note_database_answers()
+
+
 def lock_id(dataset: Any, label_field: str) -> str:
     """The lock document's ``_id``: ``"<dataset id>:<label field>"``."""
     return f"{dataset._doc.id}:{label_field}"
@@ -161,10 +168,16 @@ class LabelFieldLock:
         self._thread.start()
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the lock (only if still ours)."""
+        """Stop the heartbeat and delete the lock (only if still ours); after
+        a lost database (:func:`fiftyone_lazsl.fo.writer.database_lost`) the
+        release is tried for :data:`~fiftyone_lazsl.fo.writer.DB_LOST_CLEANUP_S`
+        seconds only (the lock then goes stale by itself)."""
+        from fiftyone_lazsl.fo.writer import cleanup_budget
+
         self._stop.set()
         try:
-            _collection().delete_one({"_id": self._id, "owner": self.owner})
+            with cleanup_budget():  # a lost database: try briefly
+                _collection().delete_one({"_id": self._id, "owner": self.owner})
         except Exception as e:  # the database is gone: the lock goes stale by itself
             logger.warning("could not release the lock on label field %r: %s",
                            self.label_field, e)
@@ -202,6 +215,7 @@ def acquire(dataset: Any, label_field: str, *, stale_s: float | None = None,
     for _ in range(3):
         try:
             coll.insert_one(lock._doc())
+            _database_answers()
             lock._start_heartbeat()
             return lock
         except DuplicateKeyError:

@@ -108,14 +108,14 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             fingerprint no longer matches the model (weights file changed);
             bad ``missing``/``method``.
         the errors of :func:`run_lazsl` for the attribute set, label field
-            and ``gt_field``.
+            and ``gt_field``; ``RunConflictError`` when another run writes
+            ``label_field`` (one writer per label field) or the rerun would
+            leave two runs in it (:func:`~fiftyone_lazsl.fo.apply.check_one_run`).
 
     The results equal a fresh :func:`run_lazsl` with the same parameters up to
     the storage precision (float32 storage: identical to 1e-6; float16: see
     ``docs/feature-store.md``, "Re-scoring", and ``tests/test_feature_precision.py``).
     """
-    from fiftyone_lazsl.core.classifier import LaZSLClassifier
-    from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
     from fiftyone_lazsl.fo import apply as ap
 
     t0 = time.time()
@@ -127,6 +127,9 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
                           f"when re-scoring; run classify again for other values")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    from fiftyone_lazsl.fo.datasets import check_sample_view
+
+    check_sample_view(samples)
     dataset = dataset_of(samples)
     old = stored_run(samples, from_field)
     if method in CROP_METHODS and not int(old.get("n_crops") or 0):
@@ -147,6 +150,41 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     if summary.num_samples == 0:
         summary.seconds = time.time() - t0
         return summary
+
+    from fiftyone_lazsl.fo.locks import acquire
+
+    # One writer per label field, for re-scoring as for classify.
+    lock = acquire(dataset, label_field)
+    try:
+        clf, store, counts, ids = _rescore_locked(
+            dataset, view, old, aset, cfg, opts, summary, from_field, label_field,
+            feature_store, classifier, model, gt_field, batch_size, missing, progress, t0,
+            lock.owner)
+    except Exception as e:  # noqa: BLE001 -- re-raised, as one line if the dataset is gone
+        from fiftyone_lazsl.fo.writer import note_database_error
+
+        note_database_error(e)
+        ap.raise_if_dataset_deleted(dataset, e)
+        raise
+    finally:
+        lock.release()
+    if heatmap and clf.method == "lazsl":
+        from fiftyone_lazsl.fo.heatmaps import write_heatmaps
+        write_heatmaps(dataset.select(ids), label_field)
+    if summary.random_weights:
+        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
+                       label_field)
+    return summary
+
+
+def _rescore_locked(dataset: Any, view: Any, old: dict, aset: Any, cfg: Any, opts: Any,
+                    summary: Any, from_field: str, label_field: str, feature_store: Any,
+                    classifier: Any, model: Any, gt_field: str | None, batch_size: int,
+                    missing: str, progress: Any, t0: float, owner: str) -> tuple:
+    """The part of :func:`rescore` that writes, run while holding the field's lock."""
+    from fiftyone_lazsl.core.classifier import LaZSLClassifier
+    from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
+    from fiftyone_lazsl.fo import apply as ap
 
     rec = old["feature_store"]
     if isinstance(feature_store, FeatureStore):
@@ -174,10 +212,22 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
     extra = {"rescored_from": from_field,
              "feature_store": dict(store.describe(), fingerprint=fp, bytes_before=store.size_bytes())}
     summary.feature_store = dict(extra["feature_store"])
-    key, _ = ap._start_run(dataset, clf, label_field, opts, False, summary.num_samples, extra=extra)
-    summary.run_key = key
     ids, paths = view.values(["id", "filepath"])
-    ap._clear_outputs(view, dataset, label_field, len(ids))
+
+    def start() -> None:
+        key, _ = ap._start_run(dataset, clf, label_field, opts, False, summary.num_samples,
+                               extra=extra, owner=owner, view=view)
+        summary.run_key = key
+        ap._clear_outputs(view, dataset, label_field, len(ids))
+
+    # as run_lazsl: a rerun replacing earlier outputs starts once a sample succeeded
+    earlier = ap._holding_outputs(view, label_field)
+    replacing = earlier is not None and earlier.count() > 0
+    if replacing:
+        ap._start_run(dataset, clf, label_field, opts, False, summary.num_samples,
+                      extra=extra, register=False, view=view)
+    else:
+        start()
     counts = {"reused": 0, "stored": 0, "skipped": 0}
     items = _iter_items(clf, store, fp, spec, paths, batch_size, missing, counts)
     done = 0
@@ -185,21 +235,20 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
         gt_index = ap._gt_indices(view, clf, gt_field) if gt_field else None
         done = ap._classify_and_write(dataset, clf, ids, paths, label_field, opts, summary,
                                       ap._progress_fn(progress, len(ids)), gt_index=gt_index,
-                                      items=items)
+                                      items=items, start=start if replacing else None)
     finally:
         summary.seconds = time.time() - t0
-        ap._finish_run(dataset, key, summary, complete=done == len(ids))
         summary.feature_store.update(bytes_after=store.size_bytes(), **counts)
-        info = dataset.get_run_info(key)
-        info.config.feature_store = dict(summary.feature_store)
-        dataset.update_run_config(key, info.config)
-    if heatmap and clf.method == "lazsl":
-        from fiftyone_lazsl.fo.heatmaps import write_heatmaps
-        write_heatmaps(dataset.select(ids), label_field)
-    if summary.random_weights:
-        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
-                       label_field)
-    return summary
+        key = summary.run_key
+        from fiftyone_lazsl.fo.writer import database_lost
+
+        if key is not None:
+            ap._finish_run(dataset, key, summary, complete=done == len(ids))
+        if key is not None and not database_lost():
+            info = dataset.get_run_info(key)
+            info.config.feature_store = dict(summary.feature_store)
+            dataset.update_run_config(key, info.config)
+    return clf, store, counts, ids
 
 
 def _iter_items(clf: Any, store: Any, fp: str, spec: dict, paths: list, batch_size: int,

@@ -189,9 +189,12 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
         return run
     shards = shard_views(view, num_shards)
     clf = LaZSLClassifier(aset, config=cfg.replace(device="cpu"))
-    A._start_run(dataset, clf, label_field, opts, skip_existing, len(view))
-    if not skip_existing:
-        A._clear_outputs(view, dataset, label_field, len(view))
+    from fiftyone_lazsl.fo.locks import acquire
+
+    with acquire(dataset, label_field):  # no other run may be writing the field now
+        A._start_run(dataset, clf, label_field, opts, skip_existing, len(view), view=view)
+        if not skip_existing:
+            A._clear_outputs(view, dataset, label_field, len(view))
     coll = _collection()
     coll.delete_many({"dataset": dataset.name, "label_field": label_field})
     for i, (shard_view, n) in enumerate(shards):

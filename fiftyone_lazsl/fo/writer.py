@@ -66,28 +66,88 @@ def bulk_set(dataset: Any, batch: list[tuple[str, dict]]) -> None:
 #: MongoDB was unreachable or stalled; then the error propagates (the CLI turns
 #: it into one line, status 2; written batches stay).
 DB_RETRY_WAITS = (1.0, 3.0, 10.0)
+#: Seconds each *retry* of a failed write may take, server selection included
+#: (``pymongo.timeout``): a database that is gone (connection refused) is given
+#: up about 30 s after the first failure instead of after pymongo's 30 s server
+#: selection per attempt (~2 minutes), while the first attempt keeps pymongo's
+#: own patience so a stalled server (paused, failing over) is waited for.
+DB_RETRY_ATTEMPT_S = 5.0
+#: Seconds the clean-up after a lost database (run record, lock) may take.
+DB_LOST_CLEANUP_S = 2.0  # budget of a write once the database was lost
+
+_lost = threading.Event()
+
+
+def database_lost() -> bool:
+    """Whether a write of this process gave up on the database
+    (:func:`retry_db`) and nothing reached it since (a later successful write
+    or lock clears it); the clean-up of the failed run then skips it."""
+    return _lost.is_set()
+
+
+def note_database_answers() -> None:
+    """Clear :func:`database_lost` (the database answered again)."""
+    _lost.clear()
+
+
+def note_database_error(error: BaseException | None) -> None:
+    """Mark the database lost (:func:`database_lost`) when ``error`` or its
+    cause chain is a pymongo connection failure or timeout, so the clean-up
+    that follows does not wait on it again."""
+    import pymongo.errors as pe
+
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout)):
+            _lost.set()
+            return
+        error = error.__cause__ or error.__context__
+        seen += 1
+
+
+def cleanup_budget() -> Any:
+    """A context for the clean-up database calls after a failed run (run
+    record, lock release): once the database was lost
+    (:func:`database_lost`), each gets at most :data:`DB_LOST_CLEANUP_S`
+    seconds (``pymongo.timeout``) instead of pymongo's 30 s server selection;
+    otherwise no limit."""
+    import contextlib
+
+    import pymongo
+
+    return pymongo.timeout(DB_LOST_CLEANUP_S) if database_lost() else contextlib.nullcontext()
 
 
 def retry_db(write: Callable[[], Any]) -> Any:
     """``write()``, retried after :data:`DB_RETRY_WAITS` on pymongo connection
     failures and timeouts (``AutoReconnect``, ``NetworkTimeout``,
-    ``ServerSelectionTimeoutError``...). Writes by id (``$set``, ``set_values``) are idempotent, so a retried
+    ``ServerSelectionTimeoutError``...); each retry runs under
+    ``pymongo.timeout(DB_RETRY_ATTEMPT_S)`` (:data:`DB_RETRY_ATTEMPT_S`), so a
+    database that is gone is given up about 30 s after the first failure.
+    Writes by id (``$set``, ``set_values``) are idempotent, so a retried
     batch cannot be written twice."""
+    import pymongo
     import pymongo.errors as pe
 
     import sys
 
-    waits = sys.modules[__name__].DB_RETRY_WAITS  # read at call time (tests shorten it)
+    mod = sys.modules[__name__]
+    waits = mod.DB_RETRY_WAITS  # read at call time (tests shorten it)
+    limit = mod.DB_LOST_CLEANUP_S if database_lost() else None
     for wait in (*waits, None):
         try:
-            return write()
+            with pymongo.timeout(limit):
+                result = write()
+            _lost.clear()  # the database answers (again)
+            return result
         except (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout) as e:
             if wait is None:
+                _lost.set()
                 raise
+            limit = float(mod.DB_RETRY_ATTEMPT_S)
             logger.warning("database write failed (%s: %s); retrying in %g s",
                            type(e).__name__, str(e).split(",")[0], wait)
             time.sleep(wait)
-
 
 
 class WriterError(RuntimeError):
