@@ -420,7 +420,7 @@ def bench_write(clf, preds, n, clock, write_every=64):
     import fiftyone as fo
     import numpy as np
     from fiftyone_lazsl.fo.apply import _ensure_fields
-    from fiftyone_lazsl.fo.labels import label_documents
+    from fiftyone_lazsl.fo.labels import DEFAULT_TOP_K_CROPS, label_documents
     from fiftyone_lazsl.fo.runs import output_fields
     from fiftyone_lazsl.fo.writer import BackgroundWriter
 
@@ -454,7 +454,7 @@ def bench_write(clf, preds, n, clock, write_every=64):
                 for sid, pr in zip(ds.values("id"), ps):
                     gt = (pr.label_index + 1) % len(classes)   # a wrong ground truth: 3 classes kept
                     w.put(sid, values(pr, classes, names, evidence=mode, gt_index=gt,
-                                      top_k_crops=None if mode == "full" else 10))
+                                      top_k_crops=None if mode == "full" else DEFAULT_TOP_K_CROPS))
             sizes[f"{set_name}_{mode}"] = dict(_doc_sizes(ds, order), classes=len(classes),
                                                samples=len(ps))
             ds.delete()

@@ -173,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "the same parameters); samples with only an error are retried")
     out.add_argument("--top-k-crops", type=_top_k_crops, default="auto", metavar="K|all",
                      help="store the K kept crops that match their attribute best as detections, or all "
-                          "(default: 10 with compact evidence, all with --evidence full)")
+                          "(default: 5 with compact evidence, all with --evidence full)")
     out.add_argument("--evidence", choices=("compact", "full"), default=None,
                      help="per-attribute evidence of the predicted class, runner-up(s) and "
                           "ground-truth class (compact, default), or of every class (full)")

@@ -128,7 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--gt-field", default=None)
     r.add_argument("--restrict-to-set", action="store_true")
     r.add_argument("--top-k-crops", type=_top_k, default="auto", metavar="K|all",
-                   help="crops stored as detections, as for classify (default: 10 with compact "
+                   help="crops stored as detections, as for classify (default: 5 with compact "
                         "evidence, or the recorded run's when re-scoring into its field)")
     r.set_defaults(func=_rescore)
     logging.getLogger("fiftyone_lazsl").setLevel(logging.INFO)

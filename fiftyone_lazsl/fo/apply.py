@@ -98,11 +98,12 @@ def to_labels(pred: Prediction, classifier: LaZSLClassifier, *,
 
     Returns:
         ``(classification, detections, attributes)``: an ``fo.Classification``
-        (label, confidence = probability, logits in class order, ``keywords`` and,
-        for LaZSL / DCLIP, ``evidence`` of the predicted class, runner-up(s) and
+        (label, confidence = probability, logits in class order and, for the
+        attribute methods, ``keywords``, ``words``, ``evidence_summary`` and
+        ``evidence_by_class`` of the predicted class, runner-up(s) and
         ground-truth class; with ``evidence="full"`` also every class's
         ``attribute_scores`` and ``attribute_crops``), an ``fo.Detections`` of the
-        top ``top_k_crops`` kept crops by mass (None: all; LaZSL, else None)
+        top ``top_k_crops`` kept crops (None: all; LaZSL and WCA, else None)
         and the predicted class's top attributes (None for CLIP).
     """
     import fiftyone as fo

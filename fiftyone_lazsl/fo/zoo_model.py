@@ -438,8 +438,8 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
     ``predict_all`` returns per image a dict of labels (keys :data:`LABEL_KEYS`),
     built by :func:`fiftyone_lazsl.fo.apply.to_labels` like run_lazsl's:
     ``"prediction"``: ``fo.Classification`` (label, confidence = probability,
-    ``logits`` in class order, always stored, plus the compact ``evidence`` and
-    ``keywords``, or with ``evidence="full"`` every class's ``attribute_scores``
+    ``logits`` in class order, always stored, plus the compact
+    ``evidence_by_class``, ``evidence_summary``, ``keywords`` and ``words``, or with ``evidence="full"`` every class's ``attribute_scores``
     / ``attribute_crops``); ``"crops"``: ``fo.Detections`` of the kept crops
     (LaZSL); ``"attributes"``: ``fo.Classifications``, one per top attribute of
     the predicted class, in run_lazsl's order, ``confidence`` = the attribute's
