@@ -127,3 +127,15 @@ def test_crops_start_hidden_few_and_attributes_found_by_any_word(run_ds):
     hits = run_ds.filter_labels("lazsl", F("words").filter(F().starts_with("brown")).length() > 0)
     has_brown = [s.id for s in run_ds if any("brown" in a for a in s["lazsl_attributes"])]
     assert has_brown and sorted(hits.values("id")) == sorted(has_brown)
+
+
+def test_wca_crops_start_hidden_too(run_ds):
+    """A WCA run writes crop detections like LaZSL's: they start hidden in the
+    grid as well (the rule follows the methods that write crops)."""
+    from fiftyone_lazsl import rescore
+
+    rescore(run_ds, "mine", from_field="lazsl", label_field="wca_run", method="wca")
+    active = run_ds.app_config.active_fields
+    assert run_ds.count("wca_run_crops.detections") > 0
+    assert active is not None and active.exclude
+    assert {"lazsl_crops", "wca_run_crops"} <= set(active.paths)

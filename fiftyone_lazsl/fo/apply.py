@@ -137,7 +137,7 @@ def _ensure_fields(dataset: Any, fields: dict, method: str) -> None:
             kw_field = f"{fields['prediction']}.{name}"
             if not dataset.has_field(kw_field):
                 dataset.add_sample_field(kw_field, fo.ListField, subfield=fo.StringField)
-    if method == "lazsl":
+    if method in CROP_METHODS:
         from fiftyone_lazsl.fo.appconfig import hide_until_shown
 
         hide_until_shown(dataset, [fields["crops"]])
