@@ -273,14 +273,15 @@ def test_classifier_wca_scores_and_evidence(pets, checkpoint):
 def compare_runs(ds, fresh, rescored, *, logit_tol, score_tol):
     """Same labels, logits, sentence contributions and crop detections (the
     float32-storage tolerances of tests/test_rescore.py)."""
-    from fiftyone_lazsl.fo.labels import class_evidence
+    from fiftyone_lazsl.fo.labels import class_evidence, evidence_entries
 
     for a, b, ca, cb in zip(ds.values(fresh), ds.values(rescored), ds.values(f"{fresh}_crops"),
                             ds.values(f"{rescored}_crops")):
         assert a is not None and b is not None and a.label == b.label
         assert np.abs(np.array(a.logits) - np.array(b.logits)).max() <= logit_tol
-        assert [e["class"] for e in a["evidence"]] == [e["class"] for e in b["evidence"]]
-        for e in a["evidence"]:
+        ea, eb = evidence_entries(a), evidence_entries(b)
+        assert ea and [e["class"] for e in ea] == [e["class"] for e in eb]
+        for e in ea:
             np.testing.assert_allclose(class_evidence(a, e["index"])[0],
                                        class_evidence(b, e["index"])[0], atol=score_tol)
         assert [d.label for d in ca.detections] == [d.label for d in cb.detections]
