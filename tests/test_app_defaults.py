@@ -120,7 +120,10 @@ def test_crops_start_hidden_few_and_attributes_found_by_any_word(run_ds):
     from fiftyone import ViewField as F
 
     active = run_ds.app_config.active_fields
-    assert active is not None and active.exclude and "lazsl_crops" in active.paths
+    # FiftyOne's default (label fields only, no primitive pills) minus the crops
+    assert active is not None and not active.exclude
+    assert {"lazsl", "ground_truth"} <= set(active.paths)
+    assert not {"lazsl_crops", "filepath", "id", "metadata"} & set(active.paths)
     assert max(len(s["lazsl_crops"].detections) for s in run_ds) == 5
     assert run_ds.has_field("lazsl.words")
     # "brown" is in the middle of "a small, brown bird ..."
@@ -137,5 +140,26 @@ def test_wca_crops_start_hidden_too(run_ds):
     rescore(run_ds, "mine", from_field="lazsl", label_field="wca_run", method="wca")
     active = run_ds.app_config.active_fields
     assert run_ds.count("wca_run_crops.detections") > 0
-    assert active is not None and active.exclude
-    assert {"lazsl_crops", "wca_run_crops"} <= set(active.paths)
+    assert active is not None and not active.exclude
+    assert {"lazsl", "wca_run"} <= set(active.paths)
+    assert not {"lazsl_crops", "wca_run_crops"} & set(active.paths)
+
+
+def test_hiding_crops_respects_an_exclusion_list(run_ds):
+    """A dataset whose App config lists hidden fields (``exclude=True``) keeps
+    that form: the crops are added to it, the run's prediction is not hidden."""
+    import fiftyone as fo
+
+    from fiftyone_lazsl.fo.appconfig import hide_until_shown
+
+    ds = run_ds.clone()
+    try:
+        ds.app_config.active_fields = fo.core.odm.dataset.ActiveFields(
+            exclude=True, paths=["filepath", "new_run"])
+        ds.save()
+        assert hide_until_shown(ds, ["new_run_crops"], show=["new_run"])
+        active = ds.app_config.active_fields
+        assert active.exclude and active.paths == ["filepath", "new_run_crops"]
+        assert not hide_until_shown(ds, ["new_run_crops"], show=["new_run"])
+    finally:
+        ds.delete()

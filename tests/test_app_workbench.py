@@ -217,6 +217,10 @@ def test_workbench_typing_keystrokes_and_save(stored, app, driver):
         boxes = wait.until(lambda d: d.find_elements(
             "css selector", "[data-cy='checkbox-lazsl_crops'] input"))
         assert not any(b.is_selected() for b in boxes)
+        # the run's prediction is shown, primitives are not (FiftyOne's default)
+        for name, on in (("lazsl", True), ("filepath", False)):
+            cb = driver.find_elements("css selector", f"[data-cy='checkbox-{name}'] input")
+            assert cb and all(b.is_selected() == on for b in cb), name
         time.sleep(2)  # let the tiles draw for the screenshot
         _docs_image(driver, "app-grid.png")
 

@@ -14,16 +14,20 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-def hide_until_shown(dataset: Any, paths: Sequence[str]) -> bool:
-    """Leave ``paths`` out of ``dataset``'s default active fields.
+def hide_until_shown(dataset: Any, paths: Sequence[str], show: Sequence[str] = ()) -> bool:
+    """Leave ``paths`` out of ``dataset``'s default active fields, and put ``show`` in.
 
-    Nothing changes when the dataset's App config already lists its active
-    fields explicitly (``exclude=False``: the owner chose what is shown, and
-    new fields are not among them) or already excludes the paths.
+    FiftyOne's own default (``fo.DatasetAppConfig.default_active_fields``: the
+    dataset's label fields, an include list; primitives such as ``filepath``
+    or ``metadata`` are not shown as pills) is the starting point when the
+    dataset has no App config yet. An include list (FiftyOne's form, or one an
+    earlier run wrote) gets ``show`` added and ``paths`` removed; an
+    exclusion list (``exclude=True``) gets ``paths`` added.
 
     Args:
         dataset: a ``fiftyone.core.dataset.Dataset``.
-        paths: top-level field names (e.g. ``["lazsl_crops"]``).
+        paths: top-level field names to hide (e.g. ``["lazsl_crops"]``).
+        show: top-level field names to show (e.g. the run's prediction field).
 
     Returns:
         whether the App config was changed (and saved).
@@ -33,13 +37,17 @@ def hide_until_shown(dataset: Any, paths: Sequence[str]) -> bool:
     cfg = dataset.app_config
     active = cfg.active_fields
     if active is None:
-        active = fo.core.odm.dataset.ActiveFields(exclude=True, paths=[])
-    elif not active.exclude:
+        active = fo.DatasetAppConfig.default_active_fields(dataset)
+    current = list(active.paths or [])
+    if active.exclude:
+        wanted = current + [p for p in paths if p not in current]
+        wanted = [p for p in wanted if p not in show]
+    else:
+        wanted = [p for p in current if p not in paths]
+        wanted += [p for p in show if p not in wanted]
+    if cfg.active_fields is not None and wanted == current:
         return False
-    missing = [p for p in paths if p not in active.paths]
-    if not missing:
-        return False
-    active.paths = list(active.paths) + missing
+    active.paths = wanted
     cfg.active_fields = active
     dataset.save()
     return True

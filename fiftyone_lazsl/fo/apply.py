@@ -140,7 +140,7 @@ def _ensure_fields(dataset: Any, fields: dict, method: str) -> None:
     if method in CROP_METHODS:
         from fiftyone_lazsl.fo.appconfig import hide_until_shown
 
-        hide_until_shown(dataset, [fields["crops"]])
+        hide_until_shown(dataset, [fields["crops"]], show=[fields["prediction"]])
 
 
 #: Run-config keys besides :class:`LaZSLConfig`'s own output parameters that must
