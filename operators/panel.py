@@ -393,7 +393,7 @@ class LazslExplanationsPanel(foo.Panel):
 
         if state.grid_rows:
             panel.md("**Run parameters**  \n" + (state.grid_params or ""), name="grid_params_md")
-            table = types.TableView()
+            table = _fitting_table()
             for k, label in (("class", "Predicted class"), ("count", "Samples"),
                              ("attributes", "Most often ranked first")):
                 table.add_column(k, label=label)
@@ -461,8 +461,27 @@ def workbench_message(r: dict, edits: dict) -> str:
     return "  \n".join(lines)
 
 
+# FiftyOne's TableView gives its table ``minWidth: 650`` (px), wider than a
+# panel split beside the sample: the table then scrolls sideways and its last
+# column sits under the modal's next-sample arrow (3rem wide, 0.75rem from the
+# right edge, drawn over the panel). Its ``componentsProps`` (merged into the
+# MUI Table, cells and container) let the table take the panel's width, wrap
+# long attribute texts, and keep the last 4rem clear of the arrow.
+_FIT_PANEL = {
+    "container": {"sx": {"pr": "4rem"}},
+    "table": {"sx": {"minWidth": 0, "width": "100%"}},
+    "tableHeadCell": {"sx": {"px": 1, "fontSize": "0.875rem", "overflowWrap": "anywhere"}},
+    "tableBodyCell": {"sx": {"px": 1, "overflowWrap": "anywhere"}},
+}
+
+
+def _fitting_table():
+    """A :class:`fiftyone.operators.types.TableView` that fits a narrow panel."""
+    return types.TableView(componentsProps=_FIT_PANEL)
+
+
 def _attribute_table():
-    table = types.TableView()
+    table = _fitting_table()
     table.add_column("attribute", label="Attribute")
     table.add_column("contribution", label="Contribution")
     table.add_column("crops", label="Crops")

@@ -511,3 +511,73 @@ def test_rescore_form_mistakes(stored, app, driver):
     except Exception:
         ui.save_failure("app_rescore_form")
         raise
+
+
+_PANEL_FIT_JS = """
+const r = e => { const b = e.getBoundingClientRect();
+  return {left: b.left, right: b.right, top: b.top, bottom: b.bottom}; };
+const shown = Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent !== null);
+// the panel's scroll box: the nearest ancestor that scrolls sideways
+const panelBox = t => { let e = t.parentElement;
+  while (e && !['auto', 'scroll'].includes(getComputedStyle(e).overflowX)) e = e.parentElement;
+  return e; };
+const tables = shown.map(t => {
+  const c = t.parentElement, box = panelBox(c);
+  return {header: Array.from(t.querySelectorAll('thead th')).map(h => h.textContent.trim()),
+          table: r(t), panel: box ? r(box) : null,
+          scrollWidth: box ? box.scrollWidth : null, clientWidth: box ? box.clientWidth : null};
+});
+const tops = [];
+shown.forEach(t => t.querySelectorAll('thead th').forEach(h => {
+  if (h.textContent.trim() === 'Top') tops.push(r(h)); }));
+const nav = document.querySelector("[data-cy='nav-right-button']");
+return {tables: tables, tops: tops, arrow: nav ? r(nav.parentElement) : null};
+"""
+
+
+def _overlap(a, b):
+    return a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"] and b["top"] < a["bottom"]
+
+
+def test_panel_tables_fit_split_panel(stored, app, driver):
+    """Open a sample and split the panel beside it: every table of the panel
+    fits its panel container (no horizontal overflow) and the "Top" column's
+    header is clear of the panel's right 4rem (where the modal draws its
+    next-sample arrow)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fiftyone_lazsl.fo.explain import explain_sample
+    from test_app_browser import _displayed, _open_panel, _save_failure, _split_beside_sample
+
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ds = stored
+    a = ds.first()
+    wait = WebDriverWait(driver, WAIT_S)
+    short = WebDriverWait(driver, 30)
+    driver.set_window_size(1280, 800)  # a laptop screen: the split panel is narrow
+    try:
+        driver.get(f"{app.url}/datasets/{ds.name}?id={a.id}")
+        _open_panel(driver)
+        _close_popovers(driver)
+        _click(driver, wait.until(lambda d: _displayed(
+            d, "//button[@data-cy='panel-tab-lazsl_explanations']")))
+        wait.until(lambda d: _dropdown_value(d, "LaZSL field") == "lazsl")
+        p = explain_sample(a, "lazsl", "ground_truth")["predicted"]
+        wait.until(lambda d: f"Predicted: {p['label']} (score {p['score']:.4f}" in _body(d))
+        _split_beside_sample(driver)
+        wait.until(lambda d: d.execute_script(_PANEL_FIT_JS).get("tops"))
+        time.sleep(2)  # let the split's layout settle
+        m = driver.execute_script(_PANEL_FIT_JS)
+        for t in m["tables"]:
+            assert t["scrollWidth"] <= t["clientWidth"] + 1, f"table {t['header']} overflows: {t}"
+            assert t["panel"] and t["table"]["right"] <= t["panel"]["right"] + 1, \
+                f"table {t['header']} is wider than its panel: {m}"
+        # the App draws the arrow 0.75rem from the panel's right edge, 3rem wide
+        arrow_left = m["tables"][0]["panel"]["right"] - 3.75 * 16
+        for top in m["tops"]:
+            assert top["right"] <= arrow_left, f"the 'Top' header {top} reaches under the arrow (x > {arrow_left})"
+        _docs_image(driver, "panel-split.png")
+    except Exception:
+        _save_failure(driver, app, "app_panel_fit")
+        raise
