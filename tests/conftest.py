@@ -5,6 +5,15 @@ import os
 import shutil
 import tempfile
 
+# Tests that press Ctrl-C on a child process need SIGINT to reach it. A runner
+# started as a background job of a non-interactive shell ignores SIGINT, and
+# children inherit an ignored signal (a Python child then never raises
+# KeyboardInterrupt); a handler, unlike SIG_IGN, is reset to the default on exec.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 _TMP = tempfile.mkdtemp(prefix="lazsl-tests-")
 os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(_TMP, "db")
 os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
