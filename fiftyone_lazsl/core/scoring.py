@@ -52,8 +52,10 @@ class LaZSLOutput:
     iterations: torch.Tensor | None = None
 
 
-def _check(image_features: torch.Tensor, text_features: torch.Tensor,
-           text_mask: torch.Tensor) -> None:
+def _check_shapes(image_features: torch.Tensor, text_features: torch.Tensor,
+                  text_mask: torch.Tensor) -> None:
+    """Shapes shared by every crop method: ``[B, 1+N, D]`` views, ``[C, A, D]``
+    texts, a ``[C, A]`` mask, one feature dimension."""
     if image_features.dim() != 3 or image_features.shape[1] < 2:
         raise ValueError(
             f"image_features must be [B, 1+N, D] with N >= 1, got {tuple(image_features.shape)}")
@@ -62,14 +64,24 @@ def _check(image_features: torch.Tensor, text_features: torch.Tensor,
     if text_mask.shape != text_features.shape[:2]:
         raise ValueError(
             f"text_mask must be [C, A] = {tuple(text_features.shape[:2])}, got {tuple(text_mask.shape)}")
+
+
+def _check_finite(**tensors: torch.Tensor) -> None:
+    """Refuse NaN/inf features. A sum is NaN or inf when any term is (cheap, one
+    reduction); only then is every element checked, so a sum that overflows
+    cannot raise wrongly."""
+    for what, t in tensors.items():
+        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} has non-finite values (NaN or inf); no score is computed")
+
+
+def _check(image_features: torch.Tensor, text_features: torch.Tensor,
+           text_mask: torch.Tensor) -> None:
+    _check_shapes(image_features, text_features, text_mask)
     if image_features.shape[-1] != text_features.shape[-1]:
         raise ValueError(
             f"feature dims differ: image {image_features.shape[-1]} vs text {text_features.shape[-1]}")
-    for what, t in (("image_features", image_features), ("text_features", text_features)):
-        # A sum is NaN or inf when any term is (cheap, one reduction); only then
-        # is every element checked, so a sum that overflows cannot raise wrongly.
-        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{what} has non-finite values (NaN or inf); no score is computed")
+    _check_finite(image_features=image_features, text_features=text_features)
     if not bool(text_mask.any(dim=1).all()):
         bad = (~text_mask.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(f"text_mask has classes with no attribute: indices {bad[:10]}")
@@ -331,23 +343,14 @@ class WCAOutput:
 
 def _check_wca(image_features: torch.Tensor, text_features: torch.Tensor,
                text_mask: torch.Tensor, label_features: torch.Tensor) -> None:
-    if image_features.dim() != 3 or image_features.shape[1] < 2:
-        raise ValueError(
-            f"image_features must be [B, 1+N, D] with N >= 1, got {tuple(image_features.shape)}")
-    if text_features.dim() != 3:
-        raise ValueError(f"text_features must be [C, A, D], got {tuple(text_features.shape)}")
-    if text_mask.shape != text_features.shape[:2]:
-        raise ValueError(
-            f"text_mask must be [C, A] = {tuple(text_features.shape[:2])}, got {tuple(text_mask.shape)}")
+    _check_shapes(image_features, text_features, text_mask)
     C, _, D = text_features.shape
     if tuple(label_features.shape) != (C, D):
         raise ValueError(f"label_features must be [C, D] = {(C, D)}, got {tuple(label_features.shape)}")
     if image_features.shape[-1] != D:
         raise ValueError(f"feature dims differ: image {image_features.shape[-1]} vs text {D}")
-    for what, t in (("image_features", image_features), ("text_features", text_features),
-                    ("label_features", label_features)):
-        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{what} has non-finite values (NaN or inf); no score is computed")
+    _check_finite(image_features=image_features, text_features=text_features,
+                  label_features=label_features)
 
 
 def wca_class_embeddings(text_features: torch.Tensor, text_mask: torch.Tensor,
