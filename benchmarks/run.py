@@ -419,7 +419,7 @@ def bench_write(clf, preds, n, clock, write_every=64):
 
     import fiftyone as fo
     import numpy as np
-    from fiftyone_lazsl.fo.apply import _ensure_fields
+    from fiftyone_lazsl.fo.run import ensure_fields
     from fiftyone_lazsl.fo.labels import DEFAULT_TOP_K_CROPS, label_documents
     from fiftyone_lazsl.fo.runs import output_fields
     from fiftyone_lazsl.fo.writer import BackgroundWriter
@@ -435,7 +435,7 @@ def bench_write(clf, preds, n, clock, write_every=64):
     def dataset(name, m):
         ds = fo.Dataset(name, overwrite=True)
         ds.add_samples([fo.Sample(filepath=f"/data/images/{i:08d}.jpg") for i in range(m)])
-        _ensure_fields(ds, fields, "lazsl")
+        ensure_fields(ds, "lazsl", "lazsl")
         return ds
 
     # 1. sizes

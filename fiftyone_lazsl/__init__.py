@@ -3,7 +3,7 @@
 Public API::
 
     from fiftyone_lazsl import (
-        AttributeSet, LaZSLConfig, LaZSLClassifier, lazsl_scores, wca_scores,
+        AttributeSet, LaZSLConfig, OutputConfig, LaZSLClassifier, lazsl_scores, wca_scores,
         dclip_scores, clip_scores, load_model, run_lazsl, audit_labels, evaluate_methods, rescore,
         attribute_doctor, FeatureStore,
     )
@@ -37,6 +37,7 @@ __version__ = "0.2.0"
 _EXPORTS: dict[str, str] = {
     "AttributeSet": "fiftyone_lazsl.core.attributes",
     "LaZSLConfig": "fiftyone_lazsl.core.config",
+    "OutputConfig": "fiftyone_lazsl.core.config",
     "LaZSLClassifier": "fiftyone_lazsl.core.classifier",
     "Prediction": "fiftyone_lazsl.core.classifier",
     "lazsl_scores": "fiftyone_lazsl.core.scoring",

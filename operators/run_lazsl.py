@@ -34,6 +34,7 @@ from fiftyone_lazsl.core.config import LaZSLConfig
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.fo.apply import run_lazsl
+from fiftyone_lazsl.fo.shards import run_shard
 from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
 from ._forms import (DELEGATION_HELP, class_label_fields, fail_delegated, invalid,
@@ -66,24 +67,15 @@ def _attribute_set_choices(dataset):
     return view
 
 
-#: Form inputs that are not LaZSLConfig fields under the same name.
-_CROP_INPUTS = ("crop_min", "crop_max")
-
-
 def params_to_config(params: dict) -> LaZSLConfig:
     """Operator parameters -> :class:`LaZSLConfig` (every form input named after
-    a config field; ``crop_min`` / ``crop_max`` form ``crop_scale``).
+    a config field; ``crop_min`` / ``crop_max`` form ``crop_scale``:
+    :meth:`LaZSLConfig.from_form`).
 
     Raises:
         fiftyone_lazsl.errors.ConfigError: a value out of its domain.
     """
-    d = {k: params[k] for k in LaZSLConfig.field_names()
-         if k in params and params[k] is not None and params[k] != ""}
-    lo, hi = LaZSLConfig.crop_scale_default(d.get("method", "lazsl"))
-    if "crop_min" in params or "crop_max" in params:
-        d["crop_scale"] = (params.get("crop_min", lo) if params.get("crop_min") is not None else lo,
-                           params.get("crop_max", hi) if params.get("crop_max") is not None else hi)
-    return LaZSLConfig.from_dict(d)
+    return LaZSLConfig.from_form(params)
 
 
 def params_to_kwargs(params: dict) -> dict:
@@ -366,8 +358,7 @@ class RunLaZSL(foo.Operator):
     def _execute_delegated(self, ctx: Any) -> dict:
         try:
             view, spec, kwargs = self._prepare(ctx)
-            summary = run_lazsl(view, spec, progress=lambda f, label: ctx.set_progress(f, label),
-                                **kwargs)
+            summary = _run(view, spec, lambda f, label: ctx.set_progress(f, label), kwargs)
         except UserError as e:
             return fail_delegated(ctx, plain(e))
         _remember(ctx)
@@ -382,8 +373,8 @@ class RunLaZSL(foo.Operator):
             return
         _remember(ctx)
         try:
-            summary = yield from stream_progress(ctx, lambda progress: run_lazsl(
-                view, spec, num_workers=0, progress=progress, **kwargs))
+            summary = yield from stream_progress(ctx, lambda progress: _run(
+                view, spec, progress, dict(kwargs, num_workers=0)))
         except UserError as e:
             yield ctx.ops.reload_dataset()  # the run record may have changed
             yield ctx.ops.notify(plain(e), variant="error")
@@ -391,6 +382,16 @@ class RunLaZSL(foo.Operator):
         yield ctx.ops.reload_dataset()
         yield ctx.ops.notify(str(summary), variant="warning" if summary.failures else "success")
         ctx.log(str(summary))
+
+
+def _run(view: Any, spec: str, progress: Any, kwargs: dict) -> Any:
+    """``run_lazsl`` with the form's keyword arguments, or, for a shard queued
+    by :func:`fiftyone_lazsl.fo.shards.queue_shards`, ``run_shard``."""
+    kwargs = dict(kwargs)
+    shard = kwargs.pop("shard", None)
+    if shard is not None:
+        return run_shard(view, spec, shard, progress=progress, **kwargs)
+    return run_lazsl(view, spec, progress=progress, **kwargs)
 
 
 def _summary_dict(summary: Any) -> dict:

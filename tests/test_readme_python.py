@@ -62,6 +62,22 @@ def test_python_api_block_runs(world):
     assert world["ds"].get_run_info("lazsl_lazsl") is not None
 
 
+def test_output_config_block_runs(world):
+    """docs/python.md's OutputConfig example: the options reach the stored outputs."""
+    code = _model(block("output-config"), world["ckpt"])
+    assert "openai" not in code
+    ns: dict = {}
+    exec(compile(code, "docs/python.md[output-config]", "exec"), ns)
+    ds, n = world["ds"], len(world["photos"])
+    assert ns["summary"].num_predicted == n and ds.count("lazsl_60") == n
+    rec = ds.get_run_info("lazsl_lazsl_60").config
+    assert (rec.top_k_crops, rec.evidence, rec.n_crops, rec.theta) == (3, "full", 60, 0.7)
+    assert rec.feature_store["stored"] == n
+    for s in ds:
+        assert 1 <= len(s["lazsl_60_crops"].detections) <= 3
+        assert len(s["lazsl_60"]["attribute_scores"]) == len(rec.classes)  # full evidence
+
+
 def test_readme_python_quick_start_runs(world):
     code = _model(block("readme-python"), world["ckpt"])
     assert "openai" not in code

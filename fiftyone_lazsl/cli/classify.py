@@ -10,32 +10,31 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
+
+from fiftyone_lazsl.core.config import LaZSLConfig, OutputConfig
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.fo.apply import run_lazsl
     from fiftyone_lazsl.cli import progress_lines
     from fiftyone_lazsl.cli.datasets import load_dataset
 
     config = LaZSLConfig.from_cli_args(args)  # validated before anything is touched
+    output = OutputConfig.from_cli_args(args)
     devices = _parse_devices(args.devices) if args.devices else None
     if devices and not args.shards:
         args.shards = len(devices)
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.tag) if args.tag else ds
     if args.shards:
-        return _classify_sharded(args, config, ds, view, devices)
+        return _classify_sharded(args, config, output, ds, view, devices)
     progress = True if sys.stderr.isatty() else progress_lines()
     try:
         summary = run_lazsl(
-            view, args.attributes, config=config, label_field=args.label_field,
-            num_workers=args.workers, skip_existing=args.skip_existing, gt_field=args.gt_field,
-            restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
-            heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
-            runner_ups=args.runner_ups,
-            store_features=_store_arg(args.store_features), feature_dtype=args.feature_dtype,
-            progress=progress)
+            view, args.attributes, config=config, output=output, label_field=args.label_field,
+            skip_existing=args.skip_existing, gt_field=args.gt_field,
+            restrict_to_set=args.restrict_to_set, progress=progress)
     finally:
         if progress is not True:
             progress.close()
@@ -80,7 +79,8 @@ def _launch_workers(devices: list[str]) -> list:
     return procs
 
 
-def _classify_sharded(args: argparse.Namespace, config, ds, view, devices) -> int:
+def _classify_sharded(args: argparse.Namespace, config: LaZSLConfig, output: OutputConfig,
+                      ds: Any, view: Any, devices: list[str] | None) -> int:
     import os
     import signal
 
@@ -90,11 +90,9 @@ def _classify_sharded(args: argparse.Namespace, config, ds, view, devices) -> in
     if devices:   # each worker sees one GPU, as "cuda"
         shard_devices = ["cuda" if d.startswith("cuda") else "cpu" for d in devices]
     run = shards.queue_shards(
-        view, args.attributes, args.shards, config=config, label_field=args.label_field,
-        skip_existing=args.skip_existing, gt_field=args.gt_field,
-        restrict_to_set=args.restrict_to_set, top_k_crops=args.top_k_crops,
-        heatmap=args.heatmap, write_every=args.write_every, evidence=args.evidence,
-        runner_ups=args.runner_ups, devices=shard_devices)
+        view, args.attributes, args.shards, config=config, output=output,
+        label_field=args.label_field, skip_existing=args.skip_existing, gt_field=args.gt_field,
+        restrict_to_set=args.restrict_to_set, devices=shard_devices)
     if not run.operation_ids:
         print("nothing to classify: the view is empty")
         return 0
@@ -131,28 +129,8 @@ def print_summary(summary) -> None:
         print(f"  ... and {summary.num_failed - 20} more")
 
 
-def _top_k_crops(value: str) -> int | str:
-    """``--top-k-crops``: a positive integer, ``all`` or ``auto`` (the default)."""
-    if value.strip().lower() in ("all", "auto"):
-        return value.strip().lower()
-    try:
-        k = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
-    return k  # the range is checked with the other run options (OutputOptions: one line)
-
-
-def _store_arg(value: str | None) -> "bool | str":
-    """``--store-features`` alone -> True (default location); with DIR -> DIR."""
-    if value is None:
-        return False
-    return True if value == "" else value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     from fiftyone_lazsl.cli import argtypes
-
-    from fiftyone_lazsl.core.config import LaZSLConfig
 
     p = sub.add_parser("classify", help="zero-shot classify a dataset with LaZSL (or wca/dclip/clip)")
     p.add_argument("--dataset", required=True, metavar="NAME")
@@ -162,7 +140,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prediction field F; also F_crops, F_attributes, F_error (default: lazsl)")
     LaZSLConfig.add_cli_arguments(p)
     out = p.add_argument_group("what to classify and write")
-    out.add_argument("--workers", type=int, default=None, help="image decoding processes (default: auto)")
     out.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     out.add_argument("--gt-field", default=None,
                      help="Classification field whose classes must all be in the attribute set")
@@ -171,24 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--skip-existing", action="store_true",
                      help="only samples without a prediction yet (resume an interrupted run with "
                           "the same parameters); samples with only an error are retried")
-    out.add_argument("--top-k-crops", type=_top_k_crops, default="auto", metavar="K|all",
-                     help="store the K kept crops that match their attribute best as detections, or all "
-                          "(default: 5 with compact evidence, all with --evidence full)")
-    out.add_argument("--evidence", choices=("compact", "full"), default=None,
-                     help="per-attribute evidence of the predicted class, runner-up(s) and "
-                          "ground-truth class (compact, default), or of every class (full)")
-    out.add_argument("--runner-ups", type=int, default=None, metavar="K",
-                     help="runner-up classes whose evidence compact outputs keep (default: 1)")
-    out.add_argument("--write-every", type=int, default=64, metavar="N",
-                     help="samples per database write (a killed run keeps every written batch; default: 64)")
-    out.add_argument("--heatmap", action="store_true", help="also write an evidence heatmap per sample")
-    out.add_argument("--store-features", nargs="?", const="", default=None, metavar="DIR",
-                     help="keep every sample's view embeddings so `fiftyone-lazsl rescore` can "
-                          "re-score with other attribute sets without encoding again (default "
-                          "location: $FIFTYONE_LAZSL_FEATURES or <cache>/features; ~93 KB/sample "
-                          "at N=90, float16); features already stored are reused")
-    out.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16",
-                     help="storage precision of --store-features (default: float16)")
+    OutputConfig.add_cli_arguments(out)  # --top-k-crops, --evidence, ... (see OutputConfig)
     sh = p.add_argument_group("one run across several workers")
     sh.add_argument("--shards", type=int, default=None, metavar="K",
                     help="queue K delegated operations over disjoint slices of the view (by "

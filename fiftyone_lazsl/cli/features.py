@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 
+from fiftyone_lazsl.core.config import METHODS, LaZSLConfig, OutputConfig
+
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
@@ -50,12 +52,13 @@ def _rescore(args: argparse.Namespace) -> int:
     ds = load_dataset(args.dataset)
     view = ds.match_tags(args.tag) if args.tag else ds
     wca = {k: getattr(args, k) for k in _WCA_FLAGS if getattr(args, k, None) is not None}
+    output = OutputConfig.from_cli_args(args)
     summary = rescore(view, args.attributes, from_field=args.from_field,
-                      label_field=args.label_field, theta=args.theta, eps=args.eps,
-                      gamma=args.gamma, method=args.method, missing=args.missing,
+                      label_field=args.label_field, output=output, missing=args.missing,
                       gt_field=args.gt_field, restrict_to_set=args.restrict_to_set,
-                      top_k_crops=args.top_k_crops, feature_store=args.store,
-                      progress=True if sys.stderr.isatty() else None, **wca)
+                      progress=True if sys.stderr.isatty() else None, theta=args.theta,
+                      eps=args.eps, gamma=args.gamma, method=args.method,
+                      feature_store=args.store, **wca)
     if summary.num_samples == 0:
         print("nothing to re-score: the view is empty")
         return 0
@@ -65,22 +68,11 @@ def _rescore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _top_k(value: str) -> "int | str":
-    """``--top-k-crops``: a positive integer, ``all`` or ``auto``."""
-    if value in ("all", "auto"):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
-
-
 #: WCA parameters ``rescore`` takes as flags (``--image-scale-log`` ...).
 _WCA_FLAGS = ("image_scale_log", "text_scale_log")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
     from fiftyone_lazsl.cli import argtypes
 
     p = sub.add_parser("features", help="manage the feature store (info, prune)")
@@ -127,8 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--tag", default=None, type=argtypes.tag, help="only samples with this tag")
     r.add_argument("--gt-field", default=None)
     r.add_argument("--restrict-to-set", action="store_true")
-    r.add_argument("--top-k-crops", type=_top_k, default="auto", metavar="K|all",
-                   help="crops stored as detections, as for classify (default: 5 with compact "
-                        "evidence, or the recorded run's when re-scoring into its field)")
+    OutputConfig.add_cli_arguments(r.add_argument_group("what to write (see OutputConfig)"),
+                                   scope="all")
     r.set_defaults(func=_rescore)
     logging.getLogger("fiftyone_lazsl").setLevel(logging.INFO)

@@ -1,4 +1,5 @@
-"""``LaZSLConfig``: every LaZSL parameter, declared once.
+"""``LaZSLConfig`` (every LaZSL parameter) and ``OutputConfig`` (what a run
+writes), each declared once.
 
 The classifier (:class:`~fiftyone_lazsl.core.classifier.LaZSLClassifier`),
 :func:`~fiftyone_lazsl.fo.apply.run_lazsl`, the ``classify`` CLI (flags derived
@@ -7,6 +8,13 @@ their parameters from this one dataclass, so defaults, meanings and validation
 cannot drift between them. ``to_dict`` / ``from_dict`` give the JSON form stored
 in a run's config, and :meth:`LaZSLConfig.output_diff` compares two configs when
 a run is resumed.
+
+:class:`OutputConfig` is declared the same way for the options that decide
+what a run writes besides the prediction (crops kept as detections, evidence,
+heatmaps, write batching, feature storage): one field, one default, one
+validation, one CLI flag (:meth:`OutputConfig.add_cli_arguments`); every
+writing entry point (``run_lazsl``, ``rescore``, ``queue_shards``, the zoo
+model) takes it as ``output=``.
 
 Modelled on open_clip's ``PreprocessCfg`` (a frozen dataclass of plain values).
 Torch-free: importing this module loads neither torch nor FiftyOne.
@@ -22,9 +30,10 @@ from typing import Any, Iterable, Mapping
 
 from fiftyone_lazsl.errors import ConfigError
 
-__all__ = ["LaZSLConfig", "METHODS", "METHOD_DEFAULTS", "CROP_METHODS", "ATTRIBUTE_METHODS",
+__all__ = ["LaZSLConfig", "OutputConfig", "METHODS", "METHOD_DEFAULTS", "CROP_METHODS", "ATTRIBUTE_METHODS",
            "CROP_BACKENDS", "EXACT_CROP_BACKENDS", "PROMPT_STYLES", "RANDOM_WEIGHT_TAGS",
-           "normalize_pretrained"]
+           "normalize_pretrained", "EVIDENCE_MODES", "DEFAULT_TOP_K_CROPS",
+           "DEFAULT_RUNNER_UPS", "FEATURE_DTYPES"]
 
 #: Scoring methods: LaZSL, WCA (Li et al., ICML 2024) and the two baselines of
 #: the LaZSL paper's tables.
@@ -56,7 +65,21 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: Spellings of "no pretrained weights" (random initialisation, tests only).
 RANDOM_WEIGHT_TAGS = ("", "none", "random")
 
+#: What a run keeps of each sample's per-attribute evidence (see
+#: :mod:`fiftyone_lazsl.fo.labels`): ``"compact"`` (predicted class, runner-ups,
+#: ground-truth class) or ``"full"`` (every class too).
+EVIDENCE_MODES = ("compact", "full")
+#: Crops kept as detections by default with compact evidence (best-matching
+#: first): few enough that their boxes and labels stay readable on the image.
+DEFAULT_TOP_K_CROPS = 5
+#: Runner-up classes whose evidence is stored by default.
+DEFAULT_RUNNER_UPS = 1
+#: Storage precisions of a feature store.
+FEATURE_DTYPES = ("float16", "float32")
+
 _ALL = METHODS
+#: The two numbers forms and flags give for ``crop_scale``.
+_CROP_BOUNDS = ("crop_min", "crop_max")
 _OT = ("lazsl",)
 #: Methods that score crops (and so use the visual-set parameters).
 CROP_METHODS = ("lazsl", "wca")
@@ -345,18 +368,39 @@ class LaZSLConfig:
         Raises:
             ConfigError: a bad value, naming the flag's parameter.
         """
-        d: dict = {}
-        for name in cls.field_names():
-            v = getattr(args, name, None)
-            if v is not None:
-                d[name] = v
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        lo, hi = getattr(args, "crop_min", None), getattr(args, "crop_max", None)
+        values = {n: getattr(args, n, None) for n in cls.field_names() + _CROP_BOUNDS}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_form(values)
+
+    @classmethod
+    def from_form(cls, values: Mapping[str, Any]) -> "LaZSLConfig":
+        """The config given by flat values as a form or the command line gives
+        them: every field by name (None or ``""``: not given) and
+        ``crop_min`` / ``crop_max``, the two bounds of ``crop_scale`` (a bound
+        not given is ``crop_scale``'s, else the method's default). The one
+        place where the two numbers become ``crop_scale``; other keys are
+        ignored.
+
+        Raises:
+            ConfigError: a bad value, naming the parameter.
+        """
+        d = {k: values[k] for k in cls.field_names()
+             if values.get(k) is not None and values.get(k) != ""}
+        lo, hi = (values.get(k) for k in _CROP_BOUNDS)
         if lo is not None or hi is not None:
             base = list(d.get("crop_scale", cls.crop_scale_default(d.get("method", "lazsl"))))
             d["crop_scale"] = (lo if lo is not None else base[0], hi if hi is not None else base[1])
-        d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d)
+
+    def form_values(self) -> dict:
+        """The inverse of :meth:`from_form`: every field set (``crop_scale`` as
+        ``crop_min`` / ``crop_max``; random weights as ``"none"``, which a form
+        cannot confuse with "not given")."""
+        d = self.to_dict()
+        d["crop_min"], d["crop_max"] = d.pop("crop_scale")
+        if d["pretrained"] is None:
+            d["pretrained"] = "none"
+        return {k: v for k, v in d.items() if v is not None}
 
     @classmethod
     def crop_scale_default(cls, method: str = "lazsl") -> tuple[float, float]:
@@ -434,3 +478,251 @@ def _views(name: str, value: Any) -> Any:
     same views: equal as outputs."""
     exact = EXACT_CROP_BACKENDS + ("auto",)
     return "pil" if name == "crop_backend" and value in exact else value
+
+
+def _out_meta(help: str, *, flag: str | None = None, scope: str = "all", **cli: Any) -> dict:
+    """:class:`OutputConfig` field metadata: ``help`` (one line), the CLI
+    ``flag`` (default ``--field-name``), ``scope`` (``"all"``: every writing
+    command; ``"classify"``: only runs that encode images) and argparse keywords."""
+    return {"help": help, "flag": flag, "scope": scope, "cli": cli}
+
+
+def _top_k_crops_arg(value: str) -> int | str:
+    """``--top-k-crops``: a positive integer, ``all`` or ``auto``; the range is
+    checked by :class:`OutputConfig` (one line naming the parameter)."""
+    v = value.strip().lower()
+    if v in ("all", "auto"):
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, 'all' or 'auto', got {value!r}") from None
+
+
+def _store_features_arg(value: str) -> bool | str:
+    """``--store-features`` alone: the default location (True); with DIR: DIR."""
+    return True if value == "" else value
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What a run writes besides the prediction (not LaZSL parameters: they
+    never change a logit), with its defaults.
+
+    Attributes:
+        top_k_crops: crops kept as detections in ``F_crops``, those that match
+            their attribute best first: an integer >= 1, ``"all"`` (or None:
+            every kept crop) or ``"auto"`` (default:
+            :data:`DEFAULT_TOP_K_CROPS` with compact evidence, all with full
+            evidence; resuming, the recorded run's).
+        top_attributes: length of ``F_attributes`` (>= 1).
+        evidence: ``"compact"`` (per-attribute evidence of the predicted class,
+            ``runner_ups`` runner-ups and the ground-truth class) or ``"full"``
+            (every class's arrays too); None (default): compact, or the recorded
+            run's when resuming (see :mod:`fiftyone_lazsl.fo.labels`).
+        runner_ups: runner-up classes whose evidence compact outputs keep
+            (>= 0); None (default): :data:`DEFAULT_RUNNER_UPS`, or the recorded
+            run's when resuming.
+        heatmap: also write ``F_heatmap`` (LaZSL runs).
+        write_every: samples per database write (>= 1; a killed run keeps
+            every written batch).
+        num_workers: image-decoding processes (None: automatic; 0: in process).
+        store_features: keep each sample's view embeddings in a
+            :class:`~fiftyone_lazsl.core.features.FeatureStore` for
+            re-scoring: False (default), True (default location), a directory
+            or a ``FeatureStore``.
+        feature_dtype: storage precision of ``store_features``
+            (:data:`FEATURE_DTYPES`).
+
+    :meth:`resolved` fills the ``None`` / ``"auto"`` values; the run record
+    holds :meth:`record` of the resolved config.
+
+    Raises:
+        fiftyone_lazsl.errors.ConfigError: naming the option, when a value is
+            out of its domain.
+    """
+
+    top_k_crops: int | str | None = field(default="auto", metadata=_out_meta(
+        "crops kept as detections, best-matching first: K, all, or auto (5 with compact "
+        "evidence, all with full evidence)", metavar="K|all", type=_top_k_crops_arg))
+    top_attributes: int = field(default=5, metadata=_out_meta(
+        "attributes listed in F_attributes", metavar="K", type=int))
+    evidence: str | None = field(default=None, metadata=_out_meta(
+        "per-attribute evidence of the predicted class, runner-up(s) and ground-truth "
+        "class (compact, default), or of every class (full)", choices=EVIDENCE_MODES))
+    runner_ups: int | None = field(default=None, metadata=_out_meta(
+        "runner-up classes whose evidence compact outputs keep (default: 1)",
+        metavar="K", type=int))
+    heatmap: bool = field(default=False, metadata=_out_meta(
+        "also write an evidence heatmap per sample", action="store_true"))
+    write_every: int = field(default=64, metadata=_out_meta(
+        "samples per database write (a killed run keeps every written batch)",
+        metavar="N", type=int))
+    num_workers: int | None = field(default=None, metadata=_out_meta(
+        "image decoding processes (default: auto; 0: in process)", flag="--workers",
+        metavar="N",
+        scope="classify", type=int))
+    store_features: Any = field(default=False, metadata=_out_meta(
+        "keep every sample's view embeddings so `fiftyone-lazsl rescore` can re-score with "
+        "other attribute sets without encoding again (default location: "
+        "$FIFTYONE_LAZSL_FEATURES or <cache>/features; ~93 KB/sample at N=90, float16); "
+        "features already stored are reused", scope="classify", nargs="?", const=True,
+        metavar="DIR", type=_store_features_arg))
+    feature_dtype: str = field(default="float16", metadata=_out_meta(
+        "storage precision of --store-features", scope="classify", choices=FEATURE_DTYPES))
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        k = self.top_k_crops
+        if isinstance(k, str) and k.strip().lower() in ("auto", "all"):
+            set_(self, "top_k_crops", None if k.strip().lower() == "all" else "auto")
+        elif k is not None:
+            try:
+                k = _int("top_k_crops", k)
+            except ConfigError:
+                raise ConfigError(f"top_k_crops must be >= 1, 'all' or 'auto', got {k!r}") from None
+            if k < 1:
+                raise ConfigError(f"top_k_crops must be >= 1 (or 'all' for every kept crop), "
+                                  f"got {k}")
+            set_(self, "top_k_crops", k)
+        if self.evidence is not None:
+            _choice("evidence", self.evidence, EVIDENCE_MODES)
+        if self.runner_ups is not None:
+            try:
+                n = _int("runner_ups", self.runner_ups)
+            except ConfigError:
+                n = -1
+            if n < 0:
+                raise ConfigError(f"runner_ups must be an integer >= 0, got {self.runner_ups!r}")
+            set_(self, "runner_ups", n)
+        for name, lo in (("top_attributes", 1), ("write_every", 1)):
+            v = _int(name, getattr(self, name))
+            if v < lo:
+                raise ConfigError(f"{name} must be >= {lo}, got {v}")
+            set_(self, name, v)
+        if self.num_workers is not None:
+            v = _int("num_workers", self.num_workers)
+            if v < 0:
+                raise ConfigError(f"num_workers must be >= 0 (0 = decode in process), got {v}")
+            set_(self, "num_workers", v)
+        if not isinstance(self.heatmap, bool):
+            raise ConfigError(f"heatmap must be True or False, got {self.heatmap!r}")
+        _choice("feature_dtype", self.feature_dtype, FEATURE_DTYPES)
+        sf = self.store_features
+        if sf is None:
+            set_(self, "store_features", False)
+        elif isinstance(sf, str) and not sf.strip():
+            raise ConfigError("store_features must be True/False, a directory or a "
+                              "FeatureStore, got ''")
+        elif not (isinstance(sf, (bool, str)) or hasattr(sf, "__fspath__")
+                  or hasattr(sf, "describe")):
+            raise ConfigError(f"store_features must be True/False, a directory or a "
+                              f"FeatureStore, got {sf!r}")
+
+    # ------------------------------------------------------------ conversions
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of every option, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, strict: bool = True) -> "OutputConfig":
+        """Build from a dict of options (missing keys take their defaults).
+
+        Raises:
+            ConfigError: an unknown key (with ``strict``) or a bad value.
+        """
+        names = cls.field_names()
+        unknown = sorted(k for k in d if k not in names)
+        if strict and unknown:
+            raise ConfigError(f"unknown output option(s): {', '.join(unknown)}; "
+                              f"expected some of: {', '.join(names)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> "OutputConfig":
+        """A copy with some options changed (validated).
+
+        Raises:
+            ConfigError: an unknown option or a bad value.
+        """
+        return self.from_dict({**{n: getattr(self, n) for n in self.field_names()}, **changes})
+
+    def resolved(self, recorded: Mapping[str, Any] | None = None) -> "OutputConfig":
+        """The options with every default made concrete: ``evidence``,
+        ``runner_ups`` and ``top_k_crops="auto"`` take the ``recorded`` run's
+        values when given (a resumed run writes what the interrupted one did;
+        runs recorded before compact outputs wrote full evidence and every
+        kept crop), else compact evidence, :data:`DEFAULT_RUNNER_UPS` and
+        :data:`DEFAULT_TOP_K_CROPS` (compact) or every crop (full)."""
+        rec = recorded or {}
+        evidence = self.evidence
+        if evidence is None:
+            evidence = rec.get("evidence", "full") if recorded is not None else "compact"
+        runner_ups = self.runner_ups
+        if runner_ups is None:
+            runner_ups = int(rec.get("runner_ups", DEFAULT_RUNNER_UPS))
+        top_k = self.top_k_crops
+        if top_k == "auto":
+            if recorded is not None and evidence == rec.get("evidence", "full"):
+                top_k = rec.get("top_k_crops")
+            else:
+                top_k = DEFAULT_TOP_K_CROPS if evidence == "compact" else None
+        return self.replace(evidence=evidence, runner_ups=runner_ups,
+                            top_k_crops="all" if top_k is None else top_k)
+
+    def record(self) -> dict:
+        """The options a run record holds (``top_k_crops`` None: every kept crop)."""
+        return {"top_k_crops": self.top_k_crops, "top_attributes": self.top_attributes,
+                "evidence": self.evidence, "runner_ups": self.runner_ups}
+
+    # --------------------------------------------------------------------- CLI
+    @classmethod
+    def cli_flag(cls, name: str) -> str:
+        """The command-line flag of an option (``top_k_crops`` -> ``--top-k-crops``;
+        ``num_workers`` -> ``--workers``)."""
+        f = {f.name: f for f in dataclasses.fields(cls)}[name]
+        return f.metadata["flag"] or "--" + name.replace("_", "-")
+
+    @classmethod
+    def add_cli_arguments(cls, parser: Any, *, scope: str = "classify",
+                          exclude: Iterable[str] = ()) -> None:
+        """Add one flag per option to ``parser`` (an argparse parser or group).
+
+        Args:
+            parser: where the flags go.
+            scope: ``"classify"`` (every option) or ``"all"`` (the options of
+                commands that encode no image, e.g. ``rescore``: no
+                ``--workers`` / ``--store-features`` / ``--feature-dtype``).
+            exclude: option names left out.
+
+        Flags default to None (``store_true`` flags to False) so
+        :meth:`from_cli_args` can tell "not given".
+        """
+        exclude = set(exclude)
+        for f in dataclasses.fields(cls):
+            m = f.metadata
+            if f.name in exclude or (scope == "all" and m["scope"] != "all"):
+                continue
+            kw = dict(m["cli"])
+            default = f.default
+            shown = {"auto": "auto", None: "auto"}.get(default, default) \
+                if not isinstance(default, bool) else None
+            help_ = m["help"] if shown is None or "default" in m["help"] \
+                else f"{m['help']} (default: {shown})"
+            if kw.get("action") != "store_true":
+                kw.setdefault("default", None)
+            parser.add_argument(cls.cli_flag(f.name), dest=f.name, help=help_, **kw)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace, **overrides: Any) -> "OutputConfig":
+        """The options given by parsed flags (see :meth:`add_cli_arguments`);
+        flags not given keep the defaults.
+
+        Raises:
+            ConfigError: a bad value, naming the option.
+        """
+        d = {n: getattr(args, n) for n in cls.field_names()
+             if getattr(args, n, None) is not None}
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(d)

@@ -136,7 +136,7 @@ def _predict(classifier: LaZSLClassifier, ok) -> None:
             sizes=[tuple(info["original_size"]) for _, _, info in group],
             scales=[float(info["scale"]) for _, _, info in group])
         for (it, _, _), p in zip(group, preds):
-            bad = _non_finite(p)
+            bad = non_finite(p)
             if bad:
                 it.prediction, it.error = None, f"non-finite scores ({bad}); nothing written"
             else:
@@ -158,7 +158,7 @@ def _predict(classifier: LaZSLClassifier, ok) -> None:
                 one[0].prediction, one[0].error = None, _reason(e1)
 
 
-def _non_finite(p: Prediction) -> str | None:
+def non_finite(p: Prediction) -> str | None:
     """Which of a prediction's numbers are NaN or infinite (None if all finite):
     such values must never reach the dataset."""
     import numpy as np

@@ -165,17 +165,18 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
     from fiftyone_lazsl.errors import ConfigError
-    from fiftyone_lazsl.fo import apply as ap
     from fiftyone_lazsl.fo.rescore import stored_run
+    from fiftyone_lazsl.fo.run import to_attribute_set
+    from fiftyone_lazsl.fo.runs import recorded_attribute_set
 
     dataset = dataset_of(samples)
     old = stored_run(samples, from_field)
     if gt_field is not None and gt_field not in dataset.get_field_schema():
         raise ConfigError(f"dataset {dataset.name!r} has no field {gt_field!r}")
     if attribute_set is None:
-        aset = _recorded_set(dataset, old)
+        aset = recorded_attribute_set(dataset, old)
     else:
-        aset = ap._resolve_attribute_set(attribute_set, dataset)
+        aset = to_attribute_set(attribute_set, dataset)
     report_progress = progress or (lambda fraction, text: None)
     label_path = f"{gt_field}.label" if gt_field else f"{from_field}.label"
     ids, paths, labels = samples.values(["id", "filepath", label_path])
@@ -245,23 +246,6 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
         _save_pruned(dataset, full_set, report, save_pruned_as)
     report_progress(1.0, f"{len(report.flagged)} of {len(report.attributes)} attributes flagged")
     return report
-
-
-def _recorded_set(dataset: Any, old: dict) -> Any:
-    """The run's attribute set: the stored set of that name if its hash matches,
-    else rebuilt from the recorded classes and attribute texts."""
-    from fiftyone_lazsl.core.attributes import AttributeSet
-    from fiftyone_lazsl.fo.store import list_attribute_sets, load_attribute_set
-
-    name = old.get("attribute_set")
-    if name and any(r["name"] == name for r in list_attribute_sets(dataset)):
-        s = load_attribute_set(dataset, name)
-        if s.content_hash == old.get("attribute_set_hash"):
-            return s
-    # not stored on the dataset (e.g. a published set or a file): rebuilt from
-    # the run record, under the recorded name (so a pruned copy is "<name>-pruned")
-    return AttributeSet.from_dict(dict(zip(old["classes"], old["attribute_labels"])),
-                                  name=name or None)
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:

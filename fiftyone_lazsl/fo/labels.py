@@ -44,14 +44,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-EVIDENCE_MODES = ("compact", "full")
-
-#: Crops kept as detections by default with compact evidence (best-matching
-#: first): few enough that their boxes and labels stay readable on the image.
-DEFAULT_TOP_K_CROPS = 5
-
-#: Runner-up classes whose evidence is stored by default.
-DEFAULT_RUNNER_UPS = 1
+# (declared with the output options they are the defaults of)
+from fiftyone_lazsl.core.config import (
+    DEFAULT_RUNNER_UPS,
+    DEFAULT_TOP_K_CROPS,
+    EVIDENCE_MODES,
+)
 
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
 

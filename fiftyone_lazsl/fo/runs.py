@@ -65,6 +65,14 @@ process was killed, its machine or database connection died) is reported as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.fo import locks
+from fiftyone_lazsl.fo.datasets import dataset_of
+from fiftyone_lazsl.fo.store import list_attribute_sets, load_attribute_set
+
 RUN_PREFIX = "lazsl_"
 
 
@@ -91,7 +99,6 @@ def get_run_config(samples, label_field: str) -> dict:
     """
     key = run_key(label_field)
     if key not in samples.list_runs():
-        from fiftyone_lazsl.fo.datasets import dataset_of
         raise ValueError(
             f"no LaZSL run wrote field {label_field!r} on dataset {dataset_of(samples).name!r}"
         )
@@ -104,9 +111,7 @@ def get_run_config(samples, label_field: str) -> dict:
 
 def _owner_alive(samples, label_field: str, config: dict) -> bool:
     """Whether the run recorded in ``config`` still holds a live write lock."""
-    from fiftyone_lazsl.fo import locks
-
-    doc = locks.current(samples._dataset, label_field)
+    doc = locks.current(dataset_of(samples), label_field)
     if doc is None or (config.get("owner") and doc.get("owner") != config["owner"]):
         return False
     return locks.is_alive(doc)
@@ -149,3 +154,110 @@ def latest_lazsl_field(samples) -> str | None:
             if field and (best is None or (ts is not None and (when is None or ts >= when))):
                 best, when = field, ts
     return best
+
+
+#: The outcome fields of a run record, with the value a record without them means.
+OUTCOME_DEFAULTS: dict[str, Any] = {
+    "status": "completed", "num_samples": 0, "num_predicted": 0, "num_failed": 0,
+    "seconds": None, "seconds_before": 0.0, "resumed": 0, "owner": None,
+    "feature_store": None,
+}
+
+
+@dataclass
+class RunRecord:
+    """The FiftyOne run that records a LaZSL run on a label field: its
+    provenance (every parameter, the model, the attribute set) and its
+    outcome, read and written as typed values.
+
+    Stored with FiftyOne's run API (``dataset.register_run`` /
+    ``get_run_info`` / ``update_run_config``, ``fiftyone/core/runs.py``) under
+    :func:`run_key`; :attr:`values` is the run config as a dict.
+
+    Attributes:
+        dataset: the ``fo.Dataset``.
+        label_field: the label field the run writes.
+        values: every recorded key (provenance and outcome).
+    """
+
+    dataset: Any
+    label_field: str
+    values: dict
+
+    @property
+    def key(self) -> str:
+        """The FiftyOne run key."""
+        return run_key(self.label_field)
+
+    @classmethod
+    def load(cls, samples: Any, label_field: str) -> "RunRecord | None":
+        """The record of the run on ``label_field`` (None when there is none).
+        The stored ``status`` is returned as written (see :func:`run_status`
+        for a live reading)."""
+        dataset = dataset_of(samples)
+        key = run_key(label_field)
+        if key not in dataset.list_runs():
+            return None
+        cfg = dataset.get_run_info(key).config
+        values = {k: v for k, v in cfg.serialize().items() if not k.startswith("_")}
+        return cls(dataset, label_field, values)
+
+    @classmethod
+    def create(cls, dataset: Any, label_field: str, values: dict) -> "RunRecord":
+        """Record a new run on ``label_field`` (replacing any earlier record)."""
+        record = cls(dataset, label_field, dict(values))
+        dataset.register_run(record.key, dataset.init_run(**record.values), overwrite=True)
+        return record
+
+    def get(self, name: str) -> Any:
+        """A recorded value; outcome fields a record lacks take
+        :data:`OUTCOME_DEFAULTS`; other missing keys are None."""
+        v = self.values.get(name)
+        return OUTCOME_DEFAULTS.get(name) if v is None else v
+
+    @property
+    def status(self) -> str:
+        return str(self.get("status"))
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.get("num_samples"))
+
+    @property
+    def resumed(self) -> int:
+        return int(self.get("resumed"))
+
+    @property
+    def seconds_so_far(self) -> float:
+        """Wall time of the run before this part (``seconds`` once it ended,
+        else what came before it)."""
+        s = self.values.get("seconds")
+        return float(self.get("seconds_before") if s is None else s)
+
+    def update(self, **values: Any) -> None:
+        """Set some values and write the record (one ``update_run_config``)."""
+        info = self.dataset.get_run_info(self.key)
+        cfg = info.config
+        for k, v in values.items():
+            setattr(cfg, k, v)
+        self.dataset.update_run_config(self.key, cfg)
+        self.values.update(values)
+
+
+def recorded_attribute_set(dataset: Any, record: dict) -> AttributeSet:
+    """The attribute set a recorded run used: the set of that name stored on
+    ``dataset`` if its content hash matches the record's, else rebuilt from the
+    recorded classes and attribute texts under the recorded name (so a pruned
+    copy of a published set is ``"<name>-pruned"``).
+
+    Args:
+        dataset: the dataset the run is recorded on.
+        record: the run's config (:func:`get_run_config`).
+    """
+    name = record.get("attribute_set")
+    if name and any(r["name"] == name for r in list_attribute_sets(dataset)):
+        s = load_attribute_set(dataset, name)
+        if s.content_hash == record.get("attribute_set_hash"):
+            return s
+    return AttributeSet.from_dict(dict(zip(record["classes"], record["attribute_labels"])),
+                                  name=name or None)

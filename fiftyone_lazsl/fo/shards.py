@@ -10,7 +10,8 @@ sharing the MongoDB and the media execute them: open-source FiftyOne claims a
 queued operation atomically (``required_state=QUEUED``), so each shard runs
 once per queueing.
 
-Each shard runs ``run_lazsl(shard_view, ..., shard={"index": i, "count": K})``,
+Each shard runs :func:`run_shard` (``shard={"index": i, "count": K}``) on its
+slice, the same run (:class:`~fiftyone_lazsl.fo.run.LaZSLRun`) as a classify,
 which implies ``skip_existing`` (a re-queued shard resumes: finished samples
 are not redone) and, instead of recording a run, records the shard's outcome in
 the ``lazsl_shards`` collection (one document per shard, atomic updates) and
@@ -36,8 +37,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import fiftyone.core.odm as foodm
+import fiftyone.operators as foo
+from bson import ObjectId
+from fiftyone import ViewField as F
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionResult
+
+from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.config import LaZSLConfig, OutputConfig
 from fiftyone_lazsl.errors import ConfigError, UserError
 from fiftyone_lazsl.fo.datasets import dataset_of
+from fiftyone_lazsl.fo.run import LaZSLRun, ProgressFn, RunSummary, classify, split_overrides
+from fiftyone_lazsl.fo.runs import RunRecord, output_fields, run_key
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +76,8 @@ class ShardedRun:
     shard_sizes: list[int] = field(default_factory=list)
 
 
-def _collection():
-    import fiftyone.core.odm as foo
-
-    return foo.get_db_conn()[SHARD_COLLECTION]
+def _collection() -> Any:
+    return foodm.get_db_conn()[SHARD_COLLECTION]
 
 
 def _doc_id(dataset: Any, label_field: str, index: int) -> str:
@@ -89,8 +99,6 @@ def shard_views(samples: Any, num_shards: int) -> list[tuple[Any, int]]:
     Raises:
         ConfigError: ``num_shards < 1``.
     """
-    from fiftyone import ViewField as F
-
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise ConfigError(f"shards must be an integer >= 1, got {num_shards!r}")
     ids = sorted(samples.values("id"))
@@ -109,12 +117,8 @@ def _operator_params(cfg: Any, spec: str, label_field: str, opts: Any, gt_field:
                      restrict_to_set: bool, index: int, count: int) -> dict:
     """Parameters of the ``run_lazsl`` operator for one shard (the names its
     form uses: :class:`LaZSLConfig` fields, ``crop_min``/``crop_max``)."""
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg.__dict__)
-    lo, hi = d.pop("crop_scale")
-    params = {k: v for k, v in d.items() if v is not None}
-    if d.get("pretrained", "") is None:   # random weights, said explicitly (None = default)
-        params["pretrained"] = "none"
-    params.update(crop_min=lo, crop_max=hi, attribute_set=spec, label_field=label_field,
+    params = cfg.form_values()  # random weights said explicitly ("none"; None = default)
+    params.update(attribute_set=spec, label_field=label_field,
                   gt_field=gt_field, restrict_to_set=restrict_to_set, heatmap=opts.heatmap,
                   evidence=opts.evidence, runner_ups=opts.runner_ups,
                   top_k_crops=opts.top_k_crops if opts.top_k_crops is not None else "all",
@@ -125,32 +129,29 @@ def _operator_params(cfg: Any, spec: str, label_field: str, opts: Any, gt_field:
 
 
 def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
-                 config: Any = None, label_field: str = "lazsl", gt_field: str | None = None,
+                 config: LaZSLConfig | None = None, output: OutputConfig | None = None,
+                 label_field: str = "lazsl", gt_field: str | None = None,
                  restrict_to_set: bool = False, skip_existing: bool = False,
-                 top_k_crops: int | str | None = "auto", top_attributes: int = 5,
-                 heatmap: bool = False, evidence: str | None = None,
-                 runner_ups: int | None = None, write_every: int = 64,
-                 devices: list[str] | None = None,
-                 operator_uri: str = OPERATOR_URI, **params: Any) -> ShardedRun:
+                 devices: list[str] | None = None, **params: Any) -> ShardedRun:
     """Queue one LaZSL run over ``samples`` as ``num_shards`` delegated operations.
 
     Validates everything :func:`~fiftyone_lazsl.fo.apply.run_lazsl` validates,
-    records the run (building the classifier once, on the CPU, for its
-    provenance), clears the view's old outputs (unless ``skip_existing``),
-    then queues the shards.
+    records the run (its provenance, without loading the model: the workers
+    do), clears the view's old outputs (unless ``skip_existing``), then queues
+    the shards.
 
     Args:
         samples: a dataset or view.
         attribute_set: a set name stored on the dataset, a JSON file path or a
             published name (the workers resolve it again; it must be a string).
         num_shards: how many delegated operations.
+        config, output, label_field, gt_field, restrict_to_set, skip_existing:
+            as for :func:`~fiftyone_lazsl.fo.apply.run_lazsl`.
         devices: e.g. ``["cuda:0", "cuda:1"]``: shard ``i`` runs on
             ``devices[i % len(devices)]`` (default: the config's device).
-        operator_uri: the operator to queue (default :data:`OPERATOR_URI`).
-        config, label_field, gt_field, restrict_to_set, skip_existing,
-        top_k_crops, top_attributes, heatmap, evidence, runner_ups, write_every,
-        **params:
-            as for :func:`~fiftyone_lazsl.fo.apply.run_lazsl`.
+        **params: overrides of ``config`` or ``output`` fields, as for
+            ``run_lazsl``, and ``operator_uri``: the operator to queue
+            (default :data:`OPERATOR_URI`).
 
     Returns:
         a :class:`ShardedRun` (empty ``operation_ids`` when the view is empty).
@@ -160,48 +161,29 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
             non-string attribute set, or the operator could not be queued (the
             plugin is not installed, or delegated execution is unavailable).
     """
-    import fiftyone.operators as foo
-
-    from fiftyone_lazsl.core.classifier import LaZSLClassifier
-    from fiftyone_lazsl.core.config import LaZSLConfig
-    from fiftyone_lazsl.fo import apply as A
-    from fiftyone_lazsl.fo.runs import run_key
-
+    operator_uri = params.pop("operator_uri", OPERATOR_URI)
     if not isinstance(attribute_set, (str, os.PathLike)):
         raise ConfigError("a sharded run needs the attribute set as a name or a file path "
                           "(the workers load it again); save it on the dataset first")
     spec = str(attribute_set)
-    cfg = (config or LaZSLConfig()).replace(**params) if params else (config or LaZSLConfig())
-    dataset = dataset_of(samples)
-    if skip_existing:
-        top_k_crops, evidence, runner_ups = A._recorded_output_options(
-            dataset, label_field, top_k_crops, evidence, runner_ups)
-    opts = A.OutputOptions(top_k_crops=top_k_crops, top_attributes=top_attributes,
-                           heatmap=heatmap, evidence=evidence or "compact",
-                           runner_ups=A.DEFAULT_RUNNER_UPS if runner_ups is None else runner_ups)
-    A._check_label_field(dataset, label_field)
-    aset = A._resolve_attribute_set(spec, dataset)
-    view = A._target_view(samples, dataset, aset, label_field, gt_field, restrict_to_set,
-                          skip_existing)
-    key = run_key(label_field)
-    run = ShardedRun(label_field=label_field, run_key=key)
-    if len(view) == 0:
-        return run
-    shards = shard_views(view, num_shards)
-    clf = LaZSLClassifier(aset, config=cfg.replace(device="cpu"))
-    from fiftyone_lazsl.fo.locks import acquire
-
-    with acquire(dataset, label_field):  # no other run may be writing the field now
-        A._start_run(dataset, clf, label_field, opts, skip_existing, len(view), view=view)
-        if not skip_existing:
-            A._clear_outputs(view, dataset, label_field, len(view))
+    cfg, output = split_overrides(config, output, params)
+    run = LaZSLRun(samples, spec, label_field, output=output, gt_field=gt_field,
+                   restrict_to_set=restrict_to_set, skip_existing=skip_existing)
+    dataset = run.dataset
+    queued = ShardedRun(label_field=label_field, run_key=run_key(label_field))
+    if len(run) == 0:
+        return queued
+    shards = shard_views(run.view, num_shards)
+    provenance = LaZSLClassifier(run.attribute_set, config=cfg.replace(device="cpu")).config()
+    with run.lock():  # no other run may be writing the field now
+        run.record(run.check(run.record_values(provenance)))
     coll = _collection()
     coll.delete_many({"dataset": dataset.name, "label_field": label_field})
     for i, (shard_view, n) in enumerate(shards):
         c = cfg.replace(device=devices[i % len(devices)]) if devices else cfg
-        p = _operator_params(c, spec, label_field, opts, gt_field, restrict_to_set, i,
+        p = _operator_params(c, spec, label_field, run.output, gt_field, restrict_to_set, i,
                              len(shards))
-        p["write_every"] = int(write_every)
+        p["write_every"] = int(run.output.write_every)
         res = foo.execute_operator(operator_uri, ctx={"dataset": dataset.name,
                                                       "view": shard_view, "params": p},
                                    request_delegation=True)
@@ -210,32 +192,67 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
             raise UserError(f"could not queue shard {i} of {len(shards)} as a delegated "
                             f"operation of {operator_uri}: {res.error.strip().splitlines()[-1]}")
         op_id = str(res.result["id"])
-        run.operation_ids.append(op_id)
-        run.shard_sizes.append(n)
+        queued.operation_ids.append(op_id)
+        queued.shard_sizes.append(n)
         coll.replace_one({"_id": _doc_id(dataset, label_field, i)}, {
             "dataset": dataset.name, "label_field": label_field, "index": i,
             "count": len(shards), "operation_id": op_id, "status": "queued",
             "num_samples": n, "num_predicted": 0, "num_failed": 0, "device": c.device,
             "queued_at": time.time()}, upsert=True)
     _update_parent(dataset, label_field, status="queued", num_shards=len(shards),
-                   shard_operations=run.operation_ids,
+                   shard_operations=queued.operation_ids,
                    device=",".join(sorted(set(devices))) if devices else cfg.device)
-    return run
+    return queued
+
+
+def run_shard(samples: Any, attribute_set: Any, shard: dict, *,
+              config: LaZSLConfig | None = None, output: OutputConfig | None = None,
+              label_field: str = "lazsl", gt_field: str | None = None,
+              restrict_to_set: bool = False, classifier: LaZSLClassifier | None = None,
+              progress: ProgressFn | bool | None = None, **params: Any) -> RunSummary:
+    """Run one shard of a run queued by :func:`queue_shards` (what each
+    delegated operation does): a resume (``skip_existing``) of the sharded
+    run on the shard's samples, checked against the parent run record,
+    recording the shard's outcome instead of a run of its own.
+
+    Args:
+        samples: the shard's view.
+        attribute_set: as for :func:`~fiftyone_lazsl.fo.apply.run_lazsl`.
+        shard: ``{"index": i, "count": K}``.
+        config, output, label_field, gt_field, restrict_to_set, classifier,
+            progress, **params: as for ``run_lazsl`` (``skip_existing`` is
+            implied).
+
+    Returns:
+        the shard's :class:`~fiftyone_lazsl.fo.run.RunSummary`.
+
+    Raises:
+        the errors of ``run_lazsl``; ``RunConflictError`` when the parameters
+        differ from the sharded run's.
+    """
+    params.pop("skip_existing", None)
+    config, output = split_overrides(config, output, params)
+    dataset = dataset_of(samples)
+    start_shard(dataset, label_field, shard)
+    run = LaZSLRun(samples, attribute_set, label_field, output=output, gt_field=gt_field,
+                   restrict_to_set=restrict_to_set, skip_existing=True)
+
+    def on_end(complete: bool) -> None:
+        finish_shard(samples, label_field, shard, run.summary, complete=complete)
+
+    if len(run) == 0:
+        on_end(True)
+        return run.summary
+    return classify(run, config, classifier=classifier, progress=progress, exclusive=False,
+                    on_end=on_end)
 
 
 def _update_parent(dataset: Any, label_field: str, **values: Any) -> None:
-    from fiftyone_lazsl.fo.runs import run_key
-
-    key = run_key(label_field)
-    info = dataset.get_run_info(key)
-    cfg = info.config
-    for k, v in values.items():
-        setattr(cfg, k, v)
-    dataset.update_run_config(key, cfg)
+    RunRecord.load(dataset, label_field).update(**values)
 
 
 def start_shard(dataset: Any, label_field: str, shard: dict) -> None:
-    """Mark shard ``shard["index"]`` running (called by ``run_lazsl``)."""
+    """Mark shard ``shard["index"]`` running (called by :func:`run_shard`)."""
     _collection().update_one(
         {"_id": _doc_id(dataset, label_field, shard["index"])},
         {"$set": {"dataset": dataset.name, "label_field": label_field,
@@ -248,8 +265,6 @@ def finish_shard(samples: Any, label_field: str, shard: dict, summary: Any, *,
                  complete: bool) -> None:
     """Record a shard's outcome, counted over its whole slice (so re-queued
     shards report every sample once), and aggregate into the parent run."""
-    from fiftyone_lazsl.fo.runs import output_fields
-
     dataset = dataset_of(samples)
     fields = output_fields(label_field)
     schema = dataset.get_field_schema()
@@ -304,8 +319,6 @@ def shard_status(dataset: Any, label_field: str) -> dict:
 
 
 def _operation_states(ids: list[str]) -> dict[str, str]:
-    from bson import ObjectId
-    from fiftyone.operators.delegated import DelegatedOperationService
 
     svc = DelegatedOperationService()
     out = {}
@@ -325,9 +338,6 @@ def requeue_shards(dataset: Any, label_field: str, *, stale: bool = False) -> li
     Returns:
         the new operation ids.
     """
-    from bson import ObjectId
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from fiftyone.operators.executor import ExecutionResult
 
     svc = DelegatedOperationService()
     coll = _collection()

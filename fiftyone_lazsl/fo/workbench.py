@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fiftyone_lazsl.fo.datasets import dataset_of
+from fiftyone_lazsl.fo.runs import get_run_config, recorded_attribute_set
 
 #: Loaded models reused between panel events (model, weights, device) -> LoadedModel.
 _MODELS: dict = {}
@@ -20,10 +21,8 @@ _MODELS: dict = {}
 def run_attribute_set(samples: Any, label_field: str) -> Any:
     """The attribute set of the run on ``label_field`` (the stored set of its
     name if unchanged, else rebuilt from the run record)."""
-    from fiftyone_lazsl.fo.doctor import _recorded_set
-    from fiftyone_lazsl.fo.runs import get_run_config
-
-    return _recorded_set(dataset_of(samples), get_run_config(dataset_of(samples), label_field))
+    dataset = dataset_of(samples)
+    return recorded_attribute_set(dataset, get_run_config(dataset, label_field))
 
 
 def edit_attribute_set(attribute_set: Any, class_name: str, attributes: Sequence[str]) -> Any:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fiftyone_lazsl.core.config import METHODS, LaZSLConfig
+from fiftyone_lazsl.core.config import METHODS, LaZSLConfig, OutputConfig
 import fiftyone.core.models as fom
 import fiftyone.utils.torch as fout
 
@@ -279,22 +279,17 @@ def load_model(model_name: str, model_path: str, **kwargs: Any) -> "LaZSLZooMode
             :func:`~fiftyone_lazsl.fo.store.resolve_attribute_set`.
     """
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
-    from fiftyone_lazsl.fo.apply import OutputOptions
 
     spec = zoo_model_spec(model_name)
     params, out = _split_kwargs(spec, kwargs)
-    opts = OutputOptions(top_k_crops=out.get("top_k_crops", "auto"),
-                         top_attributes=out.get("top_attributes", 5),
-                         evidence=out.get("evidence") or "compact",
-                         runner_ups=out.get("runner_ups", OutputOptions.runner_ups))
+    opts = OutputConfig.from_dict(
+        {k: v for k, v in out.items() if k != "attribute_set"}).resolved()
     cfg = LaZSLConfig().replace(**params)                  # validated before any weights
     if "pretrained" not in params:
         cfg = cfg.replace(pretrained=download_weights(model_name, model_path))
     aset = _attribute_set(out.get("attribute_set"), spec)
     clf = LaZSLClassifier(aset, config=cfg)
-    return LaZSLZooModel(clf, top_k_crops=opts.top_k_crops,
-                         top_attributes=opts.top_attributes, evidence=opts.evidence,
-                         runner_ups=opts.runner_ups, zoo_name=spec.name)
+    return LaZSLZooModel(clf, output=opts, zoo_name=spec.name)
 
 
 def _attribute_set(spec_value: Any, spec: ZooModelSpec):
@@ -414,14 +409,28 @@ class LaZSLGetItem(fout.GetItem):
 @dataclass
 class LaZSLZooModelConfig:
     """``model.config`` of a :class:`LaZSLZooModel` (FiftyOne reads
-    ``model.config``): the zoo name, the LaZSL parameters, the output options."""
+    ``model.config``): the zoo name, the LaZSL parameters, the output options
+    (resolved: ``top_k_crops`` None means every kept crop)."""
 
     zoo_name: str | None
     lazsl: LaZSLConfig
-    top_k_crops: int | None
-    top_attributes: int
-    evidence: str = "compact"
-    runner_ups: int = 1
+    output: OutputConfig
+
+    @property
+    def top_k_crops(self) -> int | None:
+        return self.output.top_k_crops
+
+    @property
+    def top_attributes(self) -> int:
+        return self.output.top_attributes
+
+    @property
+    def evidence(self) -> str:
+        return self.output.evidence
+
+    @property
+    def runner_ups(self) -> int:
+        return self.output.runner_ups
 
 
 class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptMixin,
@@ -430,10 +439,12 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
 
     Args:
         classifier: the built classifier (attribute set, weights, parameters).
-        top_k_crops, top_attributes, evidence, runner_ups: as for
-            :func:`~fiftyone_lazsl.fo.apply.run_lazsl` (``top_k_crops`` None: all
-            kept crops; :func:`load_model` resolves ``"auto"`` as run_lazsl does).
+        output: what the labels hold (:class:`OutputConfig`: ``top_k_crops``,
+            ``top_attributes``, ``evidence``, ``runner_ups``; resolved as
+            run_lazsl resolves it; default: every kept crop, compact evidence).
         zoo_name: the zoo model's name, if any.
+        **options: single :class:`OutputConfig` options overriding ``output``
+            (``top_k_crops=3``; None: every kept crop).
 
     ``predict_all`` returns per image a dict of labels (keys :data:`LABEL_KEYS`),
     built by :func:`fiftyone_lazsl.fo.apply.to_labels` like run_lazsl's:
@@ -451,15 +462,14 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
     ``[P, D]`` float32 unit text embeddings of the prompts as given.
     """
 
-    def __init__(self, classifier: Any, *, top_k_crops: int | None = None,
-                 top_attributes: int = 5, evidence: str = "compact", runner_ups: int = 1,
-                 zoo_name: str | None = None) -> None:
+    def __init__(self, classifier: Any, *, output: OutputConfig | None = None,
+                 zoo_name: str | None = None, **options: Any) -> None:
         fom.LogitsMixin.__init__(self)
         self.classifier = classifier
+        # (without ``output``: every kept crop, as this class always did)
+        output = (output or OutputConfig(top_k_crops="all")).replace(**options).resolved()
         self.config = LaZSLZooModelConfig(zoo_name=zoo_name, lazsl=classifier.lazsl_config,
-                                          top_k_crops=top_k_crops,
-                                          top_attributes=int(top_attributes),
-                                          evidence=evidence, runner_ups=int(runner_ups))
+                                          output=output)
         self._preprocess = True
         self._last_embeddings: np.ndarray | None = None
 
@@ -571,7 +581,7 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
             FiftyOne labels (see the class docstring), or None (nothing written)
             for an unreadable image or non-finite scores.
         """
-        from fiftyone_lazsl.core.pipeline import _non_finite  # same check as run_lazsl
+        from fiftyone_lazsl.core.pipeline import non_finite  # same check as run_lazsl
 
         items = self._inputs(args)
         out: list[dict | None] = [None] * len(items)
@@ -585,7 +595,7 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
                 logger.warning("%s: %s: %s; no labels written", items[i]["filepath"],
                                type(p).__name__, p)
                 continue
-            bad = _non_finite(p)
+            bad = non_finite(p)
             if bad:
                 logger.warning("%s: non-finite scores (%s); no labels written",
                                items[i]["filepath"], bad)
