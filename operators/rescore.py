@@ -13,6 +13,9 @@ from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.fo.runs import get_run_config, list_lazsl_fields
 
 from ._forms import fail_delegated, invalid, label_field_problem, plain, stream_progress
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.fo.rescore import rescore
+from fiftyone_lazsl.fo.doctor import attribute_doctor
 
 
 def stored_feature_fields(dataset) -> list:
@@ -68,8 +71,6 @@ class RescoreLaZSL(foo.Operator):
                                   view=_set_choices(ctx.dataset))
             spec = ctx.params.get("attribute_set")
             if spec:
-                from fiftyone_lazsl.core import published
-
                 spec = str(spec).strip()
                 try:  # a published set is checked on Execute (it may need a download)
                     if store.has_attribute_set(ctx.dataset, spec) or not published.is_published(spec):
@@ -110,8 +111,6 @@ class RescoreLaZSL(foo.Operator):
         return self._execute_immediate(ctx)
 
     def _rescore(self, ctx, progress):
-        from fiftyone_lazsl.fo.rescore import rescore
-
         p = ctx.params
         problem = label_field_problem(ctx.dataset, p.get("label_field"))
         if problem:
@@ -176,8 +175,6 @@ class AttributeDoctor(foo.Operator):
         yield ctx.ops.notify(f"{result['flagged']} attributes flagged", variant="success")
 
     def _doctor(self, ctx, progress):
-        from fiftyone_lazsl.fo.doctor import attribute_doctor
-
         p = ctx.params
         rep = attribute_doctor(ctx.target_view(), from_field=p["from_field"],
                                gt_field=p.get("gt_field") or None,

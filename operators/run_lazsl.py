@@ -40,6 +40,11 @@ from fiftyone_lazsl.fo.runs import list_lazsl_fields
 from ._forms import (DELEGATION_HELP, class_label_fields, fail_delegated, invalid,
                      label_field_problem, notice,
                      plain, stream_progress)
+from fiftyone_lazsl.core.models import check_weights
+import os
+from fiftyone.operators.executor import ExecutionOptions
+from fiftyone_lazsl.core.config import normalize_pretrained
+from fiftyone_lazsl.errors import RunConflictError
 
 #: Views with more samples than this default to delegated execution.
 DELEGATE_ABOVE = 200
@@ -148,8 +153,6 @@ _WEIGHTS_TTL_S = 120.0
 def _weights_problem(model: str, pretrained) -> str | None:
     """Why the weights cannot be loaded here (None if they can), cached for
     :data:`_WEIGHTS_TTL_S` seconds (the check may wait for the network)."""
-    from fiftyone_lazsl.core.models import check_weights
-
     key = (model, pretrained)
     hit = _WEIGHTS_CHECKS.get(key)
     if hit and time.time() - hit[0] < _WEIGHTS_TTL_S:
@@ -174,8 +177,6 @@ def _resolve_set(spec: str, dataset: Any) -> tuple[Any, str | None, str | None]:
         except UserError as e:
             return None, plain(e), None
     if published.is_published(spec):
-        import os
-
         if not os.path.isfile(os.path.expanduser(spec)):
             try:
                 path = published.find_local_copy(spec)
@@ -240,8 +241,6 @@ class RunLaZSL(foo.Operator):
         )
 
     def resolve_execution_options(self, ctx):
-        from fiftyone.operators.executor import ExecutionOptions
-
         try:
             large = len(ctx.target_view()) > DELEGATE_ABOVE
         except Exception:
@@ -300,8 +299,6 @@ class RunLaZSL(foo.Operator):
         pretrained = p["pretrained"] if "pretrained" in p else last.get(
             "pretrained", LaZSLConfig().pretrained)
         try:
-            from fiftyone_lazsl.core.config import normalize_pretrained
-
             weights_msg = _weights_problem(model, normalize_pretrained(pretrained))
         except UserError as e:
             weights_msg = plain(e)
@@ -348,8 +345,6 @@ class RunLaZSL(foo.Operator):
         kwargs = params_to_kwargs(p)
         if (p.get("label_field") or "lazsl") in list_lazsl_fields(ctx.dataset) and not (
                 p.get("overwrite") or p.get("skip_existing")):
-            from fiftyone_lazsl.errors import RunConflictError
-
             raise RunConflictError(
                 f"field {kwargs['label_field']!r} holds an earlier LaZSL run; pass overwrite=True "
                 "to replace it, or choose another label field")

@@ -13,6 +13,12 @@ import sys
 from typing import Any
 
 from fiftyone_lazsl.core.config import LaZSLConfig, OutputConfig
+from fiftyone_lazsl.errors import ConfigError
+import os
+import shutil
+import subprocess
+import signal
+from fiftyone_lazsl.cli import argtypes
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -48,8 +54,6 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _parse_devices(text: str) -> list[str]:
     """``--devices cuda:0,cuda:1`` (or ``cpu,cpu``): one worker per entry."""
-    from fiftyone_lazsl.errors import ConfigError
-
     devs = [d.strip() for d in text.split(",") if d.strip()]
     kinds = {d.split(":")[0] for d in devs}
     if not devs or not kinds <= {"cuda", "cpu"} or len(kinds) > 1:
@@ -64,10 +68,6 @@ def _parse_devices(text: str) -> list[str]:
 def _launch_workers(devices: list[str]) -> list:
     """One ``fiftyone delegated launch`` process per device; a CUDA worker
     sees only its GPU (``CUDA_VISIBLE_DEVICES``)."""
-    import os
-    import shutil
-    import subprocess
-
     exe = shutil.which("fiftyone") or os.path.join(os.path.dirname(sys.executable), "fiftyone")
     procs = []
     for d in devices:
@@ -81,9 +81,6 @@ def _launch_workers(devices: list[str]) -> list:
 
 def _classify_sharded(args: argparse.Namespace, config: LaZSLConfig, output: OutputConfig,
                       ds: Any, view: Any, devices: list[str] | None) -> int:
-    import os
-    import signal
-
     from fiftyone_lazsl.fo import shards
 
     shard_devices = None
@@ -130,8 +127,6 @@ def print_summary(summary) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fiftyone_lazsl.cli import argtypes
-
     p = sub.add_parser("classify", help="zero-shot classify a dataset with LaZSL (or wca/dclip/clip)")
     p.add_argument("--dataset", required=True, metavar="NAME")
     p.add_argument("--attributes", required=True, metavar="SET_OR_FILE",

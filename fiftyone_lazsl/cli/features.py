@@ -9,6 +9,7 @@ import logging
 import sys
 
 from fiftyone_lazsl.core.config import METHODS, LaZSLConfig, OutputConfig
+from fiftyone_lazsl.cli import argtypes
 
 
 def _mb(n: int) -> str:
@@ -73,8 +74,6 @@ _WCA_FLAGS = ("image_scale_log", "text_scale_log")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from fiftyone_lazsl.cli import argtypes
-
     p = sub.add_parser("features", help="manage the feature store (info, prune)")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION")
     fsub.required = True

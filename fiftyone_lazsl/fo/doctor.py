@@ -29,6 +29,16 @@ import numpy as np
 
 from fiftyone_lazsl.core.features import predict_entries
 from fiftyone_lazsl.fo.datasets import dataset_of
+import hashlib
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
+from fiftyone_lazsl.errors import ConfigError
+from fiftyone_lazsl.fo.rescore import stored_run
+from fiftyone_lazsl.fo.run import to_attribute_set
+from fiftyone_lazsl.fo.runs import recorded_attribute_set
+from fiftyone_lazsl.fo.store import derived_set_name, save_attribute_set
 
 
 
@@ -99,8 +109,6 @@ def class_slugs(classes: Any) -> dict[str, str]:
     classes whose slugs would collide (names differing only in punctuation
     or case, e.g. ``Crow/Raven`` and ``Crow Raven``) get the first 6 hex
     digits of the exact name's SHA-1 appended, so every class has its own."""
-    import hashlib
-
     base = {c: _slug(c) for c in classes}
     count: dict[str, int] = {}
     for b in base.values():
@@ -160,15 +168,6 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     Raises:
         ConfigError: ``from_field`` has no stored features; unknown ``gt_field``.
     """
-    from fiftyone_lazsl.core.attributes import AttributeSet
-    from fiftyone_lazsl.core.classifier import LaZSLClassifier
-    from fiftyone_lazsl.core.config import LaZSLConfig
-    from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
-    from fiftyone_lazsl.errors import ConfigError
-    from fiftyone_lazsl.fo.rescore import stored_run
-    from fiftyone_lazsl.fo.run import to_attribute_set
-    from fiftyone_lazsl.fo.runs import recorded_attribute_set
-
     dataset = dataset_of(samples)
     old = stored_run(samples, from_field)
     if gt_field is not None and gt_field not in dataset.get_field_schema():
@@ -333,9 +332,6 @@ def _save_views(dataset, from_field, report, ids, labels, contrib, max_views,
 
 
 def _save_pruned(dataset, aset, report, name) -> None:
-    from fiftyone_lazsl.core.attributes import AttributeSet
-    from fiftyone_lazsl.fo.store import derived_set_name, save_attribute_set
-
     drop = {(d.class_name, d.index): d.flags for d in report.flagged}
     new, removed = {}, []
     for c, attrs in aset.attributes.items():

@@ -258,6 +258,7 @@ class _Encoder:
         if clf.n_crops != spec["n_crops"]:
             enc = LaZSLClassifier(clf.attribute_set, model=clf.model,
                                   config=clf.lazsl_config.replace(method="lazsl"))
+        self.encoder = enc
         self.storing = StoringClassifier(enc, store, reuse=False)
         if self.storing.fingerprint != fp:  # pragma: no cover -- guarded by rescore()
             raise ConfigError("internal: encoder fingerprint differs from the store's")
@@ -267,19 +268,18 @@ class _Encoder:
     @property
     def visual_spec(self) -> Any:
         """The store's visual set (what the decode workers prepare)."""
-        return self.storing._clf.visual_spec
+        return self.encoder.visual_spec
 
     def predict_tensors(self, images: Any, keys: Any, sizes: Any = None,
                         scales: Any = None) -> list:
-        enc = self.storing._clf
+        enc = self.encoder
         prepared = [enc.prepare_views(im, k) for im, k in zip(images, keys)]
         return self.predict_prepared(prepared, sizes, scales)
 
     def predict_prepared(self, prepared: Any, sizes: Any = None, scales: Any = None) -> list:
         """Encode prepared visual sets with the store's visual set, store them,
         and score them with the re-scoring classifier."""
-        st = self.storing
-        enc = st._clf
+        st, enc = self.storing, self.encoder
         keys = [p.key for p in prepared]
         dims = [(int(p.width), int(p.height)) for p in prepared]
         sizes = list(sizes) if sizes is not None else dims

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import fiftyone as fo
 from fiftyone import ViewField as F
+from tqdm.auto import tqdm
 
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.config import ATTRIBUTE_METHODS, CROP_METHODS, LaZSLConfig, OutputConfig
@@ -371,8 +372,6 @@ def progress_reporter(progress: ProgressFn | bool | None, total: int) -> Callabl
     if progress is None or progress is False:
         return lambda done, label: None
     if progress is True:
-        from tqdm.auto import tqdm  # (only when a bar is asked for)
-
         bar = tqdm(total=total, unit="img")
 
         def tick(done: int, label: str) -> None:

@@ -13,6 +13,15 @@ import numpy as np
 
 from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import get_run_config, recorded_attribute_set
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.errors import AttributeSetError
+from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.config import LaZSLConfig
+from fiftyone_lazsl.core.models import load_model
+from fiftyone_lazsl.fo.rescore import stored_run
+from fiftyone_lazsl.core.features import FeatureStore, predict_entries
+from fiftyone import ViewField as F
+from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 #: Loaded models reused between panel events (model, weights, device) -> LoadedModel.
 _MODELS: dict = {}
@@ -40,9 +49,6 @@ def edit_attribute_set(attribute_set: Any, class_name: str, attributes: Sequence
     Raises:
         AttributeSetError: unknown class, or no attribute left.
     """
-    from fiftyone_lazsl.core.attributes import AttributeSet
-    from fiftyone_lazsl.errors import AttributeSetError
-
     c = attribute_set.resolve(class_name)
     if c is None:
         raise AttributeSetError(f"class {class_name!r} is not in attribute set {attribute_set.name!r}")
@@ -66,11 +72,6 @@ def edit_attribute_set(attribute_set: Any, class_name: str, attributes: Sequence
 def classifier_for(samples: Any, label_field: str, attribute_set: Any) -> Any:
     """A :class:`LaZSLClassifier` with the run's parameters and model (loaded
     once per process) for ``attribute_set``."""
-    from fiftyone_lazsl.core.classifier import LaZSLClassifier
-    from fiftyone_lazsl.core.config import LaZSLConfig
-    from fiftyone_lazsl.core.models import load_model
-    from fiftyone_lazsl.fo.rescore import stored_run
-
     old = stored_run(samples, label_field)
     cfg = LaZSLConfig.from_dict(old, strict=False)
     if cfg.method == "clip":
@@ -104,9 +105,6 @@ def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier
         logit), "num_classes", "previous_score", "previous_rank"}`` (previous
         figures from the stored logits; None where not stored), else None.
     """
-    from fiftyone_lazsl.core.features import FeatureStore, predict_entries
-    from fiftyone_lazsl.fo.rescore import stored_run
-
     ds = sample.dataset
     rec = stored_run(ds, label_field)["feature_store"]
     clf = classifier or classifier_for(ds, label_field, attribute_set)
@@ -151,10 +149,6 @@ def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
         ``{"params": {name: value}, "rows": [{"class", "count", "attributes"}]}``
         (rows by count, at most ``max_classes``).
     """
-    from fiftyone import ViewField as F
-
-    from fiftyone_lazsl.fo.runs import get_run_config, output_fields
-
     cfg = get_run_config(dataset_of(view), label_field)
     keys = ("method", "model", "pretrained", "attribute_set", "n_crops", "theta", "eps", "gamma",
             "seed", "random_weights")

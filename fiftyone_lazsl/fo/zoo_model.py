@@ -43,6 +43,25 @@ import fiftyone.core.models as fom
 import fiftyone.utils.torch as fout
 
 from fiftyone_lazsl.errors import ConfigError, ImageLoadError, WeightsUnavailableError
+from fiftyone_lazsl.errors import ModelNotFoundError
+import open_clip
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from fiftyone_lazsl.core.models import hub_reachable
+import torch
+from safetensors.torch import save_file
+from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.fo.store import resolve_attribute_set
+import dataclasses
+import fiftyone.operators.types as types
+from fiftyone_lazsl.fo.store import has_attribute_set, load_attribute_set
+from fiftyone_lazsl.core.imageio import load_image_tensor
+import fiftyone as fo
+from fiftyone_lazsl.core.imageio import image_to_tensor
+from fiftyone_lazsl.core.pipeline import non_finite
+from fiftyone_lazsl.fo.apply import to_labels
+from fiftyone_lazsl.core.crops import make_views
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +115,6 @@ def zoo_model_spec(model_name: str) -> ZooModelSpec:
     Raises:
         fiftyone_lazsl.errors.ModelNotFoundError: not a LaZSL zoo model.
     """
-    from fiftyone_lazsl.errors import ModelNotFoundError
-
     base = str(model_name).split("@", 1)[0]
     try:
         return ZOO_MODELS[base]
@@ -121,9 +138,6 @@ def _how_to_supply(spec: ZooModelSpec, model_path: str) -> str:
 def _hub_candidates(spec: ZooModelSpec) -> tuple[str, list[str]]:
     """``(repo_id, filenames)`` of the spec's weights on the Hugging Face Hub,
     from open_clip's pretrained config (``hf_hub``), safetensors first."""
-    import open_clip
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
     hub = spec.hf_hub or (open_clip.get_pretrained_cfg(spec.model, spec.pretrained) or {}).get(
         "hf_hub", "")
     if not hub:
@@ -143,10 +157,6 @@ def _fetch_from_hub(spec: ZooModelSpec, model_path: str) -> str:
     Raises:
         WeightsUnavailableError: not cached and the hub is unreachable.
     """
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-    from fiftyone_lazsl.core.models import hub_reachable
-
     repo, names = _hub_candidates(spec)
     for fn in names:
         p = try_to_load_from_cache(repo, fn)
@@ -197,9 +207,6 @@ def download_weights(model_name: str, model_path: str) -> str:
         if src.endswith(".safetensors"):
             shutil.copyfile(src, tmp)
         else:
-            import torch
-            from safetensors.torch import save_file
-
             sd = torch.load(src, map_location="cpu", weights_only=True)
             sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
             save_file({k: v.contiguous() for k, v in sd.items()}, tmp)
@@ -278,8 +285,6 @@ def load_model(model_name: str, model_path: str, **kwargs: Any) -> "LaZSLZooMode
             message says how to supply them); errors of
             :func:`~fiftyone_lazsl.fo.store.resolve_attribute_set`.
     """
-    from fiftyone_lazsl.core.classifier import LaZSLClassifier
-
     spec = zoo_model_spec(model_name)
     params, out = _split_kwargs(spec, kwargs)
     opts = OutputConfig.from_dict(
@@ -293,9 +298,6 @@ def load_model(model_name: str, model_path: str, **kwargs: Any) -> "LaZSLZooMode
 
 
 def _attribute_set(spec_value: Any, spec: ZooModelSpec):
-    from fiftyone_lazsl.core.attributes import AttributeSet
-    from fiftyone_lazsl.fo.store import resolve_attribute_set
-
     if spec_value is None or (isinstance(spec_value, str) and not spec_value.strip()):
         raise ConfigError(
             f"zoo model {spec.name!r} needs attribute_set=: a published set name (e.g. 'cub'), "
@@ -321,10 +323,6 @@ def resolve_input(model_name: str, ctx: Any) -> Any:
     Returns:
         a ``fiftyone.operators.types.Property`` over a ``types.Object``.
     """
-    import dataclasses
-
-    import fiftyone.operators.types as types
-
     zoo_model_spec(model_name)
     inputs = types.Object()
     inputs.str("attribute_set", required=True, label="Attribute set",
@@ -365,8 +363,6 @@ def parse_parameters(model_name: str, ctx: Any, params: dict) -> None:
     name = params.get("attribute_set")
     dataset = getattr(ctx, "dataset", None)
     if isinstance(name, str) and dataset is not None:
-        from fiftyone_lazsl.fo.store import has_attribute_set, load_attribute_set
-
         if has_attribute_set(dataset, name):
             params["attribute_set"] = load_attribute_set(dataset, name)
 
@@ -376,8 +372,6 @@ def _decode(path: str) -> dict:
     """What :class:`LaZSLGetItem` returns for one sample: the decoded image as
     ``run_lazsl``'s decoding workers produce it, or the one-line reason it
     could not be read."""
-    from fiftyone_lazsl.core.imageio import load_image_tensor
-
     try:
         t, info = load_image_tensor(path)
         return {"filepath": path, "image": t, "info": info, "error": None}
@@ -531,10 +525,6 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
         tensors / PIL images when called directly or on video frames) to
         LaZSLGetItem dicts. Arrays have no file path: their crop-seed key is
         ``"sha1:<digest of the pixels>"`` (so independent of batch position)."""
-        import torch
-
-        from fiftyone_lazsl.core.imageio import image_to_tensor
-
         items = []
         for a in args:
             if isinstance(a, dict) and "error" in a:
@@ -581,8 +571,6 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
             FiftyOne labels (see the class docstring), or None (nothing written)
             for an unreadable image or non-finite scores.
         """
-        from fiftyone_lazsl.core.pipeline import non_finite  # same check as run_lazsl
-
         items = self._inputs(args)
         out: list[dict | None] = [None] * len(items)
         ok = [i for i, it in enumerate(items) if it["error"] is None]
@@ -604,8 +592,6 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
         return out
 
     def _predict_tensors(self, items: list[dict]) -> list[Any]:
-        import torch
-
         clf = self.classifier
 
         def run(group: list[dict]) -> list:
@@ -633,10 +619,6 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
 
     def _labels(self, pred: Any) -> dict:
         """run_lazsl's labels for ``pred`` (via ``to_labels``), as a label dict."""
-        import fiftyone as fo
-
-        from fiftyone_lazsl.fo.apply import to_labels
-
         cls, dets, attrs = to_labels(pred, self.classifier, top_k_crops=self.config.top_k_crops,
                                      top_attributes=self.config.top_attributes,
                                      evidence=self.config.evidence,
@@ -663,10 +645,6 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
             ImageLoadError: an image could not be read (FiftyOne's
                 ``compute_embeddings`` then skips the batch with a warning).
         """
-        import torch
-
-        from fiftyone_lazsl.core.crops import make_views
-
         items = self._inputs(args)
         for it in items:
             if it["error"] is not None:
@@ -712,8 +690,6 @@ def _attributes_label(attrs: Sequence[str], pred: Any, classifier: Any) -> Any:
     one ``Classification`` per name, same order, ``confidence`` = the
     attribute's score contribution in ``pred.attribute_scores`` for the
     predicted class, ``attribute_index`` its index in the class's attributes."""
-    import fiftyone as fo
-
     c = pred.label_index
     names = list(classifier.attribute_labels[c])
     scores = pred.attribute_scores[c] if pred.attribute_scores is not None else None
