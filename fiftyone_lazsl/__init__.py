@@ -5,7 +5,7 @@ Public API::
     from fiftyone_lazsl import (
         AttributeSet, LaZSLConfig, OutputConfig, LaZSLClassifier, lazsl_scores, wca_scores,
         dclip_scores, clip_scores, load_model, run_lazsl, audit_labels, evaluate_methods, rescore,
-        attribute_doctor, FeatureStore,
+        attribute_doctor, DoctorConfig, FeatureStore,
     )
 
 Every name loads its module on first use (``import fiftyone_lazsl`` imports
@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate_methods": "fiftyone_lazsl.fo.evaluate",
     "rescore": "fiftyone_lazsl.fo.rescore",
     "attribute_doctor": "fiftyone_lazsl.fo.doctor",
+    "DoctorConfig": "fiftyone_lazsl.fo.doctor",
     "FeatureStore": "fiftyone_lazsl.core.features",
     "UserError": "fiftyone_lazsl.errors",
     "ConfigError": "fiftyone_lazsl.errors",

@@ -21,6 +21,7 @@ flagged attribute and a proposed pruned attribute set.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,59 @@ from fiftyone_lazsl.fo.run import to_attribute_set
 from fiftyone_lazsl.fo.runs import recorded_attribute_set
 from fiftyone_lazsl.fo.store import derived_set_name, save_attribute_set
 
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    """What :func:`attribute_doctor` flags and how far it looks.
+
+    Attributes:
+        dup_threshold: text-embedding cosine at or above which two attributes
+            are near-duplicates, in ``[0, 1]``.
+        min_auc: attributes whose AUC is below this are flagged ``"weak"``
+            (only when the class has samples and non-samples in the view).
+        min_top_rate: attributes whose ``top_rate`` is at or below this are
+            flagged ``"never-top"`` (default 0: no crop ever prefers it).
+        max_views: at most this many saved views (>= 0).
+        batch_size: samples scored per batch (>= 1).
+        all_classes: diagnose every class of the set; by default only the
+            classes present in the samples (their ``gt_field`` labels, else the
+            run's predictions) are diagnosed, and the proposed pruned set
+            changes only those (the other classes are copied unchanged).
+
+    Raises:
+        ConfigError: a value out of its domain, naming it.
+    """
+
+    dup_threshold: float = 0.95
+    min_auc: float = 0.55
+    min_top_rate: float = 0.0
+    max_views: int = 50
+    batch_size: int = 64
+    all_classes: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("dup_threshold", "min_auc", "min_top_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise ConfigError(f"{name} must be a number in [0, 1], got {v!r}")
+        for name, lo in (("max_views", 0), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+    def replace(self, **changes: Any) -> "DoctorConfig":
+        """A copy with some fields changed (validated).
+
+        Raises:
+            ConfigError: an unknown field or a bad value.
+        """
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(f"unknown doctor parameter(s): {', '.join(unknown)}; expected "
+                              f"some of: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -119,12 +173,9 @@ def class_slugs(classes: Any) -> dict[str, str]:
 
 
 def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = None,
-                     attribute_set: Any = None, dup_threshold: float = 0.95,
-                     min_auc: float = 0.55, min_top_rate: float = 0.0,
-                     save_views: bool = True, max_views: int = 50,
-                     save_pruned_as: str | None = "", model: Any = None,
-                     batch_size: int = 64, all_classes: bool = False,
-                     progress: Any = None) -> DoctorReport:
+                     attribute_set: Any = None, config: DoctorConfig | None = None,
+                     save_views: bool = True, save_pruned_as: str | None = "",
+                     model: Any = None, progress: Any = None, **params: Any) -> DoctorReport:
     """Diagnose an attribute set on ``samples`` from the features stored by
     the run on ``from_field``.
 
@@ -134,19 +185,14 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
         gt_field: Classification field giving each sample's class for the AUC
             (default: the run's predicted labels in ``from_field``).
         attribute_set: the set to diagnose (default: the run's, as recorded).
-        dup_threshold: text-embedding cosine at or above which two attributes
-            are near-duplicates.
-        min_auc: attributes whose AUC is below this are flagged ``"weak"``
-            (only when the class has samples and non-samples in the view).
-        min_top_rate: attributes whose ``top_rate`` is at or below this are
-            flagged ``"never-top"`` (default 0: no crop ever prefers it).
+        config: the thresholds and scope (:class:`DoctorConfig`);
+            ``**params`` override single fields (``min_auc=0.6``).
         save_views: save one view per flagged attribute that holds samples
             (``doctor-<from_field>-<class>-<i>``, so a dataset's doctor views
             list together by field and class: the class's samples, ordered by
             the attribute's contribution, highest first; classes whose names
             differ only in punctuation or case get a short hash of the exact
-            name, e.g. ``crow-raven-1a2b3c``).
-        max_views: at most this many saved views.
+            name, e.g. ``crow-raven-1a2b3c``); at most ``config.max_views``.
         save_pruned_as: name for the proposed pruned set ("" = ``<set>-pruned``,
             shortened with a digest when that exceeds 64 characters, see
             :func:`fiftyone_lazsl.fo.store.derived_set_name`;
@@ -154,11 +200,6 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
             of each near-duplicate group and never emptying a class) and
             records ``parent`` and the removed attributes in its metadata.
         model: a loaded model to use (see :func:`fiftyone_lazsl.rescore`).
-        batch_size: samples scored per batch.
-        all_classes: diagnose every class of the set; by default only the
-            classes present in ``samples`` (their ``gt_field`` labels, else the
-            run's predictions) are diagnosed, and the proposed pruned set
-            changes only those (the other classes are copied unchanged).
         progress: ``progress(fraction, stage_text)`` called as the stages
             advance (encoding prompts, scoring ``k/N`` samples, saving), or None.
 
@@ -166,8 +207,12 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
         a :class:`DoctorReport`.
 
     Raises:
-        ConfigError: ``from_field`` has no stored features; unknown ``gt_field``.
+        ConfigError: ``from_field`` has no stored features; unknown ``gt_field``;
+            a threshold out of its domain.
     """
+    dc = (config or DoctorConfig()).replace(**params)
+    dup_threshold, min_auc, min_top_rate = dc.dup_threshold, dc.min_auc, dc.min_top_rate
+    max_views, batch_size, all_classes = dc.max_views, dc.batch_size, dc.all_classes
     dataset = dataset_of(samples)
     old = stored_run(samples, from_field)
     if gt_field is not None and gt_field not in dataset.get_field_schema():
