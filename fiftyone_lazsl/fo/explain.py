@@ -293,7 +293,8 @@ def panel_content(explanation: dict) -> dict:
         if g["index"] is None:
             lines.append(f"**Ground truth:** {g['label']} (not among this run's classes)")
         elif e["gt_differs"]:
-            lines.append(f"**Ground truth:** {g['label']} (score {_fmt(g['score'], 4)}, rank {g['rank']}) differs from the prediction")
+            lines.append(f"**Ground truth:** {g['label']} (score {_fmt(g['score'], 4)}, "
+                         f"rank {g['rank']}) differs from the prediction")
         else:
             lines.append(f"**Ground truth:** {g['label']} agrees with the prediction")
     content = {

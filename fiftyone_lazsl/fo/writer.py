@@ -218,7 +218,7 @@ class BackgroundWriter:
                 break
             except queue.Full:
                 if not self._thread.is_alive():
-                    raise WriterError("the writer thread stopped")
+                    raise WriterError("the writer thread stopped") from None
         self.seconds_blocked += time.perf_counter() - t0
 
     def put(self, sample_id: str, values: dict) -> None:
