@@ -53,6 +53,8 @@ ENTRY_POINTS = (
     ("fiftyone_lazsl.fo.zoo_model", "LaZSLZooModelConfig"),
     ("fiftyone_lazsl.fo.zoo_model", "LaZSLZooModel.__init__"),
 )
+#: Documented public names of the standard library that start with an underscore.
+PUBLIC_UNDERSCORED = frozenset({("os", "_exit"), ("sys", "_getframe"), ("sys", "_exit")})
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ class _ModuleVisitor:
             elif not middle.islower() or _is_private(middle):
                 return  # outside the package: a class or a private name in the chain
             owner = nxt
-        if _is_private(chain[-1]):
+        if _is_private(chain[-1]) and (owner, chain[-1]) not in PUBLIC_UNDERSCORED:
             self.private.append(PrivateUse(self.name, node.lineno, owner, chain[-1],
                                            "attribute", self._internal(owner)))
 
