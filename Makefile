@@ -23,7 +23,11 @@ browser:
 	  || echo "warning: could not install chromium; the browser test will be skipped"; \
 	else echo "note: chromium/chromedriver not installed; the browser test will be skipped"; fi
 
+# Lint and format checks first (configuration: [tool.ruff] in pyproject.toml;
+# scripts/lint_fix.sh applies ruff's fixes and formatting), then the suite.
 test: venv browser
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: venv

@@ -16,6 +16,9 @@ if _HERE not in sys.path:
     # Lets the plugin import the library straight from a checkout.
     sys.path.insert(0, _HERE)
 
+# After the path set-up above, which lets a checkout's library be found.
+from fiftyone_lazsl.fo import check_fiftyone_version  # noqa: E402
+
 
 def _operator_modules():
     pkg_dir = os.path.join(_HERE, "operators")
@@ -32,8 +35,6 @@ def register(p):
         fiftyone_lazsl.errors.DependencyError: FiftyOne is older than the plugin
             needs (one clear line in the App's plugin errors).
     """
-    from fiftyone_lazsl.fo import check_fiftyone_version
-
     check_fiftyone_version()
     for mod in _operator_modules():
         for cls in getattr(mod, "OPERATORS", ()):

@@ -6,11 +6,19 @@ delegated run with a message, and form checks of dataset fields.
 
 from __future__ import annotations
 
+import functools
+import queue
+import threading
 from typing import Any, Callable, Generator
 
+import fiftyone as fo
 import fiftyone.operators.types as types
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionResult
 
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.apply import check_label_field
+from fiftyone_lazsl.fo.fields import ground_truth_fields
 
 #: What the forms say about scheduling in open-source FiftyOne.
 DELEGATION_HELP = (
@@ -37,9 +45,6 @@ def fail_delegated(ctx: Any, message: str) -> dict:
     private ``ctx._delegated_operation_id`` is read here. Without it, the
     error is raised as :class:`UserError` (FiftyOne then records the traceback).
     """
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from fiftyone.operators.executor import ExecutionResult
-
     op_id = getattr(ctx, "_delegated_operation_id", None)
     if op_id is None:
         raise UserError(message)
@@ -51,8 +56,6 @@ def fail_delegated(ctx: Any, message: str) -> dict:
 def class_label_fields(dataset: Any) -> list[str]:
     """Top-level ``Classification`` fields holding class labels that are not
     outputs of a LaZSL run (the only fields offered as classes / ground truth)."""
-    from fiftyone_lazsl.fo.fields import ground_truth_fields
-
     return sorted(ground_truth_fields(dataset)) if dataset is not None else []
 
 
@@ -63,8 +66,6 @@ def field_problem(dataset: Any, name: str | None, kinds: tuple, what: str) -> st
         kinds: accepted embedded document types (e.g. ``(fo.Classification,)``).
         what: how the message names the accepted kind ("a Classification field").
     """
-    import fiftyone as fo
-
     if not name:
         return None
     schema = dataset.get_field_schema(flat=True)
@@ -82,8 +83,6 @@ def label_field_problem(dataset: Any, label_field: Any) -> str | None:
     field uses, the same one the library runs before writing
     (:func:`fiftyone_lazsl.fo.apply.check_label_field`: a plain top-level
     name, not another run's outputs, not a field no LaZSL run wrote)."""
-    from fiftyone_lazsl.fo.apply import check_label_field
-
     if dataset is None:
         return None
     try:
@@ -112,8 +111,6 @@ def user_errors(execute: Callable) -> Callable:
     as the result (shown by the operator's output view), or a failed delegated
     operation with that line as its message. Other exceptions propagate with
     their traceback."""
-    import functools
-
     @functools.wraps(execute)
     def wrapper(self: Any, ctx: Any) -> Any:
         try:
@@ -146,9 +143,6 @@ def stream_progress(ctx: Any, work: Callable[[Callable[[float, str], None]], Any
     ``progress(fraction, label)`` call while it runs, and returns what
     ``work`` returned (``result = yield from stream_progress(ctx, work)``).
     An exception of ``work`` is raised here, in the operator's thread."""
-    import queue
-    import threading
-
     events, out = queue.Queue(), {}
 
     def run() -> None:

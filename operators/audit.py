@@ -9,6 +9,7 @@ Both act on the target view (dataset, current view or selected samples).
 
 from typing import Any
 
+import fiftyone as fo
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
@@ -29,8 +30,6 @@ def _dropdown(choices):
 def _add_gt_input(inputs: types.Object, ctx: Any) -> None:
     """The ground-truth dropdown (Classification fields that are not LaZSL
     outputs); a typed name that is not one is invalid with the reason."""
-    import fiftyone as fo
-
     gts = class_label_fields(ctx.dataset)
     prop = inputs.str("gt_field", required=True,
                       default="ground_truth" if "ground_truth" in gts else (gts[0] if gts else None),
@@ -134,7 +133,6 @@ class EvaluateMethods(foo.Operator):
             choices.add_choice(f, label=f)
         preds = inputs.list("pred_fields", types.String(), required=True, default=runs,
                             label="Prediction fields", view=choices)
-        import fiftyone as fo
 
         for f in ctx.params.get("pred_fields") or []:
             problem = field_problem(ctx.dataset, f, (fo.Classification,), "a Classification field")

@@ -11,14 +11,20 @@ and ground-truth field from dropdowns, asks
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone import ViewField as F
 
+from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo.fields import ground_truth_fields
 from fiftyone_lazsl.fo.explain import (
     explain_sample,
     matched_attribute_view,
     panel_content,
 )
+from fiftyone_lazsl.fo.rescore import rescore
 from fiftyone_lazsl.fo.runs import get_run_config, latest_lazsl_field, list_lazsl_fields
+from fiftyone_lazsl.fo.store import safe_set_name, save_attribute_set
+from fiftyone_lazsl.fo.workbench import (edit_attribute_set, grid_summary, rescore_sample,
+                                         run_attribute_set)
 
 _NO_GT = "(none)"
 #: Separator of attributes in the workbench's text field.
@@ -118,8 +124,6 @@ class LazslExplanationsPanel(foo.Panel):
 
     def filter_class(self, ctx):
         """Grid mode: show the samples predicted as the clicked class."""
-        from fiftyone import ViewField as F
-
         params = dict(ctx.params or {})
         params.update(getattr(ctx, "event_args", None) or {})
         label_field = ctx.panel.get_state("shown_field")
@@ -131,8 +135,6 @@ class LazslExplanationsPanel(foo.Panel):
     # -- attribute workbench ----------------------------------------------------
 
     def _run_set(self, ctx):
-        from fiftyone_lazsl.fo.workbench import run_attribute_set
-
         return run_attribute_set(ctx.dataset, ctx.panel.get_state("shown_field"))
 
     def _edits(self, ctx, run_set=None) -> dict:
@@ -155,8 +157,6 @@ class LazslExplanationsPanel(foo.Panel):
         return edits
 
     def _edited_set(self, ctx, edits, run_set):
-        from fiftyone_lazsl.fo.workbench import edit_attribute_set
-
         aset = run_set
         for c, attrs in edits.items():
             aset = edit_attribute_set(aset, c, attrs)
@@ -173,9 +173,6 @@ class LazslExplanationsPanel(foo.Panel):
 
     def wb_rescore_sample(self, ctx):
         """Re-score the open sample with the edited set (nothing written)."""
-        from fiftyone_lazsl.errors import UserError
-        from fiftyone_lazsl.fo.workbench import rescore_sample
-
         label_field = ctx.panel.get_state("shown_field")
         try:
             run_set = self._run_set(ctx)
@@ -193,9 +190,6 @@ class LazslExplanationsPanel(foo.Panel):
 
     def wb_rescore_view(self, ctx):
         """Re-score the current view with the edited set into the target field."""
-        from fiftyone_lazsl.errors import UserError
-        from fiftyone_lazsl.fo.rescore import rescore
-
         label_field = ctx.panel.get_state("shown_field")
         run_set = self._run_set(ctx)
         edits = self._edits(ctx, run_set)
@@ -214,9 +208,6 @@ class LazslExplanationsPanel(foo.Panel):
 
     def wb_save(self, ctx):
         """Save the edited set on the dataset (its metadata records parent and edits)."""
-        from fiftyone_lazsl.errors import UserError
-        from fiftyone_lazsl.fo.store import safe_set_name, save_attribute_set
-
         run_set = self._run_set(ctx)
         edits = self._edits(ctx, run_set)
         ctx.panel.set_state("wb_edits", edits)
@@ -272,7 +263,6 @@ class LazslExplanationsPanel(foo.Panel):
             content = {"summary": "**No LaZSL run on this dataset.** Run `run_lazsl` first."}
         elif not ctx.current_sample:
             content = {"summary": "Open a sample to see its LaZSL explanation."}
-            from fiftyone_lazsl.fo.workbench import grid_summary
             try:
                 grid = grid_summary(ctx.view if ctx.view is not None else ctx.dataset, label_field)
             except Exception:  # noqa: BLE001 -- the grid summary is optional
@@ -321,7 +311,6 @@ class LazslExplanationsPanel(foo.Panel):
                 return {}
         except ValueError:
             return {}
-        from fiftyone_lazsl.fo.workbench import run_attribute_set
 
         aset = run_attribute_set(ctx.dataset, label_field)
         classes = []

@@ -56,7 +56,7 @@ def section(md: pathlib.Path) -> str:
                 + (f", [`{meta_file.name}`](../{meta_file.relative_to(REPO).as_posix()})"
                    if meta_file.is_file() else "") + ".")
     png = md.with_suffix(".png")
-    out = head + [""] + [("#" + l if l.startswith("## ") else l) for l in body]
+    out = head + [""] + [("#" + line if line.startswith("## ") else line) for line in body]
     if png.is_file():
         out += ["", f"![{md.stem}](../{png.relative_to(REPO).as_posix()})"]
     return "\n".join(out).strip("\n")

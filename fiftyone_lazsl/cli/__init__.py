@@ -8,9 +8,18 @@ the handler is stored as ``func`` on the parsed namespace. User errors
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import logging
+import os
 import sys
+import threading
+import time
 from typing import Any
+
+from fiftyone_lazsl import __version__
+from fiftyone_lazsl.env import validate_environment
+from fiftyone_lazsl.errors import UserError
 
 # Modules of this package that add sub-commands, in help order.
 COMMAND_MODULES = (
@@ -35,8 +44,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _version() -> str:
-    from fiftyone_lazsl import __version__
-
     return __version__
 
 
@@ -76,10 +83,6 @@ def expected_failure(e: BaseException) -> str | None:
     a full disk or quota, a read-only file system, and MongoDB being
     unreachable or stalled (after the bounded retries of the write path).
     """
-    import errno as _errno
-
-    from fiftyone_lazsl.errors import UserError
-
     if isinstance(e, UserError):
         return str(e)
     db = _database_error(e)
@@ -92,9 +95,9 @@ def expected_failure(e: BaseException) -> str | None:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         if isinstance(e, (FileNotFoundError, PermissionError, FileExistsError,
                           NotADirectoryError, IsADirectoryError)) or e.errno in (
-                _errno.ENOSPC, _errno.EDQUOT, _errno.EROFS, _errno.EACCES, _errno.EPERM,
-                _errno.ENOENT, _errno.EISDIR, _errno.ENOTDIR, _errno.EEXIST,
-                _errno.ENAMETOOLONG, _errno.EFBIG):
+                errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+                errno.ENAMETOOLONG, errno.EFBIG):
             return f"{where}{e.strerror or e}"
         return None
     return None
@@ -140,9 +143,6 @@ class ProgressLines:
     ends; reaching 100 % closes it too."""
 
     def __init__(self, out: Any = None, every_s: float = 5.0) -> None:
-        import threading
-        import time
-
         self.out = out or sys.stderr
         self.every_s = float(every_s)
         self._t0 = time.time()
@@ -165,8 +165,6 @@ class ProgressLines:
               flush=True)
 
     def __call__(self, fraction: float, label: str) -> None:
-        import time
-
         with self._lock:
             if self._closed.is_set():
                 return
@@ -178,8 +176,6 @@ class ProgressLines:
                 self._closed.set()
 
     def _tick(self) -> None:
-        import time
-
         while not self._closed.wait(min(1.0, self.every_s / 5)):
             with self._lock:
                 now = time.time()
@@ -218,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     (``argv=None``), Ctrl-C exits at once without waiting for abandoned
     worker threads (network requests in flight).
     """
-    import logging
-
     _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -228,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         logging.getLogger("fiftyone.core.odm.database").addFilter(_QuietMongoNotice())
     try:
-        from fiftyone_lazsl.env import validate_environment
-
         validate_environment()
         rc = args.func(args)
         sys.stdout.flush()
@@ -270,8 +262,6 @@ def _tolerant_streams() -> None:
 def _silence_stdout() -> None:
     """Point stdout at the null device, so that the interpreter's final flush
     after a closed pipe prints no "Exception ignored" message."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -284,9 +274,6 @@ def _exit_now(code: int) -> None:
     """Flush and leave without interpreter shutdown (which would wait on
     abandoned threads and atexit hooks); everything the command keeps was
     written before the interrupt reached here."""
-    import logging
-    import os
-
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -7,6 +7,7 @@ parameters, including the 64-bit range MongoDB can store.)"""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable
 
 #: The integers MongoDB stores (BSON int64).
@@ -40,8 +41,6 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], i
 
 def float_range(lo: float | None = None) -> Callable[[str], float]:
     """An argparse ``type``: a finite number ``>= lo``."""
-    import math
-
     def parse(text: str) -> float:
         try:
             v = float(text)

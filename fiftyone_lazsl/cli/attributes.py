@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import difflib
 
+from fiftyone_lazsl.cli import attributes_generate
+from fiftyone_lazsl.cli.doctor import add_doctor
+from fiftyone_lazsl.core import published
 from fiftyone_lazsl.core.attributes import FORMATS, class_key
 from fiftyone_lazsl.errors import UserError
 
@@ -27,7 +30,6 @@ def register(subparsers) -> None:
     )
     attr_sub = p.add_subparsers(dest="attributes_command", metavar="ACTION")
     attr_sub.required = True
-    from fiftyone_lazsl.cli.doctor import add_doctor
 
     add_doctor(attr_sub)
 
@@ -66,8 +68,6 @@ def register(subparsers) -> None:
 
     pub = attr_sub.add_parser("published", help="list the published attribute sets")
     pub.set_defaults(func=_published)
-
-    from fiftyone_lazsl.cli import attributes_generate
 
     attributes_generate.register(attr_sub)
 
@@ -158,8 +158,6 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _published(args: argparse.Namespace) -> int:
-    from fiftyone_lazsl.core import published
-
     rows = [("name", "classes", "empty", "origin", "local copy", "url")]
     for e in published.list_published():
         try:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import sys
 
+from fiftyone_lazsl.core import classnames
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.llm.generate import DEFAULT_N, generate_attribute_set
+from fiftyone_lazsl.llm.secrets import resolve_api_key
 
 
 def register(attributes_subparsers) -> None:
     """Add the ``generate`` action to the ``attributes`` command group."""
-    from fiftyone_lazsl.llm.generate import DEFAULT_N
-
     p = attributes_subparsers.add_parser(
         "generate",
         help="generate an attribute set with an LLM (OpenAI or a local OpenAI-compatible server)",
@@ -63,10 +64,6 @@ def _progress(done, total, result):
 
 
 def _generate(args) -> int:
-    from fiftyone_lazsl.core import classnames
-    from fiftyone_lazsl.llm.generate import generate_attribute_set
-    from fiftyone_lazsl.llm.secrets import resolve_api_key
-
     if args.classes and args.field:
         raise UserError("give either --dataset NAME --field F or --classes FILE, not both")
     if not args.classes and not (args.dataset and args.field):

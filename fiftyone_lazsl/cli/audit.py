@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from fiftyone_lazsl.cli.argtypes import int_range, tag
 
 
 def _audit(args) -> int:
@@ -47,8 +48,6 @@ def _evaluate(args) -> int:
 
 
 def register(sub) -> None:
-    from fiftyone_lazsl.cli.argtypes import int_range, tag
-
     """Add the ``audit`` and ``evaluate`` commands to the CLI's sub-parsers."""
     p = sub.add_parser(
         "audit", help="rank likely label errors and write attribute evidence",

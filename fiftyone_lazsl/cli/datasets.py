@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import logging
+import sys
+
+from fiftyone_lazsl.cli.argtypes import int_range
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,6 @@ def import_folder(directory: str, dataset_name: str, *, overwrite: bool = False,
 
 
 def _import_folder(args) -> int:
-    import sys
-
     from fiftyone_lazsl.fo.import_folder import import_image_folder
 
     res = import_image_folder(args.directory, args.dataset, overwrite=args.overwrite)
@@ -73,8 +74,6 @@ def _app(args) -> int:
 
 
 def register(sub) -> None:
-    from fiftyone_lazsl.cli.argtypes import int_range
-
     p = sub.add_parser("import-folder", help="create a dataset from DIR/<class>/<image> folders "
                                              "(images only, detected by content)")
     p.add_argument("directory", metavar="DIR")

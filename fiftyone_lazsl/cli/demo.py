@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 from typing import TYPE_CHECKING
 
-from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl import env
+from fiftyone_lazsl.cli import progress_lines
+from fiftyone_lazsl.cli.datasets import import_folder
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.config import normalize_pretrained
+from fiftyone_lazsl.core.published import load_published
+from fiftyone_lazsl.errors import UserError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     from fiftyone_lazsl.core.models import LoadedModel
@@ -64,9 +73,7 @@ def _subset(directory: pathlib.Path, per_class: int, out: pathlib.Path) -> pathl
 
 
 def _choose_weights(model: str, tag: str | None) -> tuple["LoadedModel", bool]:
-    from fiftyone_lazsl.core.config import normalize_pretrained
     from fiftyone_lazsl.core.models import load_model
-    from fiftyone_lazsl.errors import WeightsUnavailableError
 
     if normalize_pretrained(tag) is None:
         return load_model(model, None), False
@@ -83,10 +90,6 @@ def _register_published_copy(name: str, local_dirs: list[str]) -> str | None:
     used into the published-set cache, so ``--attributes <name>`` works
     afterwards without network or ``$FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS``.
     Returns the cached path, or None when ``name`` is not a published set."""
-    import shutil
-
-    from fiftyone_lazsl.core import published
-
     if not published.is_published(name):
         return None
     found = published.find_local_copy(name, local_dirs=local_dirs)
@@ -121,12 +124,7 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     """
     from fiftyone_lazsl.fo.apply import run_lazsl
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
-    from fiftyone_lazsl.core.published import load_published
     from fiftyone_lazsl.fo.store import save_attribute_set
-    from fiftyone_lazsl.core.attributes import AttributeSet
-    from fiftyone_lazsl.cli.datasets import import_folder
-
-    from fiftyone_lazsl import env
 
     images = pathlib.Path(images or env.get("DEMO_IMAGES") or DEFAULT_IMAGES)
     if not images.is_dir():
@@ -144,7 +142,6 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
 
     source = images
     if per_class:
-        import tempfile
         source = _subset(images, per_class, pathlib.Path(tempfile.mkdtemp(prefix="lazsl-demo-")))
     ds = import_folder(str(source), dataset_name, overwrite=True)
     # Point samples at the real files rather than the temporary links.
@@ -155,7 +152,6 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
 
     loaded, real = _choose_weights(model, pretrained)
     clf = LaZSLClassifier(aset, loaded, n_crops=n_crops, seed=seed, batch_size=batch_size)
-    from fiftyone_lazsl.cli import progress_lines
 
     progress = True if sys.stderr.isatty() else progress_lines(out, every_s=5.0)
     try:
@@ -193,8 +189,6 @@ def cli_command() -> str:
     """How to call ``fiftyone-lazsl`` from a shell here: the bare name when it
     is on ``PATH``, else the full path of the script next to this interpreter,
     else ``<python> -m fiftyone_lazsl.cli``."""
-    import shutil
-
     if shutil.which("fiftyone-lazsl"):
         return "fiftyone-lazsl"
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
@@ -204,8 +198,6 @@ def cli_command() -> str:
 
 
 def _demo(args) -> int:
-    from fiftyone_lazsl import env
-
     pretrained = env.get("DEMO_PRETRAINED") if args.pretrained is None else args.pretrained
     per_class = env.get("DEMO_PER_CLASS") if args.per_class is None else args.per_class
     run_demo(args.images, dataset_name=args.dataset, attributes=args.attributes, model=args.model,

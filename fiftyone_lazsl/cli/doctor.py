@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from fiftyone_lazsl.cli import argtypes
+from fiftyone_lazsl.cli.datasets import load_dataset
+
 
 def _doctor(args: argparse.Namespace) -> int:
-    from fiftyone_lazsl.cli.datasets import load_dataset
     from fiftyone_lazsl.fo.doctor import attribute_doctor
 
     ds = load_dataset(args.dataset)
@@ -38,8 +40,6 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def add_doctor(attr_sub: argparse._SubParsersAction) -> None:
     """Add ``doctor`` to the ``attributes`` command group."""
-    from fiftyone_lazsl.cli import argtypes
-
     d = attr_sub.add_parser("doctor", help="diagnose an attribute set from a run's stored features")
     d.add_argument("--dataset", required=True)
     d.add_argument("--from-field", required=True, metavar="F",

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from typing import Mapping, Sequence
 
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
+from fiftyone_lazsl.core.prompts import class_prompts
 
 #: Share of entries that must look like sentences for a set to be read as CuPL.
 CUPL_SENTENCE_SHARE = 0.8
@@ -99,8 +100,6 @@ def to_cupl(attribute_set: AttributeSet, *, style: str = "dclip") -> "OrderedDic
     prompt LaZSL encodes (``"Cardinal, which has a red crest."``). Classes with
     no attribute keep an empty list.
     """
-    from fiftyone_lazsl.core.prompts import class_prompts
-
     if attribute_set.format == "cupl":
         return attribute_set.to_dict()
     out: OrderedDict[str, list[str]] = OrderedDict()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pathlib
 
+from fiftyone_lazsl import env
+
 __all__ = ["CACHE_ENV", "cache_root"]
 
 CACHE_ENV = "FIFTYONE_LAZSL_CACHE"
@@ -21,8 +23,6 @@ def cache_root(*parts: str) -> pathlib.Path:
 
     The folder is not created; writers create it when they first write.
     """
-    from fiftyone_lazsl import env
-
     root = env.get(CACHE_ENV)
     base = pathlib.Path(root).expanduser() if root else (
         pathlib.Path.home() / ".cache" / "fiftyone-lazsl")

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.ops import roi_align
+from torchvision.transforms import Compose, Normalize, ToTensor
 
 from fiftyone_lazsl.core.config import CROP_BACKENDS
 from fiftyone_lazsl.core.resample import ViewPlan, resample_views, view_plan
@@ -147,7 +148,6 @@ def preprocess_stages(cfg: "PreprocessCfg"
     if hit is not None:
         return hit
     from open_clip.transform import image_transform_v2
-    from torchvision.transforms import Compose, Normalize, ToTensor
 
     full = image_transform_v2(cfg, is_train=False)
     ts = list(getattr(full, "transforms", []))

@@ -99,6 +99,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, TiffImagePlugin
 
+from fiftyone_lazsl import env
 from fiftyone_lazsl.errors import ImageLoadError
 
 if TYPE_CHECKING:
@@ -578,8 +579,6 @@ DECODE_TIMEOUT_S = 60.0
 def decode_timeout() -> float:
     """The per-image read+decode deadline in seconds: ``$FIFTYONE_LAZSL_DECODE_TIMEOUT``
     or :data:`DECODE_TIMEOUT_S` (0 or a negative value disables it)."""
-    from fiftyone_lazsl import env
-
     return env.get("FIFTYONE_LAZSL_DECODE_TIMEOUT")
 
 

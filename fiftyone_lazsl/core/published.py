@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 from typing import Iterable
 
+from fiftyone_lazsl import env
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.cache import cache_root
 from fiftyone_lazsl.errors import HashMismatchError, UserError
@@ -121,8 +122,6 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _env_dirs() -> list[str]:
-    from fiftyone_lazsl import env
-
     return env.get(DIRS_ENV)
 
 

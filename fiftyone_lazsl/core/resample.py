@@ -40,6 +40,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms as T
+from PIL import Image
+from torchvision.transforms import InterpolationMode
 
 __all__ = ["PILLOW_FILTERS", "ViewPlan", "pillow_coefficients", "view_plan", "resample_views"]
 
@@ -199,8 +202,6 @@ def _torchvision_resize_size(w: int, h: int, size: Any, max_size: int | None) ->
 
 
 def _pil_filter(mode: Any) -> int | None:
-    from torchvision.transforms import InterpolationMode
-
     table = {InterpolationMode.BILINEAR: 2, InterpolationMode.BICUBIC: 3, InterpolationMode.BOX: 4,
              InterpolationMode.HAMMING: 5, InterpolationMode.LANCZOS: 1}
     if isinstance(mode, int):
@@ -227,7 +228,6 @@ def view_plan(transforms: Sequence[Any], w: int, h: int) -> ViewPlan | None:
     Returns:
         a :class:`ViewPlan`, or None for anything else (callers fall back to PIL).
     """
-    import torchvision.transforms as T
     from open_clip.transform import CenterCropOrPad, MaybeConvertMode, ResizeKeepRatio
 
     cw, ch, resample, state = w, h, None, 0
@@ -320,8 +320,6 @@ def pillow_pass_order() -> str:
         RuntimeError: the installed Pillow matches neither (the ``"device"``
             backend cannot reproduce it; use ``"pil"``).
     """
-    from PIL import Image
-
     img = np.random.default_rng(0).integers(0, 256, (170, 128, 3), dtype=np.uint8)
     ref = np.asarray(Image.fromarray(img).resize((103, 55), Image.Resampling.BICUBIC))
     t = torch.from_numpy(img)

@@ -9,6 +9,12 @@ used here are those of the FiftyOne line in :data:`MIN_FIFTYONE`).
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
+from packaging.version import Version
+
+from fiftyone_lazsl.errors import DependencyError
+
 #: Oldest FiftyOne release the plugin and library are tested with (keep in step
 #: with pyproject.toml and fiftyone.yml).
 MIN_FIFTYONE = "1.22.1"
@@ -26,12 +32,6 @@ def check_fiftyone_version(installed: str | None = None) -> str:
     Raises:
         fiftyone_lazsl.errors.DependencyError: FiftyOne is too old or too new.
     """
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.version import Version
-
-    from fiftyone_lazsl.errors import DependencyError
-
     if installed is None:
         try:
             installed = version("fiftyone")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import fiftyone as fo
+
 
 def hide_until_shown(dataset: Any, paths: Sequence[str], show: Sequence[str] = ()) -> bool:
     """Leave ``paths`` out of ``dataset``'s default active fields, and put ``show`` in.
@@ -32,8 +34,6 @@ def hide_until_shown(dataset: Any, paths: Sequence[str], show: Sequence[str] = (
     Returns:
         whether the App config was changed (and saved).
     """
-    import fiftyone as fo
-
     cfg = dataset.app_config
     active = cfg.active_fields
     if active is None:

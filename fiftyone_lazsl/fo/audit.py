@@ -52,6 +52,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+import fiftyone as fo
 import numpy as np
 
 from fiftyone_lazsl.core.attributes import class_key
@@ -61,7 +62,6 @@ from fiftyone_lazsl.fo.labels import class_evidence
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 if TYPE_CHECKING:
-    import fiftyone as fo
     from fiftyone.core.collections import SampleCollection
 
 #: Note shown with every audit: what "evidence" means.
@@ -238,8 +238,6 @@ class AuditResult:
 
 
 def _ensure_fields(dataset: fo.Dataset, names: dict[str, str]) -> None:
-    import fiftyone as fo
-
     schema = dataset.get_field_schema()
     want = {
         names["suspicion"]: dict(ftype=fo.FloatField),

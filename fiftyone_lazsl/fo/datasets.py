@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import fiftyone as fo
+from fiftyone.core.clips import ClipsView
+from fiftyone.core.patches import EvaluationPatchesView, PatchesView
+from fiftyone.core.video import FramesView
 
 from fiftyone_lazsl.errors import ConfigError, DatasetNotFoundError
 
@@ -52,10 +55,6 @@ def check_sample_view(samples: fo.core.collections.SampleCollection) -> None:
         ConfigError: naming the kind of view.
         TypeError: ``samples`` is not a FiftyOne dataset or view.
     """
-    from fiftyone.core.clips import ClipsView
-    from fiftyone.core.patches import EvaluationPatchesView, PatchesView
-    from fiftyone.core.video import FramesView
-
     kinds = (((PatchesView, EvaluationPatchesView), "a patches view"),
              (FramesView, "a frames view"), (ClipsView, "a clips view"))
     for cls, what in kinds:

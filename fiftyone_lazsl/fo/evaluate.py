@@ -27,12 +27,14 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+import fiftyone as fo
+from fiftyone import ViewField as F
+
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.runs import get_run_config
 
 if TYPE_CHECKING:
-    import fiftyone as fo
     from fiftyone.core.collections import SampleCollection
 
 #: Name of the saved view of samples that every evaluated method got wrong.
@@ -207,8 +209,6 @@ def _evaluate_field(samples: SampleCollection, view: SampleCollection, dataset: 
                     progress: bool | None) -> MethodResult:
     """Top-1 (``method="simple"``) and top-k evaluation of one prediction field,
     stored under the keys of :func:`eval_keys`."""
-    from fiftyone import ViewField as F
-
     n = len(view)
     method, classes = _classes_of(samples, pf)
     kk = max(1, min(int(k), len(classes))) if classes else int(k)
@@ -260,8 +260,6 @@ def _per_class_accuracy(view: SampleCollection, gt_labels: list[str], report: Ev
 def _save_comparison_views(view: SampleCollection, dataset: fo.Dataset, report: EvaluationReport,
                            pred_fields: list[str]) -> None:
     """Save ``"A right, B wrong"`` for every ordered pair of fields, and ``"all wrong"``."""
-    from fiftyone import ViewField as F
-
     gt_field = report.gt_field
     for a in report.methods:
         for b in report.methods:

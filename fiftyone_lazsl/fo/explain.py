@@ -28,7 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
+import fiftyone as fo
 import numpy as np
+from fiftyone import ViewField as F
 
 from fiftyone_lazsl.fo.labels import class_evidence
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
@@ -39,7 +41,6 @@ from fiftyone_lazsl.fo.heatmaps import (  # noqa: F401
     HEATMAP_MAX_SIDE, evidence_heatmap, heatmap_field_name, write_heatmaps)
 
 if TYPE_CHECKING:
-    import fiftyone as fo
     from fiftyone.core.collections import SampleCollection
 
 
@@ -292,7 +293,8 @@ def panel_content(explanation: dict) -> dict:
         if g["index"] is None:
             lines.append(f"**Ground truth:** {g['label']} (not among this run's classes)")
         elif e["gt_differs"]:
-            lines.append(f"**Ground truth:** {g['label']} (score {_fmt(g['score'], 4)}, rank {g['rank']}) differs from the prediction")
+            lines.append(f"**Ground truth:** {g['label']} (score {_fmt(g['score'], 4)}, "
+                         f"rank {g['rank']}) differs from the prediction")
         else:
             lines.append(f"**Ground truth:** {g['label']} agrees with the prediction")
     content = {
@@ -313,7 +315,5 @@ def matched_attribute_view(samples: SampleCollection, label_field: str,
                            attribute: str) -> "fo.DatasetView":
     """The samples of ``samples`` whose ``F_attributes`` list (the predicted
     class's top attributes, ranked by contribution) contains ``attribute``."""
-    from fiftyone import ViewField as F
-
     field = output_fields(label_field)["attributes"]
     return samples.match(F(field).exists() & F(field).contains(attribute))

@@ -15,7 +15,9 @@ from typing import Iterable
 import fiftyone as fo
 
 from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.classnames import classes_from_list
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
 __all__ = ["LABEL_TYPES", "CLASSIFICATION_TYPES", "label_fields", "label_path",
            "classes_from_field", "ground_truth_fields", "validate_for_field"]
@@ -106,8 +108,6 @@ def classes_from_field(samples: fo.core.collections.SampleCollection, field: str
     Raises:
         UserError: the field is not a label field, or holds no label.
     """
-    from fiftyone_lazsl.core.classnames import classes_from_list
-
     path = label_path(samples, field)
     values = [v for v in samples.distinct(path) if v is not None and str(v).strip()]
     if not values:
@@ -118,8 +118,6 @@ def classes_from_field(samples: fo.core.collections.SampleCollection, field: str
 def ground_truth_fields(samples: fo.core.collections.SampleCollection) -> list[str]:
     """Top-level ``fo.Classification`` fields of ``samples`` that are not LaZSL
     outputs (candidates for a ground-truth dropdown), sorted by name."""
-    from fiftyone_lazsl.fo.runs import list_lazsl_fields
-
     return list(label_fields(samples, types=(fo.Classification,), strings=False,
                              exclude=list_lazsl_fields(samples)))
 

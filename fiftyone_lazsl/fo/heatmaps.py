@@ -6,14 +6,12 @@ accumulated over the crop boxes, written as ``fo.Heatmap`` labels
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+import fiftyone as fo
 import numpy as np
 
 from fiftyone_lazsl.fo.runs import output_fields
-
-if TYPE_CHECKING:
-    import fiftyone as fo
 
 __all__ = ["HEATMAP_MAX_SIDE", "heatmap_field_name", "evidence_heatmap", "write_heatmaps"]
 
@@ -90,8 +88,6 @@ def write_heatmaps(samples: "fo.core.collections.SampleCollection", label_field:
     Returns:
         the name of the heatmap field
     """
-    import fiftyone as fo
-
     if heatmap_field is None:
         heatmap_field = heatmap_field_name(label_field)
     crops_field = output_fields(label_field)["crops"]

@@ -15,10 +15,17 @@ reported with the reason; samples are added with ``media_type="image"``.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import fiftyone as fo
+import fiftyone.core.odm.database as fodb
+import fiftyone.core.utils as fou
+
+from fiftyone_lazsl.core.imageio import probe_image
 from fiftyone_lazsl.errors import ImageLoadError, UserError
 
 __all__ = ["ImportResult", "scan_image_folder", "import_image_folder", "check_new_dataset_name"]
@@ -50,8 +57,6 @@ class ImportResult:
 
 def _why_not_image(path: str) -> str | None:
     """None if ``path`` is an image file (by content), else the reason."""
-    from fiftyone_lazsl.core.imageio import probe_image
-
     if os.path.basename(path).startswith("."):
         return "hidden file"
     try:
@@ -154,8 +159,6 @@ def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
             (:func:`check_new_dataset_name`); all checked before anything is
             created or deleted.
     """
-    import fiftyone as fo
-
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise UserError(f"folder not found: {directory}")
@@ -191,11 +194,6 @@ def _swap_in(ds: Any, name: str) -> None:
     """Delete the dataset ``name`` (if any) and rename ``ds`` to it, with
     Ctrl-C held back for those two steps (a signal arriving then is delivered
     right after)."""
-    import signal
-    import threading
-
-    import fiftyone as fo
-
     block = threading.current_thread() is threading.main_thread()
     if block:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -221,10 +219,6 @@ def check_new_dataset_name(name: Any, *, replace: bool = False) -> str:
     Raises:
         UserError: one line naming the dataset and the clash.
     """
-    import fiftyone as fo
-    import fiftyone.core.odm.database as fodb
-    import fiftyone.core.utils as fou
-
     if not isinstance(name, str) or not name.strip():
         raise UserError("the dataset name must be a non-empty string")
     try:

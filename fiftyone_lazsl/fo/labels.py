@@ -43,6 +43,7 @@ import zlib
 from typing import Any, Sequence
 
 import numpy as np
+from bson import ObjectId
 
 # (declared with the output options they are the defaults of)
 from fiftyone_lazsl.core.config import (
@@ -140,8 +141,6 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
     Raises:
         ValueError: an unknown ``evidence`` mode.
     """
-    from bson import ObjectId
-
     if evidence not in EVIDENCE_MODES:
         raise ValueError(f"evidence must be one of {EVIDENCE_MODES}, got {evidence!r}")
     c = int(pred.label_index)

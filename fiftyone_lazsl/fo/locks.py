@@ -30,7 +30,12 @@ import threading
 import uuid
 from typing import Any, Callable
 
+import fiftyone.core.odm.database as fod
+from pymongo.errors import DuplicateKeyError
+
+from fiftyone_lazsl import env
 from fiftyone_lazsl.errors import RunConflictError
+from fiftyone_lazsl.fo import writer
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +50,11 @@ STALE_S = 60.0
 
 def default_heartbeat_s() -> float:
     """Seconds between heartbeats: ``$FIFTYONE_LAZSL_HEARTBEAT_S`` or :data:`HEARTBEAT_S`."""
-    from fiftyone_lazsl import env
-
     return env.get("FIFTYONE_LAZSL_HEARTBEAT_S")
 
 
 def default_stale_s() -> float:
     """Heartbeat age after which a lock is stale: ``$FIFTYONE_LAZSL_STALE_S`` or :data:`STALE_S`."""
-    from fiftyone_lazsl import env
-
     return env.get("FIFTYONE_LAZSL_STALE_S")
 
 _HOST = socket.gethostname()
@@ -66,15 +67,11 @@ def _now() -> _dt.datetime:
 
 
 def _collection() -> Any:
-    import fiftyone.core.odm.database as fod
-
     return fod.get_db_conn()[COLLECTION]
 
 
 def _database_answers() -> None:
     """The database answered: clear the writer's "lost" mark of an earlier run."""
-    from fiftyone_lazsl.fo import writer
-
     writer.note_database_answers()
 
 
@@ -172,11 +169,9 @@ class LabelFieldLock:
         a lost database (:func:`fiftyone_lazsl.fo.writer.database_lost`) the
         release is tried for :data:`~fiftyone_lazsl.fo.writer.DB_LOST_CLEANUP_S`
         seconds only (the lock then goes stale by itself)."""
-        from fiftyone_lazsl.fo.writer import cleanup_budget
-
         self._stop.set()
         try:
-            with cleanup_budget():  # a lost database: try briefly
+            with writer.cleanup_budget():  # a lost database: try briefly
                 _collection().delete_one({"_id": self._id, "owner": self.owner})
         except Exception as e:  # the database is gone: the lock goes stale by itself
             logger.warning("could not release the lock on label field %r: %s",
@@ -207,8 +202,6 @@ def acquire(dataset: Any, label_field: str, *, stale_s: float | None = None,
         RunConflictError: a live run holds the lock; the message names it
             (process, host, start time, last heartbeat).
     """
-    from pymongo.errors import DuplicateKeyError
-
     stale_s = default_stale_s() if stale_s is None else float(stale_s)
     lock = LabelFieldLock(dataset, label_field, heartbeat_s=heartbeat_s)
     coll = _collection()

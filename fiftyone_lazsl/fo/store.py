@@ -35,6 +35,7 @@ importable from here.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -43,6 +44,10 @@ import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import fiftyone as fo
+import fiftyone.core.odm.database as fod
+from bson import Binary
+from pymongo.errors import DuplicateKeyError
 
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
 from fiftyone_lazsl.core import published
@@ -52,7 +57,6 @@ from fiftyone_lazsl.fo.datasets import dataset_of, load_dataset
 from fiftyone_lazsl.fo.fields import validate_for_field
 
 if TYPE_CHECKING:
-    import fiftyone as fo
     from fiftyone.core.collections import SampleCollection
 
 __all__ = ["INFO_KEY", "RECORD_VERSION", "COLLECTION", "MAX_SET_BYTES", "validate_set_name",
@@ -124,8 +128,6 @@ def derived_set_name(parent: str | None, suffix: str) -> str:
     Returns:
         a valid set name (:func:`validate_set_name`).
     """
-    import hashlib
-
     base = safe_set_name(parent)
     name = base + suffix
     if len(name) <= 64:
@@ -137,8 +139,6 @@ def derived_set_name(parent: str | None, suffix: str) -> str:
 
 # ------------------------------------------------------------------ records
 def _collection():
-    import fiftyone.core.odm.database as fod
-
     global _INDEXED
     coll = fod.get_db_conn()[COLLECTION]
     if not _INDEXED:
@@ -206,9 +206,6 @@ def _write(dataset: fo.Dataset, name: str, record: dict, *, overwrite: bool,
            quiet_exists: bool = False) -> None:
     """Store ``record`` as set ``name``: chunks of a new version first, then
     the header in one atomic operation, then the replaced version's chunks go."""
-    from bson import Binary
-    from pymongo.errors import DuplicateKeyError
-
     where = f"attribute set {name!r} of dataset {dataset.name!r}"
     blob = _encode(record, where)
     coll = _collection()

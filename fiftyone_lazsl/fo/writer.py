@@ -21,12 +21,19 @@ it, made exact.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
+
+import pymongo
+import pymongo.errors as pe
+from bson import ObjectId
+from pymongo import UpdateOne
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +56,6 @@ def bulk_set(dataset: Any, batch: list[tuple[str, dict]]) -> None:
     private method is the one ``set_values`` itself ends in: it runs the
     ``UpdateOne`` ops and reloads in-memory ``Sample`` objects of those ids.
     """
-    from bson import ObjectId
-    from pymongo import UpdateOne
-
     now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne stores naive UTC
     ops, ids = [], []
     for sid, values in batch:
@@ -94,8 +98,6 @@ def note_database_error(error: BaseException | None) -> None:
     """Mark the database lost (:func:`database_lost`) when ``error`` or its
     cause chain is a pymongo connection failure or timeout, so the clean-up
     that follows does not wait on it again."""
-    import pymongo.errors as pe
-
     seen = 0
     while error is not None and seen < 10:
         if isinstance(error, (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout)):
@@ -111,10 +113,6 @@ def cleanup_budget() -> Any:
     (:func:`database_lost`), each gets at most :data:`DB_LOST_CLEANUP_S`
     seconds (``pymongo.timeout``) instead of pymongo's 30 s server selection;
     otherwise no limit."""
-    import contextlib
-
-    import pymongo
-
     return pymongo.timeout(DB_LOST_CLEANUP_S) if database_lost() else contextlib.nullcontext()
 
 
@@ -126,11 +124,6 @@ def retry_db(write: Callable[[], Any]) -> Any:
     database that is gone is given up about 30 s after the first failure.
     Writes by id (``$set``, ``set_values``) are idempotent, so a retried
     batch cannot be written twice."""
-    import pymongo
-    import pymongo.errors as pe
-
-    import sys
-
     mod = sys.modules[__name__]
     waits = mod.DB_RETRY_WAITS  # read at call time (tests shorten it)
     limit = mod.DB_LOST_CLEANUP_S if database_lost() else None
@@ -225,7 +218,7 @@ class BackgroundWriter:
                 break
             except queue.Full:
                 if not self._thread.is_alive():
-                    raise WriterError("the writer thread stopped")
+                    raise WriterError("the writer thread stopped") from None
         self.seconds_blocked += time.perf_counter() - t0
 
     def put(self, sample_id: str, values: dict) -> None:

@@ -46,6 +46,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from fiftyone_lazsl import env
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.errors import LLMError
 from fiftyone_lazsl.llm.cache import LLMCache, cache_key
@@ -183,7 +184,6 @@ class AttributeGenerator:
         self.max_chars = int(max_chars)
         self.concurrency = int(concurrency)
         self.json_mode = bool(json_mode)
-        from fiftyone_lazsl import env
 
         base_url = base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         self.endpoint = public_url(base_url)

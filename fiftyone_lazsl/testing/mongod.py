@@ -42,7 +42,8 @@ def start(dbdir: str, logpath: str, timeout: float = 60.0) -> subprocess.Popen:
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"mongod exited with code {proc.returncode}; see {logpath}")
+                raise RuntimeError(f"mongod exited with code {proc.returncode}; "
+                                   f"see {logpath}") from None
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"mongod did not start within {timeout:.0f} s")
