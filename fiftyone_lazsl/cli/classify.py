@@ -19,12 +19,12 @@ import shutil
 import subprocess
 import signal
 from fiftyone_lazsl.cli import argtypes
+from fiftyone_lazsl.cli import progress_lines
+from fiftyone_lazsl.cli.datasets import load_dataset
 
 
 def _classify(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.fo.apply import run_lazsl
-    from fiftyone_lazsl.cli import progress_lines
-    from fiftyone_lazsl.cli.datasets import load_dataset
 
     config = LaZSLConfig.from_cli_args(args)  # validated before anything is touched
     output = OutputConfig.from_cli_args(args)

@@ -10,6 +10,8 @@ import sys
 
 from fiftyone_lazsl.core.config import METHODS, LaZSLConfig, OutputConfig
 from fiftyone_lazsl.cli import argtypes
+from fiftyone_lazsl.cli.datasets import load_dataset
+from fiftyone_lazsl.cli.classify import print_summary
 
 
 def _mb(n: int) -> str:
@@ -47,7 +49,6 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _rescore(args: argparse.Namespace) -> int:
-    from fiftyone_lazsl.cli.datasets import load_dataset
     from fiftyone_lazsl.fo.rescore import rescore
 
     ds = load_dataset(args.dataset)
@@ -63,7 +64,6 @@ def _rescore(args: argparse.Namespace) -> int:
     if summary.num_samples == 0:
         print("nothing to re-score: the view is empty")
         return 0
-    from fiftyone_lazsl.cli.classify import print_summary
 
     print_summary(summary)
     return 0

@@ -38,7 +38,7 @@ from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
 from fiftyone_lazsl.errors import ConfigError
 from fiftyone_lazsl.fo.rescore import stored_run
 from fiftyone_lazsl.fo.run import to_attribute_set
-from fiftyone_lazsl.fo.runs import recorded_attribute_set
+from fiftyone_lazsl.fo.store import recorded_attribute_set
 from fiftyone_lazsl.fo.store import derived_set_name, save_attribute_set
 
 

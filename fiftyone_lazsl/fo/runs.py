@@ -68,10 +68,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.fo import locks
 from fiftyone_lazsl.fo.datasets import dataset_of
-from fiftyone_lazsl.fo.store import list_attribute_sets, load_attribute_set
 
 RUN_PREFIX = "lazsl_"
 
@@ -243,21 +241,3 @@ class RunRecord:
         self.dataset.update_run_config(self.key, cfg)
         self.values.update(values)
 
-
-def recorded_attribute_set(dataset: Any, record: dict) -> AttributeSet:
-    """The attribute set a recorded run used: the set of that name stored on
-    ``dataset`` if its content hash matches the record's, else rebuilt from the
-    recorded classes and attribute texts under the recorded name (so a pruned
-    copy of a published set is ``"<name>-pruned"``).
-
-    Args:
-        dataset: the dataset the run is recorded on.
-        record: the run's config (:func:`get_run_config`).
-    """
-    name = record.get("attribute_set")
-    if name and any(r["name"] == name for r in list_attribute_sets(dataset)):
-        s = load_attribute_set(dataset, name)
-        if s.content_hash == record.get("attribute_set_hash"):
-            return s
-    return AttributeSet.from_dict(dict(zip(record["classes"], record["attribute_labels"])),
-                                  name=name or None)

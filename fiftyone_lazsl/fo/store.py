@@ -506,3 +506,22 @@ def resolve_attribute_set(spec: str | os.PathLike | AttributeSet,
     tried.append(f"no file {os.path.abspath(path)}")
     tried.append("not a published set (" + ", ".join(p["name"] for p in published.list_published()) + ")")
     raise UserError(f"cannot find attribute set {spec!r}: " + "; ".join(tried))
+
+
+def recorded_attribute_set(dataset: Any, record: dict) -> AttributeSet:
+    """The attribute set a recorded run used: the set of that name stored on
+    ``dataset`` if its content hash matches the record's, else rebuilt from the
+    recorded classes and attribute texts under the recorded name (so a pruned
+    copy of a published set is ``"<name>-pruned"``).
+
+    Args:
+        dataset: the dataset the run is recorded on.
+        record: the run's config (:func:`fiftyone_lazsl.fo.runs.get_run_config`).
+    """
+    name = record.get("attribute_set")
+    if name and any(r["name"] == name for r in list_attribute_sets(dataset)):
+        s = load_attribute_set(dataset, name)
+        if s.content_hash == record.get("attribute_set_hash"):
+            return s
+    return AttributeSet.from_dict(dict(zip(record["classes"], record["attribute_labels"])),
+                                  name=name or None)

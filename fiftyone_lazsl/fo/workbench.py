@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from fiftyone_lazsl.fo.datasets import dataset_of
-from fiftyone_lazsl.fo.runs import get_run_config, recorded_attribute_set
+from fiftyone_lazsl.fo.runs import get_run_config
+from fiftyone_lazsl.fo.store import recorded_attribute_set
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.errors import AttributeSetError
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
