@@ -184,6 +184,7 @@ def _rescore_locked(dataset: Any, view: Any, old: dict, aset: Any, cfg: Any, opt
     """The part of :func:`rescore` that writes, run while holding the field's lock."""
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
     from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
+    from fiftyone_lazsl.core.models import LazyModel
     from fiftyone_lazsl.fo import apply as ap
 
     rec = old["feature_store"]
@@ -196,8 +197,8 @@ def _rescore_locked(dataset: Any, view: Any, old: dict, aset: Any, cfg: Any, opt
         clf = classifier
     elif model is not None:
         clf = LaZSLClassifier(aset, model=model, config=cfg)
-    else:
-        clf = LaZSLClassifier(aset, config=cfg)
+    else:  # the run's model, loaded only if a prompt or an image needs encoding
+        clf = LaZSLClassifier(aset, model=LazyModel.from_provenance(old, device=cfg.device), config=cfg)
     spec = feature_spec(clf)
     spec["n_crops"] = int(old.get("n_crops") or 0)  # dclip re-scoring of a lazsl run: global view
     fp = fingerprint(spec)

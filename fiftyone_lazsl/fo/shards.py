@@ -135,8 +135,8 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     """Queue one LaZSL run over ``samples`` as ``num_shards`` delegated operations.
 
     Validates everything :func:`~fiftyone_lazsl.fo.apply.run_lazsl` validates,
-    records the run (building the classifier once, on the CPU, for its
-    provenance), clears the view's old outputs (unless ``skip_existing``),
+    records the run (its provenance without loading the model or encoding a
+    prompt: :class:`~fiftyone_lazsl.core.classifier.RunProvenance`), clears the view's old outputs (unless ``skip_existing``),
     then queues the shards.
 
     Args:
@@ -162,7 +162,7 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     """
     import fiftyone.operators as foo
 
-    from fiftyone_lazsl.core.classifier import LaZSLClassifier
+    from fiftyone_lazsl.core.classifier import RunProvenance
     from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.fo import apply as A
     from fiftyone_lazsl.fo.runs import run_key
@@ -188,7 +188,7 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     if len(view) == 0:
         return run
     shards = shard_views(view, num_shards)
-    clf = LaZSLClassifier(aset, config=cfg.replace(device="cpu"))
+    clf = RunProvenance(aset, config=cfg.replace(device="cpu"))   # nothing loaded: workers do
     from fiftyone_lazsl.fo.locks import acquire
 
     with acquire(dataset, label_field):  # no other run may be writing the field now
