@@ -135,9 +135,9 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     """Queue one LaZSL run over ``samples`` as ``num_shards`` delegated operations.
 
     Validates everything :func:`~fiftyone_lazsl.fo.apply.run_lazsl` validates,
-    records the run (its provenance without loading the model or encoding a
-    prompt: :class:`~fiftyone_lazsl.core.classifier.RunProvenance`), clears the view's old outputs (unless ``skip_existing``),
-    then queues the shards.
+    records the run (its provenance, without loading the model or encoding a
+    prompt: :class:`~fiftyone_lazsl.core.classifier.RunProvenance`), clears
+    the view's old outputs (unless ``skip_existing``), then queues the shards.
 
     Args:
         samples: a dataset or view.
