@@ -20,12 +20,13 @@ import torch
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.config import CROP_METHODS, METHODS, LaZSLConfig
 from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec, build_views, relative_boxes
-from fiftyone_lazsl.core.models import LoadedModel, load_model
+from fiftyone_lazsl.core.models import LazyModel, LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
 from fiftyone_lazsl.core.scoring import (clip_scores, dclip_scores, global_similarity,
                                          lazsl_scores, wca_scores)
 
-__all__ = ["LaZSLClassifier", "Prediction", "CropEvidence", "METHODS", "default_crop_backend"]
+__all__ = ["LaZSLClassifier", "RunProvenance", "Prediction", "CropEvidence", "METHODS",
+           "default_crop_backend"]
 
 #: Marks an argument that was not given (``None`` means random weights).
 _UNSET = object()
@@ -106,13 +107,108 @@ class Prediction:
     attribute_crops: list[np.ndarray] | None = None
 
 
-class LaZSLClassifier:
+class RunProvenance:
+    """What a :class:`LaZSLClassifier` with these arguments records as its
+    run's provenance (:meth:`config`), its classes and attribute labels,
+    known without loading the model's weights or encoding a prompt.
+
+    Takes the arguments of :class:`LaZSLClassifier`. Without a model it uses
+    a :class:`~fiftyone_lazsl.core.models.LazyModel`, which resolves the
+    weights (identity, random or not), the preprocessing and ``logit_scale``
+    without building the model; its :meth:`config` equals that of
+    ``LaZSLClassifier(attribute_set, model, pretrained, config=config,
+    **params)`` key for key. For a run recorded in one place and executed
+    elsewhere (sharded runs: the workers load the model and encode).
+
+    Attributes:
+        attribute_set, model, lazsl_config, method, classes, attribute_labels,
+        n_crops, crop_scale, crop_backend, theta, eps, gamma, max_iter,
+        stop_tol, image_scale_log, text_scale_log, seed, batch_size,
+        prompt_style, prompt_suffix: as :class:`LaZSLClassifier`'s.
+
+    Raises:
+        fiftyone_lazsl.errors.ConfigError: a parameter out of its domain or unknown.
+        errors of :class:`~fiftyone_lazsl.core.models.LazyModel` (unknown model
+        name, weights not available here, no such device).
+    """
+
+    def __init__(self, attribute_set: "AttributeSet | Mapping | str | os.PathLike",
+                 model: "str | LoadedModel | None" = None, pretrained: "str | None | object" = _UNSET,
+                 *, config: LaZSLConfig | None = None, **params: Any) -> None:
+        overrides = dict(params)
+        loaded = model if isinstance(model, LoadedModel) else None
+        if loaded is not None:
+            # a LazyModel was made from the config's device as given (None: automatic)
+            overrides.update(model=loaded.name, pretrained=loaded.pretrained,
+                             device=loaded.requested_device if isinstance(loaded, LazyModel)
+                             else str(loaded.device))
+        elif model is not None:
+            overrides["model"] = model
+        if pretrained is not _UNSET and loaded is None:
+            overrides["pretrained"] = pretrained
+        cfg = config or LaZSLConfig()
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        if isinstance(attribute_set, (str, os.PathLike)):
+            attribute_set = AttributeSet.from_json(attribute_set)
+        elif not isinstance(attribute_set, AttributeSet):
+            attribute_set = AttributeSet.from_dict(attribute_set)
+        self.attribute_set = attribute_set
+        self.model = loaded or self._model_for(cfg)
+        if cfg.crop_backend == "auto":
+            cfg = cfg.replace(crop_backend=default_crop_backend(self.model.device))
+        self.lazsl_config = cfg
+        self.method = cfg.method
+        self.n_crops = cfg.n_crops if cfg.method in CROP_METHODS else 0
+        self.crop_scale = cfg.crop_scale
+        self.crop_backend = cfg.crop_backend
+        self.theta, self.eps, self.gamma = cfg.theta, cfg.eps, cfg.gamma
+        self.max_iter, self.stop_tol = cfg.max_iter, cfg.stop_tol
+        self.image_scale_log, self.text_scale_log = cfg.image_scale_log, cfg.text_scale_log
+        self.seed = cfg.seed
+        self.batch_size = cfg.batch_size
+        self.prompt_style = cfg.prompt_style
+        self.prompt_suffix = cfg.prompt_suffix
+        self.classes = attribute_set.classes
+        if self.method == "clip":
+            self.attribute_labels = [[c] for c in self.classes]
+        else:
+            self.prompts, self.attribute_labels = build_prompts(
+                self.attribute_set, style=self.prompt_style, suffix=self.prompt_suffix)
+
+    def _model_for(self, cfg: LaZSLConfig) -> LoadedModel:
+        """The model used when none is given: nothing loaded."""
+        return LazyModel(cfg.model, cfg.pretrained, device=cfg.device)
+
+    def config(self) -> dict:
+        """Provenance: every :class:`LaZSLConfig` field (``to_dict``), the
+        model's identity (:meth:`LoadedModel.describe`: ``model``, ``pretrained``,
+        ``weights_id``, ``random_weights``, ``image_size``), the attribute set's
+        name, hash, classes and attribute texts, and ``logit_scale``.
+        JSON-serialisable; ``LaZSLConfig.from_dict(d, strict=False)`` reads it back."""
+        return {
+            **self.lazsl_config.to_dict(),
+            **self.model.describe(),
+            "n_crops": self.n_crops,
+            "attribute_set": self.attribute_set.name,
+            "attribute_set_hash": self.attribute_set.content_hash,
+            "classes": list(self.classes),
+            "attribute_labels": [list(a) for a in self.attribute_labels],
+            "logit_scale": self.model.logit_scale,
+        }
+
+
+class LaZSLClassifier(RunProvenance):
     """Zero-shot classifier following LaZSL (Chen et al., ICCV 2025).
 
     Args:
         attribute_set: classes and attributes (:class:`AttributeSet`, a dict, or a JSON path).
         model: open_clip model name, or a :class:`LoadedModel` (then ``pretrained``
-            and ``device`` come from it). Default: ``config.model``.
+            and ``device`` come from it), e.g. a
+            :class:`~fiftyone_lazsl.core.models.LazyModel`, which loads nothing
+            while every prompt's text features are cached, the text tower alone
+            on a miss, and the whole model at the first image (its
+            ``requested_device`` is recorded as ``device``). Default:
+            ``config.model``, loaded at once (:func:`load_model`).
         pretrained: weights (see :func:`fiftyone_lazsl.core.models.load_model`);
             None = random. Default: ``config.pretrained``.
         config: a :class:`~fiftyone_lazsl.core.config.LaZSLConfig` (default: the
@@ -136,6 +232,9 @@ class LaZSLClassifier:
         name is what ``crop_backend`` and :meth:`config` hold. See
         :mod:`fiftyone_lazsl.core.crops` and docs/crops.md.
 
+    The prompts are encoded when the classifier is made
+    (:meth:`LoadedModel.encode_texts`: through the text-feature cache).
+
     Raises:
         fiftyone_lazsl.errors.ConfigError: a parameter out of its domain or unknown.
         errors of :func:`load_model`.
@@ -144,50 +243,20 @@ class LaZSLClassifier:
     def __init__(self, attribute_set: "AttributeSet | Mapping | str | os.PathLike",
                  model: "str | LoadedModel | None" = None, pretrained: "str | None | object" = _UNSET,
                  *, config: LaZSLConfig | None = None, **params: Any) -> None:
-        overrides = dict(params)
-        loaded = model if isinstance(model, LoadedModel) else None
-        if loaded is not None:
-            overrides.update(model=loaded.name, pretrained=loaded.pretrained,
-                             device=str(loaded.device))
-        elif model is not None:
-            overrides["model"] = model
-        if pretrained is not _UNSET and loaded is None:
-            overrides["pretrained"] = pretrained
-        cfg = config or LaZSLConfig()
-        cfg = cfg.replace(**overrides) if overrides else cfg
-        if isinstance(attribute_set, (str, os.PathLike)):
-            attribute_set = AttributeSet.from_json(attribute_set)
-        elif not isinstance(attribute_set, AttributeSet):
-            attribute_set = AttributeSet.from_dict(attribute_set)
-        self.attribute_set = attribute_set
-        self.model = loaded or load_model(cfg.model, cfg.pretrained, device=cfg.device)
-        if cfg.crop_backend == "auto":
-            cfg = cfg.replace(crop_backend=default_crop_backend(self.model.device))
-        self.lazsl_config = cfg
-        self.method = cfg.method
-        self.n_crops = cfg.n_crops if cfg.method in CROP_METHODS else 0
-        self.crop_scale = cfg.crop_scale
-        self.crop_backend = cfg.crop_backend
-        self.theta, self.eps, self.gamma = cfg.theta, cfg.eps, cfg.gamma
-        self.max_iter, self.stop_tol = cfg.max_iter, cfg.stop_tol
-        self.image_scale_log, self.text_scale_log = cfg.image_scale_log, cfg.text_scale_log
-        self.seed = cfg.seed
-        self.batch_size = cfg.batch_size
-        self.prompt_style = cfg.prompt_style
-        self.prompt_suffix = cfg.prompt_suffix
-        self.classes = attribute_set.classes
+        super().__init__(attribute_set, model, pretrained, config=config, **params)
         self._encode_text()
+
+    def _model_for(self, cfg: LaZSLConfig) -> LoadedModel:
+        """The model used when none is given: loaded now."""
+        return load_model(cfg.model, cfg.pretrained, device=cfg.device)
 
     # ------------------------------------------------------------------ text
     def _encode_text(self) -> None:
         if self.method == "clip":
-            self.attribute_labels = [[c] for c in self.classes]
             names = prompt_names(self.attribute_set)
             self.class_features = self.model.encode_texts([clip_prompt(names[c]) for c in self.classes])
             return
-        prompts, labels = build_prompts(self.attribute_set, style=self.prompt_style,
-                                        suffix=self.prompt_suffix)
-        self.prompts, self.attribute_labels = prompts, labels
+        prompts = self.prompts
         flat = [p for ps in prompts for p in ps]
         feats = self.model.encode_texts(flat)
         C, A, D = len(prompts), max(len(p) for p in prompts), feats.shape[1]
@@ -205,23 +274,6 @@ class LaZSLClassifier:
             names = prompt_names(self.attribute_set)
             self.label_features = self.model.encode_texts(
                 [clip_prompt(names[c]) for c in self.classes]).to(self.model.device)
-
-    def config(self) -> dict:
-        """Provenance: every :class:`LaZSLConfig` field (``to_dict``), the
-        model's identity (:meth:`LoadedModel.describe`: ``model``, ``pretrained``,
-        ``weights_id``, ``random_weights``, ``image_size``), the attribute set's
-        name, hash, classes and attribute texts, and ``logit_scale``.
-        JSON-serialisable; ``LaZSLConfig.from_dict(d, strict=False)`` reads it back."""
-        return {
-            **self.lazsl_config.to_dict(),
-            **self.model.describe(),
-            "n_crops": self.n_crops,
-            "attribute_set": self.attribute_set.name,
-            "attribute_set_hash": self.attribute_set.content_hash,
-            "classes": list(self.classes),
-            "attribute_labels": [list(a) for a in self.attribute_labels],
-            "logit_scale": self.model.logit_scale,
-        }
 
     # ---------------------------------------------------------------- images
     @property

@@ -13,17 +13,23 @@
 Offline (``HF_HUB_OFFLINE=1`` or no route to the hub) a missing download fails
 at once with :class:`~fiftyone_lazsl.errors.WeightsUnavailableError`, which
 says how to supply the weights, instead of retrying for a minute.
+
+:func:`load_model` builds the whole model at once; :class:`LazyModel` knows
+the same provenance without the weights and loads only what is used (cached
+text features: nothing; other texts: the text tower alone; images: the whole
+model), e.g. for re-scoring from stored image features.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -235,6 +241,35 @@ class LoadedModel:
             feats = self.model.encode_image(pixels)
         return F.normalize(feats.float(), dim=-1)
 
+    def text_cache_path(self, texts: Sequence[str]) -> str | None:
+        """Where :meth:`encode_texts` caches the features of exactly these
+        ``texts`` (``<cache_root>/text/<sha256 of model name, weights_id and
+        texts>.pt``), or None when they are never cached (random weights, no
+        texts). The file may not exist."""
+        texts = list(texts)
+        if self.weights_id is None or not texts:
+            return None
+        key = hashlib.sha256(json.dumps(
+            [self.name, self.weights_id, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
+        return os.path.join(cache_root(), "text", f"{key}.pt")
+
+    def cached_texts(self, texts: Sequence[str]) -> torch.Tensor | None:
+        """The cached ``[T, D]`` float32 unit features of ``texts`` (what
+        :meth:`encode_texts` returned for them before), or None when they are
+        not cached (nothing is encoded; an unreadable entry is warned about
+        and counts as not cached)."""
+        texts = list(texts)
+        path = self.text_cache_path(texts)
+        if path is None or not os.path.exists(path):
+            return None
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.shape[0] == len(texts):
+                return cached
+        except Exception:  # corrupt cache entry: recompute
+            logger.warning("ignoring unreadable text-feature cache %s", path)
+        return None
+
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256,
                      use_cache: bool = True) -> torch.Tensor:
@@ -246,18 +281,11 @@ class LoadedModel:
         never cached.
         """
         texts = list(texts)
-        path = None
-        if use_cache and self.weights_id is not None and texts:
-            key = hashlib.sha256(json.dumps(
-                [self.name, self.weights_id, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
-            path = os.path.join(cache_root(), "text", f"{key}.pt")
-            if os.path.exists(path):
-                try:
-                    cached = torch.load(path, map_location="cpu", weights_only=True)
-                    if cached.shape[0] == len(texts):
-                        return cached
-                except Exception:  # corrupt cache entry: recompute
-                    logger.warning("ignoring unreadable text-feature cache %s", path)
+        if use_cache:
+            cached = self.cached_texts(texts)
+            if cached is not None:
+                return cached
+        path = self.text_cache_path(texts) if use_cache else None
         out = []
         cut: list[str] = []
         for s in range(0, len(texts), batch_size):
@@ -640,3 +668,406 @@ def check_weights(model_name: str, pretrained: str | None, *, cache_dir: str | N
     """
     register_model_configs()
     return bool(_resolve(model_name, pretrained, cache_dir)[3])
+
+
+# ------------------------------------------------------------------ lazy loading
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """A context in which open_clip's "initialized randomly" note and torch's
+    "copying ... to a meta parameter ... is a no-op" warnings are not shown
+    (both are expected when a model is built on the meta device)."""
+    import warnings
+
+    note = _DropOpenClipRandomNote()
+    logging.getLogger().addFilter(note)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*meta parameter.*no-op.*")
+            yield
+    finally:
+        logging.getLogger().removeFilter(note)
+
+
+def _meta_model(name: str, pretrained_arg: str | None, cache_dir: str | None) -> torch.nn.Module:
+    """The open_clip model built on the ``meta`` device: its architecture,
+    parameter shapes and image preprocessing (``open_clip.create_model``'s own
+    resolution: model config, tag or hub config), no memory, no weights read,
+    no random initialisation (a few tens of milliseconds)."""
+    import open_clip
+
+    with _quiet_open_clip(), torch.device("meta"):
+        return open_clip.create_model(name, pretrained=pretrained_arg, load_weights=False,
+                                      device="meta", cache_dir=cache_dir, pretrained_text=False)
+
+
+def _checkpoint_path(name: str, pretrained_arg: str | None, cache_dir: str | None) -> str | None:
+    """The weights file ``open_clip.create_model(name, pretrained_arg)`` loads
+    (a checkpoint file, a tag's cached file, an ``hf-hub:`` repository's file,
+    the one weights file of a ``local-dir:`` folder), or None where it is not
+    known here (random weights; a folder with several weights files, among
+    which open_clip chooses)."""
+    import open_clip
+
+    if name.startswith("hf-hub:"):
+        from open_clip.pretrained import download_pretrained_from_hf
+        return download_pretrained_from_hf(name[len("hf-hub:"):], cache_dir=cache_dir)
+    if name.startswith("local-dir:"):
+        folder = name[len("local-dir:"):]
+        found = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                 if f.endswith((".safetensors", ".bin", ".pth"))]
+        return found[0] if len(found) == 1 else None
+    if pretrained_arg is None:
+        return None
+    if os.path.isfile(pretrained_arg):
+        return pretrained_arg
+    pcfg = open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained_arg)
+    if not pcfg:
+        return None
+    return open_clip.download_pretrained(pcfg, cache_dir=cache_dir) or None
+
+
+def _exp_logit_scale(t: torch.Tensor) -> float:
+    """``exp(logit_scale)`` clamped at 100, computed as :attr:`LoadedModel.logit_scale`
+    computes it (float32)."""
+    return float(t.detach().to(torch.float32).exp().clamp(max=100.0).item())
+
+
+def _checkpoint_logit_scale(path: str) -> float | None:
+    """``exp(logit_scale)`` read from a weights file without reading the rest
+    (safetensors: the one tensor; ``torch.save`` zip files: memory-mapped), or
+    None when the file does not hold it under open_clip's own key (other
+    layouts are converted by open_clip on load; the caller then loads)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            with safe_open(path, "pt", device="cpu") as f:
+                keys = set(f.keys())
+                key = next((k for k in ("logit_scale", "module.logit_scale") if k in keys), None)
+                return None if key is None else _exp_logit_scale(f.get_tensor(key))
+        if path.endswith((".npz", ".npy")):
+            return None
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip archive: no memory map
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+        if not isinstance(sd, dict):
+            return None
+        t = sd.get("logit_scale", sd.get("module.logit_scale"))
+        return _exp_logit_scale(t) if isinstance(t, torch.Tensor) else None
+    except Exception:  # noqa: BLE001 -- unreadable here: the caller loads the weights
+        return None
+
+
+def _random_logit_scale(meta: torch.nn.Module, name: str) -> float | None:
+    """``exp(logit_scale)`` of randomly initialised weights: open_clip sets
+    ``logit_scale = ones(shape) * init_logit_scale`` (the model config's value,
+    else the model class's default ``log(1 / 0.07)``); None where neither is
+    known (the caller then loads the model)."""
+    import inspect
+
+    import open_clip
+
+    init = (open_clip.get_model_config(name.replace("/", "-")) or {}).get("init_logit_scale")
+    if init is None:
+        p = inspect.signature(type(meta)).parameters.get("init_logit_scale")
+        if p is None or p.default is inspect.Parameter.empty:
+            return None
+        init = p.default
+    return _exp_logit_scale(torch.ones(tuple(meta.logit_scale.shape)) * init)
+
+
+def _materialize_text_tower(model: torch.nn.Module, device: torch.device) -> bool:
+    """Allocate everything of a meta-built open_clip model but ``model.visual``
+    on ``device`` (uninitialised: the checkpoint fills the parameters) and
+    rebuild its non-persistent buffers, the causal attention masks, as
+    open_clip builds them. Returns False (nothing usable) for a model with
+    another non-persistent buffer outside the image tower (e.g. a Hugging
+    Face text tower): the caller then loads the whole model."""
+    visual = getattr(model, "visual", None)
+    if not isinstance(visual, torch.nn.Module):
+        return False
+    persistent = set(model.state_dict())
+    extra = [n for n, _ in model.named_buffers()
+             if n not in persistent and not n.startswith("visual.")]
+    masks = {}
+    for n in extra:
+        owner_name, _, leaf = n.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        old = getattr(owner, leaf)
+        if leaf != "attn_mask" or old.dim() != 2 or old.shape[0] != old.shape[1]:
+            return False
+        if hasattr(owner, "build_causal_mask"):   # open_clip's TextTransformer
+            mask = owner.build_causal_mask()
+        elif hasattr(owner, "build_attention_mask"):   # CoCa's multimodal decoder
+            mask = owner.build_attention_mask()
+        else:   # open_clip.CLIP keeps its text tower's causal mask: the same construction
+            mask = torch.empty(old.shape[0], old.shape[0], device="cpu")
+            mask.fill_(float("-inf"))
+            mask.triu_(1)
+        if tuple(mask.shape) != tuple(old.shape):
+            return False
+        masks[(owner, leaf)] = mask
+    model.to_empty(device=device, recurse=False)
+    for child in model.children():
+        if child is not visual:
+            child.to_empty(device=device)
+    for (owner, leaf), mask in masks.items():
+        setattr(owner, leaf, mask.to(device))
+    return True
+
+
+def _load_text_tower(name: str, pretrained_arg: str | None, cache_dir: str | None,
+                     device: torch.device) -> torch.nn.Module | None:
+    """The open_clip model with its text tower (and ``logit_scale``) loaded
+    from the weights file and its image tower left on the ``meta`` device
+    (never allocated, never initialised), or None where that cannot be done
+    here (random weights, a ``local-dir:`` folder with several weights
+    files, text towers with other buffers, a weights file open_clip's
+    ``load_checkpoint`` refuses): the
+    caller then loads the whole model, which also reports any error.
+
+    The text tower's weights are loaded by open_clip's own ``load_checkpoint``
+    (``strict=True``: every key of the file matched, conversions applied), so
+    its text features equal the whole model's bit for bit
+    (tests/test_rescore_lazy.py)."""
+    import open_clip
+
+    try:
+        path = _checkpoint_path(name, pretrained_arg, cache_dir)
+        if path is None:
+            return None
+        model = _meta_model(name, pretrained_arg, cache_dir)
+        if not _materialize_text_tower(model, device):
+            return None
+        with _quiet_open_clip():
+            open_clip.load_checkpoint(model, path, strict=True)
+        left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                if t.is_meta and not n.startswith("visual.")]
+        if left:
+            return None
+        return model.eval().requires_grad_(False)
+    except Exception as e:  # noqa: BLE001 -- the whole-model load reports the real error
+        logger.debug("text tower alone not loadable for %s (%s); loading the whole model", name, e)
+        return None
+
+
+class LazyModel(LoadedModel):
+    """A :class:`LoadedModel` whose weights are loaded only when something
+    needs them: what identifies the model and how images are prepared are known
+    at once, text features come from the text-feature cache, the text tower
+    alone is loaded on a cache miss, and the whole model at the first image.
+
+    Known without loading (constructing it reads no weights): ``name``,
+    ``pretrained``, ``weights_id``, ``random_weights`` (all from the same
+    resolution as :func:`load_model`), ``preprocess_cfg`` (given, e.g. from a
+    run record, or open_clip's own resolution with the model built on the
+    ``meta`` device: no memory, no initialisation) and ``logit_scale`` (given,
+    or read alone from the weights file; random weights: open_clip's
+    initial value). So :meth:`describe`, :attr:`logit_scale`, the feature
+    store's fingerprint (:func:`~fiftyone_lazsl.core.features.feature_spec`)
+    and a run's provenance need no weights.
+
+    Loaded on demand, once:
+
+    * :meth:`encode_texts`: cached features are returned without loading
+      anything; on a miss the *text tower only* is loaded (open_clip's model
+      built on the ``meta`` device, the text tower allocated and filled by
+      open_clip's ``load_checkpoint``; the image tower is never allocated).
+      Where that cannot be done (random weights, whose text and image towers
+      must come from one draw; a ``local-dir:`` folder with several weights
+      files; Hugging Face text towers) the whole model is loaded instead.
+    * :meth:`encode_images`, :attr:`model`: the whole model
+      (:func:`load_model`); text encoding then uses it too.
+
+    A loaded model is checked against what was known before: weights
+    identity, preprocessing and ``logit_scale`` must be equal, else
+    :class:`~fiftyone_lazsl.errors.ConfigError` (e.g. the weights file was
+    replaced after the run record was written).
+
+    Args:
+        model_name, pretrained: as for :func:`load_model`.
+        device: torch device (None: CUDA when available).
+        cache_dir: download cache passed to open_clip.
+        preprocess_cfg: the model's preprocessing when known (a
+            ``PreprocessCfg`` or its dict, e.g. a run record's ``preprocess``);
+            None: resolved now as open_clip resolves it.
+        logit_scale: ``exp(logit_scale)`` when known (a run record's
+            ``logit_scale``); None: read from the weights file.
+        warn_random: log the RANDOM WEIGHTS warning (as :func:`load_model`).
+
+    Attributes:
+        loaded: what is loaded now: ``"nothing"``, ``"text"`` (text tower
+            only) or ``"full"``.
+        requested_device: ``device`` as given (None: automatic); a
+            :class:`~fiftyone_lazsl.core.classifier.LaZSLClassifier` records
+            this, as it does without a model.
+
+    Raises:
+        ModelNotFoundError, WeightsUnavailableError, ConfigError: as
+            :func:`load_model` (name, weights and device are checked at once).
+    """
+
+    def __init__(self, model_name: str = "ViT-B-32", pretrained: str | None = "openai", *,
+                 device: str | torch.device | None = None, cache_dir: str | None = None,
+                 preprocess_cfg: "PreprocessCfg | dict | None" = None,
+                 logit_scale: float | None = None, warn_random: bool = True) -> None:
+        import threading
+
+        self.requested_device = None if device is None else str(device)
+        self.device = check_device(device)
+        register_model_configs()
+        name, pretrained_arg, weights_id, random = _resolve(model_name, pretrained, cache_dir)
+        self._args = (model_name, pretrained, cache_dir)
+        self._pretrained_arg = pretrained_arg
+        self.name = name
+        self.pretrained = None if random else str(pretrained)
+        self.weights_id = weights_id
+        self.random_weights = random
+        self._lock = threading.RLock()
+        self._full: LoadedModel | None = None
+        self._text: LoadedModel | None = None
+        self._tokenizer = None
+        if preprocess_cfg is None or (logit_scale is None and random):
+            meta = _meta_model(name, pretrained_arg, cache_dir)
+            if preprocess_cfg is None:
+                import open_clip
+                preprocess_cfg = open_clip.get_model_preprocess_cfg(meta)
+            if logit_scale is None and random:
+                logit_scale = _random_logit_scale(meta, name)
+        if isinstance(preprocess_cfg, dict):
+            preprocess_cfg = preprocess_cfg_from_dict(preprocess_cfg)
+        self.preprocess_cfg = preprocess_cfg
+        if logit_scale is None:
+            path = _checkpoint_path(name, pretrained_arg, cache_dir)
+            logit_scale = _checkpoint_logit_scale(path) if path else None
+        self._logit_scale = None if logit_scale is None else float(logit_scale)
+        if random and warn_random:
+            logger.warning(RANDOM_WEIGHTS_BANNER.format(model=model_name))
+
+    @classmethod
+    def from_provenance(cls, record: dict, *, device: str | torch.device | None = None,
+                        cache_dir: str | None = None) -> "LazyModel":
+        """The model a run record names (:meth:`LaZSLClassifier.config`, a
+        run's stored config), with the record's ``preprocess`` and
+        ``logit_scale``: nothing is read from the weights. Its ``weights_id``
+        is resolved again (so a replaced weights file shows in the feature
+        store's fingerprint).
+
+        Raises:
+            KeyError: no ``model`` in the record; the errors of the constructor.
+        """
+        random = bool(record.get("random_weights"))
+        ls = record.get("logit_scale")
+        return cls(record["model"], None if random else record.get("pretrained"), device=device,
+                   cache_dir=cache_dir, preprocess_cfg=record.get("preprocess") or None,
+                   logit_scale=None if ls is None else float(ls))
+
+    def __repr__(self) -> str:
+        return (f"LazyModel(name={self.name!r}, pretrained={self.pretrained!r}, "
+                f"random_weights={self.random_weights}, loaded={self.loaded!r}, "
+                f"device={str(self.device)!r})")
+
+    @property
+    def loaded(self) -> str:
+        """``"full"``, ``"text"`` (text tower only) or ``"nothing"``."""
+        return "full" if self._full is not None else "text" if self._text is not None else "nothing"
+
+    # ---------------------------------------------------------------- loading
+    def _check(self, m: LoadedModel, what: str) -> None:
+        """Refuse a loaded model that differs from what was known before it."""
+        from fiftyone_lazsl.errors import ConfigError
+
+        import math
+
+        diff = [k for k, a, b in (("weights_id", m.weights_id, self.weights_id),
+                                  ("preprocessing", m.preprocess_cfg, self.preprocess_cfg))
+                if a != b]
+        # exp() of float32 may differ in the last bit between devices (CPU, CUDA)
+        if self._logit_scale is not None and not math.isclose(m.logit_scale, self._logit_scale,
+                                                              rel_tol=1e-6):
+            diff.append("logit_scale")
+        if diff:
+            raise ConfigError(
+                f"the {what} of {self.name!r} ({self.pretrained or 'random weights'}) loaded now "
+                f"differs from what was recorded for it ({', '.join(diff)} differ: the weights "
+                "file or open_clip changed since); classify again")
+
+    def full_model(self) -> LoadedModel:
+        """The whole model (:func:`load_model`; loaded on the first call)."""
+        with self._lock:
+            if self._full is None:
+                model_name, pretrained, cache_dir = self._args
+                m = load_model(model_name, pretrained, device=self.device, cache_dir=cache_dir,
+                               warn_random=False)
+                if not self.random_weights:
+                    self._check(m, "model")
+                if self._logit_scale is None:
+                    self._logit_scale = m.logit_scale
+                self._full, self._text = m, None   # the text tower alone is not needed any more
+            return self._full
+
+    def text_model(self) -> LoadedModel:
+        """A :class:`LoadedModel` that can encode texts: the whole model when
+        loaded, else the text tower alone (loaded on the first call; the whole
+        model where the text tower cannot be loaded alone)."""
+        with self._lock:
+            if self._full is not None:
+                return self._full
+            if self._text is None and not self.random_weights:
+                model_name, _, cache_dir = self._args
+                tower = _load_text_tower(self.name, self._pretrained_arg, cache_dir, self.device)
+                if tower is not None:
+                    import open_clip
+                    m = LoadedModel(model=tower, tokenizer=self.tokenizer, name=self.name,
+                                    pretrained=self.pretrained, weights_id=self.weights_id,
+                                    random_weights=False, device=self.device,
+                                    preprocess_cfg=preprocess_cfg_from_dict(
+                                        open_clip.get_model_preprocess_cfg(tower)))
+                    self._check(m, "text tower")
+                    if self._logit_scale is None:
+                        self._logit_scale = m.logit_scale
+                    self._text = m
+            return self._text if self._text is not None else self.full_model()
+
+    # ------------------------------------------------------ LoadedModel's API
+    @property
+    def model(self) -> torch.nn.Module:   # type: ignore[override]
+        """The whole open_clip model (loaded on first access)."""
+        return self.full_model().model
+
+    @property
+    def tokenizer(self) -> object:   # type: ignore[override]
+        """The open_clip tokenizer (no weights are loaded for it)."""
+        if self._tokenizer is None:
+            import open_clip
+            self._tokenizer = open_clip.get_tokenizer(self.name, cache_dir=self._args[2])
+        return self._tokenizer
+
+    @property
+    def logit_scale(self) -> float:
+        """``exp(logit_scale)`` (known without loading; see the class docstring)."""
+        if self._logit_scale is None:
+            self.text_model()
+        if self._logit_scale is None:   # pragma: no cover -- every load sets it
+            self._logit_scale = self.full_model().logit_scale
+        return self._logit_scale
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """As :meth:`LoadedModel.encode_images`; loads the whole model first."""
+        return self.full_model().encode_images(pixels)
+
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256,
+                     use_cache: bool = True) -> torch.Tensor:
+        """As :meth:`LoadedModel.encode_texts`: cached features without loading
+        anything; otherwise the text tower (see the class docstring) encodes
+        them, and they are cached."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, 1)
+        if use_cache:
+            cached = self.cached_texts(texts)
+            if cached is not None:
+                return cached
+        return self.text_model().encode_texts(texts, batch_size=batch_size, use_cache=use_cache)

@@ -27,6 +27,7 @@ from fiftyone_lazsl.core.features import (
     fingerprint,
     predict_entries,
 )
+from fiftyone_lazsl.core.models import LazyModel
 from fiftyone_lazsl.core.pipeline import Item, iter_predictions, non_finite
 from fiftyone_lazsl.core.scoring import crop_global_similarity
 from fiftyone_lazsl.errors import ConfigError
@@ -180,8 +181,9 @@ def _write_rescored(run: LaZSLRun, old: dict, cfg: LaZSLConfig, from_field: str,
         clf = classifier
     elif model is not None:
         clf = LaZSLClassifier(run.attribute_set, model=model, config=cfg)
-    else:
-        clf = LaZSLClassifier(run.attribute_set, config=cfg)
+    else:  # the run's model, loaded only if a prompt or an image needs encoding
+        clf = LaZSLClassifier(run.attribute_set,
+                              model=LazyModel.from_provenance(old, device=cfg.device), config=cfg)
     spec = feature_spec(clf)
     spec["n_crops"] = int(old.get("n_crops") or 0)  # dclip re-scoring of a lazsl run: global view
     fp = fingerprint(spec)

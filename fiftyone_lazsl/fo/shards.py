@@ -44,7 +44,7 @@ from fiftyone import ViewField as F
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionResult
 
-from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.classifier import LaZSLClassifier, RunProvenance
 from fiftyone_lazsl.core.config import LaZSLConfig, OutputConfig
 from fiftyone_lazsl.errors import ConfigError, UserError
 from fiftyone_lazsl.fo.datasets import dataset_of
@@ -136,8 +136,8 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     """Queue one LaZSL run over ``samples`` as ``num_shards`` delegated operations.
 
     Validates everything :func:`~fiftyone_lazsl.fo.apply.run_lazsl` validates,
-    records the run (its provenance, without loading the model: the workers
-    do), clears the view's old outputs (unless ``skip_existing``), then queues
+    records the run (its provenance without loading the model or encoding a
+    prompt: :class:`~fiftyone_lazsl.core.classifier.RunProvenance`), clears the view's old outputs (unless ``skip_existing``), then queues
     the shards.
 
     Args:
@@ -174,7 +174,8 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     if len(run) == 0:
         return queued
     shards = shard_views(run.view, num_shards)
-    provenance = LaZSLClassifier(run.attribute_set, config=cfg.replace(device="cpu")).config()
+    # the run record, without loading the model or encoding a prompt: the workers do
+    provenance = RunProvenance(run.attribute_set, config=cfg.replace(device="cpu")).config()
     with run.lock():  # no other run may be writing the field now
         run.record(run.check(run.record_values(provenance)))
     coll = _collection()
