@@ -37,14 +37,20 @@ def golden_checks(device: str, data: pathlib.Path) -> list[dict]:
 
     out = []
     # LaZSL's golden files (others in the folder, e.g. of other methods, lack its parameters)
-    files = [f for f in sorted(glob.glob(str(data / "golden" / "*.npz")))
-             if "theta" in np.load(f).files]
+    files = [
+        f for f in sorted(glob.glob(str(data / "golden" / "*.npz"))) if "theta" in np.load(f).files
+    ]
     if not files:
         raise SystemExit(f"no golden files under {data / 'golden'}")
     for f in files:
         d = dict(np.load(f))
-        kw = dict(theta=float(d["theta"]), eps=float(d["eps"]), max_iter=int(d["max_iter"]),
-                  stop_tol=float(d["stop_tol"]), gamma=float(d["gamma"]))
+        kw = dict(
+            theta=float(d["theta"]),
+            eps=float(d["eps"]),
+            max_iter=int(d["max_iter"]),
+            stop_tol=float(d["stop_tol"]),
+            gamma=float(d["gamma"]),
+        )
         img = torch.from_numpy(d["image_features"]).to(device)
         txt = torch.from_numpy(d["text_features"]).to(device)
         mask = torch.from_numpy(d["text_mask"]).to(device)
@@ -58,15 +64,23 @@ def golden_checks(device: str, data: pathlib.Path) -> list[dict]:
         # autocast path: features as the fp16 encoder would hand them over
         img16 = F.normalize(img.half().float(), dim=-1)
         ours16 = lazsl_scores(img16, txt, mask, **kw).float().cpu().numpy()
-        r = dict(file=pathlib.Path(f).name, images=int(gold.shape[0]), classes=int(gold.shape[1]),
-                 max_abs_diff=float(np.abs(ours - gold).max()),
-                 argmax_equal=bool((ours.argmax(1) == gold.argmax(1)).all()),
-                 dclip_max_abs_diff=float(np.abs(dcl - d["dclip_scores"]).max()),
-                 fp16_features_max_abs_diff=float(np.abs(ours16 - gold).max()),
-                 fp16_features_argmax_equal=bool((ours16.argmax(1) == gold.argmax(1)).all()),
-                 seconds=secs)
-        r["ok"] = bool(r["max_abs_diff"] <= 1e-5 and r["argmax_equal"]
-                       and r["dclip_max_abs_diff"] <= 1e-5 and r["fp16_features_argmax_equal"])
+        r = dict(
+            file=pathlib.Path(f).name,
+            images=int(gold.shape[0]),
+            classes=int(gold.shape[1]),
+            max_abs_diff=float(np.abs(ours - gold).max()),
+            argmax_equal=bool((ours.argmax(1) == gold.argmax(1)).all()),
+            dclip_max_abs_diff=float(np.abs(dcl - d["dclip_scores"]).max()),
+            fp16_features_max_abs_diff=float(np.abs(ours16 - gold).max()),
+            fp16_features_argmax_equal=bool((ours16.argmax(1) == gold.argmax(1)).all()),
+            seconds=secs,
+        )
+        r["ok"] = bool(
+            r["max_abs_diff"] <= 1e-5
+            and r["argmax_equal"]
+            and r["dclip_max_abs_diff"] <= 1e-5
+            and r["fp16_features_argmax_equal"]
+        )
         out.append(r)
     return out
 
@@ -87,28 +101,41 @@ def encoder_autocast_check(device: str, model_name: str, n_images: int, n_crops:
     clf = LaZSLClassifier(aset, model, n_crops=n_crops, batch_size=8)
     agree, diffs, n = 0, [], 0
     for s in range(0, len(files), 8):
-        imgs = [load_image_tensor(f)[0] for f in files[s:s + 8]]
-        feats, _ = clf.encode(imgs, files[s:s + 8])            # autocast on CUDA
+        imgs = [load_image_tensor(f)[0] for f in files[s : s + 8]]
+        feats, _ = clf.encode(imgs, files[s : s + 8])  # autocast on CUDA
         B, V, _ = feats.shape
         # the same views, encoded in float32 without autocast
-        pix = torch.cat([clf.views(t, k)[0] for t, k in zip(imgs, files[s:s + 8])]).to(device)
+        pix = torch.cat([clf.views(t, k)[0] for t, k in zip(imgs, files[s : s + 8])]).to(device)
         with torch.no_grad():
             f32 = F.normalize(model.model.encode_image(pix.float()).float(), dim=-1)
         f32 = f32.reshape(B, V, -1)
-        kw = dict(theta=clf.theta, eps=clf.eps, max_iter=clf.max_iter, stop_tol=clf.stop_tol,
-                  gamma=clf.gamma)
-        a = lazsl_scores(feats.to(device), clf.text_features.to(device), clf.text_mask.to(device), **kw)
+        kw = dict(
+            theta=clf.theta,
+            eps=clf.eps,
+            max_iter=clf.max_iter,
+            stop_tol=clf.stop_tol,
+            gamma=clf.gamma,
+        )
+        a = lazsl_scores(
+            feats.to(device), clf.text_features.to(device), clf.text_mask.to(device), **kw
+        )
         b = lazsl_scores(f32, clf.text_features.to(device), clf.text_mask.to(device), **kw)
         agree += int((a.argmax(1) == b.argmax(1)).sum())
         n += B
         diffs.append(float((feats.to(device) - f32).abs().max()))
-    return dict(model=model_name, random_weights=model.random_weights, images=n,
-                argmax_agreement=agree / max(n, 1), max_feature_abs_diff=max(diffs) if diffs else None)
+    return dict(
+        model=model_name,
+        random_weights=model.random_weights,
+        images=n,
+        argmax_agreement=agree / max(n, 1),
+        max_feature_abs_diff=max(diffs) if diffs else None,
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default="ViT-B-16")
     ap.add_argument("--images", type=int, default=32)
@@ -120,12 +147,16 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2
-    res = dict(device=args.device, torch=torch.__version__,
-               device_name=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-               golden=golden_checks(args.device, SHARED))
+    res = dict(
+        device=args.device,
+        torch=torch.__version__,
+        device_name=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        golden=golden_checks(args.device, SHARED),
+    )
     try:
-        res["encoder_autocast"] = encoder_autocast_check(args.device, args.model, args.images,
-                                                         args.n_crops)
+        res["encoder_autocast"] = encoder_autocast_check(
+            args.device, args.model, args.images, args.n_crops
+        )
     except Exception as e:  # reported, the golden checks decide the exit status
         res["encoder_autocast"] = dict(error=f"{type(e).__name__}: {e}")
     res["ok"] = all(g["ok"] for g in res["golden"])

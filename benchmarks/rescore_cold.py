@@ -35,7 +35,6 @@ import os
 import pathlib
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,15 +56,14 @@ def _log(s: str) -> None:
 def _child(args: argparse.Namespace) -> None:
     """One measured step in its own process; prints ``COLD_RESULT {json}``."""
     t0 = time.perf_counter()
+    import fiftyone as fo
     import open_clip
     import torch  # noqa: F401
-
-    import fiftyone as fo
+    from rescore import _new_set
+    from run import _attribute_set, _register_tiny
 
     from fiftyone_lazsl import rescore, run_lazsl
     from fiftyone_lazsl.core import models
-    from run import _attribute_set, _register_tiny
-    from rescore import _new_set
 
     _register_tiny()
     t_import = time.perf_counter() - t0
@@ -88,21 +86,28 @@ def _child(args: argparse.Namespace) -> None:
     out: dict = {"import_s": t_import}
     if args.child == "prepare":
         import glob
-        photos = sorted(glob.glob(os.path.join(args.photos, "*")))[:args.images]
+
+        photos = sorted(glob.glob(os.path.join(args.photos, "*")))[: args.images]
         if fo.dataset_exists(DATASET):
             fo.delete_dataset(DATASET)
         ds = fo.Dataset(DATASET, persistent=True)
         ds.add_samples([fo.Sample(filepath=p) for p in photos])
         t = time.perf_counter()
         s = run_lazsl(ds, aset, label_field="first", store_features=True, **kw)
-        out.update(seconds=time.perf_counter() - t, predicted=s.num_predicted,
-                   stored=s.feature_store["stored"])
+        out.update(
+            seconds=time.perf_counter() - t,
+            predicted=s.num_predicted,
+            stored=s.feature_store["stored"],
+        )
     elif args.child == "rescore":
         ds = fo.load_dataset(DATASET)
         t = time.perf_counter()
         s = rescore(ds, new, from_field="first", label_field=args.field)
-        out.update(seconds=time.perf_counter() - t, predicted=s.num_predicted,
-                   reused=s.feature_store["reused"])
+        out.update(
+            seconds=time.perf_counter() - t,
+            predicted=s.num_predicted,
+            reused=s.feature_store["reused"],
+        )
     elif args.child == "fresh":
         ds = fo.load_dataset(DATASET)
         t = time.perf_counter()
@@ -110,11 +115,15 @@ def _child(args: argparse.Namespace) -> None:
         out.update(seconds=time.perf_counter() - t, predicted=s.num_predicted)
     elif args.child == "compare":
         import numpy as np
+
         ds = fo.load_dataset(DATASET)
         a, b = ds.values(args.field), ds.values("fresh_0")
-        out.update(same_labels=all(x.label == y.label for x, y in zip(a, b)),
-                   max_abs_logit_diff=max(float(np.abs(np.array(x.logits) - np.array(y.logits)).max())
-                                          for x, y in zip(a, b)))
+        out.update(
+            same_labels=all(x.label == y.label for x, y in zip(a, b)),
+            max_abs_logit_diff=max(
+                float(np.abs(np.array(x.logits) - np.array(y.logits)).max()) for x, y in zip(a, b)
+            ),
+        )
         ds.delete()
     out.update(calls)
     print(f"{MARKER} {json.dumps(out)}", flush=True)
@@ -124,22 +133,43 @@ def _quick_set():
     """--quick: a 4-class set with the photos' classes (tiny model)."""
     from fiftyone_lazsl.core.attributes import AttributeSet
 
-    return AttributeSet.from_dict({c: [f"{c} feathers", "a small beak", "long wings"]
-                                   for c in ("a", "b", "c", "d")}, name="quick")
+    return AttributeSet.from_dict(
+        {c: [f"{c} feathers", "a small beak", "long wings"] for c in ("a", "b", "c", "d")},
+        name="quick",
+    )
 
 
 def _run_child(args: argparse.Namespace, role: str, field: str = "") -> dict:
     from run import child_result
 
-    cmd = [sys.executable, __file__, "--child", role, "--field", field,
-           "--model", args.model, "--weights", args.weights, "--n-crops", str(args.n_crops),
-           "--device", args.device, "--images", str(args.images), "--photos", args.photos]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        role,
+        "--field",
+        field,
+        "--model",
+        args.model,
+        "--weights",
+        args.weights,
+        "--n-crops",
+        str(args.n_crops),
+        "--device",
+        args.device,
+        "--images",
+        str(args.images),
+        "--photos",
+        args.photos,
+    ]
     if args.quick:
         cmd.append("--quick")
     r = child_result(cmd, MARKER, f"{role} child")
-    _log(f"{role}{' ' + field if field else ''}: {r.get('seconds', 0):.3f} s "
-         f"(imports {r['import_s']:.1f} s; weights built {r['weights_built']}, "
-         f"text-encoder calls {r['text_encoder_calls']})")
+    _log(
+        f"{role}{' ' + field if field else ''}: {r.get('seconds', 0):.3f} s "
+        f"(imports {r['import_s']:.1f} s; weights built {r['weights_built']}, "
+        f"text-encoder calls {r['text_encoder_calls']})"
+    )
     return r
 
 
@@ -167,8 +197,9 @@ def _photos(n: int, folder: str) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny model, 2 samples, N = 4, 1 rep")
     ap.add_argument("--model", default=None, help="open_clip model (default ViT-B-32)")
     ap.add_argument("--images", type=int, default=None, help="samples (default 8)")
@@ -192,6 +223,7 @@ def main(argv=None) -> dict:
     from run import _register_tiny, _setup_env, _start_private_mongod
 
     import fiftyone_lazsl
+
     lib = str(pathlib.Path(fiftyone_lazsl.__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join([lib, os.environ.get("PYTHONPATH", "")])
     tmp = tempfile.mkdtemp(prefix="lazsl-bench-cold-")
@@ -201,17 +233,20 @@ def main(argv=None) -> dict:
         _register_tiny()
         args.weights = _save_weights(args.model, os.path.join(tmp, "weights.safetensors"))
         args.photos = _photos(args.images, os.path.join(tmp, "photos"))
-        _log(f"{args.model} (random weights from a file), {args.images} samples, "
-             f"N = {args.n_crops}, {args.reps} process(es) per measure; library {lib}")
+        _log(
+            f"{args.model} (random weights from a file), {args.images} samples, "
+            f"N = {args.n_crops}, {args.reps} process(es) per measure; library {lib}"
+        )
         prep = _run_child(args, "prepare")
-        cold = _run_child(args, "rescore", "cold")        # fills the text cache for the new set
+        cold = _run_child(args, "rescore", "cold")  # fills the text cache for the new set
         warm, fresh = [], []
-        for i in range(args.reps):   # interleaved: a shared machine's load hits both alike
+        for i in range(args.reps):  # interleaved: a shared machine's load hits both alike
             warm.append(_run_child(args, "rescore", f"again_{i}"))
             fresh.append(_run_child(args, "fresh", f"fresh_{i}"))
         cmp = _run_child(args, "compare", "again_0")
     finally:
         from fiftyone_lazsl.testing import mongod as private_mongod
+
         private_mongod.stop(mongod)
         shutil.rmtree(tmp, ignore_errors=True)
     import torch
@@ -219,47 +254,65 @@ def main(argv=None) -> dict:
     t_rescore = statistics.median(r["seconds"] for r in warm)
     t_fresh = statistics.median(r["seconds"] for r in fresh)
     r = {
-        "meta": dict(model=args.model, random_weights=True, device=args.device,
-                     samples=args.images, n_crops=args.n_crops, reps=args.reps,
-                     threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
-                     torch=torch.__version__, when=time.strftime("%Y-%m-%d %H:%M"),
-                     quick=args.quick),
-        "prepare": prep, "rescore_text_cache_cold": cold, "rescore": warm, "fresh": fresh,
-        "rescore_s": t_rescore, "fresh_s": t_fresh, "speedup": t_fresh / t_rescore,
+        "meta": dict(
+            model=args.model,
+            random_weights=True,
+            device=args.device,
+            samples=args.images,
+            n_crops=args.n_crops,
+            reps=args.reps,
+            threads=torch.get_num_threads(),
+            cpu_count=os.cpu_count(),
+            torch=torch.__version__,
+            when=time.strftime("%Y-%m-%d %H:%M"),
+            quick=args.quick,
+        ),
+        "prepare": prep,
+        "rescore_text_cache_cold": cold,
+        "rescore": warm,
+        "fresh": fresh,
+        "rescore_s": t_rescore,
+        "fresh_s": t_fresh,
+        "speedup": t_fresh / t_rescore,
         "speedup_per_pair": [f["seconds"] / w["seconds"] for w, f in zip(warm, fresh)],
         "import_s": statistics.median(x["import_s"] for x in warm + fresh),
         "rescore_weights_built": max(x["weights_built"] for x in warm),
         "rescore_text_encoder_calls": max(x["text_encoder_calls"] for x in warm),
-        "same_labels": cmp["same_labels"], "max_abs_logit_diff": cmp["max_abs_logit_diff"],
+        "same_labels": cmp["same_labels"],
+        "max_abs_logit_diff": cmp["max_abs_logit_diff"],
     }
-    r["checks"] = {"speedup": r["speedup"] >= TARGET_SPEEDUP,
-                   "rescore_builds_no_weights": r["rescore_weights_built"] == 0}
+    r["checks"] = {
+        "speedup": r["speedup"] >= TARGET_SPEEDUP,
+        "rescore_builds_no_weights": r["rescore_weights_built"] == 0,
+    }
     out_dir = pathlib.Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = args.name or ("rescore-cold-quick" if args.quick else f"rescore-cold-{args.device}")
     (out_dir / f"{name}.json").write_text(json.dumps(r, indent=2))
     n = args.images
-    lines = [f"# Re-scoring in a new process vs a fresh run ({args.device}, {args.model} "
-             f"random weights from a file, {n} samples, N = {args.n_crops})", "",
-             "| measure | value |", "|---|---|",
-             f"| fresh `run_lazsl`, edited set, new process (median of {args.reps}) | "
-             f"{t_fresh:.2f} s |",
-             f"| `rescore`, edited set, new process, text features cached (median of {args.reps}) "
-             f"| {t_rescore:.3f} s |",
-             f"| speed-up (aim >= {TARGET_SPEEDUP:.0f}x) | {r['speedup']:.1f}x |",
-             f"| speed-up of each interleaved pair (rescore, then fresh run) | "
-             f"{', '.join(f'{x:.1f}x' for x in r['speedup_per_pair'])} |",
-             f"| `rescore`, text cache cold (first re-scoring with the set) | "
-             f"{cold['seconds']:.2f} s |",
-             f"| weights built by `rescore` with cached text features (open_clip.create_model "
-             f"calls) | {r['rescore_weights_built']} |",
-             f"| text-encoder calls of `rescore` with cached text features | "
-             f"{r['rescore_text_encoder_calls']} |",
-             f"| imports per process (torch, open_clip, FiftyOne, library; not timed above) | "
-             f"{r['import_s']:.1f} s |",
-             f"| same labels as the fresh run | {r['same_labels']} |",
-             f"| max abs logit difference vs the fresh run (float16 store) | "
-             f"{r['max_abs_logit_diff']:.4f} |"]
+    lines = [
+        f"# Re-scoring in a new process vs a fresh run ({args.device}, {args.model} "
+        f"random weights from a file, {n} samples, N = {args.n_crops})",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| fresh `run_lazsl`, edited set, new process (median of {args.reps}) | {t_fresh:.2f} s |",
+        f"| `rescore`, edited set, new process, text features cached (median of {args.reps}) "
+        f"| {t_rescore:.3f} s |",
+        f"| speed-up (aim >= {TARGET_SPEEDUP:.0f}x) | {r['speedup']:.1f}x |",
+        f"| speed-up of each interleaved pair (rescore, then fresh run) | "
+        f"{', '.join(f'{x:.1f}x' for x in r['speedup_per_pair'])} |",
+        f"| `rescore`, text cache cold (first re-scoring with the set) | {cold['seconds']:.2f} s |",
+        f"| weights built by `rescore` with cached text features (open_clip.create_model "
+        f"calls) | {r['rescore_weights_built']} |",
+        f"| text-encoder calls of `rescore` with cached text features | "
+        f"{r['rescore_text_encoder_calls']} |",
+        f"| imports per process (torch, open_clip, FiftyOne, library; not timed above) | "
+        f"{r['import_s']:.1f} s |",
+        f"| same labels as the fresh run | {r['same_labels']} |",
+        f"| max abs logit difference vs the fresh run (float16 store) | "
+        f"{r['max_abs_logit_diff']:.4f} |",
+    ]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     _log(f"wrote {out_dir / name}.json/.md")
     print("\n".join(lines))

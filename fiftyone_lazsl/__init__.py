@@ -62,13 +62,25 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 #: Modules of the 0.1 flat layout -> their place now.
 _MOVED_MODULES: dict[str, str] = {
-    "attributes": "core.attributes", "attribute_formats": "core.attribute_formats",
-    "prompts": "core.prompts", "published": "core.published", "models": "core.models",
-    "imageio": "core.imageio", "crops": "core.crops", "scoring": "core.scoring",
-    "classifier": "core.classifier", "pipeline": "core.pipeline",
-    "classnames": "core.classnames", "apply": "fo.apply", "runs": "fo.runs",
-    "store": "fo.store", "explain": "fo.explain", "audit": "fo.audit",
-    "evaluate": "fo.evaluate", "llm_cache": "llm.cache", "llm_secrets": "llm.secrets",
+    "attributes": "core.attributes",
+    "attribute_formats": "core.attribute_formats",
+    "prompts": "core.prompts",
+    "published": "core.published",
+    "models": "core.models",
+    "imageio": "core.imageio",
+    "crops": "core.crops",
+    "scoring": "core.scoring",
+    "classifier": "core.classifier",
+    "pipeline": "core.pipeline",
+    "classnames": "core.classnames",
+    "apply": "fo.apply",
+    "runs": "fo.runs",
+    "store": "fo.store",
+    "explain": "fo.explain",
+    "audit": "fo.audit",
+    "evaluate": "fo.evaluate",
+    "llm_cache": "llm.cache",
+    "llm_secrets": "llm.secrets",
     "llm_text": "llm.text",
 }
 
@@ -91,14 +103,18 @@ class _MovedModuleLoader(importlib.abc.Loader):
         self.target = target
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        warnings.warn(f"{spec.name} moved to {self.target}; import it from there "
-                      "(the old path will be removed in a future release)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec.name} moved to {self.target}; import it from there "
+            "(the old path will be removed in a future release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         real = importlib.import_module(self.target)
         proxy = types.ModuleType(spec.name, real.__doc__)
         proxy.__getattr__ = lambda attr: getattr(real, attr)  # type: ignore[method-assign]
-        proxy.__dict__["__all__"] = getattr(real, "__all__", [n for n in vars(real)
-                                                              if not n.startswith("_")])
+        proxy.__dict__["__all__"] = getattr(
+            real, "__all__", [n for n in vars(real) if not n.startswith("_")]
+        )
         return proxy
 
     def exec_module(self, module: types.ModuleType) -> None:
@@ -108,13 +124,15 @@ class _MovedModuleLoader(importlib.abc.Loader):
 class _MovedModuleFinder(importlib.abc.MetaPathFinder):
     """Finds ``fiftyone_lazsl.<old name>`` for the modules that moved in 0.2."""
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None
-                  ) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         prefix, _, leaf = fullname.partition(".")
         if prefix != __name__ or "." in leaf or leaf not in _MOVED_MODULES:
             return None
         return importlib.machinery.ModuleSpec(
-            fullname, _MovedModuleLoader(f"{__name__}.{_MOVED_MODULES[leaf]}"))
+            fullname, _MovedModuleLoader(f"{__name__}.{_MOVED_MODULES[leaf]}")
+        )
 
 
 if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):

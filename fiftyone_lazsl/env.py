@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from fiftyone_lazsl.errors import ConfigError
 
@@ -46,12 +47,13 @@ KNOBS: dict[str, Knob] = {
     "FIFTYONE_LAZSL_FEATURES": Knob("path", None, "feature store folder"),
     "FIFTYONE_LAZSL_MODEL_CONFIGS": Knob("paths", "", "extra open_clip model config files"),
     "FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS": Knob("paths", "", "folders holding published sets"),
-    "FIFTYONE_LAZSL_DECODE_TIMEOUT": Knob("seconds", 60.0,
-                                          "seconds one image may take to decode (<= 0: no limit)"),
-    "FIFTYONE_LAZSL_HEARTBEAT_S": Knob("positive_seconds", 10.0,
-                                       "seconds between lock heartbeats"),
-    "FIFTYONE_LAZSL_STALE_S": Knob("positive_seconds", 60.0,
-                                   "heartbeat age after which a lock is stale"),
+    "FIFTYONE_LAZSL_DECODE_TIMEOUT": Knob(
+        "seconds", 60.0, "seconds one image may take to decode (<= 0: no limit)"
+    ),
+    "FIFTYONE_LAZSL_HEARTBEAT_S": Knob("positive_seconds", 10.0, "seconds between lock heartbeats"),
+    "FIFTYONE_LAZSL_STALE_S": Knob(
+        "positive_seconds", 60.0, "heartbeat age after which a lock is stale"
+    ),
     "OPENAI_BASE_URL": Knob("url", None, "default LLM endpoint"),
     "DEMO_IMAGES": Knob("path", None, "demo image folder"),
     "DEMO_ATTRIBUTES": Knob("text", None, "demo attribute set"),
@@ -62,8 +64,10 @@ KNOBS: dict[str, Knob] = {
 
 def _bad(name: str, raw: str, expected: str) -> ConfigError:
     shown = raw if len(raw) <= 60 else raw[:57] + "..."
-    return ConfigError(f"environment variable {name}={shown!r} is invalid: expected {expected} "
-                       f"({KNOBS[name].help}); fix or unset it")
+    return ConfigError(
+        f"environment variable {name}={shown!r} is invalid: expected {expected} "
+        f"({KNOBS[name].help}); fix or unset it"
+    )
 
 
 def _parse(name: str, raw: str) -> Any:
@@ -75,8 +79,13 @@ def _parse(name: str, raw: str) -> Any:
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or (knob.kind == "positive_seconds" and value <= 0):
-            raise _bad(name, raw, "a positive number of seconds, e.g. 10"
-                       if knob.kind == "positive_seconds" else "a number of seconds, e.g. 60")
+            raise _bad(
+                name,
+                raw,
+                "a positive number of seconds, e.g. 10"
+                if knob.kind == "positive_seconds"
+                else "a number of seconds, e.g. 60",
+            )
         return value
     if knob.kind == "count":
         try:

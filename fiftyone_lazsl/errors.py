@@ -15,9 +15,18 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["UserError", "ConfigError", "AttributeSetError", "WeightsUnavailableError",
-           "ModelNotFoundError", "DatasetNotFoundError", "ImageLoadError",
-           "HashMismatchError", "LLMError", "RunConflictError"]
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "AttributeSetError",
+    "WeightsUnavailableError",
+    "ModelNotFoundError",
+    "DatasetNotFoundError",
+    "ImageLoadError",
+    "HashMismatchError",
+    "LLMError",
+    "RunConflictError",
+]
 
 
 class UserError(Exception):

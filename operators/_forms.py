@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 import fiftyone as fo
 import fiftyone.operators.types as types
@@ -49,7 +50,8 @@ def fail_delegated(ctx: Any, message: str) -> dict:
     if op_id is None:
         raise UserError(message)
     DelegatedOperationService().set_failed(
-        doc_id=op_id, result=ExecutionResult(error=message, error_message=message))
+        doc_id=op_id, result=ExecutionResult(error=message, error_message=message)
+    )
     return {"error": message}
 
 
@@ -111,6 +113,7 @@ def user_errors(execute: Callable) -> Callable:
     as the result (shown by the operator's output view), or a failed delegated
     operation with that line as its message. Other exceptions propagate with
     their traceback."""
+
     @functools.wraps(execute)
     def wrapper(self: Any, ctx: Any) -> Any:
         try:
@@ -136,8 +139,9 @@ def error_output(ctx: Any, outputs: types.Object) -> bool:
     return False
 
 
-def stream_progress(ctx: Any, work: Callable[[Callable[[float, str], None]], Any]
-                    ) -> Generator[Any, None, Any]:
+def stream_progress(
+    ctx: Any, work: Callable[[Callable[[float, str], None]], Any]
+) -> Generator[Any, None, Any]:
     """Generator for immediate (``execute_as_generator``) runs: calls
     ``work(progress)`` in a thread, yields one ``set_progress`` trigger per
     ``progress(fraction, label)`` call while it runs, and returns what

@@ -15,10 +15,10 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import published
-from fiftyone_lazsl.fo import store
-from fiftyone_lazsl.fo.fields import validate_for_field
 from fiftyone_lazsl.core.attributes import FORMATS, AttributeSet
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.fields import validate_for_field
 
 from ._forms import class_label_fields, error_output, invalid, plain, user_errors
 
@@ -61,7 +61,7 @@ class ImportAttributeSet(foo.Operator):
             name="import_attribute_set",
             label="LaZSL: import attribute set",
             description="Store a published (cub, imagenet, ...) or JSON-file attribute set "
-                        "on the dataset",
+            "on the dataset",
             dynamic=True,
         )
 
@@ -78,7 +78,7 @@ class ImportAttributeSet(foo.Operator):
             required=True,
             label="Published set or JSON file",
             description="A published name, or the path of a JSON file {class: [attribute, ...]} "
-                        "on the server's file system",
+            "on the server's file system",
             view=chooser,
         )
         source = ctx.params.get("source")
@@ -90,9 +90,12 @@ class ImportAttributeSet(foo.Operator):
             description="Letters, digits, '_' and '-' (default: the published name or file stem)",
         )
         fmt = types.RadioGroup()
-        fmt.add_choice("auto", label="auto",
-                       description="a file: its sidecar's format, else detected (CuPL sentences "
-                                   "or DCLIP attributes); a published set: the registry's")
+        fmt.add_choice(
+            "auto",
+            label="auto",
+            description="a file: its sidecar's format, else detected (CuPL sentences "
+            "or DCLIP attributes); a published set: the registry's",
+        )
         for f in FORMATS:
             fmt.add_choice(f, label=f, description=_FORMAT_HELP.get(f, ""))
         inputs.enum("format", fmt.values(), default="auto", label="Format", view=fmt)
@@ -104,13 +107,18 @@ class ImportAttributeSet(foo.Operator):
             for f in fields:
                 pick.add_choice(f, label=f)
             field_prop = inputs.enum(
-                "label_field", pick.values(), required=False, label="Check against label field",
+                "label_field",
+                pick.values(),
+                required=False,
+                label="Check against label field",
                 description="Optional: refuse the set if a label of this field has no "
-                            "attributes in it",
+                "attributes in it",
                 view=pick,
             )
         overwrite = inputs.bool(
-            "overwrite", default=False, label="Replace an existing set of that name",
+            "overwrite",
+            default=False,
+            label="Replace an existing set of that name",
         )
 
         src = str(source or "").strip()
@@ -118,9 +126,13 @@ class ImportAttributeSet(foo.Operator):
             try:
                 if published.find_local_copy(src) is None:
                     entry = published.get_published_entry(src)
-                    inputs.view("download_note", types.Notice(
-                        label=f"{entry['name']!r} is not on this machine yet: Execute downloads it "
-                              f"from {entry['url']} (needs network)"))
+                    inputs.view(
+                        "download_note",
+                        types.Notice(
+                            label=f"{entry['name']!r} is not on this machine yet: Execute downloads it "
+                            f"from {entry['url']} (needs network)"
+                        ),
+                    )
                     src = ""  # not parsed here: the form never downloads
             except UserError as e:
                 invalid(inputs.properties["source"], plain(e))
@@ -160,7 +172,10 @@ class ImportAttributeSet(foo.Operator):
             validate_for_field(ctx.dataset, aset, label_field)
         name = ctx.params.get("name") or store.safe_set_name(aset.name)
         name = store.save_attribute_set(
-            ctx.dataset, aset, name=name, overwrite=bool(ctx.params.get("overwrite", False)),
+            ctx.dataset,
+            aset,
+            name=name,
+            overwrite=bool(ctx.params.get("overwrite", False)),
         )
         ctx.trigger("reload_dataset")
         return {
@@ -204,14 +219,20 @@ class DeleteAttributeSet(foo.Operator):
             inputs.view("none", types.Notice(label="This dataset has no attribute sets"))
         pick = types.Dropdown()
         for r in rows:
-            pick.add_choice(r["name"], label=f"{r['name']} ({r['num_classes']} classes)",
-                            description=r["source"] or "")
+            pick.add_choice(
+                r["name"],
+                label=f"{r['name']} ({r['num_classes']} classes)",
+                description=r["source"] or "",
+            )
         inputs.enum("name", pick.values(), required=True, label="Attribute set", view=pick)
         name = ctx.params.get("name")
-        confirm = inputs.bool("confirm", default=False, required=True,
-                              label=f"Yes, delete {name!r} from this dataset" if name
-                              else "Yes, delete it",
-                              description="Runs that used it keep their outputs and its hash")
+        confirm = inputs.bool(
+            "confirm",
+            default=False,
+            required=True,
+            label=f"Yes, delete {name!r} from this dataset" if name else "Yes, delete it",
+            description="Runs that used it keep their outputs and its hash",
+        )
         if name and not ctx.params.get("confirm"):
             invalid(confirm, f"tick the box to confirm deleting attribute set {name!r}")
         return types.Property(inputs, view=types.View(label="Delete attribute set"))

@@ -31,9 +31,13 @@ def _add_gt_input(inputs: types.Object, ctx: Any) -> None:
     """The ground-truth dropdown (Classification fields that are not LaZSL
     outputs); a typed name that is not one is invalid with the reason."""
     gts = class_label_fields(ctx.dataset)
-    prop = inputs.str("gt_field", required=True,
-                      default="ground_truth" if "ground_truth" in gts else (gts[0] if gts else None),
-                      label="Ground-truth field", view=_dropdown(gts))
+    prop = inputs.str(
+        "gt_field",
+        required=True,
+        default="ground_truth" if "ground_truth" in gts else (gts[0] if gts else None),
+        label="Ground-truth field",
+        view=_dropdown(gts),
+    )
     gt = ctx.params.get("gt_field")
     if gt and gt not in gts:
         problem = field_problem(ctx.dataset, gt, (fo.Classification,), "a Classification field")
@@ -49,7 +53,7 @@ class AuditLabels(foo.Operator):
             name="audit_labels",
             label="LaZSL: audit labels",
             description="Rank samples by how strongly the prediction contradicts the label; "
-                        "write the attribute evidence; tag the most suspicious",
+            "write the attribute evidence; tag the most suspicious",
             dynamic=True,
         )
 
@@ -58,30 +62,49 @@ class AuditLabels(foo.Operator):
         ctx.target_view()
         runs = list_lazsl_fields(ctx.dataset)
         if not runs:
-            inputs.view("none", types.Notice(label="No LaZSL/DCLIP/CLIP run on this dataset yet: "
-                                                   "run 'LaZSL: classify samples' first"))
-        pred = inputs.str("pred_field", required=True,
-                          default="lazsl" if "lazsl" in runs else (runs[0] if runs else None),
-                          label="Prediction field", view=_dropdown(runs))
+            inputs.view(
+                "none",
+                types.Notice(
+                    label="No LaZSL/DCLIP/CLIP run on this dataset yet: "
+                    "run 'LaZSL: classify samples' first"
+                ),
+            )
+        pred = inputs.str(
+            "pred_field",
+            required=True,
+            default="lazsl" if "lazsl" in runs else (runs[0] if runs else None),
+            label="Prediction field",
+            view=_dropdown(runs),
+        )
         chosen = ctx.params.get("pred_field")
         if chosen and chosen not in runs:
-            invalid(pred, f"no LaZSL run wrote field {chosen!r} on this dataset; runs: "
-                          + (", ".join(runs) or "none"))
+            invalid(
+                pred,
+                f"no LaZSL run wrote field {chosen!r} on this dataset; runs: "
+                + (", ".join(runs) or "none"),
+            )
         _add_gt_input(inputs, ctx)
         inputs.int("top_k", default=20, min=0, label="Samples to tag")
         inputs.str("tag", default="suspect", label="Tag")
-        inputs.bool("tag_agreeing", default=False,
-                    label="Also tag samples whose prediction agrees with the label")
+        inputs.bool(
+            "tag_agreeing",
+            default=False,
+            label="Also tag samples whose prediction agrees with the label",
+        )
         inputs.bool("show_suspects", default=True, label="Show the tagged samples afterwards")
         return types.Property(inputs, view=types.View(label="Audit labels"))
 
     @user_errors
     def execute(self, ctx):
         view = ctx.target_view()
-        res = audit_labels(view, ctx.params["pred_field"], ctx.params["gt_field"],
-                           top_k=int(ctx.params.get("top_k", 20)),
-                           tag=ctx.params.get("tag") or "suspect",
-                           min_suspicion=None if ctx.params.get("tag_agreeing") else 0.0)
+        res = audit_labels(
+            view,
+            ctx.params["pred_field"],
+            ctx.params["gt_field"],
+            top_k=int(ctx.params.get("top_k", 20)),
+            tag=ctx.params.get("tag") or "suspect",
+            min_suspicion=None if ctx.params.get("tag_agreeing") else 0.0,
+        )
         ctx.ops.reload_dataset()
         if ctx.params.get("show_suspects", True) and res.saved_view:
             # By its stages, not by name: the App looks a name up in the saved
@@ -119,7 +142,7 @@ class EvaluateMethods(foo.Operator):
             name="evaluate_methods",
             label="LaZSL: compare methods",
             description="Top-1 and top-k evaluation of CLIP / DCLIP / LaZSL fields with "
-                        "FiftyOne, one comparison table, and 'A right, B wrong' views",
+            "FiftyOne, one comparison table, and 'A right, B wrong' views",
             dynamic=True,
         )
 
@@ -131,8 +154,14 @@ class EvaluateMethods(foo.Operator):
         choices = types.AutocompleteView(multiple=True)
         for f in runs:
             choices.add_choice(f, label=f)
-        preds = inputs.list("pred_fields", types.String(), required=True, default=runs,
-                            label="Prediction fields", view=choices)
+        preds = inputs.list(
+            "pred_fields",
+            types.String(),
+            required=True,
+            default=runs,
+            label="Prediction fields",
+            view=choices,
+        )
 
         for f in ctx.params.get("pred_fields") or []:
             problem = field_problem(ctx.dataset, f, (fo.Classification,), "a Classification field")
@@ -146,10 +175,14 @@ class EvaluateMethods(foo.Operator):
 
     @user_errors
     def execute(self, ctx):
-        rep = evaluate_methods(ctx.target_view(), ctx.params["gt_field"],
-                               list(ctx.params["pred_fields"]), k=int(ctx.params.get("k", 5)),
-                               worst=int(ctx.params.get("worst", 10)),
-                               save_views=bool(ctx.params.get("save_views", True)))
+        rep = evaluate_methods(
+            ctx.target_view(),
+            ctx.params["gt_field"],
+            list(ctx.params["pred_fields"]),
+            k=int(ctx.params.get("k", 5)),
+            worst=int(ctx.params.get("worst", 10)),
+            save_views=bool(ctx.params.get("save_views", True)),
+        )
         ctx.ops.reload_dataset()
         return {
             "table": "```\n" + rep.table() + "\n```",

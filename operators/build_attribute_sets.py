@@ -11,20 +11,27 @@ LaZSL outputs are offered; replacing a stored set of the same name needs an
 explicit tick; an unreachable endpoint or a failed request is one plain line.
 """
 
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from fiftyone_lazsl.core import classnames
-from fiftyone_lazsl.fo.fields import classes_from_field
-from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo import store
+from fiftyone_lazsl.fo.fields import classes_from_field
 from fiftyone_lazsl.llm.generate import DEFAULT_MODEL, DEFAULT_N, generate_attribute_set
 from fiftyone_lazsl.llm.secrets import resolve_api_key
 
-from ._forms import (DELEGATION_HELP, class_label_fields, fail_delegated, invalid, plain,
-                     stream_progress)
+from ._forms import (
+    DELEGATION_HELP,
+    class_label_fields,
+    fail_delegated,
+    invalid,
+    plain,
+    stream_progress,
+)
 
 
 class BuildAttributeSets(foo.Operator):
@@ -36,8 +43,8 @@ class BuildAttributeSets(foo.Operator):
             name="build_attribute_sets",
             label="LaZSL: build attribute set with an LLM",
             description="Ask an LLM (OpenAI or a local OpenAI-compatible server) for visual "
-                        "attributes of every class of a label field, and store the set on the "
-                        "dataset",
+            "attributes of every class of a label field, and store the set on the "
+            "dataset",
             dynamic=True,
             execute_as_generator=True,
             allow_immediate_execution=True,
@@ -50,25 +57,51 @@ class BuildAttributeSets(foo.Operator):
         pick = types.Dropdown()
         for f in fields:
             pick.add_choice(f, label=f)
-        inputs.enum("label_field", pick.values(), required=True, label="Classes from field",
-                    description="The distinct labels of this field are the classes", view=pick)
-        inputs.str("llm_model", required=True, default=DEFAULT_MODEL, label="LLM model",
-                   description="e.g. gpt-4o-mini, or llama3.1 / qwen2.5 on a local server")
-        inputs.str("base_url", required=False, label="Endpoint base URL",
-                   description="An OpenAI-compatible server, e.g. http://localhost:11434/v1 "
-                               "(Ollama); empty for OpenAI. The key comes from the plugin "
-                               "secret OPENAI_API_KEY or FIFTYONE_OPENAI_API_KEY")
+        inputs.enum(
+            "label_field",
+            pick.values(),
+            required=True,
+            label="Classes from field",
+            description="The distinct labels of this field are the classes",
+            view=pick,
+        )
+        inputs.str(
+            "llm_model",
+            required=True,
+            default=DEFAULT_MODEL,
+            label="LLM model",
+            description="e.g. gpt-4o-mini, or llama3.1 / qwen2.5 on a local server",
+        )
+        inputs.str(
+            "base_url",
+            required=False,
+            label="Endpoint base URL",
+            description="An OpenAI-compatible server, e.g. http://localhost:11434/v1 "
+            "(Ollama); empty for OpenAI. The key comes from the plugin "
+            "secret OPENAI_API_KEY or FIFTYONE_OPENAI_API_KEY",
+        )
         inputs.int("n", default=DEFAULT_N, label="Attributes per class", min=1, max=50)
-        inputs.str("hint", required=False, label="Domain hint",
-                   description='Put into the prompt, e.g. "bird species", "dog and cat breeds"')
-        inputs.bool("readable_names", default=False, label="Ask about readable names",
-                    description="001.Black_footed_Albatross -> Black-footed Albatross (the set "
-                                "stays keyed by the labels)")
+        inputs.str(
+            "hint",
+            required=False,
+            label="Domain hint",
+            description='Put into the prompt, e.g. "bird species", "dog and cat breeds"',
+        )
+        inputs.bool(
+            "readable_names",
+            default=False,
+            label="Ask about readable names",
+            description="001.Black_footed_Albatross -> Black-footed Albatross (the set "
+            "stays keyed by the labels)",
+        )
         field = ctx.params.get("label_field")
-        name_prop = inputs.str("set_name", required=True,
-                               default=store.safe_set_name(f"llm_{field}") if field else None,
-                               label="Set name",
-                               description="Letters, digits, '_' and '-'")
+        name_prop = inputs.str(
+            "set_name",
+            required=True,
+            default=store.safe_set_name(f"llm_{field}") if field else None,
+            label="Set name",
+            description="Letters, digits, '_' and '-'",
+        )
         name = ctx.params.get("set_name")
         if name:
             try:
@@ -77,12 +110,16 @@ class BuildAttributeSets(foo.Operator):
                 invalid(name_prop, plain(e))
             else:
                 if store.has_attribute_set(ctx.dataset, name):
-                    overwrite = inputs.bool("overwrite", default=False,
-                                            label=f"Replace the stored set {name!r}")
+                    overwrite = inputs.bool(
+                        "overwrite", default=False, label=f"Replace the stored set {name!r}"
+                    )
                     if not ctx.params.get("overwrite"):
-                        invalid(overwrite, f"the dataset already has an attribute set named "
-                                           f"{name!r}; tick this box to replace it, or choose "
-                                           "another name")
+                        invalid(
+                            overwrite,
+                            f"the dataset already has an attribute set named "
+                            f"{name!r}; tick this box to replace it, or choose "
+                            "another name",
+                        )
         inputs.view("delegation_note", types.Notice(label=DELEGATION_HELP))
         return types.Property(inputs, view=types.View(label="Build attribute set with an LLM"))
 
@@ -105,9 +142,13 @@ class BuildAttributeSets(foo.Operator):
         yield ctx.ops.notify(
             f"attribute set {result['set_name']!r} stored: {result['num_classes']} classes, "
             f"{result['num_attributes']} attributes"
-            + (f"; {len(result['empty_classes'])} classes without attributes"
-               if result["empty_classes"] else ""),
-            variant="warning" if result["empty_classes"] else "success")
+            + (
+                f"; {len(result['empty_classes'])} classes without attributes"
+                if result["empty_classes"]
+                else ""
+            ),
+            variant="warning" if result["empty_classes"] else "success",
+        )
 
     def _build(self, ctx: Any, report: Callable[[float, str], None]) -> dict:
         p = ctx.params
@@ -120,14 +161,19 @@ class BuildAttributeSets(foo.Operator):
 
         report(0.0, f"asking {p.get('llm_model') or DEFAULT_MODEL} about {len(classes)} classes")
         aset = generate_attribute_set(
-            targets, model=p.get("llm_model") or DEFAULT_MODEL,
+            targets,
+            model=p.get("llm_model") or DEFAULT_MODEL,
             base_url=(p.get("base_url") or "").strip() or None,
-            api_key=resolve_api_key(ctx.secrets), n=int(p.get("n") or DEFAULT_N),
-            hint=p.get("hint") or None, name=name, progress=progress,
+            api_key=resolve_api_key(ctx.secrets),
+            n=int(p.get("n") or DEFAULT_N),
+            hint=p.get("hint") or None,
+            name=name,
+            progress=progress,
         )
         aset.metadata["classes_from"] = p["label_field"]
-        stored = store.save_attribute_set(ctx.dataset, aset, name,
-                                          overwrite=bool(p.get("overwrite", False)))
+        stored = store.save_attribute_set(
+            ctx.dataset, aset, name, overwrite=bool(p.get("overwrite", False))
+        )
         return {
             "set_name": stored,
             "num_classes": len(aset),

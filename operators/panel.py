@@ -14,17 +14,21 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
 from fiftyone_lazsl.errors import UserError
-from fiftyone_lazsl.fo.fields import ground_truth_fields
 from fiftyone_lazsl.fo.explain import (
     explain_sample,
     matched_attribute_view,
     panel_content,
 )
+from fiftyone_lazsl.fo.fields import ground_truth_fields
 from fiftyone_lazsl.fo.rescore import rescore
 from fiftyone_lazsl.fo.runs import get_run_config, latest_lazsl_field, list_lazsl_fields
 from fiftyone_lazsl.fo.store import safe_set_name, save_attribute_set
-from fiftyone_lazsl.fo.workbench import (edit_attribute_set, grid_summary, rescore_sample,
-                                         run_attribute_set)
+from fiftyone_lazsl.fo.workbench import (
+    edit_attribute_set,
+    grid_summary,
+    rescore_sample,
+    run_attribute_set,
+)
 
 _NO_GT = "(none)"
 #: Separator of attributes in the workbench's text field.
@@ -69,8 +73,16 @@ class LazslExplanationsPanel(foo.Panel):
 
     def on_change_dataset(self, ctx):
         """A new dataset: re-read its LaZSL and ground-truth fields."""
-        ctx.panel.set_state({"label_field": None, "gt_field": None, "shown_field": None,
-                             "wb_for": None, "wb_edits": {}, "wb_result": ""})
+        ctx.panel.set_state(
+            {
+                "label_field": None,
+                "gt_field": None,
+                "shown_field": None,
+                "wb_for": None,
+                "wb_edits": {},
+                "wb_result": "",
+            }
+        )
         self._refresh(ctx)
 
     def on_change_current_sample(self, ctx):
@@ -105,8 +117,11 @@ class LazslExplanationsPanel(foo.Panel):
         params = dict(ctx.params or {})
         params.update(getattr(ctx, "event_args", None) or {})
         attribute = params.get("attribute")
-        label_field = (ctx.panel.get_state("shown_field") or ctx.panel.get_state("label_field")
-                       or latest_lazsl_field(ctx.dataset))
+        label_field = (
+            ctx.panel.get_state("shown_field")
+            or ctx.panel.get_state("label_field")
+            or latest_lazsl_field(ctx.dataset)
+        )
         if not attribute or not label_field:
             return
         view = matched_attribute_view(ctx.dataset, label_field, attribute)
@@ -144,8 +159,12 @@ class LazslExplanationsPanel(foo.Panel):
         edits = dict(ctx.panel.get_state("wb_edits") or {})
         key = ctx.panel.get_state("wb_for")
         text = ctx.panel.get_state("wb_text")
-        if key and text is not None and key.count("|") == 2 \
-                and key.split("|", 2)[1] == ctx.panel.get_state("shown_field"):
+        if (
+            key
+            and text is not None
+            and key.count("|") == 2
+            and key.split("|", 2)[1] == ctx.panel.get_state("shown_field")
+        ):
             cls = key.split("|", 2)[2]
             run_set = run_set or self._run_set(ctx)
             attrs = [a.strip() for a in str(text).split(SEP) if a.strip()]
@@ -181,8 +200,9 @@ class LazslExplanationsPanel(foo.Panel):
             key = ctx.panel.get_state("wb_for") or ""
             cls = key.split("|", 2)[2] if key.count("|") == 2 else None
             sample = ctx.dataset[ctx.current_sample]
-            r = rescore_sample(sample, label_field, self._edited_set(ctx, edits, run_set),
-                               class_name=cls)
+            r = rescore_sample(
+                sample, label_field, self._edited_set(ctx, edits, run_set), class_name=cls
+            )
         except (UserError, KeyError) as e:
             ctx.panel.set_state("wb_result", f"**Cannot re-score:** {e}")
             return
@@ -196,8 +216,13 @@ class LazslExplanationsPanel(foo.Panel):
         ctx.panel.set_state("wb_edits", edits)
         target = (ctx.panel.get_state("wb_target") or f"{label_field}_edited").strip()
         try:
-            summary = rescore(ctx.view, self._edited_set(ctx, edits, run_set),
-                              from_field=label_field, label_field=target, missing="skip")
+            summary = rescore(
+                ctx.view,
+                self._edited_set(ctx, edits, run_set),
+                from_field=label_field,
+                label_field=target,
+                missing="skip",
+            )
         except UserError as e:
             ctx.panel.set_state("wb_result", f"**Cannot re-score the view:** {e}")
             return
@@ -212,20 +237,25 @@ class LazslExplanationsPanel(foo.Panel):
         edits = self._edits(ctx, run_set)
         ctx.panel.set_state("wb_edits", edits)
         if not edits:
-            ctx.panel.set_state("wb_result", "**Nothing to save:** no class's attributes "
-                                              "differ from the run's set.")
+            ctx.panel.set_state(
+                "wb_result", "**Nothing to save:** no class's attributes differ from the run's set."
+            )
             return
         aset = self._edited_set(ctx, edits, run_set)
-        name = (ctx.panel.get_state("wb_name") or "").strip() or \
-            f"{safe_set_name(aset.metadata.get('parent') or aset.name)}-edited"
+        name = (
+            ctx.panel.get_state("wb_name") or ""
+        ).strip() or f"{safe_set_name(aset.metadata.get('parent') or aset.name)}-edited"
         try:
             saved = save_attribute_set(ctx.dataset, aset, name=name)
         except UserError as e:
             ctx.panel.set_state("wb_result", f"**Cannot save:** {e}")
             return
-        ctx.panel.set_state("wb_result", f"**Saved** attribute set '{saved}' with the edit of "
-                                         f"{', '.join(edits)} (parent: "
-                                         f"{aset.metadata.get('parent')})")
+        ctx.panel.set_state(
+            "wb_result",
+            f"**Saved** attribute set '{saved}' with the edit of "
+            f"{', '.join(edits)} (parent: "
+            f"{aset.metadata.get('parent')})",
+        )
         ctx.ops.notify(f"attribute set '{saved}' saved", variant="success")
 
     # -- state ------------------------------------------------------------------
@@ -247,7 +277,11 @@ class LazslExplanationsPanel(foo.Panel):
         if gt_field != _NO_GT and gt_field not in gt_fields:
             gt_field = _recalled(ctx, "gt_field")
         if gt_field != _NO_GT and gt_field not in gt_fields:
-            gt_field = "ground_truth" if "ground_truth" in gt_fields else (gt_fields[0] if gt_fields else _NO_GT)
+            gt_field = (
+                "ground_truth"
+                if "ground_truth" in gt_fields
+                else (gt_fields[0] if gt_fields else _NO_GT)
+            )
 
         update = {}
         if state.label_field != label_field:
@@ -273,7 +307,9 @@ class LazslExplanationsPanel(foo.Panel):
             except KeyError:
                 sample = None
             if sample is None:
-                content = {"summary": f"Sample {ctx.current_sample} is not in dataset '{ctx.dataset.name}'."}
+                content = {
+                    "summary": f"Sample {ctx.current_sample} is not in dataset '{ctx.dataset.name}'."
+                }
             else:
                 gt = None if gt_field == _NO_GT else gt_field
                 expl = explain_sample(sample, label_field, gt)
@@ -333,8 +369,14 @@ class LazslExplanationsPanel(foo.Panel):
             # keep what was typed for the class shown until now
             edits = self._edits(ctx, aset) if same_run else {}
             attrs = edits.get(cls, aset.attributes[cls])
-            update.update({"wb_edits": edits, "wb_for": key, "wb_text": f"{SEP} ".join(attrs),
-                           "wb_result": ""})
+            update.update(
+                {
+                    "wb_edits": edits,
+                    "wb_for": key,
+                    "wb_text": f"{SEP} ".join(attrs),
+                    "wb_result": "",
+                }
+            )
         if state.wb_class != cls:
             update["wb_class"] = cls
         return {"classes": classes, "class": cls}
@@ -383,13 +425,21 @@ class LazslExplanationsPanel(foo.Panel):
         if state.grid_rows:
             panel.md("**Run parameters**  \n" + (state.grid_params or ""), name="grid_params_md")
             table = _fitting_table()
-            for k, label in (("class", "Predicted class"), ("count", "Samples"),
-                             ("attributes", "Most often ranked first")):
+            for k, label in (
+                ("class", "Predicted class"),
+                ("count", "Samples"),
+                ("attributes", "Most often ranked first"),
+            ):
                 table.add_column(k, label=label)
             panel.list("grid_rows", types.Object(), view=table)
             for i, row in enumerate(state.grid_rows):
-                panel.btn(f"filter_{i}", label=f"Show {row['class']}", on_click=self.filter_class,
-                          params={"class_name": row["class"]}, variant="outlined")
+                panel.btn(
+                    f"filter_{i}",
+                    label=f"Show {row['class']}",
+                    on_click=self.filter_class,
+                    params={"class_name": row["class"]},
+                    variant="outlined",
+                )
 
         if state.wb_available:
             panel.md("**Attribute workbench** (re-scores from stored features)", name="wb_heading")
@@ -400,10 +450,14 @@ class LazslExplanationsPanel(foo.Panel):
             # no on_change: the App keeps the typed text in the panel state and
             # sends it with the button events
             panel.str("wb_text", label=f"Attributes (separated by '{SEP}')")
-            panel.btn("wb_rescore_sample", label="Re-score this sample", on_click=self.wb_rescore_sample)
+            panel.btn(
+                "wb_rescore_sample", label="Re-score this sample", on_click=self.wb_rescore_sample
+            )
             panel.str("wb_result", view=types.MarkdownView())
             panel.str("wb_target", label="Field for the view")
-            panel.btn("wb_rescore_view", label="Re-score the current view", on_click=self.wb_rescore_view)
+            panel.btn(
+                "wb_rescore_view", label="Re-score the current view", on_click=self.wb_rescore_view
+            )
             panel.str("wb_name", label="Save as (attribute set name)")
             panel.btn("wb_save", label="Save edited attribute set", on_click=self.wb_save)
 
@@ -435,17 +489,23 @@ def workbench_message(r: dict, edits: dict) -> str:
     if not r["ok"]:
         return f"**Cannot re-score:** {r['message']}"
     tops = ", ".join(f"{a} ({v:.4f})" for a, v in r["top_attributes"][:5])
-    head = (f"**With the edit of {', '.join(edits)}:**" if edits
-            else "**No edit yet** (the run's attribute set):")
-    lines = [f"{head} predicted {r['label']} (confidence {r['confidence']:.3f}); "
-             f"was {r['previous']}."]
+    head = (
+        f"**With the edit of {', '.join(edits)}:**"
+        if edits
+        else "**No edit yet** (the run's attribute set):"
+    )
+    lines = [
+        f"{head} predicted {r['label']} (confidence {r['confidence']:.3f}); was {r['previous']}."
+    ]
     c = r.get("class")
     if c:
         was = ""
         if c["previous_rank"] is not None:
             was = f" (was score {c['previous_score']:.4f}, rank {c['previous_rank']})"
-        lines.append(f"**{c['name']}:** score {c['score']:.4f}, rank {c['rank']} of "
-                     f"{c['num_classes']}, probability {c['probability']:.3f}{was}.")
+        lines.append(
+            f"**{c['name']}:** score {c['score']:.4f}, rank {c['rank']} of "
+            f"{c['num_classes']}, probability {c['probability']:.3f}{was}."
+        )
     lines.append(f"Top attributes of {r['label']}: {tops}")
     return "  \n".join(lines)
 

@@ -23,28 +23,34 @@ views larger than :data:`DELEGATE_ABOVE` samples (``ExecutionOptions``).
   on the dataset are remembered (``ctx.store``).
 """
 
+import os
 import time
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.executor import ExecutionOptions
 
 from fiftyone_lazsl.core import published
-from fiftyone_lazsl.core.config import LaZSLConfig
-from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.core.config import LaZSLConfig, normalize_pretrained
+from fiftyone_lazsl.core.models import check_weights
+from fiftyone_lazsl.errors import RunConflictError, UserError
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.fo.apply import run_lazsl
-from fiftyone_lazsl.fo.shards import run_shard
 from fiftyone_lazsl.fo.runs import list_lazsl_fields
+from fiftyone_lazsl.fo.shards import run_shard
 
-from ._forms import (DELEGATION_HELP, class_label_fields, fail_delegated, invalid,
-                     label_field_problem, notice,
-                     plain, stream_progress)
-from fiftyone_lazsl.core.models import check_weights
-import os
-from fiftyone.operators.executor import ExecutionOptions
-from fiftyone_lazsl.core.config import normalize_pretrained
-from fiftyone_lazsl.errors import RunConflictError
+from ._forms import (
+    DELEGATION_HELP,
+    class_label_fields,
+    fail_delegated,
+    invalid,
+    label_field_problem,
+    notice,
+    plain,
+    stream_progress,
+)
 
 #: Views with more samples than this default to delegated execution.
 DELEGATE_ABOVE = 200
@@ -64,7 +70,9 @@ def _attribute_set_choices(dataset):
     view = types.AutocompleteView(allow_user_input=True)
     stored = store.list_attribute_sets(dataset)
     for rec in stored:
-        view.add_choice(rec["name"], label=f"{rec['name']} (on this dataset, {rec['num_classes']} classes)")
+        view.add_choice(
+            rec["name"], label=f"{rec['name']} (on this dataset, {rec['num_classes']} classes)"
+        )
     names = {rec["name"] for rec in stored}
     for e in published.list_published():
         if e["name"] not in names:
@@ -122,13 +130,31 @@ def _config_inputs(inputs: types.Object, method: str) -> None:
         m, label = f.metadata, f.name.replace("_", " ").capitalize()
         default = getattr(defaults, f.name)
         if f.name == "crop_scale":
-            inputs.float("crop_min", default=default[0], label="Smallest crop (alpha)",
-                         description="smallest crop side / min(H, W)", min=0.01, max=1)
-            inputs.float("crop_max", default=default[1], label="Largest crop (beta)",
-                         description="largest crop side / min(H, W)", min=0.01, max=1)
+            inputs.float(
+                "crop_min",
+                default=default[0],
+                label="Smallest crop (alpha)",
+                description="smallest crop side / min(H, W)",
+                min=0.01,
+                max=1,
+            )
+            inputs.float(
+                "crop_max",
+                default=default[1],
+                label="Largest crop (beta)",
+                description="largest crop side / min(H, W)",
+                min=0.01,
+                max=1,
+            )
         elif m["choices"]:
-            inputs.enum(f.name, list(m["choices"]), default=default, label=label,
-                        description=m["help"], view=types.DropdownView())
+            inputs.enum(
+                f.name,
+                list(m["choices"]),
+                default=default,
+                label=label,
+                description=m["help"],
+                view=types.DropdownView(),
+            )
         elif isinstance(default, bool):
             inputs.bool(f.name, default=default, label=label, description=m["help"])
         elif isinstance(default, int):
@@ -136,13 +162,20 @@ def _config_inputs(inputs: types.Object, method: str) -> None:
         elif isinstance(default, float):
             inputs.float(f.name, default=default, label=label, description=m["help"])
         else:
-            inputs.str(f.name, default=default, required=False, label=label,
-                       description=m["help"])
+            inputs.str(f.name, default=default, required=False, label=label, description=m["help"])
 
 
 #: Form values remembered per dataset (``ctx.store``) between runs.
-_REMEMBERED = ("attribute_set", "method", "label_field", "gt_field", "model", "pretrained",
-               "device", "batch_size")
+_REMEMBERED = (
+    "attribute_set",
+    "method",
+    "label_field",
+    "gt_field",
+    "model",
+    "pretrained",
+    "device",
+    "batch_size",
+)
 _STORE = "lazsl_run_form"
 
 #: ``check_weights`` results per (model, pretrained): (time, message or None).
@@ -184,10 +217,15 @@ def _resolve_set(spec: str, dataset: Any) -> tuple[Any, str | None, str | None]:
                 return None, plain(e), None
             if path is None:
                 entry = published.get_published_entry(spec)
-                return None, None, (
-                    f"published set {entry['name']!r} is not on this machine: Execute downloads it "
-                    f"from {entry['url']} (needs network); offline, put the file in "
-                    "$FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS or import it first")
+                return (
+                    None,
+                    None,
+                    (
+                        f"published set {entry['name']!r} is not on this machine: Execute downloads it "
+                        f"from {entry['url']} (needs network); offline, put the file in "
+                        "$FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS or import it first"
+                    ),
+                )
     try:
         return store.resolve_attribute_set(spec, dataset), None, None
     except UserError as e:
@@ -203,8 +241,10 @@ def _remembered(ctx: Any) -> dict:
 
 def _remember(ctx: Any) -> None:
     try:
-        ctx.store(_STORE).set("last", {k: ctx.params.get(k) for k in _REMEMBERED
-                                       if ctx.params.get(k) not in (None, "")})
+        ctx.store(_STORE).set(
+            "last",
+            {k: ctx.params.get(k) for k in _REMEMBERED if ctx.params.get(k) not in (None, "")},
+        )
     except Exception:  # remembering is a convenience, never a failure
         pass
 
@@ -218,9 +258,11 @@ def _check_gt(ctx: Any, aset: Any, gt_field: str, restrict: bool) -> str | None:
     if not missing:
         return None
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    return (f"{len(missing)} of the {len(labels)} classes of {gt_field!r} are not in the attribute "
-            f"set ({shown}); tick 'Only samples whose ground-truth class is in the set' to leave "
-            "them out, or use a set that covers them")
+    return (
+        f"{len(missing)} of the {len(labels)} classes of {gt_field!r} are not in the attribute "
+        f"set ({shown}); tick 'Only samples whose ground-truth class is in the set' to leave "
+        "them out, or use a set that covers them"
+    )
 
 
 class RunLaZSL(foo.Operator):
@@ -245,19 +287,26 @@ class RunLaZSL(foo.Operator):
             large = len(ctx.target_view()) > DELEGATE_ABOVE
         except Exception:
             large = False
-        return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=True,
-                                default_choice_to_delegated=large)
+        return ExecutionOptions(
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=large,
+        )
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         ctx.target_view()  # adds the dataset / current view / selected samples choice
         last = _remembered(ctx)
         p = ctx.params
-        set_prop = inputs.str("attribute_set", required=True, label="Attribute set",
-                              default=last.get("attribute_set"),
-                              description="A set stored on the dataset, a published name, or a "
-                                          "JSON file path on the server",
-                              view=_attribute_set_choices(ctx.dataset))
+        set_prop = inputs.str(
+            "attribute_set",
+            required=True,
+            label="Attribute set",
+            default=last.get("attribute_set"),
+            description="A set stored on the dataset, a published name, or a "
+            "JSON file path on the server",
+            view=_attribute_set_choices(ctx.dataset),
+        )
         aset = None
         spec = p.get("attribute_set")
         if spec:
@@ -269,23 +318,36 @@ class RunLaZSL(foo.Operator):
         methods = types.RadioGroup()
         for k, v in METHODS.items():
             methods.add_choice(k, label=k, description=v)
-        inputs.enum("method", methods.values(), default=last.get("method", "lazsl"),
-                    label="Method", view=methods)
+        inputs.enum(
+            "method",
+            methods.values(),
+            default=last.get("method", "lazsl"),
+            label="Method",
+            view=methods,
+        )
 
         label_field = p.get("label_field") or last.get("label_field") or "lazsl"
-        label_prop = inputs.str("label_field", default=last.get("label_field", "lazsl"),
-                                label="Label field",
-                                description="Prediction field F (also F_crops, F_attributes, "
-                                            "F_error)")
+        label_prop = inputs.str(
+            "label_field",
+            default=last.get("label_field", "lazsl"),
+            label="Label field",
+            description="Prediction field F (also F_crops, F_attributes, F_error)",
+        )
         if ctx.dataset is not None and label_field in list_lazsl_fields(ctx.dataset):
-            inputs.bool("overwrite", default=False,
-                        label=f"Replace the outputs of the earlier run on {label_field!r}",
-                        description="Otherwise choose another label field (or resume with "
-                                    "'Skip samples that already have a prediction')")
+            inputs.bool(
+                "overwrite",
+                default=False,
+                label=f"Replace the outputs of the earlier run on {label_field!r}",
+                description="Otherwise choose another label field (or resume with "
+                "'Skip samples that already have a prediction')",
+            )
             if not p.get("overwrite") and not p.get("skip_existing"):
-                invalid(label_prop, f"field {label_field!r} holds an earlier LaZSL run: tick "
-                                    "'Replace the outputs...' below, or choose another label "
-                                    "field")
+                invalid(
+                    label_prop,
+                    f"field {label_field!r} holds an earlier LaZSL run: tick "
+                    "'Replace the outputs...' below, or choose another label "
+                    "field",
+                )
         else:
             problem = label_field_problem(ctx.dataset, label_field)
             if problem:
@@ -296,8 +358,11 @@ class RunLaZSL(foo.Operator):
             if k in last and k in inputs.properties:
                 inputs.properties[k].default = last[k]
         model = p.get("model") or last.get("model") or LaZSLConfig().model
-        pretrained = p["pretrained"] if "pretrained" in p else last.get(
-            "pretrained", LaZSLConfig().pretrained)
+        pretrained = (
+            p["pretrained"]
+            if "pretrained" in p
+            else last.get("pretrained", LaZSLConfig().pretrained)
+        )
         try:
             weights_msg = _weights_problem(model, normalize_pretrained(pretrained))
         except UserError as e:
@@ -309,27 +374,45 @@ class RunLaZSL(foo.Operator):
         gt_view = types.DropdownView()
         for f in gts:
             gt_view.add_choice(f, label=f)
-        gt_prop = inputs.enum("gt_field", gts, required=False,
-                              default=last.get("gt_field") if last.get("gt_field") in gts else None,
-                              label="Ground-truth field (checked against the set)",
-                              view=gt_view)
-        inputs.bool("restrict_to_set", default=False,
-                    label="Only samples whose ground-truth class is in the set",
-                    description="Otherwise classes missing from the set are an error")
+        gt_prop = inputs.enum(
+            "gt_field",
+            gts,
+            required=False,
+            default=last.get("gt_field") if last.get("gt_field") in gts else None,
+            label="Ground-truth field (checked against the set)",
+            view=gt_view,
+        )
+        inputs.bool(
+            "restrict_to_set",
+            default=False,
+            label="Only samples whose ground-truth class is in the set",
+            description="Otherwise classes missing from the set are an error",
+        )
         gt = p.get("gt_field")
         if gt and aset is not None and gt in gts:
             problem = _check_gt(ctx, aset, gt, bool(p.get("restrict_to_set")))
             if problem:
                 invalid(gt_prop, problem)
-        inputs.bool("skip_existing", default=False, label="Skip samples that already have a prediction")
+        inputs.bool(
+            "skip_existing", default=False, label="Skip samples that already have a prediction"
+        )
         inputs.bool("heatmap", default=False, label="Write an evidence heatmap per sample")
-        inputs.enum("evidence", ["compact", "full"], default="compact", label="Evidence stored",
-                    description="compact: attributes of the predicted class, runner-up and "
-                                "ground-truth class, top 5 crops; full: every class, all crops",
-                    view=types.DropdownView())
-        inputs.bool("store_features", default=False, label="Store view embeddings",
-                    description="Keep each sample's view embeddings (feature store) so the view can "
-                                "be re-scored with edited attribute sets without encoding again")
+        inputs.enum(
+            "evidence",
+            ["compact", "full"],
+            default="compact",
+            label="Evidence stored",
+            description="compact: attributes of the predicted class, runner-up and "
+            "ground-truth class, top 5 crops; full: every class, all crops",
+            view=types.DropdownView(),
+        )
+        inputs.bool(
+            "store_features",
+            default=False,
+            label="Store view embeddings",
+            description="Keep each sample's view embeddings (feature store) so the view can "
+            "be re-scored with edited attribute sets without encoding again",
+        )
         notice(inputs, "delegation_note", DELEGATION_HELP, kind="notice")
         return types.Property(inputs, view=types.View(label="Run LaZSL"))
 
@@ -344,10 +427,12 @@ class RunLaZSL(foo.Operator):
         p = ctx.params
         kwargs = params_to_kwargs(p)
         if (p.get("label_field") or "lazsl") in list_lazsl_fields(ctx.dataset) and not (
-                p.get("overwrite") or p.get("skip_existing")):
+            p.get("overwrite") or p.get("skip_existing")
+        ):
             raise RunConflictError(
                 f"field {kwargs['label_field']!r} holds an earlier LaZSL run; pass overwrite=True "
-                "to replace it, or choose another label field")
+                "to replace it, or choose another label field"
+            )
         return ctx.target_view(), str(p["attribute_set"]).strip(), kwargs
 
     def _execute_delegated(self, ctx: Any) -> dict:
@@ -368,8 +453,9 @@ class RunLaZSL(foo.Operator):
             return
         _remember(ctx)
         try:
-            summary = yield from stream_progress(ctx, lambda progress: _run(
-                view, spec, progress, dict(kwargs, num_workers=0)))
+            summary = yield from stream_progress(
+                ctx, lambda progress: _run(view, spec, progress, dict(kwargs, num_workers=0))
+            )
         except UserError as e:
             yield ctx.ops.reload_dataset()  # the run record may have changed
             yield ctx.ops.notify(plain(e), variant="error")

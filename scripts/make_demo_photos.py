@@ -31,8 +31,20 @@ MAX_SIDE = 384
 QUALITY = 85
 # 6 cat and 6 dog breeds, 2 photos each (24 photos): see docs/cli.md, "demo", for
 # how the count was chosen (the demo's time budget on a 2-core CPU).
-BREEDS = ["Abyssinian", "Bengal", "Birman", "Bombay", "Persian", "Siamese",
-          "beagle", "boxer", "chihuahua", "pomeranian", "pug", "samoyed"]
+BREEDS = [
+    "Abyssinian",
+    "Bengal",
+    "Birman",
+    "Bombay",
+    "Persian",
+    "Siamese",
+    "beagle",
+    "boxer",
+    "chihuahua",
+    "pomeranian",
+    "pug",
+    "samoyed",
+]
 PER_BREED = 2
 
 
@@ -42,7 +54,9 @@ def main() -> None:
         shutil.rmtree(OUT / "pets")
     lines = []
     for breed in BREEDS:
-        chosen = sorted((r for r in rows if r["label"] == breed), key=lambda r: r["path"])[:PER_BREED]
+        chosen = sorted((r for r in rows if r["label"] == breed), key=lambda r: r["path"])[
+            :PER_BREED
+        ]
         assert len(chosen) == PER_BREED, breed
         for r in chosen:
             src = SHARED / r["path"]
@@ -55,11 +69,14 @@ def main() -> None:
                 im.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
                 im.save(dst, "JPEG", quality=QUALITY, optimize=True)
                 size = im.size
-            lines.append(f"| `pets/{breed}/{src.name}` | {breed} | `{src.name}` "
-                         f"| {w}x{h} -> {size[0]}x{size[1]} |")
+            lines.append(
+                f"| `pets/{breed}/{src.name}` | {breed} | `{src.name}` "
+                f"| {w}x{h} -> {size[0]}x{size[1]} |"
+            )
     shutil.copyfile(SHARED / "attribute_sets" / "pets.json", OUT / "pets.json")
-    (OUT / "ATTRIBUTION.md").write_text(HEADER.format(n=len(lines), side=MAX_SIDE, q=QUALITY)
-                                        + "\n".join(lines) + "\n" + FOOTER)
+    (OUT / "ATTRIBUTION.md").write_text(
+        HEADER.format(n=len(lines), side=MAX_SIDE, q=QUALITY) + "\n".join(lines) + "\n" + FOOTER
+    )
 
 
 HEADER = """# Demo data: sources and licences

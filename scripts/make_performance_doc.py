@@ -50,11 +50,17 @@ def section(md: pathlib.Path) -> str:
     head = [f"### {title}", ""]
     when = meta.get("when", "date not recorded")
     weights = "random weights" if meta.get("random_weights") else "pretrained weights"
-    head.append(f"Run of {when} on {_machine(meta) if meta else 'a machine not recorded'}; "
-                f"model {meta.get('model', '?')}, {weights}. "
-                f"Source: [`{rel}`](../{rel})"
-                + (f", [`{meta_file.name}`](../{meta_file.relative_to(REPO).as_posix()})"
-                   if meta_file.is_file() else "") + ".")
+    head.append(
+        f"Run of {when} on {_machine(meta) if meta else 'a machine not recorded'}; "
+        f"model {meta.get('model', '?')}, {weights}. "
+        f"Source: [`{rel}`](../{rel})"
+        + (
+            f", [`{meta_file.name}`](../{meta_file.relative_to(REPO).as_posix()})"
+            if meta_file.is_file()
+            else ""
+        )
+        + "."
+    )
     png = md.with_suffix(".png")
     out = head + [""] + [("#" + line if line.startswith("## ") else line) for line in body]
     if png.is_file():
@@ -70,8 +76,8 @@ def generated() -> str:
 def render(page_text: str) -> str:
     """``page_text`` with its generated part replaced (appended when absent)."""
     if BEGIN in page_text:
-        head = page_text[:page_text.index(BEGIN)]
-        tail = page_text[page_text.index(END) + len(END):] if END in page_text else "\n"
+        head = page_text[: page_text.index(BEGIN)]
+        tail = page_text[page_text.index(END) + len(END) :] if END in page_text else "\n"
     else:
         head, tail = page_text.rstrip("\n") + "\n\n", "\n"
     return head + generated() + tail
@@ -82,7 +88,9 @@ def main(argv: list[str]) -> int:
     new = render(current)
     if "--check" in argv:
         if new != current:
-            print(f"{PAGE.relative_to(REPO)} is out of date: run python scripts/make_performance_doc.py")
+            print(
+                f"{PAGE.relative_to(REPO)} is out of date: run python scripts/make_performance_doc.py"
+            )
             return 1
         return 0
     PAGE.write_text(new)

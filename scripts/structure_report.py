@@ -121,8 +121,9 @@ class Analysis:
     def function_imports(self, internal_only: bool = False) -> list[ImportStmt]:
         """Import statements inside functions (only those naming a module of this
         package with ``internal_only``)."""
-        return [s for s in self.imports
-                if s.function is not None and (s.internal or not internal_only)]
+        return [
+            s for s in self.imports if s.function is not None and (s.internal or not internal_only)
+        ]
 
     def graph(self, level: str = "module") -> dict[str, dict[str, list[int]]]:
         """``{importer: {imported: [lines]}}`` among this package's modules.
@@ -157,13 +158,15 @@ class Analysis:
         :meth:`cycles` (the modules in import order; the last imports the first)."""
         return _shortest_cycle(self.graph(level), min(component), set(component))
 
-    def component_edges(self, component: list[str], level: str = "module"
-                        ) -> list[tuple[str, str, list[int]]]:
+    def component_edges(
+        self, component: list[str], level: str = "module"
+    ) -> list[tuple[str, str, list[int]]]:
         """The import edges inside one component of :meth:`cycles`: ``(importer,
         imported, lines)``."""
         g, comp = self.graph(level), set(component)
-        return [(a, b, lines) for a in sorted(comp) for b, lines in sorted(g[a].items())
-                if b in comp]
+        return [
+            (a, b, lines) for a in sorted(comp) for b, lines in sorted(g[a].items()) if b in comp
+        ]
 
 
 def discover(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -188,7 +191,8 @@ def _is_private(name: str) -> bool:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 class _ModuleVisitor:
@@ -210,11 +214,12 @@ class _ModuleVisitor:
             return node.module or ""
         parts = self.name.split(".") if self.is_package else self.name.split(".")[:-1]
         if node.level > 1:
-            parts = parts[:len(parts) - (node.level - 1)]
+            parts = parts[: len(parts) - (node.level - 1)]
         return ".".join(parts + ([node.module] if node.module else []))
 
-    def _record_import(self, node: ast.Import | ast.ImportFrom, function: str | None,
-                       tc: bool) -> None:
+    def _record_import(
+        self, node: ast.Import | ast.ImportFrom, function: str | None, tc: bool
+    ) -> None:
         targets: list[str] = []
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -234,12 +239,27 @@ class _ModuleVisitor:
                     continue
                 targets.append(base)
                 if _is_private(a.name) and a.name != "*":
-                    self.private.append(PrivateUse(self.name, node.lineno, base, a.name,
-                                                   "from-import", self._internal(base)))
+                    self.private.append(
+                        PrivateUse(
+                            self.name,
+                            node.lineno,
+                            base,
+                            a.name,
+                            "from-import",
+                            self._internal(base),
+                        )
+                    )
         uniq = tuple(dict.fromkeys(targets))
-        self.imports.append(ImportStmt(self.name, node.lineno, uniq,
-                                       tuple(t for t in uniq if self._internal(t)),
-                                       function, tc))
+        self.imports.append(
+            ImportStmt(
+                self.name,
+                node.lineno,
+                uniq,
+                tuple(t for t in uniq if self._internal(t)),
+                function,
+                tc,
+            )
+        )
 
     def _attribute(self, node: ast.Attribute) -> None:
         chain, cur = [node.attr], node.value
@@ -259,18 +279,23 @@ class _ModuleVisitor:
                 return  # outside the package: a class or a private name in the chain
             owner = nxt
         if _is_private(chain[-1]) and (owner, chain[-1]) not in PUBLIC_UNDERSCORED:
-            self.private.append(PrivateUse(self.name, node.lineno, owner, chain[-1],
-                                           "attribute", self._internal(owner)))
+            self.private.append(
+                PrivateUse(
+                    self.name, node.lineno, owner, chain[-1], "attribute", self._internal(owner)
+                )
+            )
 
     # ----------------------------------------------------------------- walking
-    def visit(self, node: ast.AST, function: str | None = None, qual: str = "",
-              tc: bool = False) -> None:
+    def visit(
+        self, node: ast.AST, function: str | None = None, qual: str = "", tc: bool = False
+    ) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 q = f"{qual}.{child.name}" if qual else child.name
                 first = min([child.lineno] + [d.lineno for d in child.decorator_list])
-                self.functions.append(Function(self.name, q, first,
-                                               (child.end_lineno or first) - first + 1))
+                self.functions.append(
+                    Function(self.name, q, first, (child.end_lineno or first) - first + 1)
+                )
                 self.visit(child, q, q, tc)
             elif isinstance(child, ast.ClassDef):
                 self.visit(child, function, f"{qual}.{child.name}" if qual else child.name, tc)
@@ -355,8 +380,7 @@ def _sccs(g: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def _shortest_cycle(g: dict[str, dict[str, list[int]]], start: str, within: set[str]
-                    ) -> list[str]:
+def _shortest_cycle(g: dict[str, dict[str, list[int]]], start: str, within: set[str]) -> list[str]:
     """A shortest path ``start -> ... -> start`` inside ``within`` (breadth first),
     as the list of modules without the repeated ``start``."""
     prev: dict[str, str] = {}
@@ -389,16 +413,21 @@ def signature(an: Analysis, module: str, qualname: str) -> list[str]:
     """
     node: ast.AST = an.trees[module]
     for part in qualname.split("."):
-        found = [n for n in getattr(node, "body", [])
-                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                 and n.name == part]
+        found = [
+            n
+            for n in getattr(node, "body", [])
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and n.name == part
+        ]
         if not found:
             raise KeyError(f"{module}: no {qualname}")
         node = found[0]
     if isinstance(node, ast.ClassDef):
-        return [f"{n.target.id}={ast.unparse(n.value)}" if n.value else n.target.id
-                for n in node.body
-                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+        return [
+            f"{n.target.id}={ast.unparse(n.value)}" if n.value else n.target.id
+            for n in node.body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+        ]
     a = node.args  # type: ignore[attr-defined]
     pos = a.posonlyargs + a.args
     defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
@@ -426,52 +455,83 @@ def report(an: Analysis, top: int = 10, list_lazy: bool = False) -> str:
     """The Markdown report (sections a-e) of one analysis."""
     lines = [f"# Structure report ({len(an.paths)} modules)", ""]
 
-    lines += ["## (a) Parameters of the public entry points", "",
-              "| entry point | named parameters | parameters |", "| --- | --- | --- |"]
+    lines += [
+        "## (a) Parameters of the public entry points",
+        "",
+        "| entry point | named parameters | parameters |",
+        "| --- | --- | --- |",
+    ]
     for module, qual in ENTRY_POINTS:
         try:
             params = signature(an, module, qual)
         except KeyError:
             lines.append(f"| `{module}.{qual}` | - | (not found) |")
             continue
-        lines.append(f"| `{module}.{qual}` | {len(_named(params))} | "
-                     f"{', '.join(params).replace('|', '&#124;')} |")
+        lines.append(
+            f"| `{module}.{qual}` | {len(_named(params))} | "
+            f"{', '.join(params).replace('|', '&#124;')} |"
+        )
 
-    for internal, title in ((True, "(b) Uses of another module's private names"),
-                            (False, "(b') For information: private names of other libraries")):
-        uses = sorted((u for u in an.private_uses if u.internal == internal),
-                      key=lambda u: (u.module, u.line, u.name))
-        lines += ["", f"## {title}", "", f"{len(uses)} uses"
-                  + (f" of {len({(u.owner, u.name) for u in uses})} names" if uses else ""), ""]
+    for internal, title in (
+        (True, "(b) Uses of another module's private names"),
+        (False, "(b') For information: private names of other libraries"),
+    ):
+        uses = sorted(
+            (u for u in an.private_uses if u.internal == internal),
+            key=lambda u: (u.module, u.line, u.name),
+        )
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            f"{len(uses)} uses"
+            + (f" of {len({(u.owner, u.name) for u in uses})} names" if uses else ""),
+            "",
+        ]
         if uses:
             lines += ["| module | line | owner | name | how |", "| --- | --- | --- | --- | --- |"]
-            lines += [f"| {u.module} | {u.line} | {u.owner} | `{u.name}` | {u.how} |"
-                      for u in uses]
+            lines += [f"| {u.module} | {u.line} | {u.owner} | `{u.name}` | {u.how} |" for u in uses]
 
     fi, fi_int = an.function_imports(), an.function_imports(internal_only=True)
-    lines += ["", "## (c) Imports inside functions", "",
-              f"{len(fi)} import statements inside functions, {len(fi_int)} of them import "
-              f"modules of this package (in {len({s.module for s in fi_int})} modules).", ""]
+    lines += [
+        "",
+        "## (c) Imports inside functions",
+        "",
+        f"{len(fi)} import statements inside functions, {len(fi_int)} of them import "
+        f"modules of this package (in {len({s.module for s in fi_int})} modules).",
+        "",
+    ]
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for s in fi:
         per[s.module][0] += 1
         per[s.module][1] += bool(s.internal)
     lines += ["| module | inside functions | of this package |", "| --- | --- | --- |"]
-    lines += [f"| {m} | {a} | {b} |" for m, (a, b) in
-              sorted(per.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))]
+    lines += [
+        f"| {m} | {a} | {b} |"
+        for m, (a, b) in sorted(per.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0]))
+    ]
     if list_lazy:
         lines += ["", "| module | line | function | imports |", "| --- | --- | --- | --- |"]
-        lines += [f"| {s.module} | {s.line} | {s.function} | {', '.join(s.internal)} |"
-                  for s in sorted(fi_int, key=lambda s: (s.module, s.line))]
+        lines += [
+            f"| {s.module} | {s.line} | {s.function} | {', '.join(s.internal)} |"
+            for s in sorted(fi_int, key=lambda s: (s.module, s.line))
+        ]
 
-    lines += ["", f"## (d) The {top} longest functions", "",
-              "| lines | function | module | line |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        f"## (d) The {top} longest functions",
+        "",
+        "| lines | function | module | line |",
+        "| --- | --- | --- | --- |",
+    ]
     for f in sorted(an.functions, key=lambda f: (-f.n_lines, f.module, f.line))[:top]:
         lines.append(f"| {f.n_lines} | `{f.qualname}` | {f.module} | {f.line} |")
 
     lines += ["", "## (e) Import cycles among the package's modules"]
-    for level, what in (("module", "imports that run on import (module level)"),
-                        ("all", "all imports, function level included")):
+    for level, what in (
+        ("module", "imports that run on import (module level)"),
+        ("all", "all imports, function level included"),
+    ):
         cyc = an.cycles(level)
         lines += ["", f"### {what}: {len(cyc)} cycle component(s)", ""]
         for comp in cyc:
@@ -489,8 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default=str(REPO), help="repository root to analyse")
     p.add_argument("--top", type=int, default=10, help="how many longest functions")
-    p.add_argument("--list-lazy", action="store_true",
-                   help="list every function-level import of this package's modules")
+    p.add_argument(
+        "--list-lazy",
+        action="store_true",
+        help="list every function-level import of this package's modules",
+    )
     args = p.parse_args(argv)
     print(report(analyse(args.root), args.top, args.list_lazy), end="")
     return 0

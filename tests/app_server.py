@@ -63,7 +63,9 @@ class AppServer:
     its combined stdout/stderr (read it when something fails).
     """
 
-    def __init__(self, port: int | None = None, plugins_dir: str | None = None, env: dict | None = None):
+    def __init__(
+        self, port: int | None = None, plugins_dir: str | None = None, env: dict | None = None
+    ):
         self.port = port or free_port()
         self._own_plugins = plugins_dir is None
         self.plugins_dir = plugins_dir or make_plugins_dir()
@@ -85,14 +87,22 @@ class AppServer:
         """Base URL of the App."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> "AppServer":
+    def start(self, timeout: float = 120.0) -> AppServer:
         """Start the server and wait until it answers HTTP (raises
         ``RuntimeError`` with the log tail if it exits or times out)."""
         fd, self.log_path = tempfile.mkstemp(prefix="lazsl-app-", suffix=".log")
         os.close(fd)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fiftyone.server.main", "--port", str(self.port), "--address", "127.0.0.1"],
+            [
+                sys.executable,
+                "-m",
+                "fiftyone.server.main",
+                "--port",
+                str(self.port),
+                "--address",
+                "127.0.0.1",
+            ],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -101,7 +111,9 @@ class AppServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"App server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"App server exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/", timeout=5) as r:
                     ok = r.status == 200
@@ -109,7 +121,9 @@ class AppServer:
                     time.sleep(1.0)
                     if self.proc.poll() is not None:
                         # Someone else answered on this port; ours failed to bind.
-                        raise RuntimeError(f"App server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                        raise RuntimeError(
+                            f"App server exited with {self.proc.returncode}:\n{self.log_tail()}"
+                        )
                     return self
             except OSError:
                 pass

@@ -26,8 +26,9 @@ def smooth(h: int, w: int) -> np.ndarray:
     """Asymmetric RGB image: every row and column differs (so a rotation or a
     flip changes the pixels)."""
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([(x * 255) // max(1, w - 1), (y * 255) // max(1, h - 1),
-                     ((x + 2 * y) * 7) % 256], axis=-1).astype(np.uint8)
+    return np.stack(
+        [(x * 255) // max(1, w - 1), (y * 255) // max(1, h - 1), ((x + 2 * y) * 7) % 256], axis=-1
+    ).astype(np.uint8)
 
 
 def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -36,7 +37,11 @@ def noise(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def save(path, array_or_image, **kw) -> pathlib.Path:
     path = pathlib.Path(path)
-    im = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    im = (
+        array_or_image
+        if isinstance(array_or_image, Image.Image)
+        else Image.fromarray(array_or_image)
+    )
     im.save(path, **kw)
     return path
 
@@ -108,8 +113,9 @@ def gray16_png(d) -> pathlib.Path:
 
 
 def cmyk_jpeg(d) -> pathlib.Path:
-    return save(pathlib.Path(d) / "cmyk.jpg", Image.fromarray(smooth(50, 60)).convert("CMYK"),
-                quality=95)
+    return save(
+        pathlib.Path(d) / "cmyk.jpg", Image.fromarray(smooth(50, 60)).convert("CMYK"), quality=95
+    )
 
 
 def animated_gif(d) -> pathlib.Path:
@@ -154,8 +160,10 @@ def png_bomb(d, limit: int | None = None, aspect: int = 2) -> tuple[pathlib.Path
     h = math.isqrt((2 * limit) // aspect) + 8
     w = aspect * h
     row_bytes = (w + 7) // 8
-    stripes = [b"\x00" + (b"\xf0\x0f" * row_bytes)[:row_bytes],
-               b"\x00" + (b"\x0f\xf0" * row_bytes)[:row_bytes]]
+    stripes = [
+        b"\x00" + (b"\xf0\x0f" * row_bytes)[:row_bytes],
+        b"\x00" + (b"\x0f\xf0" * row_bytes)[:row_bytes],
+    ]
     comp = zlib.compressobj(9)
     chunks = []
     for y in range(h):
@@ -168,8 +176,9 @@ def png_bomb(d, limit: int | None = None, aspect: int = 2) -> tuple[pathlib.Path
 
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
     p = pathlib.Path(d) / "bomb.png"
-    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-                  + chunk(b"IEND", b""))
+    p.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
     return p, (w, h)
 
 
@@ -213,7 +222,8 @@ def assert_every_sample_accounted(view, field: str) -> dict:
         has_err = e is not None
         assert has_pred != has_err, (
             f"{path}: expected exactly one of a prediction or an error, got "
-            f"prediction={p!r}, error={e!r}")
+            f"prediction={p!r}, error={e!r}"
+        )
         if has_pred:
             assert isinstance(p, fo.Classification) and p.label, (path, p)
             assert p.logits is not None and len(p.logits) >= 1, (path, p)

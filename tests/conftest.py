@@ -3,13 +3,13 @@ for model hubs. Set before FiftyOne or open_clip is imported."""
 
 import os
 import shutil
-import tempfile
 
 # Tests that press Ctrl-C on a child process need SIGINT to reach it. A runner
 # started as a background job of a non-interactive shell ignores SIGINT, and
 # children inherit an ignored signal (a Python child then never raises
 # KeyboardInterrupt); a handler, unlike SIG_IGN, is reset to the default on exec.
 import signal  # noqa: E402
+import tempfile
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -31,13 +31,16 @@ def _start_private_mongod() -> None:
     :mod:`fiftyone_lazsl.testing.mongod`); subprocesses (CLI tests) inherit its URI."""
     from fiftyone_lazsl.testing import mongod as private_mongod
 
-    proc = private_mongod.start(os.environ["FIFTYONE_DATABASE_DIR"], os.path.join(_TMP, "mongod.log"))
+    proc = private_mongod.start(
+        os.environ["FIFTYONE_DATABASE_DIR"], os.path.join(_TMP, "mongod.log")
+    )
 
     def stop():
         # atexit runs this after FiftyOne's own exit cleanup (registered later,
         # when it connects), so the database is still up for it.
         private_mongod.stop(proc)
         shutil.rmtree(_TMP, ignore_errors=True)
+
     atexit.register(stop)
 
 
@@ -80,4 +83,3 @@ def tmp_cache(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("FIFTYONE_LAZSL_CACHE", str(d))
     return d
-

@@ -37,8 +37,16 @@ from fiftyone_lazsl.core.models import LoadedModel
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt
 
 #: Colour of each class's images, by class index.
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+]
 LAMBDA = 0.3
 LOGIT_SCALE = 10.0
 
@@ -47,9 +55,15 @@ def make_attribute_set(num_classes: int = 6, num_attributes: int = 4) -> Attribu
     """Classes ``class_0..`` with distinct attribute texts ``"<colour word> mark k of class c"``."""
     words = ["red", "green", "yellow", "blue", "orange", "purple", "cyan", "pink"]
     return AttributeSet.from_dict(
-        {f"class_{c}": [f"{words[(c + k) % len(words)]} mark {k} of class {c}"
-                        for k in range(num_attributes)]
-         for c in range(num_classes)}, name="controlled")
+        {
+            f"class_{c}": [
+                f"{words[(c + k) % len(words)]} mark {k} of class {c}"
+                for k in range(num_attributes)
+            ]
+            for c in range(num_classes)
+        },
+        name="controlled",
+    )
 
 
 def own_weight(c: int, a: int, A: int) -> float:
@@ -78,14 +92,29 @@ def weakest_attribute(c: int, A: int) -> int:
 class ControlledModel(LoadedModel):
     """A :class:`LoadedModel` with hand-made features (see the module docstring)."""
 
-    def __init__(self, attribute_set: AttributeSet, *, clip_map: dict | None = None,
-                 prompt_style: str = "dclip"):
+    def __init__(
+        self,
+        attribute_set: AttributeSet,
+        *,
+        clip_map: dict | None = None,
+        prompt_style: str = "dclip",
+    ):
         module = torch.nn.Module()
         module.logit_scale = torch.nn.Parameter(torch.tensor(math.log(LOGIT_SCALE)))
-        super().__init__(model=module, tokenizer=None, name="controlled-test", pretrained=None,
-                         weights_id=None, random_weights=False, image_size=16,
-                         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bilinear",
-                         resize_mode="shortest", device=torch.device("cpu"))
+        super().__init__(
+            model=module,
+            tokenizer=None,
+            name="controlled-test",
+            pretrained=None,
+            weights_id=None,
+            random_weights=False,
+            image_size=16,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            interpolation="bilinear",
+            resize_mode="shortest",
+            device=torch.device("cpu"),
+        )
         self.classes = list(attribute_set.classes)
         prompts, _ = build_prompts(attribute_set, style=prompt_style)
         self.A = [len(p) for p in prompts]
@@ -102,13 +131,18 @@ class ControlledModel(LoadedModel):
             v = torch.zeros(self.dim)
             for c2 in range(C):
                 for a in range(self.A[c2]):
-                    w = own_weight(c, a, self.A[c]) if c2 == c else LAMBDA * other_weight(c2, a, self.A[c2])
+                    w = (
+                        own_weight(c, a, self.A[c])
+                        if c2 == c
+                        else LAMBDA * other_weight(c2, a, self.A[c2])
+                    )
                     v[offsets[c2] + a] = w
             self.image_vectors[c] = v / v.norm()
         clip_map = clip_map or {}
         self.clip_vectors = {
             clip_prompt(name): self._own_direction(clip_map.get(c, c))
-            for c, name in enumerate(self.classes)}
+            for c, name in enumerate(self.classes)
+        }
 
     def _own_direction(self, c: int) -> torch.Tensor:
         v = torch.zeros(self.dim)
@@ -119,8 +153,8 @@ class ControlledModel(LoadedModel):
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Each view's mean colour -> nearest palette colour -> that class's vector."""
-        rgb = pixels.float().mean(dim=(2, 3)) * 255.0                       # [V, 3]
-        pal = torch.tensor(PALETTE[:len(self.classes)], dtype=torch.float32)
+        rgb = pixels.float().mean(dim=(2, 3)) * 255.0  # [V, 3]
+        pal = torch.tensor(PALETTE[: len(self.classes)], dtype=torch.float32)
         d = torch.cdist(rgb, pal)
         dist, idx = d.min(dim=1)
         if bool((dist > 3.0).any()):

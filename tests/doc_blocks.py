@@ -72,8 +72,16 @@ def blocks(files: list[pathlib.Path] | None = None) -> list[Block]:
                     marker, reason = "skip", ""  # a skip without a reason: flagged by the test
                 else:
                     marker = spec
-            out.append(Block(str(f.relative_to(ROOT)), start + 1, lang, marker, reason,
-                             "\n".join(lines[start + 1:j]) + "\n"))
+            out.append(
+                Block(
+                    str(f.relative_to(ROOT)),
+                    start + 1,
+                    lang,
+                    marker,
+                    reason,
+                    "\n".join(lines[start + 1 : j]) + "\n",
+                )
+            )
             i = j + 1
     return out
 
@@ -86,8 +94,10 @@ def block(name: str) -> str:
     """
     found = [b for b in blocks() if b.marker == name]
     if len(found) != 1:
-        raise LookupError(f"{len(found)} doc blocks are marked 'doc-test: {name}': "
-                          + ", ".join(b.where for b in found))
+        raise LookupError(
+            f"{len(found)} doc blocks are marked 'doc-test: {name}': "
+            + ", ".join(b.where for b in found)
+        )
     return found[0].text
 
 

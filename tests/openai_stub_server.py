@@ -38,8 +38,13 @@ def status(code, message="scripted error", retry_after_ms=10, echo_auth=False):
     """An HTTP error with an OpenAI-style error body. ``retry_after_ms`` keeps
     the client's backoff short; ``echo_auth`` puts the request's Authorization
     header into the error message (as careless servers do)."""
-    return {"kind": "status", "code": code, "message": message,
-            "retry_after_ms": retry_after_ms, "echo_auth": echo_auth}
+    return {
+        "kind": "status",
+        "code": code,
+        "message": message,
+        "retry_after_ms": retry_after_ms,
+        "echo_auth": echo_auth,
+    }
 
 
 def raw(body, content_type="application/json", encoding=None, code=200):
@@ -47,8 +52,13 @@ def raw(body, content_type="application/json", encoding=None, code=200):
     completion, or hostile ones. Text may hold the placeholders of
     :func:`fill` (the request's key, echoed back). ``encoding="gzip"``
     compresses it (and sends ``Content-Encoding: gzip``)."""
-    return {"kind": "raw", "body": body, "content_type": content_type,
-            "encoding": encoding, "code": code}
+    return {
+        "kind": "raw",
+        "body": body,
+        "content_type": content_type,
+        "encoding": encoding,
+        "code": code,
+    }
 
 
 def completion(message=None, choice=None, **fields):
@@ -58,8 +68,16 @@ def completion(message=None, choice=None, **fields):
     number; a choice without ``message``)."""
     if choice is None:
         choice = {"index": 0, "message": message, "finish_reason": "stop"}
-    body = dict({"id": "chatcmpl-x", "object": "chat.completion", "created": 1700000000,
-                 "model": "stub", "choices": [choice]}, **fields)
+    body = dict(
+        {
+            "id": "chatcmpl-x",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "stub",
+            "choices": [choice],
+        },
+        **fields,
+    )
     return raw(json.dumps(body))
 
 
@@ -69,10 +87,19 @@ def event_stream(pieces, valid=True):
     ``valid=False`` sends events that are not JSON."""
     lines = []
     for i, p in enumerate(pieces):
-        chunk = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1700000000,
-                 "model": "stub", "choices": [{"index": 0, "delta": (
-                     {"role": "assistant", "content": p} if i == 0 else {"content": p}),
-                     "finish_reason": None}]}
+        chunk = {
+            "id": "chatcmpl-s",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": "stub",
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": ({"role": "assistant", "content": p} if i == 0 else {"content": p}),
+                    "finish_reason": None,
+                }
+            ],
+        }
         lines.append("data: " + (json.dumps(chunk) if valid else "{not json " + p) + "\n\n")
     lines.append("data: [DONE]\n\n")
     return raw("".join(lines), content_type="text/event-stream")
@@ -92,9 +119,12 @@ def fill(text, auth):
 
     auth = auth or ""
     key = auth.split(" ", 1)[-1]
-    return (text.replace("{AUTHORIZATION}", auth).replace("{KEY}", key)
-            .replace("{KEY_B64}", base64.b64encode(key.encode()).decode())
-            .replace("{KEY_U}", "".join(f"\\u{ord(c):04x}" for c in key)))
+    return (
+        text.replace("{AUTHORIZATION}", auth)
+        .replace("{KEY}", key)
+        .replace("{KEY_B64}", base64.b64encode(key.encode()).decode())
+        .replace("{KEY_U}", "".join(f"\\u{ord(c):04x}" for c in key))
+    )
 
 
 def delayed(seconds, reply):
@@ -124,8 +154,8 @@ class StubOpenAI:
         self.script = {k: list(v) for k, v in script.items()}
         self.default = default or status(404, "no scripted class")
         self.reject_json_mode = reject_json_mode
-        self.requests = []          # (class name or None, body dict)
-        self.auth_headers = []      # kept in memory only
+        self.requests = []  # (class name or None, body dict)
+        self.auth_headers = []  # kept in memory only
         self.counts = {}
         self.in_flight = 0
         self.max_in_flight = 0
@@ -198,9 +228,16 @@ class StubOpenAI:
             if h.path.rstrip("/") != "/v1/chat/completions":
                 return self._send(h, 404, {"error": {"message": f"no route {h.path}"}})
             if self.reject_json_mode and "response_format" in body:
-                return self._send(h, 400, {"error": {
-                    "message": "response_format is not supported by this server",
-                    "type": "invalid_request_error"}})
+                return self._send(
+                    h,
+                    400,
+                    {
+                        "error": {
+                            "message": "response_format is not supported by this server",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
             replies = self.script.get(name) or [self.default]
             reply = replies[min(i, len(replies) - 1)]
             if reply.get("delay"):
@@ -224,26 +261,36 @@ class StubOpenAI:
                     headers["Content-Encoding"] = "gzip"
                 return self._send_bytes(h, reply["code"], body, reply["content_type"], headers)
             if reply["kind"] == "bomb":
-                return self._send_bytes(h, 200, _bomb(reply["size"]), "application/json",
-                                        {"Content-Encoding": "gzip"})
+                return self._send_bytes(
+                    h, 200, _bomb(reply["size"]), "application/json", {"Content-Encoding": "gzip"}
+                )
             send = self._send
             if reply.get("trickle"):
-                send = lambda h, code, payload: self._send_trickle(h, code, payload,  # noqa: E731
-                                                                   reply["trickle"])
+
+                def send(h, code, payload):
+                    return self._send_trickle(h, code, payload, reply["trickle"])
+
             text = reply.get("content")
-            message = {"role": "assistant",
-                       "content": fill(text, auth) if isinstance(text, str) else text}
+            message = {
+                "role": "assistant",
+                "content": fill(text, auth) if isinstance(text, str) else text,
+            }
             if reply["kind"] == "refusal":
                 message = {"role": "assistant", "content": None, "refusal": reply["refusal"]}
-            return send(h, 200, {
-                "id": f"chatcmpl-{len(self.requests)}",
-                "object": "chat.completion",
-                "created": 1700000000,
-                "model": body.get("model", "stub"),
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop",
-                             "logprobs": None}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
-            })
+            return send(
+                h,
+                200,
+                {
+                    "id": f"chatcmpl-{len(self.requests)}",
+                    "object": "chat.completion",
+                    "created": 1700000000,
+                    "model": body.get("model", "stub"),
+                    "choices": [
+                        {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+                },
+            )
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -259,7 +306,7 @@ class StubOpenAI:
             for i in range(len(data)):
                 if self._server is None or getattr(self, "_closed", False):
                     return
-                h.wfile.write(data[i:i + 1])
+                h.wfile.write(data[i : i + 1])
                 h.wfile.flush()
                 time.sleep(interval)
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -302,15 +349,17 @@ def _bomb(size):
     if size not in _BOMBS:
         import zlib
 
-        head = b'{"id":"x","object":"chat.completion","created":1,"model":"stub","choices":' \
-               b'[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"'
+        head = (
+            b'{"id":"x","object":"chat.completion","created":1,"model":"stub","choices":'
+            b'[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"'
+        )
         tail = b'"}}]}'
         c = zlib.compressobj(9, zlib.DEFLATED, 31)
         parts = [c.compress(head)]
         left = size - len(head) - len(tail)
         block = b"a" * (1 << 20)
         while left > 0:
-            parts.append(c.compress(block[:min(left, len(block))]))
+            parts.append(c.compress(block[: min(left, len(block))]))
             left -= len(block)
         parts.append(c.compress(tail))
         parts.append(c.flush())

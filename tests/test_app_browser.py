@@ -33,7 +33,7 @@ import time
 
 import pytest
 
-from app_server import AppServer, chromium_available, artifacts_dir, browser
+from app_server import AppServer, artifacts_dir, browser, chromium_available
 from plugin_fixtures import lazsl_plugin  # noqa: F401  (fails fast if the plugin cannot load)
 
 _MISSING = chromium_available()
@@ -52,8 +52,9 @@ PANEL_TAB = "[data-cy='panel-tab-lazsl_explanations']"
 def classified(shared_data, tmp_path_factory):
     """A persistent dataset of real CUB photos with a LaZSL run in ``lazsl``."""
     import fiftyone as fo
-    from fiftyone_lazsl.testing import tiny_clip
+
     from fiftyone_lazsl import run_lazsl
+    from fiftyone_lazsl.testing import tiny_clip
 
     attribute_texts = json.loads((shared_data / "attribute_sets" / "cub.json").read_text())
     aset = {c: attribute_texts[c] for c in CLASSES}
@@ -61,14 +62,18 @@ def classified(shared_data, tmp_path_factory):
     for c in CLASSES:
         folder = shared_data / "images" / "cub" / c
         for f in sorted(os.listdir(folder))[:PER_CLASS]:
-            samples.append(fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c)))
+            samples.append(
+                fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c))
+            )
 
     model = os.environ.get("LAZSL_APP_MODEL")
     if model:
         pretrained = os.environ.get("LAZSL_APP_PRETRAINED") or None
     else:
         model = tiny_clip.register()
-        pretrained = str(tiny_clip.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=3))
+        pretrained = str(
+            tiny_clip.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=3)
+        )
 
     name = "lazsl-app-browser"
     if fo.dataset_exists(name):
@@ -76,8 +81,19 @@ def classified(shared_data, tmp_path_factory):
     ds = fo.Dataset(name, persistent=True)
     ds.add_samples(samples)
     ds.compute_metadata()
-    run_lazsl(ds, aset, model=model, pretrained=pretrained, n_crops=24, top_k_crops=4,
-              top_attributes=3, seed=0, batch_size=6, device="cpu", gt_field="ground_truth")
+    run_lazsl(
+        ds,
+        aset,
+        model=model,
+        pretrained=pretrained,
+        n_crops=24,
+        top_k_crops=4,
+        top_attributes=3,
+        seed=0,
+        batch_size=6,
+        device="cpu",
+        gt_field="ground_truth",
+    )
     yield ds
     ds.delete()
 
@@ -138,13 +154,18 @@ def _open_panel(driver, timeout=WAIT_S):
         tabs = driver.find_elements("css selector", sample_tab)
         if tabs and time.time() > deadline - timeout + 15:
             items = [
-                e for e in driver.find_elements("xpath", "//p[normalize-space()='LaZSL explanations']")
+                e
+                for e in driver.find_elements(
+                    "xpath", "//p[normalize-space()='LaZSL explanations']"
+                )
                 if e.is_displayed()
             ]
             if items:
                 items[-1].click()
             else:
-                plus = tabs[0].find_elements("xpath", "./ancestor::*[2]//*[@data-cy='new-panel-btn']")
+                plus = tabs[0].find_elements(
+                    "xpath", "./ancestor::*[2]//*[@data-cy='new-panel-btn']"
+                )
                 if plus:
                     plus[0].click()
         time.sleep(1.5)
@@ -190,7 +211,9 @@ def _split_beside_sample(driver, timeout=WAIT_S):
             tab = _displayed(driver, "//button[@data-cy='panel-tab-lazsl_explanations']")
             sample_tab = _displayed(driver, "//button[@data-cy='panel-tab-fo-sample-modal-plugin']")
             if tab and sample_tab:
-                if tab.find_element("xpath", container) != sample_tab.find_element("xpath", container):
+                if tab.find_element("xpath", container) != sample_tab.find_element(
+                    "xpath", container
+                ):
                     tab.click()  # make sure the panel is the active tab of its split
                     return
                 split = _displayed(driver, split_xpath)
@@ -221,7 +244,9 @@ def _save_docs_png(src, dst, max_bytes=500_000):
     from PIL import Image
 
     with Image.open(src) as im:
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+            dst, optimize=True
+        )
     assert os.path.getsize(dst) < max_bytes, f"{dst} is {os.path.getsize(dst)} bytes"
 
 

@@ -21,12 +21,25 @@ def run_ds(shared_data, tmp_path_factory):
     ckpt = str(tiny_clip.save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=3))
     photos = tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)
     classes = [c for _, c in photos]
-    aset = {c: [f"a small, brown bird {i}", f"{c} colouring", "a short beak"]
-            for i, c in enumerate(classes)}
+    aset = {
+        c: [f"a small, brown bird {i}", f"{c} colouring", "a short beak"]
+        for i, c in enumerate(classes)
+    }
     ds = bf.make_dataset("app-defaults", [p for p, _ in photos], gt=classes)
-    run_lazsl(ds, aset, label_field="lazsl", model=tiny_clip.TINY_MODEL, pretrained=ckpt,
-              device="cpu", n_crops=12, seed=1, num_workers=0, store_features=True,
-              feature_dtype="float32", gt_field="ground_truth")
+    run_lazsl(
+        ds,
+        aset,
+        label_field="lazsl",
+        model=tiny_clip.TINY_MODEL,
+        pretrained=ckpt,
+        device="cpu",
+        n_crops=12,
+        seed=1,
+        num_workers=0,
+        store_features=True,
+        feature_dtype="float32",
+        gt_field="ground_truth",
+    )
     from fiftyone_lazsl.core.attributes import AttributeSet
     from fiftyone_lazsl.fo.store import save_attribute_set
 
@@ -43,15 +56,16 @@ def test_rescore_form_refuses_what_run_form_refuses(lazsl_plugin, run_ds, field)
     from fiftyone.operators.executor import ExecutionError
 
     msgs = {}
-    for op, params in (("run_lazsl", {"attribute_set": "cub", "label_field": field}),
-                       ("rescore_lazsl", {"from_field": "lazsl", "attribute_set": "mine",
-                                          "label_field": field})):
+    for op, params in (
+        ("run_lazsl", {"attribute_set": "cub", "label_field": field}),
+        ("rescore_lazsl", {"from_field": "lazsl", "attribute_set": "mine", "label_field": field}),
+    ):
         with pytest.raises(ExecutionError) as e:
             run_operator(op, run_ds, params)
         msgs[op] = str(e.value)
         assert "Traceback" not in msgs[op]
-    from fiftyone_lazsl.fo.apply import check_label_field
     from fiftyone_lazsl.errors import UserError
+    from fiftyone_lazsl.fo.apply import check_label_field
 
     with pytest.raises(UserError) as want:
         check_label_field(run_ds, field)
@@ -97,8 +111,11 @@ def test_prediction_attributes_render_in_the_tooltip(run_ds):
 
     for s in run_ds:
         label = s["lazsl"].to_dict()
-        texts = {k: _tooltip_text(v) for k, v in label.items()
-                 if not k.startswith("_") and k not in ("tags", "logits")}
+        texts = {
+            k: _tooltip_text(v)
+            for k, v in label.items()
+            if not k.startswith("_") and k not in ("tags", "logits")
+        }
         assert not any("[object Object]" in (t or "") for t in texts.values()), texts
         entries = evidence_entries(s["lazsl"])
         assert entries and entries[0]["role"] == "predicted"
@@ -155,7 +172,8 @@ def test_hiding_crops_respects_an_exclusion_list(run_ds):
     ds = run_ds.clone()
     try:
         ds.app_config.active_fields = fo.core.odm.dataset.ActiveFields(
-            exclude=True, paths=["filepath", "new_run"])
+            exclude=True, paths=["filepath", "new_run"]
+        )
         ds.save()
         assert hide_until_shown(ds, ["new_run_crops"], show=["new_run"])
         active = ds.app_config.active_fields

@@ -47,7 +47,7 @@ import time
 
 import pytest
 
-from app_server import AppServer, chromium_available, free_port, artifacts_dir, browser
+from app_server import AppServer, artifacts_dir, browser, chromium_available, free_port
 from plugin_fixtures import lazsl_plugin  # noqa: F401  (fails fast if the plugin cannot load)
 
 _MISSING = chromium_available()
@@ -71,6 +71,7 @@ def world(shared_data, tmp_path_factory):
     """The dataset (real CUB photos, ``ground_truth``), attribute-set files
     (all three classes; two of them), the tiny model's checkpoint."""
     import fiftyone as fo
+
     from fiftyone_lazsl.testing import tiny_clip
 
     tmp = tmp_path_factory.mktemp("app-operators")
@@ -87,7 +88,9 @@ def world(shared_data, tmp_path_factory):
     for c in CLASSES:
         folder = shared_data / "images" / "cub" / c
         for f in sorted(os.listdir(folder))[:PER_CLASS]:
-            ds.add_sample(fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c)))
+            ds.add_sample(
+                fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c))
+            )
     yield {"ds": ds, "three": str(three), "two": str(two), "ckpt": str(ckpt), "tmp": tmp}
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)
@@ -167,9 +170,12 @@ class Page:
         try:
             self.d.save_screenshot(str(art / f"{tag}-failure.png"))
             (art / f"{tag}-failure.txt").write_text(
-                self.text() + "\n\n--- browser console ---\n"
+                self.text()
+                + "\n\n--- browser console ---\n"
                 + "\n".join(str(e) for e in self.d.get_log("browser"))
-                + "\n\n--- server log ---\n" + self.app.log_tail(20000))
+                + "\n\n--- server log ---\n"
+                + self.app.log_tail(20000)
+            )
         except Exception as e:  # the original failure matters more
             print(f"could not save failure artifacts: {e}")
 
@@ -188,12 +194,19 @@ class Page:
         from selenium.webdriver.common.by import By
 
         ActionChains(self.d).send_keys("`").perform()
-        search = self.wait(lambda: self.d.find_element(
-            By.CSS_SELECTOR, "[data-cy='operators-browser-search']"), what="operator browser")
+        search = self.wait(
+            lambda: self.d.find_element(By.CSS_SELECTOR, "[data-cy='operators-browser-search']"),
+            what="operator browser",
+        )
         search.send_keys(name)
-        item = self.wait(lambda: [e for e in self.d.find_elements(
-            By.XPATH, f"//*[normalize-space(text())='{name}']") if e.is_displayed()],
-            what=f"operator {name} in the browser")
+        item = self.wait(
+            lambda: [
+                e
+                for e in self.d.find_elements(By.XPATH, f"//*[normalize-space(text())='{name}']")
+                if e.is_displayed()
+            ],
+            what=f"operator {name} in the browser",
+        )
         item[0].click()
         self.wait(lambda: self.button("Execute") or self.button("Schedule"), what=f"{name} form")
         self.wait_text(label)
@@ -202,13 +215,14 @@ class Page:
         from selenium.webdriver.common.by import By
 
         return self.d.find_element(
-            By.XPATH, f"//p[normalize-space()={json.dumps(label)}]/ancestor::div[.//{tag}][1]//{tag}")
+            By.XPATH,
+            f"//p[normalize-space()={json.dumps(label)}]/ancestor::div[.//{tag}][1]//{tag}",
+        )
 
     def type(self, label: str, text: str):
         """Replace the text of the input labelled ``label``."""
-        from selenium.webdriver.common.keys import Keys
-
         from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.common.keys import Keys
 
         for attempt in range(5):  # the form may re-render under us: type again
             try:
@@ -229,11 +243,19 @@ class Page:
         from selenium.webdriver.common.by import By
 
         box = self.d.find_element(
-            By.XPATH, f"//p[normalize-space()={json.dumps(label)}]"
-                      "/ancestor::div[.//*[@role='combobox']][1]//*[@role='combobox']")
+            By.XPATH,
+            f"//p[normalize-space()={json.dumps(label)}]"
+            "/ancestor::div[.//*[@role='combobox']][1]//*[@role='combobox']",
+        )
         box.click()
-        opt = self.wait(lambda: [o for o in self.d.find_elements(By.XPATH, "//li[@role='option']")
-                                 if o.text.strip().split("\n")[0] == option], what=f"option {option!r}")
+        opt = self.wait(
+            lambda: [
+                o
+                for o in self.d.find_elements(By.XPATH, "//li[@role='option']")
+                if o.text.strip().split("\n")[0] == option
+            ],
+            what=f"option {option!r}",
+        )
         opt[0].click()
         time.sleep(0.8)
 
@@ -241,8 +263,10 @@ class Page:
         from selenium.webdriver.common.by import By
 
         self.d.find_element(
-            By.XPATH, f"//*[normalize-space(text())={json.dumps(label)}]"
-                      "/ancestor::*[.//input[@type='checkbox']][1]//input[@type='checkbox']").click()
+            By.XPATH,
+            f"//*[normalize-space(text())={json.dumps(label)}]"
+            "/ancestor::*[.//input[@type='checkbox']][1]//input[@type='checkbox']",
+        ).click()
         time.sleep(0.8)
 
     def button(self, text: str):
@@ -266,9 +290,14 @@ class Page:
 
         arrow = self.button("Execute").find_element(By.XPATH, "./following-sibling::button")
         arrow.click()
-        item = self.wait(lambda: [e for e in self.d.find_elements(
-            By.XPATH, "//*[normalize-space(text())='Schedule']") if e.is_displayed()],
-            what="the Schedule choice")
+        item = self.wait(
+            lambda: [
+                e
+                for e in self.d.find_elements(By.XPATH, "//*[normalize-space(text())='Schedule']")
+                if e.is_displayed()
+            ],
+            what="the Schedule choice",
+        )
         item[-1].click()
         self.wait(lambda: self.button("Schedule"), what="the Schedule button").click()
 
@@ -331,7 +360,9 @@ def _docs_png(ui: Page, name: str):
     ui.d.save_screenshot(str(raw))
     dst = pathlib.Path(d) / name
     with Image.open(raw) as im:
-        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+            dst, optimize=True
+        )
     assert dst.stat().st_size < 500_000
 
 
@@ -415,8 +446,13 @@ def test_run_lazsl_scheduled_runs_on_a_delegated_worker(world, app, ui):
     env = dict(app.env, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     log = open(world["tmp"] / "worker.log", "wb")
     fiftyone_cli = pathlib.Path(sys.executable).with_name("fiftyone")
-    worker = subprocess.Popen([str(fiftyone_cli), "delegated", "launch"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [str(fiftyone_cli), "delegated", "launch"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     states = []
     try:
         deadline = time.time() + 300
@@ -477,8 +513,10 @@ def test_run_lazsl_mistakes(world, app, ui):
     ui.button("Execute").click()
     msg = "pretrained weights 'openai' for 'ViT-B-32' are not on this machine"
     # the form is gone (no "Weights:" warning): the line is the error notification
-    text = ui.wait(lambda: "Weights:" not in ui.text() and msg in ui.text() and ui.text(),
-                   what="the one-line error notification")
+    text = ui.wait(
+        lambda: "Weights:" not in ui.text() and msg in ui.text() and ui.text(),
+        what="the one-line error notification",
+    )
     line = next(ln for ln in text.splitlines() if msg in ln)
     from fiftyone_lazsl.core.models import check_weights
     from fiftyone_lazsl.errors import WeightsUnavailableError
@@ -503,8 +541,10 @@ def test_evaluate_methods(world, app, ui):
     ds.reload()
     for field in ("lazsl", "scheduled"):
         acc = sum(s[field].label == s["ground_truth"].label for s in ds) / len(ds)
-        row = ui.wait(lambda: re.search(rf"\n{field}[ \t]+lazsl[ \t]+([0-9.]+)[^\n]*", ui.text()),
-                      what=f"row {field}")
+        row = ui.wait(
+            lambda: re.search(rf"\n{field}[ \t]+lazsl[ \t]+([0-9.]+)[^\n]*", ui.text()),
+            what=f"row {field}",
+        )
         assert row.group(1) == f"{acc:.3f}", (acc, row.group(0))
     ui.close_prompt()
 
@@ -521,7 +561,10 @@ def test_evaluate_methods(world, app, ui):
             "const el = arguments[0];"
             "const set = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;"
             "el.focus(); set.call(el, arguments[1]);"
-            "el.dispatchEvent(new Event('input', {bubbles: true}));", e, "nope")
+            "el.dispatchEvent(new Event('input', {bubbles: true}));",
+            e,
+            "nope",
+        )
         time.sleep(0.5)
         if ui._input("Prediction fields").get_attribute("value") == "nope":
             ui._input("Prediction fields").send_keys(Keys.ENTER)
@@ -554,9 +597,8 @@ def test_audit_labels_switches_to_the_suspects_view(world, app, ui):
 
 
 def test_build_attribute_sets_with_local_llm_server(world, app, ui):
-    from openai_stub_server import StubOpenAI, attributes_json
-
     from fiftyone_lazsl.fo import store
+    from openai_stub_server import StubOpenAI, attributes_json
 
     ds = world["ds"]
     script = {c: [attributes_json([f"{c} feather {i}" for i in range(3)])] for c in CLASSES}
@@ -587,9 +629,15 @@ def test_build_attribute_sets_with_local_llm_server(world, app, ui):
     ui.type("Set name", "llm_other")
     ui.type("Endpoint base URL", f"http://127.0.0.1:{free_port()}/v1")
     ui.button("Execute").click()
-    ui.wait(lambda: re.search(r"(every request to http://127\.0\.0\.1:\d+/v1 failed|"
-                              r"LLM endpoint http://127\.0\.0\.1:\d+/v1)[^\n]*", ui.text()),
-            timeout=180, what="the endpoint error")
+    ui.wait(
+        lambda: re.search(
+            r"(every request to http://127\.0\.0\.1:\d+/v1 failed|"
+            r"LLM endpoint http://127\.0\.0\.1:\d+/v1)[^\n]*",
+            ui.text(),
+        ),
+        timeout=180,
+        what="the endpoint error",
+    )
     ui.assert_no_traceback()
     ds.reload()
     assert not store.has_attribute_set(ds, "llm_other")
@@ -622,6 +670,8 @@ def test_import_and_delete_attribute_set(world, app, ui):
     ui.tick("Yes, delete 'two_birds' from this dataset")
     ui.wait(lambda: ui.execute_enabled(), what="Execute to be enabled")
     ui.button("Execute").click()
-    ui.wait(lambda: ds.reload() or not store.has_attribute_set(ds, "two_birds"),
-            what="the set to be deleted")
+    ui.wait(
+        lambda: ds.reload() or not store.has_attribute_set(ds, "two_birds"),
+        what="the set to be deleted",
+    )
     ui.assert_no_traceback()

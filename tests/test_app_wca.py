@@ -34,6 +34,7 @@ def world(shared_data, tmp_path_factory):
     import os
 
     import fiftyone as fo
+
     from fiftyone_lazsl.testing import tiny_clip
 
     tmp = tmp_path_factory.mktemp("app-wca")
@@ -47,7 +48,9 @@ def world(shared_data, tmp_path_factory):
     for c in CLASSES:
         folder = shared_data / "images" / "pets" / c
         for f in sorted(os.listdir(folder))[:2]:
-            ds.add_sample(fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c)))
+            ds.add_sample(
+                fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c))
+            )
     yield {"ds": ds, "set": str(path), "ckpt": str(ckpt)}
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)
@@ -77,8 +80,13 @@ def test_run_wca_from_the_form_and_open_its_evidence(world, app, driver):
 
     from fiftyone_lazsl.fo.explain import explain_sample, panel_content
     from fiftyone_lazsl.fo.runs import get_run_config
-    from test_app_browser import expected_rows, open_panel, page_tables, save_failure, \
-        split_beside_sample
+    from test_app_browser import (
+        expected_rows,
+        open_panel,
+        page_tables,
+        save_failure,
+        split_beside_sample,
+    )
     from test_app_operators import Page
 
     ds = world["ds"]
@@ -87,7 +95,9 @@ def test_run_wca_from_the_form_and_open_its_evidence(world, app, driver):
     def field(label):
         """The form input labelled ``label`` (as Page.type finds it)."""
         return driver.find_element(
-            By.XPATH, f"//p[normalize-space()={json.dumps(label)}]/ancestor::div[.//input][1]//input")
+            By.XPATH,
+            f"//p[normalize-space()={json.dumps(label)}]/ancestor::div[.//input][1]//input",
+        )
 
     try:
         driver.get(f"{app.url}/datasets/{DATASET}")
@@ -98,14 +108,19 @@ def test_run_wca_from_the_form_and_open_its_evidence(world, app, driver):
         ui.open_operator("run_lazsl", "Run LaZSL")
         # the method choice offers WCA; choosing it re-resolves the form with
         # WCA's parameters and defaults
-        radio = ui.wait(lambda: driver.find_element(
-            By.XPATH, "//input[@type='radio' and @value='wca']"), what="the wca choice")
+        radio = ui.wait(
+            lambda: driver.find_element(By.XPATH, "//input[@type='radio' and @value='wca']"),
+            what="the wca choice",
+        )
         driver.execute_script("arguments[0].click()", radio)
         ui.wait(lambda: field("Image scale log"), what="WCA's parameters in the form")
         assert field("Smallest crop (alpha)").get_attribute("value") == "0.5"
         assert field("N crops").get_attribute("value") == "60"
-        assert not [e for e in driver.find_elements(By.XPATH, "//p[normalize-space()='Theta']")
-                    if e.is_displayed()]
+        assert not [
+            e
+            for e in driver.find_elements(By.XPATH, "//p[normalize-space()='Theta']")
+            if e.is_displayed()
+        ]
         ui.type("Attribute set", world["set"])
         ui.type("Label field", "wca")
         ui.type("Model", "lazsl-tiny-test")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from app_server import AppServer, artifacts_dir, chromium_available, browser
+from app_server import AppServer, artifacts_dir, browser, chromium_available
 from plugin_fixtures import lazsl_plugin  # noqa: F401
 
 _MISSING = chromium_available()
@@ -34,14 +34,24 @@ def stored(shared_data, tmp_path_factory):
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
     ds = fo.Dataset(name, persistent=True)
-    ds.add_samples([fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos])
+    ds.add_samples(
+        [fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos]
+    )
     ds.compute_metadata()
     texts = json.loads((shared_data / "attribute_sets" / "cub.json").read_text())
     classes = list(dict.fromkeys(c for _, c in photos))
-    aset = {c: [f"trait {i}", f"{c} colouring", "a beak"] + texts[c][:2]
-            for i, c in enumerate(classes)}
-    kw = dict(model=model, pretrained=ckpt, n_crops=12, seed=1, device="cpu", num_workers=0,
-              gt_field="ground_truth")
+    aset = {
+        c: [f"trait {i}", f"{c} colouring", "a beak"] + texts[c][:2] for i, c in enumerate(classes)
+    }
+    kw = dict(
+        model=model,
+        pretrained=ckpt,
+        n_crops=12,
+        seed=1,
+        device="cpu",
+        num_workers=0,
+        gt_field="ground_truth",
+    )
     # dclip first, lazsl last: the panel must open on lazsl (the latest run)
     run_lazsl(ds, aset, label_field="dclip", method="dclip", **kw)
     run_lazsl(ds, aset, store_features=str(tmp_path_factory.mktemp("features")), **kw)
@@ -57,8 +67,9 @@ def stored(shared_data, tmp_path_factory):
 def app(stored, lazsl_plugin):
     from fiftyone_lazsl.testing import tiny_clip
 
-    server = AppServer(plugins_dir=str(lazsl_plugin),
-                       env={"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}).start()
+    server = AppServer(
+        plugins_dir=str(lazsl_plugin), env={"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
+    ).start()
     try:
         yield server
     finally:
@@ -93,6 +104,7 @@ def _visible(driver, el):
 def _click(driver, el):
     """Click; through the page's script if chromedriver finds it covered."""
     from selenium.common.exceptions import ElementNotInteractableException
+
     try:
         el.click()
     except ElementNotInteractableException:
@@ -128,8 +140,11 @@ def _close_popovers(driver, timeout=10):
     panel was added): click their backdrop, as a user clicks beside a menu."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        drops = [b for b in driver.find_elements("css selector", ".MuiPopover-root .MuiBackdrop-root")
-                 if b.is_displayed()]
+        drops = [
+            b
+            for b in driver.find_elements("css selector", ".MuiPopover-root .MuiBackdrop-root")
+            if b.is_displayed()
+        ]
         if not drops:
             return
         for b in drops:
@@ -157,7 +172,9 @@ def _focus_end(driver, el):
     ActionChains(driver).send_keys(Keys.END).perform()
     active = driver.execute_script(
         "const a = document.activeElement; return a === arguments[0] ? 'ok' : "
-        "(a ? a.outerHTML.slice(0, 300) : 'none');", el)
+        "(a ? a.outerHTML.slice(0, 300) : 'none');",
+        el,
+    )
     assert active == "ok", f"could not put the focus into the text field; active: {active}"
 
 
@@ -214,8 +231,9 @@ def test_workbench_typing_keystrokes_and_save(stored, app, driver):
         driver.get(f"{app.url}/datasets/{ds.name}")
         wait.until(lambda d: f"{len(ds)} samples" in _body(d))
         _dismiss_banner(driver)
-        boxes = wait.until(lambda d: d.find_elements(
-            "css selector", "[data-cy='checkbox-lazsl_crops'] input"))
+        boxes = wait.until(
+            lambda d: d.find_elements("css selector", "[data-cy='checkbox-lazsl_crops'] input")
+        )
         assert not any(b.is_selected() for b in boxes)
         # the run's prediction is shown, primitives are not (FiftyOne's default)
         for name, on in (("lazsl", True), ("filepath", False)):
@@ -236,8 +254,11 @@ def test_workbench_typing_keystrokes_and_save(stored, app, driver):
         p = explain_sample(sample, "lazsl", "ground_truth")["predicted"]
         wait.until(lambda d: f"Predicted: {p['label']} (score {p['score']:.4f}" in _body(d))
         # for the tour's picture: the crops ticked in the sample's sidebar
-        boxes = [e for e in driver.find_elements("css selector", "[data-cy='checkbox-lazsl_crops']")
-                 if e.is_displayed()]
+        boxes = [
+            e
+            for e in driver.find_elements("css selector", "[data-cy='checkbox-lazsl_crops']")
+            if e.is_displayed()
+        ]
         if boxes and os.environ.get("LAZSL_DOCS_IMAGES"):
             _click(driver, max(boxes, key=lambda e: e.location["x"]))
             time.sleep(2)  # let the canvas draw the boxes
@@ -250,35 +271,68 @@ def test_workbench_typing_keystrokes_and_save(stored, app, driver):
             box = WebDriverWait(driver, 30).until(lambda d: _input_with_value(d, new_text))
         except Exception:
             now = driver.execute_script(
-                "const a = document.activeElement; return [a && a.tagName, a && a.value];")
-            raise AssertionError(f"typed text not kept: active element {now}; field holds "
-                                 f"{[e.get_attribute('value') for e in driver.find_elements('tag name', 'input') if old_text[:8] in (e.get_attribute('value') or '')]}")
+                "const a = document.activeElement; return [a && a.tagName, a && a.value];"
+            )
+            held = [
+                e.get_attribute("value")
+                for e in driver.find_elements("tag name", "input")
+                if old_text[:8] in (e.get_attribute("value") or "")
+            ]
+            raise AssertionError(
+                f"typed text not kept: active element {now}; field holds {held}"
+            ) from None
         seen = _stable(driver, lambda: _input_with_value(driver, new_text) is not False)
         assert seen == [True], f"the text field changed after typing: {seen}"
-        active = driver.execute_script("return document.activeElement && document.activeElement.value")
+        active = driver.execute_script(
+            "return document.activeElement && document.activeElement.value"
+        )
         assert active == new_text, f"focus left the text field (active element value {active!r})"
 
-        _click(driver, _visible(driver, wait.until(
-            lambda d: _displayed(d, "//button[normalize-space()='Re-score this sample']"))))
+        _click(
+            driver,
+            _visible(
+                driver,
+                wait.until(
+                    lambda d: _displayed(d, "//button[normalize-space()='Re-score this sample']")
+                ),
+            ),
+        )
         edited = edit_attribute_set(run, cls, run.attributes[cls] + ["black legs"])
         r = rescore_sample(sample, "lazsl", edited, class_name=cls)
         c = r["class"]
         wait.until(lambda d: f"With the edit of {cls}: predicted {r['label']}" in _body(d))
-        assert f"{cls}: score {c['score']:.4f}, rank {c['rank']} of {c['num_classes']}" in _body(driver)
-        result = [e for e in driver.find_elements(
-            "xpath", "//*[contains(text(), 'With the edit of')]") if e.is_displayed()]
+        assert f"{cls}: score {c['score']:.4f}, rank {c['rank']} of {c['num_classes']}" in _body(
+            driver
+        )
+        result = [
+            e
+            for e in driver.find_elements("xpath", "//*[contains(text(), 'With the edit of')]")
+            if e.is_displayed()
+        ]
         if result:
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", result[-1])
             time.sleep(0.5)
         _docs_image(driver, "app-workbench.png")
 
-        name_box = wait.until(lambda d: _displayed(
-            d, "//*[self::p or self::label][contains(., 'Save as')]/following::input[1]"))
+        name_box = wait.until(
+            lambda d: _displayed(
+                d, "//*[self::p or self::label][contains(., 'Save as')]/following::input[1]"
+            )
+        )
         _focus_end(driver, name_box)
         _type_keys(driver, "crow-edit", pause=0.05)
         wait.until(lambda d: _input_with_value(d, "crow-edit"))
-        _click(driver, _visible(driver, wait.until(
-            lambda d: _displayed(d, "//button[normalize-space()='Save edited attribute set']"))))
+        _click(
+            driver,
+            _visible(
+                driver,
+                wait.until(
+                    lambda d: _displayed(
+                        d, "//button[normalize-space()='Save edited attribute set']"
+                    )
+                ),
+            ),
+        )
         wait.until(lambda d: "Saved attribute set 'crow-edit'" in _body(d))
         ds.reload()  # saved by the App server's process
         saved = load_attribute_set(ds, "crow-edit")
@@ -292,19 +346,36 @@ def test_workbench_typing_keystrokes_and_save(stored, app, driver):
 def _dropdown_value(driver, label):
     """The value shown by the panel dropdown labelled ``label`` (right-most:
     the modal's)."""
-    boxes = [e for e in driver.find_elements(
-        "xpath", f"//*[self::p or self::label][normalize-space()={json.dumps(label)}]/following::*[@role='combobox'][1]")
-        if e.is_displayed()]
+    boxes = [
+        e
+        for e in driver.find_elements(
+            "xpath",
+            f"//*[self::p or self::label][normalize-space()={json.dumps(label)}]/following::*[@role='combobox'][1]",
+        )
+        if e.is_displayed()
+    ]
     return max(boxes, key=lambda e: e.location["x"]).text.strip() if boxes else None
 
 
 def _choose(driver, label, option, wait):
-    box = wait.until(lambda d: [e for e in d.find_elements(
-        "xpath", f"//*[self::p or self::label][normalize-space()={json.dumps(label)}]/following::*[@role='combobox'][1]")
-        if e.is_displayed()])
+    box = wait.until(
+        lambda d: [
+            e
+            for e in d.find_elements(
+                "xpath",
+                f"//*[self::p or self::label][normalize-space()={json.dumps(label)}]/following::*[@role='combobox'][1]",
+            )
+            if e.is_displayed()
+        ]
+    )
     _click(driver, max(box, key=lambda e: e.location["x"]))
-    opt = wait.until(lambda d: [o for o in d.find_elements("xpath", "//li[@role='option']")
-                                if o.is_displayed() and o.text.strip() == option])
+    opt = wait.until(
+        lambda d: [
+            o
+            for o in d.find_elements("xpath", "//li[@role='option']")
+            if o.is_displayed() and o.text.strip() == option
+        ]
+    )
     opt[0].click()
 
 
@@ -324,8 +395,12 @@ def test_panel_field_stays_after_split_and_between_samples(stored, app, driver):
         driver.get(f"{app.url}/datasets/{ds.name}?id={a.id}")
         _open_panel(driver)
         _close_popovers(driver)
-        _click(driver, wait.until(lambda d: _displayed(
-            d, "//button[@data-cy='panel-tab-lazsl_explanations']")))
+        _click(
+            driver,
+            wait.until(
+                lambda d: _displayed(d, "//button[@data-cy='panel-tab-lazsl_explanations']")
+            ),
+        )
         wait.until(lambda d: _dropdown_value(d, "LaZSL field") == "lazsl")
         _choose(driver, "LaZSL field", "dclip", wait)
         p = explain_sample(a, "dclip", "ground_truth")["predicted"]
@@ -338,8 +413,12 @@ def test_panel_field_stays_after_split_and_between_samples(stored, app, driver):
         driver.get(f"{app.url}/datasets/{ds.name}?id={b.id}")
         _open_panel(driver)
         _close_popovers(driver)
-        _click(driver, wait.until(lambda d: _displayed(
-            d, "//button[@data-cy='panel-tab-lazsl_explanations']")))
+        _click(
+            driver,
+            wait.until(
+                lambda d: _displayed(d, "//button[@data-cy='panel-tab-lazsl_explanations']")
+            ),
+        )
         pb = explain_sample(b, "dclip", "ground_truth")["predicted"]
         wait.until(lambda d: f"Predicted: {pb['label']} (score {pb['score']:.4f}" in _body(d))
         assert _dropdown_value(driver, "LaZSL field") == "dclip"
@@ -381,24 +460,54 @@ def test_workbench_edit_rescore_view_in_browser(stored, app, driver):
             "const el = arguments[0];"
             "const set = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;"
             "el.focus(); set.call(el, arguments[1]);"
-            "el.dispatchEvent(new Event('input', {bubbles: true}));", box, new_text)
+            "el.dispatchEvent(new Event('input', {bubbles: true}));",
+            box,
+            new_text,
+        )
         wait.until(lambda d: _input_with_value(d, new_text))
         time.sleep(2)  # the App debounces on_change
-        _click(driver, _visible(driver, wait.until(
-            lambda d: _displayed(d, "//button[normalize-space()='Re-score this sample']"))))
-        wait.until(lambda d: f"With the edit of {pred}: predicted {expected['label']}"
-                   in d.find_element(By.TAG_NAME, "body").text)
+        _click(
+            driver,
+            _visible(
+                driver,
+                wait.until(
+                    lambda d: _displayed(d, "//button[normalize-space()='Re-score this sample']")
+                ),
+            ),
+        )
+        wait.until(
+            lambda d: (
+                f"With the edit of {pred}: predicted {expected['label']}"
+                in d.find_element(By.TAG_NAME, "body").text
+            )
+        )
         body = driver.find_element(By.TAG_NAME, "body").text
         assert f"was {pred}" in body and expected["label"] != pred
-        driver.save_screenshot(str(os.path.join(os.environ.get("LAZSL_TEST_ARTIFACTS", "/tmp"),
-                                                "app_workbench_sample.png")))
+        driver.save_screenshot(
+            str(
+                os.path.join(
+                    os.environ.get("LAZSL_TEST_ARTIFACTS", "/tmp"), "app_workbench_sample.png"
+                )
+            )
+        )
 
-        _click(driver, _visible(driver, wait.until(
-            lambda d: _displayed(d, "//button[normalize-space()='Re-score the current view']"))))
+        _click(
+            driver,
+            _visible(
+                driver,
+                wait.until(
+                    lambda d: _displayed(
+                        d, "//button[normalize-space()='Re-score the current view']"
+                    )
+                ),
+            ),
+        )
         wait.until(lambda d: "View re-scored" in d.find_element(By.TAG_NAME, "body").text)
         ds.reload()
         got = ds.values("lazsl_edited.label")
-        rescore(ds, edit_attribute_set(run, pred, attrs), from_field="lazsl", label_field="expected")
+        rescore(
+            ds, edit_attribute_set(run, pred, attrs), from_field="lazsl", label_field="expected"
+        )
         ds.reload()
         assert got == ds.values("expected.label")
         assert got != ds.values("lazsl.label")
@@ -424,14 +533,21 @@ def _hover_tooltip(driver, field, timeout=60):
                 for x in range(8, min(240, w), 24):
                     try:
                         ActionChains(driver).move_to_element_with_offset(
-                            canvas, x - w // 2, y - h // 2).perform()
+                            canvas, x - w // 2, y - h // 2
+                        ).perform()
                     except Exception:  # noqa: BLE001 -- moved under us
                         continue
-                    titles = [t for t in driver.find_elements(
-                        "css selector", "[data-cy='sample-canvas-tooltip-title']") if t.is_displayed()]
+                    titles = [
+                        t
+                        for t in driver.find_elements(
+                            "css selector", "[data-cy='sample-canvas-tooltip-title']"
+                        )
+                        if t.is_displayed()
+                    ]
                     if titles and titles[0].text.strip() == field:
                         content = driver.find_element(
-                            "css selector", "[data-cy='sample-canvas-tooltip-content']")
+                            "css selector", "[data-cy='sample-canvas-tooltip-content']"
+                        )
                         return content.text
         time.sleep(1)
     raise AssertionError(f"no tooltip of {field!r} found over the sample")
@@ -477,8 +593,11 @@ def test_rescore_form_mistakes(stored, app, driver):
             _dismiss_banner(self.d)
             # the App may reopen the sample of the earlier test: close it
             for _ in range(10):
-                if not [m for m in self.d.find_elements("css selector", "[data-cy='modal']")
-                        if m.is_displayed()]:
+                if not [
+                    m
+                    for m in self.d.find_elements("css selector", "[data-cy='modal']")
+                    if m.is_displayed()
+                ]:
                     break
                 ActionChains(self.d).send_keys(Keys.ESCAPE).perform()
                 time.sleep(0.5)
@@ -536,7 +655,12 @@ return {tables: tables, tops: tops, arrow: nav ? r(nav.parentElement) : null};
 
 
 def _overlap(a, b):
-    return a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"] and b["top"] < a["bottom"]
+    return (
+        a["left"] < b["right"]
+        and b["left"] < a["right"]
+        and a["top"] < b["bottom"]
+        and b["top"] < a["bottom"]
+    )
 
 
 def test_panel_tables_fit_split_panel(stored, app, driver):
@@ -549,19 +673,20 @@ def test_panel_tables_fit_split_panel(stored, app, driver):
     from fiftyone_lazsl.fo.explain import explain_sample
     from test_app_browser import _displayed, _open_panel, _save_failure, _split_beside_sample
 
-    from selenium.webdriver.common.action_chains import ActionChains
-
     ds = stored
     a = ds.first()
     wait = WebDriverWait(driver, WAIT_S)
-    short = WebDriverWait(driver, 30)
     driver.set_window_size(1280, 800)  # a laptop screen: the split panel is narrow
     try:
         driver.get(f"{app.url}/datasets/{ds.name}?id={a.id}")
         _open_panel(driver)
         _close_popovers(driver)
-        _click(driver, wait.until(lambda d: _displayed(
-            d, "//button[@data-cy='panel-tab-lazsl_explanations']")))
+        _click(
+            driver,
+            wait.until(
+                lambda d: _displayed(d, "//button[@data-cy='panel-tab-lazsl_explanations']")
+            ),
+        )
         wait.until(lambda d: _dropdown_value(d, "LaZSL field") == "lazsl")
         p = explain_sample(a, "lazsl", "ground_truth")["predicted"]
         wait.until(lambda d: f"Predicted: {p['label']} (score {p['score']:.4f}" in _body(d))
@@ -571,12 +696,15 @@ def test_panel_tables_fit_split_panel(stored, app, driver):
         m = driver.execute_script(_PANEL_FIT_JS)
         for t in m["tables"]:
             assert t["scrollWidth"] <= t["clientWidth"] + 1, f"table {t['header']} overflows: {t}"
-            assert t["panel"] and t["table"]["right"] <= t["panel"]["right"] + 1, \
+            assert t["panel"] and t["table"]["right"] <= t["panel"]["right"] + 1, (
                 f"table {t['header']} is wider than its panel: {m}"
+            )
         # the App draws the arrow 0.75rem from the panel's right edge, 3rem wide
         arrow_left = m["tables"][0]["panel"]["right"] - 3.75 * 16
         for top in m["tops"]:
-            assert top["right"] <= arrow_left, f"the 'Top' header {top} reaches under the arrow (x > {arrow_left})"
+            assert top["right"] <= arrow_left, (
+                f"the 'Top' header {top} reaches under the arrow (x > {arrow_left})"
+            )
         _docs_image(driver, "panel-split.png")
     except Exception:
         _save_failure(driver, app, "app_panel_fit")

@@ -17,12 +17,24 @@ from fiftyone_lazsl.core.attribute_formats import (
 )
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
 
-CUPL = OrderedDict([
-    ("Cardinal", ["A Cardinal is a red songbird with a crest.",
-                  "The cardinal has a black mask around its bill."]),
-    ("Blue Jay", ["A blue jay has blue, white and black plumage.",
-                  "Blue jays are loud birds of the forest edge."]),
-])
+CUPL = OrderedDict(
+    [
+        (
+            "Cardinal",
+            [
+                "A Cardinal is a red songbird with a crest.",
+                "The cardinal has a black mask around its bill.",
+            ],
+        ),
+        (
+            "Blue Jay",
+            [
+                "A blue jay has blue, white and black plumage.",
+                "Blue jays are loud birds of the forest edge.",
+            ],
+        ),
+    ]
+)
 
 
 def test_food101_reports_its_five_empty_classes(shared_data):
@@ -32,7 +44,8 @@ def test_food101_reports_its_five_empty_classes(shared_data):
     assert aset.empty_classes == ["donuts", "french fries", "fried calamari", "mussels", "oysters"]
     assert aset.warnings == [
         "class(es) with no attribute, scored with a class-name-only prompt: "
-        "donuts, french fries, fried calamari, mussels, oysters"]
+        "donuts, french fries, fried calamari, mussels, oysters"
+    ]
 
 
 def test_detect_format(shared_data):
@@ -64,13 +77,23 @@ def test_cupl_roundtrip_auto_and_explicit(tmp_path):
 
 
 def test_descriptors_export_as_cupl_sentences(tmp_path):
-    aset = AttributeSet.from_dict({"Cardinal": ["a red crest", "black mask", "has a thick bill"],
-                                   "Blue Jay": []}, name="birds")
-    assert to_cupl(aset) == OrderedDict([
-        ("Cardinal", ["Cardinal, which is a red crest.", "Cardinal, which has black mask.",
-                      "Cardinal, which has a thick bill."]),
-        ("Blue Jay", []),
-    ])
+    aset = AttributeSet.from_dict(
+        {"Cardinal": ["a red crest", "black mask", "has a thick bill"], "Blue Jay": []},
+        name="birds",
+    )
+    assert to_cupl(aset) == OrderedDict(
+        [
+            (
+                "Cardinal",
+                [
+                    "Cardinal, which is a red crest.",
+                    "Cardinal, which has black mask.",
+                    "Cardinal, which has a thick bill.",
+                ],
+            ),
+            ("Blue Jay", []),
+        ]
+    )
     out = tmp_path / "birds_cupl.json"
     save_attribute_file(aset, out, format="cupl")
     back = load_attribute_file(out)
@@ -82,13 +105,22 @@ def test_descriptors_export_as_cupl_sentences(tmp_path):
 
 
 def test_merge_and_formats():
-    a = AttributeSet.from_dict({"Cardinal": ["red crest"], "Blue Jay": ["blue crest"]}, name="a",
-                               source="a.json")
-    b = AttributeSet.from_dict({"cardinal": ["black mask", "red crest"], "Robin": ["red breast"]},
-                               name="b", source="b.json")
+    a = AttributeSet.from_dict(
+        {"Cardinal": ["red crest"], "Blue Jay": ["blue crest"]}, name="a", source="a.json"
+    )
+    b = AttributeSet.from_dict(
+        {"cardinal": ["black mask", "red crest"], "Robin": ["red breast"]},
+        name="b",
+        source="b.json",
+    )
     m = merge_sets(a, b, name="ab")
-    assert m.to_dict() == OrderedDict([("Cardinal", ["red crest", "black mask"]),
-                                       ("Blue Jay", ["blue crest"]), ("Robin", ["red breast"])])
+    assert m.to_dict() == OrderedDict(
+        [
+            ("Cardinal", ["red crest", "black mask"]),
+            ("Blue Jay", ["blue crest"]),
+            ("Robin", ["red breast"]),
+        ]
+    )
     assert m.name == "ab" and m.metadata["merged_from"] == ["a.json", "b.json"]
     with pytest.raises(AttributeSetError, match="different formats"):
         merge_sets(a, from_cupl(CUPL, name="c"))
@@ -100,8 +132,9 @@ def test_edit_one_class_cleans_and_records():
     aset = AttributeSet.from_dict({"donuts": [], "apple pie": ["golden crust"]}, name="food")
     assert aset.empty_classes == ["donuts"]
     edited = edit_class(aset, "Donuts", ["- a ring shape.", "A ring shape", "sugar glaze"])
-    assert edited.to_dict() == OrderedDict([("donuts", ["a ring shape", "sugar glaze"]),
-                                            ("apple pie", ["golden crust"])])
+    assert edited.to_dict() == OrderedDict(
+        [("donuts", ["a ring shape", "sugar glaze"]), ("apple pie", ["golden crust"])]
+    )
     assert edited.empty_classes == [] and edited.warnings == []
     assert edited.metadata["edited_classes"] == ["donuts"]
     assert aset.to_dict()["donuts"] == []  # the original is unchanged

@@ -7,8 +7,15 @@ import pytest
 
 from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
 
-EXPECTED_CLASSES = {"cub": 200, "imagenet": 1000, "pets": 37, "food101": 101,
-                    "places365": 365, "dtd": 47, "eurosat": 10}
+EXPECTED_CLASSES = {
+    "cub": 200,
+    "imagenet": 1000,
+    "pets": 37,
+    "food101": 101,
+    "places365": 365,
+    "dtd": 47,
+    "eurosat": 10,
+}
 FOOD101_EMPTY = ["donuts", "french fries", "fried calamari", "mussels", "oysters"]
 
 
@@ -22,7 +29,7 @@ def test_load_published_sets(shared_data, name):
     assert len(s) == EXPECTED_CLASSES[name]
     assert s.name == name
     assert s.classes == [k.strip() for k in raw.keys()]
-    assert s.classes == list(raw.keys())          # published names have no padding
+    assert s.classes == list(raw.keys())  # published names have no padding
     for k, v in raw.items():
         # attributes: whitespace-normalised, empty ones dropped, repeats kept
         # (the official code encodes every listed attribute)
@@ -49,7 +56,7 @@ def test_cub_order_matches_official_class_list(shared_data):
     official = [ln.split(".", 1)[1] for ln in lines if ln.strip()]
     assert len(official) == 200
 
-    def folder(name):          # CUB folder spelling: spaces and hyphens become "_"
+    def folder(name):  # CUB folder spelling: spaces and hyphens become "_"
         return name.replace(" ", "_").replace("-", "_").casefold()
 
     assert [folder(c) for c in s.classes] == [o.casefold() for o in official]
@@ -108,7 +115,7 @@ def test_missing_file_and_wrong_shapes(tmp_path):
     with pytest.raises(AttributeSetError, match="str.json"):
         AttributeSet.from_json(p)
     p = tmp_path / "empty.json"
-    p.write_text('{}')
+    p.write_text("{}")
     with pytest.raises(AttributeSetError):
         AttributeSet.from_json(p)
     with pytest.raises(AttributeSetError):
@@ -120,10 +127,12 @@ def test_missing_file_and_wrong_shapes(tmp_path):
 def test_duplicate_padded_cased_names_merge(tmp_path):
     p = tmp_path / "dups.json"
     # padding, case and inner whitespace
-    p.write_text('{"Black-footed Albatross": ["dark plumage", "long wings"],\n'
-                 ' "Laysan Albatross": ["white head"],\n'
-                 ' " black-footed  albatross ": ["long wings", "pale beak"],\n'
-                 ' "LAYSAN ALBATROSS": ["dark back"]}')
+    p.write_text(
+        '{"Black-footed Albatross": ["dark plumage", "long wings"],\n'
+        ' "Laysan Albatross": ["white head"],\n'
+        ' " black-footed  albatross ": ["long wings", "pale beak"],\n'
+        ' "LAYSAN ALBATROSS": ["dark back"]}'
+    )
     s = AttributeSet.from_json(p)
     assert s.classes == ["Black-footed Albatross", "Laysan Albatross"]
     assert s["Black-footed Albatross"] == ["dark plumage", "long wings", "pale beak"]
@@ -139,9 +148,11 @@ def test_duplicate_padded_cased_names_merge(tmp_path):
 
 def test_exact_duplicate_json_keys_merge(tmp_path):
     p = tmp_path / "dups.json"
-    p.write_text('{"Laysan Albatross": ["white head"],\n'
-                 ' "Sooty Albatross": ["dark body"],\n'
-                 ' "Laysan Albatross": ["dark back"]}')
+    p.write_text(
+        '{"Laysan Albatross": ["white head"],\n'
+        ' "Sooty Albatross": ["dark body"],\n'
+        ' "Laysan Albatross": ["dark back"]}'
+    )
     s = AttributeSet.from_json(p)
     assert s.classes == ["Laysan Albatross", "Sooty Albatross"]
     assert s["Laysan Albatross"] == ["white head", "dark back"]
@@ -149,7 +160,9 @@ def test_exact_duplicate_json_keys_merge(tmp_path):
 
 
 def test_attribute_whitespace_and_duplicates():
-    s = AttributeSet.from_dict({"  cat ": ["  pointy   ears ", "pointy ears", "", "  ", "whiskers"]})
+    s = AttributeSet.from_dict(
+        {"  cat ": ["  pointy   ears ", "pointy ears", "", "  ", "whiskers"]}
+    )
     assert s.classes == ["cat"]
     assert s["cat"] == ["pointy ears", "pointy ears", "whiskers"]
     assert any("repeated attribute" in w and "cat: pointy ears" in w for w in s.warnings)
@@ -164,9 +177,13 @@ def test_places365_repeats_kept_with_warning(shared_data):
 
 
 def test_unicode_names(tmp_path):
-    d = OrderedDict([("crème brûlée", ["caramelised sugar top"]),
-                     ("Königspinguin", ["orange ear patches"]),
-                     ("寿司", ["raw fish on rice"])])
+    d = OrderedDict(
+        [
+            ("crème brûlée", ["caramelised sugar top"]),
+            ("Königspinguin", ["orange ear patches"]),
+            ("寿司", ["raw fish on rice"]),
+        ]
+    )
     s = AttributeSet.from_dict(d)
     assert s.classes == list(d)
     s.to_json(tmp_path / "u.json")
@@ -175,6 +192,7 @@ def test_unicode_names(tmp_path):
     assert "寿司" in (tmp_path / "u.json").read_text(encoding="utf-8")
     # NFD spelling is the same class as NFC
     import unicodedata
+
     nfd = unicodedata.normalize("NFD", "crème brûlée")
     assert nfd != "crème brûlée"
     assert s.resolve(nfd) == "crème brûlée"
@@ -220,15 +238,17 @@ def test_with_classes_keeps_empty_note(shared_data):
 
 def test_replace_copies_with_one_change():
     from fiftyone_lazsl.core.attributes import AttributeSet
-    a = AttributeSet.from_dict({"Cardinal": ["red crest"], "Wren": []}, name="birds",
-                               source="x.json", metadata={"k": 1})
+
+    a = AttributeSet.from_dict(
+        {"Cardinal": ["red crest"], "Wren": []}, name="birds", source="x.json", metadata={"k": 1}
+    )
     assert any(w.startswith("class(es) with no attribute") for w in a.warnings)
     b = a.replace(name="other")
     assert (b.name, b.source, b.format, b.metadata) == ("other", "x.json", "descriptors", {"k": 1})
     assert b.to_dict() == a.to_dict() and b.warnings == a.warnings
     b.metadata["k"] = 2
     b.warnings.append("new")
-    assert a.metadata == {"k": 1} and "new" not in a.warnings      # copies, not shared
+    assert a.metadata == {"k": 1} and "new" not in a.warnings  # copies, not shared
     c = a.replace(attributes={"Cardinal": ["red crest"], "Wren": ["brown"]})
     assert not any(w.startswith("class(es) with no attribute") for w in c.warnings)
     assert c.content_hash != a.content_hash and c.name == "birds"

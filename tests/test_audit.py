@@ -10,7 +10,6 @@ label errors rank first and the evidence names the right attributes.
   checking every field and eval key against the real database.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -41,16 +40,23 @@ def _dataset(name, items, labels):
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
     ds = fo.Dataset(name)
-    ds.add_samples([fo.Sample(filepath=p, ground_truth=None if lab is None else fo.Classification(label=lab))
-                    for (p, _), lab in zip(items, labels)])
+    ds.add_samples(
+        [
+            fo.Sample(
+                filepath=p, ground_truth=None if lab is None else fo.Classification(label=lab)
+            )
+            for (p, _), lab in zip(items, labels)
+        ]
+    )
     return ds
 
 
 def _run(ds, aset, method, field, run_kw=None, **kw):
     from fiftyone_lazsl import LaZSLClassifier, run_lazsl
 
-    clf = LaZSLClassifier(aset, model=ce.ControlledModel(aset, **kw), method=method, n_crops=4,
-                          seed=1, batch_size=8)
+    clf = LaZSLClassifier(
+        aset, model=ce.ControlledModel(aset, **kw), method=method, n_crops=4, seed=1, batch_size=8
+    )
     return run_lazsl(ds, aset, label_field=field, classifier=clf, num_workers=0, **(run_kw or {}))
 
 
@@ -59,15 +65,16 @@ def flipped(tmp_path):
     """6 classes x 3 solid images; samples 1, 8 and 16 have a wrong label."""
     aset = ce.make_attribute_set(C, A)
     items = ce.write_images(tmp_path / "img", {c: 3 for c in range(C)})
-    flips = {1: 4, 8: 0, 16: 2}                     # sample index -> wrong class
+    flips = {1: 4, 8: 0, 16: 2}  # sample index -> wrong class
     labels = [f"class_{flips.get(i, c)}" for i, (_, c) in enumerate(items)]
     assert all(flips[i] != items[i][1] for i in flips)
     ds = _dataset(f"audit-flip-{tmp_path.name}", items, labels)
     return ds, aset, items, flips
 
 
-@pytest.mark.parametrize("method,evidence", [("lazsl", "compact"), ("dclip", "compact"),
-                                             ("lazsl", "full")])
+@pytest.mark.parametrize(
+    "method,evidence", [("lazsl", "compact"), ("dclip", "compact"), ("lazsl", "full")]
+)
 def test_flipped_labels_rank_first_with_right_evidence(flipped, method, evidence):
     """Compact outputs keep the labelled class's evidence when the run is given
     the ground-truth field; full outputs keep every class's."""
@@ -90,9 +97,9 @@ def test_flipped_labels_rank_first_with_right_evidence(flipped, method, evidence
     # every method predicts the true class
     assert ds.values(f"{method}.label") == [f"class_{c}" for _, c in items]
     # flipped samples first, then the rest; only they contradict their label
-    assert {r.sample_id for r in res.rows[:len(flips)]} == flipped_ids
-    assert all(r.suspicion > 0 for r in res.rows[:len(flips)])
-    assert all(r.suspicion < 0 for r in res.rows[len(flips):])
+    assert {r.sample_id for r in res.rows[: len(flips)]} == flipped_ids
+    assert all(r.suspicion > 0 for r in res.rows[: len(flips)])
+    assert all(r.suspicion < 0 for r in res.rows[len(flips) :])
     # top_k=5 but min_suspicion=0: exactly the 3 flips are tagged, and saved as a view
     assert set(res.tagged) == flipped_ids
     assert set(ds.match_tags("suspect").values("id")) == flipped_ids
@@ -110,7 +117,7 @@ def test_flipped_labels_rank_first_with_right_evidence(flipped, method, evidence
         expect = np.delete(p, g).max() - p[g]
         assert smp[susp_field] == pytest.approx(expect, abs=1e-9)
     ranked = ds.sort_by(susp_field, reverse=True).values("id")
-    assert set(ranked[:len(flips)]) == flipped_ids
+    assert set(ranked[: len(flips)]) == flipped_ids
 
     # evidence: labelled class's weakest attributes, predicted class's strongest
     attrs = aset.attributes
@@ -140,10 +147,13 @@ def test_flipped_labels_rank_first_with_right_evidence(flipped, method, evidence
         assert isinstance(sentence, str)
         assert ev_gt[0] in sentence and ev_pred[0] in sentence
         if i in flips:
-            assert f"labelled 'class_{gt_c}'" in sentence and f"predicted 'class_{true_c}'" in sentence
+            assert (
+                f"labelled 'class_{gt_c}'" in sentence and f"predicted 'class_{true_c}'" in sentence
+            )
     # the App can filter on evidence lists
     w = attrs["class_0"][ce.weakest_attribute(0, A)]
     from fiftyone import ViewField as F
+
     hits = ds.match(F(f"{method}_evidence_gt").contains(w)).values("id")
     assert ids[8] in hits
 
@@ -197,7 +207,9 @@ def test_unknown_label_missing_prediction_no_label_and_clip(tmp_path):
     # failed image: no score, the error in words, no tag
     smp = ds[str(bad)]
     assert smp.lazsl_suspicion is None and smp.lazsl_evidence_gt is None
-    assert smp.lazsl_evidence.startswith("no prediction: ") and smp.lazsl_error in smp.lazsl_evidence
+    assert (
+        smp.lazsl_evidence.startswith("no prediction: ") and smp.lazsl_error in smp.lazsl_evidence
+    )
     assert by[ids[3]].suspicion is None and res.rows[-1].suspicion is None
     # no label: no score, but the prediction's evidence
     smp = ds[items[4][0]]
@@ -215,8 +227,8 @@ def test_unknown_label_missing_prediction_no_label_and_clip(tmp_path):
 
 
 def test_audit_errors(flipped):
-    from fiftyone_lazsl.fo.audit import audit_labels
     from fiftyone_lazsl.errors import UserError
+    from fiftyone_lazsl.fo.audit import audit_labels
 
     ds, aset, items, flips = flipped
     with pytest.raises(UserError, match="no field 'lazsl'"):
@@ -251,14 +263,21 @@ def real_dataset(photo_data, tmp_path_factory):
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
     ds = fo.Dataset(name, persistent=True)
-    ds.add_samples([fo.Sample(filepath=str(src / c / f), ground_truth=fo.Classification(label=c))
-                    for c in img_classes for f in sorted(os.listdir(src / c))[:2]])
+    ds.add_samples(
+        [
+            fo.Sample(filepath=str(src / c / f), ground_truth=fo.Classification(label=c))
+            for c in img_classes
+            for f in sorted(os.listdir(src / c))[:2]
+        ]
+    )
     from fiftyone_lazsl.core.models import load_model
+
     model = load_model(tiny_clip.TINY_MODEL, ckpt, device="cpu")
     for m in METHODS:
         clf = LaZSLClassifier(aset, model=model, method=m, n_crops=N_CROPS, seed=0, batch_size=6)
-        s = run_lazsl(ds, aset, label_field=m, classifier=clf, num_workers=0,
-                      gt_field="ground_truth")
+        s = run_lazsl(
+            ds, aset, label_field=m, classifier=clf, num_workers=0, gt_field="ground_truth"
+        )
         assert s.num_predicted == len(ds)
     yield ds, aset
     ds.delete()
@@ -329,14 +348,24 @@ def classes_index_in_topk(ds, field, smp, k):
 
 def _cli(*args):
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ))
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, timeout=600, env=dict(os.environ)
+    )
 
 
 def test_real_photos_cli(real_dataset):
     ds, aset = real_dataset
-    r = _cli("evaluate", "--dataset", ds.name, "--gt-field", "ground_truth",
-             "--pred-fields", ",".join(METHODS), "--top-k", "3")
+    r = _cli(
+        "evaluate",
+        "--dataset",
+        ds.name,
+        "--gt-field",
+        "ground_truth",
+        "--pred-fields",
+        ",".join(METHODS),
+        "--top-k",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     for m in METHODS:
         assert m in r.stdout
@@ -345,8 +374,19 @@ def test_real_photos_cli(real_dataset):
     n = sum(a == g != b for a, b, g in zip(ds.values("lazsl.label"), ds.values("clip.label"), gt))
     # the view is saved (and listed) only when it holds samples
     assert ("'lazsl right, clip wrong'" in r.stdout) == (n > 0), (n, r.stdout)
-    r = _cli("audit", "--dataset", ds.name, "--pred-field", "lazsl", "--gt-field", "ground_truth",
-             "--top-k", "2", "--tag", "cli_suspect")
+    r = _cli(
+        "audit",
+        "--dataset",
+        ds.name,
+        "--pred-field",
+        "lazsl",
+        "--gt-field",
+        "ground_truth",
+        "--top-k",
+        "2",
+        "--tag",
+        "cli_suspect",
+    )
     assert r.returncode == 0, r.stderr
     assert "audited 6 samples" in r.stdout
     ds.reload()
@@ -360,15 +400,19 @@ def test_real_photos_cli(real_dataset):
 
 def test_real_photos_operators(lazsl_plugin, real_dataset):
     ds, aset = real_dataset
-    r = run_operator("evaluate_methods", ds, {"gt_field": "ground_truth",
-                                              "pred_fields": list(METHODS), "k": 4})
+    r = run_operator(
+        "evaluate_methods", ds, {"gt_field": "ground_truth", "pred_fields": list(METHODS), "k": 4}
+    )
     assert r.error is None, r.error
     assert set(r.result["accuracy"]) == set(METHODS)
     assert "worst classes" in r.result["table"]
     ds.reload()
     _check_eval_keys(ds, METHODS, 4)
-    r = run_operator("audit_labels", ds, {"pred_field": "dclip", "gt_field": "ground_truth",
-                                          "top_k": 3, "tag": "op_suspect"})
+    r = run_operator(
+        "audit_labels",
+        ds,
+        {"pred_field": "dclip", "gt_field": "ground_truth", "top_k": 3, "tag": "op_suspect"},
+    )
     assert r.error is None, r.error
     ds.reload()
     _check_audit_fields(ds, "dclip", "dclip", aset)

@@ -13,10 +13,25 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_rescore_benchmark_quick_mode(tmp_path, shared_data):
     env = dict(os.environ)
-    env.pop("FIFTYONE_DATABASE_URI", None)   # the benchmark starts its own mongod
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--rescore", "--quick",
-           "--device", "cpu", "--out-dir", str(tmp_path), "--name", "smoke",
-           "--images", "3", "--fresh-images", "1", "--memory-sizes", "2,3"]
+    env.pop("FIFTYONE_DATABASE_URI", None)  # the benchmark starts its own mongod
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--rescore",
+        "--quick",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+        "--images",
+        "3",
+        "--fresh-images",
+        "1",
+        "--memory-sizes",
+        "2,3",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r = json.loads((tmp_path / "smoke.json").read_text())
@@ -36,14 +51,21 @@ def test_rescore_cold_benchmark_quick_mode(tmp_path, shared_data):
     the re-scoring with cached text features builds no weights and encodes
     no prompt (counted in its process); its labels equal the fresh run's."""
     env = dict(os.environ)
-    env.pop("FIFTYONE_DATABASE_URI", None)   # the benchmark starts its own mongod
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "rescore_cold.py"), "--quick",
-           "--out-dir", str(tmp_path), "--name", "cold"]
+    env.pop("FIFTYONE_DATABASE_URI", None)  # the benchmark starts its own mongod
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "rescore_cold.py"),
+        "--quick",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "cold",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r = json.loads((tmp_path / "cold.json").read_text())
     assert r["rescore_weights_built"] == 0 and r["rescore_text_encoder_calls"] == 0
-    assert r["rescore_text_cache_cold"]["weights_built"] == 0     # the text tower alone
+    assert r["rescore_text_cache_cold"]["weights_built"] == 0  # the text tower alone
     assert r["rescore_text_cache_cold"]["text_encoder_calls"] >= 1
     assert all(f["weights_built"] == 1 for f in r["fresh"])
     assert r["same_labels"] is True and r["max_abs_logit_diff"] < 0.1

@@ -10,16 +10,44 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-SECTIONS = ("meta", "encoder_floor", "pipeline", "run_lazsl", "scoring", "crops",
-            "crop_construction", "memory", "write", "ratios", "checks", "notes")
+SECTIONS = (
+    "meta",
+    "encoder_floor",
+    "pipeline",
+    "run_lazsl",
+    "scoring",
+    "crops",
+    "crop_construction",
+    "memory",
+    "write",
+    "ratios",
+    "checks",
+    "notes",
+)
 
 
 def test_benchmark_quick_mode(tmp_path, shared_data):
     env = dict(os.environ)
-    env.pop("FIFTYONE_DATABASE_URI", None)   # the benchmark starts its own mongod
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--device", "cpu",
-           "--out-dir", str(tmp_path), "--name", "smoke", "--memory-sizes", "2,3",
-           "--write-samples", "10", "--score-reps", "1", "--floor-reps", "1"]
+    env.pop("FIFTYONE_DATABASE_URI", None)  # the benchmark starts its own mongod
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--quick",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+        "--memory-sizes",
+        "2,3",
+        "--write-samples",
+        "10",
+        "--score-reps",
+        "1",
+        "--floor-reps",
+        "1",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     r = json.loads((tmp_path / "smoke.json").read_text())
@@ -31,7 +59,7 @@ def test_benchmark_quick_mode(tmp_path, shared_data):
     assert r["pipeline"]["images"] == 2 and r["run_lazsl"]["images"] == 2
     sc = r["scoring"]
     assert sc["classes"] == 200 and sc["max_attributes"] == 9 and sc["crops"] == 90
-    assert sc["max_abs_diff_vs_loop"] < 1e-5          # the reference loop agrees with us
+    assert sc["max_abs_diff_vs_loop"] < 1e-5  # the reference loop agrees with us
     assert set(r["memory"]["runs"]) == {"2", "3"}
     assert all(v["peak_rss_mb"] > 0 for v in r["memory"]["runs"].values())
     assert r["write"]["samples"] == 10
@@ -49,13 +77,21 @@ def test_benchmark_quick_mode(tmp_path, shared_data):
     dv = cc["tensor_deviation"]
     assert dv["global_view_max"] == 0 and 0 < dv["mean"] < dv["max"]
     sizes = r["write"]["sizes"]
-    assert sizes["cub_compact"]["classes"] == 200 and sizes["imagenet-1k_compact"]["classes"] == 1000
+    assert (
+        sizes["cub_compact"]["classes"] == 200 and sizes["imagenet-1k_compact"]["classes"] == 1000
+    )
     # compact outputs are smaller than full ones (measured from the stored documents)
     assert sizes["cub_compact"]["bytes_per_sample"] < sizes["cub_full"]["bytes_per_sample"]
     assert r["write"]["raw_insert_samples_per_s"] > 0
-    for k in ("pipeline_over_floor", "scoring_fraction_of_floor", "scoring_speedup_vs_loop",
-              "crops_fraction_of_floor", "memory_growth_100_to_1000", "cub_bytes_per_sample",
-              "write_samples_per_s"):
+    for k in (
+        "pipeline_over_floor",
+        "scoring_fraction_of_floor",
+        "scoring_speedup_vs_loop",
+        "crops_fraction_of_floor",
+        "memory_growth_100_to_1000",
+        "cub_bytes_per_sample",
+        "write_samples_per_s",
+    ):
         assert k in r["ratios"] and k in r["checks"]
     assert "tensor_crops_fraction_of_floor" in r["ratios"]
     md = (tmp_path / "smoke.md").read_text()

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from fiftyone_lazsl.testing import tiny_clip
-from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, save_checkpoint, some_images
-
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
 from fiftyone_lazsl.core.models import load_model
 from fiftyone_lazsl.core.prompts import clip_prompt
 from fiftyone_lazsl.core.scoring import lazsl_scores
+from fiftyone_lazsl.testing import tiny_clip
+from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, save_checkpoint, some_images
 
 tiny_clip.register()
 
@@ -49,6 +48,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def decoded(photos):
     from fiftyone_lazsl.core.imageio import load_image_tensor
+
     out = []
     for p, _ in photos:
         t, info = load_image_tensor(p)
@@ -75,9 +75,17 @@ def _check_lazsl(clf, preds, images, keys, *, n_crops):
     mask = clf.text_mask.cpu().numpy()
     lens = [len(a) for a in clf.attribute_labels]
     assert [int(m.sum()) for m in mask] == lens
-    out = lazsl_scores(feats, clf.text_features, clf.text_mask, theta=clf.theta, eps=clf.eps,
-                       max_iter=clf.max_iter, stop_tol=clf.stop_tol, gamma=clf.gamma,
-                       return_plan=True)
+    out = lazsl_scores(
+        feats,
+        clf.text_features,
+        clf.text_mask,
+        theta=clf.theta,
+        eps=clf.eps,
+        max_iter=clf.max_iter,
+        stop_tol=clf.stop_tol,
+        gamma=clf.gamma,
+        return_plan=True,
+    )
     scale = clf.model.logit_scale
     for b, p in enumerate(preds):
         assert p.method == "lazsl"
@@ -87,8 +95,9 @@ def _check_lazsl(clf, preds, images, keys, *, n_crops):
         assert classes[p.label_index] == p.label
         np.testing.assert_allclose(p.scores, out.scores[b].numpy(), rtol=0, atol=1e-6)
         np.testing.assert_allclose(p.logits, scale * p.scores, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(p.probs, _softmax(scale * p.scores.astype(np.float64)),
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            p.probs, _softmax(scale * p.scores.astype(np.float64)), rtol=0, atol=1e-6
+        )
         assert abs(float(p.probs.sum()) - 1.0) < 1e-5
         H, W = images[b].shape[-2:]
         assert p.image_size == (int(W), int(H))
@@ -104,9 +113,9 @@ def _check_lazsl(clf, preds, images, keys, *, n_crops):
         # vision selection, from the features: keep crop n when x_n.g >= mean + gamma
         r = F64[b, 1:] @ F64[b, 0]
         thr = r.mean() + clf.gamma
-        clear = np.abs(r - thr) > 1e-5          # float32 ties with the mean are ambiguous
+        clear = np.abs(r - thr) > 1e-5  # float32 ties with the mean are ambiguous
         if np.ptp(r) < 1e-6 and clf.gamma == 0:
-            assert cr.kept.all()                # all crops equally similar: r == mean, all kept
+            assert cr.kept.all()  # all crops equally similar: r == mean, all kept
         else:
             assert clear.sum() >= n_crops // 2
         if (r < thr - 1e-5).all():
@@ -123,18 +132,21 @@ def _check_lazsl(clf, preds, images, keys, *, n_crops):
         plan = out.plans[b, c, :, :a_c].double().numpy()
         assert np.all(plan[~cr.kept] == 0)
         np.testing.assert_allclose(cr.mass, plan.sum(1), rtol=0, atol=1e-6)
-        assert abs(float(cr.mass.sum()) - 1.0) < 1e-5     # the plan carries mass 1
+        assert abs(float(cr.mass.sum()) - 1.0) < 1e-5  # the plan carries mass 1
         assert np.all(cr.mass[~cr.kept] == 0)
         kept = cr.kept
         assert np.array_equal(cr.attribute[kept], plan[kept].argmax(1))
         assert np.all((cr.attribute >= 0) & (cr.attribute < a_c))
-        np.testing.assert_allclose(cr.share[kept], plan[kept].max(1) / plan[kept].sum(1),
-                                   rtol=0, atol=1e-5)
+        np.testing.assert_allclose(
+            cr.share[kept], plan[kept].max(1) / plan[kept].sum(1), rtol=0, atol=1e-5
+        )
         assert np.all(cr.share[~kept] == 0)
-        S = ((1 - clf.theta) * (tf[c, :a_c] @ F64[b, 0])[None, :]
-             + clf.theta * F64[b, 1:] @ tf[c, :a_c].T)
-        np.testing.assert_allclose(cr.similarity, S[np.arange(n_crops), cr.attribute],
-                                   rtol=0, atol=1e-5)
+        S = (1 - clf.theta) * (tf[c, :a_c] @ F64[b, 0])[None, :] + clf.theta * F64[b, 1:] @ tf[
+            c, :a_c
+        ].T
+        np.testing.assert_allclose(
+            cr.similarity, S[np.arange(n_crops), cr.attribute], rtol=0, atol=1e-5
+        )
 
         # attribute contributions and crop counts, per class
         assert len(p.attribute_scores) == C and len(p.attribute_crops) == C
@@ -144,7 +156,8 @@ def _check_lazsl(clf, preds, images, keys, *, n_crops):
             assert p.attribute_crops[k].shape == (lens[k],)
             assert int(p.attribute_crops[k].sum()) == int(cr.kept.sum())
         assert np.array_equal(
-            p.attribute_crops[c], np.bincount(plan[kept].argmax(1), minlength=a_c))
+            p.attribute_crops[c], np.bincount(plan[kept].argmax(1), minlength=a_c)
+        )
 
 
 @pytest.mark.parametrize("weights", ["random", "checkpoint"])
@@ -153,13 +166,21 @@ def test_lazsl_end_to_end(weights, cub_set, random_model, checkpoint, decoded):
         clf = LaZSLClassifier(cub_set, random_model, n_crops=12, seed=1, batch_size=3)
         assert clf.config()["random_weights"] is True
     else:
-        clf = LaZSLClassifier(cub_set, TINY_MODEL, pretrained=str(checkpoint), device="cpu",
-                              n_crops=12, seed=1, batch_size=3)
+        clf = LaZSLClassifier(
+            cub_set,
+            TINY_MODEL,
+            pretrained=str(checkpoint),
+            device="cpu",
+            n_crops=12,
+            seed=1,
+            batch_size=3,
+        )
         cfg = clf.config()
         assert cfg["random_weights"] is False and cfg["pretrained"] == str(checkpoint)
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        assert torch.equal(clf.model.model.state_dict()["visual.conv1.weight"],
-                           saved["visual.conv1.weight"])
+        assert torch.equal(
+            clf.model.model.state_dict()["visual.conv1.weight"], saved["visual.conv1.weight"]
+        )
         assert clf.model.logit_scale == pytest.approx(100.0, rel=1e-3)
     assert clf.classes == cub_set.classes
     images = [t for t, _, _ in decoded]
@@ -172,8 +193,9 @@ def test_lazsl_end_to_end(weights, cub_set, random_model, checkpoint, decoded):
 def test_gamma_and_theta(cub_set, random_model, decoded):
     images = [t for t, _, _ in decoded[:2]]
     keys = [k for _, k, _ in decoded[:2]]
-    clf = LaZSLClassifier(cub_set, random_model, n_crops=12, seed=2, gamma=0.0005, theta=0.5,
-                          eps=0.05)
+    clf = LaZSLClassifier(
+        cub_set, random_model, n_crops=12, seed=2, gamma=0.0005, theta=0.5, eps=0.05
+    )
     _check_lazsl(clf, clf.predict_tensors(images, keys), images, keys, n_crops=12)
 
 
@@ -200,15 +222,16 @@ def test_dclip_and_clip_methods(cub_set, random_model, decoded):
     for b, p in enumerate(d.predict_tensors(images, keys)):
         assert p.method == "dclip" and p.crops is None
         expected = []
-        for k, c in enumerate(d.classes):
+        for k, _c in enumerate(d.classes):
             t = random_model.encode_texts(d.prompts[k]).double().numpy()
             sims = t @ g[b]
             np.testing.assert_allclose(p.attribute_scores[k], sims, rtol=0, atol=1e-5)
             expected.append(sims.mean())
         np.testing.assert_allclose(p.scores, expected, rtol=0, atol=1e-5)
         assert p.label_index == int(np.argmax(p.scores)) and p.label == d.classes[p.label_index]
-        np.testing.assert_allclose(p.probs, _softmax(scale * p.scores.astype(np.float64)),
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            p.probs, _softmax(scale * p.scores.astype(np.float64)), rtol=0, atol=1e-6
+        )
 
     c = LaZSLClassifier(cub_set, random_model, method="clip")
     feats, _ = c.encode(images, keys)
@@ -231,7 +254,7 @@ def test_predict_paths_equals_predict_tensors(cub_set, random_model, photos, dec
     from_paths = clf.predict(paths)
     tensors = clf.predict_tensors([t for t, _, _ in decoded], [k for _, k, _ in decoded])
     assert len(from_paths) == len(paths)
-    for a, b, (t, _, info) in zip(from_paths, tensors, decoded):
+    for a, b, (_t, _, info) in zip(from_paths, tensors, decoded):
         assert a.label == b.label
         np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
         assert np.array_equal(a.crops.boxes, b.crops.boxes)

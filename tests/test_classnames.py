@@ -11,8 +11,8 @@ from fiftyone_lazsl.core.classnames import (
     readable_name,
     readable_names,
 )
-from fiftyone_lazsl.fo.fields import classes_from_field, label_fields, label_path
 from fiftyone_lazsl.errors import UserError
+from fiftyone_lazsl.fo.fields import classes_from_field, label_path
 
 
 def test_readable_name_rule_matches_the_published_cub_keys(shared_data):
@@ -37,7 +37,9 @@ def test_readable_name_cases():
 
 def test_lists_and_files(tmp_path):
     assert classes_from_list([" Cardinal ", "Blue  Jay", "", None, "Cardinal"]) == [
-        "Cardinal", "Blue Jay"]
+        "Cardinal",
+        "Blue Jay",
+    ]
     with pytest.raises(UserError, match="no class names"):
         classes_from_list(["", " "])
     f = tmp_path / "classes.txt"
@@ -52,23 +54,39 @@ def test_lists_and_files(tmp_path):
 
 def test_classes_from_dataset_fields():
     ds = fo.Dataset()
-    ds.add_samples([
-        fo.Sample(filepath=f"/tmp/{i}.jpg", gt=fo.Classification(label=lab), note=lab,
-                  dets=fo.Detections(detections=[fo.Detection(label=lab.upper())]))
-        for i, lab in enumerate(["002.Laysan_Albatross", "001.Black_footed_Albatross",
-                                 "002.Laysan_Albatross"])
-    ])
+    ds.add_samples(
+        [
+            fo.Sample(
+                filepath=f"/tmp/{i}.jpg",
+                gt=fo.Classification(label=lab),
+                note=lab,
+                dets=fo.Detections(detections=[fo.Detection(label=lab.upper())]),
+            )
+            for i, lab in enumerate(
+                ["002.Laysan_Albatross", "001.Black_footed_Albatross", "002.Laysan_Albatross"]
+            )
+        ]
+    )
     ds.add_sample(fo.Sample(filepath="/tmp/none.jpg"))
     try:
-        assert classes_from_field(ds, "gt") == ["001.Black_footed_Albatross",
-                                                "002.Laysan_Albatross"]
-        assert classes_from_field(ds, "note") == ["001.Black_footed_Albatross",
-                                                  "002.Laysan_Albatross"]
+        assert classes_from_field(ds, "gt") == [
+            "001.Black_footed_Albatross",
+            "002.Laysan_Albatross",
+        ]
+        assert classes_from_field(ds, "note") == [
+            "001.Black_footed_Albatross",
+            "002.Laysan_Albatross",
+        ]
         assert label_path(ds, "dets") == "dets.detections.label"
-        assert classes_from_field(ds, "dets") == ["001.BLACK_FOOTED_ALBATROSS",
-                                                  "002.LAYSAN_ALBATROSS"]
-        with pytest.raises(UserError, match=r"field 'nope' does not exist .* label fields: "
-                                            r"dets, gt, note"):
+        assert classes_from_field(ds, "dets") == [
+            "001.BLACK_FOOTED_ALBATROSS",
+            "002.LAYSAN_ALBATROSS",
+        ]
+        with pytest.raises(
+            UserError,
+            match=r"field 'nope' does not exist .* label fields: "
+            r"dets, gt, note",
+        ):
             classes_from_field(ds, "nope")
         with pytest.raises(UserError, match="holds no class labels"):
             classes_from_field(ds, "metadata")

@@ -10,10 +10,10 @@ import uuid
 import fiftyone as fo
 import pytest
 
-from fiftyone_lazsl.core import published
-from fiftyone_lazsl.fo import store
-from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.cli import main
+from fiftyone_lazsl.core import published
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.fo import store
 
 CONSOLE_SCRIPT = pathlib.Path(sys.executable).parent / "fiftyone-lazsl"
 
@@ -21,10 +21,12 @@ CONSOLE_SCRIPT = pathlib.Path(sys.executable).parent / "fiftyone-lazsl"
 @pytest.fixture
 def dataset():
     ds = fo.Dataset(f"lazsl-cli-{uuid.uuid4().hex[:8]}", persistent=True)
-    ds.add_samples([
-        fo.Sample(filepath=f"/nonexistent/{i}.jpg", gt=fo.Classification(label=lab))
-        for i, lab in enumerate(["apple pie", "donuts", "waffles"])
-    ])
+    ds.add_samples(
+        [
+            fo.Sample(filepath=f"/nonexistent/{i}.jpg", gt=fo.Classification(label=lab))
+            for i, lab in enumerate(["apple pie", "donuts", "waffles"])
+        ]
+    )
     yield ds
     if fo.dataset_exists(ds.name):
         fo.delete_dataset(ds.name)
@@ -50,24 +52,65 @@ def test_import_published_prints_one_line_with_warnings(dataset, local_sets, cap
 
 def test_import_file_with_name_and_format(dataset, tmp_path, capsys):
     f = tmp_path / "my sets.json"
-    AttributeSet.from_dict({"waffles": ["A photo of waffles, a grid-patterned breakfast food."],
-                            "apple pie": ["A photo of apple pie."]}).to_json(f, with_meta=False)
-    assert main(["attributes", "import", str(f), "--dataset", dataset.name, "--format", "cupl"]) == 0
+    AttributeSet.from_dict(
+        {
+            "waffles": ["A photo of waffles, a grid-patterned breakfast food."],
+            "apple pie": ["A photo of apple pie."],
+        }
+    ).to_json(f, with_meta=False)
+    assert (
+        main(["attributes", "import", str(f), "--dataset", dataset.name, "--format", "cupl"]) == 0
+    )
     assert "'my_sets'" in capsys.readouterr().out  # default name: the file stem, made valid
     aset = store.load_attribute_set(dataset, "my_sets")
     assert aset.format == "cupl" and aset.classes == ["waffles", "apple pie"]
     assert aset.source == str(f)
-    assert main(["attributes", "import", str(f), "--dataset", dataset.name, "--name", "v2",
-                 "--format", "descriptors"]) == 0
+    assert (
+        main(
+            [
+                "attributes",
+                "import",
+                str(f),
+                "--dataset",
+                dataset.name,
+                "--name",
+                "v2",
+                "--format",
+                "descriptors",
+            ]
+        )
+        == 0
+    )
     assert store.load_attribute_set(dataset, "v2").format == "descriptors"
     # the label field has 'donuts', which the file lacks: nothing is stored
-    rc = main(["attributes", "import", str(f), "--dataset", dataset.name, "--name", "v3",
-               "--label-field", "gt"])
+    rc = main(
+        [
+            "attributes",
+            "import",
+            str(f),
+            "--dataset",
+            dataset.name,
+            "--name",
+            "v3",
+            "--label-field",
+            "gt",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "'donuts'" in err and len(err.strip().splitlines()) == 1
     assert not store.has_attribute_set(dataset, "v3")
-    rc = main(["attributes", "import", str(f), "--dataset", dataset.name, "--name", "v2",
-               "--no-overwrite"])
+    rc = main(
+        [
+            "attributes",
+            "import",
+            str(f),
+            "--dataset",
+            dataset.name,
+            "--name",
+            "v2",
+            "--no-overwrite",
+        ]
+    )
     assert rc == 2 and "already has an attribute set named 'v2'" in capsys.readouterr().err
 
 
@@ -116,19 +159,29 @@ def test_published_lists_registry_and_local_copies(local_sets, capsys):
     assert str(local_sets / "cub.json") in rows["cub"]
 
 
-@pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason=f"console script {CONSOLE_SCRIPT} not installed")
+@pytest.mark.skipif(
+    not CONSOLE_SCRIPT.exists(), reason=f"console script {CONSOLE_SCRIPT} not installed"
+)
 def test_console_script_subprocess(dataset, local_sets):
     env = dict(os.environ)
     proc = subprocess.run(
         [str(CONSOLE_SCRIPT), "attributes", "import", "eurosat", "--dataset", dataset.name],
-        capture_output=True, text=True, timeout=240, env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     assert "imported attribute set 'eurosat'" in proc.stdout
     dataset.reload()
     assert store.load_attribute_set(dataset, "eurosat").classes[0] == "annual crop land"
-    proc = subprocess.run([str(CONSOLE_SCRIPT), "attributes", "delete", "nope", "--dataset",
-                           dataset.name], capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [str(CONSOLE_SCRIPT), "attributes", "delete", "nope", "--dataset", dataset.name],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("fiftyone-lazsl attributes: error:")
 
@@ -137,19 +190,33 @@ def test_console_script_detects_cupl_and_descriptor_files(dataset, tmp_path):
     """``attributes import`` without ``--format`` (``auto``) reads a CuPL file as CuPL
     sentences (prompts used verbatim) and a DCLIP file as attributes, in a real process."""
     cupl = tmp_path / "cupl_birds.json"
-    cupl.write_text(json.dumps({
-        "Cardinal": ["A photo of a Cardinal, a red songbird with a crest.",
-                     "A Cardinal has a short, thick orange beak."],
-        "Blue Jay": ["A Blue Jay is a blue and white bird with a crest.",
-                     "A photo of a Blue Jay perched on a branch."],
-    }))
+    cupl.write_text(
+        json.dumps(
+            {
+                "Cardinal": [
+                    "A photo of a Cardinal, a red songbird with a crest.",
+                    "A Cardinal has a short, thick orange beak.",
+                ],
+                "Blue Jay": [
+                    "A Blue Jay is a blue and white bird with a crest.",
+                    "A photo of a Blue Jay perched on a branch.",
+                ],
+            }
+        )
+    )
     dclip = tmp_path / "dclip_birds.json"
-    dclip.write_text(json.dumps({"Cardinal": ["red plumage", "a crest"],
-                                 "Blue Jay": ["blue wings", "a white belly"]}))
+    dclip.write_text(
+        json.dumps(
+            {"Cardinal": ["red plumage", "a crest"], "Blue Jay": ["blue wings", "a white belly"]}
+        )
+    )
     for f, want in ((cupl, "cupl"), (dclip, "descriptors")):
         proc = subprocess.run(
             [str(CONSOLE_SCRIPT), "attributes", "import", str(f), "--dataset", dataset.name],
-            capture_output=True, text=True, timeout=240, env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=dict(os.environ),
         )
         assert proc.returncode == 0, proc.stderr
         assert f"format {want}," in proc.stdout
@@ -158,14 +225,31 @@ def test_console_script_detects_cupl_and_descriptor_files(dataset, tmp_path):
         assert aset.format == want
     # a CuPL sentence is a prompt as is, not 'Cardinal, which has A photo of a Cardinal...'
     from fiftyone_lazsl.core.prompts import build_prompts
+
     prompts, _ = build_prompts(store.load_attribute_set(dataset, "cupl_birds"))
-    assert prompts[0] == ["A photo of a Cardinal, a red songbird with a crest.",
-                          "A Cardinal has a short, thick orange beak."]
+    assert prompts[0] == [
+        "A photo of a Cardinal, a red songbird with a crest.",
+        "A Cardinal has a short, thick orange beak.",
+    ]
     # --format descriptors still forces descriptors
     proc = subprocess.run(
-        [str(CONSOLE_SCRIPT), "attributes", "import", str(cupl), "--dataset", dataset.name,
-         "--name", "forced", "--format", "descriptors"],
-        capture_output=True, text=True, timeout=240, env=dict(os.environ))
+        [
+            str(CONSOLE_SCRIPT),
+            "attributes",
+            "import",
+            str(cupl),
+            "--dataset",
+            dataset.name,
+            "--name",
+            "forced",
+            "--format",
+            "descriptors",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ),
+    )
     assert proc.returncode == 0, proc.stderr
     dataset.reload()
     assert store.load_attribute_set(dataset, "forced").format == "descriptors"

@@ -16,7 +16,13 @@ from fiftyone_lazsl.testing import tiny_clip
 
 def test_defaults_are_the_papers():
     c = LaZSLConfig()
-    assert (c.method, c.n_crops, c.crop_scale, c.theta, c.eps) == ("lazsl", 90, (0.6, 0.9), 0.8, 0.1)
+    assert (c.method, c.n_crops, c.crop_scale, c.theta, c.eps) == (
+        "lazsl",
+        90,
+        (0.6, 0.9),
+        0.8,
+        0.1,
+    )
     assert (c.gamma, c.max_iter, c.stop_tol, c.seed) == (0.0, 100, 0.01, 0)
 
 
@@ -29,15 +35,27 @@ def test_round_trip_and_replace():
     assert c.replace(eps=0.2).eps == 0.2 and c.replace(eps=0.2).theta == 0.5
 
 
-@pytest.mark.parametrize("kw, name", [
-    (dict(theta=1.5), "theta"), (dict(theta=-0.1), "theta"), (dict(eps=0), "eps"),
-    (dict(eps=float("nan")), "eps"), (dict(crop_scale=(0, 0.5)), "crop_scale"),
-    (dict(crop_scale=(0.9, 0.6)), "crop_scale"), (dict(crop_scale=0.5), "crop_scale"),
-    (dict(n_crops=0), "n_crops"), (dict(batch_size=0), "batch_size"),
-    (dict(max_iter=0), "max_iter"), (dict(method="bogus"), "method"),
-    (dict(crop_backend="bogus"), "crop_backend"), (dict(prompt_style="x"), "prompt_style"),
-    (dict(seed=-1), "seed"), (dict(n_crops="many"), "n_crops"), (dict(stop_tol=-1), "stop_tol"),
-])
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(theta=1.5), "theta"),
+        (dict(theta=-0.1), "theta"),
+        (dict(eps=0), "eps"),
+        (dict(eps=float("nan")), "eps"),
+        (dict(crop_scale=(0, 0.5)), "crop_scale"),
+        (dict(crop_scale=(0.9, 0.6)), "crop_scale"),
+        (dict(crop_scale=0.5), "crop_scale"),
+        (dict(n_crops=0), "n_crops"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(max_iter=0), "max_iter"),
+        (dict(method="bogus"), "method"),
+        (dict(crop_backend="bogus"), "crop_backend"),
+        (dict(prompt_style="x"), "prompt_style"),
+        (dict(seed=-1), "seed"),
+        (dict(n_crops="many"), "n_crops"),
+        (dict(stop_tol=-1), "stop_tol"),
+    ],
+)
 def test_invalid_values_name_the_parameter(kw, name):
     with pytest.raises(ConfigError, match=name) as e:
         LaZSLConfig(**kw)
@@ -55,9 +73,18 @@ def test_dclip_needs_no_crops():
     assert LaZSLConfig(method="dclip", n_crops=0).n_crops == 0
 
 
-@pytest.mark.parametrize("value, expected", [
-    (None, None), ("", None), ("none", None), ("None", None), (" random ", None),
-    ("openai", "openai"), ("/x/ckpt.pt", "/x/ckpt.pt")])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, None),
+        ("", None),
+        ("none", None),
+        ("None", None),
+        (" random ", None),
+        ("openai", "openai"),
+        ("/x/ckpt.pt", "/x/ckpt.pt"),
+    ],
+)
 def test_random_weight_spellings(value, expected):
     assert normalize_pretrained(value) == expected
 
@@ -89,13 +116,45 @@ def test_cli_flags_are_the_config_fields():
 
 def test_cli_args_give_the_same_config():
     p = _classify_parser()
-    args = p.parse_args(["--dataset", "d", "--attributes", "a", "--theta", "0.3", "--eps", "0.2",
-                         "--gamma", "0.01", "--max-iter", "7", "--stop-tol", "0.001",
-                         "--crop-scale", "0.5", "0.8", "--pretrained", "none",
-                         "--prompt-suffix", ".", "--n-crops", "5"])
+    args = p.parse_args(
+        [
+            "--dataset",
+            "d",
+            "--attributes",
+            "a",
+            "--theta",
+            "0.3",
+            "--eps",
+            "0.2",
+            "--gamma",
+            "0.01",
+            "--max-iter",
+            "7",
+            "--stop-tol",
+            "0.001",
+            "--crop-scale",
+            "0.5",
+            "0.8",
+            "--pretrained",
+            "none",
+            "--prompt-suffix",
+            ".",
+            "--n-crops",
+            "5",
+        ]
+    )
     c = LaZSLConfig.from_cli_args(args)
-    assert c == LaZSLConfig(theta=0.3, eps=0.2, gamma=0.01, max_iter=7, stop_tol=0.001,
-                            crop_scale=(0.5, 0.8), pretrained=None, prompt_suffix=".", n_crops=5)
+    assert c == LaZSLConfig(
+        theta=0.3,
+        eps=0.2,
+        gamma=0.01,
+        max_iter=7,
+        stop_tol=0.001,
+        crop_scale=(0.5, 0.8),
+        pretrained=None,
+        prompt_suffix=".",
+        n_crops=5,
+    )
     args = p.parse_args(["--dataset", "d", "--attributes", "a", "--crop-min", "0.7"])
     assert LaZSLConfig.from_cli_args(args).crop_scale == (0.7, 0.9)
 
@@ -107,15 +166,20 @@ def _operator_module():
     import importlib.util
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for name, path, pkg in (("lazsl_plugin_pkg", os.path.join(root, "__init__.py"), True),
-                            ("lazsl_plugin_pkg.operators",
-                             os.path.join(root, "operators", "__init__.py"), True),
-                            ("lazsl_plugin_pkg.operators.run_lazsl",
-                             os.path.join(root, "operators", "run_lazsl.py"), False)):
+    for name, path, pkg in (
+        ("lazsl_plugin_pkg", os.path.join(root, "__init__.py"), True),
+        ("lazsl_plugin_pkg.operators", os.path.join(root, "operators", "__init__.py"), True),
+        (
+            "lazsl_plugin_pkg.operators.run_lazsl",
+            os.path.join(root, "operators", "run_lazsl.py"),
+            False,
+        ),
+    ):
         if name in sys.modules:
             continue
         spec = importlib.util.spec_from_file_location(
-            name, path, submodule_search_locations=[os.path.dirname(path)] if pkg else None)
+            name, path, submodule_search_locations=[os.path.dirname(path)] if pkg else None
+        )
         mod = importlib.util.module_from_spec(spec)
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
@@ -129,24 +193,43 @@ def test_operator_form_and_params_cover_the_config():
     inputs = types.Object()
     op._config_inputs(inputs, "lazsl")
     names = set(inputs.properties)
-    expected = (set(LaZSLConfig.field_names())
-                - {"method", "crop_scale", "image_scale_log", "text_scale_log"}) | {"crop_min", "crop_max"}
+    expected = (
+        set(LaZSLConfig.field_names())
+        - {"method", "crop_scale", "image_scale_log", "text_scale_log"}
+    ) | {"crop_min", "crop_max"}
     assert names == expected
     # the WCA form: its temperatures, the crop options with WCA's defaults, no transport
     inputs = types.Object()
     op._config_inputs(inputs, "wca")
-    assert {"image_scale_log", "text_scale_log", "n_crops", "crop_min", "crop_max"} <= set(inputs.properties)
+    assert {"image_scale_log", "text_scale_log", "n_crops", "crop_min", "crop_max"} <= set(
+        inputs.properties
+    )
     assert "theta" not in inputs.properties and "eps" not in inputs.properties
-    assert inputs.properties["crop_min"].default == 0.5 and inputs.properties["n_crops"].default == 60
+    assert (
+        inputs.properties["crop_min"].default == 0.5 and inputs.properties["n_crops"].default == 60
+    )
     assert op.params_to_config({"method": "wca", "crop_max": 0.8}).crop_scale == (0.5, 0.8)
     # dclip / clip forms show only the parameters those methods use
     inputs = types.Object()
     op._config_inputs(inputs, "clip")
     assert "theta" not in inputs.properties and "n_crops" not in inputs.properties
     # a form filled with non-default values gives exactly that config
-    c = LaZSLConfig(model="ViT-B-16", pretrained=None, n_crops=7, crop_scale=(0.5, 0.8), seed=3,
-                    theta=0.4, eps=0.05, gamma=0.02, max_iter=50, stop_tol=0.001,
-                    prompt_style="legacy", prompt_suffix=".", batch_size=2, device="cpu")
+    c = LaZSLConfig(
+        model="ViT-B-16",
+        pretrained=None,
+        n_crops=7,
+        crop_scale=(0.5, 0.8),
+        seed=3,
+        theta=0.4,
+        eps=0.05,
+        gamma=0.02,
+        max_iter=50,
+        stop_tol=0.001,
+        prompt_style="legacy",
+        prompt_suffix=".",
+        batch_size=2,
+        device="cpu",
+    )
     params = {k: v for k, v in c.to_dict().items() if k != "crop_scale"}
     params.update(crop_min=0.5, crop_max=0.8, pretrained="none")
     assert op.params_to_config(params) == c
@@ -158,9 +241,22 @@ def test_classifier_takes_every_field():
     tiny_clip.register()
     from fiftyone_lazsl import LaZSLClassifier
 
-    c = LaZSLConfig(model=tiny_clip.TINY_MODEL, pretrained=None, n_crops=3, crop_scale=(0.5, 0.8),
-                    seed=4, theta=0.3, eps=0.2, gamma=0.01, max_iter=9, stop_tol=0.001,
-                    prompt_suffix=".", batch_size=2, device="cpu", crop_backend="pil")
+    c = LaZSLConfig(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=None,
+        n_crops=3,
+        crop_scale=(0.5, 0.8),
+        seed=4,
+        theta=0.3,
+        eps=0.2,
+        gamma=0.01,
+        max_iter=9,
+        stop_tol=0.001,
+        prompt_suffix=".",
+        batch_size=2,
+        device="cpu",
+        crop_backend="pil",
+    )
     aset = {"cat": ["whiskers"], "dog": ["a tail"]}
     a = LaZSLClassifier(aset, config=c)
     assert a.lazsl_config == c
@@ -178,13 +274,19 @@ def test_classifier_takes_every_field():
 def test_invalid_parameter_writes_nothing(tmp_path):
     """A bad parameter is refused before the dataset is touched."""
     import fiftyone as fo
+
     from fiftyone_lazsl import run_lazsl
 
     ds = fo.Dataset()
-    ds.add_sample(fo.Sample(filepath=str(tmp_path / "x.jpg"),
-                            lazsl=fo.Classification(label="cat")))
-    for kw in (dict(theta=2.0), dict(crop_scale=(0, 1)), dict(top_k_crops=-1),
-               dict(write_every=0), dict(num_workers=-1), dict(batch_size=0)):
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "x.jpg"), lazsl=fo.Classification(label="cat")))
+    for kw in (
+        dict(theta=2.0),
+        dict(crop_scale=(0, 1)),
+        dict(top_k_crops=-1),
+        dict(write_every=0),
+        dict(num_workers=-1),
+        dict(batch_size=0),
+    ):
         with pytest.raises(ConfigError):
             run_lazsl(ds, {"cat": ["whiskers"]}, **kw)
         assert ds.first().lazsl.label == "cat"
@@ -193,8 +295,12 @@ def test_invalid_parameter_writes_nothing(tmp_path):
 
 def test_cli_invalid_flag_value_is_one_line_exit_2():
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
-    r = subprocess.run([exe, "classify", "--dataset", "nope", "--attributes", "x", "--theta", "1.5"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [exe, "classify", "--dataset", "nope", "--attributes", "x", "--theta", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("fiftyone-lazsl classify: error: theta must be in [0, 1]")

@@ -5,12 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fiftyone_lazsl.testing import tiny_clip
-from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, some_images
-
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
 from fiftyone_lazsl.core.crops import make_views, relative_boxes, sample_crop_boxes
 from fiftyone_lazsl.core.models import load_model
+from fiftyone_lazsl.testing import tiny_clip
+from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, some_images
 
 tiny_clip.register()
 
@@ -104,8 +103,13 @@ def test_make_views_shape_and_dtype():
 
 def _smooth_square(side):
     yy, xx = torch.meshgrid(torch.arange(side).float(), torch.arange(side).float(), indexing="ij")
-    return torch.stack([127 + 100 * torch.sin(xx / 15) * torch.cos(yy / 20),
-                        255 * xx / side, 255 - 200 * yy / side]).clamp(0, 255)
+    return torch.stack(
+        [
+            127 + 100 * torch.sin(xx / 15) * torch.cos(yy / 20),
+            255 * xx / side,
+            255 - 200 * yy / side,
+        ]
+    ).clamp(0, 255)
 
 
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
@@ -119,15 +123,15 @@ def test_full_box_crop_equals_global_view(interpolation):
         v = make_views(img, full, out, mean=MEAN, std=STD, interpolation=interpolation)
         assert torch.equal(v[1], v[0])
     # "tensor": same size -> both sample the pixel centres exactly -> identical.
-    v = make_views(img, full, side, mean=MEAN, std=STD, interpolation=interpolation,
-                   backend="tensor")
+    v = make_views(
+        img, full, side, mean=MEAN, std=STD, interpolation=interpolation, backend="tensor"
+    )
     torch.testing.assert_close(v[1], v[0], rtol=0, atol=1e-4)
     # 2:1 downsampling: the global view uses PIL's antialiased bicubic/bilinear kernel, the
     # roi_align crop an average of 2x2 bilinear samples. On a smooth image (period >= 90 px)
     # the kernels agree to a fraction of a grey level: 0.03 in normalised units is
     # 0.03*0.27*255 ~ 2 grey levels at most (uint8 rounding of the PIL result included).
-    v = make_views(img, full, 64, mean=MEAN, std=STD, interpolation=interpolation,
-                   backend="tensor")
+    v = make_views(img, full, 64, mean=MEAN, std=STD, interpolation=interpolation, backend="tensor")
     d = (v[1] - v[0]).abs()
     assert d.max() < 0.03
     assert d.mean() < 0.004
@@ -144,10 +148,11 @@ def test_crop_view_content(backend):
     img = torch.zeros(3, 100, 200, dtype=torch.uint8)
     img[:, :, :100] = torch.tensor([250, 10, 10], dtype=torch.uint8).view(3, 1, 1)
     img[:, :, 100:] = torch.tensor([10, 10, 250], dtype=torch.uint8).view(3, 1, 1)
-    v = make_views(img, np.array([[10, 10, 80, 80], [110, 5, 90, 90]]), 32, mean=MEAN, std=STD,
-                   backend=backend)
-    left = (torch.tensor([250, 10, 10.]) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
-    right = (torch.tensor([10, 10, 250.]) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    v = make_views(
+        img, np.array([[10, 10, 80, 80], [110, 5, 90, 90]]), 32, mean=MEAN, std=STD, backend=backend
+    )
+    left = (torch.tensor([250, 10, 10.0]) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    right = (torch.tensor([10, 10, 250.0]) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
     torch.testing.assert_close(v[1], left.view(3, 1, 1).expand(3, 32, 32), rtol=0, atol=1e-5)
     torch.testing.assert_close(v[2], right.view(3, 1, 1).expand(3, 32, 32), rtol=0, atol=1e-5)
 
@@ -158,7 +163,8 @@ def test_constant_image(W, H, backend):
     colour = torch.tensor([200, 13, 90], dtype=torch.uint8)
     img = colour.view(3, 1, 1).expand(3, H, W).contiguous()
     expected = (colour.double() / 255 - torch.tensor(MEAN, dtype=torch.float64)) / torch.tensor(
-        STD, dtype=torch.float64)
+        STD, dtype=torch.float64
+    )
     boxes = sample_crop_boxes(W, H, 5, seed=1, key="c")
     for mode in ("shortest", "squash"):
         v = make_views(img, boxes, 48, mean=MEAN, std=STD, resize_mode=mode, backend=backend)
@@ -167,13 +173,14 @@ def test_constant_image(W, H, backend):
         torch.testing.assert_close(v, want, rtol=0, atol=1e-5)
     # "longest": pads the global view with black; the image part and the crops are the colour
     v = make_views(img, boxes, 48, mean=MEAN, std=STD, resize_mode="longest", backend=backend)
-    torch.testing.assert_close(v[1:], expected.float().view(1, 3, 1, 1).expand(5, 3, 48, 48),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        v[1:], expected.float().view(1, 3, 1, 1).expand(5, 3, 48, 48), rtol=0, atol=1e-5
+    )
     # global view: every pixel is the colour or the black padding, and the colour fills the
     # image resized to fit (longest side 48, the other side rounded, at least one pixel:
     # open_clip's own transform fails on 4000 x 20 at 48 px, where it rounds to 0)
     black = (-torch.tensor(MEAN)) / torch.tensor(STD)
-    g = v[0].permute(1, 2, 0)                                   # [48, 48, 3]
+    g = v[0].permute(1, 2, 0)  # [48, 48, 3]
     is_col = (g - expected.float()).abs().max(-1).values < 1e-4
     is_black = (g - black).abs().max(-1).values < 1e-4
     assert bool((is_col | is_black).all())
@@ -182,9 +189,11 @@ def test_constant_image(W, H, backend):
 
 
 # ------------------------------------------------ boxes through the classifier
-SET = {"Black-footed Albatross": ["dark plumage", "a long hooked beak"],
-       "Laysan Albatross": ["white head", "dark wings", "pink bill"],
-       "Groove-billed Ani": ["black body"]}
+SET = {
+    "Black-footed Albatross": ["dark plumage", "a long hooked beak"],
+    "Laysan Albatross": ["white head", "dark wings", "pink bill"],
+    "Groove-billed Ani": ["black body"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +233,9 @@ def test_boxes_do_not_depend_on_batch(tiny_model, photo_data):
         H, W = images[i].shape[-2:]
         assert np.array_equal(batch[i].crops.boxes, clf.crop_boxes(int(W), int(H), keys[i]))
         check_boxes(batch[i].crops.boxes, int(W), int(H), 12)
-        np.testing.assert_allclose(batch[i].crops.boxes_rel,
-                                   relative_boxes(batch[i].crops.boxes, int(W), int(H)))
+        np.testing.assert_allclose(
+            batch[i].crops.boxes_rel, relative_boxes(batch[i].crops.boxes, int(W), int(H))
+        )
     # in a different order and batch, same boxes and scores
     rev = clf.predict_tensors(images[::-1], keys[::-1])
     for i in range(7):

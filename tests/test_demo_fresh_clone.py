@@ -27,23 +27,47 @@ DATASET = "lazsl-demo"
 def _clone(dest: pathlib.Path) -> pathlib.Path:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout (or no git): nothing to clone")
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     clone = dest / "fiftyone-lazsl"
-    subprocess.run(["git", "clone", "-q", "--no-checkout", str(ROOT), str(clone)], check=True,
-                   capture_output=True, text=True, timeout=300)
-    subprocess.run(["git", "-C", str(clone), "checkout", "-q", head], check=True,
-                   capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        ["git", "clone", "-q", "--no-checkout", str(ROOT), str(clone)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    subprocess.run(
+        ["git", "-C", str(clone), "checkout", "-q", head],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return clone
 
 
 def _fresh_env(clone: pathlib.Path, home: pathlib.Path) -> dict:
-    keep = ("PATH", "LANG", "LC_ALL", "TMPDIR", "FIFTYONE_DATABASE_URI",
-            "FIFTYONE_DATABASE_VALIDATION")
+    keep = (
+        "PATH",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "FIFTYONE_DATABASE_URI",
+        "FIFTYONE_DATABASE_VALIDATION",
+    )
     env = {k: os.environ[k] for k in keep if k in os.environ}
-    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PYTHONPATH=str(clone),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               FIFTYONE_DO_NOT_TRACK="true", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        PYTHONPATH=str(clone),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        FIFTYONE_DO_NOT_TRACK="true",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     return env
 
 
@@ -60,8 +84,14 @@ def test_demo_from_a_fresh_clone_offline(tmp_path):
     assert not (clone.parent / "shared").exists()
     env = _fresh_env(clone, home)
     # the clone's code is what runs
-    r = subprocess.run([sys.executable, "-c", "import fiftyone_lazsl; print(fiftyone_lazsl.__file__)"],
-                       cwd=clone, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "import fiftyone_lazsl; print(fiftyone_lazsl.__file__)"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pathlib.Path(r.stdout.strip()).resolve().is_relative_to(clone.resolve()), r
 
     photos = sorted((clone / "fiftyone_lazsl" / "data" / "demo" / "pets").glob("*/*.jpg"))
@@ -69,8 +99,14 @@ def test_demo_from_a_fresh_clone_offline(tmp_path):
     if fo.dataset_exists(DATASET):
         fo.delete_dataset(DATASET)
     try:
-        r = subprocess.run([sys.executable, "-m", "fiftyone_lazsl.cli", "demo"], cwd=clone,
-                           env=env, capture_output=True, text=True, timeout=1500)
+        r = subprocess.run(
+            [sys.executable, "-m", "fiftyone_lazsl.cli", "demo"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
         assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
         assert "Traceback" not in r.stderr, r.stderr[-3000:]
         out = r.stdout
@@ -82,8 +118,7 @@ def test_demo_from_a_fresh_clone_offline(tmp_path):
         # ...and has a prediction or a recorded error
         preds, errs = ds.values("lazsl.label"), ds.values("lazsl_error")
         assert all(p is not None or e for p, e in zip(preds, errs))
-        assert all(p is None or len(a) > 0
-                   for p, a in zip(preds, ds.values("lazsl_attributes")))
+        assert all(p is None or len(a) > 0 for p, a in zip(preds, ds.values("lazsl_attributes")))
         # offline: random weights, banner on stderr and recorded in the run
         assert "RANDOM WEIGHTS" in r.stderr
         assert get_run_config(ds, "lazsl")["random_weights"] is True

@@ -14,8 +14,23 @@ import pytest
 from doc_blocks import CHECKED_LANGS, ROOT, blocks, doc_files
 
 PACKAGE = ROOT / "fiftyone_lazsl"
-FILE_EXTENSIONS = {"py", "md", "json", "txt", "png", "jpg", "sh", "toml", "yml", "yaml", "csv",
-                   "npz", "cfg", "ini", "html"}
+FILE_EXTENSIONS = {
+    "py",
+    "md",
+    "json",
+    "txt",
+    "png",
+    "jpg",
+    "sh",
+    "toml",
+    "yml",
+    "yaml",
+    "csv",
+    "npz",
+    "cfg",
+    "ini",
+    "html",
+}
 _PLACEHOLDER = re.compile(r"[<>*$~{}|]")
 
 
@@ -68,8 +83,12 @@ def _link_problems(md: pathlib.Path) -> list[str]:
             problems.append(f"{md.relative_to(ROOT)}: link {target} -> no heading #{anchor}")
     for token in re.findall(r"`([^`\s]+)`", text):
         path, _, test_name = token.partition("::")
-        if ("/" not in path or _PLACEHOLDER.search(path) or path.startswith(("/", "../shared"))
-                or re.match(r"^[a-z]+:", path)):
+        if (
+            "/" not in path
+            or _PLACEHOLDER.search(path)
+            or path.startswith(("/", "../shared"))
+            or re.match(r"^[a-z]+:", path)
+        ):
             continue
         ext = path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
         if not (path.endswith("/") or ext in FILE_EXTENSIONS):
@@ -78,8 +97,9 @@ def _link_problems(md: pathlib.Path) -> list[str]:
         found = next((b / path for b in bases if (b / path).exists()), None)
         if found is None:
             problems.append(f"{md.relative_to(ROOT)}: path `{token}` does not exist")
-        elif test_name and not re.search(rf"^def {re.escape(test_name)}\(", found.read_text(),
-                                         re.M):
+        elif test_name and not re.search(
+            rf"^def {re.escape(test_name)}\(", found.read_text(), re.M
+        ):
             problems.append(f"{md.relative_to(ROOT)}: `{token}`: no such test")
     return problems
 
@@ -93,8 +113,10 @@ def test_every_relative_link_and_path_resolves():
 
 def test_the_link_checker_finds_broken_links(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("[a](missing.md) [b](#nowhere) `fo/nothing.py` "
-                    "`tests/test_docs.py::test_no_such_test` `fo/writer.py` [c](#x)\n\n## X\n")
+    page.write_text(
+        "[a](missing.md) [b](#nowhere) `fo/nothing.py` "
+        "`tests/test_docs.py::test_no_such_test` `fo/writer.py` [c](#x)\n\n## X\n"
+    )
     problems = _link_problems_at(page)
     assert len(problems) == 4, problems
 
@@ -110,8 +132,12 @@ def _link_problems_at(page: pathlib.Path) -> list[str]:
 
 
 def test_performance_page_is_generated_from_the_results_files():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_performance_doc.py"),
-                        "--check"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_performance_doc.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     text = (ROOT / "docs" / "performance.md").read_text()
     for md in (ROOT / "benchmarks" / "results").glob("*.md"):
@@ -143,12 +169,16 @@ def test_every_code_block_is_run_by_a_test_or_skipped_with_a_reason():
             if b.marker not in requested:
                 problems.append(f"{b.where}: no test under tests/ asks for block({b.marker!r})")
         elif b.lang == "python":
-            problems.append(f"{b.where}: a python block needs a doc-test marker "
-                            "(a test that runs it, or skip with a reason)")
-    problems += [f"block name {n!r} used {len(w)} times: {w}" for n, w in named.items()
-                 if len(w) > 1]
-    problems += [f"tests ask for block({n!r}) but no doc block has that name"
-                 for n in requested - set(named)]
+            problems.append(
+                f"{b.where}: a python block needs a doc-test marker "
+                "(a test that runs it, or skip with a reason)"
+            )
+    problems += [
+        f"block name {n!r} used {len(w)} times: {w}" for n, w in named.items() if len(w) > 1
+    ]
+    problems += [
+        f"tests ask for block({n!r}) but no doc block has that name" for n in requested - set(named)
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -162,6 +192,9 @@ def test_readme_is_a_front_page():
 @pytest.mark.parametrize("path", [p.relative_to(ROOT).as_posix() for p in doc_files()])
 def test_no_pointers_outside_the_repository(path):
     text = (ROOT / path).read_text()
-    bad = re.findall(r"(?i)\bissues? ?#?\d+\b|notes-\d+\.md|\bin the run before\b|"
-                     r"\ban hour earlier\b", text)
+    bad = re.findall(
+        r"(?i)\bissues? ?#?\d+\b|notes-\d+\.md|\bin the run before\b|"
+        r"\ban hour earlier\b",
+        text,
+    )
     assert not bad, bad

@@ -52,12 +52,16 @@ def test_methods_cli_workflow_runs_as_written(pets):
     text = block("methods-cli")
     model = "--model ViT-B-32 --pretrained openai"
     assert model in text
-    text = text.replace(model, f"--model {tiny_clip.TINY_MODEL} --pretrained "
-                               f"{shlex.quote(pets['ckpt'])} --n-crops 12 --workers 0")
+    text = text.replace(
+        model,
+        f"--model {tiny_clip.TINY_MODEL} --pretrained "
+        f"{shlex.quote(pets['ckpt'])} --n-crops 12 --workers 0",
+    )
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     try:
-        r = subprocess.run(["bash", "-e", "-c", text], capture_output=True, text=True,
-                           env=env, timeout=900)
+        r = subprocess.run(
+            ["bash", "-e", "-c", text], capture_output=True, text=True, env=env, timeout=900
+        )
         assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
         assert "Traceback" not in r.stderr
         ds = fo.load_dataset("pets")
@@ -75,8 +79,10 @@ def test_methods_python_workflow_runs_as_written(pets, capsys):
 
     code = block("methods-python")
     assert 'model="ViT-B-32", pretrained="openai"' in code
-    code = code.replace('model="ViT-B-32", pretrained="openai"',
-                        f"model={tiny_clip.TINY_MODEL!r}, pretrained={pets['ckpt']!r}, n_crops=12")
+    code = code.replace(
+        'model="ViT-B-32", pretrained="openai"',
+        f"model={tiny_clip.TINY_MODEL!r}, pretrained={pets['ckpt']!r}, n_crops=12",
+    )
     try:
         exec(compile(code, "docs/methods.md", "exec"), {})
         ds = fo.load_dataset("pets-py")

@@ -11,10 +11,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import badfiles as bf
+from cli_helpers import ENV, EXE
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-from cli_helpers import ENV, EXE
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,27 @@ def test_doctor_figures_and_outputs(tmp_path, shared_data, checkpoint):
 
     photos = tiny_clip.some_images(shared_data, "cub", per_class=2, max_classes=4)
     c = sorted({k for _, k in photos})
-    aset = {c[0]: ["red wings", "red wings", "a long beak", "a white belly"],
-            c[1]: ["a single trait"],
-            c[2]: ["a long beak", "grey feathers", "short legs"],
-            c[3]: ["plain brown", "plain brown"]}
+    aset = {
+        c[0]: ["red wings", "red wings", "a long beak", "a white belly"],
+        c[1]: ["a single trait"],
+        c[2]: ["a long beak", "grey feathers", "short legs"],
+        c[3]: ["plain brown", "plain brown"],
+    }
     ds = bf.make_dataset("doctor", [p for p, _ in photos], gt=[k for _, k in photos])
-    run_lazsl(ds, aset, label_field="run", store_features=str(tmp_path / "s"),
-              feature_dtype="float32", model=tiny_clip.TINY_MODEL, pretrained=checkpoint,
-              device="cpu", n_crops=6, seed=1, num_workers=0,
-              evidence="full")  # every class's arrays, to check the doctor against below
+    run_lazsl(
+        ds,
+        aset,
+        label_field="run",
+        store_features=str(tmp_path / "s"),
+        feature_dtype="float32",
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=6,
+        seed=1,
+        num_workers=0,
+        evidence="full",
+    )  # every class's arrays, to check the doctor against below
     rep = attribute_doctor(ds, from_field="run", gt_field="ground_truth", min_auc=0.0)
     assert rep.num_samples == len(photos) and rep.skipped == {}
 
@@ -56,23 +68,31 @@ def test_doctor_figures_and_outputs(tmp_path, shared_data, checkpoint):
             assert d.num_class_samples == 2
     # near-duplicates: attribute-text cosines computed here
     from fiftyone_lazsl.core.models import load_model
+
     m = load_model(tiny_clip.TINY_MODEL, checkpoint, device="cpu")
     flat = [(k, a) for k in c for a in aset[k]]
     e = m.encode_texts([a for _, a in flat]).numpy()
     sim = e @ e.T
-    for i, (k, a) in enumerate(flat):
+    for i, (k, _a) in enumerate(flat):
         ai = [j for j, (k2, _) in enumerate(flat) if k2 == k].index(i)
-        want_within = sorted(flat[j][1] for j in range(len(flat))
-                             if j != i and flat[j][0] == k and sim[i, j] >= 0.95)
-        want_across = sorted(f"{flat[j][0]}: {flat[j][1]}" for j in range(len(flat))
-                             if flat[j][0] != k and sim[i, j] >= 0.95)
+        want_within = sorted(
+            flat[j][1] for j in range(len(flat)) if j != i and flat[j][0] == k and sim[i, j] >= 0.95
+        )
+        want_across = sorted(
+            f"{flat[j][0]}: {flat[j][1]}"
+            for j in range(len(flat))
+            if flat[j][0] != k and sim[i, j] >= 0.95
+        )
         assert sorted(by[(k, ai)].duplicates_within) == want_within
         assert sorted(by[(k, ai)].duplicates_across) == want_across
     assert "duplicate" in by[(c[0], 1)].flags and "duplicate" not in by[(c[0], 0)].flags
     assert "red wings" in by[(c[0], 0)].duplicates_within
     assert f"{c[2]}: a long beak" in by[(c[0], 2)].duplicates_across
     assert "shared-with-other-class" in by[(c[2], 0)].flags
-    assert rep.degenerate == {c[1]: "a single attribute", c[3]: "all attributes are near-duplicates"}
+    assert rep.degenerate == {
+        c[1]: "a single attribute",
+        c[3]: "all attributes are near-duplicates",
+    }
     # a saved view per flagged attribute: its class's samples, by contribution
     flagged = rep.flagged
     assert flagged and all(d.saved_view in ds.list_saved_views() for d in flagged)
@@ -80,7 +100,9 @@ def test_doctor_figures_and_outputs(tmp_path, shared_data, checkpoint):
     assert set(v.values("ground_truth.label")) == {c[0]}
     # the pruned set: duplicates and shared attributes gone, no class emptied, parent recorded
     pruned = load_attribute_set(ds, rep.pruned_set)
-    assert pruned.attributes[c[0]][0] == "red wings" and "a long beak" not in pruned.attributes[c[0]]
+    assert (
+        pruned.attributes[c[0]][0] == "red wings" and "a long beak" not in pruned.attributes[c[0]]
+    )
     assert pruned.attributes[c[0]].count("red wings") == 1
     assert pruned.attributes[c[3]] == ["plain brown"]
     assert pruned.attributes[c[1]] == ["a single trait"]
@@ -91,14 +113,34 @@ def test_doctor_figures_and_outputs(tmp_path, shared_data, checkpoint):
     # the CLI, through its process
     ds.persistent = True
     try:
-        r = subprocess.run([EXE, "attributes", "doctor", "--dataset", ds.name, "--from-field", "run",
-                            "--gt-field", "ground_truth", "--pruned-name", "cli-pruned"],
-                           capture_output=True, text=True, env=dict(os.environ, **ENV), timeout=300)
+        r = subprocess.run(
+            [
+                EXE,
+                "attributes",
+                "doctor",
+                "--dataset",
+                ds.name,
+                "--from-field",
+                "run",
+                "--gt-field",
+                "ground_truth",
+                "--pruned-name",
+                "cli-pruned",
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, **ENV),
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         assert "duplicate" in r.stdout and "saved as 'cli-pruned'" in r.stdout
-        r = subprocess.run([EXE, "attributes", "doctor", "--dataset", ds.name, "--from-field",
-                            "ground_truth"], capture_output=True, text=True,
-                           env=dict(os.environ, **ENV), timeout=300)
+        r = subprocess.run(
+            [EXE, "attributes", "doctor", "--dataset", ds.name, "--from-field", "ground_truth"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, **ENV),
+            timeout=300,
+        )
         assert r.returncode == 2 and "no LaZSL run wrote field 'ground_truth'" in r.stderr
     finally:
         ds.delete()
@@ -116,22 +158,42 @@ def test_doctor_scoped_to_view_classes_and_view_names(tmp_path, shared_data, che
     photos = tiny_clip.some_images(shared_data, "cub", per_class=2, max_classes=2)
     first = photos[0][1]
     names = ["Crow/Raven" if c == first else "Crow Raven" for _, c in photos]
-    aset = {"Crow/Raven": ["black wings", "black wings", "a hooked beak"],
-            "Crow Raven": ["dark feathers", "dark feathers", "a heavy bill"],
-            "Absent Gull": ["white wings", "white wings", "webbed feet"],
-            "Absent Tern": ["a forked tail", "a forked tail"]}
+    aset = {
+        "Crow/Raven": ["black wings", "black wings", "a hooked beak"],
+        "Crow Raven": ["dark feathers", "dark feathers", "a heavy bill"],
+        "Absent Gull": ["white wings", "white wings", "webbed feet"],
+        "Absent Tern": ["a forked tail", "a forked tail"],
+    }
     ds = bf.make_dataset("doctor-scope", [p for p, _ in photos], gt=names)
-    run_lazsl(ds, aset, label_field="run", store_features=str(tmp_path / "s"),
-              feature_dtype="float32", model=tiny_clip.TINY_MODEL, pretrained=checkpoint,
-              device="cpu", n_crops=6, seed=1, num_workers=0, gt_field="ground_truth")
+    run_lazsl(
+        ds,
+        aset,
+        label_field="run",
+        store_features=str(tmp_path / "s"),
+        feature_dtype="float32",
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=6,
+        seed=1,
+        num_workers=0,
+        gt_field="ground_truth",
+    )
     stages = []
-    rep = attribute_doctor(ds, from_field="run", gt_field="ground_truth", min_auc=0.0,
-                           progress=lambda f, text: stages.append((f, text)))
+    rep = attribute_doctor(
+        ds,
+        from_field="run",
+        gt_field="ground_truth",
+        min_auc=0.0,
+        progress=lambda f, text: stages.append((f, text)),
+    )
     assert {d.class_name for d in rep.attributes} == {"Crow/Raven", "Crow Raven"}
     assert stages[0][1] == "encoding 6 attribute prompts of 2 classes"
     assert f"scoring samples {len(photos)}/{len(photos)}" in [t for _, t in stages]
     assert stages[-1] == (1.0, f"{len(rep.flagged)} of 6 attributes flagged")
-    assert all(0.0 <= f <= 1.0 for f, _ in stages) and [f for f, _ in stages] == sorted(f for f, _ in stages)
+    assert all(0.0 <= f <= 1.0 for f, _ in stages) and [f for f, _ in stages] == sorted(
+        f for f, _ in stages
+    )
     # duplicates flagged in both classes, each with its own view of its own samples
     dup = {d.class_name: d for d in rep.flagged if "duplicate" in d.flags}
     assert set(dup) == {"Crow/Raven", "Crow Raven"}
@@ -148,18 +210,41 @@ def test_doctor_scoped_to_view_classes_and_view_names(tmp_path, shared_data, che
     assert pruned.attributes["Absent Tern"] == aset["Absent Tern"]
     assert pruned.attributes["Crow/Raven"].count("black wings") == 1
 
-    full = attribute_doctor(ds, from_field="run", gt_field="ground_truth", min_auc=0.0,
-                            all_classes=True, save_views=False, save_pruned_as=None)
+    full = attribute_doctor(
+        ds,
+        from_field="run",
+        gt_field="ground_truth",
+        min_auc=0.0,
+        all_classes=True,
+        save_views=False,
+        save_pruned_as=None,
+    )
     assert {d.class_name for d in full.attributes} == set(aset)
     assert "Absent Tern" in full.degenerate
 
     ds.persistent = True
     try:
         for extra, want in (([], 6), (["--all-classes"], 11)):
-            r = subprocess.run([EXE, "attributes", "doctor", "--dataset", ds.name, "--from-field",
-                                "run", "--gt-field", "ground_truth", "--no-views", "--no-pruned",
-                                *extra], capture_output=True, text=True,
-                               env=dict(os.environ, **ENV), timeout=300)
+            r = subprocess.run(
+                [
+                    EXE,
+                    "attributes",
+                    "doctor",
+                    "--dataset",
+                    ds.name,
+                    "--from-field",
+                    "run",
+                    "--gt-field",
+                    "ground_truth",
+                    "--no-views",
+                    "--no-pruned",
+                    *extra,
+                ],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, **ENV),
+                timeout=300,
+            )
             assert r.returncode == 0, r.stderr
             assert f" of {want} attributes flagged" in r.stdout, r.stdout
     finally:

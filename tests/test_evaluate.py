@@ -27,7 +27,7 @@ def compared(tmp_path):
     items = ce.write_images(tmp_path / "img", {c: 2 for c in range(C)})
     true = [c for _, c in items]
     labels = [f"class_{c}" for c in true]
-    labels[4] = "class_5"                               # a true class_2 image, mislabelled
+    labels[4] = "class_5"  # a true class_2 image, mislabelled
     bad = tmp_path / "img" / "broken.png"
     bad.write_bytes(b"\x89PNG but not really")
     extra = ce.write_images(tmp_path / "more", {4: 2})
@@ -38,8 +38,14 @@ def compared(tmp_path):
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
     ds = fo.Dataset(name)
-    ds.add_samples([fo.Sample(filepath=p, ground_truth=None if lab is None else fo.Classification(label=lab))
-                    for p, lab in zip(paths, labels)])
+    ds.add_samples(
+        [
+            fo.Sample(
+                filepath=p, ground_truth=None if lab is None else fo.Classification(label=lab)
+            )
+            for p, lab in zip(paths, labels)
+        ]
+    )
     model = ce.ControlledModel(aset, clip_map={0: 1, 1: 0})
     for method in ("clip", "dclip", "lazsl"):
         clf = LaZSLClassifier(aset, model=model, method=method, n_crops=3, seed=0, batch_size=8)
@@ -57,18 +63,24 @@ def compared(tmp_path):
 def test_side_by_side_accuracy_views_and_eval_keys(compared):
     import fiftyone as fo
 
-    from fiftyone_lazsl.fo.evaluate import ALL_WRONG_VIEW, eval_keys, evaluate_methods, pair_view_name
+    from fiftyone_lazsl.fo.evaluate import (
+        ALL_WRONG_VIEW,
+        eval_keys,
+        evaluate_methods,
+        pair_view_name,
+    )
 
     ds, labels, expected_pred = compared
     for m, preds in expected_pred.items():
-        assert ds.values(f"{m}.label") == preds   # the controlled model does what it should
+        assert ds.values(f"{m}.label") == preds  # the controlled model does what it should
     rep = evaluate_methods(ds, "ground_truth", "clip,dclip,lazsl", k=K, worst=5)
     labelled = [i for i, g in enumerate(labels) if g is not None]
     n = len(labelled)
     assert n == 14
     ids = ds.values("id")
-    correct = {m: {ids[i] for i in labelled if expected_pred[m][i] == labels[i]}
-               for m in expected_pred}
+    correct = {
+        m: {ids[i] for i in labelled if expected_pred[m][i] == labels[i]} for m in expected_pred
+    }
     assert len(correct["lazsl"]) == 11 and len(correct["clip"]) == 7
 
     by = {m.field: m for m in rep.methods}
@@ -133,8 +145,10 @@ def test_side_by_side_accuracy_views_and_eval_keys(compared):
     # re-running replaces the evaluations
     rep2 = evaluate_methods(ds, "ground_truth", ["lazsl"], k=K, save_views=False)
     assert rep2.methods[0].accuracy == by["lazsl"].accuracy
-    assert sorted(k for k in ds.list_evaluations() if k.startswith("eval_lazsl")) == \
-        ["eval_lazsl", f"eval_lazsl_top{K}"]
+    assert sorted(k for k in ds.list_evaluations() if k.startswith("eval_lazsl")) == [
+        "eval_lazsl",
+        f"eval_lazsl_top{K}",
+    ]
 
 
 def test_k_capped_and_errors(compared):

@@ -3,12 +3,9 @@ database: per-sample tables (score contributions, crop counts, ordering), the "n
 result" case, ground truth differing from the prediction, the matched-attribute
 view, and evidence heatmaps (hand-computed boxes, and a real tiny-model run)."""
 
-import os
-
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
 
 from fiftyone_lazsl.fo.explain import (
     explain_sample,
@@ -87,7 +84,9 @@ def dataset(request, tmp_path):
         [[0.2, 0.7, 0.1], [0.45, 0.55], [0.25, 0.25, 0.25, 0.25]],
         [[1, 6, 0], [3, 4], [2, 2, 2, 1]],
     )
-    b["lazsl_crops"] = fo.Detections(detections=[_det("black face mask", [0.5, 0.5, 0.5, 0.5], 0.3, 0, 1)])
+    b["lazsl_crops"] = fo.Detections(
+        detections=[_det("black face mask", [0.5, 0.5, 0.5, 0.5], 0.3, 0, 1)]
+    )
     b["lazsl_attributes"] = ["black face mask", "red plumage"]
 
     c = fo.Sample(filepath=files[2], ground_truth=fo.Classification(label="Blue Jay"))
@@ -109,11 +108,20 @@ def _sample(ds, i):
 def test_tables_contributions_counts_and_order(dataset):
     e = explain_sample(_sample(dataset, 0), "lazsl", "ground_truth")
     assert e["has_result"] is True
-    assert e["predicted"] == {"label": "Cardinal", "index": 0, "score": pytest.approx(0.31), "confidence": pytest.approx(0.61)}
+    assert e["predicted"] == {
+        "label": "Cardinal",
+        "index": 0,
+        "score": pytest.approx(0.31),
+        "confidence": pytest.approx(0.61),
+    }
     # Runner-up: highest logit among the other classes (Blue Jay 0.27 > Bobolink 0.22).
     assert e["runner_up"] == {"label": "Blue Jay", "index": 2, "score": pytest.approx(0.27)}
     rows = e["predicted_rows"]
-    assert [r["attribute"] for r in rows] == ["red plumage", "black face mask", "conical orange beak"]
+    assert [r["attribute"] for r in rows] == [
+        "red plumage",
+        "black face mask",
+        "conical orange beak",
+    ]
     assert [r["contribution"] for r in rows] == pytest.approx([0.4, 0.3, 0.3])
     assert [r["crops"] for r in rows] == [4, 2, 3]
     assert [r["attribute_index"] for r in rows] == [0, 1, 2]  # tie 0.3/0.3 kept in attribute order
@@ -128,14 +136,23 @@ def test_tables_contributions_counts_and_order(dataset):
     assert content["predicted_table"] == [
         {"attribute": "red plumage", "contribution": "0.4000", "crops": "4", "ranked": "yes"},
         {"attribute": "black face mask", "contribution": "0.3000", "crops": "2", "ranked": "yes"},
-        {"attribute": "conical orange beak", "contribution": "0.3000", "crops": "3", "ranked": "yes"},
+        {
+            "attribute": "conical orange beak",
+            "contribution": "0.3000",
+            "crops": "3",
+            "ranked": "yes",
+        },
     ]
     assert content["gt_table"] == [] and content["gt_title"] == ""
 
 
 def test_rows_sorted_by_contribution_not_attribute_order(dataset):
     e = explain_sample(_sample(dataset, 1), "lazsl")
-    assert [r["attribute"] for r in e["predicted_rows"]] == ["black face mask", "red plumage", "conical orange beak"]
+    assert [r["attribute"] for r in e["predicted_rows"]] == [
+        "black face mask",
+        "red plumage",
+        "conical orange beak",
+    ]
     assert [r["crops"] for r in e["predicted_rows"]] == [6, 1, 0]
     assert e["ground_truth"] is None and e["gt_differs"] is False
 
@@ -143,14 +160,22 @@ def test_rows_sorted_by_contribution_not_attribute_order(dataset):
 def test_ground_truth_differs(dataset):
     e = explain_sample(_sample(dataset, 1), "lazsl", "ground_truth")
     assert e["predicted"]["label"] == "Cardinal"
-    assert e["ground_truth"] == {"label": "Bobolink", "index": 1, "score": pytest.approx(0.21), "rank": 3}
+    assert e["ground_truth"] == {
+        "label": "Bobolink",
+        "index": 1,
+        "score": pytest.approx(0.21),
+        "rank": 3,
+    }
     assert e["gt_differs"] is True
     assert [(r["attribute"], r["contribution"], r["crops"]) for r in e["gt_rows"]] == [
         ("white back patch", pytest.approx(0.55), 4),
         ("black underparts", pytest.approx(0.45), 3),
     ]
     content = panel_content(e)
-    assert "**Ground truth:** Bobolink (score 0.2100, rank 3) differs from the prediction" in content["summary"]
+    assert (
+        "**Ground truth:** Bobolink (score 0.2100, rank 3) differs from the prediction"
+        in content["summary"]
+    )
     assert content["gt_title"] == "Attributes of ground-truth class Bobolink"
     assert content["gt_table"] == [
         {"attribute": "white back patch", "contribution": "0.5500", "crops": "4", "ranked": ""},
@@ -182,7 +207,10 @@ def test_no_lazsl_result(dataset):
     failed = explain_sample(_sample(dataset, 3), "lazsl")
     assert failed["has_result"] is False
     assert failed["error"] == "cannot identify image file"
-    assert "LaZSL failed on this sample: cannot identify image file" in panel_content(failed)["summary"]
+    assert (
+        "LaZSL failed on this sample: cannot identify image file"
+        in panel_content(failed)["summary"]
+    )
 
     # A field no run wrote: no result either (not an exception).
     other = explain_sample(_sample(dataset, 0), "other_field")
@@ -192,7 +220,10 @@ def test_no_lazsl_result(dataset):
 def test_config_passed_explicitly_and_missing_run(dataset):
     cfg = {"classes": CLASSES, "attribute_labels": ATTRS}
     s = _sample(dataset, 0)
-    assert explain_sample(s, "lazsl", config=cfg)["predicted_rows"] == explain_sample(s, "lazsl")["predicted_rows"]
+    assert (
+        explain_sample(s, "lazsl", config=cfg)["predicted_rows"]
+        == explain_sample(s, "lazsl")["predicted_rows"]
+    )
     dataset.delete_run(run_key("lazsl"))
     with pytest.raises(ValueError, match="no LaZSL run wrote field 'lazsl'"):
         explain_sample(dataset.reload() or _sample(dataset, 0), "lazsl")
@@ -210,22 +241,27 @@ def test_matched_attribute_view(dataset):
 
 
 def test_ground_truth_fields(dataset):
-    dataset.add_sample_field("other_gt", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
+    dataset.add_sample_field(
+        "other_gt", fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification
+    )
     assert ground_truth_fields(dataset) == ["ground_truth", "other_gt"]
 
 
 def test_evidence_heatmap_known_boxes():
     # Two overlapping quarter boxes on a 4x4 grid; masses 1 and 3.
     hm = evidence_heatmap([[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5]], [1.0, 3.0], size=(4, 4))
-    expected = np.array(
-        [
-            [1, 1, 0, 0],
-            [1, 4, 3, 0],
-            [0, 3, 3, 0],
-            [0, 0, 0, 0],
-        ],
-        dtype=np.float32,
-    ) / 4
+    expected = (
+        np.array(
+            [
+                [1, 1, 0, 0],
+                [1, 4, 3, 0],
+                [0, 3, 3, 0],
+                [0, 0, 0, 0],
+            ],
+            dtype=np.float32,
+        )
+        / 4
+    )
     assert hm.dtype == np.float32 and hm.shape == (4, 4)
     np.testing.assert_allclose(hm, expected)
 
@@ -234,7 +270,9 @@ def test_evidence_heatmap_known_boxes():
     np.testing.assert_allclose(hm, [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]])
 
     # A box smaller than a cell still covers one cell; zero/NaN mass is ignored.
-    hm = evidence_heatmap([[0.9, 0.9, 0.01, 0.01], [0, 0, 1, 1], [0, 0, 1, 1]], [0.5, 0.0, float("nan")], size=(3, 3))
+    hm = evidence_heatmap(
+        [[0.9, 0.9, 0.01, 0.01], [0, 0, 1, 1], [0, 0, 1, 1]], [0.5, 0.0, float("nan")], size=(3, 3)
+    )
     np.testing.assert_allclose(hm, [[0, 0, 0], [0, 0, 0], [0, 0, 1]])
 
     assert not evidence_heatmap([], [], size=(2, 2)).any()
@@ -286,21 +324,33 @@ def test_explain_real_tiny_model_run(photo_data, tmp_path):
     (over the logit scale), crop counts of the predicted class match the crop
     detections' labels, ``F_attributes`` are the top rows, and the heatmap is
     the detections' mass accumulated over their boxes."""
-    from fiftyone_lazsl.testing import tiny_clip
     from fiftyone_lazsl import run_lazsl
+    from fiftyone_lazsl.testing import tiny_clip
 
     tiny_clip.register()
     ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
     photos = tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=3)
     ds = fo.Dataset("explain-real-run")
     try:
-        ds.add_samples([fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos])
+        ds.add_samples(
+            [fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos]
+        )
         classes = [c for _, c in photos]
         aset = {c: ATTRS[i] for i, c in enumerate(classes)}
         # gt_field: compact outputs then keep the ground-truth class's evidence too.
-        run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=8, seed=1,
-                  batch_size=3, device="cpu", top_attributes=2, heatmap=True,
-                  gt_field="ground_truth")
+        run_lazsl(
+            ds,
+            aset,
+            model=tiny_clip.TINY_MODEL,
+            pretrained=ckpt,
+            n_crops=8,
+            seed=1,
+            batch_size=3,
+            device="cpu",
+            top_attributes=2,
+            heatmap=True,
+            gt_field="ground_truth",
+        )
         scale = ds.get_run_info(run_key("lazsl")).config.logit_scale
         assert ds.has_field("lazsl_heatmap")
         for sample in ds:
@@ -311,7 +361,9 @@ def test_explain_real_tiny_model_run(photo_data, tmp_path):
             total = sum(r["contribution"] for r in rows)
             assert total * scale == pytest.approx(e["predicted"]["score"], abs=2e-3)
             labels = [d.label for d in sample["lazsl_crops"].detections]
-            assert {r["attribute"]: r["crops"] for r in rows} == {a: labels.count(a) for a in ATTRS[p]}
+            assert {r["attribute"]: r["crops"] for r in rows} == {
+                a: labels.count(a) for a in ATTRS[p]
+            }
             assert sum(r["crops"] for r in rows) == len(labels)
             contrib = {r["attribute"]: r["contribution"] for r in rows}
             assert sorted((contrib[a] for a in e["matched_attributes"]), reverse=True) == [
@@ -325,7 +377,10 @@ def test_explain_real_tiny_model_run(photo_data, tmp_path):
             hm = sample["lazsl_heatmap"].map
             assert hm.max() == pytest.approx(1.0)
             np.testing.assert_allclose(
-                hm, evidence_heatmap([d.bounding_box for d in dets], [d["mass"] for d in dets], size=hm.shape)
+                hm,
+                evidence_heatmap(
+                    [d.bounding_box for d in dets], [d["mass"] for d in dets], size=hm.shape
+                ),
             )
     finally:
         ds.delete()
@@ -337,8 +392,12 @@ def _panel_call(dataset, method, sample_id=None, state=None, params=None):
     ``[(operator_uri, params)]``."""
     import fiftyone.operators as foo
 
-    p = {"__method__": method, "panel_id": "panel-1", "state": dict(state or {}),
-         "panel_state": dict(state or {})}
+    p = {
+        "__method__": method,
+        "panel_id": "panel-1",
+        "state": dict(state or {}),
+        "panel_state": dict(state or {}),
+    }
     p.update(params or {})
     r = foo.execute_operator(
         "@fiftyone-lazsl/lazsl/lazsl_explanations",
@@ -376,17 +435,26 @@ def test_panel_shell_uses_library(lazsl_plugin, dataset):
     assert state["summary"].startswith("**No LaZSL result.**") and state["predicted_table"] == []
 
     # No sample open.
-    assert _patched_state(_panel_call(dataset, "on_load", None))["summary"].startswith("Open a sample")
+    assert _patched_state(_panel_call(dataset, "on_load", None))["summary"].startswith(
+        "Open a sample"
+    )
 
     # Matched-attribute button -> set_view with the library's view.
-    ops = _panel_call(dataset, "show_matched", b.id, state={"label_field": "lazsl"},
-                      params={"attribute": "black face mask"})
+    ops = _panel_call(
+        dataset,
+        "show_matched",
+        b.id,
+        state={"label_field": "lazsl"},
+        params={"attribute": "black face mask"},
+    )
     views = [p for u, p in ops if u.endswith("set_view")]
     assert views, ops
     import fiftyone.core.view as fov
 
     view = fov.DatasetView._build(dataset, views[0]["view"])
-    assert sorted(view.values("id")) == sorted(matched_attribute_view(dataset, "lazsl", "black face mask").values("id"))
+    assert sorted(view.values("id")) == sorted(
+        matched_attribute_view(dataset, "lazsl", "black face mask").values("id")
+    )
 
     # Without panel state the button falls back to the dataset's LaZSL field.
     ops = _panel_call(dataset, "show_matched", b.id, params={"attribute": "conical orange beak"})

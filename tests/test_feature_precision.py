@@ -36,10 +36,10 @@ def _borderline_visual_set(rng, n=12, d=64, delta=1e-5):
     g = _unit(rng.standard_normal(d))
     x = _unit(rng.standard_normal((n, d)) + 2.0 * g)
     rest = x[1:] @ g
-    target = (delta + rest.sum() / n) / (1 - 1 / n)     # r_0 - mean(r) = delta
+    target = (delta + rest.sum() / n) / (1 - 1 / n)  # r_0 - mean(r) = delta
     u = _unit(rng.standard_normal(d))
-    u = _unit(u - (u @ g) * g)                           # unit, orthogonal to g
-    x[0] = target * g + np.sqrt(1 - target ** 2) * u
+    u = _unit(u - (u @ g) * g)  # unit, orthogonal to g
+    x[0] = target * g + np.sqrt(1 - target**2) * u
     return np.vstack([g, x]).astype(np.float32)
 
 
@@ -59,14 +59,24 @@ def test_float16_store_keeps_the_vision_selection_exact(tmp_path):
 
     with FeatureStore(tmp_path / "store", dtype="float16", check="none") as st:
         fp = st.register(SPEC)
-        st.put_many(fp, [FeatureEntry(key="k", features=f, boxes=np.zeros((12, 4), np.int64),
-                                      image_size=(10, 10), original_size=(10, 10))])
+        st.put_many(
+            fp,
+            [
+                FeatureEntry(
+                    key="k",
+                    features=f,
+                    boxes=np.zeros((12, 4), np.int64),
+                    image_size=(10, 10),
+                    original_size=(10, 10),
+                )
+            ],
+        )
         e = st.get_many(fp, ["k"])[0]["k"]
-    assert np.abs(e.features - f).max() > 0                 # really rounded
+    assert np.abs(e.features - f).max() > 0  # really rounded
     assert e.crop_global.dtype == np.float32
     stored = torch.from_numpy(e.features[None])
     keep, mu = vision_selection(stored, crop_global=torch.from_numpy(e.crop_global[None]))
-    assert torch.equal(keep, exact_keep)                    # the crop stays in
+    assert torch.equal(keep, exact_keep)  # the crop stays in
 
     # and the scores: with the stored cosines within the bound, without them not
     # necessarily (the jump this guards against)
@@ -98,21 +108,42 @@ def test_float16_rescoring_within_tolerance_across_models(tmp_path, photos, para
     imgs = [Image.open(p).convert("RGB") for p, _ in photos]
     keys = [str(p) for p, _ in photos]
     classes = sorted({c for _, c in photos})
-    aset = {c: [f"a bird with trait {i}", f"{c} feathers", "a small beak"]
-            for i, c in enumerate(classes)}
+    aset = {
+        c: [f"a bird with trait {i}", f"{c} feathers", "a small beak"]
+        for i, c in enumerate(classes)
+    }
     for seed in range(9):
         ck = tiny_clip.save_checkpoint(tmp_path / f"tiny{seed}.pt", seed=seed)
-        clf = LaZSLClassifier(aset, model=tiny_clip.TINY_MODEL, pretrained=str(ck),
-                              device="cpu", n_crops=6, seed=5, **params)
+        clf = LaZSLClassifier(
+            aset,
+            model=tiny_clip.TINY_MODEL,
+            pretrained=str(ck),
+            device="cpu",
+            n_crops=6,
+            seed=5,
+            **params,
+        )
         feats, boxes = clf.encode(imgs, keys)
         sizes = [im.size for im in imgs]
         fresh = clf.predict_features(feats, boxes, sizes)
         with FeatureStore(tmp_path / f"store{seed}", dtype="float16", check="none") as st:
             fp = st.register({"seed": seed})
-            st.put_many(fp, [FeatureEntry(key=k, features=f.numpy(), boxes=b, image_size=s,
-                                          original_size=s, crop_global=r.numpy())
-                             for k, f, b, s, r in zip(keys, feats, boxes, sizes,
-                                                      crop_global_similarity(feats))])
+            st.put_many(
+                fp,
+                [
+                    FeatureEntry(
+                        key=k,
+                        features=f.numpy(),
+                        boxes=b,
+                        image_size=s,
+                        original_size=s,
+                        crop_global=r.numpy(),
+                    )
+                    for k, f, b, s, r in zip(
+                        keys, feats, boxes, sizes, crop_global_similarity(feats)
+                    )
+                ],
+            )
             found, missing = st.get_many(fp, keys)
         assert not missing
         again = predict_entries(clf, [found[k] for k in keys])

@@ -20,8 +20,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import feature_writer as fw  # noqa: E402
 
 WRITER = str(pathlib.Path(__file__).parent / "feature_writer.py")
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [str(pathlib.Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+ENV = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(
+        [str(pathlib.Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    ),
+)
 
 
 def _all_valid(path):
@@ -61,8 +65,9 @@ def test_round_trip_float16_float32_and_stale(tmp_path):
             info = st.info()
             assert info["entries"] == 1
             n_views = e.features.shape[0]
-            assert info["live_bytes"] == e.features.size * (2 if dtype == "float16" else 4) \
-                + 4 * (n_views - 1)
+            assert info["live_bytes"] == e.features.size * (2 if dtype == "float16" else 4) + 4 * (
+                n_views - 1
+            )
     # a changed file is not served (size change; then mtime only)
     with FeatureStore(tmp_path / "float32", dtype="float32") as st:
         fp = st.register(fw.SPEC)
@@ -125,8 +130,12 @@ def test_sigkill_while_writing_leaves_store_consistent(tmp_path):
     path = str(tmp_path / "store")
     seen = 0
     for delay in (0.3, 0.45, 0.6, 0.8):
-        p = subprocess.Popen([sys.executable, WRITER, path, f"kill{delay}:", "0", "8"], env=ENV,
-                             stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, WRITER, path, f"kill{delay}:", "0", "8"],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert p.stdout.readline().strip()  # at least one batch committed
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
@@ -144,9 +153,12 @@ def test_sigkill_while_writing_leaves_store_consistent(tmp_path):
 def test_two_writer_processes_corrupt_nothing(tmp_path):
     path = str(tmp_path / "store")
     # both write 'shared' keys 0..199 (same values) and their own keys
-    procs = [subprocess.Popen([sys.executable, WRITER, path, prefix, "200", "5"], env=ENV,
-                              stdout=subprocess.DEVNULL)
-             for prefix in ("shared:", "shared:", "a:", "b:")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WRITER, path, prefix, "200", "5"], env=ENV, stdout=subprocess.DEVNULL
+        )
+        for prefix in ("shared:", "shared:", "a:", "b:")
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0
     keys = _all_valid(path)

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.core.imageio import (
     ImageLoadError,
     image_to_tensor,
@@ -20,6 +19,7 @@ from fiftyone_lazsl.core.imageio import (
     load_image_tensor,
     probe_image,
 )
+from fiftyone_lazsl.errors import UserError
 
 RNG_SEED = 1234
 
@@ -146,14 +146,19 @@ def _save(tmp_path, name, array, **kw):
     return p
 
 
-@pytest.mark.parametrize("name,keep,fmt", [
-    ("cut.jpg", 0.5, "JPEG"),
-    ("cut_header_only.jpg", None, "JPEG"),
-    ("cut.png", 0.5, "PNG"),
-    ("cut.gif", 0.6, "GIF"),
-])
+@pytest.mark.parametrize(
+    "name,keep,fmt",
+    [
+        ("cut.jpg", 0.5, "JPEG"),
+        ("cut_header_only.jpg", None, "JPEG"),
+        ("cut.png", 0.5, "PNG"),
+        ("cut.gif", 0.6, "GIF"),
+    ],
+)
 def test_truncated_files(tmp_path, name, keep, fmt):
-    src = _save(tmp_path, "src" + name[-4:], _noise(64, 96), **({"quality": 90} if fmt == "JPEG" else {}))
+    src = _save(
+        tmp_path, "src" + name[-4:], _noise(64, 96), **({"quality": 90} if fmt == "JPEG" else {})
+    )
     data = src.read_bytes()
     if keep is None:  # headers and start-of-scan, no entropy-coded data at all
         cut = data[: data.index(b"\xff\xda") + 14]
@@ -166,10 +171,12 @@ def test_truncated_files(tmp_path, name, keep, fmt):
     assert probe_image(p) == (96, 64)
 
 
-@pytest.mark.parametrize("name,keep,fmt", [("cut.jpg", 0.5, "JPEG"), ("cut.png", 0.5, "PNG"),
-                                           ("cut.gif", 0.6, "GIF")])
-def test_truncated_files_fail_even_if_someone_set_load_truncated_images(tmp_path, monkeypatch,
-                                                                         name, keep, fmt):
+@pytest.mark.parametrize(
+    "name,keep,fmt", [("cut.jpg", 0.5, "JPEG"), ("cut.png", 0.5, "PNG"), ("cut.gif", 0.6, "GIF")]
+)
+def test_truncated_files_fail_even_if_someone_set_load_truncated_images(
+    tmp_path, monkeypatch, name, keep, fmt
+):
     kw = {"quality": 90} if fmt == "JPEG" else {}
     src = _save(tmp_path, "src" + name[-4:], _noise(64, 96)[..., 0], **kw)
     p = tmp_path / name
@@ -180,11 +187,19 @@ def test_truncated_files_fail_even_if_someone_set_load_truncated_images(tmp_path
     _expect_error(p, f"truncated {fmt} file")
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("a.jpg", {"quality": 90}), ("p.jpg", {"quality": 90, "progressive": True}), ("a.png", {}),
-    ("a.gif", {}), ("a.webp", {"lossless": True}), ("a.tif", {}),
-    ("a_lzw.tif", {"compression": "tiff_lzw"}), ("a.bmp", {}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("a.jpg", {"quality": 90}),
+        ("p.jpg", {"quality": 90, "progressive": True}),
+        ("a.png", {}),
+        ("a.gif", {}),
+        ("a.webp", {"lossless": True}),
+        ("a.tif", {}),
+        ("a_lzw.tif", {"compression": "tiff_lzw"}),
+        ("a.bmp", {}),
+    ],
+)
 def test_complete_files_unaffected_by_load_truncated_images(tmp_path, monkeypatch, name, kw):
     p = _save(tmp_path, name, _noise(40, 56), **kw)
     expected = _rgb(load_image(p))
@@ -230,14 +245,17 @@ def test_normal_jpeg_equals_pil_rgb_decode(tmp_path):
     assert img.info == {"lazsl_original_size": (70, 45), "lazsl_scale": 1.0}
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("a.png", {}),
-    ("a.webp", {"lossless": True}),
-    ("a.tif", {}),
-    ("a_lzw.tif", {"compression": "tiff_lzw"}),
-    ("a_deflate.tif", {"compression": "tiff_adobe_deflate"}),
-    ("a.bmp", {}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("a.png", {}),
+        ("a.webp", {"lossless": True}),
+        ("a.tif", {}),
+        ("a_lzw.tif", {"compression": "tiff_lzw"}),
+        ("a_deflate.tif", {"compression": "tiff_adobe_deflate"}),
+        ("a.bmp", {}),
+    ],
+)
 def test_lossless_rgb_formats_are_exact(tmp_path, name, kw):
     a = _noise(33, 47)
     img = load_image(_save(tmp_path, name, a, **kw))
@@ -319,8 +337,16 @@ def test_32bit_integer_and_float_tiffs(tmp_path):
 
 
 def test_cmyk_jpeg_colours(tmp_path):
-    cols = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 255, 255), (0, 0, 0),
-            (40, 120, 200), (200, 90, 30)]
+    cols = [
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (255, 255, 0),
+        (255, 255, 255),
+        (0, 0, 0),
+        (40, 120, 200),
+        (200, 90, 30),
+    ]
     a = np.zeros((32, 32 * len(cols), 3), np.uint8)
     for i, c in enumerate(cols):
         a[:, i * 32 : (i + 1) * 32] = c
@@ -355,8 +381,9 @@ def test_multipage_tiff_first_page(tmp_path):
 def test_mpo_camera_file_loads_first_picture(tmp_path):
     first, second = _smooth(30, 40), _noise(30, 40)
     p = tmp_path / "camera.jpg"
-    Image.fromarray(first).save(p, "MPO", save_all=True, append_images=[Image.fromarray(second)],
-                                quality=95)
+    Image.fromarray(first).save(
+        p, "MPO", save_all=True, append_images=[Image.fromarray(second)], quality=95
+    )
     assert _pil(p, lambda im: im.format) == "MPO"  # premise
     expected = _pil_rgb(p)
     np.testing.assert_array_equal(_rgb(load_image(p)), expected)
@@ -410,9 +437,14 @@ def test_exif_orientation_jpeg(tmp_path, orientation):
     assert img.info["lazsl_original_size"] == displayed
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("o.png", {}), ("o.webp", {"lossless": True}), ("o.tif", {}),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("o.png", {}),
+        ("o.webp", {"lossless": True}),
+        ("o.tif", {}),
+    ],
+)
 def test_exif_orientation_other_formats(tmp_path, name, kw):
     a = _noise(10, 16)
     p = tmp_path / name
@@ -541,8 +573,9 @@ def test_jpeg_bomb_decoded_at_reduced_dct_scale(tmp_path, monkeypatch):
 
 def test_mpo_bomb_still_downscaled(tmp_path, monkeypatch):
     p = tmp_path / "camera.jpg"
-    Image.fromarray(_smooth(300, 400)).save(p, "MPO", save_all=True,
-                                            append_images=[Image.fromarray(_noise(300, 400))])
+    Image.fromarray(_smooth(300, 400)).save(
+        p, "MPO", save_all=True, append_images=[Image.fromarray(_noise(300, 400))]
+    )
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     img = load_image(p)
     assert img.size == (100, 75) and img.info["lazsl_scale"] == 0.25

@@ -10,23 +10,36 @@ from fiftyone_lazsl.llm.text import (
 
 def test_json_object_list_and_fenced_block():
     assert parse_attribute_reply('{"attributes": ["black plumage", 3, "red crown"]}') == [
-        "black plumage", "red crown"]
+        "black plumage",
+        "red crown",
+    ]
     assert parse_attribute_reply('["a", "b"]') == ["a", "b"]
     assert parse_attribute_reply('```json\n{"Cardinal": ["red crest", "black mask"]}\n```') == [
-        "red crest", "black mask"]
+        "red crest",
+        "black mask",
+    ]
     assert parse_attribute_reply('Sure: {"features": ["webbed feet"]} Enjoy!') == ["webbed feet"]
 
 
 def test_bullets_numbers_and_prose():
-    reply = ("Here are useful features of a cardinal:\n\n1. Bright red plumage.\n"
-             "2) a black mask\n(3) crest:\n- **Conical** bill\n• short wings\n"
-             "These should help you.")
+    reply = (
+        "Here are useful features of a cardinal:\n\n1. Bright red plumage.\n"
+        "2) a black mask\n(3) crest:\n- **Conical** bill\n• short wings\n"
+        "These should help you."
+    )
     assert parse_attribute_reply(reply) == [
-        "Bright red plumage.", "a black mask", "**Conical** bill", "short wings"]
+        "Bright red plumage.",
+        "a black mask",
+        "**Conical** bill",
+        "short wings",
+    ]
 
 
 def test_unmarked_lines_headings_and_single_sentence():
-    assert parse_attribute_reply("Features:\nred crest\nblack mask\n") == ["red crest", "black mask"]
+    assert parse_attribute_reply("Features:\nred crest\nblack mask\n") == [
+        "red crest",
+        "black mask",
+    ]
     assert parse_attribute_reply("The cardinal is a red songbird with a crest.") == []
     assert parse_attribute_reply("<think>hmm</think>\n- red crest") == ["red crest"]
     assert parse_attribute_reply("") == [] and parse_attribute_reply(None) == []
@@ -54,11 +67,29 @@ def test_normalize_one():
 
 
 def test_normalize_list_dedupes_and_caps():
-    items = ["black plumage", "Black Plumage.", "", "  ", "- black plumage",
-             "Northern Cardinal", "red crown", "RED CROWN", "crest", "mask"]
+    items = [
+        "black plumage",
+        "Black Plumage.",
+        "",
+        "  ",
+        "- black plumage",
+        "Northern Cardinal",
+        "red crown",
+        "RED CROWN",
+        "crest",
+        "mask",
+    ]
     assert normalize_attributes(items, class_name="northern_cardinal") == [
-        "black plumage", "red crown", "crest", "mask"]
+        "black plumage",
+        "red crown",
+        "crest",
+        "mask",
+    ]
     assert normalize_attributes(items, class_name="Northern Cardinal", max_items=2) == [
-        "black plumage", "red crown"]
+        "black plumage",
+        "red crown",
+    ]
     assert normalize_attributes(["black-and-white", "black and white", 7]) == [
-        "black-and-white", "black and white"]
+        "black-and-white",
+        "black and white",
+    ]

@@ -12,11 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fiftyone_lazsl.core.models import LoadedModel, load_model
+from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
 from fiftyone_lazsl.testing import tiny_clip
 from fiftyone_lazsl.testing.tiny_clip import TINY_MODEL, make_hub_cache, save_checkpoint
-
-from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
-from fiftyone_lazsl.core.models import LoadedModel, load_model
 
 tiny_clip.register()
 
@@ -32,6 +31,7 @@ def checkpoint(tmp_path_factory):
 def _reference_model(state_dict_path):
     """The saved model rebuilt directly with open_clip (independent of load_model)."""
     import open_clip
+
     m = open_clip.create_model(TINY_MODEL, pretrained=None)
     m.load_state_dict(torch.load(state_dict_path, map_location="cpu", weights_only=True))
     return m.eval(), open_clip.get_tokenizer(TINY_MODEL)
@@ -46,8 +46,9 @@ def test_random_weights_are_loud(caplog):
     assert m.weights_id is None
     assert m.pretrained is None
     assert m.describe()["random_weights"] is True
-    assert any("RANDOM WEIGHTS" in r.getMessage() and r.levelno >= logging.WARNING
-               for r in caplog.records)
+    assert any(
+        "RANDOM WEIGHTS" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records
+    )
     assert m.image_size == 64
     assert m.device == torch.device("cpu")
     for p in m.model.parameters():
@@ -69,7 +70,9 @@ def test_checkpoint_file(checkpoint, caplog):
         assert torch.equal(state[k].cpu(), saved[k]), k
     # a random model of the same architecture differs (the comparison can fail)
     r = load_model(TINY_MODEL, None, device="cpu")
-    assert not torch.equal(r.model.state_dict()["visual.conv1.weight"], saved["visual.conv1.weight"])
+    assert not torch.equal(
+        r.model.state_dict()["visual.conv1.weight"], saved["visual.conv1.weight"]
+    )
     assert m.logit_scale == pytest.approx(100.0, rel=1e-3)
 
     ref, tok = _reference_model(checkpoint)
@@ -117,11 +120,18 @@ def test_offline_hub_cache_via_hf_hub_cache_env(tmp_path):
     hub = tmp_path / "hub"
     make_hub_cache(hub, seed=5)
     snap = next((hub / "models--lazsl-test--tiny-clip" / "snapshots").iterdir())
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub),
-               HF_HOME=str(tmp_path / "hf-home"))
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub), HF_HOME=str(tmp_path / "hf-home")
+    )
     script = _HUB_SCRIPT.format(tests=str(TESTS), weights=str(snap / "open_clip_pytorch_model.bin"))
-    p = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(ROOT),
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "HUB-OK hf-hub:lazsl-test/tiny-clip" in p.stdout
 
@@ -158,6 +168,7 @@ def test_unknown_model_name_suggests():
 
 def test_unknown_tag_lists_tags():
     import open_clip
+
     with pytest.raises(WeightsUnavailableError) as e:
         load_model("ViT-B-32", "no_such_tag", device="cpu")
     msg = str(e.value)
@@ -198,7 +209,9 @@ def _register_short_model(tmp_path):
     """The tiny architecture with a 16-token context (short prompts), so that
     10 000 prompts encode in seconds on a CPU."""
     import json
+
     import open_clip
+
     if open_clip.get_model_config(SHORT_MODEL) is None:
         cfg = json.loads(tiny_clip._CONFIG.read_text())
         cfg["text_cfg"]["context_length"] = 16
@@ -250,12 +263,15 @@ def test_trimmed_text_encoding_equals_full_context():
     from fiftyone_lazsl.core.models import encode_text_tokens
 
     m = load_model(TINY_MODEL, None, device="cpu")
-    texts = ["a", "Cardinal, which is a bright red bird with a crest",
-             "Black-footed Albatross, which has a long, hooked bill " * 3]
+    texts = [
+        "a",
+        "Cardinal, which is a bright red bird with a crest",
+        "Black-footed Albatross, which has a long, hooked bill " * 3,
+    ]
     tokens = m.tokenizer(texts)
     with torch.no_grad():
         full = m.model.encode_text(tokens)
         trimmed = encode_text_tokens(m.model, tokens)
-        alone = torch.cat([encode_text_tokens(m.model, tokens[i:i + 1]) for i in range(3)])
+        alone = torch.cat([encode_text_tokens(m.model, tokens[i : i + 1]) for i in range(3)])
     assert torch.allclose(full, trimmed, atol=1e-5, rtol=0)
     assert torch.allclose(full, alone, atol=1e-5, rtol=0)

@@ -29,7 +29,9 @@ def birds(shared_data, tmp_path):
     for c in CLASSES:
         folder = shared_data / "images" / "cub" / c
         for f in sorted(os.listdir(folder))[:2]:
-            ds.add_sample(fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c)))
+            ds.add_sample(
+                fo.Sample(filepath=str(folder / f), ground_truth=fo.Classification(label=c))
+            )
     tiny_clip.register()
     ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
     yield ds, str(aset), ckpt, sum(len(texts[c]) for c in CLASSES)
@@ -41,8 +43,17 @@ def test_progress_labels_name_each_stage(birds):
 
     ds, aset, ckpt, n_prompts = birds
     seen = []
-    run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=4, batch_size=2,
-              num_workers=0, write_every=64, progress=lambda f, label: seen.append((f, label)))
+    run_lazsl(
+        ds,
+        aset,
+        model=tiny_clip.TINY_MODEL,
+        pretrained=ckpt,
+        n_crops=4,
+        batch_size=2,
+        num_workers=0,
+        write_every=64,
+        progress=lambda f, label: seen.append((f, label)),
+    )
     labels = [x[1] for x in seen]
     assert labels == [
         f"loading the model {tiny_clip.TINY_MODEL} ({ckpt})",
@@ -62,7 +73,9 @@ def test_immediate_user_error_is_one_notification(lazsl_plugin, birds):
     params = dict(attribute_set=aset, model="ViT-B-32", pretrained="openai", label_field="x")
     res = run_operator("run_lazsl", ds, params)
     assert res.error is None
-    notes = [r["params"] for r in res.executor.to_json()["requests"] if r["operator_uri"] == "notify"]
+    notes = [
+        r["params"] for r in res.executor.to_json()["requests"] if r["operator_uri"] == "notify"
+    ]
     assert len(notes) == 1 and notes[0]["variant"] == "error"
     msg = notes[0]["message"]
     assert msg.startswith("pretrained weights 'openai' for 'ViT-B-32' are not on this machine")
@@ -83,7 +96,8 @@ def test_delegated_user_error_fails_with_its_message(lazsl_plugin, birds):
     assert op.run_state == "failed"
     result = op._doc["result"]
     assert result["error_message"].startswith(
-        "pretrained weights 'openai' for 'ViT-B-32' are not on this machine")
+        "pretrained weights 'openai' for 'ViT-B-32' are not on this machine"
+    )
     assert result["error"] == result["error_message"] and "Traceback" not in result["error"]
 
 
@@ -91,8 +105,14 @@ def test_delegated_run_returns_its_summary(lazsl_plugin, birds):
     from fiftyone.operators.delegated import DelegatedOperationService
 
     ds, aset, ckpt, _ = birds
-    params = dict(attribute_set=aset, model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=4,
-                  label_field="z", gt_field="ground_truth")
+    params = dict(
+        attribute_set=aset,
+        model=tiny_clip.TINY_MODEL,
+        pretrained=ckpt,
+        n_crops=4,
+        label_field="z",
+        gt_field="ground_truth",
+    )
     assert run_operator("run_lazsl", ds, params, request_delegation=True).error is None
     svc = DelegatedOperationService()
     svc.execute_queued_operations(dataset_name=ds.name)

@@ -49,33 +49,84 @@ print(json.dumps({
 
 
 def _copy_checkout(dst: pathlib.Path) -> None:
-    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", "build", "*.egg-info", ".pytest_cache", "tests",
-        "benchmarks", "artifacts"))
+    shutil.copytree(
+        REPO,
+        dst,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "__pycache__",
+            "build",
+            "*.egg-info",
+            ".pytest_cache",
+            "tests",
+            "benchmarks",
+            "artifacts",
+        ),
+    )
 
 
 def test_wheel_install_ships_registry_and_tiny_config(tmp_path):
     src, wheels, target = tmp_path / "src", tmp_path / "wheels", tmp_path / "target"
     _copy_checkout(src)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(wheels), str(src)],
-                   check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     (wheel,) = wheels.glob("fiftyone_lazsl-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                    str(target), str(wheel)], check=True, capture_output=True, text=True,
-                   timeout=600)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS")}
-    env["PYTHONPATH"] = str(target)       # dependencies come from this interpreter's venv
-    proc = subprocess.run([sys.executable, "-c", _CHILD], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS")
+    }
+    env["PYTHONPATH"] = str(target)  # dependencies come from this interpreter's venv
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     # the installed copy was imported, not this checkout
     assert pathlib.Path(got["file"]).resolve().is_relative_to(target.resolve())
     assert pathlib.Path(got["registry"]).resolve().is_relative_to(target.resolve())
-    expected = json.loads((REPO / "fiftyone_lazsl" / "data" / "published_attribute_sets.json")
-                          .read_text())
+    expected = json.loads(
+        (REPO / "fiftyone_lazsl" / "data" / "published_attribute_sets.json").read_text()
+    )
     names = list(expected.get("sets", expected))
     assert got["names"] == names and "cub" in names and got["entry_has_sha"]
     assert got["tiny_config_exists"]
@@ -91,10 +142,14 @@ def test_wheel_install_ships_registry_and_tiny_config(tmp_path):
 
 def test_fiftyone_version_gate():
     import fiftyone
+
     assert check_fiftyone_version() == fiftyone.__version__
     assert check_fiftyone_version(MIN_FIFTYONE) == MIN_FIFTYONE
-    with pytest.raises(DependencyError, match=rf"needs FiftyOne >={MIN_FIFTYONE},<2 but "
-                                              r"FiftyOne 1\.0\.0 is installed"):
+    with pytest.raises(
+        DependencyError,
+        match=rf"needs FiftyOne >={MIN_FIFTYONE},<2 but "
+        r"FiftyOne 1\.0\.0 is installed",
+    ):
         check_fiftyone_version("1.0.0")
     with pytest.raises(DependencyError):
         check_fiftyone_version("2.0.0")

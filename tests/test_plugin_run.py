@@ -48,13 +48,37 @@ def test_cli_import_classify_on_real_photos(small_cub, checkpoint, photo_data, t
     name = "cli-cub"
     r = _cli("import-folder", str(small_cub), "--dataset", name)
     assert r.returncode == 0, r.stderr
-    r = _cli("attributes", "import", str(photo_data / "attribute_sets" / "cub.json"),
-             "--dataset", name, "--name", "cub")
+    r = _cli(
+        "attributes",
+        "import",
+        str(photo_data / "attribute_sets" / "cub.json"),
+        "--dataset",
+        name,
+        "--name",
+        "cub",
+    )
     assert r.returncode == 0, r.stderr
     env = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
-    r = _cli("classify", "--dataset", name, "--attributes", "cub", "--model", tiny_clip.TINY_MODEL,
-             "--pretrained", checkpoint, "--label-field", "lazsl", "--n-crops", str(N_CROPS),
-             "--seed", "3", "--gt-field", "ground_truth", env=env)
+    r = _cli(
+        "classify",
+        "--dataset",
+        name,
+        "--attributes",
+        "cub",
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--label-field",
+        "lazsl",
+        "--n-crops",
+        str(N_CROPS),
+        "--seed",
+        "3",
+        "--gt-field",
+        "ground_truth",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "6/6 samples classified" in r.stdout
 
@@ -83,21 +107,32 @@ def test_cli_import_classify_on_real_photos(small_cub, checkpoint, photo_data, t
     assert cfg.classes == classes and cfg.status == "completed"
     assert ds.classes["lazsl"] == classes
     # top-k evaluation works from the stored logits and class order
-    res = ds.evaluate_classifications("lazsl", gt_field="ground_truth", method="top-k",
-                                      classes=ds.classes["lazsl"], k=5, eval_key="top5")
+    res = ds.evaluate_classifications(
+        "lazsl",
+        gt_field="ground_truth",
+        method="top-k",
+        classes=ds.classes["lazsl"],
+        k=5,
+        eval_key="top5",
+    )
     assert 0.0 <= res.metrics()["accuracy"] <= 1.0
 
 
 def _labels(ds, field="lazsl"):
     ds.reload()
-    return {s.filepath: (s[field].label, [round(v, 4) for v in s[field].logits],
-                         [tuple(round(b, 6) for b in d.bounding_box) for d in s[field + "_crops"].detections])
-            for s in ds}
+    return {
+        s.filepath: (
+            s[field].label,
+            [round(v, 4) for v in s[field].logits],
+            [tuple(round(b, 6) for b in d.bounding_box) for d in s[field + "_crops"].detections],
+        )
+        for s in ds
+    }
 
 
-def test_operator_immediate_and_delegated_match_python(lazsl_plugin, small_cub, checkpoint,
-                                                       photo_data):
-    import fiftyone as fo
+def test_operator_immediate_and_delegated_match_python(
+    lazsl_plugin, small_cub, checkpoint, photo_data
+):
     from fiftyone.operators.delegated import DelegatedOperationService
 
     from fiftyone_lazsl import run_lazsl
@@ -108,8 +143,15 @@ def test_operator_immediate_and_delegated_match_python(lazsl_plugin, small_cub, 
     common = dict(model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=N_CROPS, seed=5)
     run_lazsl(ds, aset_path, label_field="py", **common)
 
-    params = dict(attribute_set=aset_path, model=tiny_clip.TINY_MODEL, pretrained=checkpoint,
-                  n_crops=N_CROPS, seed=5, label_field="imm", view_target="DATASET")
+    params = dict(
+        attribute_set=aset_path,
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        n_crops=N_CROPS,
+        seed=5,
+        label_field="imm",
+        view_target="DATASET",
+    )
     result = run_operator("run_lazsl", ds, params)
     assert result.error is None, result.error
     assert _labels(ds, "imm") == _labels(ds, "py")
@@ -134,21 +176,61 @@ def test_cli_device_backend_writes_the_pil_logits(small_cub, checkpoint, photo_d
 
     name = "cli-cub-device"
     assert _cli("import-folder", str(small_cub), "--dataset", name).returncode == 0
-    r = _cli("attributes", "import", str(photo_data / "attribute_sets" / "cub.json"),
-             "--dataset", name, "--name", "cub")
+    r = _cli(
+        "attributes",
+        "import",
+        str(photo_data / "attribute_sets" / "cub.json"),
+        "--dataset",
+        name,
+        "--name",
+        "cub",
+    )
     assert r.returncode == 0, r.stderr
     env = {"FIFTYONE_LAZSL_MODEL_CONFIGS": str(tiny_clip._CONFIG)}
-    common = ("--dataset", name, "--attributes", "cub", "--model", tiny_clip.TINY_MODEL,
-              "--pretrained", checkpoint, "--n-crops", str(N_CROPS), "--seed", "3", "--device", "cpu")
+    common = (
+        "--dataset",
+        name,
+        "--attributes",
+        "cub",
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--n-crops",
+        str(N_CROPS),
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    )
     for backend in ("pil", "device"):
-        r = _cli("classify", *common, "--label-field", f"by_{backend}", "--crop-backend", backend, env=env)
+        r = _cli(
+            "classify",
+            *common,
+            "--label-field",
+            f"by_{backend}",
+            "--crop-backend",
+            backend,
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         assert "6/6 samples classified" in r.stdout
     ds = fo.load_dataset(name)
     for backend in ("pil", "device"):
         assert ds.get_run_info(f"lazsl_by_{backend}").config.crop_backend == backend
     for s in ds:
-        assert np.array_equal(s.by_pil.logits, s.by_device.logits) and s.by_pil.label == s.by_device.label
-    r = _cli("classify", *common, "--label-field", "by_pil", "--crop-backend", "device",
-             "--skip-existing", env=env)
+        assert (
+            np.array_equal(s.by_pil.logits, s.by_device.logits)
+            and s.by_pil.label == s.by_device.label
+        )
+    r = _cli(
+        "classify",
+        *common,
+        "--label-field",
+        "by_pil",
+        "--crop-backend",
+        "device",
+        "--skip-existing",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr

@@ -37,9 +37,11 @@ from fiftyone_lazsl.testing import tiny_clip
 tiny_clip.register()
 
 N_CROPS = 12
-SET = {"Black-footed Albatross": ["dark plumage", "a long hooked beak"],
-       "Laysan Albatross": ["white head", "dark wings"],
-       "Groove-billed Ani": ["black body"]}
+SET = {
+    "Black-footed Albatross": ["dark plumage", "a long hooked beak"],
+    "Laysan Albatross": ["white head", "dark wings"],
+    "Groove-billed Ani": ["black body"],
+}
 
 
 # ------------------------------------------------------------------ images
@@ -82,8 +84,12 @@ def _odd_files(root, photo):
         save("rgba.png", rgba)
         exif = Image.Exif()
         exif[0x0112] = 6  # rotate 90 degrees clockwise for display
-        save("exif_rot6.jpg", ph.crop((0, 0, ph.size[0], ph.size[1] * 2 // 3)), exif=exif.tobytes(),
-             quality=92)
+        save(
+            "exif_rot6.jpg",
+            ph.crop((0, 0, ph.size[0], ph.size[1] * 2 // 3)),
+            exif=exif.tobytes(),
+            quality=92,
+        )
     return out
 
 
@@ -116,9 +122,11 @@ def models(tmp_path_factory):
     ours = load_model("ViT-B-32", None, device="cpu")
     _, _, pre = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
     out["vit-b-32-shortest"] = (ours, pre)
-    for name, cfg, size in (("tiny-squash", {"resize_mode": "squash"}, 224),
-                            ("tiny-longest", {"resize_mode": "longest", "fill_color": 128}, 96),
-                            ("tiny-bilinear", {"interpolation": "bilinear"}, 72)):
+    for name, cfg, size in (
+        ("tiny-squash", {"resize_mode": "squash"}, 224),
+        ("tiny-longest", {"resize_mode": "longest", "fill_color": 128}, 96),
+        ("tiny-bilinear", {"interpolation": "bilinear"}, 72),
+    ):
         folder = tiny_clip.make_local_dir(tmp_path_factory.mktemp(name), cfg, image_size=size)
         m = load_model(tiny_clip.TINY_MODEL, str(folder), device="cpu")
         _, _, pre = open_clip.create_model_and_transforms(f"local-dir:{folder}")
@@ -154,11 +162,14 @@ def _reference(pre, image):
 def _assert_exact(views, image, boxes, pre, what):
     ref = _reference(pre, image)
     assert views.shape == (1 + len(boxes),) + tuple(ref.shape), what
-    assert torch.equal(views[0], ref), f"{what}: global view differs by {(views[0] - ref).abs().max()}"
+    assert torch.equal(views[0], ref), (
+        f"{what}: global view differs by {(views[0] - ref).abs().max()}"
+    )
     for i, (x, y, w, h) in enumerate(boxes):
         ref = _reference(pre, image.crop((int(x), int(y), int(x + w), int(y + h))))
-        assert torch.equal(views[1 + i], ref), \
+        assert torch.equal(views[1 + i], ref), (
             f"{what}: crop {i} {tuple(boxes[i])} differs by {(views[1 + i] - ref).abs().max()}"
+        )
 
 
 @pytest.mark.parametrize("backend", ["pil", "device"])
@@ -274,8 +285,9 @@ def test_decode_workers_feed_the_encoder_the_exact_views(models, images, backend
             _assert_exact(pixels[k], image, boxes, pre, path)
         else:
             assert torch.equal(pixels[k, 0], _reference(pre, image))
-            refs = torch.stack([pre(image.crop((int(x), int(y), int(x + w), int(y + h))))
-                                for x, y, w, h in boxes])
+            refs = torch.stack(
+                [pre(image.crop((int(x), int(y), int(x + w), int(y + h)))) for x, y, w, h in boxes]
+            )
             d = (pixels[k, 1:] - refs).abs()
             assert 0 < float(d.mean()) and float(d.max()) < 3.0
             if "strip" not in path:  # (the strips are pixel noise: bicubic vs bilinear upsampling)
@@ -294,8 +306,9 @@ def test_device_and_pil_runs_write_the_same_logits(models, images):
     runs = {}
     for backend in ("pil", "device"):
         clf = LaZSLClassifier(SET, m, n_crops=N_CROPS, seed=5, crop_backend=backend, batch_size=4)
-        runs[backend] = [it for b in iter_predictions(clf, paths, num_workers=1, max_pixels=60_000)
-                         for it in b]
+        runs[backend] = [
+            it for b in iter_predictions(clf, paths, num_workers=1, max_pixels=60_000) for it in b
+        ]
     shrunk = 0
     for a, b in zip(runs["pil"], runs["device"]):
         assert a.error is None and b.error is None, (a.error, b.error)

@@ -18,17 +18,22 @@ def test_top_level_names_resolve(name):
 
 
 def test_import_is_light():
-    code = ("import sys, fiftyone_lazsl; "
-            "print(sorted(m for m in ('torch', 'fiftyone', 'open_clip') if m in sys.modules))")
+    code = (
+        "import sys, fiftyone_lazsl; "
+        "print(sorted(m for m in ('torch', 'fiftyone', 'open_clip') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("old, new, name", [
-    ("fiftyone_lazsl.evaluate", "fiftyone_lazsl.fo.evaluate", "evaluate_methods"),
-    ("fiftyone_lazsl.audit", "fiftyone_lazsl.fo.audit", "audit_labels"),
-    ("fiftyone_lazsl.scoring", "fiftyone_lazsl.core.scoring", "lazsl_scores"),
-])
+@pytest.mark.parametrize(
+    "old, new, name",
+    [
+        ("fiftyone_lazsl.evaluate", "fiftyone_lazsl.fo.evaluate", "evaluate_methods"),
+        ("fiftyone_lazsl.audit", "fiftyone_lazsl.fo.audit", "audit_labels"),
+        ("fiftyone_lazsl.scoring", "fiftyone_lazsl.core.scoring", "lazsl_scores"),
+    ],
+)
 def test_old_module_paths_warn_and_work(old, new, name):
     import importlib
 

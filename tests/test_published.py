@@ -65,7 +65,8 @@ def test_fetch_from_env_dirs_with_descriptors_prefix(shared_data, tmp_path, monk
     d = tmp_path / "mirror"
     d.mkdir()
     (d / "descriptors_eurosat.json").write_bytes(
-        (shared_data / "attribute_sets" / "eurosat.json").read_bytes())
+        (shared_data / "attribute_sets" / "eurosat.json").read_bytes()
+    )
     monkeypatch.setenv(published.DIRS_ENV, os.pathsep.join([str(tmp_path / "missing"), str(d)]))
     assert published.fetch_published("eurosat", download=False) == d / "descriptors_eurosat.json"
     assert published.find_local_copy("eurosat") == d / "descriptors_eurosat.json"
@@ -84,7 +85,8 @@ def test_tampered_local_copy_is_rejected_with_both_hashes(shared_data, tmp_path)
     assert hashlib.sha256(bad).hexdigest() in msg
     # a good copy in another folder is still found
     path = published.fetch_published(
-        "dtd", local_dirs=[tmp_path, shared_data / "attribute_sets"], download=False)
+        "dtd", local_dirs=[tmp_path, shared_data / "attribute_sets"], download=False
+    )
     assert path == shared_data / "attribute_sets" / "dtd.json"
 
 
@@ -152,7 +154,9 @@ def test_download_verifies_caches_and_reuses(shared_data, tmp_path, tmp_cache, m
 
 
 def test_download_with_wrong_hash_is_not_stored(shared_data, tmp_path, tmp_cache, monkeypatch):
-    body = (shared_data / "attribute_sets" / "eurosat.json").read_bytes().replace(b"forest", b"jungle")
+    body = (
+        (shared_data / "attribute_sets" / "eurosat.json").read_bytes().replace(b"forest", b"jungle")
+    )
     server = _Server(body)
     try:
         _registry_with_url(tmp_path, monkeypatch, "eurosat", server.url)

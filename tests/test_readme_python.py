@@ -7,8 +7,6 @@ and the example's file names (``descriptors_cub.json``, ``bird.jpg``) become a
 real attribute set and a real photo. The zoo example registers a GitHub source
 and is covered offline by tests/test_zoo.py."""
 
-import pathlib
-
 import pytest
 
 import badfiles as bf
@@ -29,15 +27,18 @@ def world(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("FIFTYONE_LAZSL_FEATURES", str(tmp_path / "features"))
     monkeypatch.setenv("FIFTYONE_LAZSL_MODEL_CONFIGS", str(tiny_clip._CONFIG))
     ds = bf.make_dataset("birds", [p for p, _ in photos], gt=[c for _, c in photos])
-    yield dict(ckpt=ckpt, photos=photos, ds=ds,
-               aset=str(photo_data / "attribute_sets" / "cub.json"))
+    yield dict(
+        ckpt=ckpt, photos=photos, ds=ds, aset=str(photo_data / "attribute_sets" / "cub.json")
+    )
     ds.delete()
 
 
 def _model(code: str, ckpt: str) -> str:
     tiny = repr(tiny_clip.TINY_MODEL)
     code = code.replace('"ViT-B-32", "openai"', f"{tiny}, {ckpt!r}")
-    code = code.replace('model="ViT-B-32", pretrained="openai"', f"model={tiny}, pretrained={ckpt!r}")
+    code = code.replace(
+        'model="ViT-B-32", pretrained="openai"', f"model={tiny}, pretrained={ckpt!r}"
+    )
     return code
 
 
@@ -91,9 +92,11 @@ def test_readme_python_quick_start_runs(world):
 
 def test_feature_store_block_runs(world):
     code = block("feature-store-python")
-    code = code.replace("store_features=True)",
-                        f"store_features=True, model={tiny_clip.TINY_MODEL!r}, "
-                        f"pretrained={world['ckpt']!r}, n_crops=12)")
+    code = code.replace(
+        "store_features=True)",
+        f"store_features=True, model={tiny_clip.TINY_MODEL!r}, "
+        f"pretrained={world['ckpt']!r}, n_crops=12)",
+    )
     ns = {"ds": world["ds"]}
     exec(compile(code, "docs/feature-store.md[feature-store-python]", "exec"), ns)
     rep = ns["rep"]
@@ -117,13 +120,14 @@ def test_feature_store_workflow_cli_runs_as_written(world):
     flow = [_expand_optional(c) for c in cli_lines(block("feature-store-cli"))]
     assert flow[0].endswith("--store-features")
     assert [shlex.split(c)[1] for c in flow] == ["classify", "attributes", "rescore", "evaluate"]
-    flow[0] += (f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(world['ckpt'])}"
-                " --n-crops 12 --workers 0")
+    flow[0] += (
+        f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(world['ckpt'])}"
+        " --n-crops 12 --workers 0"
+    )
     world["ds"].persistent = True
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
     for c in flow:
-        r = subprocess.run([exe, *shlex.split(c)[1:]], capture_output=True, text=True,
-                           timeout=600)
+        r = subprocess.run([exe, *shlex.split(c)[1:]], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
         assert "Traceback" not in r.stderr, c
     ds = world["ds"]
@@ -131,6 +135,7 @@ def test_feature_store_workflow_cli_runs_as_written(world):
     n = len(world["photos"])
     assert ds.count("lazsl") == n and ds.count("lazsl_pruned") == n
     from fiftyone_lazsl.fo.runs import get_run_config
+
     assert get_run_config(ds, "lazsl_pruned")["attribute_set"] == "cub-pruned"
 
 
@@ -157,18 +162,26 @@ def test_compare_methods_workflow_cli_runs_as_written(tmp_path, shared_data, mon
         (folder / c).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, folder / c / os.path.basename(p))
     cmds = cli_lines(block("compare-methods"))
-    assert [shlex.split(c)[1] for c in cmds] == ["import-folder", "attributes", "classify",
-                                                 "evaluate", "audit", "app"]
+    assert [shlex.split(c)[1] for c in cmds] == [
+        "import-folder",
+        "attributes",
+        "classify",
+        "evaluate",
+        "audit",
+        "app",
+    ]
     flow = [cmds[0].replace("~/data/birds", shlex.quote(str(folder))), cmds[1]]
-    model = (f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(ckpt)}"
-             " --n-crops 12 --workers 0")
+    model = (
+        f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(ckpt)} --n-crops 12 --workers 0"
+    )
     flow += [cmds[2].replace("$m", m) + model for m in ("clip", "dclip", "lazsl")]
     flow += cmds[3:5]
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
     try:
         for c in flow:
-            r = subprocess.run([exe, *shlex.split(c)[1:]], capture_output=True, text=True,
-                               timeout=600)
+            r = subprocess.run(
+                [exe, *shlex.split(c)[1:]], capture_output=True, text=True, timeout=600
+            )
             assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
             assert "Traceback" not in r.stderr, c
         ds = fo.load_dataset("birds")
@@ -203,17 +216,27 @@ def test_readme_cli_quick_start_runs_as_written(tmp_path, shared_data, monkeypat
         (folder / c).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, folder / c / os.path.basename(p))
     cmds = cli_lines(block("readme-cli"))
-    assert [shlex.split(c)[1] for c in cmds] == ["import-folder", "attributes", "classify",
-                                                 "evaluate", "app"]
+    assert [shlex.split(c)[1] for c in cmds] == [
+        "import-folder",
+        "attributes",
+        "classify",
+        "evaluate",
+        "app",
+    ]
     assert "~/photos/birds" in cmds[0]
-    flow = [cmds[0].replace("~/photos/birds", shlex.quote(str(folder))), cmds[1],
-            cmds[2] + f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(ckpt)}"
-                      " --n-crops 12 --workers 0", cmds[3]]
+    flow = [
+        cmds[0].replace("~/photos/birds", shlex.quote(str(folder))),
+        cmds[1],
+        cmds[2] + f" --model {tiny_clip.TINY_MODEL} --pretrained {shlex.quote(ckpt)}"
+        " --n-crops 12 --workers 0",
+        cmds[3],
+    ]
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
     try:
         for c in flow:
-            r = subprocess.run([exe, *shlex.split(c)[1:]], capture_output=True, text=True,
-                               timeout=600)
+            r = subprocess.run(
+                [exe, *shlex.split(c)[1:]], capture_output=True, text=True, timeout=600
+            )
             assert r.returncode == 0, (c, r.stdout[-2000:], r.stderr[-2000:])
             assert "Traceback" not in r.stderr, c
         ds = fo.load_dataset("birds")

@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fiftyone_lazsl.core.resample import (PILLOW_FILTERS, ViewPlan, pillow_pass_order,
-                                          resample_views)
+from fiftyone_lazsl.core.resample import PILLOW_FILTERS, ViewPlan, pillow_pass_order, resample_views
 
 
 @pytest.mark.parametrize("resample", sorted(PILLOW_FILTERS))
@@ -23,7 +22,9 @@ def test_resize_equals_pillow(resample):
     for W, H, ow, oh in cases:
         img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
         ref = np.asarray(Image.fromarray(img).resize((ow, oh), resample))
-        plan = ViewPlan(resized=(ow, oh), resample=resample, offset=(0, 0), out_size=(ow, oh), fill=0)
+        plan = ViewPlan(
+            resized=(ow, oh), resample=resample, offset=(0, 0), out_size=(ow, oh), fill=0
+        )
         got = resample_views([torch.from_numpy(img)], [(0, 0, 0, W, H)], [plan])[0].numpy()
         assert np.array_equal(got, ref), (W, H, ow, oh, resample)
 
@@ -31,8 +32,10 @@ def test_resize_equals_pillow(resample):
 def test_batched_crops_equal_pillow_crop_then_resize():
     """Many crops of two images in one call: each equals ``image.crop(box).resize``."""
     rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, (317, 451, 3), dtype=np.uint8),
-              rng.integers(0, 256, (97, 63, 3), dtype=np.uint8)]
+    images = [
+        rng.integers(0, 256, (317, 451, 3), dtype=np.uint8),
+        rng.integers(0, 256, (97, 63, 3), dtype=np.uint8),
+    ]
     views, plans, refs = [], [], []
     for _ in range(60):
         b = int(rng.integers(0, 2))
@@ -42,7 +45,9 @@ def test_batched_crops_equal_pillow_crop_then_resize():
         crop = Image.fromarray(images[b]).crop((x, y, x + w, y + h))
         refs.append(np.asarray(crop.resize((40, 40), Image.Resampling.BICUBIC)))
         views.append((b, x, y, w, h))
-        plans.append(ViewPlan(resized=(40, 40), resample=3, offset=(0, 0), out_size=(40, 40), fill=0))
+        plans.append(
+            ViewPlan(resized=(40, 40), resample=3, offset=(0, 0), out_size=(40, 40), fill=0)
+        )
     got = resample_views([torch.from_numpy(i) for i in images], views, plans, max_elements=1 << 16)
     for v in range(len(views)):
         assert np.array_equal(got[v].numpy(), refs[v]), views[v]

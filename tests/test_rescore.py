@@ -8,21 +8,20 @@ import shutil
 import subprocess
 
 import numpy as np
-
-from fiftyone_lazsl.fo.labels import class_evidence, evidence_entries
 import pytest
 
 import badfiles as bf
-from fiftyone_lazsl.testing import tiny_clip
-
-tiny_clip.register()
 from cli_helpers import ENV, EXE
+from fiftyone_lazsl.fo.labels import class_evidence, evidence_entries
+from fiftyone_lazsl.testing import tiny_clip
 
 N = 6
 #: float16 storage: |logit difference| bound, stated and derived in
 #: tests/test_feature_precision.py (the crop selection is exact: the store keeps
 #: the float32 crop-to-global cosines).
 from test_feature_precision import F16_LOGIT_TOL  # noqa: E402
+
+tiny_clip.register()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,10 @@ def photos(shared_data):
 
 def _asets(photos):
     classes = sorted({c for _, c in photos})
-    a1 = {c: [f"a bird with trait {i}", f"{c} feathers", "a small beak"] for i, c in enumerate(classes)}
+    a1 = {
+        c: [f"a bird with trait {i}", f"{c} feathers", "a small beak"]
+        for i, c in enumerate(classes)
+    }
     # the edit: rewrite one class, prune another, add an attribute to a third
     a2 = {c: list(v) for c, v in a1.items()}
     a2[classes[0]] = ["a bright red crown", "black wings with white bars"]
@@ -47,8 +49,15 @@ def _asets(photos):
 
 
 def _kw(checkpoint):
-    return dict(model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu", n_crops=N,
-                seed=5, num_workers=0, batch_size=3)
+    return dict(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=N,
+        seed=5,
+        num_workers=0,
+        batch_size=3,
+    )
 
 
 def _values(ds, field):
@@ -67,19 +76,26 @@ def _compare(ds, fresh, rescored, logit_tol, crop_tol):
         d = np.abs(np.array(a.logits) - np.array(b.logits)).max()
         worst = max(worst, d)
         assert d <= logit_tol, d
-        assert [e["class"] for e in evidence_entries(a)] == [e["class"] for e in evidence_entries(b)]
+        assert [e["class"] for e in evidence_entries(a)] == [
+            e["class"] for e in evidence_entries(b)
+        ]
         for e in evidence_entries(a):  # the compact evidence of each stored class
-            np.testing.assert_allclose(class_evidence(a, e["index"])[0],
-                                       class_evidence(b, e["index"])[0], atol=crop_tol)
+            np.testing.assert_allclose(
+                class_evidence(a, e["index"])[0], class_evidence(b, e["index"])[0], atol=crop_tol
+            )
         if crop_tol < 1e-5:
             assert [d.label for d in ca.detections] == [d.label for d in cb.detections]
-            np.testing.assert_allclose([d.bounding_box for d in ca.detections],
-                                       [d.bounding_box for d in cb.detections], atol=0)
+            np.testing.assert_allclose(
+                [d.bounding_box for d in ca.detections],
+                [d.bounding_box for d in cb.detections],
+                atol=0,
+            )
     return worst
 
 
-@pytest.mark.parametrize("dtype,logit_tol,score_tol", [("float32", 1e-6 * 100, 1e-6),
-                                                       ("float16", F16_LOGIT_TOL, 2e-3)])
+@pytest.mark.parametrize(
+    "dtype,logit_tol,score_tol", [("float32", 1e-6 * 100, 1e-6), ("float16", F16_LOGIT_TOL, 2e-3)]
+)
 def test_rescore_equals_fresh_run(tmp_path, photos, checkpoint, dtype, logit_tol, score_tol):
     from fiftyone_lazsl import rescore, run_lazsl
     from fiftyone_lazsl.fo.runs import get_run_config
@@ -87,10 +103,18 @@ def test_rescore_equals_fresh_run(tmp_path, photos, checkpoint, dtype, logit_tol
     a1, a2 = _asets(photos)
     ds = bf.make_dataset(f"rescore-{dtype}", [p for p, _ in photos])
     store = tmp_path / "store"
-    s = run_lazsl(ds, a1, label_field="first", store_features=str(store), feature_dtype=dtype,
-                  **_kw(checkpoint))
-    assert s.feature_store["stored"] == len(photos) and s.feature_store["bytes_before"] < \
-        s.feature_store["bytes_after"]
+    s = run_lazsl(
+        ds,
+        a1,
+        label_field="first",
+        store_features=str(store),
+        feature_dtype=dtype,
+        **_kw(checkpoint),
+    )
+    assert (
+        s.feature_store["stored"] == len(photos)
+        and s.feature_store["bytes_before"] < s.feature_store["bytes_after"]
+    )
     rec = get_run_config(ds, "first")["feature_store"]
     assert rec["path"] == str(store) and rec["dtype"] == dtype and rec["stored"] == len(photos)
 
@@ -102,8 +126,10 @@ def test_rescore_equals_fresh_run(tmp_path, photos, checkpoint, dtype, logit_tol
         run_lazsl(ds, a2, label_field="fresh", **params, **kw)
         _compare(ds, "fresh", "again", logit_tol, score_tol)
         cfg = get_run_config(ds, "again")
-        assert cfg["rescored_from"] == "first" and cfg["attribute_set_hash"] == \
-            get_run_config(ds, "fresh")["attribute_set_hash"]
+        assert (
+            cfg["rescored_from"] == "first"
+            and cfg["attribute_set_hash"] == get_run_config(ds, "fresh")["attribute_set_hash"]
+        )
         for k in ("theta", "eps", "gamma"):
             if k in params:
                 assert cfg[k] == params[k]
@@ -139,7 +165,9 @@ def test_missing_and_changed_files(tmp_path, photos, checkpoint):
     assert errs[files[0]] is None
     # encode on the way: predicted, stored, and equal to a fresh run
     r = rescore(ds, a2, from_field="first", label_field="enc", missing="encode")
-    assert r.num_predicted == 4 and r.feature_store["stored"] == 2 and r.feature_store["reused"] == 2
+    assert (
+        r.num_predicted == 4 and r.feature_store["stored"] == 2 and r.feature_store["reused"] == 2
+    )
     run_lazsl(ds, a2, label_field="fresh", **_kw(checkpoint))
     _compare(ds, "fresh", "enc", F16_LOGIT_TOL, 2e-3)
     r = rescore(ds, a2, from_field="first", label_field="enc2", missing="skip")
@@ -170,6 +198,7 @@ def test_cli_classify_store_rescore_info_prune(tmp_path, photos, checkpoint):
     ds.persistent = True
     a1, a2 = _asets(photos)
     import json
+
     (tmp_path / "a1.json").write_text(json.dumps(a1))
     (tmp_path / "a2.json").write_text(json.dumps(a2))
     env = dict(os.environ, **ENV, FIFTYONE_LAZSL_FEATURES=str(tmp_path / "store"))
@@ -178,17 +207,54 @@ def test_cli_classify_store_rescore_info_prune(tmp_path, photos, checkpoint):
         return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=300)
 
     try:
-        r = cli("classify", "--dataset", ds.name, "--attributes", str(tmp_path / "a1.json"),
-                "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--n-crops", str(N),
-                "--device", "cpu", "--workers", "0", "--label-field", "first", "--store-features")
+        r = cli(
+            "classify",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(tmp_path / "a1.json"),
+            "--model",
+            tiny_clip.TINY_MODEL,
+            "--pretrained",
+            checkpoint,
+            "--n-crops",
+            str(N),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--label-field",
+            "first",
+            "--store-features",
+        )
         assert r.returncode == 0, r.stderr
         assert "feature store" in r.stdout and "3 stored" in r.stdout
-        r = cli("rescore", "--dataset", ds.name, "--attributes", str(tmp_path / "a2.json"),
-                "--from-field", "first", "--label-field", "second", "--theta", "0.6")
+        r = cli(
+            "rescore",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(tmp_path / "a2.json"),
+            "--from-field",
+            "first",
+            "--label-field",
+            "second",
+            "--theta",
+            "0.6",
+        )
         assert r.returncode == 0, r.stderr
         assert "3/3 samples classified into field 'second'" in r.stdout and "3 reused" in r.stdout
-        r = cli("rescore", "--dataset", ds.name, "--attributes", str(tmp_path / "a2.json"),
-                "--from-field", "nope", "--label-field", "third")
+        r = cli(
+            "rescore",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(tmp_path / "a2.json"),
+            "--from-field",
+            "nope",
+            "--label-field",
+            "third",
+        )
         assert r.returncode == 2 and "error: no LaZSL run wrote field 'nope'" in r.stderr
         r = cli("features", "info", "--json")
         assert r.returncode == 0, r.stderr
@@ -199,6 +265,7 @@ def test_cli_classify_store_rescore_info_prune(tmp_path, photos, checkpoint):
         r = cli("features", "prune", "--all")
         assert r.returncode == 0 and "pruned 3 entries" in r.stdout
         from fiftyone_lazsl.core.features import FeatureStore
+
         with FeatureStore(tmp_path / "store") as st:
             assert st.count() == 0
     finally:

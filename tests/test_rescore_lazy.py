@@ -32,8 +32,15 @@ def photos(shared_data):
 
 
 def _kw(checkpoint):
-    return dict(model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu", n_crops=N,
-                seed=2, num_workers=0, batch_size=2)
+    return dict(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=N,
+        seed=2,
+        num_workers=0,
+        batch_size=2,
+    )
 
 
 def _asets(photos):
@@ -57,8 +64,12 @@ class Spy:
         from fiftyone_lazsl.core import models
 
         self.built, self.meta, self.loads, self.text_calls, self.checkpointed = [], 0, 0, 0, []
-        create, load, encode, ckpt = (open_clip.create_model, models.load_model,
-                                      models.encode_text_tokens, open_clip.load_checkpoint)
+        create, load, encode, ckpt = (
+            open_clip.create_model,
+            models.load_model,
+            models.encode_text_tokens,
+            open_clip.load_checkpoint,
+        )
 
         def spy_create(*a, **k):
             if str(k.get("device")) == "meta":
@@ -89,8 +100,9 @@ def _logits(ds, field):
     return np.array([p.logits for p in ds.values(field)])
 
 
-def test_rescore_with_cached_text_loads_no_model(tmp_path, tmp_cache, photos, checkpoint,
-                                                 monkeypatch):
+def test_rescore_with_cached_text_loads_no_model(
+    tmp_path, tmp_cache, photos, checkpoint, monkeypatch
+):
     """A first re-scoring with a set fills the text cache; the second (as in a
     new process: nothing kept in memory) builds no model and encodes no
     prompt, and its logits are those of a re-scoring with the whole model
@@ -102,8 +114,9 @@ def test_rescore_with_cached_text_loads_no_model(tmp_path, tmp_cache, photos, ch
 
     a1, a2 = _asets(photos)
     ds = bf.make_dataset("lazy-cached", [p for p, _ in photos])
-    run_lazsl(ds, a1, label_field="first", store_features=str(tmp_path / "store"),
-              **_kw(checkpoint))
+    run_lazsl(
+        ds, a1, label_field="first", store_features=str(tmp_path / "store"), **_kw(checkpoint)
+    )
     full = load_model(tiny_clip.TINY_MODEL, checkpoint, device="cpu")
     for method in ("lazsl", "wca", "dclip", "clip"):
         rescore(ds, a2, from_field="first", label_field=f"warm_{method}", method=method)
@@ -116,25 +129,45 @@ def test_rescore_with_cached_text_loads_no_model(tmp_path, tmp_cache, photos, ch
         # prompts itself (an empty text cache of its own)
         with monkeypatch.context() as m:
             m.setenv("FIFTYONE_LAZSL_CACHE", str(tmp_path / f"cache-{method}"))
-            rescore(ds, a2, from_field="first", label_field=f"full_{method}", method=method,
-                    model=full)
+            rescore(
+                ds, a2, from_field="first", label_field=f"full_{method}", method=method, model=full
+            )
         assert list((tmp_path / f"cache-{method}").rglob("*.pt"))
         np.testing.assert_array_equal(_logits(ds, f"again_{method}"), _logits(ds, f"full_{method}"))
         np.testing.assert_array_equal(_logits(ds, f"warm_{method}"), _logits(ds, f"full_{method}"))
         # a fresh run of the stored visual set (WCA's own default crop_scale differs)
-        run_lazsl(ds, a2, label_field=f"fresh_{method}", method=method,
-                  crop_scale=tuple(get_run_config(ds, "first")["crop_scale"]), **_kw(checkpoint))
+        run_lazsl(
+            ds,
+            a2,
+            label_field=f"fresh_{method}",
+            method=method,
+            crop_scale=tuple(get_run_config(ds, "first")["crop_scale"]),
+            **_kw(checkpoint),
+        )
         assert ds.values(f"again_{method}.label") == ds.values(f"fresh_{method}.label")
-        assert np.abs(_logits(ds, f"again_{method}") - _logits(ds, f"fresh_{method}")).max() \
+        assert (
+            np.abs(_logits(ds, f"again_{method}") - _logits(ds, f"fresh_{method}")).max()
             <= F16_LOGIT_TOL
+        )
     again, fresh = get_run_config(ds, "again_lazsl"), get_run_config(ds, "fresh_lazsl")
-    for k in ("model", "pretrained", "weights_id", "random_weights", "image_size", "preprocess",
-              "logit_scale", "device", "crop_backend", "attribute_labels"):
+    for k in (
+        "model",
+        "pretrained",
+        "weights_id",
+        "random_weights",
+        "image_size",
+        "preprocess",
+        "logit_scale",
+        "device",
+        "crop_backend",
+        "attribute_labels",
+    ):
         assert again[k] == fresh[k], k
 
 
-def test_text_cache_miss_loads_the_text_tower_only(tmp_path, tmp_cache, photos, checkpoint,
-                                                   monkeypatch):
+def test_text_cache_miss_loads_the_text_tower_only(
+    tmp_path, tmp_cache, photos, checkpoint, monkeypatch
+):
     """With the set's text features not cached, re-scoring loads the text
     tower alone: open_clip builds the model on the meta device only, the
     image tower is never allocated, no whole model is loaded; the logits
@@ -144,18 +177,22 @@ def test_text_cache_miss_loads_the_text_tower_only(tmp_path, tmp_cache, photos, 
 
     a1, a2 = _asets(photos)
     ds = bf.make_dataset("lazy-miss", [p for p, _ in photos])
-    run_lazsl(ds, a1, label_field="first", store_features=str(tmp_path / "store"),
-              **_kw(checkpoint))
+    run_lazsl(
+        ds, a1, label_field="first", store_features=str(tmp_path / "store"), **_kw(checkpoint)
+    )
     with monkeypatch.context() as m:
         spy = Spy(m)
         rescore(ds, a2, from_field="first", label_field="text", method="wca")
         assert spy.built == [] and spy.loads == 0
-        assert spy.text_calls == 2   # the sentences, then the label prompts (WCA)
+        assert spy.text_calls == 2  # the sentences, then the label prompts (WCA)
         assert len(spy.checkpointed) == 1
         tower = spy.checkpointed[0]
         assert all(p.is_meta for p in tower.visual.parameters())
-        assert not any(t.is_meta for n, t in list(tower.named_parameters())
-                       + list(tower.named_buffers()) if not n.startswith("visual."))
+        assert not any(
+            t.is_meta
+            for n, t in list(tower.named_parameters()) + list(tower.named_buffers())
+            if not n.startswith("visual.")
+        )
     full = load_model(tiny_clip.TINY_MODEL, checkpoint, device="cpu")
     monkeypatch.setenv("FIFTYONE_LAZSL_CACHE", str(tmp_path / "cache-full"))  # encodes again
     with monkeypatch.context() as m:
@@ -165,8 +202,9 @@ def test_text_cache_miss_loads_the_text_tower_only(tmp_path, tmp_cache, photos, 
     np.testing.assert_array_equal(_logits(ds, "text"), _logits(ds, "full"))
 
 
-def test_missing_sample_loads_the_whole_model_once(tmp_path, tmp_cache, photos, checkpoint,
-                                                   monkeypatch):
+def test_missing_sample_loads_the_whole_model_once(
+    tmp_path, tmp_cache, photos, checkpoint, monkeypatch
+):
     """``missing="encode"``: the whole model is loaded at the first sample
     without stored features (once), and only then."""
     import fiftyone as fo
@@ -175,9 +213,10 @@ def test_missing_sample_loads_the_whole_model_once(tmp_path, tmp_cache, photos, 
 
     a1, a2 = _asets(photos)
     ds = bf.make_dataset("lazy-encode", [p for p, _ in photos[:3]])
-    run_lazsl(ds, a1, label_field="first", store_features=str(tmp_path / "store"),
-              **_kw(checkpoint))
-    rescore(ds, a2, from_field="first", label_field="warm")   # text cache filled
+    run_lazsl(
+        ds, a1, label_field="first", store_features=str(tmp_path / "store"), **_kw(checkpoint)
+    )
+    rescore(ds, a2, from_field="first", label_field="warm")  # text cache filled
     ds.add_samples([fo.Sample(filepath=p) for p, _ in photos[3:]])
     with monkeypatch.context() as m:
         spy = Spy(m)
@@ -208,8 +247,13 @@ def test_replaced_weights_are_still_refused(tmp_path, tmp_cache, photos, checkpo
     os.utime(ckpt, (st.st_atime, st.st_mtime + 5))
     with pytest.raises(ConfigError, match="made with another model"):
         rescore(ds, a2, from_field="first", label_field="x")
-    run_lazsl(ds, a1, label_field="rnd", store_features=str(tmp_path / "store"),
-              **dict(kw, pretrained=None))
+    run_lazsl(
+        ds,
+        a1,
+        label_field="rnd",
+        store_features=str(tmp_path / "store"),
+        **dict(kw, pretrained=None),
+    )
     with pytest.raises(ConfigError, match="random weights loaded again"):
         rescore(ds, a2, from_field="rnd", label_field="y")
 
@@ -222,14 +266,21 @@ def _weights(tmp_path_factory_dir, checkpoint):
     st = tmp_path_factory_dir / "tiny.safetensors"
     save_file(torch.load(checkpoint, weights_only=True), str(st))
     hub = tiny_clip.make_hub_cache(tmp_path_factory_dir / "hub", seed=1)
-    local = tiny_clip.make_local_dir(tmp_path_factory_dir / "local", {"resize_mode": "squash"},
-                                     seed=2)
-    return [(checkpoint, {}), (str(st), {}), (hub, {"cache_dir": str(tmp_path_factory_dir / "hub")}),
-            (str(local), {}), (None, {})]
+    local = tiny_clip.make_local_dir(
+        tmp_path_factory_dir / "local", {"resize_mode": "squash"}, seed=2
+    )
+    return [
+        (checkpoint, {}),
+        (str(st), {}),
+        (hub, {"cache_dir": str(tmp_path_factory_dir / "hub")}),
+        (str(local), {}),
+        (None, {}),
+    ]
 
 
-def test_lazy_model_knows_its_provenance_without_weights(tmp_path, tmp_cache, checkpoint,
-                                                         monkeypatch):
+def test_lazy_model_knows_its_provenance_without_weights(
+    tmp_path, tmp_cache, checkpoint, monkeypatch
+):
     """For every way of giving weights: describe() and logit_scale equal the
     loaded model's, with open_clip building on the meta device only; text
     features equal the whole model's bit for bit; images load it once."""
@@ -263,32 +314,44 @@ def test_lazy_model_refuses_weights_that_differ_from_the_record(tmp_cache, check
     from fiftyone_lazsl.core.models import LazyModel
     from fiftyone_lazsl.errors import ConfigError
 
-    rec = LaZSLClassifier({"a": ["x"], "b": ["y"]}, model=tiny_clip.TINY_MODEL,
-                          pretrained=checkpoint, device="cpu").config()
+    rec = LaZSLClassifier(
+        {"a": ["x"], "b": ["y"]}, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu"
+    ).config()
     ok = LazyModel.from_provenance(rec, device="cpu")
-    assert ok.describe() == {k: rec[k] for k in ok.describe()} and ok.logit_scale == rec["logit_scale"]
+    assert (
+        ok.describe() == {k: rec[k] for k in ok.describe()} and ok.logit_scale == rec["logit_scale"]
+    )
     ok.encode_images(torch.rand(1, 3, 64, 64))
     bad = LazyModel.from_provenance(dict(rec, logit_scale=rec["logit_scale"] / 2), device="cpu")
     with pytest.raises(ConfigError, match="logit_scale differ"):
         bad.encode_texts(PROMPTS, use_cache=False)
-    bad = LazyModel.from_provenance(dict(rec, preprocess=dict(rec["preprocess"], resize_mode="squash")),
-                                    device="cpu")
+    bad = LazyModel.from_provenance(
+        dict(rec, preprocess=dict(rec["preprocess"], resize_mode="squash")), device="cpu"
+    )
     with pytest.raises(ConfigError, match="preprocessing differ"):
         bad.encode_images(torch.rand(1, 3, 64, 64))
 
 
 @pytest.mark.parametrize("method", ["lazsl", "wca", "dclip", "clip"])
 @pytest.mark.parametrize("random", [False, True])
-def test_run_provenance_equals_the_classifier_config(tmp_cache, checkpoint, monkeypatch, method,
-                                                     random):
+def test_run_provenance_equals_the_classifier_config(
+    tmp_cache, checkpoint, monkeypatch, method, random
+):
     """RunProvenance(...).config() == LaZSLClassifier(...).config(), key for
     key, with nothing built or encoded."""
     from fiftyone_lazsl.core.classifier import LaZSLClassifier, RunProvenance
     from fiftyone_lazsl.core.config import LaZSLConfig
 
     aset = {"a": ["red wings", "a short beak"], "b": ["blue tail"], "c": ["x", "y", "z"]}
-    cfg = LaZSLConfig(model=tiny_clip.TINY_MODEL, pretrained=None if random else checkpoint,
-                      device="cpu", method=method, n_crops=5, theta=0.4, prompt_suffix=" ok")
+    cfg = LaZSLConfig(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=None if random else checkpoint,
+        device="cpu",
+        method=method,
+        n_crops=5,
+        theta=0.4,
+        prompt_suffix=" ok",
+    )
     want = LaZSLClassifier(aset, config=cfg).config()
     with monkeypatch.context() as m:
         spy = Spy(m)
@@ -297,9 +360,9 @@ def test_run_provenance_equals_the_classifier_config(tmp_cache, checkpoint, monk
     assert got == want
 
 
-def test_queue_shards_loads_nothing_and_records_the_same_run(lazsl_plugin, shared_data,
-                                                             tmp_path, tmp_cache, checkpoint,
-                                                             monkeypatch):
+def test_queue_shards_loads_nothing_and_records_the_same_run(
+    lazsl_plugin, shared_data, tmp_path, tmp_cache, checkpoint, monkeypatch
+):
     """queue_shards' run record: no model built, no prompt encoded, and the
     same keys and values as the record written with a loaded classifier
     (LaZSLClassifier in place of RunProvenance), for real and random weights."""
@@ -317,13 +380,19 @@ def test_queue_shards_loads_nothing_and_records_the_same_run(lazsl_plugin, share
     volatile = {"label_field", "fields", "owner", "shard_operations"}
     try:
         for pretrained in (checkpoint, None):
-            kw = dict(model=tiny_clip.TINY_MODEL, pretrained=pretrained, n_crops=3, method="wca",
-                      theta=0.3, gt_field=None)
+            kw = dict(
+                model=tiny_clip.TINY_MODEL,
+                pretrained=pretrained,
+                n_crops=3,
+                method="wca",
+                theta=0.3,
+                gt_field=None,
+            )
             with monkeypatch.context() as m:
                 spy = Spy(m)
                 run = shards.queue_shards(ds, aset, 2, label_field="new", **kw)
                 assert spy.built == [] and spy.loads == 0 and spy.text_calls == 0
-            with monkeypatch.context() as m:   # as before: the classifier built for its record
+            with monkeypatch.context() as m:  # as before: the classifier built for its record
                 m.setattr(classifier, "RunProvenance", classifier.LaZSLClassifier)
                 before = shards.queue_shards(ds, aset, 2, label_field="old", **kw)
             new, old = get_run_config(ds, "new"), get_run_config(ds, "old")

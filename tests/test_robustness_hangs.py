@@ -45,8 +45,11 @@ def test_special_files_are_refused_without_blocking(specials):
     from fiftyone_lazsl.core.imageio import ImageLoadError, load_image, probe_image
 
     t0 = time.time()
-    for kind, what in (("fifo", "named pipe (FIFO)"), ("socket", "socket"),
-                       ("chardev", "character device")):
+    for kind, what in (
+        ("fifo", "named pipe (FIFO)"),
+        ("socket", "socket"),
+        ("chardev", "character device"),
+    ):
         for fn in (load_image, probe_image):
             with pytest.raises(ImageLoadError, match=re.escape(f"is a {what}, not a regular file")):
                 fn(specials[kind])
@@ -60,17 +63,25 @@ def test_fifo_in_a_dataset_fails_its_sample_only(shared_data, checkpoint, specia
     photos = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)]
     files = photos[:1] + [str(specials["fifo"])] + photos[1:]
     ds = bf.make_dataset(f"hang-fifo-{workers}", files)
-    s = run_lazsl(ds, {"A": ["a trait"], "B": ["wings"]}, model=tiny_clip.TINY_MODEL,
-                  pretrained=checkpoint, device="cpu", n_crops=3, num_workers=workers,
-                  batch_size=2)
+    s = run_lazsl(
+        ds,
+        {"A": ["a trait"], "B": ["wings"]},
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=3,
+        num_workers=workers,
+        batch_size=2,
+    )
     assert s.num_predicted == 3 and [f[1] for f in s.failures] == [str(specials["fifo"])]
     out = assert_every_sample_accounted(ds, "lazsl")
     assert "not a regular file" in out[str(specials["fifo"])]
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_stalled_decode_is_cut_at_the_deadline(shared_data, checkpoint, monkeypatch, tmp_path,
-                                               workers):
+def test_stalled_decode_is_cut_at_the_deadline(
+    shared_data, checkpoint, monkeypatch, tmp_path, workers
+):
     """A read that never returns (simulated in the decode function the
     worker runs, inherited by the forked worker) fails that sample after the
     deadline; the run goes on."""
@@ -91,9 +102,16 @@ def test_stalled_decode_is_cut_at_the_deadline(shared_data, checkpoint, monkeypa
     monkeypatch.setenv("FIFTYONE_LAZSL_DECODE_TIMEOUT", "1.5")
     ds = bf.make_dataset(f"hang-stall-{workers}", [str(stall)] + photos)
     t0 = time.time()
-    s = run_lazsl(ds, {"A": ["a trait"], "B": ["wings"]}, model=tiny_clip.TINY_MODEL,
-                  pretrained=checkpoint, device="cpu", n_crops=3, num_workers=workers,
-                  batch_size=2)
+    s = run_lazsl(
+        ds,
+        {"A": ["a trait"], "B": ["wings"]},
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=3,
+        num_workers=workers,
+        batch_size=2,
+    )
     assert time.time() - t0 < 60
     assert s.num_predicted == 3 and [f[1] for f in s.failures] == [str(stall)]
     out = assert_every_sample_accounted(ds, "lazsl")
@@ -107,9 +125,11 @@ LLM_CLASSES = ["Quick Bird", "Fast Bird", "Trickle Bird"]
 def _llm_script():
     from openai_stub_server import attributes_json, trickle
 
-    return {"Quick Bird": [attributes_json(["a red crest", "black wings"])],
-            "Fast Bird": [attributes_json(["yellow bill"])],
-            "Trickle Bird": [trickle(0.2, attributes_json(["never arrives in time"]))]}
+    return {
+        "Quick Bird": [attributes_json(["a red crest", "black wings"])],
+        "Fast Bird": [attributes_json(["yellow bill"])],
+        "Trickle Bird": [trickle(0.2, attributes_json(["never arrives in time"]))],
+    }
 
 
 def test_trickling_server_cannot_hold_a_request_past_its_deadline(tmp_cache, monkeypatch):
@@ -131,8 +151,9 @@ def test_trickling_server_cannot_hold_a_request_past_its_deadline(tmp_cache, mon
     assert "no complete answer in time" in res["Trickle Bird"].warning
 
 
-def test_ctrl_c_stops_generation_at_once_and_keeps_finished_classes(tmp_cache, tmp_path,
-                                                                     monkeypatch):
+def test_ctrl_c_stops_generation_at_once_and_keeps_finished_classes(
+    tmp_cache, tmp_path, monkeypatch
+):
     from fiftyone_lazsl.llm.generate import AttributeGenerator
     from openai_stub_server import StubOpenAI, attributes_json, delayed
 
@@ -145,10 +166,27 @@ def test_ctrl_c_stops_generation_at_once_and_keeps_finished_classes(tmp_cache, t
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
     with StubOpenAI(script) as srv:
         proc = subprocess.Popen(
-            [exe, "attributes", "generate", "--classes", str(classes), "--out", str(out),
-             "--llm-model", "m", "--base-url", srv.base_url, "--timeout", "120",
-             "--concurrency", "3"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                exe,
+                "attributes",
+                "generate",
+                "--classes",
+                str(classes),
+                "--out",
+                str(out),
+                "--llm-model",
+                "m",
+                "--base-url",
+                srv.base_url,
+                "--timeout",
+                "120",
+                "--concurrency",
+                "3",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.time() + 120
         while time.time() < deadline and srv.counts.get("Trickle Bird", 0) == 0:
             time.sleep(0.05)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageOps
 
 import badfiles as bf
-from fiftyone_lazsl.testing import tiny_clip
 from badfiles import assert_every_sample_accounted
+from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
 
@@ -35,8 +35,15 @@ def classifier(checkpoint):
     from fiftyone_lazsl import LaZSLClassifier
     from fiftyone_lazsl.core.attributes import AttributeSet
 
-    return LaZSLClassifier(AttributeSet.from_dict(ATTRS, name="three"), tiny_clip.TINY_MODEL,
-                           checkpoint, device="cpu", n_crops=N_CROPS, seed=3, batch_size=3)
+    return LaZSLClassifier(
+        AttributeSet.from_dict(ATTRS, name="three"),
+        tiny_clip.TINY_MODEL,
+        checkpoint,
+        device="cpu",
+        n_crops=N_CROPS,
+        seed=3,
+        batch_size=3,
+    )
 
 
 def _run(ds, classifier, **kw):
@@ -68,9 +75,15 @@ def _check_boxes(sample, field, size, px_tol=1e-6):
 def test_bad_and_odd_files_with_real_photos(tmp_path, shared_data, classifier):
     real = [p for p, _ in tiny_clip.some_images(shared_data, "cub", per_class=1, max_classes=3)]
     # real unusual JPEGs: grayscale ImageNet photos, CUB photos with EXIF Orientation 0
-    real += [str(shared_data / "images/imagenet/washing machine/n04554684_washer.JPEG"),
-             str(shared_data / "images/cub/Bobolink" / sorted(os.listdir(shared_data / "images/cub/Bobolink"))[0]),
-             str(shared_data / "images/cub/Red-winged Blackbird/Red_Winged_Blackbird_0010_6386.jpg")]
+    real += [
+        str(shared_data / "images/imagenet/washing machine/n04554684_washer.JPEG"),
+        str(
+            shared_data
+            / "images/cub/Bobolink"
+            / sorted(os.listdir(shared_data / "images/cub/Bobolink"))[0]
+        ),
+        str(shared_data / "images/cub/Red-winged Blackbird/Red_Winged_Blackbird_0010_6386.jpg"),
+    ]
     d = tmp_path
     bad = {
         bf.missing(d): "file not found",
@@ -87,8 +100,12 @@ def test_bad_and_odd_files_with_real_photos(tmp_path, shared_data, classifier):
         bf.png_palette(d): lambda p: np.asarray(Image.open(p).convert("RGBA"))[..., :3],
         bf.grayscale_jpeg(d): lambda p: np.asarray(Image.open(p).convert("RGB")),
         bf.gray16_png(d): lambda p: np.repeat(
-            ((np.asarray(Image.open(p)).astype(np.uint32) * 255 + 32767) // 65535)
-            .astype(np.uint8)[..., None], 3, axis=2),
+            ((np.asarray(Image.open(p)).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)[
+                ..., None
+            ],
+            3,
+            axis=2,
+        ),
         bf.cmyk_jpeg(d): lambda p: np.asarray(Image.open(p).convert("RGB")),
         bf.animated_gif(d): lambda p: np.asarray(Image.open(p).convert("RGB")),  # first frame
         bf.webp(d): lambda p: np.asarray(Image.open(p).convert("RGB")),
@@ -138,7 +155,8 @@ def test_bad_and_odd_files_with_real_photos(tmp_path, shared_data, classifier):
     # a 1x1 image has exactly one possible crop: the whole image
     one = by_path[str(tmp_path / "size_1x1.png")]
     assert [d.bounding_box for d in one.lazsl_crops.detections] == [[0.0, 0.0, 1.0, 1.0]] * len(
-        one.lazsl_crops.detections)
+        one.lazsl_crops.detections
+    )
     # the run is recorded as completed, with the failure count
     cfg = ds.get_run_info("lazsl_lazsl").config
     assert cfg.status == "completed" and cfg.num_failed == n_bad
@@ -176,8 +194,9 @@ def test_exif_rotated_jpeg_equals_prerotated_image(tmp_path, classifier, orienta
     # and the boxes are the classifier's boxes for the displayed size
     boxes = classifier.crop_boxes(W, H, str(link))
     kept = [d["crop_index"] for d in a]
-    np.testing.assert_allclose([d.bounding_box for d in a],
-                               boxes[kept] / np.array([W, H, W, H], dtype=np.float64))
+    np.testing.assert_allclose(
+        [d.bounding_box for d in a], boxes[kept] / np.array([W, H, W, H], dtype=np.float64)
+    )
 
 
 def test_image_above_decompression_bomb_limit(tmp_path, classifier):
@@ -202,8 +221,10 @@ def test_image_above_decompression_bomb_limit(tmp_path, classifier):
     boxes = classifier.crop_boxes(w2, h2, str(path))
     kept = [d["crop_index"] for d in dets]
     full_px = np.round(boxes[kept] * 2.0)
-    np.testing.assert_allclose([d.bounding_box for d in dets],
-                               np.clip(full_px / np.array([W, H, W, H], dtype=np.float64), 0, 1))
+    np.testing.assert_allclose(
+        [d.bounding_box for d in dets],
+        np.clip(full_px / np.array([W, H, W, H], dtype=np.float64), 0, 1),
+    )
     # in full-image pixels each crop is a square of 0.6..0.9 of the short side
     for d in dets:
         x, y, w, h = d.bounding_box
@@ -238,8 +259,15 @@ def test_underflowing_kernel_falls_back_and_stays_finite(tmp_path, photo_data, c
     from fiftyone_lazsl.core.scoring import hybrid_similarity
 
     eps = 1e-3
-    clf = LaZSLClassifier(AttributeSet.from_dict(ATTRS), tiny_clip.TINY_MODEL, checkpoint,
-                          device="cpu", n_crops=N_CROPS, seed=3, eps=eps)
+    clf = LaZSLClassifier(
+        AttributeSet.from_dict(ATTRS),
+        tiny_clip.TINY_MODEL,
+        checkpoint,
+        device="cpu",
+        n_crops=N_CROPS,
+        seed=3,
+        eps=eps,
+    )
     files = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=3)]
     # premise: the plain kernel underflows completely for these images
     t, _ = load_image_tensor(files[0])
@@ -271,8 +299,15 @@ def test_non_finite_scores_become_errors_not_nan(tmp_path, photo_data):
     torch.save(state, ckpt)
     files = [p for p, _ in tiny_clip.some_images(photo_data, "cub", per_class=1, max_classes=2)]
     ds = bf.make_dataset("robust-nan", files)
-    summary = run_lazsl(ds, ATTRS, model=tiny_clip.TINY_MODEL, pretrained=str(ckpt), device="cpu",
-                        n_crops=N_CROPS, num_workers=0)
+    summary = run_lazsl(
+        ds,
+        ATTRS,
+        model=tiny_clip.TINY_MODEL,
+        pretrained=str(ckpt),
+        device="cpu",
+        n_crops=N_CROPS,
+        num_workers=0,
+    )
     assert summary.num_predicted == 0 and summary.num_failed == len(files)
     errs = assert_every_sample_accounted(ds, "lazsl")
     # the NaN is caught at the features (lazsl_scores refuses them) or the scores

@@ -11,19 +11,19 @@ while their heartbeat is fresh and taken over once stale."""
 
 import datetime as dt
 import os
-import threading
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
 import badfiles as bf
 from badfiles import assert_every_sample_accounted
+from cli_helpers import ENV, EXE
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-from cli_helpers import ENV, EXE
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,41 @@ def setup(shared_data, checkpoint):
 
 
 def _args(ds, aset, checkpoint, field):
-    return ["classify", "--dataset", ds.name, "--attributes", aset, "--model", tiny_clip.TINY_MODEL,
-            "--pretrained", checkpoint, "--n-crops", "16", "--batch-size", "1", "--write-every", "1",
-            "--workers", "0", "--label-field", field, "--device", "cpu", "--seed", "3"]
+    return [
+        "classify",
+        "--dataset",
+        ds.name,
+        "--attributes",
+        aset,
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--n-crops",
+        "16",
+        "--batch-size",
+        "1",
+        "--write-every",
+        "1",
+        "--workers",
+        "0",
+        "--label-field",
+        field,
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
 
 
 def _start(args):
-    return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, **ENV))
+    return subprocess.Popen(
+        [EXE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **ENV),
+    )
 
 
 def _wait_for_writes(proc, ds, field, n=2, timeout=240):
@@ -59,8 +86,10 @@ def _wait_for_writes(proc, ds, field, n=2, timeout=240):
     coll = ds._sample_collection
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if (locks.current(ds, field) is not None
-                and coll.count_documents({field: {"$ne": None}}) >= n):
+        if (
+            locks.current(ds, field) is not None
+            and coll.count_documents({field: {"$ne": None}}) >= n
+        ):
             ds.reload()
             return
         time.sleep(0.05)
@@ -83,16 +112,37 @@ def test_second_writer_is_refused_while_the_first_runs(setup):
         os.kill(proc.pid, signal.SIGSTOP)
         assert run_status(ds, "busy") == "running"
         with pytest.raises(RunConflictError, match=rf"'busy' .* another run \(pid {proc.pid} on "):
-            run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=2,
-                      label_field="busy", num_workers=0, device="cpu")
-        r = subprocess.run([EXE, *_args(ds, aset, ckpt, "busy"), "--n-crops", "2"],
-                           capture_output=True, text=True, env=dict(os.environ, **ENV), timeout=120)
+            run_lazsl(
+                ds,
+                aset,
+                model=tiny_clip.TINY_MODEL,
+                pretrained=ckpt,
+                n_crops=2,
+                label_field="busy",
+                num_workers=0,
+                device="cpu",
+            )
+        r = subprocess.run(
+            [EXE, *_args(ds, aset, ckpt, "busy"), "--n-crops", "2"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, **ENV),
+            timeout=120,
+        )
         assert r.returncode == 2 and "Traceback" not in r.stderr
         lines = [l for l in r.stderr.splitlines() if "error:" in l]
         assert len(lines) == 1 and f"pid {proc.pid}" in lines[0], r.stderr
         # another label field is not blocked
-        s = run_lazsl(ds.limit(2), aset, model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=2,
-                      label_field="other", num_workers=0, device="cpu")
+        s = run_lazsl(
+            ds.limit(2),
+            aset,
+            model=tiny_clip.TINY_MODEL,
+            pretrained=ckpt,
+            n_crops=2,
+            label_field="other",
+            num_workers=0,
+            device="cpu",
+        )
         assert s.num_predicted == 2
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=300)
@@ -134,8 +184,13 @@ def test_killed_run_reads_interrupted_and_resume_keeps_whole_run_totals(setup):
     assert run_status(ds, "killed") == "interrupted"  # its process is gone
     assert get_run_config(ds, "killed")["status"] == "interrupted"
 
-    r = subprocess.run([EXE, *args, "--skip-existing"], capture_output=True, text=True,
-                       env=dict(os.environ, **ENV), timeout=300)
+    r = subprocess.run(
+        [EXE, *args, "--skip-existing"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **ENV),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     rest = 10 - n_done
     assert f"{rest}/{rest} samples classified into field 'killed'" in r.stdout
@@ -154,9 +209,16 @@ def test_lock_of_another_host_is_honoured_until_stale(setup):
     ds, _, _ = setup
     coll = locks._collection()
     now = locks._now()
-    foreign = {"_id": locks.lock_id(ds, "far"), "owner": "elsewhere:77:abc", "host": "elsewhere",
-               "pid": 77, "dataset": ds.name, "label_field": "far", "started": now,
-               "heartbeat": now}
+    foreign = {
+        "_id": locks.lock_id(ds, "far"),
+        "owner": "elsewhere:77:abc",
+        "host": "elsewhere",
+        "pid": 77,
+        "dataset": ds.name,
+        "label_field": "far",
+        "started": now,
+        "heartbeat": now,
+    }
     coll.insert_one(foreign)
     try:
         with pytest.raises(RunConflictError, match="pid 77 on elsewhere"):
@@ -196,6 +258,7 @@ def test_database_hiccup_is_retried_then_a_lost_database_is_one_error(setup, mon
     the record not left 'running'."""
     import fiftyone.core.dataset as fod
     import pymongo.errors as pe
+
     from fiftyone_lazsl import run_lazsl
     from fiftyone_lazsl.fo import writer
     from fiftyone_lazsl.fo.runs import get_run_config
@@ -214,8 +277,15 @@ def test_database_hiccup_is_retried_then_a_lost_database_is_one_error(setup, mon
         return real(self, *a, **kw)
 
     monkeypatch.setattr(fod.Dataset, "_bulk_write", flaky)
-    kw = dict(model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=2, num_workers=0,
-              device="cpu", write_every=2, batch_size=2)
+    kw = dict(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=ckpt,
+        n_crops=2,
+        num_workers=0,
+        device="cpu",
+        write_every=2,
+        batch_size=2,
+    )
     s = run_lazsl(ds, aset, label_field="hiccup", **kw)
     assert s.num_predicted == 10
     assert_every_sample_accounted(ds, "hiccup")

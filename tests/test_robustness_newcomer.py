@@ -17,16 +17,23 @@ import sys
 
 import pytest
 
+from cli_helpers import ENV, EXE
+from cli_helpers import one_error_line as _one_error_line
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-from cli_helpers import ENV, EXE, one_error_line as _one_error_line
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, env=None, timeout=300):
-    return subprocess.run([EXE, *args], capture_output=True, text=True,
-                          env=dict(os.environ, **ENV, **(env or {})), timeout=timeout)
+    return subprocess.run(
+        [EXE, *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **ENV, **(env or {})),
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +71,22 @@ def test_import_folder_takes_images_by_content_and_reports_the_rest(messy_tree):
         # 6 photos + the extension-less JPEG; 9 entries skipped, each with its reason
         assert "dataset 'messy': 7 images in 3 classes" in r.stdout
         assert "9 non-image entries skipped" in r.stdout
-        skipped = {pathlib.Path(l.split(": ")[0].removeprefix("skipped ")).name: l
-                   for l in r.stderr.splitlines() if l.startswith("skipped ")}
-        assert set(skipped) == {"README.txt", "Thumbs.db", ".DS_Store", "paper.pdf", "clip.mp4",
-                                "empty.jpg", "pipe.jpg", "nested", "loose.jpg"}
+        skipped = {
+            pathlib.Path(l.split(": ")[0].removeprefix("skipped ")).name: l
+            for l in r.stderr.splitlines()
+            if l.startswith("skipped ")
+        }
+        assert set(skipped) == {
+            "README.txt",
+            "Thumbs.db",
+            ".DS_Store",
+            "paper.pdf",
+            "clip.mp4",
+            "empty.jpg",
+            "pipe.jpg",
+            "nested",
+            "loose.jpg",
+        }
         assert "not a regular file" in skipped["pipe.jpg"] and "empty" in skipped["empty.jpg"]
         ds = fo.load_dataset("messy")
         assert ds.media_type == "image" and len(ds) == 7
@@ -108,10 +127,24 @@ def test_disk_full_and_bad_folder_on_out(tmp_path, tmp_cache, monkeypatch, capsy
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\n")
     with StubOpenAI({"Cardinal": [attributes_json(["a red crest"])]}) as srv:
-        for out, what in (("/dev/full", "No space left on device"),
-                          (str(classes / "s.json"), "File exists")):
-            rc = main(["attributes", "generate", "--classes", str(classes), "--out", out,
-                       "--llm-model", "m", "--base-url", srv.base_url])
+        for out, what in (
+            ("/dev/full", "No space left on device"),
+            (str(classes / "s.json"), "File exists"),
+        ):
+            rc = main(
+                [
+                    "attributes",
+                    "generate",
+                    "--classes",
+                    str(classes),
+                    "--out",
+                    out,
+                    "--llm-model",
+                    "m",
+                    "--base-url",
+                    srv.base_url,
+                ]
+            )
             err = capsys.readouterr().err
             assert rc == 2 and what in _one_error_line(err, "attributes")
 
@@ -131,25 +164,34 @@ def test_bugs_keep_their_traceback(monkeypatch):
 
 
 def test_help_is_lazy_shows_defaults_and_version():
-    code = ("import sys, fiftyone_lazsl.cli as c; c.build_parser(); "
-            "print(sorted(m for m in ('torch', 'fiftyone', 'open_clip', 'pymongo') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, fiftyone_lazsl.cli as c; c.build_parser(); "
+        "print(sorted(m for m in ('torch', 'fiftyone', 'open_clip', 'pymongo') "
+        "if m in sys.modules))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
     r = _cli("classify", "--help", timeout=120)
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
-    for flag, default in (("--n-crops", "90"), ("--theta", "0.8"), ("--label-field", "lazsl"),
-                          ("--write-every", "64")):
+    for flag, default in (
+        ("--n-crops", "90"),
+        ("--theta", "0.8"),
+        ("--label-field", "lazsl"),
+        ("--write-every", "64"),
+    ):
         assert re.search(rf"{flag} .*?default: {default}\b", text), flag
     from fiftyone_lazsl import __version__
+
     r = _cli("--version", timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == f"fiftyone-lazsl {__version__}"
 
 
-def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, tmp_path,
-                                                                   shared_data):
+def test_demo_piped_progress_one_warning_and_offline_published_set(
+    messy_tree, tmp_path, shared_data
+):
     import fiftyone as fo
+
     from fiftyone_lazsl.core import published
 
     root, photos = messy_tree
@@ -158,9 +200,23 @@ def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, t
         (cache / "cub.json").unlink()
     env = {"FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS": ""}
     # images by flag, the attribute set by variable (both point the demo anywhere)
-    r = _cli("demo", "--images", str(root), "--dataset", "demo-test", "--model",
-             tiny_clip.TINY_MODEL, "--pretrained", "none", "--per-class", "2", "--n-crops", "3",
-             env=dict(env, DEMO_ATTRIBUTES="cub"), timeout=600)
+    r = _cli(
+        "demo",
+        "--images",
+        str(root),
+        "--dataset",
+        "demo-test",
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        "none",
+        "--per-class",
+        "2",
+        "--n-crops",
+        "3",
+        env=dict(env, DEMO_ATTRIBUTES="cub"),
+        timeout=600,
+    )
     try:
         assert r.returncode == 0, r.stderr
         out = r.stdout
@@ -173,9 +229,25 @@ def test_demo_piped_progress_one_warning_and_offline_published_set(messy_tree, t
         assert len(warnings) == 1, r.stderr
         assert (cache / "cub.json").is_file() and "--attributes cub now works offline" in out
         # ...and it does: a published name resolves with no local folders and no network
-        r2 = _cli("classify", "--dataset", "demo-test", "--attributes", "cub", "--model",
-                  tiny_clip.TINY_MODEL, "--pretrained", "none", "--n-crops", "2",
-                  "--label-field", "again", "--workers", "0", env=env, timeout=300)
+        r2 = _cli(
+            "classify",
+            "--dataset",
+            "demo-test",
+            "--attributes",
+            "cub",
+            "--model",
+            tiny_clip.TINY_MODEL,
+            "--pretrained",
+            "none",
+            "--n-crops",
+            "2",
+            "--label-field",
+            "again",
+            "--workers",
+            "0",
+            env=env,
+            timeout=300,
+        )
         assert r2.returncode == 0, r2.stderr
         assert "6/6 samples classified into field 'again'" in r2.stdout
     finally:
@@ -188,14 +260,19 @@ def _readme_examples() -> list[str]:
     docs/*.md that are not marked ``doc-test: skip`` (see tests/doc_blocks.py)."""
     from doc_blocks import CHECKED_LANGS, blocks, cli_lines
 
-    return [c for b in blocks() if b.lang in CHECKED_LANGS[1:] and b.marker != "skip"
-            for c in cli_lines(b.text)]
+    return [
+        c
+        for b in blocks()
+        if b.lang in CHECKED_LANGS[1:] and b.marker != "skip"
+        for c in cli_lines(b.text)
+    ]
 
 
 def _expand_optional(cmd: str) -> str:
     """``[--method lazsl|dclip|clip]`` -> ``--method lazsl``; ``$m`` -> lazsl."""
-    cmd = re.sub(r"\[([^\]]*)\]", lambda m: re.sub(r"([^\s|]+)(\|[^\s|]+)+", r"\1", m.group(1)),
-                 cmd)
+    cmd = re.sub(
+        r"\[([^\]]*)\]", lambda m: re.sub(r"([^\s|]+)(\|[^\s|]+)+", r"\1", m.group(1)), cmd
+    )
     return cmd.replace("$m", "lazsl")
 
 
@@ -227,8 +304,8 @@ def test_progress_lines_name_the_current_stage_while_it_lasts():
     out = io.StringIO()
     prog = progress_lines(out, every_s=0.2)
     prog(0.25, "decoding images 5-8")
-    prog(0.25, "encoding and scoring images 5-8")      # within every_s: not printed yet
-    time.sleep(0.9)                                    # a long encoding stage, no reports
+    prog(0.25, "encoding and scoring images 5-8")  # within every_s: not printed yet
+    time.sleep(0.9)  # a long encoding stage, no reports
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("progress:  25% decoding images 5-8")
     later = lines[1:]
@@ -237,11 +314,11 @@ def test_progress_lines_name_the_current_stage_while_it_lasts():
     n = len(out.getvalue().splitlines())
     assert out.getvalue().splitlines()[-1].startswith("progress: 100% writing")
     time.sleep(0.5)
-    assert len(out.getvalue().splitlines()) == n       # the timer stopped at 100 %
+    assert len(out.getvalue().splitlines()) == n  # the timer stopped at 100 %
 
     out2 = io.StringIO()
     with progress_lines(out2, every_s=0.1) as p2:
         p2(0.5, "encoding")
     m = len(out2.getvalue().splitlines())
     time.sleep(0.4)
-    assert len(out2.getvalue().splitlines()) == m      # closed: silent
+    assert len(out2.getvalue().splitlines()) == m  # closed: silent

@@ -18,10 +18,12 @@ import torch
 
 import badfiles as bf
 from badfiles import assert_every_sample_accounted
+from cli_helpers import main_in_process as _main
+from cli_helpers import one_error_line as _one_error_line
 from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
-from cli_helpers import main_in_process as _main, one_error_line as _one_error_line
+
 FIELDS = ["lazsl", "lazsl_crops", "lazsl_attributes", "lazsl_error"]
 
 
@@ -41,11 +43,21 @@ def done(shared_data, checkpoint, tmp_path_factory):
     aset = {c: [f"trait {i} of {c}", "a beak"] for i, (_, c) in enumerate(photos)}
     path = d / "set.json"
     path.write_text(json.dumps(aset))
-    ds = bf.make_dataset("params-done", [p for p, _ in photos] + [str(d / "gone.jpg")],
-                         gt=[c for _, c in photos] + [photos[0][1]])
+    ds = bf.make_dataset(
+        "params-done",
+        [p for p, _ in photos] + [str(d / "gone.jpg")],
+        gt=[c for _, c in photos] + [photos[0][1]],
+    )
     ds.persistent = True
-    s = run_lazsl(ds, str(path), model=tiny_clip.TINY_MODEL, pretrained=checkpoint,
-                  device="cpu", n_crops=3, num_workers=0)
+    s = run_lazsl(
+        ds,
+        str(path),
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=3,
+        num_workers=0,
+    )
     assert (s.num_predicted, s.num_failed) == (3, 1)
     yield ds, str(path)
     ds.delete()
@@ -53,8 +65,10 @@ def done(shared_data, checkpoint, tmp_path_factory):
 
 def _raw(ds):
     coll = ds._sample_collection
-    return {str(d["_id"]): bson.BSON.encode({f: d.get(f) for f in FIELDS})
-            for d in coll.find({}, {f: 1 for f in FIELDS})}
+    return {
+        str(d["_id"]): bson.BSON.encode({f: d.get(f) for f in FIELDS})
+        for d in coll.find({}, {f: 1 for f in FIELDS})
+    }
 
 
 def _state(ds):
@@ -111,8 +125,23 @@ def test_bad_parameter_refused_before_anything_is_written(capsys, done, checkpoi
     if torch.cuda.is_available() and "cuda" in flags[-1]:
         pytest.skip("this machine has a GPU")
     before = _state(ds)
-    base = ["classify", "--dataset", ds.name, "--attributes", aset, "--model", tiny_clip.TINY_MODEL,
-            "--pretrained", checkpoint, "--n-crops", "3", "--workers", "0", "--device", "cpu"]
+    base = [
+        "classify",
+        "--dataset",
+        ds.name,
+        "--attributes",
+        aset,
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--n-crops",
+        "3",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     rc, out, err = _main(capsys, *base, *flags)
     assert rc == 2, (out, err)
     assert message in _one_error_line(err)
@@ -131,14 +160,27 @@ BAD_SETS = [
 
 
 @pytest.mark.parametrize("content,message", BAD_SETS, ids=[m for _, m in BAD_SETS])
-def test_bad_attribute_file_refused_before_anything_is_written(capsys, tmp_path, done, checkpoint,
-                                                               content, message):
+def test_bad_attribute_file_refused_before_anything_is_written(
+    capsys, tmp_path, done, checkpoint, content, message
+):
     ds, _ = done
     before = _state(ds)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(content))
-    rc, _, err = _main(capsys, "classify", "--dataset", ds.name, "--attributes", str(bad),
-                       "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--device", "cpu")
+    rc, _, err = _main(
+        capsys,
+        "classify",
+        "--dataset",
+        ds.name,
+        "--attributes",
+        str(bad),
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        checkpoint,
+        "--device",
+        "cpu",
+    )
     assert rc == 2
     assert message in _one_error_line(err)
     assert _state(ds) == before
@@ -167,7 +209,9 @@ def test_dict_of_attributes_is_not_taken_as_its_keys():
     from fiftyone_lazsl.core.attributes import AttributeSet
     from fiftyone_lazsl.errors import AttributeSetError
 
-    with pytest.raises(AttributeSetError, match="'Cardinal' must map to a list of strings, got dict"):
+    with pytest.raises(
+        AttributeSetError, match="'Cardinal' must map to a list of strings, got dict"
+    ):
         AttributeSet.from_dict({"Cardinal": {"a red crest": 0.9, "a black mask": 0.5}})
 
 
@@ -190,6 +234,7 @@ def test_non_finite_features_raise_instead_of_nan_scores():
     # finite values whose sum overflows float32 are not called non-finite (the
     # check sums first and only then looks at every element)
     from fiftyone_lazsl.core import scoring
+
     big = img.clone()
     big[0, 0, :] = 3e38
     assert not torch.isfinite(big.sum())
@@ -209,24 +254,40 @@ def test_prompts_longer_than_the_context_warn_once(caplog):
     with caplog.at_level(logging.WARNING, logger="fiftyone_lazsl"):
         m.encode_texts(["a red bird", long, long + " too"], use_cache=False)
     msgs = [r.getMessage() for r in caplog.records if "context" in r.getMessage()]
-    assert len(msgs) == 1 and msgs[0].startswith("2 prompt(s) are longer than the text "
-                                                 "encoder's context of 77 tokens")
+    assert len(msgs) == 1 and msgs[0].startswith(
+        "2 prompt(s) are longer than the text encoder's context of 77 tokens"
+    )
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--timeout", "-1"], "timeout must be a positive number"),
-    (["--timeout", "0"], "timeout must be a positive number"),
-    (["--timeout", "inf"], "timeout must be a positive number"),
-    (["--max-retries", "-1"], "max_retries must be >= 0"),
-    (["--concurrency", "0"], "concurrency must be at least 1"),
-    (["--n", "0"], "between 1 and 50"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--timeout", "-1"], "timeout must be a positive number"),
+        (["--timeout", "0"], "timeout must be a positive number"),
+        (["--timeout", "inf"], "timeout must be a positive number"),
+        (["--max-retries", "-1"], "max_retries must be >= 0"),
+        (["--concurrency", "0"], "concurrency must be at least 1"),
+        (["--n", "0"], "between 1 and 50"),
+    ],
+)
 def test_generate_bad_llm_options(capsys, tmp_path, tmp_cache, flags, message):
     classes = tmp_path / "classes.txt"
     classes.write_text("Cardinal\nBlue Jay\n")
     out = tmp_path / "set.json"
-    rc, _, err = _main(capsys, "attributes", "generate", "--classes", str(classes), "--out",
-                       str(out), "--llm-model", "m", "--base-url", "http://127.0.0.1:9/v1", *flags)
+    rc, _, err = _main(
+        capsys,
+        "attributes",
+        "generate",
+        "--classes",
+        str(classes),
+        "--out",
+        str(out),
+        "--llm-model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        *flags,
+    )
     assert rc == 2
     assert message in _one_error_line(err, "attributes")
     assert not out.exists()

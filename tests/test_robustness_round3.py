@@ -34,8 +34,10 @@ def sets(photo_data, tmp_path_factory):
     ``b`` (2 of them, other attributes)."""
     d = tmp_path_factory.mktemp("sets")
     classes = sorted({c for _, c in tiny_clip.some_images(photo_data, "cub", 1, 4)})
-    a = {c: [f"{c} feathers", "a small beak", f"a bird with trait {i}"]
-         for i, c in enumerate(classes)}
+    a = {
+        c: [f"{c} feathers", "a small beak", f"a bird with trait {i}"]
+        for i, c in enumerate(classes)
+    }
     b = {c: ["a long tail", "a red crown"] for c in classes[:2]}
     pa, pb = d / "a.json", d / "b.json"
     pa.write_text(json.dumps(a))
@@ -55,31 +57,61 @@ def _copy_photos(photo_data, dest, n=6):
 
 
 def _cli(*args, timeout=300, preexec_fn=None, env=None):
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **ENV, **(env or {})), preexec_fn=preexec_fn)
+    return subprocess.run(
+        [EXE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **ENV, **(env or {})),
+        preexec_fn=preexec_fn,
+    )
 
 
 def _classify(ds, aset, ckpt, field, *extra):
-    return ["classify", "--dataset", ds.name, "--attributes", aset, "--model",
-            tiny_clip.TINY_MODEL, "--pretrained", ckpt, "--n-crops", "4", "--batch-size", "2",
-            "--workers", "0", "--label-field", field, "--device", "cpu", "--seed", "1", *extra]
+    return [
+        "classify",
+        "--dataset",
+        ds.name,
+        "--attributes",
+        aset,
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        ckpt,
+        "--n-crops",
+        "4",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--label-field",
+        field,
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        *extra,
+    ]
 
 
 def _snapshot(ds, field):
     """Everything a run wrote on ``field``, per sample, plus its run record."""
     ds.reload()
-    fields = [f for f in (field, f"{field}_crops", f"{field}_attributes", f"{field}_error")
-              if f in ds.get_field_schema()]
-    rows = list(zip(*([v.to_dict() if hasattr(v, "to_dict") else v for v in ds.values(f)]
-                      for f in fields)))
+    fields = [
+        f
+        for f in (field, f"{field}_crops", f"{field}_attributes", f"{field}_error")
+        if f in ds.get_field_schema()
+    ]
+    rows = list(
+        zip(*([v.to_dict() if hasattr(v, "to_dict") else v for v in ds.values(f)] for f in fields))
+    )
     rec = ds.get_run_info(f"lazsl_{field}").config.serialize()
     rec = {k: v for k, v in rec.items() if not k.startswith("_")}
     return rows, rec
 
 
 # --------------------------------------------------------------- data loss
-def test_rescore_is_refused_while_classify_writes_the_field(photo_data, sets, checkpoint,
-                                                             tmp_path):
+def test_rescore_is_refused_while_classify_writes_the_field(photo_data, sets, checkpoint, tmp_path):
     """One writer per label field holds for re-scoring too: a ``rescore`` into
     a field a ``classify`` process is writing is one line (exit 2), and the
     classify ends complete, its field unmixed."""
@@ -92,22 +124,47 @@ def test_rescore_is_refused_while_classify_writes_the_field(photo_data, sets, ch
     ds.persistent = True
     aset_a, aset_b = sets
     try:
-        run_lazsl(ds, aset_a, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=4,
-                  seed=1, num_workers=0, device="cpu", label_field="src",
-                  store_features=str(tmp_path / "store"))
+        run_lazsl(
+            ds,
+            aset_a,
+            model=tiny_clip.TINY_MODEL,
+            pretrained=checkpoint,
+            n_crops=4,
+            seed=1,
+            num_workers=0,
+            device="cpu",
+            label_field="src",
+            store_features=str(tmp_path / "store"),
+        )
         proc = subprocess.Popen(
-            [EXE, *_classify(ds, aset_a, checkpoint, "mix", "--batch-size", "1",
-                             "--write-every", "1")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=dict(os.environ, **ENV))
+            [
+                EXE,
+                *_classify(
+                    ds, aset_a, checkpoint, "mix", "--batch-size", "1", "--write-every", "1"
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, **ENV),
+        )
         try:
             deadline = time.time() + 240
             while locks.current(ds, "mix") is None and time.time() < deadline:
                 assert proc.poll() is None, proc.communicate()
                 time.sleep(0.05)
             os.kill(proc.pid, signal.SIGSTOP)  # hold it mid-run, lock held and alive
-            r = _cli("rescore", "--dataset", ds.name, "--attributes", aset_b, "--from-field",
-                     "src", "--label-field", "mix")
+            r = _cli(
+                "rescore",
+                "--dataset",
+                ds.name,
+                "--attributes",
+                aset_b,
+                "--from-field",
+                "src",
+                "--label-field",
+                "mix",
+            )
             os.kill(proc.pid, signal.SIGCONT)
             assert r.returncode == 2, (r.stdout, r.stderr)
             line = one_error_line(r.stderr, "rescore")
@@ -125,8 +182,9 @@ def test_rescore_is_refused_while_classify_writes_the_field(photo_data, sets, ch
         ds.delete()
 
 
-def test_rerun_in_which_every_sample_fails_keeps_the_earlier_outputs(photo_data, sets,
-                                                                     checkpoint, tmp_path):
+def test_rerun_in_which_every_sample_fails_keeps_the_earlier_outputs(
+    photo_data, sets, checkpoint, tmp_path
+):
     """A rerun into a field holding 6 predictions in which every sample fails
     (here: the image files became unreadable) writes nothing: one line, exit 2,
     the 6 predictions, crops and the run record exactly as before."""
@@ -154,11 +212,13 @@ def test_rerun_in_which_every_sample_fails_keeps_the_earlier_outputs(photo_data,
 def _limit_memory(nbytes):
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+
     return limit
 
 
-def test_n_crops_that_cannot_fit_in_memory_is_refused_and_keeps_outputs(photo_data, sets,
-                                                                       checkpoint, tmp_path):
+def test_n_crops_that_cannot_fit_in_memory_is_refused_and_keeps_outputs(
+    photo_data, sets, checkpoint, tmp_path
+):
     """``--n-crops 200000`` (a typo) under an 8 GB address-space limit: before
     anything is written, one line naming ``--n-crops``; the field's earlier
     predictions stay."""
@@ -170,8 +230,18 @@ def test_n_crops_that_cannot_fit_in_memory_is_refused_and_keeps_outputs(photo_da
         r = _cli(*_classify(ds, aset_a, checkpoint, "m"))
         assert r.returncode == 0, r.stderr
         before = _snapshot(ds, "m")
-        args = _classify(ds, aset_a, checkpoint, "m", "--n-crops", "200000", "--batch-size",
-                         "1", "--crop-backend", "tensor")
+        args = _classify(
+            ds,
+            aset_a,
+            checkpoint,
+            "m",
+            "--n-crops",
+            "200000",
+            "--batch-size",
+            "1",
+            "--crop-backend",
+            "tensor",
+        )
         r = _cli(*args, preexec_fn=_limit_memory(8 << 30))
         assert r.returncode == 2, (r.stdout, r.stderr)
         line = one_error_line(r.stderr)
@@ -262,15 +332,21 @@ def test_interrupted_import_overwrite_keeps_the_old_dataset(photo_data, tmp_path
     assert len(before) == n_small
     conn = fodb.get_db_conn()
     seen = {d["_id"] for d in conn.datasets.find({}, {"_id": 1})}
-    proc = subprocess.Popen([EXE, "import-folder", str(big), "--dataset", "r3-imp",
-                             "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, **ENV))
+    proc = subprocess.Popen(
+        [EXE, "import-folder", str(big), "--dataset", "r3-imp", "--overwrite"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **ENV),
+    )
     try:
         deadline = time.time() + 120
         new = None
         while new is None and time.time() < deadline and proc.poll() is None:
-            new = next((d for d in conn.datasets.find({}, {"_id": 1, "name": 1})
-                        if d["_id"] not in seen), None)
+            new = next(
+                (d for d in conn.datasets.find({}, {"_id": 1, "name": 1}) if d["_id"] not in seen),
+                None,
+            )
             time.sleep(0.005)
         assert new is not None, proc.communicate()
         time.sleep(0.2)  # samples are being added
@@ -300,6 +376,7 @@ def test_import_over_symbolic_link_loops_skips_them(photo_data, tmp_path):
     assert f"{n} images" in r.stdout, r.stdout
     assert "c1: cannot follow (Too many levels of symbolic links)" in r.stderr, r.stderr
     import fiftyone as fo
+
     fo.delete_dataset("r3-loops")
 
 
@@ -334,8 +411,18 @@ def stored(photo_data, sets, checkpoint, tmp_path):
     ds = bf.make_dataset("r3-store", files)
     ds.persistent = True
     store = tmp_path / "store"
-    run_lazsl(ds, sets[0], model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=4, seed=1,
-              num_workers=0, device="cpu", label_field="src", store_features=str(store))
+    run_lazsl(
+        ds,
+        sets[0],
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        n_crops=4,
+        seed=1,
+        num_workers=0,
+        device="cpu",
+        label_field="src",
+        store_features=str(store),
+    )
     yield ds, store
     ds.delete()
 
@@ -410,8 +497,19 @@ def test_corrupt_index_rows_are_per_sample_errors(stored, sets):
         db.execute("UPDATE entries SET dtype = 'float99' WHERE key = ?", (keys[0],))
         db.execute("UPDATE entries SET dim = -5 WHERE key = ?", (keys[1],))
         db.execute("UPDATE entries SET boxes = x'0001' WHERE key = ?", (keys[2],))
-    r = _cli("rescore", "--dataset", ds.name, "--attributes", sets[0], "--from-field", "src",
-             "--label-field", "re", "--missing", "skip")
+    r = _cli(
+        "rescore",
+        "--dataset",
+        ds.name,
+        "--attributes",
+        sets[0],
+        "--from-field",
+        "src",
+        "--label-field",
+        "re",
+        "--missing",
+        "skip",
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     ds.reload()
@@ -425,8 +523,10 @@ def test_rescore_from_a_store_on_a_read_only_mount(stored, sets, tmp_path):
     ds, store = stored
     mnt = tmp_path / "ro"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (not root?)")
     try:
         import sqlite3
@@ -435,8 +535,19 @@ def test_rescore_from_a_store_on_a_read_only_mount(stored, sets, tmp_path):
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         shutil.copytree(store, mnt / "store", ignore=shutil.ignore_patterns("*-wal", "*-shm"))
         assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
-        r = _cli("rescore", "--dataset", ds.name, "--attributes", sets[0], "--from-field",
-                 "src", "--label-field", "ro", "--store", str(mnt / "store"))
+        r = _cli(
+            "rescore",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            sets[0],
+            "--from-field",
+            "src",
+            "--label-field",
+            "ro",
+            "--store",
+            str(mnt / "store"),
+        )
         assert r.returncode == 0, r.stderr
         assert "4/4 samples classified into field 'ro'" in r.stdout, r.stdout
         r = _cli("features", "info", "--store", str(mnt / "store"))
@@ -455,8 +566,17 @@ def predicted(photo_data, sets, checkpoint, tmp_path_factory):
     files = _copy_photos(photo_data, tmp_path_factory.mktemp("num"), n=4)
     ds = bf.make_dataset("r3-num", files, gt=[c for _, c in imgs])
     ds.persistent = True
-    run_lazsl(ds, sets[0], model=tiny_clip.TINY_MODEL, pretrained=checkpoint, n_crops=4, seed=1,
-              num_workers=0, device="cpu", label_field="p")
+    run_lazsl(
+        ds,
+        sets[0],
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        n_crops=4,
+        seed=1,
+        num_workers=0,
+        device="cpu",
+        label_field="p",
+    )
     yield ds
     ds.delete()
 
@@ -464,15 +584,22 @@ def predicted(photo_data, sets, checkpoint, tmp_path_factory):
 _AUDIT = ["audit", "--pred-field", "p", "--gt-field", "ground_truth"]
 
 
-@pytest.mark.parametrize("args,cmd,name", [
-    (_AUDIT + ["--n-evidence", "-1"], "audit", "--n-evidence"),
-    (_AUDIT + ["--show", "-5"], "audit", "--show"),
-    (["evaluate", "--gt-field", "ground_truth", "--pred-fields", "p", "--top-k", "-3"],
-     "evaluate", "--top-k"),
-    (["app", "--port", "70000", "--no-wait"], "app", "--port"),
-    (["--seed", "18446744073709551616"], "classify", "seed"),
-    (["--max-iter", "10000000000000000000"], "classify", "max_iter"),
-], ids=["n-evidence", "show", "top-k", "port", "seed", "max-iter"])
+@pytest.mark.parametrize(
+    "args,cmd,name",
+    [
+        (_AUDIT + ["--n-evidence", "-1"], "audit", "--n-evidence"),
+        (_AUDIT + ["--show", "-5"], "audit", "--show"),
+        (
+            ["evaluate", "--gt-field", "ground_truth", "--pred-fields", "p", "--top-k", "-3"],
+            "evaluate",
+            "--top-k",
+        ),
+        (["app", "--port", "70000", "--no-wait"], "app", "--port"),
+        (["--seed", "18446744073709551616"], "classify", "seed"),
+        (["--max-iter", "10000000000000000000"], "classify", "max_iter"),
+    ],
+    ids=["n-evidence", "show", "top-k", "port", "seed", "max-iter"],
+)
 def test_numbers_out_of_range_are_one_line(predicted, sets, checkpoint, args, cmd, name):
     ds = predicted
     if cmd == "classify":
@@ -497,12 +624,12 @@ def _exif_orientation(typ, count, payload):
         entry = struct.pack("<HHI", 0x0112, typ, count) + payload.ljust(4, b"\x00")
         return b"Exif\x00\x00" + head + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
     entry = struct.pack("<HHII", 0x0112, typ, count, 8 + 2 + 12 + 4)
-    return (b"Exif\x00\x00" + head + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
-            + payload)
+    return b"Exif\x00\x00" + head + struct.pack("<H", 1) + entry + struct.pack("<I", 0) + payload
 
 
-def test_malformed_orientation_as_pil_and_float_tiff_with_nan_is_scored(photo_data, sets,
-                                                                        checkpoint, tmp_path):
+def test_malformed_orientation_as_pil_and_float_tiff_with_nan_is_scored(
+    photo_data, sets, checkpoint, tmp_path
+):
     """An Orientation tag written as text ``"6"`` or as the rational 13/2 does
     not rotate in ``PIL.ImageOps.exif_transpose``, and must not here: each
     such JPEG scores exactly as a PNG of what ``exif_transpose`` shows (CLIP
@@ -515,10 +642,12 @@ def test_malformed_orientation_as_pil_and_float_tiff_with_nan_is_scored(photo_da
 
     photo, _ = tiny_clip.some_images(photo_data, "cub", 1, 1)[0]
     im = Image.open(photo).convert("RGB")
-    files, refs = [], []
-    for name, (typ, cnt, payload) in {"text6": (2, 2, b"6\x00"),
-                                      "half": (5, 1, struct.pack("<II", 13, 2)),
-                                      "six": (5, 1, struct.pack("<II", 12, 2))}.items():
+    files = []
+    for name, (typ, cnt, payload) in {
+        "text6": (2, 2, b"6\x00"),
+        "half": (5, 1, struct.pack("<II", 13, 2)),
+        "six": (5, 1, struct.pack("<II", 12, 2)),
+    }.items():
         jpg = tmp_path / f"{name}.jpg"
         im.save(jpg, exif=_exif_orientation(typ, cnt, payload), quality=95)
         ref = tmp_path / f"{name}-shown.png"
@@ -556,13 +685,21 @@ def test_patches_view_is_refused_before_any_record(photo_data, sets, checkpoint,
     files = _copy_photos(photo_data, tmp_path / "img", n=2)
     ds = bf.make_dataset("r3-patches", files)
     for s in ds:
-        s["boxes"] = fo.Detections(detections=[fo.Detection(label="bird",
-                                                            bounding_box=[0.1, 0.1, 0.5, 0.5])])
+        s["boxes"] = fo.Detections(
+            detections=[fo.Detection(label="bird", bounding_box=[0.1, 0.1, 0.5, 0.5])]
+        )
         s.save()
     with pytest.raises(ConfigError, match="a patches view of dataset 'r3-patches'"):
-        run_lazsl(ds.to_patches("boxes"), sets[0], model=tiny_clip.TINY_MODEL,
-                  pretrained=checkpoint, n_crops=4, num_workers=0, device="cpu",
-                  label_field="pp")
+        run_lazsl(
+            ds.to_patches("boxes"),
+            sets[0],
+            model=tiny_clip.TINY_MODEL,
+            pretrained=checkpoint,
+            n_crops=4,
+            num_workers=0,
+            device="cpu",
+            label_field="pp",
+        )
     assert "lazsl_pp" not in ds.list_runs() and "pp" not in ds.get_field_schema()
     ds.delete()
 
@@ -589,10 +726,13 @@ def test_dataset_deleted_while_a_run_writes_is_one_line(photo_data, sets, checkp
     files = _copy_photos(photo_data, tmp_path / "img", n=8)
     ds = bf.make_dataset("r3-gone", files)
     ds.persistent = True
-    proc = subprocess.Popen([EXE, *_classify(ds, sets[0], checkpoint, "g", "--batch-size", "1",
-                                             "--write-every", "1")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **ENV))
+    proc = subprocess.Popen(
+        [EXE, *_classify(ds, sets[0], checkpoint, "g", "--batch-size", "1", "--write-every", "1")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **ENV),
+    )
     try:
         coll = ds._sample_collection
         deadline = time.time() + 240
@@ -656,19 +796,26 @@ def test_unloadable_weights_are_one_line_and_run_no_code(photo_data, sets, tmp_p
 
 
 # -------------------------------------------------------------- environment
-def test_read_only_cache_folder_warns_once_and_the_run_goes_on(photo_data, sets, checkpoint,
-                                                               tmp_path):
+def test_read_only_cache_folder_warns_once_and_the_run_goes_on(
+    photo_data, sets, checkpoint, tmp_path
+):
     files = _copy_photos(photo_data, tmp_path / "img", n=2)
     ds = bf.make_dataset("r3-rocache", files)
     ds.persistent = True
     mnt = tmp_path / "ro"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "none", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro", "none", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a read-only tmpfs here (not root?)")
     try:
-        r = _cli(*_classify(ds, sets[0], checkpoint, "c"),
-                 env={"FIFTYONE_LAZSL_CACHE": str(mnt / "cache"), "HOME": str(mnt)})
+        r = _cli(
+            *_classify(ds, sets[0], checkpoint, "c"),
+            env={"FIFTYONE_LAZSL_CACHE": str(mnt / "cache"), "HOME": str(mnt)},
+        )
         assert r.returncode == 0, r.stderr
         assert "2/2 samples classified" in r.stdout, r.stdout
         assert r.stderr.count("cannot be written") == 1, r.stderr
@@ -677,15 +824,17 @@ def test_read_only_cache_folder_warns_once_and_the_run_goes_on(photo_data, sets,
         ds.delete()
 
 
-def test_database_dying_mid_run_is_one_line_within_the_retry_budget(photo_data, sets,
-                                                                    checkpoint, tmp_path):
+def test_database_dying_mid_run_is_one_line_within_the_retry_budget(
+    photo_data, sets, checkpoint, tmp_path
+):
     """MongoDB killed while a classify writes: the one line comes within the
     write retry budget (30 s, plus the batch in flight), not after every
     clean-up step waited pymongo's 30 s server selection (~230 s before)."""
     from fiftyone_lazsl.testing import mongod
 
-    saved = {k: os.environ.get(k) for k in ("FIFTYONE_DATABASE_URI",
-                                            "FIFTYONE_DATABASE_VALIDATION")}
+    saved = {
+        k: os.environ.get(k) for k in ("FIFTYONE_DATABASE_URI", "FIFTYONE_DATABASE_VALIDATION")
+    }
     try:
         proc_db = mongod.start(str(tmp_path / "db2"), str(tmp_path / "db2.log"))
         env = {"FIFTYONE_DATABASE_URI": os.environ["FIFTYONE_DATABASE_URI"]}
@@ -699,12 +848,36 @@ def test_database_dying_mid_run_is_one_line_within_the_retry_budget(photo_data, 
             shutil.copy(p, root / "c" / f"{i}.jpg")
         r = _cli("import-folder", str(root), "--dataset", "dying", env=env)
         assert r.returncode == 0, r.stderr
-        args = ["classify", "--dataset", "dying", "--attributes", sets[0], "--model",
-                tiny_clip.TINY_MODEL, "--pretrained", checkpoint, "--n-crops", "4",
-                "--batch-size", "1", "--write-every", "1", "--workers", "0",
-                "--device", "cpu", "--label-field", "d"]
-        proc = subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=dict(os.environ, **ENV, **env))
+        args = [
+            "classify",
+            "--dataset",
+            "dying",
+            "--attributes",
+            sets[0],
+            "--model",
+            tiny_clip.TINY_MODEL,
+            "--pretrained",
+            checkpoint,
+            "--n-crops",
+            "4",
+            "--batch-size",
+            "1",
+            "--write-every",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--label-field",
+            "d",
+        ]
+        proc = subprocess.Popen(
+            [EXE, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, **ENV, **env),
+        )
         try:
             deadline = time.time() + 240
             line = ""

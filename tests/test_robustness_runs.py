@@ -11,9 +11,9 @@ import bson
 import pytest
 
 import badfiles as bf
-from fiftyone_lazsl.testing import tiny_clip
 from badfiles import assert_every_sample_accounted
 from fiftyone_lazsl.fo.labels import evidence_entries
+from fiftyone_lazsl.testing import tiny_clip
 
 tiny_clip.register()
 
@@ -41,23 +41,32 @@ def _run(ds, aset, checkpoint, **kw):
 
     kw.setdefault("n_crops", N)
     kw.setdefault("num_workers", 0)
-    return run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu",
-                     seed=2, **kw)
+    return run_lazsl(
+        ds, aset, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu", seed=2, **kw
+    )
 
 
 def _raw(ds, fields):
     """{sample id: BSON bytes of ``fields``} straight from the database."""
     coll = ds._sample_collection
-    return {str(d["_id"]): bson.BSON.encode({f: d.get(f) for f in fields})
-            for d in coll.find({}, {f: 1 for f in fields})}
+    return {
+        str(d["_id"]): bson.BSON.encode({f: d.get(f) for f in fields})
+        for d in coll.find({}, {f: 1 for f in fields})
+    }
 
 
 def _fields(label_field):
-    return [label_field, f"{label_field}_crops", f"{label_field}_attributes", f"{label_field}_error"]
+    return [
+        label_field,
+        f"{label_field}_crops",
+        f"{label_field}_attributes",
+        f"{label_field}_error",
+    ]
 
 
 def test_empty_view_writes_nothing(photos, aset):
     from fiftyone import ViewField as F
+
     from fiftyone_lazsl import run_lazsl
 
     ds = bf.make_dataset("runs-empty", [p for p, _ in photos], gt=[c for _, c in photos])
@@ -97,7 +106,8 @@ def test_failures_recorded_then_retried_by_skip_existing(tmp_path, photos, aset,
     after = _raw(ds, _fields("lazsl"))
     late_id = ds.match({"filepath": str(late)}).first().id
     assert {k: v for k, v in after.items() if k != late_id} == {
-        k: v for k, v in before.items() if k != late_id}
+        k: v for k, v in before.items() if k != late_id
+    }
     assert ds.count("lazsl_error") == 0
 
     # everything predicted: a further resume has nothing to do and writes nothing
@@ -212,8 +222,13 @@ def test_padded_cased_duplicate_and_unicode_class_names(photos, checkpoint):
     from fiftyone_lazsl.core.attributes import AttributeSet
 
     creme = "Crème brûlée"
-    attrs = {"Bobolink": ["black underparts"], " bobolink ": ["a buff nape"],
-             creme: ["a caramelised top"], "日本の鳥": ["赤い頭"], "Ærø Ferry": []}
+    attrs = {
+        "Bobolink": ["black underparts"],
+        " bobolink ": ["a buff nape"],
+        creme: ["a caramelised top"],
+        "日本の鳥": ["赤い頭"],
+        "Ærø Ferry": [],
+    }
     aset = AttributeSet.from_dict(attrs, name="odd-names")
     assert aset.classes == ["Bobolink", creme, "日本の鳥", "Ærø Ferry"]
     assert aset["Bobolink"] == ["black underparts", "a buff nape"]
@@ -226,8 +241,14 @@ def test_padded_cased_duplicate_and_unicode_class_names(photos, checkpoint):
     assert set(out.values()) <= set(aset.classes)
     assert ds.classes["lazsl"] == aset.classes
     # restrict_to_set keeps every sample: all their labels resolve to set classes
-    s = _run(ds, aset, checkpoint, gt_field="ground_truth", restrict_to_set=True,
-             label_field="restricted")
+    s = _run(
+        ds,
+        aset,
+        checkpoint,
+        gt_field="ground_truth",
+        restrict_to_set=True,
+        label_field="restricted",
+    )
     assert s.num_samples == 4
 
 

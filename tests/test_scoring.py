@@ -33,8 +33,8 @@ def ref_problem(g, X, Tt, *, theta, eps, max_iter, stop_tol, gamma, log_domain=F
     g, X, Tt = (np.asarray(a, dtype=np.float64) for a in (g, X, Tt))
     N, A = X.shape[0], Tt.shape[0]
     # 1. hybrid similarity
-    s_g = Tt @ g                                   # [A]
-    s_l = X @ Tt.T                                 # [N, A]
+    s_g = Tt @ g  # [A]
+    s_l = X @ Tt.T  # [N, A]
     S = (1.0 - theta) * s_g[None, :] + theta * s_l
     # 2. vision selection
     r_n = X @ g
@@ -96,8 +96,8 @@ def random_problem(seed, B=3, N=10, C=5, A=6, D=16, correlated=0.0, ragged=True)
     img = unit(rng.standard_normal((B, 1 + N, D)) + correlated * base).astype(np.float32)
     txt = unit(rng.standard_normal((C, A, D)) + correlated * base).astype(np.float32)
     counts = rng.integers(1, A + 1, size=C)
-    counts[0] = A          # at least one full class
-    counts[-1] = 1         # and a single-attribute class
+    counts[0] = A  # at least one full class
+    counts[-1] = 1  # and a single-attribute class
     if not ragged:
         counts[:] = A
     mask = np.arange(A)[None, :] < counts[:, None]
@@ -114,17 +114,24 @@ def T(x):
 # --------------------------------------------------------------------------
 def _golden_files():
     from conftest import SHARED
+
     # the official LaZSL scorer's files (wca_*.npz are WCA's: tests/test_wca.py)
     return sorted(glob.glob(str(SHARED / "golden" / "official_*.npz")))
 
 
 def _golden_params(d):
-    return dict(theta=float(d["theta"]), eps=float(d["eps"]), max_iter=int(d["max_iter"]),
-                stop_tol=float(d["stop_tol"]), gamma=float(d["gamma"]))
+    return dict(
+        theta=float(d["theta"]),
+        eps=float(d["eps"]),
+        max_iter=int(d["max_iter"]),
+        stop_tol=float(d["stop_tol"]),
+        gamma=float(d["gamma"]),
+    )
 
 
-@pytest.fixture(params=_golden_files() or [None],
-                ids=lambda p: os.path.basename(p) if p else "no-golden")
+@pytest.fixture(
+    params=_golden_files() or [None], ids=lambda p: os.path.basename(p) if p else "no-golden"
+)
 def golden(request, shared_data):
     if request.param is None:
         pytest.skip("no golden/*.npz files in shared data")
@@ -137,8 +144,9 @@ def test_golden_files_present(shared_data):
 
 def test_golden_scores(golden):
     d = golden
-    scores = lazsl_scores(T(d["image_features"]), T(d["text_features"]), T(d["text_mask"]),
-                          **_golden_params(d))
+    scores = lazsl_scores(
+        T(d["image_features"]), T(d["text_features"]), T(d["text_mask"]), **_golden_params(d)
+    )
     assert scores.dtype == torch.float32
     assert scores.shape == d["scores"].shape
     np.testing.assert_allclose(scores.numpy(), d["scores"], rtol=0, atol=1e-5)
@@ -159,8 +167,13 @@ def test_golden_plan_and_unpacking(golden):
     d = golden
     B, N1, _ = d["image_features"].shape
     C, A, _ = d["text_features"].shape
-    out = lazsl_scores(T(d["image_features"]), T(d["text_features"]), T(d["text_mask"]),
-                       return_plan=True, **_golden_params(d))
+    out = lazsl_scores(
+        T(d["image_features"]),
+        T(d["text_features"]),
+        T(d["text_mask"]),
+        return_plan=True,
+        **_golden_params(d),
+    )
     scores, plans, keep = out
     assert tuple(scores.shape) == (B, C)
     assert tuple(plans.shape) == (B, C, N1 - 1, A)
@@ -186,8 +199,9 @@ def test_golden_plan_and_unpacking(golden):
 def test_golden_matches_numpy_reference(golden):
     """Sanity of the test's own reference: it reproduces the official scores."""
     d = golden
-    ref = ref_scores(d["image_features"][:2], d["text_features"][:8], d["text_mask"][:8],
-                     **_golden_params(d))
+    ref = ref_scores(
+        d["image_features"][:2], d["text_features"][:8], d["text_mask"][:8], **_golden_params(d)
+    )
     np.testing.assert_allclose(ref, d["scores"][:2, :8], rtol=0, atol=1e-5)
 
 
@@ -197,8 +211,9 @@ def test_golden_matches_numpy_reference(golden):
 @pytest.mark.parametrize("theta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("gamma", [0.0, 0.05, -0.03])
 def test_matches_numpy_loop(theta, gamma):
-    img, txt, mask = random_problem(seed=int(theta * 10 + gamma * 1000) % 97, B=3, N=12, C=6, A=7,
-                                    D=24, correlated=0.8)
+    img, txt, mask = random_problem(
+        seed=int(theta * 10 + gamma * 1000) % 97, B=3, N=12, C=6, A=7, D=24, correlated=0.8
+    )
     kw = dict(theta=theta, eps=0.1, max_iter=100, stop_tol=1e-2, gamma=gamma)
     got = lazsl_scores(T(img), T(txt), T(mask), **kw)
     ref = ref_scores(img, txt, mask, **kw)
@@ -207,8 +222,7 @@ def test_matches_numpy_loop(theta, gamma):
 
 @pytest.mark.parametrize("ragged", [False, True])
 def test_matches_numpy_loop_plans_and_keep(ragged):
-    img, txt, mask = random_problem(seed=5, B=2, N=9, C=4, A=5, D=16, correlated=0.5,
-                                    ragged=ragged)
+    img, txt, mask = random_problem(seed=5, B=2, N=9, C=4, A=5, D=16, correlated=0.5, ragged=ragged)
     kw = dict(theta=0.8, eps=0.1, max_iter=100, stop_tol=1e-2, gamma=0.02)
     out = lazsl_scores(T(img), T(txt), T(mask), return_plan=True, **kw)
     for b in range(2):
@@ -224,11 +238,14 @@ def test_matches_numpy_loop_plans_and_keep(ragged):
 
 @pytest.mark.parametrize("ragged", [False, True])
 def test_other_eps_and_iteration_caps(ragged):
-    img, txt, mask = random_problem(seed=11, B=2, N=8, C=4, A=5, D=16, correlated=0.6,
-                                    ragged=ragged)
-    for kw in (dict(theta=0.8, eps=0.05, max_iter=100, stop_tol=1e-2, gamma=0.0),
-               dict(theta=0.3, eps=0.5, max_iter=3, stop_tol=1e-3, gamma=0.0),
-               dict(theta=0.8, eps=0.1, max_iter=1, stop_tol=1e-2, gamma=0.0)):
+    img, txt, mask = random_problem(
+        seed=11, B=2, N=8, C=4, A=5, D=16, correlated=0.6, ragged=ragged
+    )
+    for kw in (
+        dict(theta=0.8, eps=0.05, max_iter=100, stop_tol=1e-2, gamma=0.0),
+        dict(theta=0.3, eps=0.5, max_iter=3, stop_tol=1e-3, gamma=0.0),
+        dict(theta=0.8, eps=0.1, max_iter=1, stop_tol=1e-2, gamma=0.0),
+    ):
         got = lazsl_scores(T(img), T(txt), T(mask), **kw)
         np.testing.assert_allclose(got.numpy(), ref_scores(img, txt, mask, **kw), rtol=0, atol=1e-5)
 
@@ -240,8 +257,17 @@ def test_converged_plans_match_pot():
     ot = pytest.importorskip("ot")
     img, txt, mask = random_problem(seed=3, B=2, N=10, C=4, A=6, D=16, correlated=0.7)
     eps = 0.1
-    out = lazsl_scores(T(img), T(txt), T(mask), theta=0.8, eps=eps, max_iter=2000, stop_tol=0.0,
-                       gamma=0.0, return_plan=True)
+    out = lazsl_scores(
+        T(img),
+        T(txt),
+        T(mask),
+        theta=0.8,
+        eps=eps,
+        max_iter=2000,
+        stop_tol=0.0,
+        gamma=0.0,
+        return_plan=True,
+    )
     assert int(out.iterations.min()) == 2000
     for b, c in [(0, 0), (0, 3), (1, 1), (1, 2)]:
         a_c = int(mask[c].sum())
@@ -269,15 +295,15 @@ def test_batched_equals_one_at_a_time():
     assert len(set(out.iterations.flatten().tolist())) > 1
     full = out.scores.numpy()
     for b in range(4):
-        one = lazsl_scores(T(img[b:b + 1]), T(txt), T(mask), **kw).numpy()
+        one = lazsl_scores(T(img[b : b + 1]), T(txt), T(mask), **kw).numpy()
         np.testing.assert_allclose(one[0], full[b], rtol=0, atol=1e-6)
     for c in range(6):
-        one = lazsl_scores(T(img), T(txt[c:c + 1]), T(mask[c:c + 1]), **kw).numpy()
+        one = lazsl_scores(T(img), T(txt[c : c + 1]), T(mask[c : c + 1]), **kw).numpy()
         np.testing.assert_allclose(one[:, 0], full[:, c], rtol=0, atol=1e-6)
     # and one class alone with its padding removed
     for c in range(6):
         a_c = int(mask[c].sum())
-        one = lazsl_scores(T(img), T(txt[c:c + 1, :a_c]), T(mask[c:c + 1, :a_c]), **kw).numpy()
+        one = lazsl_scores(T(img), T(txt[c : c + 1, :a_c]), T(mask[c : c + 1, :a_c]), **kw).numpy()
         np.testing.assert_allclose(one[:, 0], full[:, c], rtol=0, atol=1e-6)
 
 
@@ -290,23 +316,28 @@ def test_zero_padding_is_not_part_of_the_problem(max_iter):
     padded = lazsl_scores(T(img), T(txt), T(mask), return_plan=True, **kw)
     for c in range(4):
         a_c = int(mask[c].sum())
-        alone = lazsl_scores(T(img), T(txt[c:c + 1, :a_c]), T(mask[c:c + 1, :a_c]),
-                             return_plan=True, **kw)
+        alone = lazsl_scores(
+            T(img), T(txt[c : c + 1, :a_c]), T(mask[c : c + 1, :a_c]), return_plan=True, **kw
+        )
         assert torch.equal(alone.iterations[:, 0], padded.iterations[:, c])
-        np.testing.assert_allclose(padded.plans[:, c, :, :a_c].numpy(), alone.plans[:, 0].numpy(),
-                                   rtol=0, atol=1e-7)
+        np.testing.assert_allclose(
+            padded.plans[:, c, :, :a_c].numpy(), alone.plans[:, 0].numpy(), rtol=0, atol=1e-7
+        )
 
 
 def test_class_chunking(monkeypatch):
     img, txt, mask = random_problem(seed=8, B=3, N=11, C=9, A=6, D=16, correlated=0.5)
     kw = dict(theta=0.8, eps=0.1, max_iter=100, stop_tol=1e-2, gamma=0.0)
     whole = lazsl_scores(T(img), T(txt), T(mask), return_plan=True, **kw)
-    for limit in (1, 3 * 11 * 6 * 2):       # one class per chunk; two classes per chunk
+    for limit in (1, 3 * 11 * 6 * 2):  # one class per chunk; two classes per chunk
         monkeypatch.setattr(scoring, "_MAX_ELEMENTS", limit)
         calls = []
         orig = scoring._lazsl_chunk
-        monkeypatch.setattr(scoring, "_lazsl_chunk",
-                            lambda *a, **k: calls.append(1) or orig(*a, **k))
+        monkeypatch.setattr(
+            scoring,
+            "_lazsl_chunk",
+            lambda *a, calls=calls, orig=orig, **k: calls.append(1) or orig(*a, **k),
+        )
         part = lazsl_scores(T(img), T(txt), T(mask), return_plan=True, **kw)
         monkeypatch.setattr(scoring, "_lazsl_chunk", orig)
         assert len(calls) == (9 if limit == 1 else 5)
@@ -333,12 +364,14 @@ def test_half_precision_inputs():
     assert d.dtype == torch.float32 and torch.isfinite(d).all()
 
 
-@pytest.mark.parametrize("eps,ragged", [(0.005, False), (0.002, False), (0.005, True),
-                                        (0.002, True)])
+@pytest.mark.parametrize(
+    "eps,ragged", [(0.005, False), (0.002, False), (0.005, True), (0.002, True)]
+)
 def test_tiny_eps_underflow_is_finite_and_exact(eps, ragged):
     # Uncorrelated features: S ~ 0, so exp(-(1 - S)/eps) ~ exp(-200) underflows in float32.
-    img, txt, mask = random_problem(seed=17, B=2, N=10, C=5, A=6, D=32, correlated=0.0,
-                                    ragged=ragged)
+    img, txt, mask = random_problem(
+        seed=17, B=2, N=10, C=5, A=6, D=32, correlated=0.0, ragged=ragged
+    )
     S = np.einsum("bnd,cad->bcna", img[:, 1:], txt)
     assert np.exp(-(1 - S[..., mask[0]].max()) / eps).astype(np.float32) == 0  # premise: underflow
     kw = dict(theta=0.8, eps=eps, max_iter=100, stop_tol=1e-2, gamma=0.0)
@@ -350,8 +383,9 @@ def test_tiny_eps_underflow_is_finite_and_exact(eps, ragged):
     # fp16 inputs with tiny eps as well
     got16 = lazsl_scores(T(img).half(), T(txt).half(), T(mask), **kw)
     assert torch.isfinite(got16).all()
-    ref16 = ref_scores(T(img).half().double().numpy(), T(txt).half().double().numpy(), mask,
-                       log_domain=True, **kw)
+    ref16 = ref_scores(
+        T(img).half().double().numpy(), T(txt).half().double().numpy(), mask, log_domain=True, **kw
+    )
     np.testing.assert_allclose(got16.numpy(), ref16, rtol=0, atol=1e-5)
 
 
@@ -363,7 +397,7 @@ def test_partial_underflow_is_exact():
     S = np.einsum("bnd,cad->bcna", img[:, 1:].astype(np.float64), txt.astype(np.float64))
     K32 = np.exp(-(1 - S) / eps).astype(np.float32)
     real = np.broadcast_to(mask[None, :, None, :], K32.shape)
-    assert (K32[real] == 0).any() and (K32[real] > 0).any()   # premise: partial underflow
+    assert (K32[real] == 0).any() and (K32[real] > 0).any()  # premise: partial underflow
     kw = dict(theta=0.8, eps=eps, max_iter=100, stop_tol=1e-2, gamma=0.0)
     got = lazsl_scores(T(img), T(txt), T(mask), **kw)
     assert torch.isfinite(got).all()
@@ -375,8 +409,12 @@ def test_log_domain_reference_agrees_with_plain_reference():
     """Sanity of the test's own log-domain reference at a normal eps."""
     img, txt, mask = random_problem(seed=2, B=2, N=8, C=3, A=5, D=16, correlated=0.5)
     kw = dict(theta=0.8, eps=0.1, max_iter=100, stop_tol=1e-2, gamma=0.0)
-    np.testing.assert_allclose(ref_scores(img, txt, mask, log_domain=True, **kw),
-                               ref_scores(img, txt, mask, **kw), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        ref_scores(img, txt, mask, log_domain=True, **kw),
+        ref_scores(img, txt, mask, **kw),
+        rtol=0,
+        atol=1e-10,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -386,17 +424,17 @@ def test_bad_shapes_raise():
     img, txt, mask = random_problem(seed=1, B=2, N=4, C=3, A=4, D=8)
     img, txt, mask = T(img), T(txt), T(mask)
     with pytest.raises(ValueError):
-        lazsl_scores(img[:, 0], txt, mask)                      # [B, D] image features
+        lazsl_scores(img[:, 0], txt, mask)  # [B, D] image features
     with pytest.raises(ValueError):
-        lazsl_scores(img[:, :1], txt, mask)                     # no crop
+        lazsl_scores(img[:, :1], txt, mask)  # no crop
     with pytest.raises(ValueError):
-        lazsl_scores(img, txt[:, 0], mask)                      # [C, D] text features
+        lazsl_scores(img, txt[:, 0], mask)  # [C, D] text features
     with pytest.raises(ValueError):
-        lazsl_scores(img, txt, mask[:, :3])                     # mask shape
+        lazsl_scores(img, txt, mask[:, :3])  # mask shape
     with pytest.raises(ValueError):
-        lazsl_scores(img, txt, mask[:2])                        # mask classes
+        lazsl_scores(img, txt, mask[:2])  # mask classes
     with pytest.raises(ValueError):
-        lazsl_scores(img[..., :7], txt, mask)                   # feature dims differ
+        lazsl_scores(img[..., :7], txt, mask)  # feature dims differ
 
 
 def test_class_without_attribute_raises():
@@ -411,9 +449,18 @@ def test_clip_scores():
     rng = np.random.default_rng(4)
     img = unit(rng.standard_normal((3, 5, 16))).astype(np.float32)
     cls = unit(rng.standard_normal((7, 16))).astype(np.float32)
-    expected = np.array([[float(np.dot(img[b, 0].astype(np.float64), cls[c].astype(np.float64)))
-                          for c in range(7)] for b in range(3)])
+    expected = np.array(
+        [
+            [
+                float(np.dot(img[b, 0].astype(np.float64), cls[c].astype(np.float64)))
+                for c in range(7)
+            ]
+            for b in range(3)
+        ]
+    )
     got = clip_scores(T(img), T(cls))
     assert got.shape == (3, 7) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(clip_scores(T(img[:, 0]), T(cls)).numpy(), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        clip_scores(T(img[:, 0]), T(cls)).numpy(), expected, rtol=0, atol=1e-6
+    )

@@ -11,26 +11,34 @@ import time
 
 import pytest
 
-from plugin_fixtures import lazsl_plugin  # noqa: F401
-
-from fiftyone_lazsl.testing import tiny_clip
 from fiftyone_lazsl.fo.labels import evidence_entries
+from fiftyone_lazsl.testing import tiny_clip
+from plugin_fixtures import lazsl_plugin  # noqa: F401
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_CROPS = 3
 
 
 def _env(plugins):
-    return dict(os.environ, FIFTYONE_PLUGINS_DIR=str(plugins),
-                FIFTYONE_LAZSL_MODEL_CONFIGS=str(tiny_clip._CONFIG),
-                FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true", PYTHONPATH=str(ROOT),
-                OMP_NUM_THREADS="1")
+    return dict(
+        os.environ,
+        FIFTYONE_PLUGINS_DIR=str(plugins),
+        FIFTYONE_LAZSL_MODEL_CONFIGS=str(tiny_clip._CONFIG),
+        FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS="true",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+    )
 
 
 def _worker(plugins, log):
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone")
-    return subprocess.Popen([exe, "delegated", "launch"], env=_env(plugins), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [exe, "delegated", "launch"],
+        env=_env(plugins),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _stop(p):
@@ -44,11 +52,11 @@ def _dataset(shared_data, name, per_class, max_classes):
 
     if fo.dataset_exists(name):
         fo.delete_dataset(name)
-    photos = tiny_clip.some_images(shared_data, "cub", per_class=per_class,
-                                   max_classes=max_classes)
+    photos = tiny_clip.some_images(shared_data, "cub", per_class=per_class, max_classes=max_classes)
     ds = fo.Dataset(name, persistent=True)
-    ds.add_samples([fo.Sample(filepath=p, ground_truth=fo.Classification(label=c))
-                    for p, c in photos])
+    ds.add_samples(
+        [fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos]
+    )
     return ds
 
 
@@ -72,7 +80,7 @@ def test_shard_views_disjoint_stable_and_cover(tmp_path):
     parts = [set(v.values("id")) for v, _ in views]
     assert [len(p) for p in parts] == [n for _, n in views] == [2, 3, 2, 3]
     assert set().union(*parts) == set(ds.values("id")) and sum(map(len, parts)) == 10
-    assert [set(v.values("id")) for v, _ in shard_views(ds, 4)] == parts   # stable
+    assert [set(v.values("id")) for v, _ in shard_views(ds, 4)] == parts  # stable
     assert len(shard_views(ds, 50)) == 10
     with pytest.raises(ConfigError, match="shards"):
         shard_views(ds, 0)
@@ -95,9 +103,18 @@ def test_two_workers_four_shards_kill_and_requeue(lazsl_plugin, shared_data, tmp
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]
     workers = [_worker(lazsl_plugin, logs[0])]
     try:
-        run = shards.queue_shards(ds, aset, 4, model=tiny_clip.TINY_MODEL, pretrained=ckpt,
-                                  n_crops=N_CROPS, batch_size=1, write_every=1,
-                                  gt_field="ground_truth", device="cpu")
+        run = shards.queue_shards(
+            ds,
+            aset,
+            4,
+            model=tiny_clip.TINY_MODEL,
+            pretrained=ckpt,
+            n_crops=N_CROPS,
+            batch_size=1,
+            write_every=1,
+            gt_field="ground_truth",
+            device="cpu",
+        )
         assert len(run.operation_ids) == 4 and sum(run.shard_sizes) == n
         assert get_run_config(ds, "lazsl")["status"] == "queued"
         views = [v for v, _ in shards.shard_views(ds, 4)]
@@ -118,7 +135,7 @@ def test_two_workers_four_shards_kill_and_requeue(lazsl_plugin, shared_data, tmp
             time.sleep(0.02)
         assert str(workers[0].pid) == killed_pid
         status = shards.shard_status(ds, "lazsl")
-        assert status["status"] == "running"   # the killed shard is still marked running
+        assert status["status"] == "running"  # the killed shard is still marked running
         # Worker B starts; the killed shard is re-queued and resumed.
         workers.append(_worker(lazsl_plugin, logs[1]))
         new_ids = shards.requeue_shards(ds, "lazsl", stale=True)
@@ -128,8 +145,8 @@ def test_two_workers_four_shards_kill_and_requeue(lazsl_plugin, shared_data, tmp
 
         outcomes = _outcomes(ds)
         assert len(outcomes) == n
-        assert all((p is None) != (e is None) for p, e in outcomes.values())   # exactly one
-        for sid, (label_id, _) in partial.items():   # finished before the kill: not redone
+        assert all((p is None) != (e is None) for p, e in outcomes.values())  # exactly one
+        for sid, (label_id, _) in partial.items():  # finished before the kill: not redone
             assert outcomes[sid][0] == label_id
         cfg = get_run_config(ds, "lazsl")
         assert cfg["status"] == "completed" and cfg["num_shards"] == 4
@@ -137,8 +154,8 @@ def test_two_workers_four_shards_kill_and_requeue(lazsl_plugin, shared_data, tmp
         assert [s["num_samples"] for s in cfg["shards"]] == run.shard_sizes
         assert all(s["num_predicted"] + s["num_failed"] == s["num_samples"] for s in cfg["shards"])
         pids = {s["worker"].rsplit(":", 1)[1] for s in cfg["shards"]}
-        assert str(workers[1].pid) in pids          # B ran shards
-        assert len(partial) > 0                     # A ran (part of) a shard before it died
+        assert str(workers[1].pid) in pids  # B ran shards
+        assert len(partial) > 0  # A ran (part of) a shard before it died
         assert all(len(evidence_entries(s)) >= 1 for s in ds.exists("lazsl").values("lazsl"))
     finally:
         for w in workers:
@@ -156,16 +173,39 @@ def test_cli_shards_wait_with_local_workers(lazsl_plugin, shared_data, tmp_path)
     ckpt = str(tiny_clip.save_checkpoint(tmp_path / "tiny.pt", seed=2))
     ds = _dataset(shared_data, "shards-cli", per_class=1, max_classes=4)
     exe = os.path.join(os.path.dirname(sys.executable), "fiftyone-lazsl")
-    base = [exe, "classify", "--dataset", ds.name, "--attributes",
-            str(shared_data / "attribute_sets" / "cub.json"), "--model", tiny_clip.TINY_MODEL,
-            "--pretrained", ckpt, "--n-crops", str(N_CROPS), "--label-field", "sh"]
+    base = [
+        exe,
+        "classify",
+        "--dataset",
+        ds.name,
+        "--attributes",
+        str(shared_data / "attribute_sets" / "cub.json"),
+        "--model",
+        tiny_clip.TINY_MODEL,
+        "--pretrained",
+        ckpt,
+        "--n-crops",
+        str(N_CROPS),
+        "--label-field",
+        "sh",
+    ]
     try:
-        bad = subprocess.run(base + ["--devices", "gpu0"], env=_env(lazsl_plugin),
-                             capture_output=True, text=True, timeout=300)
+        bad = subprocess.run(
+            base + ["--devices", "gpu0"],
+            env=_env(lazsl_plugin),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert bad.returncode != 0 and "--devices" in bad.stdout + bad.stderr
         assert "sh" not in ds.get_field_schema()
-        p = subprocess.run(base + ["--shards", "2", "--devices", "cpu,cpu"], env=_env(lazsl_plugin),
-                           capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            base + ["--shards", "2", "--devices", "cpu,cpu"],
+            env=_env(lazsl_plugin),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         assert "queued 2 shard(s)" in p.stdout and f"completed: {len(ds)}/{len(ds)}" in p.stdout
         ds.reload()
@@ -177,12 +217,10 @@ def test_cli_shards_wait_with_local_workers(lazsl_plugin, shared_data, tmp_path)
 def test_operator_params_round_trip():
     """What queue_shards hands the run_lazsl operator gives back the same
     config and run options (random weights said explicitly)."""
-    import importlib.util
 
     from fiftyone_lazsl.core.config import LaZSLConfig
     from fiftyone_lazsl.fo.apply import OutputOptions
     from fiftyone_lazsl.fo.shards import _operator_params
-
     from test_config import _operator_module
 
     op = _operator_module()  # imported as FiftyOne imports it (relative sibling imports)

@@ -11,35 +11,46 @@ import fiftyone as fo
 import pytest
 
 from fiftyone_lazsl.core import published
+from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
+from fiftyone_lazsl.errors import DatasetNotFoundError, UserError
 from fiftyone_lazsl.fo import store
 from fiftyone_lazsl.fo.datasets import load_dataset
 from fiftyone_lazsl.fo.fields import validate_for_field
-from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError
-from fiftyone_lazsl.errors import DatasetNotFoundError, UserError
 
 
 @pytest.fixture
 def dataset():
     ds = fo.Dataset(f"lazsl-store-{uuid.uuid4().hex[:8]}", persistent=True)
     labels = ["Zebra", "apple pie", "St. Bernard", "Zebra", None]
-    ds.add_samples([
-        fo.Sample(filepath=f"/nonexistent/{i}.jpg",
-                  gt=fo.Classification(label=lab) if lab else None,
-                  multi=fo.Classifications(classifications=[fo.Classification(label="apple pie")]),
-                  note="x")
-        for i, lab in enumerate(labels)
-    ])
+    ds.add_samples(
+        [
+            fo.Sample(
+                filepath=f"/nonexistent/{i}.jpg",
+                gt=fo.Classification(label=lab) if lab else None,
+                multi=fo.Classifications(classifications=[fo.Classification(label="apple pie")]),
+                note="x",
+            )
+            for i, lab in enumerate(labels)
+        ]
+    )
     yield ds
     if fo.dataset_exists(ds.name):
         fo.delete_dataset(ds.name)
 
 
 def _small(name="small", **kw):
-    return AttributeSet.from_dict(OrderedDict([
-        ("Zebra", ["black and white stripes", "a horse-like body"]),
-        ("apple pie", []),
-        ("St. Bernard", ["a large dog", "a barrel on the collar"]),
-    ]), name=name, source="/tmp/small.json", **kw)
+    return AttributeSet.from_dict(
+        OrderedDict(
+            [
+                ("Zebra", ["black and white stripes", "a horse-like body"]),
+                ("apple pie", []),
+                ("St. Bernard", ["a large dog", "a barrel on the collar"]),
+            ]
+        ),
+        name=name,
+        source="/tmp/small.json",
+        **kw,
+    )
 
 
 def test_save_load_round_trip_keeps_order_hash_and_provenance(dataset):
@@ -84,7 +95,11 @@ def test_overwrite_rules_and_names(dataset):
     other = AttributeSet.from_dict({"x": ["y"]}, name="small")
     with pytest.raises(UserError, match="already has an attribute set named 'small'"):
         store.save_attribute_set(dataset, other, overwrite=False)
-    assert store.load_attribute_set(dataset, "small").classes == ["Zebra", "apple pie", "St. Bernard"]
+    assert store.load_attribute_set(dataset, "small").classes == [
+        "Zebra",
+        "apple pie",
+        "St. Bernard",
+    ]
     store.save_attribute_set(dataset, other)  # overwrite=True by default
     assert store.load_attribute_set(dataset, "small").classes == ["x"]
     for bad in ["", "a.b", "$x", "has space", "-lead", "x" * 65]:
@@ -98,7 +113,9 @@ def test_overwrite_rules_and_names(dataset):
 
 
 def test_delete_and_unknown_names(dataset):
-    with pytest.raises(UserError, match="has no attribute set named 'nope'; it has no attribute sets"):
+    with pytest.raises(
+        UserError, match="has no attribute set named 'nope'; it has no attribute sets"
+    ):
         store.load_attribute_set(dataset, "nope")
     store.save_attribute_set(dataset, _small(), name="one")
     store.save_attribute_set(dataset, _small(), name="two")
@@ -136,16 +153,24 @@ print(json.dumps({"classes": a.classes, "hash": a.content_hash, "warnings": a.wa
 def test_persisted_across_processes(dataset):
     aset = _small()
     store.save_attribute_set(dataset, aset)
-    out = subprocess.run([sys.executable, "-c", _CHILD, dataset.name], capture_output=True,
-                         text=True, timeout=240, env=dict(os.environ))
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, dataset.name],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ),
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"classes": aset.classes, "hash": aset.content_hash, "warnings": aset.warnings}
     # this process's dataset object is stale; saving must keep the child's set
     store.save_attribute_set(dataset, _small(), name="after")
     dataset.reload()
-    assert {r["name"] for r in store.list_attribute_sets(fo.load_dataset(dataset.name))} == \
-        {"small", "from-child", "after"}
+    assert {r["name"] for r in store.list_attribute_sets(fo.load_dataset(dataset.name))} == {
+        "small",
+        "from-child",
+        "after",
+    }
     assert store.load_attribute_set(dataset, "from-child").source == "child"
 
 
@@ -160,8 +185,9 @@ def test_corrupt_record_is_detected(dataset):
     chunk = coll.find_one({"kind": "chunk", "set": header["_id"]})
     record = json.loads(zlib.decompress(chunk["data"]))
     record["attributes"][0] = ["tampered"]
-    coll.update_one({"_id": chunk["_id"]},
-                    {"$set": {"data": zlib.compress(json.dumps(record).encode())}})
+    coll.update_one(
+        {"_id": chunk["_id"]}, {"$set": {"data": zlib.compress(json.dumps(record).encode())}}
+    )
     with pytest.raises(AttributeSetError, match="corrupt: content hash"):
         store.load_attribute_set(dataset, "small")
 
@@ -207,6 +233,7 @@ def test_resolve_order(dataset, shared_data, tmp_path, monkeypatch):
 def test_moved_helpers_stay_importable_from_store():
     import fiftyone_lazsl.fo.datasets as datasets
     import fiftyone_lazsl.fo.fields as fields
+
     assert store.load_dataset is datasets.load_dataset
     assert store.validate_for_field is fields.validate_for_field
 
@@ -221,8 +248,16 @@ def test_resolve_detects_the_format_of_a_file(tmp_path):
     """A file without a sidecar: format None/"auto" detects CuPL sentences vs DCLIP
     attributes; an explicit format wins."""
     cupl = tmp_path / "c.json"
-    cupl.write_text(json.dumps({"Zebra": ["A photo of a Zebra, a striped horse.",
-                                          "A Zebra has black and white stripes."]}))
+    cupl.write_text(
+        json.dumps(
+            {
+                "Zebra": [
+                    "A photo of a Zebra, a striped horse.",
+                    "A Zebra has black and white stripes.",
+                ]
+            }
+        )
+    )
     dclip = tmp_path / "d.json"
     dclip.write_text(json.dumps({"Zebra": ["black and white stripes", "a short mane"]}))
     for fmt in (None, "auto"):

@@ -11,10 +11,10 @@ import uuid
 import fiftyone as fo
 import pytest
 
+from cli_helpers import EXE, one_error_line
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo import store
-from cli_helpers import EXE, one_error_line
 
 
 @pytest.fixture
@@ -27,8 +27,14 @@ def dataset():
 
 
 def cli(*args, **kw):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600, **kw)
+    return subprocess.run(
+        [EXE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+        **kw,
+    )
 
 
 def big_set_file(path, mb, seed):
@@ -37,8 +43,10 @@ def big_set_file(path, mb, seed):
     import random
 
     rng = random.Random(seed)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
-             for _ in range(5000)]
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
+        for _ in range(5000)
+    ]
     per_class = int(mb * 2**20 / 200)
     data = {}
     for c in range(200):
@@ -84,9 +92,16 @@ def test_eight_imports_at_once_keep_all_eight_sets(dataset, tmp_path):
         f = tmp_path / f"set{i}.json"
         f.write_text(json.dumps({f"class {c}": [f"attribute {i}-{c}"] for c in range(50)}))
         files.append(f)
-    procs = [subprocess.Popen([EXE, "attributes", "import", str(f), "--dataset", dataset.name],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ)) for f in files]
+    procs = [
+        subprocess.Popen(
+            [EXE, "attributes", "import", str(f), "--dataset", dataset.name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for f in files
+    ]
     results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
     assert all(rc == 0 for _, _, rc in results), results
     dataset.reload()  # this process's copy predates the imports
@@ -98,12 +113,21 @@ def test_eight_imports_at_once_keep_all_eight_sets(dataset, tmp_path):
 
 def test_sets_of_an_earlier_version_are_read_and_moved(dataset):
     # what earlier versions wrote: every set inside dataset.info
-    legacy_set = AttributeSet.from_dict({"crow": ["black"], "heron": ["grey", "long neck"]},
-                                        source="old", warnings=["w1"])
-    record = {"version": 1, "name": "old", "classes": ["crow", "heron"],
-              "attributes": [["black"], ["grey", "long neck"]], "source": "old",
-              "format": "descriptors", "warnings": ["w1"], "metadata_json": "{}",
-              "hash": legacy_set.content_hash, "saved_at": "2026-01-01T00:00:00+00:00"}
+    legacy_set = AttributeSet.from_dict(
+        {"crow": ["black"], "heron": ["grey", "long neck"]}, source="old", warnings=["w1"]
+    )
+    record = {
+        "version": 1,
+        "name": "old",
+        "classes": ["crow", "heron"],
+        "attributes": [["black"], ["grey", "long neck"]],
+        "source": "old",
+        "format": "descriptors",
+        "warnings": ["w1"],
+        "metadata_json": "{}",
+        "hash": legacy_set.content_hash,
+        "saved_at": "2026-01-01T00:00:00+00:00",
+    }
     dataset.info = {"classes": ["a"], store.INFO_KEY: {"old": record}}
     p = cli("attributes", "show", "old", "--dataset", dataset.name)
     assert p.returncode == 0, p.stderr
@@ -123,8 +147,11 @@ def test_too_big_is_one_clear_line(dataset, monkeypatch):
     assert store.list_attribute_sets(dataset) == []
 
 
-SIDECARS = {"list": [1, 2], "metadata string": {"metadata": "x"},
-            "warnings number": {"warnings": 3}}
+SIDECARS = {
+    "list": [1, 2],
+    "metadata string": {"metadata": "x"},
+    "warnings number": {"warnings": 3},
+}
 
 
 @pytest.mark.parametrize("case", sorted(SIDECARS))

@@ -28,8 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_report_module():
-    spec = importlib.util.spec_from_file_location("structure_report",
-                                                  ROOT / "scripts" / "structure_report.py")
+    spec = importlib.util.spec_from_file_location(
+        "structure_report", ROOT / "scripts" / "structure_report.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("structure_report", mod)  # dataclasses look their module up
     spec.loader.exec_module(mod)
@@ -42,23 +43,42 @@ MODULES = sorted(AN.paths)
 
 #: Third-party libraries that the light entry points must not import (slow to import,
 #: or FiftyOne's database client).
-HEAVY = frozenset({"torch", "torchvision", "fiftyone", "numpy", "PIL", "open_clip", "pymongo",
-                   "bson", "openai", "ot", "psutil"})
+HEAVY = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "fiftyone",
+        "numpy",
+        "PIL",
+        "open_clip",
+        "pymongo",
+        "bson",
+        "openai",
+        "ot",
+        "psutil",
+    }
+)
 
 # Reasons a module of this package may be imported inside a function instead of
 # at the top. Each is checked against the import graph by test_lazy_imports_are_allowed.
 LIGHT = "light"
-LIGHT_WHY = ("the importing module is loaded by `import fiftyone_lazsl`, `import "
-             "fiftyone_lazsl.core.config` or `fiftyone-lazsl --help` (which builds every "
-             "sub-command's parser), and the imported module loads a heavy library (HEAVY) at "
-             "import: the import waits for the handler that needs it")
+LIGHT_WHY = (
+    "the importing module is loaded by `import fiftyone_lazsl`, `import "
+    "fiftyone_lazsl.core.config` or `fiftyone-lazsl --help` (which builds every "
+    "sub-command's parser), and the imported module loads a heavy library (HEAVY) at "
+    "import: the import waits for the handler that needs it"
+)
 CYCLE = "cycle"
-CYCLE_WHY = ("the imported module imports the importing one at module level (directly or "
-             "through others): importing it at the top would close an import cycle")
+CYCLE_WHY = (
+    "the imported module imports the importing one at module level (directly or "
+    "through others): importing it at the top would close an import cycle"
+)
 LAYER = "layer"
-LAYER_WHY = ("the imported module belongs to a layer below the importing one "
-             "(docs/architecture.md: each layer imports only the layers above it); a "
-             "documented exception, used by one function only")
+LAYER_WHY = (
+    "the imported module belongs to a layer below the importing one "
+    "(docs/architecture.md: each layer imports only the layers above it); a "
+    "documented exception, used by one function only"
+)
 REASONS = {LIGHT: LIGHT_WHY, CYCLE: CYCLE_WHY, LAYER: LAYER_WHY}
 
 _P = "fiftyone_lazsl."
@@ -165,19 +185,24 @@ def test_the_analysis_sees_the_package():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_no_private_names_of_other_modules(module):
-    uses = sorted((u for u in AN.private_uses if u.module == module and u.internal),
-                  key=lambda u: (u.line, u.name))
+    uses = sorted(
+        (u for u in AN.private_uses if u.module == module and u.internal),
+        key=lambda u: (u.line, u.name),
+    )
     if uses:
-        pytest.fail(f"{AN.paths[module].relative_to(ROOT)} uses other modules' private names "
-                    "(make them public, with a docstring):\n" + "\n".join(
-                        f"  line {u.line}: {u.owner}.{u.name} ({u.how})" for u in uses),
-                    pytrace=False)
+        pytest.fail(
+            f"{AN.paths[module].relative_to(ROOT)} uses other modules' private names "
+            "(make them public, with a docstring):\n"
+            + "\n".join(f"  line {u.line}: {u.owner}.{u.name} ({u.how})" for u in uses),
+            pytrace=False,
+        )
 
 
 def test_no_import_cycles_at_module_level():
     cycles = AN.cycles("module")
     assert not cycles, "import cycles (module-level imports):\n" + "\n".join(
-        "  " + " -> ".join(c + c[:1]) for c in (AN.example_cycle(k) for k in cycles))
+        "  " + " -> ".join(c + c[:1]) for c in (AN.example_cycle(k) for k in cycles)
+    )
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -189,32 +214,43 @@ def test_lazy_imports_are_allowed(module):
         for t in s.internal:
             reason = LAZY_IMPORTS.get((module, t))
             if reason is None:
-                problems.append(f"  line {s.line} ({s.function}): {t}: not in LAZY_IMPORTS; "
-                                "import it at the top of the module, or add it with its reason")
+                problems.append(
+                    f"  line {s.line} ({s.function}): {t}: not in LAZY_IMPORTS; "
+                    "import it at the top of the module, or add it with its reason"
+                )
                 continue
             why = _reason_problem(module, t, reason)
             if why:
-                problems.append(f"  line {s.line} ({s.function}): {t}: listed as {reason!r} but "
-                                f"{why}; import it at the top of the module")
+                problems.append(
+                    f"  line {s.line} ({s.function}): {t}: listed as {reason!r} but "
+                    f"{why}; import it at the top of the module"
+                )
     if problems:
-        pytest.fail(f"{AN.paths[module].relative_to(ROOT)} imports modules of this package "
-                    "inside functions:\n" + "\n".join(problems), pytrace=False)
+        pytest.fail(
+            f"{AN.paths[module].relative_to(ROOT)} imports modules of this package "
+            "inside functions:\n" + "\n".join(problems),
+            pytrace=False,
+        )
 
 
 def test_lazy_import_list_has_no_stale_entries():
     used = {(s.module, t) for s in AN.function_imports(internal_only=True) for t in s.internal}
     stale = sorted(set(LAZY_IMPORTS) - used)
-    assert not stale, "LAZY_IMPORTS entries with no such import inside a function (remove them):" \
+    assert not stale, (
+        "LAZY_IMPORTS entries with no such import inside a function (remove them):"
         + "".join(f"\n  {a} -> {b}" for a, b in stale)
+    )
     assert set(LAZY_IMPORTS.values()) <= set(REASONS)
 
 
 def test_light_entry_points_import_no_heavy_library():
     heavy = {m: EXTERNAL[m] & HEAVY for m in sorted(LIGHT_MODULES) if EXTERNAL[m] & HEAVY}
     assert {"fiftyone_lazsl.cli.demo", "fiftyone_lazsl.env"} <= LIGHT_MODULES
-    assert not heavy, ("modules loaded by `import fiftyone_lazsl`, `import "
-                       "fiftyone_lazsl.core.config` or `fiftyone-lazsl --help` import heavy "
-                       f"libraries at module level: {heavy}")
+    assert not heavy, (
+        "modules loaded by `import fiftyone_lazsl`, `import "
+        "fiftyone_lazsl.core.config` or `fiftyone-lazsl --help` import heavy "
+        f"libraries at module level: {heavy}"
+    )
 
 
 def test_the_checks_catch_what_they_look_for(tmp_path):
@@ -226,15 +262,21 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     (pkg / "fo" / "__init__.py").write_text("")
     (pkg / "fo" / "a.py").write_text(
         "from fiftyone_lazsl.fo import b\nfrom fiftyone_lazsl.fo.b import _hidden\n"
-        "def _own():\n    return 1\n")
+        "def _own():\n    return 1\n"
+    )
     (pkg / "fo" / "b.py").write_text(
         "import fiftyone_lazsl.fo.a as a\n\ndef f(self):\n    from . import a as again\n"
-        "    self._x = a._own() + a.__name__.count('x')\n    return again\n_hidden = 1\n")
+        "    self._x = a._own() + a.__name__.count('x')\n    return again\n_hidden = 1\n"
+    )
     an = sr.analyse(tmp_path)
     assert an.cycles("module") == [["fiftyone_lazsl.fo.a", "fiftyone_lazsl.fo.b"]]
     assert [(u.module, u.owner, u.name, u.how) for u in an.private_uses] == [
         ("fiftyone_lazsl.fo.a", "fiftyone_lazsl.fo.b", "_hidden", "from-import"),
-        ("fiftyone_lazsl.fo.b", "fiftyone_lazsl.fo.a", "_own", "attribute")]
+        ("fiftyone_lazsl.fo.b", "fiftyone_lazsl.fo.a", "_own", "attribute"),
+    ]
     [lazy] = an.function_imports(internal_only=True)
     assert (lazy.module, lazy.function, lazy.internal) == (
-        "fiftyone_lazsl.fo.b", "f", ("fiftyone_lazsl.fo.a",))
+        "fiftyone_lazsl.fo.b",
+        "f",
+        ("fiftyone_lazsl.fo.a",),
+    )

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fiftyone_lazsl.core.transport import (
-    log_plan, sinkhorn, sinkhorn_knopp, sinkhorn_log)
+from fiftyone_lazsl.core.transport import log_plan, sinkhorn, sinkhorn_knopp, sinkhorn_log
 
 ot = pytest.importorskip("ot")
 
@@ -31,20 +30,28 @@ def random_batch(seed, P=6, N=9, A=7, reg_scale=1.0, pad=True):
 
 
 def pot_plan(M, a, b, k, reg, method):
-    return ot.sinkhorn(a, b[:k], M[:, :k], reg=reg, method=method, numItermax=100000,
-                       stopThr=1e-13)
+    return ot.sinkhorn(a, b[:k], M[:, :k], reg=reg, method=method, numItermax=100000, stopThr=1e-13)
 
 
 def knopp_plans(M, a, b, reg, transposed=False):
     Mt = torch.tensor(M, dtype=torch.float32)
     if transposed:
         Mt = Mt.transpose(1, 2).contiguous()
-    u, v, it = sinkhorn_knopp(torch.tensor(a, dtype=torch.float32),
-                              torch.tensor(b, dtype=torch.float32), Mt, reg,
-                              max_iter=3000, stop_tol=0.0, transposed=transposed)
+    u, v, it = sinkhorn_knopp(
+        torch.tensor(a, dtype=torch.float32),
+        torch.tensor(b, dtype=torch.float32),
+        Mt,
+        reg,
+        max_iter=3000,
+        stop_tol=0.0,
+        transposed=transposed,
+    )
     K = torch.exp(Mt / -reg)
-    T = (v.unsqueeze(-1) * K * u.unsqueeze(-2)).transpose(1, 2) if transposed \
+    T = (
+        (v.unsqueeze(-1) * K * u.unsqueeze(-2)).transpose(1, 2)
+        if transposed
         else u.unsqueeze(-1) * K * v.unsqueeze(-2)
+    )
     return T.numpy(), it
 
 
@@ -57,7 +64,7 @@ def test_sinkhorn_knopp_matches_pot(seed, reg, transposed):
     for p, k in enumerate(sizes):
         P = pot_plan(M[p], a[p], b[p], k, reg, "sinkhorn")
         np.testing.assert_allclose(T[p][:, :k], P, rtol=0, atol=2e-6)
-        assert np.all(T[p][:, k:] == 0)          # padded columns carry no mass
+        assert np.all(T[p][:, k:] == 0)  # padded columns carry no mass
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -72,8 +79,15 @@ def test_sinkhorn_log_matches_pot(seed, reg, shift, transposed):
     Mt = torch.tensor(M)
     if transposed:
         Mt = Mt.transpose(1, 2).contiguous()
-    f, g, it = sinkhorn_log(torch.tensor(a), torch.tensor(b), Mt, reg, max_iter=3000,
-                            stop_tol=0.0, transposed=transposed)
+    f, g, it = sinkhorn_log(
+        torch.tensor(a),
+        torch.tensor(b),
+        Mt,
+        reg,
+        max_iter=3000,
+        stop_tol=0.0,
+        transposed=transposed,
+    )
     assert f.dtype == torch.float64
     T = log_plan(f, g, Mt, reg, transposed=transposed)
     if transposed:
@@ -92,14 +106,15 @@ def test_official_stopping_rule_per_problem():
     exactly as a plain loop over that problem alone."""
     M, a, b, sizes = random_batch(7, P=8, N=12, A=6)
     reg, tol = 0.1, 1e-3
-    u, v, it = sinkhorn_knopp(torch.tensor(a), torch.tensor(b), torch.tensor(M), reg,
-                              max_iter=100, stop_tol=tol)
-    assert len(set(it.tolist())) > 1                 # problems stop at different points
+    u, v, it = sinkhorn_knopp(
+        torch.tensor(a), torch.tensor(b), torch.tensor(M), reg, max_iter=100, stop_tol=tol
+    )
+    assert len(set(it.tolist())) > 1  # problems stop at different points
     for p, k in enumerate(sizes):
         K = np.exp(-M[p][:, :k] / reg)
         uu, vv = np.ones(M.shape[1]), np.ones(k)
         n = 0
-        for n in range(1, 101):
+        for n in range(1, 101):  # noqa: B007 -- n is read after the loop
             prev = uu
             uu = a[p] / (K @ vv)
             vv = b[p][:k] / (K.T @ uu)
@@ -112,7 +127,7 @@ def test_official_stopping_rule_per_problem():
 
 def test_auto_falls_back_to_log_domain_only_where_needed():
     M, a, b, sizes = random_batch(8, P=4)
-    M[1] *= 40.0                                     # problem 1: kernel underflows at reg 0.1
+    M[1] *= 40.0  # problem 1: kernel underflows at reg 0.1
     reg = 0.1
     Mt = torch.tensor(M, dtype=torch.float32)
     a32, b32 = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
@@ -127,7 +142,10 @@ def test_auto_falls_back_to_log_domain_only_where_needed():
     np.testing.assert_allclose(T, log.plan().numpy(), rtol=0, atol=1e-6)
     assert torch.equal(log.plan(), log.plan(torch.exp(Mt / -reg)))
     S = 1.0 - Mt
-    np.testing.assert_allclose(res.inner(torch.exp(Mt / -reg), S).numpy(),
-                               (torch.tensor(T) * S).sum((-1, -2)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        res.inner(torch.exp(Mt / -reg), S).numpy(),
+        (torch.tensor(T) * S).sum((-1, -2)).numpy(),
+        rtol=1e-5,
+    )
     with pytest.raises(ValueError, match="unknown Sinkhorn method"):
         sinkhorn(a32, b32, Mt, reg, method="exact")

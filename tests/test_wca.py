@@ -19,9 +19,9 @@ import torch
 
 import badfiles as bf
 from cli_helpers import ENV, EXE
-from plugin_fixtures import lazsl_plugin, run_operator  # noqa: F401
 from fiftyone_lazsl.core.scoring import wca_scores
 from fiftyone_lazsl.testing import tiny_clip
+from plugin_fixtures import lazsl_plugin, run_operator  # noqa: F401
 
 tiny_clip.register()
 
@@ -83,11 +83,13 @@ def _random_problem(seed, B=3, N1=8, C=5, A=6, D=16):
 # --------------------------------------------------------------------------
 def _golden_files():
     from conftest import SHARED
+
     return sorted(glob.glob(str(SHARED / "golden" / "wca_*.npz")))
 
 
-@pytest.fixture(params=_golden_files() or [None],
-                ids=lambda p: os.path.basename(p) if p else "no-golden")
+@pytest.fixture(
+    params=_golden_files() or [None], ids=lambda p: os.path.basename(p) if p else "no-golden"
+)
 def golden(request, shared_data):
     if request.param is None:
         pytest.skip("no golden/wca_*.npz files in shared data")
@@ -100,9 +102,15 @@ def test_wca_golden_files_present(shared_data):
 
 def test_wca_golden(golden):
     d = golden
-    out = wca_scores(T(d["image_features"]), T(d["text_features"]), T(d["text_mask"]),
-                     T(d["label_features"]), image_scale_log=float(d["image_scale_log"]),
-                     text_scale_log=float(d["text_scale_log"]), return_weights=True)
+    out = wca_scores(
+        T(d["image_features"]),
+        T(d["text_features"]),
+        T(d["text_mask"]),
+        T(d["label_features"]),
+        image_scale_log=float(d["image_scale_log"]),
+        text_scale_log=float(d["text_scale_log"]),
+        return_weights=True,
+    )
     assert out.scores.dtype == torch.float32 and out.scores.shape == d["scores"].shape
     err = np.abs(out.scores.numpy() - d["scores"]).max()
     print(f"WCA golden max |score error| = {err:.3g}")
@@ -111,8 +119,9 @@ def test_wca_golden(golden):
     np.testing.assert_allclose(out.class_weights.numpy(), d["class_weights"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(out.crop_weights.numpy(), d["crop_weights"], rtol=0, atol=1e-5)
     # the plain call, the defaults (the golden files use WCA's 4.0 / 2.0), and the reference
-    s = wca_scores(T(d["image_features"]), T(d["text_features"]), T(d["text_mask"]),
-                   T(d["label_features"]))
+    s = wca_scores(
+        T(d["image_features"]), T(d["text_features"]), T(d["text_mask"]), T(d["label_features"])
+    )
     np.testing.assert_allclose(s.numpy(), d["scores"], rtol=0, atol=1e-5)
     ref = ref_wca(d["image_features"], d["text_features"], d["text_mask"], d["label_features"])
     np.testing.assert_allclose(ref, d["scores"], rtol=0, atol=1e-5)
@@ -124,14 +133,16 @@ def test_wca_golden(golden):
 @pytest.mark.parametrize("scales", [(4.0, 2.0), (0.0, -1.0), (6.0, 5.0)])
 def test_wca_matches_reference_with_masks(scales):
     img, txt, mask, lab = _random_problem(1)
-    s = wca_scores(T(img), T(txt), T(mask), T(lab), image_scale_log=scales[0],
-                   text_scale_log=scales[1])
+    s = wca_scores(
+        T(img), T(txt), T(mask), T(lab), image_scale_log=scales[0], text_scale_log=scales[1]
+    )
     np.testing.assert_allclose(s.numpy(), ref_wca(img, txt, mask, lab, *scales), atol=2e-6)
     # padded rows carry no weight: filling them with anything changes nothing
     txt2 = txt.copy()
     txt2[~mask] = _unit(np.ones(txt.shape[-1], np.float32))
-    s2 = wca_scores(T(img), T(txt2), T(mask), T(lab), image_scale_log=scales[0],
-                    text_scale_log=scales[1])
+    s2 = wca_scores(
+        T(img), T(txt2), T(mask), T(lab), image_scale_log=scales[0], text_scale_log=scales[1]
+    )
     np.testing.assert_allclose(s2.numpy(), s.numpy(), atol=1e-6)
 
 
@@ -157,8 +168,7 @@ def test_wca_half_precision_and_stored_cosines():
     np.testing.assert_allclose(s16.numpy(), ref, atol=5e-3)
     # the float32 crop-to-global cosines a feature store keeps make the weights exact
     cg = np.einsum("bnd,bd->bn", img[:, 1:], img[:, 0]).astype(np.float32)
-    o16 = wca_scores(T(img).half(), T(txt), T(mask), T(lab), crop_global=T(cg),
-                     return_weights=True)
+    o16 = wca_scores(T(img).half(), T(txt), T(mask), T(lab), crop_global=T(cg), return_weights=True)
     o32 = wca_scores(T(img), T(txt), T(mask), T(lab), return_weights=True)
     np.testing.assert_allclose(o16.crop_weights.numpy(), o32.crop_weights.numpy(), atol=1e-6)
 
@@ -195,6 +205,7 @@ def test_method_defaults_and_given_values():
     assert run.crop_scale == (0.6, 0.9)
     assert LaZSLConfig.default_of("crop_scale", "wca") == (0.5, 0.9)
     from fiftyone_lazsl.errors import ConfigError
+
     with pytest.raises(ConfigError, match="n_crops must be >= 1 for wca"):
         LaZSLConfig(method="wca", n_crops=0)
     with pytest.raises(ConfigError, match="image_scale_log"):
@@ -231,8 +242,15 @@ def test_classifier_wca_scores_and_evidence(pets, checkpoint):
 
     photos, sentences = pets
     aset = _cupl_set(sentences)
-    clf = LaZSLClassifier(aset, model=tiny_clip.TINY_MODEL, pretrained=checkpoint, method="wca",
-                          device="cpu", n_crops=N, seed=2)
+    clf = LaZSLClassifier(
+        aset,
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        method="wca",
+        device="cpu",
+        n_crops=N,
+        seed=2,
+    )
     assert clf.crop_scale == (0.5, 0.9)
     # CuPL sentences are encoded verbatim; the label prompt is "a photo of a {c}."
     prompts, _ = build_prompts(aset)
@@ -242,6 +260,7 @@ def test_classifier_wca_scores_and_evidence(pets, checkpoint):
     preds = clf.predict(paths)
     keys = [os.path.abspath(p) for p in paths]
     from fiftyone_lazsl.core.imageio import load_image
+
     feats, _ = clf.encode([load_image(p) for p in paths], keys)
     m = clf.model
     txt = [m.encode_texts(s).numpy() for s in prompts]
@@ -249,7 +268,7 @@ def test_classifier_wca_scores_and_evidence(pets, checkpoint):
     tf = np.zeros((len(txt), A, txt[0].shape[1]), np.float32)
     mask = np.zeros((len(txt), A), bool)
     for c, t in enumerate(txt):
-        tf[c, :len(t)], mask[c, :len(t)] = t, True
+        tf[c, : len(t)], mask[c, : len(t)] = t, True
     lab = m.encode_texts([clip_prompt(c) for c in aset.classes]).numpy()
     ref = ref_wca(feats.numpy(), tf, mask, lab)
     for b, p in enumerate(preds):
@@ -275,21 +294,30 @@ def compare_runs(ds, fresh, rescored, *, logit_tol, score_tol):
     float32-storage tolerances of tests/test_rescore.py)."""
     from fiftyone_lazsl.fo.labels import class_evidence, evidence_entries
 
-    for a, b, ca, cb in zip(ds.values(fresh), ds.values(rescored), ds.values(f"{fresh}_crops"),
-                            ds.values(f"{rescored}_crops")):
+    for a, b, ca, cb in zip(
+        ds.values(fresh),
+        ds.values(rescored),
+        ds.values(f"{fresh}_crops"),
+        ds.values(f"{rescored}_crops"),
+    ):
         assert a is not None and b is not None and a.label == b.label
         assert np.abs(np.array(a.logits) - np.array(b.logits)).max() <= logit_tol
         ea, eb = evidence_entries(a), evidence_entries(b)
         assert ea and [e["class"] for e in ea] == [e["class"] for e in eb]
         for e in ea:
-            np.testing.assert_allclose(class_evidence(a, e["index"])[0],
-                                       class_evidence(b, e["index"])[0], atol=score_tol)
+            np.testing.assert_allclose(
+                class_evidence(a, e["index"])[0], class_evidence(b, e["index"])[0], atol=score_tol
+            )
         assert [d.label for d in ca.detections] == [d.label for d in cb.detections]
         assert [d.crop_index for d in ca.detections] == [d.crop_index for d in cb.detections]
-        np.testing.assert_allclose([d.bounding_box for d in ca.detections],
-                                   [d.bounding_box for d in cb.detections], atol=0)
-        np.testing.assert_allclose([d.confidence for d in ca.detections],
-                                   [d.confidence for d in cb.detections], atol=score_tol)
+        np.testing.assert_allclose(
+            [d.bounding_box for d in ca.detections], [d.bounding_box for d in cb.detections], atol=0
+        )
+        np.testing.assert_allclose(
+            [d.confidence for d in ca.detections],
+            [d.confidence for d in cb.detections],
+            atol=score_tol,
+        )
 
 
 def _cli(env, *args):
@@ -303,21 +331,42 @@ def test_cli_classify_wca_with_cupl_set(tmp_path, pets, checkpoint):
     path = tmp_path / "pets_cupl.json"
     path.write_text(json.dumps(sentences))
     from fiftyone_lazsl.fo.store import resolve_attribute_set
-    assert resolve_attribute_set(str(path)).format == "cupl"   # read as sentences, used verbatim
+
+    assert resolve_attribute_set(str(path)).format == "cupl"  # read as sentences, used verbatim
     ds = bf.make_dataset("wca-cli", [p for p, _ in photos], gt=[c for _, c in photos])
     ds.persistent = True
     env = dict(os.environ, **ENV)
     try:
-        r = _cli(env, "classify", "--dataset", ds.name, "--attributes", str(path),
-                 "--method", "wca", "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint,
-                 "--n-crops", str(N), "--device", "cpu", "--workers", "0",
-                 "--label-field", "wca", "--top-k-crops", "3")
+        r = _cli(
+            env,
+            "classify",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(path),
+            "--method",
+            "wca",
+            "--model",
+            tiny_clip.TINY_MODEL,
+            "--pretrained",
+            checkpoint,
+            "--n-crops",
+            str(N),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--label-field",
+            "wca",
+            "--top-k-crops",
+            "3",
+        )
         assert r.returncode == 0, r.stderr
         assert f"{len(photos)}/{len(photos)} samples classified into field 'wca'" in r.stdout
         ds.reload()
         cfg = get_run_config(ds, "wca")
         assert cfg["method"] == "wca" and cfg["n_crops"] == N
-        assert cfg["crop_scale"] == [0.5, 0.9]                  # WCA's default
+        assert cfg["crop_scale"] == [0.5, 0.9]  # WCA's default
         assert (cfg["image_scale_log"], cfg["text_scale_log"]) == (4.0, 2.0)
         for pred, dets, attrs in zip(*ds.values(["wca", "wca_crops", "wca_attributes"])):
             own = {t.strip() for t in sentences[pred.label]}
@@ -328,9 +377,24 @@ def test_cli_classify_wca_with_cupl_set(tmp_path, pets, checkpoint):
             assert all(d.label in own for d in dets.detections)
             assert attrs and set(attrs) <= set(own)
         # bad parameter: one line, exit 2, nothing written
-        r = _cli(env, "classify", "--dataset", ds.name, "--attributes", str(path),
-                 "--method", "wca", "--model", tiny_clip.TINY_MODEL, "--pretrained", checkpoint,
-                 "--image-scale-log", "inf", "--label-field", "bad")
+        r = _cli(
+            env,
+            "classify",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(path),
+            "--method",
+            "wca",
+            "--model",
+            tiny_clip.TINY_MODEL,
+            "--pretrained",
+            checkpoint,
+            "--image-scale-log",
+            "inf",
+            "--label-field",
+            "bad",
+        )
         assert r.returncode == 2 and "image_scale_log must be a finite number" in r.stderr
     finally:
         ds.delete()
@@ -348,16 +412,41 @@ def test_rescore_every_method_from_one_encoding(tmp_path, pets, checkpoint):
     path.write_text(json.dumps(sentences))
     ds = bf.make_dataset("wca-rescore", [p for p, _ in photos], gt=[c for _, c in photos])
     ds.persistent = True
-    kw = dict(model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu", n_crops=N,
-              seed=4, num_workers=0, batch_size=2)
+    kw = dict(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=N,
+        seed=4,
+        num_workers=0,
+        batch_size=2,
+    )
     store = tmp_path / "store"
     env = dict(os.environ, **ENV)
     try:
-        first = run_lazsl(ds, str(path), label_field="lazsl", store_features=str(store),
-                          feature_dtype="float32", **kw)
+        first = run_lazsl(
+            ds,
+            str(path),
+            label_field="lazsl",
+            store_features=str(store),
+            feature_dtype="float32",
+            **kw,
+        )
         assert first.feature_store["stored"] == len(photos)
-        r = _cli(env, "rescore", "--dataset", ds.name, "--attributes", str(path),
-                 "--from-field", "lazsl", "--label-field", "wca", "--method", "wca")
+        r = _cli(
+            env,
+            "rescore",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(path),
+            "--from-field",
+            "lazsl",
+            "--label-field",
+            "wca",
+            "--method",
+            "wca",
+        )
         assert r.returncode == 0, r.stderr
         assert f"{len(photos)} reused" in r.stdout
         ds.reload()
@@ -370,8 +459,7 @@ def test_rescore_every_method_from_one_encoding(tmp_path, pets, checkpoint):
             s = rescore(ds, str(path), from_field="lazsl", label_field=m, method=m)
             assert s.feature_store["reused"] == len(photos) and s.feature_store["stored"] == 0
         # fresh runs of each method on the same crops (same seed, N, crop scale)
-        run_lazsl(ds, str(path), label_field="wca_fresh", method="wca", crop_scale=(0.6, 0.9),
-                  **kw)
+        run_lazsl(ds, str(path), label_field="wca_fresh", method="wca", crop_scale=(0.6, 0.9), **kw)
         compare_runs(ds, "wca_fresh", "wca", logit_tol=1e-6 * 100, score_tol=1e-6)
         for m in ("dclip", "clip"):
             run_lazsl(ds, str(path), label_field=f"{m}_fresh", method=m, **kw)
@@ -379,10 +467,23 @@ def test_rescore_every_method_from_one_encoding(tmp_path, pets, checkpoint):
                 assert a.label == b.label
                 assert np.abs(np.array(a.logits) - np.array(b.logits)).max() <= 1e-4
         # a store of global views only cannot serve a crop method
-        run_lazsl(ds, str(path), label_field="g", method="dclip",
-                  store_features=str(tmp_path / "g"), **kw)
-        r = _cli(env, "rescore", "--dataset", ds.name, "--attributes", str(path),
-                 "--from-field", "g", "--label-field", "x", "--method", "wca")
+        run_lazsl(
+            ds, str(path), label_field="g", method="dclip", store_features=str(tmp_path / "g"), **kw
+        )
+        r = _cli(
+            env,
+            "rescore",
+            "--dataset",
+            ds.name,
+            "--attributes",
+            str(path),
+            "--from-field",
+            "g",
+            "--label-field",
+            "x",
+            "--method",
+            "wca",
+        )
         assert r.returncode == 2 and "stored the global view only" in r.stderr
         # one table, four methods, one encoding
         res = evaluate_methods(ds, "ground_truth", ["lazsl", "wca", "dclip", "clip"])
@@ -409,17 +510,34 @@ def test_operators_run_and_rescore_wca(lazsl_plugin, pets, checkpoint):
     ds = bf.make_dataset("wca-ops", [p for p, _ in photos[:3]], gt=[c for _, c in photos[:3]])
     save_attribute_set(ds, AttributeSet.from_dict(sentences, format="cupl"), "cupl")
     kw = {"model": tiny_clip.TINY_MODEL, "pretrained": checkpoint, "device": "cpu", "n_crops": 4}
-    res = run_operator("run_lazsl", ds, {"attribute_set": "cupl", "method": "wca",
-                                         "label_field": "op", "store_features": True,
-                                         "image_scale_log": 3.0, **kw})
+    res = run_operator(
+        "run_lazsl",
+        ds,
+        {
+            "attribute_set": "cupl",
+            "method": "wca",
+            "label_field": "op",
+            "store_features": True,
+            "image_scale_log": 3.0,
+            **kw,
+        },
+    )
     assert res.error is None, res.error
     cfg = get_run_config(ds, "op")
     assert (cfg["method"], cfg["image_scale_log"], cfg["crop_scale"]) == ("wca", 3.0, [0.5, 0.9])
     run_lazsl(ds, "cupl", label_field="py", method="wca", image_scale_log=3.0, num_workers=0, **kw)
     for m in ("wca", "lazsl", "clip"):
-        res = run_operator("rescore_lazsl", ds, {"from_field": "op", "attribute_set": "cupl",
-                                                 "label_field": f"op_{m}", "method": m,
-                                                 "text_scale_log": 1.0})
+        res = run_operator(
+            "rescore_lazsl",
+            ds,
+            {
+                "from_field": "op",
+                "attribute_set": "cupl",
+                "label_field": f"op_{m}",
+                "method": m,
+                "text_scale_log": 1.0,
+            },
+        )
         assert res.error is None, res.error
         rescore(ds, "cupl", from_field="op", label_field=f"py_{m}", method=m, text_scale_log=1.0)
     ds.reload()
@@ -432,6 +550,7 @@ def test_operators_run_and_rescore_wca(lazsl_plugin, pets, checkpoint):
     assert get_run_config(ds, "op_wca")["text_scale_log"] == 1.0
     # the audit reads WCA's sentence evidence like LaZSL's
     from fiftyone_lazsl import audit_labels
+
     res = audit_labels(ds, "op", "ground_truth", min_suspicion=None, top_k=1)
     assert res.has_evidence and res.method == "wca"
     for pred, ev in zip(ds.values("op"), ds.values("op_evidence_pred")):

@@ -9,8 +9,16 @@ from fiftyone_lazsl.testing import tiny_clip
 from plugin_fixtures import lazsl_plugin  # noqa: F401
 
 tiny_clip.register()
-CANDIDATES = ["a tiny green frog", "rusty metal pipes", "a red sports car", "snowy mountains",
-              "blue ocean waves", "a wooden chair", "bright yellow flowers", "a city at night"]
+CANDIDATES = [
+    "a tiny green frog",
+    "rusty metal pipes",
+    "a red sports car",
+    "snowy mountains",
+    "blue ocean waves",
+    "a wooden chair",
+    "bright yellow flowers",
+    "a city at night",
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +29,12 @@ def checkpoint(tmp_path_factory):
 def _panel_call(dataset, method, sample_id=None, state=None, params=None, view=None):
     import fiftyone.operators as foo
 
-    p = {"__method__": method, "panel_id": "panel-1", "state": dict(state or {}),
-         "panel_state": dict(state or {})}
+    p = {
+        "__method__": method,
+        "panel_id": "panel-1",
+        "state": dict(state or {}),
+        "panel_state": dict(state or {}),
+    }
     p.update(params or {})
     ctx = {"dataset": dataset.name, "params": p, "current_sample": sample_id}
     if view is not None:
@@ -67,8 +79,15 @@ def test_workbench_events_and_grid(lazsl_plugin, shared_data, checkpoint):
     classes = [c for _, c in photos]
     aset = {c: [f"trait {i}", f"{c} colouring", "a beak"] for i, c in enumerate(classes)}
     ds = bf.make_dataset("workbench", [p for p, _ in photos], gt=classes)
-    kw = dict(model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu", n_crops=6, seed=1,
-              num_workers=0, feature_dtype="float32")
+    kw = dict(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=6,
+        seed=1,
+        num_workers=0,
+        feature_dtype="float32",
+    )
     run_lazsl(ds, aset, label_field="lazsl", store_features=True, **kw)
     run = run_attribute_set(ds, "lazsl")
     sample = ds.first()
@@ -83,8 +102,14 @@ def test_workbench_events_and_grid(lazsl_plugin, shared_data, checkpoint):
     st["wb_class"] = pred
     st["wb_text"] = "; ".join(attrs)  # the App keeps typed text in the panel state
     st = _state(_panel_call(ds, "wb_rescore_sample", sample.id, state=st), st)
-    fresh = LaZSLClassifier(edit_attribute_set(run, pred, attrs), tiny_clip.TINY_MODEL, checkpoint,
-                            device="cpu", n_crops=6, seed=1).predict([sample.filepath])[0]
+    fresh = LaZSLClassifier(
+        edit_attribute_set(run, pred, attrs),
+        tiny_clip.TINY_MODEL,
+        checkpoint,
+        device="cpu",
+        n_crops=6,
+        seed=1,
+    ).predict([sample.filepath])[0]
     assert fresh.label == expected["label"] != pred
     assert f"**With the edit of {pred}:** predicted {fresh.label}" in st["wb_result"]
     assert st["wb_edits"] == {pred: attrs}
@@ -113,11 +138,17 @@ def test_workbench_events_and_grid(lazsl_plugin, shared_data, checkpoint):
     counts = ds.count_values("lazsl.label")
     assert {r["class"]: r["count"] for r in st["grid_rows"]} == counts
     for r in st["grid_rows"]:
-        firsts = [a[0] for a, lb in zip(ds.values("lazsl_attributes"), ds.values("lazsl.label"))
-                  if lb == r["class"]]
+        firsts = [
+            a[0]
+            for a, lb in zip(ds.values("lazsl_attributes"), ds.values("lazsl.label"))
+            if lb == r["class"]
+        ]
         assert r["attributes"].split("; ")[0] in firsts
-    ops = _panel_call(ds, "filter_class", None, state=st, params={"class_name": st["grid_rows"][0]["class"]})
+    ops = _panel_call(
+        ds, "filter_class", None, state=st, params={"class_name": st["grid_rows"][0]["class"]}
+    )
     import fiftyone.core.view as fov
+
     v = fov.DatasetView._build(ds, [p for u, p in ops if u.endswith("set_view")][0]["view"])
     assert set(v.values("lazsl.label")) == {st["grid_rows"][0]["class"]}
 
@@ -130,8 +161,15 @@ def _two_runs(shared_data, checkpoint, name):
     classes = [c for _, c in photos]
     aset = {c: [f"trait {i}", f"{c} colouring", "a beak"] for i, c in enumerate(classes)}
     ds = bf.make_dataset(name, [p for p, _ in photos], gt=classes)
-    kw = dict(model=tiny_clip.TINY_MODEL, pretrained=checkpoint, device="cpu", n_crops=6, seed=1,
-              num_workers=0, feature_dtype="float32")
+    kw = dict(
+        model=tiny_clip.TINY_MODEL,
+        pretrained=checkpoint,
+        device="cpu",
+        n_crops=6,
+        seed=1,
+        num_workers=0,
+        feature_dtype="float32",
+    )
     run_lazsl(ds, aset, label_field="dclip", method="dclip", **kw)
     run_lazsl(ds, aset, label_field="lazsl", store_features=True, **kw)
     return ds, aset
@@ -164,8 +202,10 @@ def test_panel_opens_on_latest_run_and_remembers_choice(lazsl_plugin, shared_dat
     # the field dropdown has no default that could override the state
     assert _rendered_input(ops, "label_field").get("default") is None
     # next sample, and a new panel (empty state): still dclip
-    assert _state(_panel_call(ds, "on_change_current_sample", b.id, state=st), st)["shown_field"] \
+    assert (
+        _state(_panel_call(ds, "on_change_current_sample", b.id, state=st), st)["shown_field"]
         == "dclip"
+    )
     assert _state(_panel_call(ds, "on_load", b.id))["label_field"] == "dclip"
 
 
@@ -198,24 +238,30 @@ def test_workbench_keeps_typing_and_saves_the_right_class(lazsl_plugin, shared_d
     # another class: its own attributes load, the typed text is kept as the first class's edit
     other = next(c for c in aset if c != first)
     st["wb_class"] = other
-    st = _state(_panel_call(ds, "on_change_wb_class", sample.id, state=st,
-                            params={"value": other}), st)
+    st = _state(
+        _panel_call(ds, "on_change_wb_class", sample.id, state=st, params={"value": other}), st
+    )
     if other in st["wb_classes"]:
         assert st["wb_text"] == "; ".join(aset[other])
     assert st["wb_edits"] == {first: aset[first] + ["black legs"]}
 
     # the result reports the edited class's new score and rank, computed independently
     st["wb_class"] = first
-    st = _state(_panel_call(ds, "on_change_wb_class", sample.id, state=st,
-                            params={"value": first}), st)
+    st = _state(
+        _panel_call(ds, "on_change_wb_class", sample.id, state=st, params={"value": first}), st
+    )
     assert st["wb_text"] == typed.replace(";  ", "; ")
     st = _state(_panel_call(ds, "wb_rescore_sample", sample.id, state=st), st)
     run = run_attribute_set(ds, "lazsl")
-    r = rescore_sample(sample, "lazsl", edit_attribute_set(run, first, aset[first] + ["black legs"]),
-                       class_name=first)
+    r = rescore_sample(
+        sample,
+        "lazsl",
+        edit_attribute_set(run, first, aset[first] + ["black legs"]),
+        class_name=first,
+    )
     c = r["class"]
     assert f"**With the edit of {first}:** predicted {r['label']}" in st["wb_result"]
-    assert (f"**{first}:** score {c['score']:.4f}, rank {c['rank']} of 4" in st["wb_result"])
+    assert f"**{first}:** score {c['score']:.4f}, rank {c['rank']} of 4" in st["wb_result"]
     assert c["previous_rank"] is not None and f"rank {c['previous_rank']})" in st["wb_result"]
 
     st["wb_name"] = "crow-edit"

@@ -4,10 +4,9 @@
 import threading
 
 import bson
+import fiftyone as fo
 import numpy as np
 import pytest
-
-import fiftyone as fo
 
 from fiftyone_lazsl.fo import writer as fw
 from fiftyone_lazsl.fo.labels import class_evidence, evidence_class_indices, strip_article
@@ -50,7 +49,7 @@ def test_back_pressure_blocks_put_until_the_writer_catches_up():
         writes.append(len(batch))
 
     w = fw.BackgroundWriter(None, batch_size=1, max_pending=1, write=slow_write)
-    w.put("a", {})   # taken by the writer thread (blocked in slow_write)
+    w.put("a", {})  # taken by the writer thread (blocked in slow_write)
     # the queue (1 batch) fills up; a further put must block
     done = threading.Event()
 
@@ -86,8 +85,9 @@ def test_writer_failure_is_raised_in_the_caller_and_later_batches_are_not_writte
     assert calls[:2] == [["0", "1"], ["2", "3"]] and len(calls) == 2
 
 
-def test_run_lazsl_surfaces_writer_failure_and_keeps_written_batches(shared_data, tmp_path,
-                                                                     monkeypatch):
+def test_run_lazsl_surfaces_writer_failure_and_keeps_written_batches(
+    shared_data, tmp_path, monkeypatch
+):
     """A database failure mid-run is raised by run_lazsl (not swallowed); the
     batches written before it are complete and the run is recorded interrupted."""
     from fiftyone_lazsl import run_lazsl
@@ -111,8 +111,17 @@ def test_run_lazsl_surfaces_writer_failure_and_keeps_written_batches(shared_data
     monkeypatch.setattr(fw, "bulk_set", second_write_fails)
     try:
         with pytest.raises(fw.WriterError, match="mongod went away"):
-            run_lazsl(ds, aset, model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=4,
-                      batch_size=2, write_every=2, num_workers=0, device="cpu")
+            run_lazsl(
+                ds,
+                aset,
+                model=tiny_clip.TINY_MODEL,
+                pretrained=ckpt,
+                n_crops=4,
+                batch_size=2,
+                write_every=2,
+                num_workers=0,
+                device="cpu",
+            )
         cfg = ds.get_run_info("lazsl_lazsl").config
         assert cfg.status == "interrupted"
         done = ds.exists("lazsl")
@@ -132,8 +141,12 @@ class _Pred:
 def test_evidence_classes_predicted_runner_ups_and_ground_truth():
     p = _Pred([0.1, 0.9, 0.5, 0.7, 0.2], 1)
     assert evidence_class_indices(p, None, 1) == [(1, "predicted"), (3, "runner_up")]
-    assert evidence_class_indices(p, 4, 2) == [(1, "predicted"), (3, "runner_up"),
-                                               (2, "runner_up"), (4, "ground_truth")]
+    assert evidence_class_indices(p, 4, 2) == [
+        (1, "predicted"),
+        (3, "runner_up"),
+        (2, "runner_up"),
+        (4, "ground_truth"),
+    ]
     assert evidence_class_indices(p, 3, 1) == [(1, "predicted"), (3, "runner_up")]
     assert evidence_class_indices(p, None, 0) == [(1, "predicted")]
     assert strip_article("a white head") == "white head"
@@ -165,13 +178,21 @@ def test_compact_cub_document_is_under_10kb(shared_data, tmp_path):
     ds = _dataset("writer-size", 0)
     try:
         ds.add_samples([fo.Sample(filepath=p) for p, _ in photos])
-        kw = dict(model=tiny_clip.TINY_MODEL, pretrained=ckpt, n_crops=90, batch_size=2,
-                  num_workers=0, device="cpu")
+        kw = dict(
+            model=tiny_clip.TINY_MODEL,
+            pretrained=ckpt,
+            n_crops=90,
+            batch_size=2,
+            num_workers=0,
+            device="cpu",
+        )
         run_lazsl(ds, aset, label_field="c", **kw)
         run_lazsl(ds, aset, label_field="f", evidence="full", **kw)
         coll = fo.core.odm.get_db_conn()[ds._sample_collection_name]
         for doc in coll.find():
-            compact = {k: v for k, v in doc.items() if k not in ("f", "f_crops", "f_attributes", "f_error")}
+            compact = {
+                k: v for k, v in doc.items() if k not in ("f", "f_crops", "f_attributes", "f_error")
+            }
             size = len(bson.BSON.encode(compact))
             assert size <= 10_000, size
             assert len(doc["c"]["evidence_by_class"]) == 2 and "attribute_scores" not in doc["c"]

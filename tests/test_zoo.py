@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from fiftyone_lazsl.testing.tiny_clip import some_images
 from fiftyone_lazsl.fo.labels import evidence_entries
+from fiftyone_lazsl.testing.tiny_clip import some_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "lazsl-vit-b-32"
@@ -48,8 +48,11 @@ def zoo_source(tmp_path_factory):
     archive = serve / "fiftyone-lazsl.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for d, dirs, files in os.walk(ROOT):
-            dirs[:] = [x for x in dirs if not x.startswith(".") and x not in _NOT_IN_REPO
-                       and not x.endswith(".egg-info")]
+            dirs[:] = [
+                x
+                for x in dirs
+                if not x.startswith(".") and x not in _NOT_IN_REPO and not x.endswith(".egg-info")
+            ]
             for f in files:
                 if not f.endswith((".pyc", ".safetensors")):
                     path = os.path.join(d, f)
@@ -97,8 +100,9 @@ def dataset(photos):
     import fiftyone as fo
 
     ds = fo.Dataset("zoo-cub", overwrite=True)
-    ds.add_samples([fo.Sample(filepath=p, ground_truth=fo.Classification(label=c))
-                    for p, c in photos])
+    ds.add_samples(
+        [fo.Sample(filepath=p, ground_truth=fo.Classification(label=c)) for p, c in photos]
+    )
     yield ds
     ds.delete()
 
@@ -108,8 +112,9 @@ def zoo_model(zoo_source, cub_subset):
     import fiftyone.zoo as foz
 
     torch.manual_seed(0)  # random weights, drawn as run_lazsl's below
-    return foz.load_zoo_model(NAME, pretrained=None, attribute_set=cub_subset,
-                              n_crops=N_CROPS, seed=SEED)
+    return foz.load_zoo_model(
+        NAME, pretrained=None, attribute_set=cub_subset, n_crops=N_CROPS, seed=SEED
+    )
 
 
 def test_source_lists_lazsl_models(zoo_source):
@@ -168,8 +173,9 @@ def test_bad_parameters_are_named(zoo_source, cub_subset):
     with pytest.raises(ConfigError, match="attribute_set"):
         foz.load_zoo_model(NAME, pretrained=None, cache=False)
     with pytest.raises(ConfigError, match="load 'lazsl-vit-b-16' instead"):
-        foz.load_zoo_model(NAME, model="ViT-B-16", pretrained=None, attribute_set=cub_subset,
-                           cache=False)
+        foz.load_zoo_model(
+            NAME, model="ViT-B-16", pretrained=None, attribute_set=cub_subset, cache=False
+        )
 
 
 def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
@@ -187,8 +193,16 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
     # run_lazsl: its own classifier (the same random weights: same torch seed),
     # batches of 4, decoding in process.
     torch.manual_seed(0)
-    summary = run_lazsl(dataset, cub_subset, label_field="lazsl", model="ViT-B-32",
-                        pretrained=None, n_crops=N_CROPS, seed=SEED, num_workers=0)
+    summary = run_lazsl(
+        dataset,
+        cub_subset,
+        label_field="lazsl",
+        model="ViT-B-32",
+        pretrained=None,
+        n_crops=N_CROPS,
+        seed=SEED,
+        num_workers=0,
+    )
     assert summary.num_predicted == len(dataset) == N_PHOTOS
 
     for s in dataset.iter_samples():
@@ -197,7 +211,9 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
         assert got.confidence == pytest.approx(ref.confidence, abs=1e-5)
         np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4)
         # the compact evidence run_lazsl stores, class by class
-        assert [e["class"] for e in evidence_entries(got)] == [e["class"] for e in evidence_entries(ref)]
+        assert [e["class"] for e in evidence_entries(got)] == [
+            e["class"] for e in evidence_entries(ref)
+        ]
         for e in evidence_entries(ref):
             gs, gc = class_evidence(got, e["index"])
             rs, rc = class_evidence(ref, e["index"])
@@ -208,8 +224,11 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
         rd, gd = s["lazsl_crops"].detections, s["zoo_crops"].detections
         assert len(gd) == len(rd) > 0
         for g, r in zip(gd, rd):
-            assert (g.label, g["crop_index"], g["attribute_index"]) == \
-                (r.label, r["crop_index"], r["attribute_index"])
+            assert (g.label, g["crop_index"], g["attribute_index"]) == (
+                r.label,
+                r["crop_index"],
+                r["attribute_index"],
+            )
             np.testing.assert_allclose(g.bounding_box, r.bounding_box, atol=1e-9)
             assert g.confidence == pytest.approx(r.confidence, abs=1e-5)
             assert g["mass"] == pytest.approx(r["mass"], abs=1e-6)
@@ -219,8 +238,9 @@ def test_apply_model_matches_run_lazsl(zoo_model, dataset, cub_subset):
         c = zoo_model.classes.index(got.label)
         scores, _ = class_evidence(got, c)
         for a in attrs:  # confidence = the attribute's score contribution
-            assert a.confidence == pytest.approx(scores[a["attribute_index"]],
-                                                 abs=1e-6)  # stored rounded to 6 digits
+            assert a.confidence == pytest.approx(
+                scores[a["attribute_index"]], abs=1e-6
+            )  # stored rounded to 6 digits
 
     # The attributes are labels FiftyOne filters on.
     first = dataset.first()["zoo_attributes"].classifications[0].label
@@ -236,14 +256,14 @@ def test_compute_embeddings_are_the_global_view(zoo_model, dataset, photos):
     paths = dataset.values("filepath")
     clf = zoo_model.classifier
     images = [load_image_tensor(p)[0] for p in paths]
-    feats, _ = clf.encode(images, paths)          # [B, 1 + N, D]; view 0 = global
+    feats, _ = clf.encode(images, paths)  # [B, 1 + N, D]; view 0 = global
     assert emb.shape == (len(paths), feats.shape[-1])
     np.testing.assert_allclose(emb, feats[:, 0].cpu().numpy(), atol=1e-5)
 
     # Prompt embeddings live in the classifier's text space.
     prompts = clf.prompts[0]
     pe = zoo_model.embed_prompts(prompts)
-    np.testing.assert_allclose(pe, clf.text_features[0, :len(prompts)].cpu().numpy(), atol=1e-5)
+    np.testing.assert_allclose(pe, clf.text_features[0, : len(prompts)].cpu().numpy(), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(pe, axis=1), 1.0, atol=1e-5)
     assert zoo_model.embed_prompt(prompts[0]).shape == (feats.shape[-1],)
 
@@ -259,17 +279,20 @@ def test_download_weights_from_hub_cache_and_load(tmp_path, monkeypatch, photos,
     tiny_clip.register()
     repo = "lazsl-test/zoo-tiny"
     tiny_clip.make_hub_cache(constants.HF_HUB_CACHE, repo_id=repo, seed=5)
-    spec = zm.ZooModelSpec("lazsl-tiny-test", tiny_clip.TINY_MODEL, "test", "tiny.safetensors",
-                           hf_hub=f"{repo}/")
+    spec = zm.ZooModelSpec(
+        "lazsl-tiny-test", tiny_clip.TINY_MODEL, "test", "tiny.safetensors", hf_hub=f"{repo}/"
+    )
     monkeypatch.setitem(zm.ZOO_MODELS, spec.name, spec)
     dest = tmp_path / "source" / spec.filename
     zm.download_model(spec.name, str(dest))
     assert dest.is_file() and not [f for f in os.listdir(dest.parent) if f.startswith(".")]
-    model = zm.load_model(spec.name, str(dest), attribute_set={"a": ["x"], "b": ["y", "z"]},
-                          n_crops=2)
+    model = zm.load_model(
+        spec.name, str(dest), attribute_set={"a": ["x"], "b": ["y", "z"]}, n_crops=2
+    )
     assert model.classifier.model.weights_id.startswith(f"file:{dest}")
     torch.manual_seed(5)
     import open_clip
+
     ref = open_clip.create_model(tiny_clip.TINY_MODEL, pretrained=None).state_dict()
     got = model.classifier.model.model.state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -283,14 +306,16 @@ def test_download_weights_from_hub_cache_and_load(tmp_path, monkeypatch, photos,
     arr = np.asarray(Image.open(photos[1][0]).convert("RGB"))
     out = model.predict_all([photos[0][0], str(bad), arr])
     assert out[1] is None
-    assert any(str(bad) in r.getMessage() and "no labels written" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        str(bad) in r.getMessage() and "no labels written" in r.getMessage() for r in caplog.records
+    )
     assert out[0]["prediction"].label in ("a", "b") and len(out[0]["crops"].detections) >= 1
     # Arrays are keyed by their pixels, so the batch position does not matter.
     again = model.predict(arr)
     np.testing.assert_allclose(again["prediction"].logits, out[2]["prediction"].logits, atol=1e-5)
-    assert [d.bounding_box for d in again["crops"].detections] == \
-        [d.bounding_box for d in out[2]["crops"].detections]
+    assert [d.bounding_box for d in again["crops"].detections] == [
+        d.bounding_box for d in out[2]["crops"].detections
+    ]
 
 
 def test_operator_form_and_parameters(zoo_source, dataset, cub_subset):
@@ -328,23 +353,35 @@ def test_zoo_model_wca_matches_run_lazsl(zoo_source, dataset, cub_subset):
     from fiftyone_lazsl.fo.apply import run_lazsl
 
     zm = foz.get_zoo_model(NAME)
-    ctx = ExecutionContext(request_params={"dataset_name": dataset.name,
-                                           "params": {"method": "wca"}})
+    ctx = ExecutionContext(
+        request_params={"dataset_name": dataset.name, "params": {"method": "wca"}}
+    )
     props = zm.resolve_input(ctx).type.properties
     assert props["n_crops"].default == 60 and "wca" in props["method"].type.values
     torch.manual_seed(0)
-    model = foz.load_zoo_model(NAME, pretrained=None, attribute_set=cub_subset, method="wca",
-                               n_crops=N_CROPS, seed=SEED)
+    model = foz.load_zoo_model(
+        NAME, pretrained=None, attribute_set=cub_subset, method="wca", n_crops=N_CROPS, seed=SEED
+    )
     assert model.classifier.method == "wca" and model.classifier.crop_scale == (0.5, 0.9)
     dataset.apply_model(model, label_field="zoo_wca", batch_size=2, num_workers=0)
     torch.manual_seed(0)
-    run_lazsl(dataset, cub_subset, label_field="wca", model="ViT-B-32", pretrained=None,
-              method="wca", n_crops=N_CROPS, seed=SEED, num_workers=0)
+    run_lazsl(
+        dataset,
+        cub_subset,
+        label_field="wca",
+        model="ViT-B-32",
+        pretrained=None,
+        method="wca",
+        n_crops=N_CROPS,
+        seed=SEED,
+        num_workers=0,
+    )
     for s in dataset.iter_samples():
         ref, got = s["wca"], s["zoo_wca_prediction"]
         assert got.label == ref.label
         np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4)
         rd, gd = s["wca_crops"].detections, s["zoo_wca_crops"].detections
         assert [(d.label, d["crop_index"]) for d in gd] == [(d.label, d["crop_index"]) for d in rd]
-        np.testing.assert_allclose([d.confidence for d in gd], [d.confidence for d in rd],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            [d.confidence for d in gd], [d.confidence for d in rd], atol=1e-5
+        )

@@ -19,7 +19,8 @@ except ImportError as e:  # pragma: no cover - depends on the user's environment
     raise ImportError(
         "the LaZSL zoo models need the fiftyone-lazsl package: install it with "
         "`pip install git+https://github.com/fiftyone-lazsl/fiftyone-lazsl` (or `pip install -e` "
-        f"on a checkout); import failed with: {e}") from e
+        f"on a checkout); import failed with: {e}"
+    ) from e
 
 
 def download_model(model_name, model_path):

@@ -23,12 +23,12 @@ from fiftyone_lazsl.errors import UserError
 
 # Modules of this package that add sub-commands, in help order.
 COMMAND_MODULES = (
-    "datasets",     # import-folder, app
-    "attributes",   # attributes import|list|show|delete|generate
-    "classify",     # classify
-    "features",     # features info|prune, rescore
-    "audit",        # audit, evaluate
-    "demo",         # demo
+    "datasets",  # import-folder, app
+    "attributes",  # attributes import|list|show|delete|generate
+    "classify",  # classify
+    "features",  # features info|prune, rescore
+    "audit",  # audit, evaluate
+    "demo",  # demo
 )
 
 
@@ -37,8 +37,11 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         h = action.help or ""
-        if "default" in h or action.default in (None, False, argparse.SUPPRESS) \
-                or isinstance(action, argparse._HelpAction):
+        if (
+            "default" in h
+            or action.default in (None, False, argparse.SUPPRESS)
+            or isinstance(action, argparse._HelpAction)
+        ):
             return h
         return super()._get_help_string(action)
 
@@ -52,15 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     (sub-command modules import them inside their handlers), so ``--help``
     and ``--version`` are fast."""
     parser = argparse.ArgumentParser(
-        prog="fiftyone-lazsl", formatter_class=_HelpFormatter,
+        prog="fiftyone-lazsl",
+        formatter_class=_HelpFormatter,
         description="LaZSL zero-shot classification with attribute evidence, for FiftyOne datasets.",
         epilog="Expected failures (bad input, missing GPU or weights, database unavailable, disk "
-               "full, permissions) print one line and exit with status 2; --debug shows the "
-               "traceback.",
+        "full, permissions) print one line and exit with status 2; --debug shows the "
+        "traceback.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks of expected failures too, and debug logging")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks of expected failures too, and debug logging",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _orig_add_parser = sub.add_parser
@@ -88,16 +95,35 @@ def expected_failure(e: BaseException) -> str | None:
     db = _database_error(e)
     if db is not None:
         first = str(db).split(",")[0].split(" (configured timeouts")[0]
-        return (f"the FiftyOne database is unavailable or not answering ({type(db).__name__}: "
-                f"{first}); what was written before stays; check that MongoDB is running "
-                "and rerun (classify: --skip-existing resumes)")
+        return (
+            f"the FiftyOne database is unavailable or not answering ({type(db).__name__}: "
+            f"{first}); what was written before stays; check that MongoDB is running "
+            "and rerun (classify: --skip-existing resumes)"
+        )
     if isinstance(e, OSError):
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        if isinstance(e, (FileNotFoundError, PermissionError, FileExistsError,
-                          NotADirectoryError, IsADirectoryError)) or e.errno in (
-                errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
-                errno.ENAMETOOLONG, errno.EFBIG):
+        if isinstance(
+            e,
+            (
+                FileNotFoundError,
+                PermissionError,
+                FileExistsError,
+                NotADirectoryError,
+                IsADirectoryError,
+            ),
+        ) or e.errno in (
+            errno.ENOSPC,
+            errno.EDQUOT,
+            errno.EROFS,
+            errno.EACCES,
+            errno.EPERM,
+            errno.ENOENT,
+            errno.EISDIR,
+            errno.ENOTDIR,
+            errno.EEXIST,
+            errno.ENAMETOOLONG,
+            errno.EFBIG,
+        ):
             return f"{where}{e.strerror or e}"
         return None
     return None
@@ -113,8 +139,9 @@ def _database_error(e: BaseException | None) -> BaseException | None:
         if mod.startswith("pymongo"):
             import pymongo.errors as pe
 
-            if isinstance(e, (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout,
-                              pe.WTimeoutError)):
+            if isinstance(
+                e, (pe.ConnectionFailure, pe.NetworkTimeout, pe.ExecutionTimeout, pe.WTimeoutError)
+            ):
                 return e
         e = e.__cause__ or e.__context__
         seen += 1
@@ -159,10 +186,14 @@ class ProgressLines:
         el = now - self._t0
         # remaining time as estimated at the last report, counted down since
         el_r = t_report - self._t0
-        eta = (f", ~{max(0.0, el_r / fraction - el_r - (now - t_report)):.0f} s left"
-               if 0 < fraction < 1 else "")
-        print(f"progress: {fraction:4.0%} {label}, {el:.0f} s elapsed{eta}", file=self.out,
-              flush=True)
+        eta = (
+            f", ~{max(0.0, el_r / fraction - el_r - (now - t_report)):.0f} s left"
+            if 0 < fraction < 1
+            else ""
+        )
+        print(
+            f"progress: {fraction:4.0%} {label}, {el:.0f} s elapsed{eta}", file=self.out, flush=True
+        )
 
     def __call__(self, fraction: float, label: str) -> None:
         with self._lock:
@@ -179,8 +210,11 @@ class ProgressLines:
         while not self._closed.wait(min(1.0, self.every_s / 5)):
             with self._lock:
                 now = time.time()
-                if (self._state is not None and not self._closed.is_set()
-                        and now - self._last >= self.every_s):
+                if (
+                    self._state is not None
+                    and not self._closed.is_set()
+                    and now - self._last >= self.every_s
+                ):
                     self._emit(now)
 
     def close(self) -> None:
@@ -188,7 +222,7 @@ class ProgressLines:
         self._closed.set()
         self._thread.join(timeout=2)
 
-    def __enter__(self) -> "ProgressLines":
+    def __enter__(self) -> ProgressLines:
         return self
 
     def __exit__(self, *exc: Any) -> None:

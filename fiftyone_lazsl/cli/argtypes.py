@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from collections.abc import Callable
 
 #: The integers MongoDB stores (BSON int64).
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -41,6 +41,7 @@ def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], i
 
 def float_range(lo: float | None = None) -> Callable[[str], float]:
     """An argparse ``type``: a finite number ``>= lo``."""
+
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -48,7 +49,8 @@ def float_range(lo: float | None = None) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(v) or (lo is not None and v < lo):
             raise argparse.ArgumentTypeError(
-                f"must be a finite number{f' >= {lo:g}' if lo is not None else ''}, got {text}")
+                f"must be a finite number{f' >= {lo:g}' if lo is not None else ''}, got {text}"
+            )
         return v
 
     parse.__name__ = "number"
@@ -59,6 +61,8 @@ def tag(text: str) -> str:
     """An argparse ``type`` for ``--tag`` filters: a non-empty sample tag (an
     empty shell variable must not select the whole dataset)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("the tag is empty (an unset shell variable?); give "
-                                         "a sample tag, or leave --tag out for every sample")
+        raise argparse.ArgumentTypeError(
+            "the tag is empty (an unset shell variable?); give "
+            "a sample tag, or leave --tag out for every sample"
+        )
     return text

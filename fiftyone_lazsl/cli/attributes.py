@@ -26,7 +26,7 @@ def register(subparsers) -> None:
         "attributes",
         help="manage the attribute sets stored with a dataset",
         description="Import, list, show and delete the attribute sets stored with a dataset; "
-                    "list the published sets that can be imported by name.",
+        "list the published sets that can be imported by name.",
     )
     attr_sub = p.add_subparsers(dest="attributes_command", metavar="ACTION")
     attr_sub.required = True
@@ -34,21 +34,33 @@ def register(subparsers) -> None:
     add_doctor(attr_sub)
 
     imp = attr_sub.add_parser(
-        "import", help="store an attribute set (JSON file or published name) on a dataset",
+        "import",
+        help="store an attribute set (JSON file or published name) on a dataset",
         description="Store an attribute set on a dataset. SOURCE is a DCLIP/LaZSL (or CuPL) JSON "
-                    "file or the name of a published set (see 'attributes published').",
+        "file or the name of a published set (see 'attributes published').",
     )
     imp.add_argument("source", metavar="FILE_OR_PUBLISHED_NAME")
     imp.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    imp.add_argument("--name", help="name to store it under (default: the published name or file stem)")
-    imp.add_argument("--format", choices=FORMATS + ("auto",), default="auto",
-                     help="descriptors: attributes turned into DCLIP prompts; "
-                          "cupl: sentences used verbatim; auto (default): a file's sidecar "
-                          "format, else detected from its texts; a published set's registry format")
-    imp.add_argument("--label-field", help="check that every label of this Classification field "
-                                           "has attributes in the set")
-    imp.add_argument("--no-overwrite", action="store_true",
-                     help="fail if the dataset already has a set of that name")
+    imp.add_argument(
+        "--name", help="name to store it under (default: the published name or file stem)"
+    )
+    imp.add_argument(
+        "--format",
+        choices=FORMATS + ("auto",),
+        default="auto",
+        help="descriptors: attributes turned into DCLIP prompts; "
+        "cupl: sentences used verbatim; auto (default): a file's sidecar "
+        "format, else detected from its texts; a published set's registry format",
+    )
+    imp.add_argument(
+        "--label-field",
+        help="check that every label of this Classification field has attributes in the set",
+    )
+    imp.add_argument(
+        "--no-overwrite",
+        action="store_true",
+        help="fail if the dataset already has a set of that name",
+    )
     imp.set_defaults(func=_import)
 
     ls = attr_sub.add_parser("list", help="list the attribute sets stored on a dataset")
@@ -58,7 +70,9 @@ def register(subparsers) -> None:
     show = attr_sub.add_parser("show", help="print a stored attribute set")
     show.add_argument("set_name", metavar="SET")
     show.add_argument("--dataset", required=True, help="FiftyOne dataset name")
-    show.add_argument("--class", dest="class_name", metavar="C", help="only this class's attributes")
+    show.add_argument(
+        "--class", dest="class_name", metavar="C", help="only this class's attributes"
+    )
     show.set_defaults(func=_show)
 
     delete = attr_sub.add_parser("delete", help="remove a stored attribute set from a dataset")
@@ -74,9 +88,11 @@ def register(subparsers) -> None:
 
 def _summary(aset, name: str, dataset_name: str, replaced: bool) -> str:
     n_attr = sum(len(aset[c]) for c in aset.classes)
-    line = (f"{'replaced' if replaced else 'imported'} attribute set {name!r} on dataset "
-            f"{dataset_name!r}: {len(aset)} classes, {n_attr} attributes, format {aset.format}, "
-            f"hash {aset.content_hash[:12]}, source {aset.source}")
+    line = (
+        f"{'replaced' if replaced else 'imported'} attribute set {name!r} on dataset "
+        f"{dataset_name!r}: {len(aset)} classes, {n_attr} attributes, format {aset.format}, "
+        f"hash {aset.content_hash[:12]}, source {aset.source}"
+    )
     if aset.warnings:
         line += f"; {len(aset.warnings)} warning(s): " + " | ".join(aset.warnings)
     return line
@@ -84,8 +100,8 @@ def _summary(aset, name: str, dataset_name: str, replaced: bool) -> str:
 
 def _import(args: argparse.Namespace) -> int:
     from fiftyone_lazsl.fo import store
-    from fiftyone_lazsl.fo.fields import validate_for_field
     from fiftyone_lazsl.fo.datasets import load_dataset
+    from fiftyone_lazsl.fo.fields import validate_for_field
 
     dataset = load_dataset(args.dataset)
     aset = store.resolve_attribute_set(args.source, None, format=args.format)
@@ -105,13 +121,23 @@ def _list(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
     rows = store.list_attribute_sets(dataset)
     if not rows:
-        print(f"dataset {dataset.name!r} has no attribute sets "
-              "(import one with 'fiftyone-lazsl attributes import')")
+        print(
+            f"dataset {dataset.name!r} has no attribute sets "
+            "(import one with 'fiftyone-lazsl attributes import')"
+        )
         return 0
     header = ("name", "classes", "attributes", "warnings", "format", "hash", "source")
     table = [header] + [
-        (r["name"], str(r["num_classes"]), str(r["num_attributes"]), str(r["num_warnings"]),
-         r["format"], (r["hash"] or "")[:12], r["source"] or "") for r in rows
+        (
+            r["name"],
+            str(r["num_classes"]),
+            str(r["num_attributes"]),
+            str(r["num_warnings"]),
+            r["format"],
+            (r["hash"] or "")[:12],
+            r["source"] or "",
+        )
+        for r in rows
     ]
     _print_table(table)
     return 0
@@ -128,8 +154,11 @@ def _show(args: argparse.Namespace) -> int:
         if cls is None:
             by_key = {class_key(c): c for c in aset.classes}
             close = difflib.get_close_matches(class_key(args.class_name), list(by_key), n=3)
-            hint = (" (did you mean " + ", ".join(repr(by_key[k]) for k in close) + "?)"
-                    if close else "")
+            hint = (
+                " (did you mean " + ", ".join(repr(by_key[k]) for k in close) + "?)"
+                if close
+                else ""
+            )
             raise UserError(f"attribute set {aset.name!r} has no class {args.class_name!r}{hint}")
         print(f"{cls} ({aset.classes.index(cls)}):")
         for a in aset[cls] or ["(no attributes: class-name-only prompt)"]:
@@ -166,8 +195,16 @@ def _published(args: argparse.Namespace) -> int:
             note = "wrong hash (see 'attributes import')"
         else:
             note = str(local) if local else "-"
-        rows.append((e["name"], str(e["num_classes"]), str(e.get("empty_classes", 0)),
-                     e.get("origin", ""), note, e["url"]))
+        rows.append(
+            (
+                e["name"],
+                str(e["num_classes"]),
+                str(e.get("empty_classes", 0)),
+                e.get("origin", ""),
+                note,
+                e["url"],
+            )
+        )
     _print_table(rows)
     return 0
 

@@ -28,30 +28,46 @@ def register(attributes_subparsers) -> None:
         "generate",
         help="generate an attribute set with an LLM (OpenAI or a local OpenAI-compatible server)",
         description="Ask an LLM for visual attributes of every class and write them as a "
-                    "DCLIP/LaZSL JSON file (and store them on the dataset with --dataset). "
-                    "Answers are cached, so re-running costs nothing and an interrupted run "
-                    "resumes. The API key is read from OPENAI_API_KEY or FIFTYONE_OPENAI_API_KEY.",
+        "DCLIP/LaZSL JSON file (and store them on the dataset with --dataset). "
+        "Answers are cached, so re-running costs nothing and an interrupted run "
+        "resumes. The API key is read from OPENAI_API_KEY or FIFTYONE_OPENAI_API_KEY.",
     )
-    p.add_argument("--dataset", help="FiftyOne dataset: classes from --field, and the set is "
-                                     "stored on it")
+    p.add_argument(
+        "--dataset", help="FiftyOne dataset: classes from --field, and the set is stored on it"
+    )
     p.add_argument("--field", help="label field whose distinct labels are the classes")
     p.add_argument("--classes", metavar="FILE", help="text file with one class name per line")
     p.add_argument("--out", required=True, metavar="FILE", help="JSON file to write")
     p.add_argument("--name", metavar="SET", help="name of the set (default: the --out file stem)")
-    p.add_argument("--llm-model", required=True, metavar="M",
-                   help="chat model, e.g. gpt-4o-mini, or llama3.1 on Ollama")
-    p.add_argument("--base-url", metavar="URL",
-                   help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama); "
-                        "default: OpenAI")
-    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"attributes per class (default {DEFAULT_N})")
+    p.add_argument(
+        "--llm-model",
+        required=True,
+        metavar="M",
+        help="chat model, e.g. gpt-4o-mini, or llama3.1 on Ollama",
+    )
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama); default: OpenAI",
+    )
+    p.add_argument(
+        "--n", type=int, default=DEFAULT_N, help=f"attributes per class (default {DEFAULT_N})"
+    )
     p.add_argument("--hint", metavar="TEXT", help='domain hint for the prompt, e.g. "bird species"')
-    p.add_argument("--readable-names", action="store_true",
-                   help="ask about readable names (001.Black_footed_Albatross -> Black-footed "
-                        "Albatross); the set stays keyed by the labels")
+    p.add_argument(
+        "--readable-names",
+        action="store_true",
+        help="ask about readable names (001.Black_footed_Albatross -> Black-footed "
+        "Albatross); the set stays keyed by the labels",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="requests at a time (default 4)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
-    p.add_argument("--max-retries", type=int, default=3,
-                   help="client retries with backoff on timeouts, 429 and 5xx (default 3)")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        help="client retries with backoff on timeouts, 429 and 5xx (default 3)",
+    )
     p.add_argument("--no-cache", action="store_true", help="ask again even for cached classes")
     p.set_defaults(func=_generate)
 
@@ -93,10 +109,18 @@ def _generate(args) -> int:
         validate_set_name(name)
 
     aset = generate_attribute_set(
-        targets, model=args.llm_model, base_url=args.base_url, api_key=resolve_api_key(),
-        n=args.n, hint=args.hint, name=name, timeout=args.timeout,
-        max_retries=args.max_retries, concurrency=args.concurrency,
-        cache=not args.no_cache, progress=_progress,
+        targets,
+        model=args.llm_model,
+        base_url=args.base_url,
+        api_key=resolve_api_key(),
+        n=args.n,
+        hint=args.hint,
+        name=name,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        concurrency=args.concurrency,
+        cache=not args.no_cache,
+        progress=_progress,
     )
     if args.classes:
         aset.metadata["classes_from"] = os.path.abspath(args.classes)
@@ -104,9 +128,11 @@ def _generate(args) -> int:
         aset.metadata["classes_from"] = f"{args.dataset}:{args.field}"
     aset.to_json(args.out)
     n_attr = sum(len(aset[c]) for c in aset.classes)
-    line = (f"wrote attribute set {name!r} to {args.out}: {len(aset)} classes, {n_attr} "
-            f"attributes ({aset.metadata['cached_classes']} classes cached, "
-            f"{aset.metadata['requests']} requests)")
+    line = (
+        f"wrote attribute set {name!r} to {args.out}: {len(aset)} classes, {n_attr} "
+        f"attributes ({aset.metadata['cached_classes']} classes cached, "
+        f"{aset.metadata['requests']} requests)"
+    )
     if dataset is not None:
         from fiftyone_lazsl.fo.store import save_attribute_set
 

@@ -72,7 +72,7 @@ def _subset(directory: pathlib.Path, per_class: int, out: pathlib.Path) -> pathl
     return out
 
 
-def _choose_weights(model: str, tag: str | None) -> tuple["LoadedModel", bool]:
+def _choose_weights(model: str, tag: str | None) -> tuple[LoadedModel, bool]:
     from fiftyone_lazsl.core.models import load_model
 
     if normalize_pretrained(tag) is None:
@@ -105,10 +105,19 @@ def _register_published_copy(name: str, local_dirs: list[str]) -> str | None:
     return str(dest)
 
 
-def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "lazsl-demo",
-             attributes: str | None = None, model: str = "ViT-B-32", pretrained: str | None = "openai",
-             per_class: int = 2, n_crops: int = 90, batch_size: int = 4, seed: int = 0,
-             out=sys.stdout) -> dict:
+def run_demo(
+    images: str | os.PathLike | None = None,
+    *,
+    dataset_name: str = "lazsl-demo",
+    attributes: str | None = None,
+    model: str = "ViT-B-32",
+    pretrained: str | None = "openai",
+    per_class: int = 2,
+    n_crops: int = 90,
+    batch_size: int = 4,
+    seed: int = 0,
+    out=sys.stdout,
+) -> dict:
     """Run the demo; returns the summary numbers it prints.
 
     Args:
@@ -122,13 +131,15 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     Raises:
         UserError: missing image folder, or an attribute set that lacks classes.
     """
-    from fiftyone_lazsl.fo.apply import run_lazsl
     from fiftyone_lazsl.core.classifier import LaZSLClassifier
+    from fiftyone_lazsl.fo.apply import run_lazsl
     from fiftyone_lazsl.fo.store import save_attribute_set
 
     images = pathlib.Path(images or env.get("DEMO_IMAGES") or DEFAULT_IMAGES)
     if not images.is_dir():
-        raise UserError(f"demo images not found at {images}; set DEMO_IMAGES=/path/to/<class>/<image> folders")
+        raise UserError(
+            f"demo images not found at {images}; set DEMO_IMAGES=/path/to/<class>/<image> folders"
+        )
     attributes = attributes or env.get("DEMO_ATTRIBUTES") or DEFAULT_ATTRIBUTES
     if os.path.isfile(attributes):
         aset = AttributeSet.from_json(attributes)
@@ -137,8 +148,11 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
         aset = load_published(attributes, local_dirs=local)
         cached = _register_published_copy(attributes, local)
         if cached:
-            print(f"published attribute set {attributes!r} registered at {cached} "
-                  f"(--attributes {attributes} now works offline)", file=out)
+            print(
+                f"published attribute set {attributes!r} registered at {cached} "
+                f"(--attributes {attributes} now works offline)",
+                file=out,
+            )
 
     source = images
     if per_class:
@@ -147,16 +161,25 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     # Point samples at the real files rather than the temporary links.
     ds.set_values("filepath", [os.path.realpath(p) for p in ds.values("filepath")])
     save_attribute_set(ds, aset, name=aset.name or "demo")
-    print(f"dataset {dataset_name!r}: {len(ds)} images, {len(ds.distinct('ground_truth.label'))} classes; "
-          f"attribute set {aset.name!r} ({len(aset)} classes)", file=out)
+    print(
+        f"dataset {dataset_name!r}: {len(ds)} images, {len(ds.distinct('ground_truth.label'))} classes; "
+        f"attribute set {aset.name!r} ({len(aset)} classes)",
+        file=out,
+    )
 
     loaded, real = _choose_weights(model, pretrained)
     clf = LaZSLClassifier(aset, loaded, n_crops=n_crops, seed=seed, batch_size=batch_size)
 
     progress = True if sys.stderr.isatty() else progress_lines(out, every_s=5.0)
     try:
-        summary = run_lazsl(ds, aset, classifier=clf, label_field="lazsl",
-                            gt_field="ground_truth", progress=progress)
+        summary = run_lazsl(
+            ds,
+            aset,
+            classifier=clf,
+            label_field="lazsl",
+            gt_field="ground_truth",
+            progress=progress,
+        )
     finally:
         if progress is not True:
             progress.close()
@@ -164,25 +187,39 @@ def run_demo(images: str | os.PathLike | None = None, *, dataset_name: str = "la
     for _, path, reason in summary.failures[:3]:
         print(f"  not classified: {os.path.basename(path)}: {reason}", file=out)
 
-    gts, preds, attrs, paths = ds.values(["ground_truth.label", "lazsl.label", "lazsl_attributes",
-                                          "filepath"])
+    gts, preds, attrs, paths = ds.values(
+        ["ground_truth.label", "lazsl.label", "lazsl_attributes", "filepath"]
+    )
     n_ok = sum(g == p for g, p in zip(gts, preds) if p is not None)
     n = sum(p is not None for p in preds)
     acc = n_ok / n if n else 0.0
-    print(f"top-1 accuracy vs ground truth: {acc:.1%} ({n_ok}/{n}) over {len(aset)} candidate classes"
-          + ("" if real else "  [RANDOM WEIGHTS: meaningless]"), file=out)
+    print(
+        f"top-1 accuracy vs ground truth: {acc:.1%} ({n_ok}/{n}) over {len(aset)} candidate classes"
+        + ("" if real else "  [RANDOM WEIGHTS: meaningless]"),
+        file=out,
+    )
     print("matched attributes (top 3 by contribution to the score):", file=out)
     for g, p, a, f in list(zip(gts, preds, attrs, paths))[:: max(1, len(paths) // 5)][:5]:
-        print(f"  {os.path.basename(f)}: true {g!r}, predicted {p!r}: {'; '.join((a or [])[:3])}", file=out)
+        print(
+            f"  {os.path.basename(f)}: true {g!r}, predicted {p!r}: {'; '.join((a or [])[:3])}",
+            file=out,
+        )
     cli = cli_command()
     print("", file=out)
     print(f"open the App on the result:\n  {cli} app --dataset {dataset_name}", file=out)
-    print("run it on your own photos (one sub-folder per class; an attribute-set JSON "
-          "{class: [attribute, ...]} or a published name, e.g. cub, imagenet):\n"
-          f"  {cli} demo --images /path/to/folder --attributes my_attributes.json "
-          "--dataset my-photos --per-class 0", file=out)
-    return {"accuracy": acc, "num_samples": len(ds), "num_predicted": summary.num_predicted,
-            "random_weights": not real}
+    print(
+        "run it on your own photos (one sub-folder per class; an attribute-set JSON "
+        "{class: [attribute, ...]} or a published name, e.g. cub, imagenet):\n"
+        f"  {cli} demo --images /path/to/folder --attributes my_attributes.json "
+        "--dataset my-photos --per-class 0",
+        file=out,
+    )
+    return {
+        "accuracy": acc,
+        "num_samples": len(ds),
+        "num_predicted": summary.num_predicted,
+        "random_weights": not real,
+    }
 
 
 def cli_command() -> str:
@@ -200,23 +237,45 @@ def cli_command() -> str:
 def _demo(args) -> int:
     pretrained = env.get("DEMO_PRETRAINED") if args.pretrained is None else args.pretrained
     per_class = env.get("DEMO_PER_CLASS") if args.per_class is None else args.per_class
-    run_demo(args.images, dataset_name=args.dataset, attributes=args.attributes, model=args.model,
-             pretrained=pretrained, per_class=per_class, n_crops=args.n_crops,
-             batch_size=args.batch_size)
+    run_demo(
+        args.images,
+        dataset_name=args.dataset,
+        attributes=args.attributes,
+        model=args.model,
+        pretrained=pretrained,
+        per_class=per_class,
+        n_crops=args.n_crops,
+        batch_size=args.batch_size,
+    )
     return 0
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="classify real photos end to end and print a summary")
-    p.add_argument("--images", default=None, help="folder of class sub-folders (default $DEMO_IMAGES, else the packaged pet photos)")
+    p.add_argument(
+        "--images",
+        default=None,
+        help="folder of class sub-folders (default $DEMO_IMAGES, else the packaged pet photos)",
+    )
     p.add_argument("--dataset", default="lazsl-demo")
-    p.add_argument("--attributes", default=None, help="attribute-set file or published name (default $DEMO_ATTRIBUTES, else pets)")
+    p.add_argument(
+        "--attributes",
+        default=None,
+        help="attribute-set file or published name (default $DEMO_ATTRIBUTES, else pets)",
+    )
     p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--pretrained", default=None,
-                   help="pretrained weights tag or file (default $DEMO_PRETRAINED or openai)")
-    p.add_argument("--per-class", type=int, default=None,
-                   help="images per class (0 = all; default $DEMO_PER_CLASS or 2, which keeps "
-                        "the CPU demo within minutes)")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="pretrained weights tag or file (default $DEMO_PRETRAINED or openai)",
+    )
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=None,
+        help="images per class (0 = all; default $DEMO_PER_CLASS or 2, which keeps "
+        "the CPU demo within minutes)",
+    )
     p.add_argument("--n-crops", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(func=_demo)

@@ -24,9 +24,9 @@ import json
 import os
 import re
 from collections import OrderedDict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
+from fiftyone_lazsl.core.attributes import FORMATS, AttributeSet, AttributeSetError
 from fiftyone_lazsl.core.prompts import class_prompts
 
 #: Share of entries that must look like sentences for a set to be read as CuPL.
@@ -48,8 +48,13 @@ def detect_format(mapping: Mapping[str, Sequence[str]]) -> str:
     sentence (``.``, ``!``, ``?``) and at least half of them contain their class
     name (case, ``_`` and ``-`` ignored); otherwise DCLIP/LaZSL descriptors.
     """
-    texts = [(c, t) for c, ts in mapping.items() if not isinstance(ts, str)
-             for t in (ts or []) if isinstance(t, str) and t.strip()]
+    texts = [
+        (c, t)
+        for c, ts in mapping.items()
+        if not isinstance(ts, str)
+        for t in (ts or [])
+        if isinstance(t, str) and t.strip()
+    ]
     if not texts:
         return "descriptors"
     sentences = sum(bool(_SENTENCE_END.search(t)) for _, t in texts)
@@ -59,8 +64,9 @@ def detect_format(mapping: Mapping[str, Sequence[str]]) -> str:
     return "descriptors"
 
 
-def load_attribute_file(path: str | os.PathLike, *, format: str = "auto",
-                        name: str | None = None) -> AttributeSet:
+def load_attribute_file(
+    path: str | os.PathLike, *, format: str = "auto", name: str | None = None
+) -> AttributeSet:
     """Read a DCLIP/LaZSL or CuPL JSON file.
 
     Args:
@@ -78,10 +84,12 @@ def load_attribute_file(path: str | os.PathLike, *, format: str = "auto",
     """
     path = os.fspath(path)
     if format not in FORMATS + ("auto",):
-        raise AttributeSetError(f"unknown attribute-set format {format!r}; expected one of "
-                                f"{FORMATS + ('auto',)}")
-    aset = AttributeSet.from_json(path, name=name,
-                                  format="descriptors" if format == "auto" else format)
+        raise AttributeSetError(
+            f"unknown attribute-set format {format!r}; expected one of {FORMATS + ('auto',)}"
+        )
+    aset = AttributeSet.from_json(
+        path, name=name, format="descriptors" if format == "auto" else format
+    )
     if format == "auto":
         if os.path.exists(path + ".meta.json"):
             return aset
@@ -93,7 +101,7 @@ def load_attribute_file(path: str | os.PathLike, *, format: str = "auto",
     return aset
 
 
-def to_cupl(attribute_set: AttributeSet, *, style: str = "dclip") -> "OrderedDict[str, list[str]]":
+def to_cupl(attribute_set: AttributeSet, *, style: str = "dclip") -> OrderedDict[str, list[str]]:
     """The CuPL mapping ``{class: [sentence, ...]}`` of a set.
 
     A CuPL set is returned as is; a descriptor set gives, per attribute, the
@@ -118,8 +126,13 @@ def from_cupl(mapping: Mapping[str, Sequence[str]], **kwargs) -> AttributeSet:
     return AttributeSet(OrderedDict(mapping), format="cupl", **kwargs)
 
 
-def save_attribute_file(attribute_set: AttributeSet, path: str | os.PathLike, *,
-                        format: str | None = None, with_meta: bool = True) -> None:
+def save_attribute_file(
+    attribute_set: AttributeSet,
+    path: str | os.PathLike,
+    *,
+    format: str | None = None,
+    with_meta: bool = True,
+) -> None:
     """Write a set as a DCLIP/LaZSL or CuPL JSON file.
 
     Args:
@@ -141,11 +154,14 @@ def save_attribute_file(attribute_set: AttributeSet, path: str | os.PathLike, *,
     if fmt == "descriptors":
         raise AttributeSetError(
             f"attribute set {attribute_set.name or ''} holds CuPL sentences; they cannot be "
-            "written as DCLIP/LaZSL attributes (export it as cupl)")
+            "written as DCLIP/LaZSL attributes (export it as cupl)"
+        )
     converted = attribute_set.replace(
-        attributes=to_cupl(attribute_set), format="cupl",
+        attributes=to_cupl(attribute_set),
+        format="cupl",
         warnings=list(attribute_set.warnings),
-        metadata=dict(attribute_set.metadata, converted_from="descriptors"))
+        metadata=dict(attribute_set.metadata, converted_from="descriptors"),
+    )
     converted.to_json(path, with_meta=with_meta)
 
 
@@ -163,7 +179,8 @@ def merge_sets(*sets: AttributeSet, name: str | None = None) -> AttributeSet:
     if len(formats) > 1:
         raise AttributeSetError(
             "cannot merge attribute sets of different formats: "
-            + ", ".join(f"{s.name or '?'} ({s.format})" for s in sets))
+            + ", ".join(f"{s.name or '?'} ({s.format})" for s in sets)
+        )
     out = sets[0]
     for s in sets[1:]:
         out = out.merge(s)
@@ -175,8 +192,14 @@ def merge_sets(*sets: AttributeSet, name: str | None = None) -> AttributeSet:
     return out
 
 
-def edit_class(attribute_set: AttributeSet, class_name: str, attributes: Sequence[str], *,
-               add: bool = False, clean: bool = True) -> AttributeSet:
+def edit_class(
+    attribute_set: AttributeSet,
+    class_name: str,
+    attributes: Sequence[str],
+    *,
+    add: bool = False,
+    clean: bool = True,
+) -> AttributeSet:
     """A new set with one class's attributes replaced.
 
     Args:
@@ -197,7 +220,8 @@ def edit_class(attribute_set: AttributeSet, class_name: str, attributes: Sequenc
 
     if attribute_set.resolve(class_name) is None and not add:
         raise AttributeSetError(
-            f"attribute set {attribute_set.name or ''} has no class {class_name!r}")
+            f"attribute set {attribute_set.name or ''} has no class {class_name!r}"
+        )
     attrs = list(attributes)
     if clean and attribute_set.format == "descriptors":
         attrs = normalize_attributes(attrs, class_name=class_name)

@@ -18,8 +18,9 @@ import json
 import os
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from fiftyone_lazsl.errors import AttributeSetError
 
@@ -42,9 +43,13 @@ def class_key(name: str) -> str:
 
 
 #: Fields of a ``<file>.meta.json`` sidecar and the JSON types they must have.
-_SIDECAR_TYPES = {"name": (str, "a string"), "source": (str, "a string"),
-                  "format": (str, "a string"), "warnings": (list, "a list of strings"),
-                  "metadata": (dict, "an object")}
+_SIDECAR_TYPES = {
+    "name": (str, "a string"),
+    "source": (str, "a string"),
+    "format": (str, "a string"),
+    "warnings": (list, "a list of strings"),
+    "metadata": (dict, "an object"),
+}
 
 
 def _read_sidecar(meta_path: str) -> dict:
@@ -65,22 +70,28 @@ def _read_sidecar(meta_path: str) -> dict:
     except UnicodeDecodeError:
         raise AttributeSetError(f"sidecar {meta_path} is not UTF-8 text") from None
     except json.JSONDecodeError as e:
-        raise AttributeSetError(f"sidecar {meta_path} is not valid JSON: {e.msg} at line "
-                                f"{e.lineno}, column {e.colno}") from None
+        raise AttributeSetError(
+            f"sidecar {meta_path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from None
     if not isinstance(meta, dict):
-        raise AttributeSetError(f"sidecar {meta_path} must hold a JSON object (name, source, "
-                                f"format, warnings, metadata), not a {type(meta).__name__}")
+        raise AttributeSetError(
+            f"sidecar {meta_path} must hold a JSON object (name, source, "
+            f"format, warnings, metadata), not a {type(meta).__name__}"
+        )
     for key, (typ, what) in _SIDECAR_TYPES.items():
         value = meta.get(key)
         if value is None:
             continue
-        if not isinstance(value, typ) or (key == "warnings" and
-                                          not all(isinstance(w, str) for w in value)):
-            raise AttributeSetError(f"sidecar {meta_path}: {key!r} must be {what}, not "
-                                    f"{json.dumps(value)[:60]}")
+        if not isinstance(value, typ) or (
+            key == "warnings" and not all(isinstance(w, str) for w in value)
+        ):
+            raise AttributeSetError(
+                f"sidecar {meta_path}: {key!r} must be {what}, not {json.dumps(value)[:60]}"
+            )
     if meta.get("format") is not None and meta["format"] not in FORMATS:
-        raise AttributeSetError(f"sidecar {meta_path}: 'format' must be one of {FORMATS}, "
-                                f"not {meta['format']!r}")
+        raise AttributeSetError(
+            f"sidecar {meta_path}: 'format' must be one of {FORMATS}, not {meta['format']!r}"
+        )
     return meta
 
 
@@ -101,7 +112,7 @@ class AttributeSet:
         metadata: free-form JSON-serialisable extras (LLM model, hint, ...).
     """
 
-    attributes: "OrderedDict[str, list[str]]"
+    attributes: OrderedDict[str, list[str]]
     name: str | None = None
     source: str | None = None
     format: str = "descriptors"
@@ -120,7 +131,7 @@ class AttributeSet:
             self.warnings.append(note + ", ".join(empty))
 
     # ------------------------------------------------------------------ build
-    def _normalise(self, mapping: Mapping[str, Sequence[str]]) -> "OrderedDict[str, list[str]]":
+    def _normalise(self, mapping: Mapping[str, Sequence[str]]) -> OrderedDict[str, list[str]]:
         if not isinstance(mapping, Mapping):
             raise AttributeSetError(
                 f"attribute set {self.source or self.name or ''} must be a JSON object "
@@ -159,9 +170,7 @@ class AttributeSet:
             key = class_key(name)
             if key in keys:
                 first = keys[key]
-                self.warnings.append(
-                    f"duplicate class {raw_name!r} merged into {first!r}"
-                )
+                self.warnings.append(f"duplicate class {raw_name!r} merged into {first!r}")
                 for a in cleaned:
                     if a not in out[first]:
                         out[first].append(a)
@@ -178,13 +187,14 @@ class AttributeSet:
         return out
 
     @classmethod
-    def from_dict(cls, mapping: Mapping[str, Sequence[str]], **kwargs) -> "AttributeSet":
+    def from_dict(cls, mapping: Mapping[str, Sequence[str]], **kwargs) -> AttributeSet:
         """Build from ``{class: [attribute, ...]}``; class order is kept."""
         return cls(OrderedDict(mapping), **kwargs)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike, *, name: str | None = None,
-                  format: str = "descriptors") -> "AttributeSet":
+    def from_json(
+        cls, path: str | os.PathLike, *, name: str | None = None, format: str = "descriptors"
+    ) -> AttributeSet:
         """Read a DCLIP/LaZSL (or CuPL, with ``format="cupl"``) JSON file.
 
         If a sidecar ``<file>.meta.json`` exists (written by :meth:`to_json`),
@@ -199,7 +209,9 @@ class AttributeSet:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
-            raise AttributeSetError(f"cannot read attribute set file {path}: {e.strerror or e}") from e
+            raise AttributeSetError(
+                f"cannot read attribute set file {path}: {e.strerror or e}"
+            ) from e
         except UnicodeDecodeError as e:
             raise AttributeSetError(f"attribute set file {path} is not UTF-8 text: {e}") from e
         duplicates: list[str] = []
@@ -243,7 +255,7 @@ class AttributeSet:
             raise AttributeSetError(msg) from None
 
     # ------------------------------------------------------------------ save
-    def to_dict(self) -> "OrderedDict[str, list[str]]":
+    def to_dict(self) -> OrderedDict[str, list[str]]:
         """The plain ``{class: [attribute, ...]}`` mapping (a copy)."""
         return OrderedDict((c, list(a)) for c, a in self.attributes.items())
 
@@ -293,7 +305,8 @@ class AttributeSet:
         included) and the format; identifies the content whatever the name."""
         payload = json.dumps(
             {"format": self.format, "attributes": list(self.attributes.items())},
-            ensure_ascii=False, separators=(",", ":"),
+            ensure_ascii=False,
+            separators=(",", ":"),
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -307,7 +320,7 @@ class AttributeSet:
         return max(1, max(len(a) for a in self.attributes.values()))
 
     # ------------------------------------------------------------- editing
-    def replace(self, **changes: Any) -> "AttributeSet":
+    def replace(self, **changes: Any) -> AttributeSet:
         """A copy with some fields changed (like :func:`dataclasses.replace`).
 
         ``changes`` are any of ``attributes``, ``name``, ``source``, ``format``,
@@ -324,12 +337,18 @@ class AttributeSet:
         warnings = list(self.warnings)
         if "attributes" in changes and "warnings" not in changes:
             warnings = [w for w in warnings if not w.startswith(_EMPTY_NOTE)]
-        current = dict(attributes=self.to_dict(), name=self.name, source=self.source,
-                       format=self.format, warnings=warnings, metadata=dict(self.metadata))
+        current = dict(
+            attributes=self.to_dict(),
+            name=self.name,
+            source=self.source,
+            format=self.format,
+            warnings=warnings,
+            metadata=dict(self.metadata),
+        )
         current.update(changes)
         return AttributeSet(**current)
 
-    def with_classes(self, classes: Sequence[str]) -> "AttributeSet":
+    def with_classes(self, classes: Sequence[str]) -> AttributeSet:
         """A new set restricted to (and ordered as) ``classes``; names are matched
         with :func:`class_key`. Raises :class:`AttributeSetError` listing any class
         the set lacks."""
@@ -341,18 +360,20 @@ class AttributeSet:
                 + ", ".join(repr(m) for m in missing)
             )
         return self.replace(
-            attributes=OrderedDict((index[class_key(c)], list(self.attributes[index[class_key(c)]]))
-                                   for c in classes),
-            warnings=list(self.warnings))
+            attributes=OrderedDict(
+                (index[class_key(c)], list(self.attributes[index[class_key(c)]])) for c in classes
+            ),
+            warnings=list(self.warnings),
+        )
 
-    def set_class(self, cls_name: str, attributes: Sequence[str]) -> "AttributeSet":
+    def set_class(self, cls_name: str, attributes: Sequence[str]) -> AttributeSet:
         """A new set with one class's attributes replaced (or the class appended)."""
         d = self.to_dict()
         index = {class_key(c): c for c in d}
         d[index.get(class_key(cls_name), _clean_name(cls_name))] = list(attributes)
         return self.replace(attributes=d)
 
-    def merge(self, other: "AttributeSet") -> "AttributeSet":
+    def merge(self, other: AttributeSet) -> AttributeSet:
         """A new set with the classes of both; shared classes get the union of
         their attributes (this set's first)."""
         d = self.to_dict()
@@ -381,7 +402,8 @@ class AttributeSet:
         if missing:
             raise AttributeSetError(
                 f"attribute set {self.name or ''} has no attributes for {len(missing)} class(es) "
-                f"of the label field: " + ", ".join(repr(m) for m in missing)
+                f"of the label field: "
+                + ", ".join(repr(m) for m in missing)
                 + " (add them to the set, or restrict the run to the set's classes)"
             )
 

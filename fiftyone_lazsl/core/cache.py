@@ -24,6 +24,9 @@ def cache_root(*parts: str) -> pathlib.Path:
     The folder is not created; writers create it when they first write.
     """
     root = env.get(CACHE_ENV)
-    base = pathlib.Path(root).expanduser() if root else (
-        pathlib.Path.home() / ".cache" / "fiftyone-lazsl")
+    base = (
+        pathlib.Path(root).expanduser()
+        if root
+        else (pathlib.Path.home() / ".cache" / "fiftyone-lazsl")
+    )
     return base.joinpath(*parts)

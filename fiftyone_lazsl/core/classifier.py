@@ -11,8 +11,9 @@ Methods: ``"lazsl"`` (optimal transport of crops to attributes), ``"wca"``
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,17 +23,28 @@ from fiftyone_lazsl.core.config import CROP_METHODS, METHODS, LaZSLConfig
 from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec, build_views, relative_boxes
 from fiftyone_lazsl.core.models import LazyModel, LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
-from fiftyone_lazsl.core.scoring import (clip_scores, dclip_scores, global_similarity,
-                                         lazsl_scores, wca_scores)
+from fiftyone_lazsl.core.scoring import (
+    clip_scores,
+    dclip_scores,
+    global_similarity,
+    lazsl_scores,
+    wca_scores,
+)
 
-__all__ = ["LaZSLClassifier", "RunProvenance", "Prediction", "CropEvidence", "METHODS",
-           "default_crop_backend"]
+__all__ = [
+    "LaZSLClassifier",
+    "RunProvenance",
+    "Prediction",
+    "CropEvidence",
+    "METHODS",
+    "default_crop_backend",
+]
 
 #: Marks an argument that was not given (``None`` means random weights).
 _UNSET = object()
 
 
-def default_crop_backend(device: "torch.device | str") -> str:
+def default_crop_backend(device: torch.device | str) -> str:
     """What ``crop_backend="auto"`` means on ``device``: ``"device"`` on CUDA (the
     views are resampled on the GPU, the decode workers only decode), ``"pil"``
     elsewhere (on the CPU, PIL's C resampler in the decode workers is faster
@@ -132,16 +144,26 @@ class RunProvenance:
         name, weights not available here, no such device).
     """
 
-    def __init__(self, attribute_set: "AttributeSet | Mapping | str | os.PathLike",
-                 model: "str | LoadedModel | None" = None, pretrained: "str | None | object" = _UNSET,
-                 *, config: LaZSLConfig | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        attribute_set: AttributeSet | Mapping | str | os.PathLike,
+        model: str | LoadedModel | None = None,
+        pretrained: str | None | object = _UNSET,
+        *,
+        config: LaZSLConfig | None = None,
+        **params: Any,
+    ) -> None:
         overrides = dict(params)
         loaded = model if isinstance(model, LoadedModel) else None
         if loaded is not None:
             # a LazyModel was made from the config's device as given (None: automatic)
-            overrides.update(model=loaded.name, pretrained=loaded.pretrained,
-                             device=loaded.requested_device if isinstance(loaded, LazyModel)
-                             else str(loaded.device))
+            overrides.update(
+                model=loaded.name,
+                pretrained=loaded.pretrained,
+                device=loaded.requested_device
+                if isinstance(loaded, LazyModel)
+                else str(loaded.device),
+            )
         elif model is not None:
             overrides["model"] = model
         if pretrained is not _UNSET and loaded is None:
@@ -173,7 +195,8 @@ class RunProvenance:
             self.attribute_labels = [[c] for c in self.classes]
         else:
             self.prompts, self.attribute_labels = build_prompts(
-                self.attribute_set, style=self.prompt_style, suffix=self.prompt_suffix)
+                self.attribute_set, style=self.prompt_style, suffix=self.prompt_suffix
+            )
 
     def _model_for(self, cfg: LaZSLConfig) -> LoadedModel:
         """The model used when none is given: nothing loaded."""
@@ -240,9 +263,15 @@ class LaZSLClassifier(RunProvenance):
         errors of :func:`load_model`.
     """
 
-    def __init__(self, attribute_set: "AttributeSet | Mapping | str | os.PathLike",
-                 model: "str | LoadedModel | None" = None, pretrained: "str | None | object" = _UNSET,
-                 *, config: LaZSLConfig | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        attribute_set: AttributeSet | Mapping | str | os.PathLike,
+        model: str | LoadedModel | None = None,
+        pretrained: str | None | object = _UNSET,
+        *,
+        config: LaZSLConfig | None = None,
+        **params: Any,
+    ) -> None:
         super().__init__(attribute_set, model, pretrained, config=config, **params)
         self._encode_text()
 
@@ -254,7 +283,9 @@ class LaZSLClassifier(RunProvenance):
     def _encode_text(self) -> None:
         if self.method == "clip":
             names = prompt_names(self.attribute_set)
-            self.class_features = self.model.encode_texts([clip_prompt(names[c]) for c in self.classes])
+            self.class_features = self.model.encode_texts(
+                [clip_prompt(names[c]) for c in self.classes]
+            )
             return
         prompts = self.prompts
         flat = [p for ps in prompts for p in ps]
@@ -264,8 +295,8 @@ class LaZSLClassifier(RunProvenance):
         mask = torch.zeros(C, A, dtype=torch.bool)
         i = 0
         for c, ps in enumerate(prompts):
-            tf[c, :len(ps)] = feats[i:i + len(ps)]
-            mask[c, :len(ps)] = True
+            tf[c, : len(ps)] = feats[i : i + len(ps)]
+            mask[c, : len(ps)] = True
             i += len(ps)
         self.text_features = tf.to(self.model.device)
         self.text_mask = mask.to(self.model.device)
@@ -273,15 +304,17 @@ class LaZSLClassifier(RunProvenance):
             # WCA weights each class's sentences by their likeness to its label prompt
             names = prompt_names(self.attribute_set)
             self.label_features = self.model.encode_texts(
-                [clip_prompt(names[c]) for c in self.classes]).to(self.model.device)
+                [clip_prompt(names[c]) for c in self.classes]
+            ).to(self.model.device)
 
     # ---------------------------------------------------------------- images
     @property
     def visual_spec(self) -> VisualSetSpec:
         """What determines an image's visual set (model preprocessing, crops,
         seed, backend) as one picklable value, for decode workers."""
-        return VisualSetSpec(self.model.preprocess_cfg, self.n_crops, self.crop_scale,
-                             self.seed, self.crop_backend)
+        return VisualSetSpec(
+            self.model.preprocess_cfg, self.n_crops, self.crop_scale, self.seed, self.crop_backend
+        )
 
     def crop_boxes(self, width: int, height: int, key: str) -> np.ndarray:
         """The pixel crop boxes this classifier uses for an image of that size and key.
@@ -329,8 +362,9 @@ class LaZSLClassifier(RunProvenance):
         Returns:
             ``[1 + N, 3, S, S]`` float32 normalised views on the model's device.
         """
-        return build_views([self.prepare_views(image, key)], self.visual_spec,
-                           device=self.model.device)
+        return build_views(
+            [self.prepare_views(image, key)], self.visual_spec, device=self.model.device
+        )
 
     def encode_prepared(self, prepared: Sequence[PreparedViews]) -> torch.Tensor:
         """Encode prepared visual sets; returns ``[B, 1 + N, D]`` float32 unit features."""
@@ -339,7 +373,9 @@ class LaZSLClassifier(RunProvenance):
         feats = m.encode_images(pixels)
         return feats.view(len(prepared), V, -1)
 
-    def encode(self, images: Sequence, keys: Sequence[str]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    def encode(
+        self, images: Sequence, keys: Sequence[str]
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
         """Encode the visual sets of a batch of images (PIL images or ``[3, H, W]``
         uint8 tensors); returns ``[B, 1 + N, D]`` float32 unit features and the
         per-image ``[N, 4]`` pixel boxes."""
@@ -347,9 +383,13 @@ class LaZSLClassifier(RunProvenance):
         return self.encode_prepared(prepared), [p.boxes for p in prepared]
 
     # ---------------------------------------------------------------- scores
-    def predict_tensors(self, images: Sequence[torch.Tensor], keys: Sequence[str],
-                        sizes: Sequence[tuple[int, int]] | None = None,
-                        scales: Sequence[float] | None = None) -> list[Prediction]:
+    def predict_tensors(
+        self,
+        images: Sequence[torch.Tensor],
+        keys: Sequence[str],
+        sizes: Sequence[tuple[int, int]] | None = None,
+        scales: Sequence[float] | None = None,
+    ) -> list[Prediction]:
         """Predict for a batch of decoded images.
 
         Args:
@@ -367,21 +407,33 @@ class LaZSLClassifier(RunProvenance):
         prepared = [self.prepare_views(im, k) for im, k in zip(images, keys)]
         return self.predict_prepared(prepared, sizes, scales)
 
-    def predict_prepared(self, prepared: Sequence[PreparedViews],
-                         sizes: Sequence[tuple[int, int]] | None = None,
-                         scales: Sequence[float] | None = None) -> list[Prediction]:
+    def predict_prepared(
+        self,
+        prepared: Sequence[PreparedViews],
+        sizes: Sequence[tuple[int, int]] | None = None,
+        scales: Sequence[float] | None = None,
+    ) -> list[Prediction]:
         """Predict for visual sets prepared by :meth:`prepare_views` (e.g. in
         decode workers, from :attr:`visual_spec`); ``sizes`` and ``scales`` as
         for :meth:`predict_tensors`."""
         feats = self.encode_prepared(prepared)
-        return self._predict_features(feats, [p.boxes for p in prepared],
-                                      [(p.width, p.height) for p in prepared], sizes, scales)
+        return self._predict_features(
+            feats,
+            [p.boxes for p in prepared],
+            [(p.width, p.height) for p in prepared],
+            sizes,
+            scales,
+        )
 
-    def predict_features(self, features: torch.Tensor, boxes: Sequence[np.ndarray],
-                         image_sizes: Sequence[tuple[int, int]],
-                         sizes: Sequence[tuple[int, int]] | None = None,
-                         scales: Sequence[float] | None = None,
-                         crop_global: torch.Tensor | None = None) -> list[Prediction]:
+    def predict_features(
+        self,
+        features: torch.Tensor,
+        boxes: Sequence[np.ndarray],
+        image_sizes: Sequence[tuple[int, int]],
+        sizes: Sequence[tuple[int, int]] | None = None,
+        scales: Sequence[float] | None = None,
+        crop_global: torch.Tensor | None = None,
+    ) -> list[Prediction]:
         """Score precomputed visual sets (e.g. from a
         :class:`~fiftyone_lazsl.core.features.FeatureStore`) with this
         classifier's attribute set and parameters; same results as
@@ -408,29 +460,55 @@ class LaZSLClassifier(RunProvenance):
         """
         feats = features.to(self.model.device, torch.float32)
         if self.method in CROP_METHODS and feats.shape[1] != 1 + self.n_crops:
-            raise ValueError(f"features have {feats.shape[1] - 1} crops, the classifier "
-                             f"uses n_crops={self.n_crops}")
-        return self._predict_features(feats, list(boxes),
-                                      [(int(w), int(h)) for w, h in image_sizes], sizes, scales,
-                                      crop_global if self.method in CROP_METHODS else None)
+            raise ValueError(
+                f"features have {feats.shape[1] - 1} crops, the classifier "
+                f"uses n_crops={self.n_crops}"
+            )
+        return self._predict_features(
+            feats,
+            list(boxes),
+            [(int(w), int(h)) for w, h in image_sizes],
+            sizes,
+            scales,
+            crop_global if self.method in CROP_METHODS else None,
+        )
 
-    def _predict_features(self, feats: torch.Tensor, boxes: Sequence[np.ndarray],
-                          dims: Sequence[tuple[int, int]],
-                          sizes: Sequence[tuple[int, int]] | None,
-                          scales: Sequence[float] | None,
-                          crop_global: torch.Tensor | None = None) -> list[Prediction]:
+    def _predict_features(
+        self,
+        feats: torch.Tensor,
+        boxes: Sequence[np.ndarray],
+        dims: Sequence[tuple[int, int]],
+        sizes: Sequence[tuple[int, int]] | None,
+        scales: Sequence[float] | None,
+        crop_global: torch.Tensor | None = None,
+    ) -> list[Prediction]:
         B = feats.shape[0]
         out = wca = None
         if self.method == "wca":
-            wca = wca_scores(feats, self.text_features, self.text_mask, self.label_features,
-                             image_scale_log=self.image_scale_log,
-                             text_scale_log=self.text_scale_log, return_weights=True,
-                             crop_global=crop_global)
+            wca = wca_scores(
+                feats,
+                self.text_features,
+                self.text_mask,
+                self.label_features,
+                image_scale_log=self.image_scale_log,
+                text_scale_log=self.text_scale_log,
+                return_weights=True,
+                crop_global=crop_global,
+            )
             scores = wca.scores
         elif self.method == "lazsl":
-            out = lazsl_scores(feats, self.text_features, self.text_mask, theta=self.theta,
-                               eps=self.eps, max_iter=self.max_iter, stop_tol=self.stop_tol,
-                               gamma=self.gamma, return_plan=True, crop_global=crop_global)
+            out = lazsl_scores(
+                feats,
+                self.text_features,
+                self.text_mask,
+                theta=self.theta,
+                eps=self.eps,
+                max_iter=self.max_iter,
+                stop_tol=self.stop_tol,
+                gamma=self.gamma,
+                return_plan=True,
+                crop_global=crop_global,
+            )
             scores = out.scores
         elif self.method == "dclip":
             scores = dclip_scores(feats, self.text_features, self.text_mask)
@@ -445,25 +523,31 @@ class LaZSLClassifier(RunProvenance):
 
         if out is not None:
             plans, S, keep = out.plans, out.similarity, out.keep
-            att_mass = (plans * S).sum(2).cpu().numpy()                   # [B, C, A]
-            best = plans.argmax(-1)                                        # [B, C, N]
+            att_mass = (plans * S).sum(2).cpu().numpy()  # [B, C, A]
+            best = plans.argmax(-1)  # [B, C, N]
             counts = torch.zeros(plans.shape[:2] + plans.shape[-1:], device=plans.device)
             counts.scatter_add_(2, best, keep.unsqueeze(1).expand_as(best).float())
             att_crops = counts.long().cpu().numpy()
             bidx = torch.arange(B, device=plans.device)
-            Tp = plans[bidx, pred]                                         # [B, N, A]
+            Tp = plans[bidx, pred]  # [B, N, A]
             Sp = S[bidx, pred]
             cmass = Tp.sum(-1)
             cattr = Tp.argmax(-1)
-            cshare = torch.where(cmass > 0, Tp.gather(-1, cattr.unsqueeze(-1)).squeeze(-1)
-                                 / cmass.clamp_min(1e-30), torch.zeros_like(cmass))
+            cshare = torch.where(
+                cmass > 0,
+                Tp.gather(-1, cattr.unsqueeze(-1)).squeeze(-1) / cmass.clamp_min(1e-30),
+                torch.zeros_like(cmass),
+            )
             csim = Sp.gather(-1, cattr.unsqueeze(-1)).squeeze(-1)
-            cmass, cattr, cshare, csim, keep_np = (t.cpu().numpy() for t in (cmass, cattr, cshare, csim, keep))
+            cmass, cattr, cshare, csim, keep_np = (
+                t.cpu().numpy() for t in (cmass, cattr, cshare, csim, keep)
+            )
         elif wca is not None:
             att_mass, att_crops, (cmass, cattr, cshare, csim, keep_np) = self._wca_evidence(
-                feats, wca, pred)
+                feats, wca, pred
+            )
         elif self.method == "dclip":
-            sim = global_similarity(feats, self.text_features).cpu().numpy()       # [B, C, A]
+            sim = global_similarity(feats, self.text_features).cpu().numpy()  # [B, C, A]
 
         preds = []
         for b in range(B):
@@ -471,9 +555,13 @@ class LaZSLClassifier(RunProvenance):
             scale = float(scales[b]) if scales is not None else 1.0
             size = tuple(sizes[b]) if sizes is not None else (int(W), int(H))
             p = Prediction(
-                label=self.classes[int(pred_np[b])], label_index=int(pred_np[b]),
-                scores=scores_np[b], logits=logits_np[b], probs=probs_np[b],
-                image_size=(int(size[0]), int(size[1])), method=self.method,
+                label=self.classes[int(pred_np[b])],
+                label_index=int(pred_np[b]),
+                scores=scores_np[b],
+                logits=logits_np[b],
+                probs=probs_np[b],
+                image_size=(int(size[0]), int(size[1])),
+                method=self.method,
             )
             if out is not None or wca is not None:
                 bx = boxes[b].astype(np.float64)
@@ -485,13 +573,22 @@ class LaZSLClassifier(RunProvenance):
                 else:
                     px, rel = boxes[b], relative_boxes(boxes[b], int(W), int(H))
                 p.crops = CropEvidence(
-                    boxes=px, boxes_rel=rel, kept=keep_np[b], mass=cmass[b].astype(np.float32),
-                    attribute=cattr[b].astype(np.int64), share=cshare[b].astype(np.float32),
-                    similarity=csim[b].astype(np.float32))
-                p.attribute_scores = [att_mass[b, c, :lens[c]].astype(np.float32) for c in range(len(lens))]
-                p.attribute_crops = [att_crops[b, c, :lens[c]] for c in range(len(lens))]
+                    boxes=px,
+                    boxes_rel=rel,
+                    kept=keep_np[b],
+                    mass=cmass[b].astype(np.float32),
+                    attribute=cattr[b].astype(np.int64),
+                    share=cshare[b].astype(np.float32),
+                    similarity=csim[b].astype(np.float32),
+                )
+                p.attribute_scores = [
+                    att_mass[b, c, : lens[c]].astype(np.float32) for c in range(len(lens))
+                ]
+                p.attribute_crops = [att_crops[b, c, : lens[c]] for c in range(len(lens))]
             elif self.method == "dclip":
-                p.attribute_scores = [sim[b, c, :lens[c]].astype(np.float32) for c in range(len(lens))]
+                p.attribute_scores = [
+                    sim[b, c, : lens[c]].astype(np.float32) for c in range(len(lens))
+                ]
             preds.append(p)
         return preds
 
@@ -503,8 +600,8 @@ class LaZSLClassifier(RunProvenance):
         ``v_a (z . t_a) / ||sum_a' v_a' t_a'||``; each crop is matched to the
         sentence of the class it is most similar to (``argmax_a x_n . t_a``)."""
         tf, mask = self.text_features.float(), self.text_mask
-        z, v = wca.image_embeddings, wca.text_weights                           # [B, D], [C, A]
-        u = torch.einsum("ca,cad->cd", v, tf).norm(dim=-1).clamp_min(1e-12)     # [C]
+        z, v = wca.image_embeddings, wca.text_weights  # [B, D], [C, A]
+        u = torch.einsum("ca,cad->cd", v, tf).norm(dim=-1).clamp_min(1e-12)  # [C]
         att = v.unsqueeze(0) * torch.einsum("bd,cad->bca", z, tf) / u[None, :, None]
         B, N1, _ = feats.shape
         C, A, _ = tf.shape
@@ -514,7 +611,7 @@ class LaZSLClassifier(RunProvenance):
         csim = torch.zeros(B, N1 - 1, device=feats.device)
         for b in range(B):  # one image at a time: [C, A, N] stays small for 1000 classes
             sim = (flat @ feats[b, 1:].float().T).view(C, A, N1 - 1).masked_fill(pad, float("-inf"))
-            best = sim.argmax(1)                                                # [C, N]
+            best = sim.argmax(1)  # [C, N]
             counts[b].scatter_add_(1, best, torch.ones_like(best, dtype=counts.dtype))
             c = int(pred[b])
             cattr[b] = best[c]

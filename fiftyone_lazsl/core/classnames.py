@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
 from fiftyone_lazsl.core.attributes import class_key
 from fiftyone_lazsl.errors import UserError
@@ -59,7 +59,7 @@ def readable_name(label: str, style: str = "cub") -> str:
     return "-".join(words[:-1]) + " " + words[-1]
 
 
-def readable_names(labels: Iterable[str], style: str = "cub") -> "OrderedDict[str, str]":
+def readable_names(labels: Iterable[str], style: str = "cub") -> OrderedDict[str, str]:
     """``{label: readable name}`` for every label, in order.
 
     Raises:

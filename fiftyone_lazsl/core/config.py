@@ -25,15 +25,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from fiftyone_lazsl.errors import ConfigError
 
-__all__ = ["LaZSLConfig", "OutputConfig", "METHODS", "METHOD_DEFAULTS", "CROP_METHODS", "ATTRIBUTE_METHODS",
-           "CROP_BACKENDS", "EXACT_CROP_BACKENDS", "PROMPT_STYLES", "RANDOM_WEIGHT_TAGS",
-           "normalize_pretrained", "EVIDENCE_MODES", "DEFAULT_TOP_K_CROPS",
-           "DEFAULT_RUNNER_UPS", "FEATURE_DTYPES"]
+__all__ = [
+    "LaZSLConfig",
+    "OutputConfig",
+    "METHODS",
+    "METHOD_DEFAULTS",
+    "CROP_METHODS",
+    "ATTRIBUTE_METHODS",
+    "CROP_BACKENDS",
+    "EXACT_CROP_BACKENDS",
+    "PROMPT_STYLES",
+    "RANDOM_WEIGHT_TAGS",
+    "normalize_pretrained",
+    "EVIDENCE_MODES",
+    "DEFAULT_TOP_K_CROPS",
+    "DEFAULT_RUNNER_UPS",
+    "FEATURE_DTYPES",
+]
 
 #: Scoring methods: LaZSL, WCA (Li et al., ICML 2024) and the two baselines of
 #: the LaZSL paper's tables.
@@ -89,15 +103,29 @@ _ATTR = ATTRIBUTE_METHODS
 _WCA = ("wca",)
 
 
-def _meta(help: str, *, methods: tuple[str, ...] = _ALL, group: str,
-          output: bool = True, choices: tuple | None = None, unit: str = "",
-          advanced: bool = False) -> dict:
+def _meta(
+    help: str,
+    *,
+    methods: tuple[str, ...] = _ALL,
+    group: str,
+    output: bool = True,
+    choices: tuple | None = None,
+    unit: str = "",
+    advanced: bool = False,
+) -> dict:
     """Field metadata: ``help`` (one line), the methods that use the parameter,
     its ``group`` (model / visual set / semantic set / transport / weighting /
     execution), whether it changes a sample's outputs (``output``; resuming compares only
     those), ``choices``, ``unit`` and whether forms hide it by default."""
-    return {"help": help, "methods": methods, "group": group, "output": output,
-            "choices": choices, "unit": unit, "advanced": advanced}
+    return {
+        "help": help,
+        "methods": methods,
+        "group": group,
+        "output": output,
+        "choices": choices,
+        "unit": unit,
+        "advanced": advanced,
+    }
 
 
 def normalize_pretrained(pretrained: Any) -> str | None:
@@ -155,56 +183,139 @@ class LaZSLConfig:
             naming the parameter, when a value is out of its domain.
     """
 
-    method: str = field(default="lazsl", metadata=_meta(
-        "scoring method", group="model", choices=METHODS))
-    model: str = field(default="ViT-B-32", metadata=_meta(
-        "open_clip model name or hf-hub:ID", group="model"))
-    pretrained: str | None = field(default="openai", metadata=_meta(
-        "weights: open_clip tag, hf-hub:ID, checkpoint path, or 'none' for random weights "
-        "(tests only)", group="model"))
-    device: str | None = field(default=None, metadata=_meta(
-        "torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
-        group="execution", output=False))
-    n_crops: int = field(default=None, metadata=_meta(  # type: ignore[assignment]
-        "crops per image N", methods=CROP_METHODS, group="visual set", unit="crops"))
-    crop_scale: tuple[float, float] = field(default=None, metadata=_meta(  # type: ignore[assignment]
-        "(alpha, beta): crop side ~ U(alpha, beta) * min(H, W)", methods=CROP_METHODS,
-        group="visual set", unit="fraction of the short side"))
-    crop_backend: str = field(default="auto", metadata=_meta(
-        "crop construction: 'pil' (official: model preprocessing of each cut-out box, in the "
-        "decode workers), 'device' (the same views bit for bit, resampled on the model's "
-        "device), 'tensor' (roi_align, approximate) or 'auto' (device on CUDA, else pil)",
-        methods=CROP_METHODS, group="visual set", choices=CROP_BACKENDS, advanced=True))
-    seed: int = field(default=0, metadata=_meta(
-        "crop seed (combined with each sample's key)", methods=CROP_METHODS, group="visual set"))
-    theta: float = field(default=0.8, metadata=_meta(
-        "weight of the crop term in the hybrid similarity, in [0, 1]", methods=_OT,
-        group="transport"))
-    eps: float = field(default=0.1, metadata=_meta(
-        "Sinkhorn entropic regularisation (> 0)", methods=_OT, group="transport",
-        advanced=True))
-    gamma: float = field(default=0.0, metadata=_meta(
-        "vision-selection margin over the image's mean crop similarity", methods=_OT,
-        group="transport", advanced=True))
-    max_iter: int = field(default=100, metadata=_meta(
-        "Sinkhorn iterations at most", methods=_OT, group="transport", advanced=True))
-    stop_tol: float = field(default=1e-2, metadata=_meta(
-        "Sinkhorn stopping tolerance on mean |r - r_prev|", methods=_OT, group="transport",
-        advanced=True))
-    image_scale_log: float = field(default=4.0, metadata=_meta(
-        "WCA crop weights softmax(exp(image_scale_log) * crop.global): log temperature",
-        methods=_WCA, group="weighting"))
-    text_scale_log: float = field(default=2.0, metadata=_meta(
-        "WCA sentence weights softmax(exp(text_scale_log) * sentence.label prompt): "
-        "log temperature", methods=_WCA, group="weighting"))
-    prompt_style: str = field(default="dclip", metadata=_meta(
-        "prompt rule: 'dclip' or 'legacy' (official startswith('a') test)", methods=_ATTR,
-        group="semantic set", choices=PROMPT_STYLES, advanced=True))
-    prompt_suffix: str = field(default="", metadata=_meta(
-        "text appended to every prompt (official ImageNet runs use '.')", methods=_ATTR,
-        group="semantic set", advanced=True))
-    batch_size: int = field(default=4, metadata=_meta(
-        "images per forward pass", group="execution", output=False, unit="images"))
+    method: str = field(
+        default="lazsl", metadata=_meta("scoring method", group="model", choices=METHODS)
+    )
+    model: str = field(
+        default="ViT-B-32", metadata=_meta("open_clip model name or hf-hub:ID", group="model")
+    )
+    pretrained: str | None = field(
+        default="openai",
+        metadata=_meta(
+            "weights: open_clip tag, hf-hub:ID, checkpoint path, or 'none' for random weights "
+            "(tests only)",
+            group="model",
+        ),
+    )
+    device: str | None = field(
+        default=None,
+        metadata=_meta(
+            "torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)",
+            group="execution",
+            output=False,
+        ),
+    )
+    n_crops: int = field(
+        default=None,
+        metadata=_meta(  # type: ignore[assignment]
+            "crops per image N", methods=CROP_METHODS, group="visual set", unit="crops"
+        ),
+    )
+    crop_scale: tuple[float, float] = field(
+        default=None,
+        metadata=_meta(  # type: ignore[assignment]
+            "(alpha, beta): crop side ~ U(alpha, beta) * min(H, W)",
+            methods=CROP_METHODS,
+            group="visual set",
+            unit="fraction of the short side",
+        ),
+    )
+    crop_backend: str = field(
+        default="auto",
+        metadata=_meta(
+            "crop construction: 'pil' (official: model preprocessing of each cut-out box, in the "
+            "decode workers), 'device' (the same views bit for bit, resampled on the model's "
+            "device), 'tensor' (roi_align, approximate) or 'auto' (device on CUDA, else pil)",
+            methods=CROP_METHODS,
+            group="visual set",
+            choices=CROP_BACKENDS,
+            advanced=True,
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=_meta(
+            "crop seed (combined with each sample's key)", methods=CROP_METHODS, group="visual set"
+        ),
+    )
+    theta: float = field(
+        default=0.8,
+        metadata=_meta(
+            "weight of the crop term in the hybrid similarity, in [0, 1]",
+            methods=_OT,
+            group="transport",
+        ),
+    )
+    eps: float = field(
+        default=0.1,
+        metadata=_meta(
+            "Sinkhorn entropic regularisation (> 0)", methods=_OT, group="transport", advanced=True
+        ),
+    )
+    gamma: float = field(
+        default=0.0,
+        metadata=_meta(
+            "vision-selection margin over the image's mean crop similarity",
+            methods=_OT,
+            group="transport",
+            advanced=True,
+        ),
+    )
+    max_iter: int = field(
+        default=100,
+        metadata=_meta(
+            "Sinkhorn iterations at most", methods=_OT, group="transport", advanced=True
+        ),
+    )
+    stop_tol: float = field(
+        default=1e-2,
+        metadata=_meta(
+            "Sinkhorn stopping tolerance on mean |r - r_prev|",
+            methods=_OT,
+            group="transport",
+            advanced=True,
+        ),
+    )
+    image_scale_log: float = field(
+        default=4.0,
+        metadata=_meta(
+            "WCA crop weights softmax(exp(image_scale_log) * crop.global): log temperature",
+            methods=_WCA,
+            group="weighting",
+        ),
+    )
+    text_scale_log: float = field(
+        default=2.0,
+        metadata=_meta(
+            "WCA sentence weights softmax(exp(text_scale_log) * sentence.label prompt): "
+            "log temperature",
+            methods=_WCA,
+            group="weighting",
+        ),
+    )
+    prompt_style: str = field(
+        default="dclip",
+        metadata=_meta(
+            "prompt rule: 'dclip' or 'legacy' (official startswith('a') test)",
+            methods=_ATTR,
+            group="semantic set",
+            choices=PROMPT_STYLES,
+            advanced=True,
+        ),
+    )
+    prompt_suffix: str = field(
+        default="",
+        metadata=_meta(
+            "text appended to every prompt (official ImageNet runs use '.')",
+            methods=_ATTR,
+            group="semantic set",
+            advanced=True,
+        ),
+    )
+    batch_size: int = field(
+        default=4,
+        metadata=_meta("images per forward pass", group="execution", output=False, unit="images"),
+    )
 
     def __post_init__(self) -> None:
         # Normalise types first (CLI / JSON / form values), then check domains.
@@ -243,8 +354,7 @@ class LaZSLConfig:
             raise ConfigError(f"n_crops must be >= 0, got {self.n_crops}")
         a, b = self.crop_scale
         if not (0 < a <= b <= 1):
-            raise ConfigError(
-                f"crop_scale must satisfy 0 < alpha <= beta <= 1, got ({a:g}, {b:g})")
+            raise ConfigError(f"crop_scale must satisfy 0 < alpha <= beta <= 1, got ({a:g}, {b:g})")
         if not 0.0 <= self.theta <= 1.0:
             raise ConfigError(f"theta must be in [0, 1], got {self.theta:g}")
         if not self.eps > 0:
@@ -266,7 +376,7 @@ class LaZSLConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, strict: bool = True) -> "LaZSLConfig":
+    def from_dict(cls, d: Mapping[str, Any], *, strict: bool = True) -> LaZSLConfig:
         """Build from a dict such as :meth:`to_dict`'s or a run's config.
 
         Args:
@@ -280,11 +390,13 @@ class LaZSLConfig:
         names = cls.field_names()
         unknown = sorted(k for k in d if k not in names)
         if strict and unknown:
-            raise ConfigError(f"unknown LaZSL parameter(s): {', '.join(unknown)}; "
-                              f"expected some of: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown LaZSL parameter(s): {', '.join(unknown)}; "
+                f"expected some of: {', '.join(names)}"
+            )
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def replace(self, **changes: Any) -> "LaZSLConfig":
+    def replace(self, **changes: Any) -> LaZSLConfig:
         """A copy with some parameters changed (validated). Parameters that
         took the method's default (``n_crops``, ``crop_scale`` not given) follow
         a change of ``method``; given ones are kept.
@@ -307,14 +419,17 @@ class LaZSLConfig:
         """The parameters ``method`` uses (forms show only these)."""
         return tuple(f for f in dataclasses.fields(cls) if method in f.metadata["methods"])
 
-    def output_diff(self, other: "LaZSLConfig | Mapping[str, Any]") -> list[str]:
+    def output_diff(self, other: LaZSLConfig | Mapping[str, Any]) -> list[str]:
         """Names of the output-determining parameters (field metadata
         ``output=True``: everything but ``device`` and ``batch_size``, whose
         values never change a sample's result) that differ from ``other``."""
         o = other if isinstance(other, LaZSLConfig) else LaZSLConfig.from_dict(other, strict=False)
-        return [f.name for f in dataclasses.fields(self)
-                if f.metadata["output"] and _views(f.name, getattr(self, f.name))
-                != _views(f.name, getattr(o, f.name))]
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.metadata["output"]
+            and _views(f.name, getattr(self, f.name)) != _views(f.name, getattr(o, f.name))
+        ]
 
     # --------------------------------------------------------------------- CLI
     @classmethod
@@ -323,8 +438,9 @@ class LaZSLConfig:
         return "--" + name.replace("_", "-")
 
     @classmethod
-    def add_cli_arguments(cls, parser: argparse.ArgumentParser,
-                          exclude: Iterable[str] = ()) -> None:
+    def add_cli_arguments(
+        cls, parser: argparse.ArgumentParser, exclude: Iterable[str] = ()
+    ) -> None:
         """Add one flag per parameter to ``parser`` (defaults shown in ``--help``).
 
         ``crop_scale`` takes two numbers (``--crop-scale 0.6 0.9``); the older
@@ -339,18 +455,32 @@ class LaZSLConfig:
             m, flag = f.metadata, cls.cli_flag(f.name)
             default = f.default
             if f.name in METHOD_DEFAULTS["lazsl"]:
-                help_ = m["help"] + " (default: " + ", ".join(
-                    f"{_show(v[f.name])} for {k}" for k, v in METHOD_DEFAULTS.items()) + ")"
+                help_ = (
+                    m["help"]
+                    + " (default: "
+                    + ", ".join(f"{_show(v[f.name])} for {k}" for k, v in METHOD_DEFAULTS.items())
+                    + ")"
+                )
             else:
                 help_ = f"{m['help']} (default: {_show(default)})"
             if f.name == "crop_scale":
-                group.add_argument(flag, type=float, nargs=2, metavar=("ALPHA", "BETA"),
-                                   default=None, help=help_)
-                group.add_argument("--crop-min", type=float, default=None, metavar="ALPHA",
-                                   help="smallest crop side / min(H, W) (same as the first "
-                                        "--crop-scale value)")
-                group.add_argument("--crop-max", type=float, default=None, metavar="BETA",
-                                   help="largest crop side / min(H, W)")
+                group.add_argument(
+                    flag, type=float, nargs=2, metavar=("ALPHA", "BETA"), default=None, help=help_
+                )
+                group.add_argument(
+                    "--crop-min",
+                    type=float,
+                    default=None,
+                    metavar="ALPHA",
+                    help="smallest crop side / min(H, W) (same as the first --crop-scale value)",
+                )
+                group.add_argument(
+                    "--crop-max",
+                    type=float,
+                    default=None,
+                    metavar="BETA",
+                    help="largest crop side / min(H, W)",
+                )
                 continue
             kind = _field_type(f)
             kw: dict = {"default": None, "help": help_}
@@ -361,7 +491,7 @@ class LaZSLConfig:
             group.add_argument(flag, **kw)
 
     @classmethod
-    def from_cli_args(cls, args: argparse.Namespace, **overrides: Any) -> "LaZSLConfig":
+    def from_cli_args(cls, args: argparse.Namespace, **overrides: Any) -> LaZSLConfig:
         """The config given by parsed flags (see :meth:`add_cli_arguments`);
         flags not given keep the defaults.
 
@@ -373,7 +503,7 @@ class LaZSLConfig:
         return cls.from_form(values)
 
     @classmethod
-    def from_form(cls, values: Mapping[str, Any]) -> "LaZSLConfig":
+    def from_form(cls, values: Mapping[str, Any]) -> LaZSLConfig:
         """The config given by flat values as a form or the command line gives
         them: every field by name (None or ``""``: not given) and
         ``crop_min`` / ``crop_max``, the two bounds of ``crop_scale`` (a bound
@@ -384,8 +514,11 @@ class LaZSLConfig:
         Raises:
             ConfigError: a bad value, naming the parameter.
         """
-        d = {k: values[k] for k in cls.field_names()
-             if values.get(k) is not None and values.get(k) != ""}
+        d = {
+            k: values[k]
+            for k in cls.field_names()
+            if values.get(k) is not None and values.get(k) != ""
+        }
         lo, hi = (values.get(k) for k in _CROP_BOUNDS)
         if lo is not None or hi is not None:
             base = list(d.get("crop_scale", cls.crop_scale_default(d.get("method", "lazsl"))))
@@ -456,8 +589,10 @@ def _int(name: str, v: Any) -> int:
     if not isinstance(v, int):
         raise ConfigError(f"{name} must be an integer, got {v!r}")
     if not INT64_MIN <= v <= INT64_MAX:
-        raise ConfigError(f"{name} must be a 64-bit integer (at most {INT64_MAX}; runs are "
-                          f"recorded in MongoDB), got {v}")
+        raise ConfigError(
+            f"{name} must be a 64-bit integer (at most {INT64_MAX}; runs are "
+            f"recorded in MongoDB), got {v}"
+        )
     return int(v)
 
 
@@ -497,7 +632,8 @@ def _top_k_crops_arg(value: str) -> int | str:
         return int(v)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a positive integer, 'all' or 'auto', got {value!r}") from None
+            f"expected a positive integer, 'all' or 'auto', got {value!r}"
+        ) from None
 
 
 def _store_features_arg(value: str) -> bool | str:
@@ -543,34 +679,76 @@ class OutputConfig:
             out of its domain.
     """
 
-    top_k_crops: int | str | None = field(default="auto", metadata=_out_meta(
-        "crops kept as detections, best-matching first: K, all, or auto (5 with compact "
-        "evidence, all with full evidence)", metavar="K|all", type=_top_k_crops_arg))
-    top_attributes: int = field(default=5, metadata=_out_meta(
-        "attributes listed in F_attributes", metavar="K", type=int))
-    evidence: str | None = field(default=None, metadata=_out_meta(
-        "per-attribute evidence of the predicted class, runner-up(s) and ground-truth "
-        "class (compact, default), or of every class (full)", choices=EVIDENCE_MODES))
-    runner_ups: int | None = field(default=None, metadata=_out_meta(
-        "runner-up classes whose evidence compact outputs keep (default: 1)",
-        metavar="K", type=int))
-    heatmap: bool = field(default=False, metadata=_out_meta(
-        "also write an evidence heatmap per sample", action="store_true"))
-    write_every: int = field(default=64, metadata=_out_meta(
-        "samples per database write (a killed run keeps every written batch)",
-        metavar="N", type=int))
-    num_workers: int | None = field(default=None, metadata=_out_meta(
-        "image decoding processes (default: auto; 0: in process)", flag="--workers",
-        metavar="N",
-        scope="classify", type=int))
-    store_features: Any = field(default=False, metadata=_out_meta(
-        "keep every sample's view embeddings so `fiftyone-lazsl rescore` can re-score with "
-        "other attribute sets without encoding again (default location: "
-        "$FIFTYONE_LAZSL_FEATURES or <cache>/features; ~93 KB/sample at N=90, float16); "
-        "features already stored are reused", scope="classify", nargs="?", const=True,
-        metavar="DIR", type=_store_features_arg))
-    feature_dtype: str = field(default="float16", metadata=_out_meta(
-        "storage precision of --store-features", scope="classify", choices=FEATURE_DTYPES))
+    top_k_crops: int | str | None = field(
+        default="auto",
+        metadata=_out_meta(
+            "crops kept as detections, best-matching first: K, all, or auto (5 with compact "
+            "evidence, all with full evidence)",
+            metavar="K|all",
+            type=_top_k_crops_arg,
+        ),
+    )
+    top_attributes: int = field(
+        default=5, metadata=_out_meta("attributes listed in F_attributes", metavar="K", type=int)
+    )
+    evidence: str | None = field(
+        default=None,
+        metadata=_out_meta(
+            "per-attribute evidence of the predicted class, runner-up(s) and ground-truth "
+            "class (compact, default), or of every class (full)",
+            choices=EVIDENCE_MODES,
+        ),
+    )
+    runner_ups: int | None = field(
+        default=None,
+        metadata=_out_meta(
+            "runner-up classes whose evidence compact outputs keep (default: 1)",
+            metavar="K",
+            type=int,
+        ),
+    )
+    heatmap: bool = field(
+        default=False,
+        metadata=_out_meta("also write an evidence heatmap per sample", action="store_true"),
+    )
+    write_every: int = field(
+        default=64,
+        metadata=_out_meta(
+            "samples per database write (a killed run keeps every written batch)",
+            metavar="N",
+            type=int,
+        ),
+    )
+    num_workers: int | None = field(
+        default=None,
+        metadata=_out_meta(
+            "image decoding processes (default: auto; 0: in process)",
+            flag="--workers",
+            metavar="N",
+            scope="classify",
+            type=int,
+        ),
+    )
+    store_features: Any = field(
+        default=False,
+        metadata=_out_meta(
+            "keep every sample's view embeddings so `fiftyone-lazsl rescore` can re-score with "
+            "other attribute sets without encoding again (default location: "
+            "$FIFTYONE_LAZSL_FEATURES or <cache>/features; ~93 KB/sample at N=90, float16); "
+            "features already stored are reused",
+            scope="classify",
+            nargs="?",
+            const=True,
+            metavar="DIR",
+            type=_store_features_arg,
+        ),
+    )
+    feature_dtype: str = field(
+        default="float16",
+        metadata=_out_meta(
+            "storage precision of --store-features", scope="classify", choices=FEATURE_DTYPES
+        ),
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -583,8 +761,9 @@ class OutputConfig:
             except ConfigError:
                 raise ConfigError(f"top_k_crops must be >= 1, 'all' or 'auto', got {k!r}") from None
             if k < 1:
-                raise ConfigError(f"top_k_crops must be >= 1 (or 'all' for every kept crop), "
-                                  f"got {k}")
+                raise ConfigError(
+                    f"top_k_crops must be >= 1 (or 'all' for every kept crop), got {k}"
+                )
             set_(self, "top_k_crops", k)
         if self.evidence is not None:
             _choice("evidence", self.evidence, EVIDENCE_MODES)
@@ -613,12 +792,15 @@ class OutputConfig:
         if sf is None:
             set_(self, "store_features", False)
         elif isinstance(sf, str) and not sf.strip():
-            raise ConfigError("store_features must be True/False, a directory or a "
-                              "FeatureStore, got ''")
-        elif not (isinstance(sf, (bool, str)) or hasattr(sf, "__fspath__")
-                  or hasattr(sf, "describe")):
-            raise ConfigError(f"store_features must be True/False, a directory or a "
-                              f"FeatureStore, got {sf!r}")
+            raise ConfigError(
+                "store_features must be True/False, a directory or a FeatureStore, got ''"
+            )
+        elif not (
+            isinstance(sf, (bool, str)) or hasattr(sf, "__fspath__") or hasattr(sf, "describe")
+        ):
+            raise ConfigError(
+                f"store_features must be True/False, a directory or a FeatureStore, got {sf!r}"
+            )
 
     # ------------------------------------------------------------ conversions
     @classmethod
@@ -627,7 +809,7 @@ class OutputConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, strict: bool = True) -> "OutputConfig":
+    def from_dict(cls, d: Mapping[str, Any], *, strict: bool = True) -> OutputConfig:
         """Build from a dict of options (missing keys take their defaults).
 
         Raises:
@@ -636,11 +818,13 @@ class OutputConfig:
         names = cls.field_names()
         unknown = sorted(k for k in d if k not in names)
         if strict and unknown:
-            raise ConfigError(f"unknown output option(s): {', '.join(unknown)}; "
-                              f"expected some of: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown output option(s): {', '.join(unknown)}; "
+                f"expected some of: {', '.join(names)}"
+            )
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def replace(self, **changes: Any) -> "OutputConfig":
+    def replace(self, **changes: Any) -> OutputConfig:
         """A copy with some options changed (validated).
 
         Raises:
@@ -648,7 +832,7 @@ class OutputConfig:
         """
         return self.from_dict({**{n: getattr(self, n) for n in self.field_names()}, **changes})
 
-    def resolved(self, recorded: Mapping[str, Any] | None = None) -> "OutputConfig":
+    def resolved(self, recorded: Mapping[str, Any] | None = None) -> OutputConfig:
         """The options with every default made concrete: ``evidence``,
         ``runner_ups`` and ``top_k_crops="auto"`` take the ``recorded`` run's
         values when given (a resumed run writes what the interrupted one did;
@@ -668,13 +852,18 @@ class OutputConfig:
                 top_k = rec.get("top_k_crops")
             else:
                 top_k = DEFAULT_TOP_K_CROPS if evidence == "compact" else None
-        return self.replace(evidence=evidence, runner_ups=runner_ups,
-                            top_k_crops="all" if top_k is None else top_k)
+        return self.replace(
+            evidence=evidence, runner_ups=runner_ups, top_k_crops="all" if top_k is None else top_k
+        )
 
     def record(self) -> dict:
         """The options a run record holds (``top_k_crops`` None: every kept crop)."""
-        return {"top_k_crops": self.top_k_crops, "top_attributes": self.top_attributes,
-                "evidence": self.evidence, "runner_ups": self.runner_ups}
+        return {
+            "top_k_crops": self.top_k_crops,
+            "top_attributes": self.top_attributes,
+            "evidence": self.evidence,
+            "runner_ups": self.runner_ups,
+        }
 
     # --------------------------------------------------------------------- CLI
     @classmethod
@@ -685,8 +874,9 @@ class OutputConfig:
         return f.metadata["flag"] or "--" + name.replace("_", "-")
 
     @classmethod
-    def add_cli_arguments(cls, parser: Any, *, scope: str = "classify",
-                          exclude: Iterable[str] = ()) -> None:
+    def add_cli_arguments(
+        cls, parser: Any, *, scope: str = "classify", exclude: Iterable[str] = ()
+    ) -> None:
         """Add one flag per option to ``parser`` (an argparse parser or group).
 
         Args:
@@ -706,23 +896,28 @@ class OutputConfig:
                 continue
             kw = dict(m["cli"])
             default = f.default
-            shown = {"auto": "auto", None: "auto"}.get(default, default) \
-                if not isinstance(default, bool) else None
-            help_ = m["help"] if shown is None or "default" in m["help"] \
+            shown = (
+                {"auto": "auto", None: "auto"}.get(default, default)
+                if not isinstance(default, bool)
+                else None
+            )
+            help_ = (
+                m["help"]
+                if shown is None or "default" in m["help"]
                 else f"{m['help']} (default: {shown})"
+            )
             if kw.get("action") != "store_true":
                 kw.setdefault("default", None)
             parser.add_argument(cls.cli_flag(f.name), dest=f.name, help=help_, **kw)
 
     @classmethod
-    def from_cli_args(cls, args: argparse.Namespace, **overrides: Any) -> "OutputConfig":
+    def from_cli_args(cls, args: argparse.Namespace, **overrides: Any) -> OutputConfig:
         """The options given by parsed flags (see :meth:`add_cli_arguments`);
         flags not given keep the defaults.
 
         Raises:
             ConfigError: a bad value, naming the option.
         """
-        d = {n: getattr(args, n) for n in cls.field_names()
-             if getattr(args, n, None) is not None}
+        d = {n: getattr(args, n) for n in cls.field_names() if getattr(args, n, None) is not None}
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(d)

@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,25 +57,45 @@ from fiftyone_lazsl.core.resample import ViewPlan, resample_views, view_plan
 if TYPE_CHECKING:
     from open_clip.transform import PreprocessCfg
 
-__all__ = ["CROP_BACKENDS", "crop_seed", "sample_crop_boxes", "relative_boxes", "VisualSetSpec",
-           "PreparedViews", "preprocess_stages", "pil_views", "normalize_views", "tensor_crops",
-           "build_views", "make_views", "global_view", "to_pil", "device_plan",
-           "SPEC_BACKENDS"]
+__all__ = [
+    "CROP_BACKENDS",
+    "crop_seed",
+    "sample_crop_boxes",
+    "relative_boxes",
+    "VisualSetSpec",
+    "PreparedViews",
+    "preprocess_stages",
+    "pil_views",
+    "normalize_views",
+    "tensor_crops",
+    "build_views",
+    "make_views",
+    "global_view",
+    "to_pil",
+    "device_plan",
+    "SPEC_BACKENDS",
+]
 
 #: Backends a :class:`VisualSetSpec` takes (``"auto"`` is resolved by the classifier).
 SPEC_BACKENDS = tuple(b for b in CROP_BACKENDS if b != "auto")
 
 
-
 def crop_seed(seed: int, key: str) -> int:
     """64-bit generator seed from a user seed and a sample key (SHA-256 based,
     independent of Python's hash randomisation)."""
-    h = hashlib.sha256(f"lazsl-crops:{int(seed)}:{key}".encode("utf-8")).digest()
+    h = hashlib.sha256(f"lazsl-crops:{int(seed)}:{key}".encode()).digest()
     return int.from_bytes(h[:8], "little")
 
 
-def sample_crop_boxes(width: int, height: int, n: int, *, scale: tuple[float, float] = (0.6, 0.9),
-                      seed: int = 0, key: str = "") -> np.ndarray:
+def sample_crop_boxes(
+    width: int,
+    height: int,
+    n: int,
+    *,
+    scale: tuple[float, float] = (0.6, 0.9),
+    seed: int = 0,
+    key: str = "",
+) -> np.ndarray:
     """Draw ``n`` square crop boxes for an image of ``width x height`` pixels.
 
     Args:
@@ -115,15 +136,18 @@ def relative_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 # The model's preprocessing, split into its PIL part and its tensor part
 
 
-def _cfg_key(cfg: "PreprocessCfg") -> tuple:
-    return tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(cfg).items())
+def _cfg_key(cfg: PreprocessCfg) -> tuple:
+    return tuple(
+        (k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(cfg).items()
+    )
 
 
 _STAGES: dict[tuple, tuple[Callable[[Image.Image], Image.Image], Callable | None]] = {}
 
 
-def preprocess_stages(cfg: "PreprocessCfg"
-                      ) -> tuple[Callable[[Image.Image], Image.Image], Callable | None]:
+def preprocess_stages(
+    cfg: PreprocessCfg,
+) -> tuple[Callable[[Image.Image], Image.Image], Callable | None]:
     """Split the model's evaluation transform into ``(pil_stage, full)``.
 
     ``open_clip.image_transform_v2(cfg, is_train=False)`` is
@@ -152,10 +176,18 @@ def preprocess_stages(cfg: "PreprocessCfg"
     full = image_transform_v2(cfg, is_train=False)
     ts = list(getattr(full, "transforms", []))
     idx = next((i for i, t in enumerate(ts) if isinstance(t, ToTensor)), None)
-    ok = (idx is not None and idx == len(ts) - 2 and isinstance(ts[-1], Normalize)
-          and np.allclose(np.asarray(ts[-1].mean, np.float64), np.asarray(cfg.mean, np.float64), 0, 0)
-          and np.allclose(np.asarray(ts[-1].std, np.float64), np.asarray(cfg.std, np.float64), 0, 0))
-    stages = (Compose([_at_least_one_pixel(t) for t in ts[:idx]]), None) if ok else ((lambda im: im), full)
+    ok = (
+        idx is not None
+        and idx == len(ts) - 2
+        and isinstance(ts[-1], Normalize)
+        and np.allclose(np.asarray(ts[-1].mean, np.float64), np.asarray(cfg.mean, np.float64), 0, 0)
+        and np.allclose(np.asarray(ts[-1].std, np.float64), np.asarray(cfg.std, np.float64), 0, 0)
+    )
+    stages = (
+        (Compose([_at_least_one_pixel(t) for t in ts[:idx]]), None)
+        if ok
+        else ((lambda im: im), full)
+    )
     _STAGES[key] = stages
     return stages
 
@@ -163,15 +195,18 @@ def preprocess_stages(cfg: "PreprocessCfg"
 _PLANS: dict[tuple, ViewPlan | None] = {}
 
 
-def device_plan(cfg: "PreprocessCfg", width: int, height: int) -> ViewPlan | None:
+def device_plan(cfg: PreprocessCfg, width: int, height: int) -> ViewPlan | None:
     """What the PIL part of the model's preprocessing does to a ``width x height``
     image (:func:`fiftyone_lazsl.core.resample.view_plan`), cached; None when
     the ``"device"`` backend cannot reproduce it (PIL is used instead)."""
     key = (_cfg_key(cfg), int(width), int(height))
     if key not in _PLANS:
         stage, full = preprocess_stages(cfg)
-        plan = None if full is not None else view_plan(getattr(stage, "transforms", [None]),
-                                                       int(width), int(height))
+        plan = (
+            None
+            if full is not None
+            else view_plan(getattr(stage, "transforms", [None]), int(width), int(height))
+        )
         if len(_PLANS) > 100_000:
             _PLANS.clear()
         _PLANS[key] = plan
@@ -229,8 +264,9 @@ def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
     return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy())
 
 
-def pil_views(image: Image.Image, boxes: np.ndarray, cfg: "PreprocessCfg", *,
-              crops: bool = True) -> np.ndarray:
+def pil_views(
+    image: Image.Image, boxes: np.ndarray, cfg: PreprocessCfg, *, crops: bool = True
+) -> np.ndarray:
     """The PIL part of the model's preprocessing for the global view and each crop.
 
     View 0 is ``pil_stage(image)``, view ``1 + i`` is
@@ -248,7 +284,9 @@ def pil_views(image: Image.Image, boxes: np.ndarray, cfg: "PreprocessCfg", *,
     """
     stage, full = preprocess_stages(cfg)
     if full is not None:
-        raise RuntimeError("unrecognised open_clip transform; use build_views (full transform path)")
+        raise RuntimeError(
+            "unrecognised open_clip transform; use build_views (full transform path)"
+        )
     image = to_pil(image)
     n = len(boxes) if crops else 0
     first = np.asarray(stage(image))
@@ -260,9 +298,13 @@ def pil_views(image: Image.Image, boxes: np.ndarray, cfg: "PreprocessCfg", *,
     return out
 
 
-def normalize_views(pixels: torch.Tensor, cfg: "PreprocessCfg", *,
-                    device: torch.device | str | None = None,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+def normalize_views(
+    pixels: torch.Tensor,
+    cfg: PreprocessCfg,
+    *,
+    device: torch.device | str | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``ToTensor`` + ``Normalize`` of uint8 views, batched, on ``device``.
 
     Computes ``(x.float() / 255 - mean) / std`` with the same float32
@@ -292,8 +334,14 @@ def normalize_views(pixels: torch.Tensor, cfg: "PreprocessCfg", *,
     return out
 
 
-def tensor_crops(image: torch.Tensor, boxes: np.ndarray, size: int, cfg: "PreprocessCfg", *,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+def tensor_crops(
+    image: torch.Tensor,
+    boxes: np.ndarray,
+    size: int,
+    cfg: PreprocessCfg,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Crops resampled with ``torchvision.ops.roi_align`` (the ``"tensor"`` backend).
 
     Each box is resampled to ``size x size`` by averaging
@@ -327,8 +375,9 @@ def tensor_crops(image: torch.Tensor, boxes: np.ndarray, size: int, cfg: "Prepro
     _, H, W = img.shape
     pre = H * W <= n * size * size
     src = ((img.unsqueeze(0) / 255.0 - m) / s) if pre else img.unsqueeze(0)
-    crops = roi_align(src, rois, output_size=(size, size), spatial_scale=1.0,
-                      sampling_ratio=-1, aligned=True)
+    crops = roi_align(
+        src, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True
+    )
     return crops if pre else (crops / 255.0 - m) / s
 
 
@@ -377,7 +426,7 @@ class VisualSetSpec:
         backend: ``"pil"``, ``"device"`` or ``"tensor"`` (:data:`SPEC_BACKENDS`).
     """
 
-    preprocess_cfg: "PreprocessCfg"
+    preprocess_cfg: PreprocessCfg
     n_crops: int
     crop_scale: tuple[float, float] = (0.6, 0.9)
     seed: int = 0
@@ -385,7 +434,9 @@ class VisualSetSpec:
 
     def __post_init__(self) -> None:
         if self.backend not in SPEC_BACKENDS:
-            raise ValueError(f"unknown crop_backend {self.backend!r}; expected one of {SPEC_BACKENDS}")
+            raise ValueError(
+                f"unknown crop_backend {self.backend!r}; expected one of {SPEC_BACKENDS}"
+            )
 
     @property
     def size(self) -> int:
@@ -397,11 +448,13 @@ class VisualSetSpec:
         :func:`sample_crop_boxes`); ``[0, 4]`` when ``n_crops == 0``."""
         if not self.n_crops:
             return np.zeros((0, 4), np.int64)
-        return sample_crop_boxes(width, height, self.n_crops, scale=self.crop_scale,
-                                 seed=self.seed, key=key)
+        return sample_crop_boxes(
+            width, height, self.n_crops, scale=self.crop_scale, seed=self.seed, key=key
+        )
 
-    def prepare(self, image: Image.Image | torch.Tensor, key: str,
-                boxes: np.ndarray | None = None) -> PreparedViews:
+    def prepare(
+        self, image: Image.Image | torch.Tensor, key: str, boxes: np.ndarray | None = None
+    ) -> PreparedViews:
         """The CPU part of the visual set of one decoded image.
 
         Args:
@@ -414,32 +467,61 @@ class VisualSetSpec:
         """
         pil = to_pil(image)
         W, H = pil.size
-        boxes = self.boxes(W, H, key) if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)
+        boxes = (
+            self.boxes(W, H, key) if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)
+        )
         stage, full = preprocess_stages(self.preprocess_cfg)
         if self.backend == "device" and device_plan(self.preprocess_cfg, W, H) is not None:
             # only the decoded pixels travel; every view is made on the model's device
-            arr = (image.permute(1, 2, 0) if isinstance(image, torch.Tensor) and image.dtype == torch.uint8
-                   else torch.from_numpy(np.array(pil, dtype=np.uint8)))
-            return PreparedViews(pixels=None, boxes=boxes, width=W, height=H, key=str(key),
-                                 decoded=arr.contiguous())
+            arr = (
+                image.permute(1, 2, 0)
+                if isinstance(image, torch.Tensor) and image.dtype == torch.uint8
+                else torch.from_numpy(np.array(pil, dtype=np.uint8))
+            )
+            return PreparedViews(
+                pixels=None, boxes=boxes, width=W, height=H, key=str(key), decoded=arr.contiguous()
+            )
         tensor_image = None
         if self.backend == "tensor":
-            tensor_image = (image if isinstance(image, torch.Tensor) and image.dtype == torch.uint8
-                            else torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1))
+            tensor_image = (
+                image
+                if isinstance(image, torch.Tensor) and image.dtype == torch.uint8
+                else torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
+            )
             tensor_image = tensor_image.contiguous()
         if full is not None:  # unrecognised transform: apply it whole, view by view
             views = [full(pil)]
             if self.backend != "tensor":
-                views += [full(pil.crop((int(x), int(y), int(x + w), int(y + h)))) for x, y, w, h in boxes]
-            return PreparedViews(pixels=None, normalized=torch.stack(views), boxes=boxes,
-                                 width=W, height=H, key=str(key), image=tensor_image)
+                views += [
+                    full(pil.crop((int(x), int(y), int(x + w), int(y + h)))) for x, y, w, h in boxes
+                ]
+            return PreparedViews(
+                pixels=None,
+                normalized=torch.stack(views),
+                boxes=boxes,
+                width=W,
+                height=H,
+                key=str(key),
+                image=tensor_image,
+            )
         px = pil_views(pil, boxes, self.preprocess_cfg, crops=self.backend != "tensor")
-        return PreparedViews(pixels=torch.from_numpy(px), boxes=boxes, width=W, height=H,
-                             key=str(key), image=tensor_image)
+        return PreparedViews(
+            pixels=torch.from_numpy(px),
+            boxes=boxes,
+            width=W,
+            height=H,
+            key=str(key),
+            image=tensor_image,
+        )
 
 
-def build_views(prepared: Sequence[PreparedViews], spec: VisualSetSpec, *,
-                device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
+def build_views(
+    prepared: Sequence[PreparedViews],
+    spec: VisualSetSpec,
+    *,
+    device: torch.device | str = "cpu",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Finish the visual sets of a batch on ``device``: normalise the uint8
     views (one transfer for the batch) and, for ``"tensor"``, resample the crops.
 
@@ -470,22 +552,27 @@ def build_views(prepared: Sequence[PreparedViews], spec: VisualSetSpec, *,
         _device_views(prepared, spec, device, out)
         return out
     if all(p.pixels is not None for p in prepared) and spec.backend != "tensor":
-        normalize_views(torch.cat([p.pixels for p in prepared]) if B > 1 else prepared[0].pixels,
-                        spec.preprocess_cfg, device=device, out=out)
+        normalize_views(
+            torch.cat([p.pixels for p in prepared]) if B > 1 else prepared[0].pixels,
+            spec.preprocess_cfg,
+            device=device,
+            out=out,
+        )
         return out
     for i, p in enumerate(prepared):
-        dst = out[i * V:(i + 1) * V]
+        dst = out[i * V : (i + 1) * V]
         if p.normalized is not None:
-            dst[:len(p.normalized)] = p.normalized.to(device)
+            dst[: len(p.normalized)] = p.normalized.to(device)
         else:
-            normalize_views(p.pixels, spec.preprocess_cfg, device=device, out=dst[:len(p.pixels)])
+            normalize_views(p.pixels, spec.preprocess_cfg, device=device, out=dst[: len(p.pixels)])
         if spec.backend == "tensor" and spec.n_crops:
             dst[1:] = tensor_crops(p.image, p.boxes, S, spec.preprocess_cfg, device=device)
     return out
 
 
-def _device_views(prepared: Sequence[PreparedViews], spec: VisualSetSpec, device: torch.device,
-                  out: torch.Tensor) -> None:
+def _device_views(
+    prepared: Sequence[PreparedViews], spec: VisualSetSpec, device: torch.device, out: torch.Tensor
+) -> None:
     """The ``"device"`` backend: resample the views of every image that sent its
     decoded pixels, in one batched computation on ``device``, and normalise
     them into ``out``; images prepared by PIL (a transform the resampler does
@@ -504,32 +591,40 @@ def _device_views(prepared: Sequence[PreparedViews], spec: VisualSetSpec, device
             views.append((b, x, y, w, h))
             plans.append(device_plan(cfg, w, h))
         where.append(i)
-    if any(pl is None for pl in plans):  # a crop size the resampler cannot follow: PIL for that image
+    if any(
+        pl is None for pl in plans
+    ):  # a crop size the resampler cannot follow: PIL for that image
         raise RuntimeError("crop_backend='device' met a view its resampler cannot reproduce")
     px = resample_views(images, views, plans, device=device)
     if len(where) == len(prepared):
         normalize_views(px, cfg, device=device, out=out)
         return
     for k, i in enumerate(where):
-        normalize_views(px[k * V:(k + 1) * V], cfg, device=device, out=out[i * V:(i + 1) * V])
+        normalize_views(px[k * V : (k + 1) * V], cfg, device=device, out=out[i * V : (i + 1) * V])
     for i, p in enumerate(prepared):
         if p.decoded is not None:
             continue
-        dst = out[i * V:(i + 1) * V]
+        dst = out[i * V : (i + 1) * V]
         if p.normalized is not None:
-            dst[:len(p.normalized)] = p.normalized.to(device)
+            dst[: len(p.normalized)] = p.normalized.to(device)
         else:
-            normalize_views(p.pixels, cfg, device=device, out=dst[:len(p.pixels)])
+            normalize_views(p.pixels, cfg, device=device, out=dst[: len(p.pixels)])
 
 
 # --------------------------------------------------------------------------
 # Compatibility helpers (earlier public functions)
 
 
-def _loose_cfg(size: int, mean: Sequence[float] | None, std: Sequence[float] | None,
-               resize_mode: str | None, interpolation: str | None,
-               fill: float = 0) -> "PreprocessCfg":
+def _loose_cfg(
+    size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    resize_mode: str | None,
+    interpolation: str | None,
+    fill: float = 0,
+) -> PreprocessCfg:
     from open_clip.transform import PreprocessCfg
+
     kw = {"size": int(size), "fill_color": int(fill)}
     if mean is not None:
         kw["mean"] = tuple(mean)
@@ -538,12 +633,20 @@ def _loose_cfg(size: int, mean: Sequence[float] | None, std: Sequence[float] | N
     if resize_mode:
         kw["resize_mode"] = resize_mode
     if interpolation:
-        kw["interpolation"] = interpolation if interpolation in ("bilinear", "bicubic") else "bicubic"
+        kw["interpolation"] = (
+            interpolation if interpolation in ("bilinear", "bicubic") else "bicubic"
+        )
     return PreprocessCfg(**kw)
 
 
-def global_view(image: torch.Tensor, size: int, *, resize_mode: str = "shortest",
-                interpolation: str = "bicubic", fill: float = 0.0) -> torch.Tensor:
+def global_view(
+    image: torch.Tensor,
+    size: int,
+    *,
+    resize_mode: str = "shortest",
+    interpolation: str = "bicubic",
+    fill: float = 0.0,
+) -> torch.Tensor:
     """The model's own preprocessing of the whole image, before normalisation.
 
     Deprecated: use :func:`pil_views` with the model's ``PreprocessCfg``.
@@ -558,19 +661,30 @@ def global_view(image: torch.Tensor, size: int, *, resize_mode: str = "shortest"
         ``[3, size, size]`` float32 (0..255), on the image's device; equal to
         ``255 * ToTensor(pil_stage(image))``.
     """
-    warnings.warn("global_view is deprecated; use fiftyone_lazsl.core.crops.pil_views",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "global_view is deprecated; use fiftyone_lazsl.core.crops.pil_views",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     cfg = _loose_cfg(size, None, None, resize_mode, interpolation, fill)
     px = pil_views(to_pil(image), np.zeros((0, 4), np.int64), cfg)
     return torch.from_numpy(px[0]).permute(2, 0, 1).float().to(image.device)
 
 
-def make_views(image: torch.Tensor | Image.Image, boxes: np.ndarray, size: int | None = None, *,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-               resize_mode: str | None = None, interpolation: str | None = None,
-               preprocess_cfg: "PreprocessCfg | None" = None, backend: str = "pil",
-               device: torch.device | str | None = None,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+def make_views(
+    image: torch.Tensor | Image.Image,
+    boxes: np.ndarray,
+    size: int | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    resize_mode: str | None = None,
+    interpolation: str | None = None,
+    preprocess_cfg: PreprocessCfg | None = None,
+    backend: str = "pil",
+    device: torch.device | str | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Build the visual set of one image: global view then one view per crop box.
 
     Args:
@@ -587,8 +701,11 @@ def make_views(image: torch.Tensor | Image.Image, boxes: np.ndarray, size: int |
     Returns:
         ``[1 + N, 3, S, S]`` float32 normalised views on ``device`` (``out`` if given).
     """
-    cfg = preprocess_cfg if preprocess_cfg is not None else _loose_cfg(
-        size, mean, std, resize_mode, interpolation)
+    cfg = (
+        preprocess_cfg
+        if preprocess_cfg is not None
+        else _loose_cfg(size, mean, std, resize_mode, interpolation)
+    )
     if device is None:
         device = image.device if isinstance(image, torch.Tensor) else torch.device("cpu")
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)

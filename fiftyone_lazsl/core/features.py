@@ -57,16 +57,26 @@ import tempfile
 import time
 import uuid
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from fiftyone_lazsl.core.config import CROP_METHODS
 from fiftyone_lazsl.errors import ConfigError
 
-__all__ = ["FeatureStore", "FeatureEntry", "feature_spec", "fingerprint", "default_store_path",
-           "StoringClassifier", "predict_entries", "FEATURE_DTYPES", "STORE_ENV"]
+__all__ = [
+    "FeatureStore",
+    "FeatureEntry",
+    "feature_spec",
+    "fingerprint",
+    "default_store_path",
+    "StoringClassifier",
+    "predict_entries",
+    "FEATURE_DTYPES",
+    "STORE_ENV",
+]
 
 #: Environment variable naming the store directory.
 STORE_ENV = "FIFTYONE_LAZSL_FEATURES"
@@ -135,8 +145,10 @@ def feature_spec(classifier: Any) -> dict:
         "resize_mode": m.resize_mode,
         "interpolation": m.interpolation,
         # "pil" and "device" make the same views: one fingerprint for both
-        "crop_backend": {"device": "pil"}.get(getattr(classifier, "crop_backend", "tensor"),
-                                              getattr(classifier, "crop_backend", "tensor")),
+        "crop_backend": {"device": "pil"}.get(
+            getattr(classifier, "crop_backend", "tensor"),
+            getattr(classifier, "crop_backend", "tensor"),
+        ),
         "n_crops": int(classifier.n_crops),
         "crop_scale": [float(x) for x in np.atleast_1d(classifier.crop_scale)],
         "seed": int(classifier.seed),
@@ -215,8 +227,9 @@ def _connect_readonly(index: str) -> sqlite3.Connection:
 
     uri = "file:" + quote(index)
     for opts in ("?mode=ro", "?mode=ro&immutable=1"):
-        db = sqlite3.connect(uri + opts, uri=True, timeout=60.0, isolation_level=None,
-                             check_same_thread=False)
+        db = sqlite3.connect(
+            uri + opts, uri=True, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
         try:
             db.execute("SELECT COUNT(*) FROM entries").fetchone()
             return db
@@ -228,8 +241,19 @@ def _connect_readonly(index: str) -> sqlite3.Connection:
     raise sqlite3.DatabaseError(str(err))
 
 
-def _decode_entry(k: str, data: bytes, nv: Any, dim: Any, dtype: Any, boxes: Any, w: Any,
-                  h: Any, ow: Any, oh: Any, scale: Any) -> FeatureEntry:
+def _decode_entry(
+    k: str,
+    data: bytes,
+    nv: Any,
+    dim: Any,
+    dtype: Any,
+    boxes: Any,
+    w: Any,
+    h: Any,
+    ow: Any,
+    oh: Any,
+    scale: Any,
+) -> FeatureEntry:
     """A :class:`FeatureEntry` from an index row and its bytes.
 
     Raises:
@@ -245,14 +269,22 @@ def _decode_entry(k: str, data: bytes, nv: Any, dim: Any, dtype: Any, boxes: Any
     if fbytes > len(data):
         raise ValueError(f"shape [{nv}, {dim}] {dtype} needs {fbytes} bytes, {len(data)} stored")
     feats = np.frombuffer(data[:fbytes], dtype=dtype).reshape(nv, dim).astype(np.float32)
-    r = (np.frombuffer(data[fbytes:], dtype=np.float32).copy()
-         if len(data) == fbytes + 4 * (nv - 1) else None)
+    r = (
+        np.frombuffer(data[fbytes:], dtype=np.float32).copy()
+        if len(data) == fbytes + 4 * (nv - 1)
+        else None
+    )
     if not isinstance(boxes, (bytes, bytearray, memoryview)) or len(boxes) != 32 * (nv - 1):
         raise ValueError(f"boxes: expected {nv - 1} boxes of 4 int64")
-    return FeatureEntry(key=k, features=feats,
-                        boxes=np.frombuffer(boxes, dtype=np.int64).reshape(-1, 4).copy(),
-                        image_size=(int(w), int(h)), original_size=(int(ow), int(oh)),
-                        scale=float(scale), crop_global=r)
+    return FeatureEntry(
+        key=k,
+        features=feats,
+        boxes=np.frombuffer(boxes, dtype=np.int64).reshape(-1, 4).copy(),
+        image_size=(int(w), int(h)),
+        original_size=(int(ow), int(oh)),
+        scale=float(scale),
+        crop_global=r,
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -290,10 +322,18 @@ class FeatureStore:
             is not a SQLite database or has not the store's tables.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, *, dtype: str = "float16",
-                 check: str = "stat", create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        dtype: str = "float16",
+        check: str = "stat",
+        create: bool = True,
+    ) -> None:
         if dtype not in FEATURE_DTYPES:
-            raise ConfigError(f"feature dtype must be one of {', '.join(FEATURE_DTYPES)}, got {dtype!r}")
+            raise ConfigError(
+                f"feature dtype must be one of {', '.join(FEATURE_DTYPES)}, got {dtype!r}"
+            )
         if check not in CHECKS:
             raise ConfigError(f"feature check must be one of {', '.join(CHECKS)}, got {check!r}")
         self.path = os.path.abspath(os.fspath(path) if path is not None else default_store_path())
@@ -302,17 +342,21 @@ class FeatureStore:
         self.dtype, self.check = dtype, check
         index = os.path.join(self.path, "index.sqlite")
         if not create and not os.path.isfile(index):
-            raise ConfigError(f"there is no feature store at {self.path} (no index.sqlite); "
-                              "give the folder a run stored features in (--store)")
+            raise ConfigError(
+                f"there is no feature store at {self.path} (no index.sqlite); "
+                "give the folder a run stored features in (--store)"
+            )
         self.readonly = os.path.isfile(index) and not _writable(self.path)
         if not self.readonly:
             os.makedirs(os.path.join(self.path, "shards"), exist_ok=True)
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as e:
-            raise ConfigError(f"feature store {self.path}: index.sqlite is not a feature-store "
-                              f"index ({e}); point --store at another folder, or move it "
-                              "away to start a new store") from None
+            raise ConfigError(
+                f"feature store {self.path}: index.sqlite is not a feature-store "
+                f"index ({e}); point --store at another folder, or move it "
+                "away to start a new store"
+            ) from None
         self._shard: str | None = None
         self._fh = None
         self._readers: dict[str, Any] = {}
@@ -322,8 +366,7 @@ class FeatureStore:
         index = os.path.join(self.path, "index.sqlite")
         if self.readonly:
             return _connect_readonly(index)
-        db = sqlite3.connect(index, timeout=60.0,
-                             isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(index, timeout=60.0, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA busy_timeout=60000")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -344,7 +387,7 @@ class FeatureStore:
         def __exit__(self, et, ev, tb) -> None:
             self.db.execute("COMMIT" if et is None else "ROLLBACK")
 
-    def _tx(self, db: sqlite3.Connection | None = None) -> "FeatureStore._Tx":
+    def _tx(self, db: sqlite3.Connection | None = None) -> FeatureStore._Tx:
         return FeatureStore._Tx(db or self._db)
 
     def close(self) -> None:
@@ -359,7 +402,7 @@ class FeatureStore:
             self._db.close()
             self._db = None
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -372,8 +415,10 @@ class FeatureStore:
     # ------------------------------------------------------------- writing
     def _check_writable(self) -> None:
         if self.readonly:
-            raise ConfigError(f"feature store {self.path} is read-only (a read-only folder or "
-                              "mount): it can be read, not written")
+            raise ConfigError(
+                f"feature store {self.path} is read-only (a read-only folder or "
+                "mount): it can be read, not written"
+            )
 
     def register(self, spec: dict) -> str:
         """Record a fingerprint's spec; returns the fingerprint (on a
@@ -384,8 +429,10 @@ class FeatureStore:
                 self._check_writable()
             return fp
         with self._tx():
-            self._db.execute("INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?)",
-                             (fp, json.dumps(spec, sort_keys=True), time.time()))
+            self._db.execute(
+                "INSERT OR IGNORE INTO fingerprints VALUES (?, ?, ?)",
+                (fp, json.dumps(spec, sort_keys=True), time.time()),
+            )
         return fp
 
     def _open_shard(self, fp: str) -> None:
@@ -396,8 +443,10 @@ class FeatureStore:
         os.makedirs(os.path.join(self.path, "shards", fp), exist_ok=True)
         self._shard = f"{fp}/{os.getpid()}-{uuid.uuid4().hex[:12]}.bin"
         with self._tx():
-            self._db.execute("INSERT INTO writers VALUES (?, ?, ?, ?)",
-                             (self._shard, os.getpid(), os.uname().nodename, time.time()))
+            self._db.execute(
+                "INSERT INTO writers VALUES (?, ?, ?, ?)",
+                (self._shard, os.getpid(), os.uname().nodename, time.time()),
+            )
         self._fh = open(os.path.join(self.path, "shards", self._shard), "ab")
 
     def put_many(self, fp: str, entries: Sequence[FeatureEntry]) -> int:
@@ -422,24 +471,47 @@ class FeatureStore:
                 r = f32[1:] @ f32[0]
             r = np.ascontiguousarray(np.asarray(r, dtype=np.float32).reshape(-1))
             if r.shape[0] != arr.shape[0] - 1:
-                raise ValueError(f"crop_global of {e.key} must have {arr.shape[0] - 1} values, "
-                                 f"got {r.shape[0]}")
+                raise ValueError(
+                    f"crop_global of {e.key} must have {arr.shape[0] - 1} values, got {r.shape[0]}"
+                )
             data = arr.tobytes() + r.tobytes()
             fh.write(data)
-            size, mtime, sha = _file_signature(e.key, self.check) if self.check != "none" else (None, None, None)
+            size, mtime, sha = (
+                _file_signature(e.key, self.check) if self.check != "none" else (None, None, None)
+            )
             boxes = np.ascontiguousarray(np.asarray(e.boxes, dtype=np.int64).reshape(-1, 4))
-            rows.append((fp, e.key, self._shard, offset, len(data), zlib.crc32(data),
-                         arr.shape[0], arr.shape[1], self.dtype, boxes.tobytes(),
-                         int(e.image_size[0]), int(e.image_size[1]),
-                         int(e.original_size[0]), int(e.original_size[1]), float(e.scale),
-                         size, mtime, sha, time.time()))
+            rows.append(
+                (
+                    fp,
+                    e.key,
+                    self._shard,
+                    offset,
+                    len(data),
+                    zlib.crc32(data),
+                    arr.shape[0],
+                    arr.shape[1],
+                    self.dtype,
+                    boxes.tobytes(),
+                    int(e.image_size[0]),
+                    int(e.image_size[1]),
+                    int(e.original_size[0]),
+                    int(e.original_size[1]),
+                    float(e.scale),
+                    size,
+                    mtime,
+                    sha,
+                    time.time(),
+                )
+            )
             offset += len(data)
             total += len(data)
         fh.flush()
         os.fsync(fh.fileno())
         with self._tx():
             self._db.executemany(
-                "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
         return total
 
     # ------------------------------------------------------------- reading
@@ -450,7 +522,9 @@ class FeatureStore:
         f.seek(offset)
         return f.read(nbytes)
 
-    def get_many(self, fp: str, keys: Iterable[str]) -> tuple[dict[str, FeatureEntry], dict[str, str]]:
+    def get_many(
+        self, fp: str, keys: Iterable[str]
+    ) -> tuple[dict[str, FeatureEntry], dict[str, str]]:
         """Look up keys under fingerprint ``fp``.
 
         Returns:
@@ -463,10 +537,12 @@ class FeatureStore:
         keys = list(keys)
         rows: dict[str, tuple] = {}
         for s in range(0, len(keys), 500):
-            chunk = keys[s:s + 500]
-            q = ("SELECT key, shard, offset, nbytes, crc, n_views, dim, dtype, boxes, width, height,"
-                 " orig_width, orig_height, scale, file_size, file_mtime_ns, file_sha256"
-                 f" FROM entries WHERE fingerprint = ? AND key IN ({','.join('?' * len(chunk))})")
+            chunk = keys[s : s + 500]
+            q = (
+                "SELECT key, shard, offset, nbytes, crc, n_views, dim, dtype, boxes, width, height,"
+                " orig_width, orig_height, scale, file_size, file_mtime_ns, file_sha256"
+                f" FROM entries WHERE fingerprint = ? AND key IN ({','.join('?' * len(chunk))})"
+            )
             for r in self._db.execute(q, [fp, *chunk]):
                 rows[r[0]] = r
         for k in keys:
@@ -474,10 +550,29 @@ class FeatureStore:
             if r is None:
                 missing[k] = "no stored features for this model and visual set"
                 continue
-            (_, shard, offset, nbytes, crc, nv, dim, dtype, boxes, w, h, ow, oh, scale,
-             fsize, fmtime, fsha) = r
+            (
+                _,
+                shard,
+                offset,
+                nbytes,
+                crc,
+                nv,
+                dim,
+                dtype,
+                boxes,
+                w,
+                h,
+                ow,
+                oh,
+                scale,
+                fsize,
+                fmtime,
+                fsha,
+            ) = r
             if self.check != "none" and fsize is not None:
-                size, mtime, sha = _file_signature(k, "hash" if (self.check == "hash" and fsha) else "stat")
+                size, mtime, sha = _file_signature(
+                    k, "hash" if (self.check == "hash" and fsha) else "stat"
+                )
                 if size is None:
                     missing[k] = "image file is missing"
                     continue
@@ -502,11 +597,15 @@ class FeatureStore:
         """Number of index entries (of one fingerprint, or all)."""
         if fp is None:
             return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-        return self._db.execute("SELECT COUNT(*) FROM entries WHERE fingerprint = ?", (fp,)).fetchone()[0]
+        return self._db.execute(
+            "SELECT COUNT(*) FROM entries WHERE fingerprint = ?", (fp,)
+        ).fetchone()[0]
 
     def spec(self, fp: str) -> dict | None:
         """The spec recorded for a fingerprint (None if unknown)."""
-        r = self._db.execute("SELECT spec FROM fingerprints WHERE fingerprint = ?", (fp,)).fetchone()
+        r = self._db.execute(
+            "SELECT spec FROM fingerprints WHERE fingerprint = ?", (fp,)
+        ).fetchone()
         return json.loads(r[0]) if r else None
 
     # ----------------------------------------------------------- managing
@@ -531,17 +630,36 @@ class FeatureStore:
         """
         fps = []
         for fp, spec, n, b in self._db.execute(
-                "SELECT f.fingerprint, f.spec, COUNT(e.key), COALESCE(SUM(e.nbytes), 0) FROM "
-                "fingerprints f LEFT JOIN entries e ON e.fingerprint = f.fingerprint "
-                "GROUP BY f.fingerprint ORDER BY f.created"):
-            fps.append({"fingerprint": fp, "spec": json.loads(spec), "entries": n, "bytes": b,
-                        "bytes_per_sample": (b / n) if n else 0.0})
+            "SELECT f.fingerprint, f.spec, COUNT(e.key), COALESCE(SUM(e.nbytes), 0) FROM "
+            "fingerprints f LEFT JOIN entries e ON e.fingerprint = f.fingerprint "
+            "GROUP BY f.fingerprint ORDER BY f.created"
+        ):
+            fps.append(
+                {
+                    "fingerprint": fp,
+                    "spec": json.loads(spec),
+                    "entries": n,
+                    "bytes": b,
+                    "bytes_per_sample": (b / n) if n else 0.0,
+                }
+            )
         live = sum(f["bytes"] for f in fps)
-        return {"path": self.path, "bytes": self.size_bytes(), "entries": self.count(),
-                "live_bytes": live, "fingerprints": fps}
+        return {
+            "path": self.path,
+            "bytes": self.size_bytes(),
+            "entries": self.count(),
+            "live_bytes": live,
+            "fingerprints": fps,
+        }
 
-    def prune(self, *, fingerprint: str | None = None, everything: bool = False,
-              stale: bool = True, older_than_s: float | None = None) -> dict:
+    def prune(
+        self,
+        *,
+        fingerprint: str | None = None,
+        everything: bool = False,
+        stale: bool = True,
+        older_than_s: float | None = None,
+    ) -> dict:
         """Delete entries and reclaim their bytes.
 
         Args:
@@ -568,8 +686,10 @@ class FeatureStore:
         if older_than_s is not None:
             older_than_s = float(older_than_s)
             if not older_than_s >= 0:
-                raise ConfigError(f"the age of entries to prune must be >= 0 (0: every entry "
-                                  f"stored before now), got {older_than_s:g} s")
+                raise ConfigError(
+                    f"the age of entries to prune must be >= 0 (0: every entry "
+                    f"stored before now), got {older_than_s:g} s"
+                )
         self._check_writable()
         before = self.size_bytes()
         deleted = 0
@@ -577,15 +697,18 @@ class FeatureStore:
             if everything:
                 deleted += self._db.execute("DELETE FROM entries").rowcount
             if fingerprint is not None:
-                deleted += self._db.execute("DELETE FROM entries WHERE fingerprint = ?",
-                                            (fingerprint,)).rowcount
+                deleted += self._db.execute(
+                    "DELETE FROM entries WHERE fingerprint = ?", (fingerprint,)
+                ).rowcount
             if older_than_s is not None:
-                deleted += self._db.execute("DELETE FROM entries WHERE created < ?",
-                                            (time.time() - older_than_s,)).rowcount
+                deleted += self._db.execute(
+                    "DELETE FROM entries WHERE created < ?", (time.time() - older_than_s,)
+                ).rowcount
         if stale and self.check != "none":
             dead = []
             for k, fs, fm in self._db.execute(
-                    "SELECT key, file_size, file_mtime_ns FROM entries WHERE file_size IS NOT NULL"):
+                "SELECT key, file_size, file_mtime_ns FROM entries WHERE file_size IS NOT NULL"
+            ):
                 size, mtime, _ = _file_signature(k, "stat")
                 if (size, mtime) != (fs, fm):
                     dead.append((k, fs, fm))
@@ -593,13 +716,20 @@ class FeatureStore:
                 for k, fs, fm in dead:
                     deleted += self._db.execute(
                         "DELETE FROM entries WHERE key = ? AND file_size = ? AND file_mtime_ns = ?",
-                        (k, fs, fm)).rowcount
+                        (k, fs, fm),
+                    ).rowcount
         self._compact()
         with self._tx():
-            self._db.execute("DELETE FROM fingerprints WHERE fingerprint NOT IN "
-                             "(SELECT DISTINCT fingerprint FROM entries)")
+            self._db.execute(
+                "DELETE FROM fingerprints WHERE fingerprint NOT IN "
+                "(SELECT DISTINCT fingerprint FROM entries)"
+            )
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return {"deleted_entries": deleted, "bytes_before": before, "bytes_after": self.size_bytes()}
+        return {
+            "deleted_entries": deleted,
+            "bytes_before": before,
+            "bytes_after": self.size_bytes(),
+        }
 
     def _active_shards(self) -> set[str]:
         active = set()
@@ -616,8 +746,9 @@ class FeatureStore:
             if shard in active:
                 continue
             full = os.path.join(sroot, shard)
-            live = self._db.execute("SELECT key, offset, nbytes FROM entries WHERE shard = ? "
-                                    "ORDER BY offset", (shard,)).fetchall()
+            live = self._db.execute(
+                "SELECT key, offset, nbytes FROM entries WHERE shard = ? ORDER BY offset", (shard,)
+            ).fetchall()
             size = os.path.getsize(full)
             if not live:
                 self._delete(shard)
@@ -638,10 +769,15 @@ class FeatureStore:
                 dst.flush()
                 os.fsync(dst.fileno())
             with self._tx():
-                self._db.execute("INSERT INTO writers VALUES (?, ?, ?, ?)",
-                                 (new, 0, os.uname().nodename, time.time()))
-                self._db.executemany("UPDATE entries SET shard = ?, offset = ? "
-                                     "WHERE shard = ? AND key = ? AND offset = ?", moves)
+                self._db.execute(
+                    "INSERT INTO writers VALUES (?, ?, ?, ?)",
+                    (new, 0, os.uname().nodename, time.time()),
+                )
+                self._db.executemany(
+                    "UPDATE entries SET shard = ?, offset = ? "
+                    "WHERE shard = ? AND key = ? AND offset = ?",
+                    moves,
+                )
                 self._db.execute("DELETE FROM writers WHERE shard = ?", (shard,))
             f = self._readers.pop(shard, None)
             if f is not None:
@@ -679,12 +815,18 @@ class FeatureStore:
         fpdir, _, name = shard.partition("/")
         full = os.path.join(self.path, "shards", fpdir, name)
         real = os.path.realpath(full)
-        if (not _FP_RE.fullmatch(fpdir) or not _SHARD_RE.fullmatch(name)
-                or os.path.islink(os.path.dirname(full)) or os.path.islink(full)
-                or os.path.dirname(os.path.dirname(real)) != sroot
-                or not os.path.isfile(real)):
-            raise ConfigError(f"feature store {self.path}: refusing to delete {full} "
-                              "(not a shard file of this store)")
+        if (
+            not _FP_RE.fullmatch(fpdir)
+            or not _SHARD_RE.fullmatch(name)
+            or os.path.islink(os.path.dirname(full))
+            or os.path.islink(full)
+            or os.path.dirname(os.path.dirname(real)) != sroot
+            or not os.path.isfile(real)
+        ):
+            raise ConfigError(
+                f"feature store {self.path}: refusing to delete {full} "
+                "(not a shard file of this store)"
+            )
         os.remove(full)
 
 
@@ -696,8 +838,9 @@ class StoringClassifier:
     It exposes what :func:`fiftyone_lazsl.core.pipeline.iter_predictions` uses
     (``predict_prepared``, ``visual_spec``, ``batch_size``) and forwards
     everything else to the classifier. (Decode workers still prepare the views
-    of samples whose features are stored; only their encoding is saved.) A failing store write is logged once and counted in
-    ``store_errors``; predictions go on.
+    of samples whose features are stored; only their encoding is saved.) A
+    failing store write is logged once and counted in ``store_errors``;
+    predictions go on.
     """
 
     def __init__(self, classifier: Any, store: FeatureStore, *, reuse: bool = True) -> None:
@@ -712,15 +855,23 @@ class StoringClassifier:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._clf, name)
 
-    def predict_tensors(self, images: Sequence, keys: Sequence[str],
-                        sizes: Sequence[tuple[int, int]] | None = None,
-                        scales: Sequence[float] | None = None) -> list:
+    def predict_tensors(
+        self,
+        images: Sequence,
+        keys: Sequence[str],
+        sizes: Sequence[tuple[int, int]] | None = None,
+        scales: Sequence[float] | None = None,
+    ) -> list:
         """As :meth:`LaZSLClassifier.predict_tensors`, through the store."""
         prepared = [self._clf.prepare_views(im, k) for im, k in zip(images, keys)]
         return self.predict_prepared(prepared, sizes, scales)
 
-    def predict_prepared(self, prepared: Sequence, sizes: Sequence[tuple[int, int]] | None = None,
-                         scales: Sequence[float] | None = None) -> list:
+    def predict_prepared(
+        self,
+        prepared: Sequence,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        scales: Sequence[float] | None = None,
+    ) -> list:
         """As :meth:`LaZSLClassifier.predict_prepared` (what the decode-worker
         pipeline calls): features of samples already in the store are read
         from it; the others are encoded and stored."""
@@ -751,17 +902,29 @@ class StoringClassifier:
             for j, i in enumerate(todo):
                 feats[i], boxes[i], sims[i] = f[j], prepared[i].boxes, r[j]
             try:
-                self.store.put_many(self.fingerprint, [
-                    FeatureEntry(key=keys[i], features=f[j].cpu().numpy(), boxes=prepared[i].boxes,
-                                 image_size=dims[i], original_size=tuple(sizes[i]),
-                                 scale=float(scales[i]), crop_global=r[j].cpu().numpy())
-                    for j, i in enumerate(todo)])
+                self.store.put_many(
+                    self.fingerprint,
+                    [
+                        FeatureEntry(
+                            key=keys[i],
+                            features=f[j].cpu().numpy(),
+                            boxes=prepared[i].boxes,
+                            image_size=dims[i],
+                            original_size=tuple(sizes[i]),
+                            scale=float(scales[i]),
+                            crop_global=r[j].cpu().numpy(),
+                        )
+                        for j, i in enumerate(todo)
+                    ],
+                )
                 self.stored += len(todo)
             except Exception as e:  # noqa: BLE001
                 if not self.store_errors:
                     logging.getLogger(__name__).warning(
                         "feature store %s: could not store features (%s); the run goes on",
-                        self.store.path, e)
+                        self.store.path,
+                        e,
+                    )
                 self.store_errors += len(todo)
         for i, k in enumerate(keys):
             if k in found:
@@ -769,8 +932,14 @@ class StoringClassifier:
                 boxes[i] = found[k].boxes
                 sims[i] = _crop_global_tensor(found[k], feats[i])
                 self.reused += 1
-        return clf.predict_features(torch.stack(feats), boxes, dims, sizes, scales,
-                                    crop_global=torch.stack([x.to(clf.model.device) for x in sims]))
+        return clf.predict_features(
+            torch.stack(feats),
+            boxes,
+            dims,
+            sizes,
+            scales,
+            crop_global=torch.stack([x.to(clf.model.device) for x in sims]),
+        )
 
 
 def _crop_global_tensor(entry: FeatureEntry, features: Any) -> Any:
@@ -811,14 +980,19 @@ def predict_entries(classifier: Any, entries: Sequence[FeatureEntry]) -> list:
         sims = torch.stack([_crop_global_tensor(e, f) for e, f in zip(entries, feats)])
     else:
         feats = feats[:, :1]
-    return classifier.predict_features(feats, [e.boxes for e in entries],
-                                       [e.image_size for e in entries],
-                                       [e.original_size for e in entries],
-                                       [e.scale for e in entries], crop_global=sims)
+    return classifier.predict_features(
+        feats,
+        [e.boxes for e in entries],
+        [e.image_size for e in entries],
+        [e.original_size for e in entries],
+        [e.scale for e in entries],
+        crop_global=sims,
+    )
 
 
-def iter_entries(store: FeatureStore, fp: str, keys: Sequence[str], batch: int = 256
-                 ) -> Iterator[tuple[dict[str, FeatureEntry], dict[str, str]]]:
+def iter_entries(
+    store: FeatureStore, fp: str, keys: Sequence[str], batch: int = 256
+) -> Iterator[tuple[dict[str, FeatureEntry], dict[str, str]]]:
     """:meth:`FeatureStore.get_many` in chunks of ``batch`` keys (bounded memory)."""
     for s in range(0, len(keys), batch):
-        yield store.get_many(fp, keys[s:s + batch])
+        yield store.get_many(fp, keys[s : s + batch])

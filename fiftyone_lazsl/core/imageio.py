@@ -94,7 +94,8 @@ import os
 import signal
 import stat
 import threading
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, TiffImagePlugin
@@ -164,9 +165,13 @@ class _TrackedFile:
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -385,7 +390,8 @@ def _rgb_converter(im: Image.Image) -> Callable[[Image.Image], Image.Image]:
                 raise ValueError("float image without a single finite pixel value")
             lo, hi = float(finite.min()), float(finite.max())
             fix = lambda a, lo=lo, hi=hi: np.nan_to_num(  # noqa: E731
-                a.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+                a.astype(np.float64), nan=lo, posinf=hi, neginf=lo
+            )
         else:
             fix = lambda a: a.astype(np.float64)  # noqa: E731
         if lo >= 0 and hi <= 1:
@@ -479,7 +485,9 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
         except Image.DecompressionBombError as e:
             raise ImageLoadError(path, f"too large to decode safely ({e})") from None
         except MemoryError:
-            raise ImageLoadError(path, f"out of memory decoding {im.size[0]}x{im.size[1]} {fmt}") from None
+            raise ImageLoadError(
+                path, f"out of memory decoding {im.size[0]}x{im.size[1]} {fmt}"
+            ) from None
         except Exception as e:  # decoder errors come as OSError, ValueError, SyntaxError...
             text = str(e) or type(e).__name__
             if "truncated" in text.lower():
@@ -490,8 +498,9 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.
                 im.close()
 
 
-def _decode(im: ImageFile.ImageFile, fp: _TrackedFile, path: str, fmt: str,
-            limit: int | None) -> Image.Image:
+def _decode(
+    im: ImageFile.ImageFile, fp: _TrackedFile, path: str, fmt: str, limit: int | None
+) -> Image.Image:
     full_size = im.size
     stored_size = _stored_size(im)
     declared = _orientation(im)  # before load: TIFF reads its EXIF from the file
@@ -602,15 +611,20 @@ def read_deadline(path: str | os.PathLike, seconds: float | None = None) -> Iter
         seconds: the deadline; default :func:`decode_timeout`. ``<= 0``: none.
     """
     seconds = decode_timeout() if seconds is None else float(seconds)
-    usable = (seconds > 0 and hasattr(signal, "setitimer")
-              and threading.current_thread() is threading.main_thread())
+    usable = (
+        seconds > 0
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
     if not usable:
         yield
         return
 
     def _expired(signum: int, frame: Any) -> None:
-        raise ImageLoadError(os.fspath(path), f"reading/decoding took longer than {seconds:g} s "
-                                              "(file stalled or too slow)")
+        raise ImageLoadError(
+            os.fspath(path),
+            f"reading/decoding took longer than {seconds:g} s (file stalled or too slow)",
+        )
 
     previous = signal.signal(signal.SIGALRM, _expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -621,8 +635,9 @@ def read_deadline(path: str | os.PathLike, seconds: float | None = None) -> Iter
         signal.signal(signal.SIGALRM, previous)
 
 
-def load_image_tensor(path: str | os.PathLike,
-                      max_pixels: int | None = None) -> tuple[torch.Tensor, dict]:
+def load_image_tensor(
+    path: str | os.PathLike, max_pixels: int | None = None
+) -> tuple[torch.Tensor, dict]:
     """:func:`load_image` followed by :func:`image_to_tensor`.
 
     Args:

@@ -65,9 +65,13 @@ def available_bytes() -> int | None:
         vms = int(psutil.Process().memory_info().vms)
     except Exception:  # noqa: BLE001 -- psutil missing or /proc unreadable
         vms = None
-    for lim, use in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                     ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                      "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for lim, use in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
         lo, u = _read_int(lim), _read_int(use)
         if lo is not None and u is not None and lo < (1 << 60):
             limits.append(max(0, lo - u))
@@ -101,5 +105,5 @@ def check_visual_set_fits(classifier: Any, available: int | None = None) -> None
         f"n_crops (--n-crops) = {classifier.n_crops} cannot fit in memory: one batch of "
         f"{batch} image(s) x {n_views} views of {size}x{size} px needs at least "
         f"{need / 1e9:.1f} GB, about {available / 1e9:.1f} GB is available; use a smaller "
-        "--n-crops (paper: 90) or --batch-size")
-
+        "--n-crops (paper: 90) or --batch-size"
+    )

@@ -29,7 +29,8 @@ import json
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -59,23 +60,31 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def preprocess_cfg_to_dict(cfg: "PreprocessCfg") -> dict:
+def preprocess_cfg_to_dict(cfg: PreprocessCfg) -> dict:
     """``PreprocessCfg`` -> JSON-serialisable dict (tuples as lists)."""
     from dataclasses import asdict
+
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
 
 
-def preprocess_cfg_from_dict(d: dict) -> "PreprocessCfg":
+def preprocess_cfg_from_dict(d: dict) -> PreprocessCfg:
     """A dict (e.g. open_clip's ``model.visual.preprocess_cfg``) -> ``PreprocessCfg``;
     unknown keys are ignored, missing ones take open_clip's defaults."""
     from dataclasses import fields
+
     from open_clip.transform import PreprocessCfg
+
     known = {f.name for f in fields(PreprocessCfg)}
-    return PreprocessCfg(**{k: (tuple(v) if isinstance(v, list) else v)
-                            for k, v in d.items() if k in known and v is not None})
+    return PreprocessCfg(
+        **{
+            k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in d.items()
+            if k in known and v is not None
+        }
+    )
 
 
-def check_device(device: "str | torch.device | None") -> torch.device:
+def check_device(device: str | torch.device | None) -> torch.device:
     """The torch device ``device`` names, checked to exist on this machine.
 
     Called before a run writes anything (``run_lazsl``) and by :func:`load_model`,
@@ -101,21 +110,26 @@ def check_device(device: "str | torch.device | None") -> torch.device:
     try:
         dev = torch.device(device.strip() if isinstance(device, str) else device)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"device {device!r} is not a torch device (expected cpu, cuda, "
-                          "cuda:N or mps)") from None
+        raise ConfigError(
+            f"device {device!r} is not a torch device (expected cpu, cuda, cuda:N or mps)"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is available on this machine "
-                              "(use --device cpu, or omit it to pick automatically)")
+            raise ConfigError(
+                f"device {str(device)!r}: no CUDA GPU is available on this machine "
+                "(use --device cpu, or omit it to pick automatically)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
-                              "GPU(s) are visible")
+            raise ConfigError(
+                f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+            )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise ConfigError(f"device {str(device)!r}: Apple MPS is not available on this machine")
     elif dev.type != "cpu":
-        raise ConfigError(f"device {str(device)!r} is not supported (expected cpu, cuda, cuda:N "
-                          "or mps)")
+        raise ConfigError(
+            f"device {str(device)!r} is not supported (expected cpu, cuda, cuda:N or mps)"
+        )
     return dev
 
 
@@ -147,21 +161,44 @@ class LoadedModel:
     which a ``PreprocessCfg`` is built.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, name: str,
-                 pretrained: str | None, weights_id: str | None, random_weights: bool,
-                 image_size: int | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, interpolation: str | None = None,
-                 resize_mode: str | None = None, device: torch.device | str = "cpu",
-                 *, preprocess_cfg: "PreprocessCfg | dict | None" = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: object,
+        name: str,
+        pretrained: str | None,
+        weights_id: str | None,
+        random_weights: bool,
+        image_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        interpolation: str | None = None,
+        resize_mode: str | None = None,
+        device: torch.device | str = "cpu",
+        *,
+        preprocess_cfg: PreprocessCfg | dict | None = None,
+    ):
         from open_clip.transform import PreprocessCfg
 
-        loose = {"size": image_size, "mean": mean, "std": std,
-                 "interpolation": interpolation, "resize_mode": resize_mode}
+        loose = {
+            "size": image_size,
+            "mean": mean,
+            "std": std,
+            "interpolation": interpolation,
+            "resize_mode": resize_mode,
+        }
         if preprocess_cfg is None:
-            preprocess_cfg = PreprocessCfg(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                                              for k, v in loose.items() if v is not None})
+            preprocess_cfg = PreprocessCfg(
+                **{
+                    k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                    for k, v in loose.items()
+                    if v is not None
+                }
+            )
         elif any(v is not None for v in loose.values()):
-            raise TypeError("pass either preprocess_cfg or the loose preprocessing values, not both")
+            raise TypeError(
+                "pass either preprocess_cfg or the loose preprocessing values, not both"
+            )
         elif isinstance(preprocess_cfg, dict):
             preprocess_cfg = preprocess_cfg_from_dict(preprocess_cfg)
         self.model = model
@@ -174,9 +211,11 @@ class LoadedModel:
         self.device = torch.device(device)
 
     def __repr__(self) -> str:
-        return (f"LoadedModel(name={self.name!r}, pretrained={self.pretrained!r}, "
-                f"random_weights={self.random_weights}, preprocess_cfg={self.preprocess_cfg!r}, "
-                f"device={str(self.device)!r})")
+        return (
+            f"LoadedModel(name={self.name!r}, pretrained={self.pretrained!r}, "
+            f"random_weights={self.random_weights}, preprocess_cfg={self.preprocess_cfg!r}, "
+            f"device={str(self.device)!r})"
+        )
 
     # Compatibility views of preprocess_cfg (read-only).
     @property
@@ -208,6 +247,7 @@ class LoadedModel:
         ``[3, S, S]`` float32 normalised tensor (what ``create_model_and_transforms``
         returns as ``preprocess``)."""
         from open_clip.transform import image_transform_v2
+
         return image_transform_v2(self.preprocess_cfg, is_train=False)
 
     @property
@@ -249,8 +289,9 @@ class LoadedModel:
         texts = list(texts)
         if self.weights_id is None or not texts:
             return None
-        key = hashlib.sha256(json.dumps(
-            [self.name, self.weights_id, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
+        key = hashlib.sha256(
+            json.dumps([self.name, self.weights_id, texts], ensure_ascii=False).encode("utf-8")
+        ).hexdigest()
         return os.path.join(cache_root(), "text", f"{key}.pt")
 
     def cached_texts(self, texts: Sequence[str]) -> torch.Tensor | None:
@@ -271,8 +312,9 @@ class LoadedModel:
         return None
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256,
-                     use_cache: bool = True) -> torch.Tensor:
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int = 256, use_cache: bool = True
+    ) -> torch.Tensor:
         """Encode prompts in chunks of ``batch_size``; returns ``[T, D]`` float32
         unit vectors on the CPU.
 
@@ -289,8 +331,8 @@ class LoadedModel:
         out = []
         cut: list[str] = []
         for s in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[s:s + batch_size])
-            cut += _truncated(self.tokenizer, texts[s:s + batch_size], tokens)
+            tokens = self.tokenizer(texts[s : s + batch_size])
+            cut += _truncated(self.tokenizer, texts[s : s + batch_size], tokens)
             tokens = tokens.to(self.device)
             if self.device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
@@ -302,7 +344,10 @@ class LoadedModel:
             logger.warning(
                 "%d prompt(s) are longer than the text encoder's context of %d tokens and were "
                 "cut (only the beginning is encoded); shorten them, e.g. %r",
-                len(cut), int(self.tokenizer(texts[:1]).shape[1]), cut[0][:120])
+                len(cut),
+                int(self.tokenizer(texts[:1]).shape[1]),
+                cut[0][:120],
+            )
         feats = torch.cat(out) if out else torch.zeros(0, 1)
         if path is not None:
             _write_text_cache(path, feats)
@@ -327,9 +372,12 @@ def _write_text_cache(path: str, feats: torch.Tensor) -> None:
         os.replace(tmp, path)
     except OSError as e:
         _UNWRITABLE_CACHES.add(folder)
-        logger.warning("text-feature cache %s cannot be written (%s); going on without caching "
-                       "(set FIFTYONE_LAZSL_CACHE to a writable folder to keep it)",
-                       folder, e.strerror or e)
+        logger.warning(
+            "text-feature cache %s cannot be written (%s); going on without caching "
+            "(set FIFTYONE_LAZSL_CACHE to a writable folder to keep it)",
+            folder,
+            e.strerror or e,
+        )
         try:
             os.remove(tmp)
         except OSError:
@@ -384,8 +432,11 @@ def encode_text_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
     import open_clip
     from open_clip.transformer import text_global_pool
 
-    trimmable = (type(model) is open_clip.CLIP and getattr(model, "text_pool_type", None) == "argmax"
-                 and getattr(model, "attn_mask", None) is not None)
+    trimmable = (
+        type(model) is open_clip.CLIP
+        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+    )
     if not trimmable or tokens.shape[1] < 2:
         return model.encode_text(tokens)
     L = int(tokens.argmax(dim=-1).max().item()) + 1
@@ -395,8 +446,9 @@ def encode_text_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
     x = x + model.positional_embedding[:L].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:L, :L])
     x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type,
-                         eos_token_id=getattr(model, "text_eos_id", None))
+    x = text_global_pool(
+        x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+    )
     if model.text_projection is not None:
         if isinstance(model.text_projection, torch.nn.Linear):
             x = model.text_projection(x)
@@ -408,6 +460,7 @@ def encode_text_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
 def _hub_offline() -> bool:
     try:
         from huggingface_hub import constants
+
         if constants.HF_HUB_OFFLINE:
             return True
     except Exception:
@@ -422,6 +475,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
     try:
         from huggingface_hub import constants
+
         host = constants.ENDPOINT.split("://", 1)[-1].split("/", 1)[0]
     except Exception:
         host = "huggingface.co"
@@ -445,12 +499,14 @@ def _check_repo_id(repo: str, given: str) -> None:
         validate_repo_id(repo)
     except HFValidationError as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        raise WeightsUnavailableError(f"{given!r} is not a Hugging Face repository id "
-                                      f"(hf-hub:org/name): {first}") from None
+        raise WeightsUnavailableError(
+            f"{given!r} is not a Hugging Face repository id (hf-hub:org/name): {first}"
+        ) from None
 
 
 def _hub_cached(repo_id: str, filenames: Sequence[str], cache_dir: str | None) -> str | None:
     from huggingface_hub import try_to_load_from_cache
+
     for fn in filenames:
         p = try_to_load_from_cache(repo_id, fn, cache_dir=cache_dir)
         if isinstance(p, str) and os.path.exists(p):
@@ -477,6 +533,7 @@ def register_model_configs(paths: str | None = None) -> None:
             variable ``FIFTYONE_LAZSL_MODEL_CONFIGS``.
     """
     import open_clip
+
     from fiftyone_lazsl import env
 
     paths = env.get("FIFTYONE_LAZSL_MODEL_CONFIGS") if paths is None else paths.split(os.pathsep)
@@ -488,8 +545,9 @@ def register_model_configs(paths: str | None = None) -> None:
 
 def _check_model_name(model_name: str) -> None:
     import open_clip
+
     if model_name.startswith("hf-hub:"):
-        _check_repo_id(model_name[len("hf-hub:"):], model_name)
+        _check_repo_id(model_name[len("hf-hub:") :], model_name)
         return
     if model_name.startswith("local-dir:"):
         return
@@ -497,8 +555,9 @@ def _check_model_name(model_name: str) -> None:
         names = open_clip.list_models()
         close = difflib.get_close_matches(model_name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelNotFoundError(f"unknown open_clip model {model_name!r}{hint} "
-                                 f"(see open_clip.list_models())")
+        raise ModelNotFoundError(
+            f"unknown open_clip model {model_name!r}{hint} (see open_clip.list_models())"
+        )
 
 
 def _refuse_local_weights(pretrained_arg: str | None, name: str, error: BaseException) -> None:
@@ -510,16 +569,19 @@ def _refuse_local_weights(pretrained_arg: str | None, name: str, error: BaseExce
     Raises:
         WeightsUnavailableError: when the weights are a local file or folder.
     """
-    where = pretrained_arg or (name[len("local-dir:"):] if name.startswith("local-dir:") else None)
+    where = pretrained_arg or (name[len("local-dir:") :] if name.startswith("local-dir:") else None)
     if where is None or not os.path.exists(where):
         return
     first = (str(error).strip().splitlines() or [""])[0][:200]
-    why = ("it holds pickled code, which is never run (torch.load weights_only refuses it)"
-           if "weights only" in str(error).lower() or "weights_only" in str(error) else
-           f"{type(error).__name__}: {first}")
+    why = (
+        "it holds pickled code, which is never run (torch.load weights_only refuses it)"
+        if "weights only" in str(error).lower() or "weights_only" in str(error)
+        else f"{type(error).__name__}: {first}"
+    )
     raise WeightsUnavailableError(
         f"weights {where} cannot be loaded as {name!r} weights: {why}; give a checkpoint of "
-        "plain tensors (.safetensors, or a .pt/.bin state dict)") from error
+        "plain tensors (.safetensors, or a .pt/.bin state dict)"
+    ) from error
 
 
 def _file_identity(path: str) -> str:
@@ -527,18 +589,21 @@ def _file_identity(path: str) -> str:
     return f"file:{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def _resolve(model_name: str, pretrained: str | None,
-             cache_dir: str | None) -> tuple[str, str | None, str | None, bool]:
+def _resolve(
+    model_name: str, pretrained: str | None, cache_dir: str | None
+) -> tuple[str, str | None, str | None, bool]:
     """Returns ``(model_name, pretrained_arg, weights_id, random)`` for open_clip."""
     import open_clip
+
     if normalize_pretrained(pretrained) is None:
         _check_model_name(model_name)
         return model_name, None, None, True
     pretrained = normalize_pretrained(pretrained)
     if pretrained.startswith("hf-hub:"):
-        repo = pretrained[len("hf-hub:"):]
+        repo = pretrained[len("hf-hub:") :]
         _check_repo_id(repo, pretrained)
         from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
         cfg = _hub_cached(repo, [HF_CONFIG_NAME], cache_dir)
         weights = _hub_cached(repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], cache_dir)
         if (cfg is None or weights is None) and not hub_reachable():
@@ -547,9 +612,14 @@ def _resolve(model_name: str, pretrained: str | None,
     if os.path.isdir(pretrained):
         if not os.path.isfile(os.path.join(pretrained, "open_clip_config.json")):
             raise WeightsUnavailableError(
-                f"folder {pretrained} has no open_clip_config.json; pass the checkpoint file instead")
-        return f"local-dir:{pretrained}", None, _file_identity(
-            os.path.join(pretrained, "open_clip_config.json")), False
+                f"folder {pretrained} has no open_clip_config.json; pass the checkpoint file instead"
+            )
+        return (
+            f"local-dir:{pretrained}",
+            None,
+            _file_identity(os.path.join(pretrained, "open_clip_config.json")),
+            False,
+        )
     if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         if not os.path.isfile(pretrained):
             raise WeightsUnavailableError(f"checkpoint file not found: {pretrained}")
@@ -562,11 +632,15 @@ def _resolve(model_name: str, pretrained: str | None,
         tags = open_clip.list_pretrained_tags_by_model(name)
         raise WeightsUnavailableError(
             f"{pretrained!r} is neither a pretrained tag of {model_name!r} nor an existing file; "
-            f"tags: {', '.join(tags) or 'none'}")
+            f"tags: {', '.join(tags) or 'none'}"
+        )
     hub = pcfg.get("hf_hub", "")
     if hub:
-        repo, fn = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        repo, fn = (
+            os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        )
         from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
         fns = [fn] if fn else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
         if fn.endswith((".bin", ".pth")):
             fns = [fn[:-4] + ".safetensors", fn]
@@ -574,8 +648,9 @@ def _resolve(model_name: str, pretrained: str | None,
         if cached is None and not hub_reachable():
             raise WeightsUnavailableError(_how_to_supply(model_name, pretrained))
     elif pcfg.get("url"):
-        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"),
-                              os.path.basename(pcfg["url"]))
+        target = os.path.join(
+            cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(pcfg["url"])
+        )
         if not os.path.isfile(target) and not hub_reachable():
             raise WeightsUnavailableError(_how_to_supply(model_name, pretrained))
     return model_name, pretrained, f"tag:{name}:{pretrained}", False
@@ -589,9 +664,14 @@ class _DropOpenClipRandomNote(logging.Filter):
         return "Model initialized randomly" not in record.getMessage()
 
 
-def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", *,
-               device: str | torch.device | None = None, cache_dir: str | None = None,
-               warn_random: bool = True) -> LoadedModel:
+def load_model(
+    model_name: str = "ViT-B-32",
+    pretrained: str | None = "openai",
+    *,
+    device: str | torch.device | None = None,
+    cache_dir: str | None = None,
+    warn_random: bool = True,
+) -> LoadedModel:
     """Create an open_clip model with its tokenizer and preprocessing settings.
 
     Args:
@@ -622,11 +702,18 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
     quiet = _DropOpenClipRandomNote()
     logging.getLogger().addFilter(quiet)
     try:
-        model = open_clip.create_model(name, pretrained=pretrained_arg, device=device,
-                                       cache_dir=cache_dir, pretrained_text=False)
+        model = open_clip.create_model(
+            name,
+            pretrained=pretrained_arg,
+            device=device,
+            cache_dir=cache_dir,
+            pretrained_text=False,
+        )
     except RuntimeError as e:
         if "Failed to download" in str(e) or "HF Hub" in str(e):
-            raise WeightsUnavailableError(f"{_how_to_supply(model_name, str(pretrained))} ({e})") from e
+            raise WeightsUnavailableError(
+                f"{_how_to_supply(model_name, str(pretrained))} ({e})"
+            ) from e
         _refuse_local_weights(pretrained_arg, name, e)
         raise
     except Exception as e:  # noqa: BLE001 -- a local file that is not loadable weights
@@ -640,8 +727,14 @@ def load_model(model_name: str = "ViT-B-32", pretrained: str | None = "openai", 
     if random and warn_random:
         logger.warning(RANDOM_WEIGHTS_BANNER.format(model=model_name))
     return LoadedModel(
-        model=model, tokenizer=tokenizer, name=name, pretrained=None if random else str(pretrained),
-        weights_id=weights_id, random_weights=random, preprocess_cfg=pcfg, device=device,
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        pretrained=None if random else str(pretrained),
+        weights_id=weights_id,
+        random_weights=random,
+        preprocess_cfg=pcfg,
+        device=device,
     )
 
 
@@ -696,8 +789,14 @@ def _meta_model(name: str, pretrained_arg: str | None, cache_dir: str | None) ->
     import open_clip
 
     with _quiet_open_clip(), torch.device("meta"):
-        return open_clip.create_model(name, pretrained=pretrained_arg, load_weights=False,
-                                      device="meta", cache_dir=cache_dir, pretrained_text=False)
+        return open_clip.create_model(
+            name,
+            pretrained=pretrained_arg,
+            load_weights=False,
+            device="meta",
+            cache_dir=cache_dir,
+            pretrained_text=False,
+        )
 
 
 def _checkpoint_path(name: str, pretrained_arg: str | None, cache_dir: str | None) -> str | None:
@@ -710,11 +809,15 @@ def _checkpoint_path(name: str, pretrained_arg: str | None, cache_dir: str | Non
 
     if name.startswith("hf-hub:"):
         from open_clip.pretrained import download_pretrained_from_hf
-        return download_pretrained_from_hf(name[len("hf-hub:"):], cache_dir=cache_dir)
+
+        return download_pretrained_from_hf(name[len("hf-hub:") :], cache_dir=cache_dir)
     if name.startswith("local-dir:"):
-        folder = name[len("local-dir:"):]
-        found = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-                 if f.endswith((".safetensors", ".bin", ".pth"))]
+        folder = name[len("local-dir:") :]
+        found = [
+            os.path.join(folder, f)
+            for f in sorted(os.listdir(folder))
+            if f.endswith((".safetensors", ".bin", ".pth"))
+        ]
         return found[0] if len(found) == 1 else None
     if pretrained_arg is None:
         return None
@@ -740,6 +843,7 @@ def _checkpoint_logit_scale(path: str) -> float | None:
     try:
         if path.endswith(".safetensors"):
             from safetensors import safe_open
+
             with safe_open(path, "pt", device="cpu") as f:
                 keys = set(f.keys())
                 key = next((k for k in ("logit_scale", "module.logit_scale") if k in keys), None)
@@ -789,8 +893,9 @@ def _materialize_text_tower(model: torch.nn.Module, device: torch.device) -> boo
     if not isinstance(visual, torch.nn.Module):
         return False
     persistent = set(model.state_dict())
-    extra = [n for n, _ in model.named_buffers()
-             if n not in persistent and not n.startswith("visual.")]
+    extra = [
+        n for n, _ in model.named_buffers() if n not in persistent and not n.startswith("visual.")
+    ]
     masks = {}
     for n in extra:
         owner_name, _, leaf = n.rpartition(".")
@@ -798,11 +903,11 @@ def _materialize_text_tower(model: torch.nn.Module, device: torch.device) -> boo
         old = getattr(owner, leaf)
         if leaf != "attn_mask" or old.dim() != 2 or old.shape[0] != old.shape[1]:
             return False
-        if hasattr(owner, "build_causal_mask"):   # open_clip's TextTransformer
+        if hasattr(owner, "build_causal_mask"):  # open_clip's TextTransformer
             mask = owner.build_causal_mask()
-        elif hasattr(owner, "build_attention_mask"):   # CoCa's multimodal decoder
+        elif hasattr(owner, "build_attention_mask"):  # CoCa's multimodal decoder
             mask = owner.build_attention_mask()
-        else:   # open_clip.CLIP keeps its text tower's causal mask: the same construction
+        else:  # open_clip.CLIP keeps its text tower's causal mask: the same construction
             mask = torch.empty(old.shape[0], old.shape[0], device="cpu")
             mask.fill_(float("-inf"))
             mask.triu_(1)
@@ -818,8 +923,9 @@ def _materialize_text_tower(model: torch.nn.Module, device: torch.device) -> boo
     return True
 
 
-def _load_text_tower(name: str, pretrained_arg: str | None, cache_dir: str | None,
-                     device: torch.device) -> torch.nn.Module | None:
+def _load_text_tower(
+    name: str, pretrained_arg: str | None, cache_dir: str | None, device: torch.device
+) -> torch.nn.Module | None:
     """The open_clip model with its text tower (and ``logit_scale``) loaded
     from the weights file and its image tower left on the ``meta`` device
     (never allocated, never initialised), or None where that cannot be done
@@ -843,8 +949,11 @@ def _load_text_tower(name: str, pretrained_arg: str | None, cache_dir: str | Non
             return None
         with _quiet_open_clip():
             open_clip.load_checkpoint(model, path, strict=True)
-        left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
-                if t.is_meta and not n.startswith("visual.")]
+        left = [
+            n
+            for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_meta and not n.startswith("visual.")
+        ]
         if left:
             return None
         return model.eval().requires_grad_(False)
@@ -909,10 +1018,17 @@ class LazyModel(LoadedModel):
             :func:`load_model` (name, weights and device are checked at once).
     """
 
-    def __init__(self, model_name: str = "ViT-B-32", pretrained: str | None = "openai", *,
-                 device: str | torch.device | None = None, cache_dir: str | None = None,
-                 preprocess_cfg: "PreprocessCfg | dict | None" = None,
-                 logit_scale: float | None = None, warn_random: bool = True) -> None:
+    def __init__(
+        self,
+        model_name: str = "ViT-B-32",
+        pretrained: str | None = "openai",
+        *,
+        device: str | torch.device | None = None,
+        cache_dir: str | None = None,
+        preprocess_cfg: PreprocessCfg | dict | None = None,
+        logit_scale: float | None = None,
+        warn_random: bool = True,
+    ) -> None:
         import threading
 
         self.requested_device = None if device is None else str(device)
@@ -933,6 +1049,7 @@ class LazyModel(LoadedModel):
             meta = _meta_model(name, pretrained_arg, cache_dir)
             if preprocess_cfg is None:
                 import open_clip
+
                 preprocess_cfg = open_clip.get_model_preprocess_cfg(meta)
             if logit_scale is None and random:
                 logit_scale = _random_logit_scale(meta, name)
@@ -947,8 +1064,9 @@ class LazyModel(LoadedModel):
             logger.warning(RANDOM_WEIGHTS_BANNER.format(model=model_name))
 
     @classmethod
-    def from_provenance(cls, record: dict, *, device: str | torch.device | None = None,
-                        cache_dir: str | None = None) -> "LazyModel":
+    def from_provenance(
+        cls, record: dict, *, device: str | torch.device | None = None, cache_dir: str | None = None
+    ) -> LazyModel:
         """The model a run record names (:meth:`LaZSLClassifier.config`, a
         run's stored config), with the record's ``preprocess`` and
         ``logit_scale``: nothing is read from the weights. Its ``weights_id``
@@ -960,14 +1078,21 @@ class LazyModel(LoadedModel):
         """
         random = bool(record.get("random_weights"))
         ls = record.get("logit_scale")
-        return cls(record["model"], None if random else record.get("pretrained"), device=device,
-                   cache_dir=cache_dir, preprocess_cfg=record.get("preprocess") or None,
-                   logit_scale=None if ls is None else float(ls))
+        return cls(
+            record["model"],
+            None if random else record.get("pretrained"),
+            device=device,
+            cache_dir=cache_dir,
+            preprocess_cfg=record.get("preprocess") or None,
+            logit_scale=None if ls is None else float(ls),
+        )
 
     def __repr__(self) -> str:
-        return (f"LazyModel(name={self.name!r}, pretrained={self.pretrained!r}, "
-                f"random_weights={self.random_weights}, loaded={self.loaded!r}, "
-                f"device={str(self.device)!r})")
+        return (
+            f"LazyModel(name={self.name!r}, pretrained={self.pretrained!r}, "
+            f"random_weights={self.random_weights}, loaded={self.loaded!r}, "
+            f"device={str(self.device)!r})"
+        )
 
     @property
     def loaded(self) -> str:
@@ -977,35 +1102,47 @@ class LazyModel(LoadedModel):
     # ---------------------------------------------------------------- loading
     def _check(self, m: LoadedModel, what: str) -> None:
         """Refuse a loaded model that differs from what was known before it."""
-        from fiftyone_lazsl.errors import ConfigError
-
         import math
 
-        diff = [k for k, a, b in (("weights_id", m.weights_id, self.weights_id),
-                                  ("preprocessing", m.preprocess_cfg, self.preprocess_cfg))
-                if a != b]
+        from fiftyone_lazsl.errors import ConfigError
+
+        diff = [
+            k
+            for k, a, b in (
+                ("weights_id", m.weights_id, self.weights_id),
+                ("preprocessing", m.preprocess_cfg, self.preprocess_cfg),
+            )
+            if a != b
+        ]
         # exp() of float32 may differ in the last bit between devices (CPU, CUDA)
-        if self._logit_scale is not None and not math.isclose(m.logit_scale, self._logit_scale,
-                                                              rel_tol=1e-6):
+        if self._logit_scale is not None and not math.isclose(
+            m.logit_scale, self._logit_scale, rel_tol=1e-6
+        ):
             diff.append("logit_scale")
         if diff:
             raise ConfigError(
                 f"the {what} of {self.name!r} ({self.pretrained or 'random weights'}) loaded now "
                 f"differs from what was recorded for it ({', '.join(diff)} differ: the weights "
-                "file or open_clip changed since); classify again")
+                "file or open_clip changed since); classify again"
+            )
 
     def full_model(self) -> LoadedModel:
         """The whole model (:func:`load_model`; loaded on the first call)."""
         with self._lock:
             if self._full is None:
                 model_name, pretrained, cache_dir = self._args
-                m = load_model(model_name, pretrained, device=self.device, cache_dir=cache_dir,
-                               warn_random=False)
+                m = load_model(
+                    model_name,
+                    pretrained,
+                    device=self.device,
+                    cache_dir=cache_dir,
+                    warn_random=False,
+                )
                 if not self.random_weights:
                     self._check(m, "model")
                 if self._logit_scale is None:
                     self._logit_scale = m.logit_scale
-                self._full, self._text = m, None   # the text tower alone is not needed any more
+                self._full, self._text = m, None  # the text tower alone is not needed any more
             return self._full
 
     def text_model(self) -> LoadedModel:
@@ -1020,11 +1157,19 @@ class LazyModel(LoadedModel):
                 tower = _load_text_tower(self.name, self._pretrained_arg, cache_dir, self.device)
                 if tower is not None:
                     import open_clip
-                    m = LoadedModel(model=tower, tokenizer=self.tokenizer, name=self.name,
-                                    pretrained=self.pretrained, weights_id=self.weights_id,
-                                    random_weights=False, device=self.device,
-                                    preprocess_cfg=preprocess_cfg_from_dict(
-                                        open_clip.get_model_preprocess_cfg(tower)))
+
+                    m = LoadedModel(
+                        model=tower,
+                        tokenizer=self.tokenizer,
+                        name=self.name,
+                        pretrained=self.pretrained,
+                        weights_id=self.weights_id,
+                        random_weights=False,
+                        device=self.device,
+                        preprocess_cfg=preprocess_cfg_from_dict(
+                            open_clip.get_model_preprocess_cfg(tower)
+                        ),
+                    )
                     self._check(m, "text tower")
                     if self._logit_scale is None:
                         self._logit_scale = m.logit_scale
@@ -1033,15 +1178,16 @@ class LazyModel(LoadedModel):
 
     # ------------------------------------------------------ LoadedModel's API
     @property
-    def model(self) -> torch.nn.Module:   # type: ignore[override]
+    def model(self) -> torch.nn.Module:  # type: ignore[override]
         """The whole open_clip model (loaded on first access)."""
         return self.full_model().model
 
     @property
-    def tokenizer(self) -> object:   # type: ignore[override]
+    def tokenizer(self) -> object:  # type: ignore[override]
         """The open_clip tokenizer (no weights are loaded for it)."""
         if self._tokenizer is None:
             import open_clip
+
             self._tokenizer = open_clip.get_tokenizer(self.name, cache_dir=self._args[2])
         return self._tokenizer
 
@@ -1050,7 +1196,7 @@ class LazyModel(LoadedModel):
         """``exp(logit_scale)`` (known without loading; see the class docstring)."""
         if self._logit_scale is None:
             self.text_model()
-        if self._logit_scale is None:   # pragma: no cover -- every load sets it
+        if self._logit_scale is None:  # pragma: no cover -- every load sets it
             self._logit_scale = self.full_model().logit_scale
         return self._logit_scale
 
@@ -1058,8 +1204,9 @@ class LazyModel(LoadedModel):
         """As :meth:`LoadedModel.encode_images`; loads the whole model first."""
         return self.full_model().encode_images(pixels)
 
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256,
-                     use_cache: bool = True) -> torch.Tensor:
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int = 256, use_cache: bool = True
+    ) -> torch.Tensor:
         """As :meth:`LoadedModel.encode_texts`: cached features without loading
         anything; otherwise the text tower (see the class docstring) encodes
         them, and they are cached."""

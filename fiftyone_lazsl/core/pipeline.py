@@ -16,8 +16,8 @@ The main process normalises the uint8 views on the model's device (for
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -44,8 +44,13 @@ class _Files(Dataset):
     ``(spec.seed, keys[i])``; predictions map them back to the original size.
     """
 
-    def __init__(self, filepaths: Sequence[str], keys: Sequence[str], spec: VisualSetSpec,
-                 max_pixels: int | None):
+    def __init__(
+        self,
+        filepaths: Sequence[str],
+        keys: Sequence[str],
+        spec: VisualSetSpec,
+        max_pixels: int | None,
+    ):
         self.filepaths = list(filepaths)
         self.keys = [str(k) for k in keys]
         self.spec = spec
@@ -55,8 +60,12 @@ class _Files(Dataset):
         return len(self.filepaths)
 
     def __getitem__(self, i: int) -> tuple[int, PreparedViews | None, dict | None, str | None]:
-        from fiftyone_lazsl.core.imageio import (ORIGINAL_SIZE_KEY, SCALE_KEY, load_image,
-                                                   read_deadline)
+        from fiftyone_lazsl.core.imageio import (
+            ORIGINAL_SIZE_KEY,
+            SCALE_KEY,
+            load_image,
+            read_deadline,
+        )
 
         path = self.filepaths[i]
         try:
@@ -83,10 +92,16 @@ def default_num_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def iter_predictions(classifier: LaZSLClassifier, filepaths: Sequence[str],
-                     keys: Sequence[str] | None = None, *, batch_size: int | None = None,
-                     num_workers: int | None = None, max_pixels: int | None = None,
-                     on_stage: Callable[[str], None] | None = None) -> Iterator[list[Item]]:
+def iter_predictions(
+    classifier: LaZSLClassifier,
+    filepaths: Sequence[str],
+    keys: Sequence[str] | None = None,
+    *,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    max_pixels: int | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> Iterator[list[Item]]:
     """Classify files in batches, yielding one list of :class:`Item` per batch.
 
     Args:
@@ -109,10 +124,15 @@ def iter_predictions(classifier: LaZSLClassifier, filepaths: Sequence[str],
     batch_size = batch_size or classifier.batch_size
     num_workers = default_num_workers() if num_workers is None else num_workers
     files = _Files(filepaths, keys, classifier.visual_spec, max_pixels)
-    loader = DataLoader(files, batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate,
-                        persistent_workers=False,
-                        prefetch_factor=2 if num_workers > 0 else None)
+    loader = DataLoader(
+        files,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
     stage = on_stage or (lambda s: None)
     stage("decoding")
     for batch in loader:
@@ -134,7 +154,8 @@ def _predict(classifier: LaZSLClassifier, ok) -> None:
         preds = classifier.predict_prepared(
             [t for _, t, _ in group],
             sizes=[tuple(info["original_size"]) for _, _, info in group],
-            scales=[float(info["scale"]) for _, _, info in group])
+            scales=[float(info["scale"]) for _, _, info in group],
+        )
         for (it, _, _), p in zip(group, preds):
             bad = non_finite(p)
             if bad:
@@ -165,8 +186,11 @@ def non_finite(p: Prediction) -> str | None:
 
     checks = [("logits", p.logits), ("probabilities", p.probs), ("scores", p.scores)]
     if p.crops is not None:
-        checks += [("crop mass", p.crops.mass), ("crop similarity", p.crops.similarity),
-                   ("crop share", p.crops.share)]
+        checks += [
+            ("crop mass", p.crops.mass),
+            ("crop similarity", p.crops.similarity),
+            ("crop share", p.crops.share),
+        ]
     for a in p.attribute_scores or []:
         checks.append(("attribute scores", a))
     for name, v in checks:

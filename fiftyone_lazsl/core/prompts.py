@@ -72,8 +72,14 @@ def descriptor_clause(attribute: str, style: str = "dclip") -> str:
     return f"which has {attribute}"
 
 
-def class_prompts(class_name: str, attributes: list[str], *, style: str = "dclip",
-                  fmt: str = "descriptors", suffix: str = "") -> tuple[list[str], list[str]]:
+def class_prompts(
+    class_name: str,
+    attributes: list[str],
+    *,
+    style: str = "dclip",
+    fmt: str = "descriptors",
+    suffix: str = "",
+) -> tuple[list[str], list[str]]:
     """Prompts and their display labels for one class.
 
     Args:
@@ -98,8 +104,9 @@ def class_prompts(class_name: str, attributes: list[str], *, style: str = "dclip
     return [f"{name}, {descriptor_clause(a, style)}{suffix}" for a in attributes], list(attributes)
 
 
-def build_prompts(attribute_set: AttributeSet, *, style: str = "dclip",
-                  suffix: str = "") -> tuple[list[list[str]], list[list[str]]]:
+def build_prompts(
+    attribute_set: AttributeSet, *, style: str = "dclip", suffix: str = ""
+) -> tuple[list[list[str]], list[list[str]]]:
     """Prompts for every class of ``attribute_set``, in class order.
 
     Returns:
@@ -110,7 +117,9 @@ def build_prompts(attribute_set: AttributeSet, *, style: str = "dclip",
     prompts, labels = [], []
     names = prompt_names(attribute_set)
     for c, attrs in attribute_set.attributes.items():
-        p, lab = class_prompts(names[c], attrs, style=style, fmt=attribute_set.format, suffix=suffix)
+        p, lab = class_prompts(
+            names[c], attrs, style=style, fmt=attribute_set.format, suffix=suffix
+        )
         lab = [c] if not attrs else lab
         prompts.append(p)
         labels.append(lab)

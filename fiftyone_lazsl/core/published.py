@@ -29,7 +29,7 @@ import pathlib
 import tempfile
 import urllib.error
 import urllib.request
-from typing import Iterable
+from collections.abc import Iterable
 
 from fiftyone_lazsl import env
 from fiftyone_lazsl.core.attributes import AttributeSet
@@ -46,7 +46,9 @@ MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024
 
 #: Where the registry is read from: package data, present in checkouts, editable
 #: installs and wheels alike.
-REGISTRY_PATH = pathlib.Path(__file__).resolve().parents[1] / "data" / "published_attribute_sets.json"
+REGISTRY_PATH = (
+    pathlib.Path(__file__).resolve().parents[1] / "data" / "published_attribute_sets.json"
+)
 
 
 def load_registry() -> dict:
@@ -91,8 +93,7 @@ def get_published_entry(name: str) -> dict:
     key = str(name).strip().lower()
     if key not in registry:
         raise UserError(
-            f"unknown published attribute set {name!r}; published sets: "
-            + ", ".join(registry)
+            f"unknown published attribute set {name!r}; published sets: " + ", ".join(registry)
         )
     return {"name": key, **registry[key]}
 
@@ -135,8 +136,11 @@ def _candidates(name: str, dirs: Iterable[str | os.PathLike]) -> list[pathlib.Pa
     return out
 
 
-def find_local_copy(name: str, cache_dir: str | os.PathLike | None = None,
-                    local_dirs: Iterable[str | os.PathLike] | None = None) -> pathlib.Path | None:
+def find_local_copy(
+    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    local_dirs: Iterable[str | os.PathLike] | None = None,
+) -> pathlib.Path | None:
     """A verified copy already on this machine (cache first, then local folders),
     without downloading anything.
 
@@ -199,10 +203,14 @@ def _download(url: str, dest: pathlib.Path, expected: str, timeout: float) -> No
         raise
 
 
-def fetch_published(name: str, cache_dir: str | os.PathLike | None = None,
-                    local_dirs: Iterable[str | os.PathLike] | None = None, *,
-                    download: bool = True,
-                    timeout: float = DOWNLOAD_TIMEOUT) -> pathlib.Path:
+def fetch_published(
+    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    local_dirs: Iterable[str | os.PathLike] | None = None,
+    *,
+    download: bool = True,
+    timeout: float = DOWNLOAD_TIMEOUT,
+) -> pathlib.Path:
     """Path of a verified copy of a published attribute set.
 
     Looks in the cache, then in ``local_dirs`` and ``$FIFTYONE_LAZSL_ATTRIBUTE_SETS_DIRS``
@@ -238,7 +246,8 @@ def fetch_published(name: str, cache_dir: str | os.PathLike | None = None,
     )
     if not download:
         raise UserError(
-            f"published attribute set {name!r} is not available locally; download {url} {put}")
+            f"published attribute set {name!r} is not available locally; download {url} {put}"
+        )
     try:
         _download(url, dest, expected, timeout)
     except (urllib.error.URLError, OSError, ValueError) as e:
@@ -274,10 +283,12 @@ def load_published(name: str, *, format: str | None = None, **kwargs) -> Attribu
     return loaded.replace(
         source=entry["url"],
         format=format or entry.get("format", "descriptors"),
-        metadata={"published": {
-            "name": entry["name"],
-            "sha256": entry["sha256"],
-            "license": entry.get("license"),
-            "citation": entry.get("citation"),
-        }},
+        metadata={
+            "published": {
+                "name": entry["name"],
+                "sha256": entry["sha256"],
+                "license": entry.get("license"),
+                "citation": entry.get("citation"),
+            }
+        },
     )

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,16 +97,18 @@ def _lanczos(x: float) -> float:
 #: BOX, BILINEAR, BICUBIC use only + - * / (bitwise as in C); HAMMING and
 #: LANCZOS call the C library's sin/cos through Python's ``math``, as Pillow does.
 PILLOW_FILTERS: dict[int, tuple[Any, float]] = {
-    4: (_box, 0.5),                    # Image.Resampling.BOX
-    2: (_bilinear, 1.0),               # BILINEAR
-    5: (_scalar(_hamming), 1.0),       # HAMMING
-    3: (_bicubic, 2.0),                # BICUBIC
-    1: (_scalar(_lanczos), 3.0),       # LANCZOS
+    4: (_box, 0.5),  # Image.Resampling.BOX
+    2: (_bilinear, 1.0),  # BILINEAR
+    5: (_scalar(_hamming), 1.0),  # HAMMING
+    3: (_bicubic, 2.0),  # BICUBIC
+    1: (_scalar(_lanczos), 3.0),  # LANCZOS
 }
 
 
 @functools.lru_cache(maxsize=4096)
-def pillow_coefficients(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.ndarray]:
+def pillow_coefficients(
+    in_size: int, out_size: int, resample: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's fixed-point filter weights for resizing one axis ``in_size -> out_size``.
 
     Follows ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` of Pillow's
@@ -202,8 +205,13 @@ def _torchvision_resize_size(w: int, h: int, size: Any, max_size: int | None) ->
 
 
 def _pil_filter(mode: Any) -> int | None:
-    table = {InterpolationMode.BILINEAR: 2, InterpolationMode.BICUBIC: 3, InterpolationMode.BOX: 4,
-             InterpolationMode.HAMMING: 5, InterpolationMode.LANCZOS: 1}
+    table = {
+        InterpolationMode.BILINEAR: 2,
+        InterpolationMode.BICUBIC: 3,
+        InterpolationMode.BOX: 4,
+        InterpolationMode.HAMMING: 5,
+        InterpolationMode.LANCZOS: 1,
+    }
     if isinstance(mode, int):
         return mode if mode in PILLOW_FILTERS else None
     return table.get(mode)
@@ -276,8 +284,9 @@ def view_plan(transforms: Sequence[Any], w: int, h: int) -> ViewPlan | None:
 # Batched resampling
 
 
-def _axis(in_size: int, plan_out: int, resized: int, offset: int, resample: int | None
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _axis(
+    in_size: int, plan_out: int, resized: int, offset: int, resample: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Taps for the ``plan_out`` output pixels of one axis: ``(start [O], kk [O, K],
     valid [O])``; pixels outside the resized image (padding) are invalid."""
     if resample is None or resized == in_size:
@@ -326,21 +335,33 @@ def pillow_pass_order() -> str:
     plan = ViewPlan(resized=(103, 55), resample=3, offset=(0, 0), out_size=(103, 55), fill=0)
     for order in ("pillow13", "horizontal"):
         got = _resample(
-            [t], [(0, 0, 0, 128, 170)], [plan], [order == "pillow13" and _rule13(128, 170, 103, 55)],
-            torch.device("cpu"), 1 << 27)
+            [t],
+            [(0, 0, 0, 128, 170)],
+            [plan],
+            [order == "pillow13" and _rule13(128, 170, 103, 55)],
+            torch.device("cpu"),
+            1 << 27,
+        )
         if np.array_equal(got[0].numpy(), ref):
             return order
-    raise RuntimeError("the installed Pillow resamples differently from Pillow <= 13; "
-                       "crop_backend='device' cannot reproduce it (use 'pil')")
+    raise RuntimeError(
+        "the installed Pillow resamples differently from Pillow <= 13; "
+        "crop_backend='device' cannot reproduce it (use 'pil')"
+    )
 
 
 def _rule13(w: int, h: int, rw: int, rh: int) -> bool:
     return (h - rh) > 0 and (h - rh) > (w - rw) * 2
 
 
-def resample_views(images: Sequence[torch.Tensor], views: Sequence[tuple[int, int, int, int, int]],
-                   plans: Sequence[ViewPlan], *, device: torch.device | str | None = None,
-                   max_elements: int = 1 << 26) -> torch.Tensor:
+def resample_views(
+    images: Sequence[torch.Tensor],
+    views: Sequence[tuple[int, int, int, int, int]],
+    plans: Sequence[ViewPlan],
+    *,
+    device: torch.device | str | None = None,
+    max_elements: int = 1 << 26,
+) -> torch.Tensor:
     """Cut and resample many views of decoded images, as PIL would.
 
     View ``v`` is ``stage(Image.fromarray(images[b]).crop((x, y, x + w, y + h)))``
@@ -365,8 +386,10 @@ def resample_views(images: Sequence[torch.Tensor], views: Sequence[tuple[int, in
         RuntimeError: see :func:`pillow_pass_order`.
     """
     device = torch.device(device) if device is not None else images[0].device
-    vfirst = [p.resample is not None and _vertical_first(w, h, *p.resized)
-              for (_, _, _, w, h), p in zip(views, plans)]
+    vfirst = [
+        p.resample is not None and _vertical_first(w, h, *p.resized)
+        for (_, _, _, w, h), p in zip(views, plans)
+    ]
     return _resample(images, views, plans, vfirst, device, max_elements)
 
 
@@ -402,9 +425,23 @@ def _resample(images, views, plans, vfirst, device, max_elements) -> torch.Tenso
         W = widths[b]
         base0 = offsets[b] + (y * W + x + lo if t else (y + lo) * W + x)
         step_line, step1 = (1, W) if t else (W, 1)
-        valid = (v2[:, None] & v1[None, :])          # [O2, O1]
-        per.append(dict(t=t, s1=s1, k1=k1, n1=n1, s2=s2 - lo, k2=k2, n=n, base0=base0,
-                        step_line=step_line, step1=step1, valid=valid, fill=p.fill))
+        valid = v2[:, None] & v1[None, :]  # [O2, O1]
+        per.append(
+            dict(
+                t=t,
+                s1=s1,
+                k1=k1,
+                n1=n1,
+                s2=s2 - lo,
+                k2=k2,
+                n=n,
+                base0=base0,
+                step_line=step_line,
+                step1=step1,
+                valid=valid,
+                fill=p.fill,
+            )
+        )
 
     O1 = {False: Sw, True: Sh}
     O2 = {False: Sh, True: Sw}
@@ -438,7 +475,9 @@ def _resample(images, views, plans, vfirst, device, max_elements) -> torch.Tenso
             d = per[v]
             r = np.minimum(np.arange(R), d["n"] - 1)
             base[i] = d["base0"] + r * d["step_line"]
-            taps[i] = np.minimum(d["s1"][:, None] + np.arange(K1)[None, :], d["n1"] - 1) * d["step1"]
+            taps[i] = (
+                np.minimum(d["s1"][:, None] + np.arange(K1)[None, :], d["n1"] - 1) * d["step1"]
+            )
             w1[i] = _pad_k(d["k1"], K1)
             sel[i] = np.clip(d["s2"][:, None] + np.arange(K2)[None, :], 0, d["n"] - 1)
             w2[i] = _pad_k(d["k2"], K2)

@@ -15,16 +15,26 @@ vision selection and the Sinkhorn plan; official code ``OP.py`` (``OP_d``,
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
 from fiftyone_lazsl.core.transport import sinkhorn
 
-__all__ = ["lazsl_scores", "wca_scores", "dclip_scores", "clip_scores", "hybrid_similarity",
-           "global_similarity", "vision_selection", "crop_global_similarity", "LaZSLOutput",
-           "WCAOutput", "wca_class_embeddings"]
+__all__ = [
+    "lazsl_scores",
+    "wca_scores",
+    "dclip_scores",
+    "clip_scores",
+    "hybrid_similarity",
+    "global_similarity",
+    "vision_selection",
+    "crop_global_similarity",
+    "LaZSLOutput",
+    "WCAOutput",
+    "wca_class_embeddings",
+]
 
 # Upper bound on B*C*N*A elements processed at once; larger calls are split
 # over classes so that memory stays bounded (1000 classes x 10 attributes).
@@ -52,18 +62,21 @@ class LaZSLOutput:
     iterations: torch.Tensor | None = None
 
 
-def _check_shapes(image_features: torch.Tensor, text_features: torch.Tensor,
-                  text_mask: torch.Tensor) -> None:
+def _check_shapes(
+    image_features: torch.Tensor, text_features: torch.Tensor, text_mask: torch.Tensor
+) -> None:
     """Shapes shared by every crop method: ``[B, 1+N, D]`` views, ``[C, A, D]``
     texts, a ``[C, A]`` mask, one feature dimension."""
     if image_features.dim() != 3 or image_features.shape[1] < 2:
         raise ValueError(
-            f"image_features must be [B, 1+N, D] with N >= 1, got {tuple(image_features.shape)}")
+            f"image_features must be [B, 1+N, D] with N >= 1, got {tuple(image_features.shape)}"
+        )
     if text_features.dim() != 3:
         raise ValueError(f"text_features must be [C, A, D], got {tuple(text_features.shape)}")
     if text_mask.shape != text_features.shape[:2]:
         raise ValueError(
-            f"text_mask must be [C, A] = {tuple(text_features.shape[:2])}, got {tuple(text_mask.shape)}")
+            f"text_mask must be [C, A] = {tuple(text_features.shape[:2])}, got {tuple(text_mask.shape)}"
+        )
 
 
 def _check_finite(**tensors: torch.Tensor) -> None:
@@ -75,20 +88,27 @@ def _check_finite(**tensors: torch.Tensor) -> None:
             raise ValueError(f"{what} has non-finite values (NaN or inf); no score is computed")
 
 
-def _check(image_features: torch.Tensor, text_features: torch.Tensor,
-           text_mask: torch.Tensor) -> None:
+def _check(
+    image_features: torch.Tensor, text_features: torch.Tensor, text_mask: torch.Tensor
+) -> None:
     _check_shapes(image_features, text_features, text_mask)
     if image_features.shape[-1] != text_features.shape[-1]:
         raise ValueError(
-            f"feature dims differ: image {image_features.shape[-1]} vs text {text_features.shape[-1]}")
+            f"feature dims differ: image {image_features.shape[-1]} vs text {text_features.shape[-1]}"
+        )
     _check_finite(image_features=image_features, text_features=text_features)
     if not bool(text_mask.any(dim=1).all()):
         bad = (~text_mask.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(f"text_mask has classes with no attribute: indices {bad[:10]}")
 
 
-def hybrid_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
-                      theta: float = 0.8, *, attribute_major: bool = False) -> torch.Tensor:
+def hybrid_similarity(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    theta: float = 0.8,
+    *,
+    attribute_major: bool = False,
+) -> torch.Tensor:
     """Hybrid crop/attribute similarity ``S = (1 - theta) * g.t + theta * x_n.t``
     (LaZSL hybrid similarity; official ``get_OP_distence(is_sim_global=True)``).
 
@@ -108,9 +128,9 @@ def hybrid_similarity(image_features: torch.Tensor, text_features: torch.Tensor,
     tf = text_features.to(imf.device).float()
     B, N1, D = imf.shape
     C, A, _ = tf.shape
-    sims = torch.matmul(tf.reshape(C * A, D), imf.transpose(1, 2))          # [B, C*A, 1+N]
+    sims = torch.matmul(tf.reshape(C * A, D), imf.transpose(1, 2))  # [B, C*A, 1+N]
     S = theta * sims[..., 1:]
-    S += (1 - theta) * sims[..., :1]                                          # [B, C*A, N]
+    S += (1 - theta) * sims[..., :1]  # [B, C*A, N]
     S = S.view(B, C, A, N1 - 1)
     return S if attribute_major else S.transpose(-1, -2)
 
@@ -145,8 +165,9 @@ def crop_global_similarity(image_features: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bnd,bd->bn", image_features[:, 1:], image_features[:, 0]).float()
 
 
-def vision_selection(image_features: torch.Tensor, gamma: float = 0.0,
-                     crop_global: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_selection(
+    image_features: torch.Tensor, gamma: float = 0.0, crop_global: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """LaZSL vision selection: keep crops whose similarity to the global view is
     at least the mean over crops plus ``gamma``.
 
@@ -183,10 +204,17 @@ def vision_selection(image_features: torch.Tensor, gamma: float = 0.0,
     return keep, mu
 
 
-def _lazsl_chunk(image_features: torch.Tensor, text_features: torch.Tensor,
-                 text_mask: torch.Tensor, mu: torch.Tensor, theta: float, eps: float,
-                 max_iter: int, stop_tol: float, want_plan: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+def _lazsl_chunk(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    text_mask: torch.Tensor,
+    mu: torch.Tensor,
+    theta: float,
+    eps: float,
+    max_iter: int,
+    stop_tol: float,
+    want_plan: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """LaZSL scores of one chunk of classes: ``(scores [B, C], plans [B, C, N, A]
     or None, similarity [B, C, N, A] or None, iterations [B, C])``.
 
@@ -199,26 +227,43 @@ def _lazsl_chunk(image_features: torch.Tensor, text_features: torch.Tensor,
     S = hybrid_similarity(image_features, text_features, theta, attribute_major=True)
     N, P = S.shape[-1], B * C
     S = S.reshape(P, A, N)
-    M = 1.0 - S                                                               # cost
-    K = M.div(-eps).exp_()                                                    # Gibbs kernel
-    nu = text_mask.float() / text_mask.sum(dim=1, keepdim=True).float()      # [C, A]
+    M = 1.0 - S  # cost
+    K = M.div(-eps).exp_()  # Gibbs kernel
+    nu = text_mask.float() / text_mask.sum(dim=1, keepdim=True).float()  # [C, A]
     nu_p = nu.unsqueeze(0).expand(B, C, A).reshape(P, A)
     mu_p = mu.unsqueeze(1).expand(B, C, N).reshape(P, N)
-    sol = sinkhorn(mu_p, nu_p, M, eps, method="auto", K=K, max_iter=max_iter,
-                   stop_tol=stop_tol, transposed=True)
+    sol = sinkhorn(
+        mu_p,
+        nu_p,
+        M,
+        eps,
+        method="auto",
+        K=K,
+        max_iter=max_iter,
+        stop_tol=stop_tol,
+        transposed=True,
+    )
     scores = sol.inner(K, S).view(B, C)
     iters = sol.iterations.view(B, C)
     if not want_plan:
         return scores, None, None, iters
-    T = sol.plan(K).transpose(1, 2)                                           # [P, N, A]
+    T = sol.plan(K).transpose(1, 2)  # [P, N, A]
     return scores, T.reshape(B, C, N, A), S.transpose(1, 2).reshape(B, C, N, A), iters
 
 
-def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
-                 text_mask: torch.Tensor, *, theta: float = 0.8, eps: float = 0.1,
-                 max_iter: int = 100, stop_tol: float = 1e-2, gamma: float = 0.0,
-                 return_plan: bool = False, crop_global: torch.Tensor | None = None
-                 ) -> torch.Tensor | LaZSLOutput:
+def lazsl_scores(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    text_mask: torch.Tensor,
+    *,
+    theta: float = 0.8,
+    eps: float = 0.1,
+    max_iter: int = 100,
+    stop_tol: float = 1e-2,
+    gamma: float = 0.0,
+    return_plan: bool = False,
+    crop_global: torch.Tensor | None = None,
+) -> torch.Tensor | LaZSLOutput:
     """LaZSL class scores by optimal transport between crops and attributes.
 
     For every image ``b`` and class ``y`` (paper Sec. 3, official ``OP_d``):
@@ -264,8 +309,17 @@ def lazsl_scores(image_features: torch.Tensor, text_features: torch.Tensor,
     per_class = max(1, B * (N1 - 1) * A)
     chunk = max(1, _MAX_ELEMENTS // per_class)
     outs = [
-        _lazsl_chunk(image_features, text_features[s:s + chunk], text_mask[s:s + chunk], mu,
-                     theta, eps, max_iter, stop_tol, return_plan)
+        _lazsl_chunk(
+            image_features,
+            text_features[s : s + chunk],
+            text_mask[s : s + chunk],
+            mu,
+            theta,
+            eps,
+            max_iter,
+            stop_tol,
+            return_plan,
+        )
         for s in range(0, C, chunk)
     ]
     scores = torch.cat([o[0] for o in outs], dim=1)
@@ -287,8 +341,9 @@ class _Output(LaZSLOutput):
         return iter((self.scores, self.plans, self.keep))
 
 
-def dclip_scores(image_features: torch.Tensor, text_features: torch.Tensor,
-                 text_mask: torch.Tensor) -> torch.Tensor:
+def dclip_scores(
+    image_features: torch.Tensor, text_features: torch.Tensor, text_mask: torch.Tensor
+) -> torch.Tensor:
     """DCLIP baseline (Menon & Vondrick 2023): mean over a class's attributes of
     the global view's cosine similarity.
 
@@ -341,21 +396,31 @@ class WCAOutput:
     image_embeddings: torch.Tensor
 
 
-def _check_wca(image_features: torch.Tensor, text_features: torch.Tensor,
-               text_mask: torch.Tensor, label_features: torch.Tensor) -> None:
+def _check_wca(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    text_mask: torch.Tensor,
+    label_features: torch.Tensor,
+) -> None:
     _check_shapes(image_features, text_features, text_mask)
     C, _, D = text_features.shape
     if tuple(label_features.shape) != (C, D):
-        raise ValueError(f"label_features must be [C, D] = {(C, D)}, got {tuple(label_features.shape)}")
+        raise ValueError(
+            f"label_features must be [C, D] = {(C, D)}, got {tuple(label_features.shape)}"
+        )
     if image_features.shape[-1] != D:
         raise ValueError(f"feature dims differ: image {image_features.shape[-1]} vs text {D}")
-    _check_finite(image_features=image_features, text_features=text_features,
-                  label_features=label_features)
+    _check_finite(
+        image_features=image_features, text_features=text_features, label_features=label_features
+    )
 
 
-def wca_class_embeddings(text_features: torch.Tensor, text_mask: torch.Tensor,
-                         label_features: torch.Tensor, text_scale_log: float = 2.0
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def wca_class_embeddings(
+    text_features: torch.Tensor,
+    text_mask: torch.Tensor,
+    label_features: torch.Tensor,
+    text_scale_log: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """WCA's text side: each class's sentences averaged with weights given by
     their similarity to the class's label prompt (official ``helper.py``
     ``zeroshot_classifier`` with ``tt_scale = exp(text_scale_log)``).
@@ -387,11 +452,17 @@ def wca_class_embeddings(text_features: torch.Tensor, text_mask: torch.Tensor,
     return torch.nn.functional.normalize(e, dim=-1), v
 
 
-def wca_scores(image_features: torch.Tensor, text_features: torch.Tensor,
-               text_mask: torch.Tensor, label_features: torch.Tensor, *,
-               image_scale_log: float = 4.0, text_scale_log: float = 2.0,
-               return_weights: bool = False, crop_global: torch.Tensor | None = None
-               ) -> torch.Tensor | WCAOutput:
+def wca_scores(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    text_mask: torch.Tensor,
+    label_features: torch.Tensor,
+    *,
+    image_scale_log: float = 4.0,
+    text_scale_log: float = 2.0,
+    return_weights: bool = False,
+    crop_global: torch.Tensor | None = None,
+) -> torch.Tensor | WCAOutput:
     """WCA class scores: weighted crops against weighted class sentences.
 
     Li et al., "Visual-Text Cross Alignment: Refining the Similarity Score in
@@ -443,12 +514,14 @@ def wca_scores(image_features: torch.Tensor, text_features: torch.Tensor,
         if tuple(crop_global.shape) != want:
             raise ValueError(f"crop_global must be {list(want)}, got {list(crop_global.shape)}")
         r = crop_global.to(imf.device, torch.float32)
-    w = (r * math.exp(float(image_scale_log))).softmax(dim=-1)                  # [B, N]
+    w = (r * math.exp(float(image_scale_log))).softmax(dim=-1)  # [B, N]
     z = torch.nn.functional.normalize(torch.einsum("bn,bnd->bd", w, imf[:, 1:]), dim=-1)
-    e, v = wca_class_embeddings(text_features.to(imf.device), text_mask, label_features,
-                                text_scale_log)
+    e, v = wca_class_embeddings(
+        text_features.to(imf.device), text_mask, label_features, text_scale_log
+    )
     scores = z @ e.T
     if not return_weights:
         return scores
-    return WCAOutput(scores=scores, crop_weights=w, text_weights=v, class_weights=e,
-                     image_embeddings=z)
+    return WCAOutput(
+        scores=scores, crop_weights=w, text_weights=v, class_weights=e, image_embeddings=z
+    )

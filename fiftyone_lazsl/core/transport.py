@@ -31,8 +31,8 @@ Flamary et al., "POT: Python Optimal Transport", JMLR 2021.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -105,10 +105,18 @@ def _check_every(device: torch.device, check_every: int | None) -> int:
     return 8 if device.type == "cuda" else 1
 
 
-def sinkhorn_knopp(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor | None = None,
-                   reg: float = 0.1, *, K: torch.Tensor | None = None, max_iter: int = 100,
-                   stop_tol: float = 1e-2, check_every: int | None = None,
-                   transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sinkhorn_knopp(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    M: torch.Tensor | None = None,
+    reg: float = 0.1,
+    *,
+    K: torch.Tensor | None = None,
+    max_iter: int = 100,
+    stop_tol: float = 1e-2,
+    check_every: int | None = None,
+    transposed: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Batched Sinkhorn-Knopp matrix scaling (POT ``ot.bregman.sinkhorn_knopp``).
 
     Solves, for every problem ``p`` of the batch, the entropic OT problem
@@ -168,14 +176,25 @@ def sinkhorn_knopp(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor | None = No
         return u_new, v_new, (u_new - u).abs().mean(-1)
 
     # u = 1; v = 1 on real columns, 0 on padding
-    return _iterate_per_problem(step, torch.ones_like(a), real.to(b.dtype), max_iter=max_iter,
-                                stop_tol=stop_tol, every=_check_every(K.device, check_every))
+    return _iterate_per_problem(
+        step,
+        torch.ones_like(a),
+        real.to(b.dtype),
+        max_iter=max_iter,
+        stop_tol=stop_tol,
+        every=_check_every(K.device, check_every),
+    )
 
 
-def _iterate_per_problem(step: Callable[[torch.Tensor, torch.Tensor],
-                                        tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                         x: torch.Tensor, y: torch.Tensor, *, max_iter: int, stop_tol: float,
-                         every: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _iterate_per_problem(
+    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_iter: int,
+    stop_tol: float,
+    every: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The official stopping rule, per problem, for both solvers.
 
     Runs ``x, y, err = step(x, y)`` (``x`` ``[P..., N]``, ``y`` ``[P..., A]``,
@@ -198,9 +217,17 @@ def _iterate_per_problem(step: Callable[[torch.Tensor, torch.Tensor],
     return x, y, iters
 
 
-def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, reg: float = 0.1, *,
-                 max_iter: int = 100, stop_tol: float = 1e-2, check_every: int | None = None,
-                 transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sinkhorn_log(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    M: torch.Tensor,
+    reg: float = 0.1,
+    *,
+    max_iter: int = 100,
+    stop_tol: float = 1e-2,
+    check_every: int | None = None,
+    transposed: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Batched log-domain Sinkhorn (POT ``ot.bregman.sinkhorn_log``), in float64.
 
     Same problem, iteration and stopping rule as :func:`sinkhorn_knopp`, on the
@@ -233,26 +260,34 @@ def sinkhorn_log(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, reg: float =
 
     def step(f: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f_new = log_a - torch.logsumexp(logK + g.unsqueeze(row_axis), dim=col_axis)
-        g_new = torch.where(real, log_b - torch.logsumexp(logK + f_new.unsqueeze(col_axis),
-                                                          dim=row_axis), neg_inf)
+        g_new = torch.where(
+            real, log_b - torch.logsumexp(logK + f_new.unsqueeze(col_axis), dim=row_axis), neg_inf
+        )
         return f_new, g_new, (torch.exp(f_new) - torch.exp(f)).abs().mean(-1)
 
     # f = log u = 0; g = log v = 0 on real columns, -inf on padding
-    return _iterate_per_problem(step, torch.zeros_like(log_a), torch.where(real, 0.0, neg_inf),
-                                max_iter=max_iter, stop_tol=stop_tol,
-                                every=_check_every(M.device, check_every))
+    return _iterate_per_problem(
+        step,
+        torch.zeros_like(log_a),
+        torch.where(real, 0.0, neg_inf),
+        max_iter=max_iter,
+        stop_tol=stop_tol,
+        every=_check_every(M.device, check_every),
+    )
 
 
-def _masked_log_kernel(M: torch.Tensor, reg: float, real: torch.Tensor,
-                       transposed: bool) -> torch.Tensor:
+def _masked_log_kernel(
+    M: torch.Tensor, reg: float, real: torch.Tensor, transposed: bool
+) -> torch.Tensor:
     """``-M / reg`` in float64 with ``-inf`` on padded columns."""
     logK = M.double() / -float(reg)
     col_mask = real.unsqueeze(-1) if transposed else real.unsqueeze(-2)
     return torch.where(col_mask, logK, float("-inf"))
 
 
-def log_plan(f: torch.Tensor, g: torch.Tensor, M: torch.Tensor, reg: float, *,
-             transposed: bool = False) -> torch.Tensor:
+def log_plan(
+    f: torch.Tensor, g: torch.Tensor, M: torch.Tensor, reg: float, *, transposed: bool = False
+) -> torch.Tensor:
     """Plan ``exp(f_i - M_ij / reg + g_j)`` of :func:`sinkhorn_log` potentials,
     float32, in the layout of ``M`` (0 on padded columns)."""
     logK = M.double() / -float(reg)
@@ -261,10 +296,19 @@ def log_plan(f: torch.Tensor, g: torch.Tensor, M: torch.Tensor, reg: float, *,
     return torch.exp(f.unsqueeze(-1) + logK + g.unsqueeze(-2)).float()
 
 
-def sinkhorn(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, reg: float = 0.1, *,
-             method: str = "auto", K: torch.Tensor | None = None, max_iter: int = 100,
-             stop_tol: float = 1e-2, check_every: int | None = None,
-             transposed: bool = False) -> SinkhornResult:
+def sinkhorn(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    M: torch.Tensor,
+    reg: float = 0.1,
+    *,
+    method: str = "auto",
+    K: torch.Tensor | None = None,
+    max_iter: int = 100,
+    stop_tol: float = 1e-2,
+    check_every: int | None = None,
+    transposed: bool = False,
+) -> SinkhornResult:
     """Solve a batch of entropic OT problems (POT ``ot.sinkhorn(a, b, M, reg, method=)``).
 
     Args:
@@ -284,20 +328,27 @@ def sinkhorn(a: torch.Tensor, b: torch.Tensor, M: torch.Tensor, reg: float = 0.1
     """
     if method not in METHODS:
         raise ValueError(f"unknown Sinkhorn method {method!r}; expected one of {METHODS}")
-    opts = dict(max_iter=max_iter, stop_tol=stop_tol, check_every=check_every,
-                transposed=transposed)
+    opts = dict(
+        max_iter=max_iter, stop_tol=stop_tol, check_every=check_every, transposed=transposed
+    )
     batch = a.shape[:-1]
     if method == "sinkhorn_log":
         f, g, iters = sinkhorn_log(a, b, M, reg, **opts)
         nan_u = torch.full_like(a, float("nan"))
         nan_v = torch.full_like(b, float("nan"))
-        return SinkhornResult(nan_u, nan_v, iters, torch.ones(batch, dtype=torch.bool, device=a.device),
-                              log_plan(f, g, M, reg, transposed=transposed).reshape(
-                                  (-1,) + M.shape[-2:]), transposed)
+        return SinkhornResult(
+            nan_u,
+            nan_v,
+            iters,
+            torch.ones(batch, dtype=torch.bool, device=a.device),
+            log_plan(f, g, M, reg, transposed=transposed).reshape((-1,) + M.shape[-2:]),
+            transposed,
+        )
     u, v, iters = sinkhorn_knopp(a, b, M, reg, K=K, **opts)
     if method == "sinkhorn":
-        return SinkhornResult(u, v, iters, torch.zeros(batch, dtype=torch.bool, device=a.device),
-                              None, transposed)
+        return SinkhornResult(
+            u, v, iters, torch.zeros(batch, dtype=torch.bool, device=a.device), None, transposed
+        )
     # Kernel underflow: K v = 0 somewhere makes a scaling inf, then 0 * inf = NaN.
     failed = ~(torch.isfinite(u).all(-1) & torch.isfinite(v).all(-1))
     result = SinkhornResult(u, v, iters, failed, None, transposed)

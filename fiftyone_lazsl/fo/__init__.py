@@ -36,11 +36,14 @@ def check_fiftyone_version(installed: str | None = None) -> str:
         try:
             installed = version("fiftyone")
         except PackageNotFoundError:
-            raise DependencyError("fiftyone-lazsl needs FiftyOne, which is not installed "
-                                  f"(pip install 'fiftyone>={MIN_FIFTYONE},<2')") from None
+            raise DependencyError(
+                "fiftyone-lazsl needs FiftyOne, which is not installed "
+                f"(pip install 'fiftyone>={MIN_FIFTYONE},<2')"
+            ) from None
     v = Version(installed)
     if v < Version(MIN_FIFTYONE) or v >= Version("2"):
         raise DependencyError(
             f"fiftyone-lazsl needs FiftyOne >={MIN_FIFTYONE},<2 but FiftyOne {installed} is "
-            f"installed (pip install 'fiftyone>={MIN_FIFTYONE},<2')")
+            f"installed (pip install 'fiftyone>={MIN_FIFTYONE},<2')"
+        )
     return installed

@@ -11,7 +11,8 @@ explanations panel when a sample is opened, shows them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import fiftyone as fo
 

@@ -38,17 +38,34 @@ from fiftyone_lazsl.fo.run import (
     split_overrides,
 )
 
-__all__ = ["run_lazsl", "to_labels", "RunSummary", "NothingWrittenError", "check_label_field",
-           "check_label_field_name", "check_one_run", "raise_if_dataset_deleted"]
+__all__ = [
+    "run_lazsl",
+    "to_labels",
+    "RunSummary",
+    "NothingWrittenError",
+    "check_label_field",
+    "check_label_field_name",
+    "check_one_run",
+    "raise_if_dataset_deleted",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = None,
-              output: OutputConfig | None = None, label_field: str = "lazsl",
-              gt_field: str | None = None, restrict_to_set: bool = False,
-              skip_existing: bool = False, classifier: LaZSLClassifier | None = None,
-              progress: ProgressFn | bool | None = None, **params: Any) -> RunSummary:
+def run_lazsl(
+    samples: Any,
+    attribute_set: Any,
+    *,
+    config: LaZSLConfig | None = None,
+    output: OutputConfig | None = None,
+    label_field: str = "lazsl",
+    gt_field: str | None = None,
+    restrict_to_set: bool = False,
+    skip_existing: bool = False,
+    classifier: LaZSLClassifier | None = None,
+    progress: ProgressFn | bool | None = None,
+    **params: Any,
+) -> RunSummary:
     """Classify every sample of ``samples`` and write labels and evidence.
 
     Args:
@@ -127,14 +144,32 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     shard = params.pop("shard", None)
     config, output = split_overrides(config, output, params)
     if shard is not None:
-        warnings.warn("run_lazsl(shard=...) is deprecated; use "
-                      "fiftyone_lazsl.fo.shards.run_shard", DeprecationWarning, stacklevel=2)
-        return shards.run_shard(samples, attribute_set, shard, config=config, output=output,
-                                label_field=label_field, gt_field=gt_field,
-                                restrict_to_set=restrict_to_set, classifier=classifier,
-                                progress=progress)
-    run = LaZSLRun(samples, attribute_set, label_field, output=output, gt_field=gt_field,
-                   restrict_to_set=restrict_to_set, skip_existing=skip_existing)
+        warnings.warn(
+            "run_lazsl(shard=...) is deprecated; use fiftyone_lazsl.fo.shards.run_shard",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return shards.run_shard(
+            samples,
+            attribute_set,
+            shard,
+            config=config,
+            output=output,
+            label_field=label_field,
+            gt_field=gt_field,
+            restrict_to_set=restrict_to_set,
+            classifier=classifier,
+            progress=progress,
+        )
+    run = LaZSLRun(
+        samples,
+        attribute_set,
+        label_field,
+        output=output,
+        gt_field=gt_field,
+        restrict_to_set=restrict_to_set,
+        skip_existing=skip_existing,
+    )
     if len(run) == 0:
         logger.info("nothing to classify: the view is empty")
         return run.summary
@@ -142,10 +177,16 @@ def run_lazsl(samples: Any, attribute_set: Any, *, config: LaZSLConfig | None = 
     return classify(run, config, classifier=classifier, progress=progress)
 
 
-def to_labels(pred: Prediction, classifier: LaZSLClassifier, *,
-              top_k_crops: int | None = DEFAULT_TOP_K_CROPS, top_attributes: int = 5,
-              evidence: str = "compact", runner_ups: int = DEFAULT_RUNNER_UPS,
-              gt_index: int | None = None) -> tuple:
+def to_labels(
+    pred: Prediction,
+    classifier: LaZSLClassifier,
+    *,
+    top_k_crops: int | None = DEFAULT_TOP_K_CROPS,
+    top_attributes: int = 5,
+    evidence: str = "compact",
+    runner_ups: int = DEFAULT_RUNNER_UPS,
+    gt_index: int | None = None,
+) -> tuple:
     """FiftyOne labels for one prediction (what a run stores; see
     :func:`fiftyone_lazsl.fo.labels.label_documents` for the arguments and
     :mod:`fiftyone_lazsl.fo.runs` for the layout).
@@ -160,12 +201,21 @@ def to_labels(pred: Prediction, classifier: LaZSLClassifier, *,
         top ``top_k_crops`` kept crops (None: all; LaZSL and WCA, else None)
         and the predicted class's top attributes (None for CLIP).
     """
-    cls, dets, attrs = label_documents(pred, classifier.classes, classifier.attribute_labels,
-                                       evidence=evidence, runner_ups=runner_ups,
-                                       gt_index=gt_index, top_k_crops=top_k_crops,
-                                       top_attributes=top_attributes)
-    return (fo.Classification.from_dict(cls),
-            None if dets is None else fo.Detections.from_dict(dets), attrs)
+    cls, dets, attrs = label_documents(
+        pred,
+        classifier.classes,
+        classifier.attribute_labels,
+        evidence=evidence,
+        runner_ups=runner_ups,
+        gt_index=gt_index,
+        top_k_crops=top_k_crops,
+        top_attributes=top_attributes,
+    )
+    return (
+        fo.Classification.from_dict(cls),
+        None if dets is None else fo.Detections.from_dict(dets),
+        attrs,
+    )
 
 
 def _output_options(**options: Any) -> OutputConfig:
@@ -175,8 +225,12 @@ def _output_options(**options: Any) -> OutputConfig:
 
 def __getattr__(name: str) -> Any:
     if name == "OutputOptions":
-        warnings.warn("fiftyone_lazsl.fo.apply.OutputOptions is deprecated; use "
-                      "fiftyone_lazsl.OutputConfig (OutputOptions(...) is "
-                      "OutputConfig(...).resolved())", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "fiftyone_lazsl.fo.apply.OutputOptions is deprecated; use "
+            "fiftyone_lazsl.OutputConfig (OutputOptions(...) is "
+            "OutputConfig(...).resolved())",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return _output_options
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

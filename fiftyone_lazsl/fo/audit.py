@@ -49,8 +49,9 @@ contradicts the label, ``suspicion > 0``) get a sample tag, and a saved view
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
 import numpy as np
@@ -70,8 +71,7 @@ EVIDENCE_NOTE = (
     "transport gives every attribute the same mass, so mass cannot rank attributes)"
 )
 
-NO_EVIDENCE_CLIP = ("no attribute evidence: 'clip' runs score one class-name prompt per "
-                    "class")
+NO_EVIDENCE_CLIP = "no attribute evidence: 'clip' runs score one class-name prompt per class"
 
 
 def audit_fields(pred_field: str) -> dict[str, str]:
@@ -139,8 +139,9 @@ def _contributions(method: str | None, label: Any, class_index: int | None) -> n
     return a
 
 
-def _ranked(names: Sequence[str], contrib: np.ndarray, n: int, *,
-            most: bool) -> list[tuple[str, float]]:
+def _ranked(
+    names: Sequence[str], contrib: np.ndarray, n: int, *, most: bool
+) -> list[tuple[str, float]]:
     order = np.argsort(-contrib if most else contrib, kind="stable")[:n]
     return [(names[int(i)], float(contrib[int(i)])) for i in order]
 
@@ -211,16 +212,20 @@ class AuditResult:
     def summary(self) -> str:
         """One line: what was audited and tagged."""
         n_dis = sum(1 for r in self.rows if r.suspicion is not None and r.suspicion > 0)
-        s = (f"audited {self.num_samples} samples of {self.pred_field!r} against "
-             f"{self.gt_field!r}: {n_dis} contradict their label; tagged {len(self.tagged)} "
-             f"as {self.tag!r}")
+        s = (
+            f"audited {self.num_samples} samples of {self.pred_field!r} against "
+            f"{self.gt_field!r}: {n_dis} contradict their label; tagged {len(self.tagged)} "
+            f"as {self.tag!r}"
+        )
         extra = []
         if self.num_no_prediction:
             extra.append(f"{self.num_no_prediction} without prediction")
         if self.num_no_label:
             extra.append(f"{self.num_no_label} without label")
         if self.num_label_not_in_classes:
-            extra.append(f"{self.num_label_not_in_classes} labelled with a class the run does not know")
+            extra.append(
+                f"{self.num_label_not_in_classes} labelled with a class the run does not know"
+            )
         if extra:
             s += " (" + ", ".join(extra) + ")"
         return s
@@ -230,8 +235,10 @@ class AuditResult:
         lines = [f"{'rank':>4}  {'suspicion':>9}  {'label':<28} {'predicted':<28} file"]
         for i, r in enumerate(self.rows[:n], 1):
             s = "-" if r.suspicion is None else f"{r.suspicion:+.3f}"
-            lines.append(f"{i:>4}  {s:>9}  {str(r.ground_truth)[:28]:<28} "
-                         f"{str(r.predicted)[:28]:<28} {r.filepath}")
+            lines.append(
+                f"{i:>4}  {s:>9}  {str(r.ground_truth)[:28]:<28} "
+                f"{str(r.predicted)[:28]:<28} {r.filepath}"
+            )
             lines.append(f"{'':>17}{r.sentence}")
         lines.append(EVIDENCE_NOTE if self.has_evidence else NO_EVIDENCE_CLIP)
         return "\n".join(lines)
@@ -250,8 +257,9 @@ def _ensure_fields(dataset: fo.Dataset, names: dict[str, str]) -> None:
             dataset.add_sample_field(name, **kw)
 
 
-def _run_info(samples: SampleCollection,
-              pred_field: str) -> tuple[str | None, list[str], list[list[str]] | None]:
+def _run_info(
+    samples: SampleCollection, pred_field: str
+) -> tuple[str | None, list[str], list[list[str]] | None]:
     """``(method, classes, attribute_labels)`` of the run that wrote ``pred_field``."""
     dataset = dataset_of(samples)
     try:
@@ -262,13 +270,22 @@ def _run_info(samples: SampleCollection,
     if not classes:
         raise UserError(
             f"field {pred_field!r} has no known class order: it was not written by a LaZSL "
-            f"run and dataset.classes[{pred_field!r}] is not set")
+            f"run and dataset.classes[{pred_field!r}] is not set"
+        )
     return cfg.get("method"), list(classes), cfg.get("attribute_labels")
 
 
-def audit_labels(samples: SampleCollection, pred_field: str, gt_field: str, *, top_k: int = 20,
-                 tag: str | None = "suspect", n_evidence: int = 3,
-                 min_suspicion: float | None = 0.0, save_view: bool = True) -> AuditResult:
+def audit_labels(
+    samples: SampleCollection,
+    pred_field: str,
+    gt_field: str,
+    *,
+    top_k: int = 20,
+    tag: str | None = "suspect",
+    n_evidence: int = 3,
+    min_suspicion: float | None = 0.0,
+    save_view: bool = True,
+) -> AuditResult:
     """Rank the samples of ``samples`` by how likely their label is wrong, write
     the attribute evidence, and tag the most suspicious ones.
 
@@ -305,18 +322,27 @@ def audit_labels(samples: SampleCollection, pred_field: str, gt_field: str, *, t
             raise UserError(f"dataset {dataset.name!r} has no field {f!r}")
     run = _AuditedRun(pred_field, *_run_info(samples, pred_field), n_evidence=n_evidence)
     names = audit_fields(pred_field)
-    res = AuditResult(pred_field=pred_field, gt_field=gt_field, method=run.method, fields=names,
-                      tag=tag, saved_view=None, has_evidence=run.method != "clip")
-    ids, samples_values = _read_samples(samples, pred_field, gt_field,
-                                        output_fields(pred_field)["error"], schema)
+    res = AuditResult(
+        pred_field=pred_field,
+        gt_field=gt_field,
+        method=run.method,
+        fields=names,
+        tag=tag,
+        saved_view=None,
+        has_evidence=run.method != "clip",
+    )
+    ids, samples_values = _read_samples(
+        samples, pred_field, gt_field, output_fields(pred_field)["error"], schema
+    )
     for values in samples_values:
         res.rows.append(_audit_sample(run, res, *values))
     # Most suspicious first; samples without a score last, in dataset order.
     res.rows.sort(key=lambda r: (r.suspicion is None, -(r.suspicion or 0.0)))
     _write_audit(samples, dataset, ids, res.rows, names)
     if tag:
-        _tag_suspects(samples, dataset, res, top_k=top_k, min_suspicion=min_suspicion,
-                      save_view=save_view)
+        _tag_suspects(
+            samples, dataset, res, top_k=top_k, min_suspicion=min_suspicion, save_view=save_view
+        )
     return res
 
 
@@ -334,30 +360,49 @@ class _AuditedRun:
         self.keys = {class_key(c): i for i, c in enumerate(self.classes)}
 
 
-def _read_samples(samples: SampleCollection, pred_field: str, gt_field: str, err_field: str,
-                  schema: dict) -> tuple[list[str], list[tuple]]:
+def _read_samples(
+    samples: SampleCollection, pred_field: str, gt_field: str, err_field: str, schema: dict
+) -> tuple[list[str], list[tuple]]:
     """Sample ids and, per sample, ``(id, filepath, gt label, predicted label,
     logits, stored evidence, error)`` in one ``values()`` call (the evidence as
     ``{"attribute_scores": full form, "evidence": compact form}``, None when
     neither is stored)."""
     has_err = err_field in schema
-    paths = ["id", "filepath", f"{gt_field}.label", f"{pred_field}.label",
-             f"{pred_field}.logits", f"{pred_field}.attribute_scores",
-             f"{pred_field}.evidence", f"{pred_field}.evidence_by_class"]
+    paths = [
+        "id",
+        "filepath",
+        f"{gt_field}.label",
+        f"{pred_field}.label",
+        f"{pred_field}.logits",
+        f"{pred_field}.attribute_scores",
+        f"{pred_field}.evidence",
+        f"{pred_field}.evidence_by_class",
+    ]
     if has_err:
         paths.append(err_field)
     values = samples.values(paths)
     ids, fps, gts, preds, logits, full, compact, by_class = values[:8]
     errors = values[8] if has_err else [None] * len(ids)
-    att = [None if f is None and c is None and b is None else
-           {"attribute_scores": f, "evidence": c, "evidence_by_class": b}
-           for f, c, b in zip(full, compact, by_class)]
+    att = [
+        None
+        if f is None and c is None and b is None
+        else {"attribute_scores": f, "evidence": c, "evidence_by_class": b}
+        for f, c, b in zip(full, compact, by_class)
+    ]
     return ids, list(zip(ids, fps, gts, preds, logits, att, errors))
 
 
-def _audit_sample(run: _AuditedRun, res: AuditResult, sid: str, fp: str, gt: str | None,
-                  pred: str | None, lg: list[float] | None, sc: list | None,
-                  err: str | None) -> AuditRow:
+def _audit_sample(
+    run: _AuditedRun,
+    res: AuditResult,
+    sid: str,
+    fp: str,
+    gt: str | None,
+    pred: str | None,
+    lg: list[float] | None,
+    sc: list | None,
+    err: str | None,
+) -> AuditRow:
     """The audit row of one sample (counters of ``res`` updated)."""
     row = AuditRow(sid, fp, None, gt, pred, None, None, None, None, "")
     classes = run.classes
@@ -385,8 +430,15 @@ def _no_prediction_sentence(run: _AuditedRun, lg: list[float] | None, err: str |
     return f"no prediction in field {run.pred_field!r}"
 
 
-def _label_sentence(run: _AuditedRun, res: AuditResult, row: AuditRow, lg: list[float],
-                    p: np.ndarray, pi: int, gi: int | None) -> str:
+def _label_sentence(
+    run: _AuditedRun,
+    res: AuditResult,
+    row: AuditRow,
+    lg: list[float],
+    p: np.ndarray,
+    pi: int,
+    gi: int | None,
+) -> str:
     """Label vs prediction (sets ``row.suspicion`` and ``row.p_ground_truth``)."""
     gt, pred = row.ground_truth, row.predicted
     if gt is None:
@@ -395,16 +447,19 @@ def _label_sentence(run: _AuditedRun, res: AuditResult, row: AuditRow, lg: list[
     row.suspicion = suspicion_score(lg, gi)
     if gi is None:
         res.num_label_not_in_classes += 1
-        return (f"labelled {gt!r}, which is not one of the run's {len(run.classes)} "
-                f"classes; predicted {pred!r} (p {p[pi]:.3f})")
+        return (
+            f"labelled {gt!r}, which is not one of the run's {len(run.classes)} "
+            f"classes; predicted {pred!r} (p {p[pi]:.3f})"
+        )
     row.p_ground_truth = float(p[gi])
     if gi == pi:
         return f"labelled and predicted {pred!r} (p {p[pi]:.3f})"
     return f"labelled {gt!r} (p {p[gi]:.3f}) but predicted {pred!r} (p {p[pi]:.3f})"
 
 
-def _evidence_sentences(run: _AuditedRun, res: AuditResult, row: AuditRow, sc: list | None,
-                        pi: int, gi: int | None) -> list[str]:
+def _evidence_sentences(
+    run: _AuditedRun, res: AuditResult, row: AuditRow, sc: list | None, pi: int, gi: int | None
+) -> list[str]:
     """The attribute evidence (sets ``row.evidence_gt`` / ``row.evidence_pred``)."""
     if not res.has_evidence:
         return [NO_EVIDENCE_CLIP]
@@ -416,9 +471,11 @@ def _evidence_sentences(run: _AuditedRun, res: AuditResult, row: AuditRow, sc: l
         row.evidence_gt = _ranked(run.attribute_labels[gi], cg, run.n_evidence, most=False)
         parts.append(f"weakest {run.classes[gi]!r} attributes: {_fmt_attrs(row.evidence_gt)}")
     elif gi is not None and gi != pi:
-        parts.append(f"no attribute evidence stored for {run.classes[gi]!r} (compact outputs "
-                     "keep it when the run is given the ground-truth field, or run with "
-                     "evidence='full')")
+        parts.append(
+            f"no attribute evidence stored for {run.classes[gi]!r} (compact outputs "
+            "keep it when the run is given the ground-truth field, or run with "
+            "evidence='full')"
+        )
     cp = _contributions(run.method, sc, pi)
     if cp is not None:
         row.evidence_pred = _ranked(run.attribute_labels[pi], cp, run.n_evidence, most=True)
@@ -426,34 +483,57 @@ def _evidence_sentences(run: _AuditedRun, res: AuditResult, row: AuditRow, sc: l
     return parts
 
 
-def _write_audit(samples: SampleCollection, dataset: fo.Dataset, ids: list[str], rows: list[AuditRow],
-                 names: dict[str, str]) -> None:
+def _write_audit(
+    samples: SampleCollection,
+    dataset: fo.Dataset,
+    ids: list[str],
+    rows: list[AuditRow],
+    names: dict[str, str],
+) -> None:
     """Write suspicion and evidence fields with one ``set_values`` per field."""
     _ensure_fields(dataset, names)
     by_id = {r.sample_id: r for r in rows}
     samples.set_values(names["suspicion"], [by_id[i].suspicion for i in ids])
     samples.set_values(names["evidence"], [by_id[i].sentence for i in ids])
-    samples.set_values(names["evidence_gt"],
-                       [[a for a, _ in by_id[i].evidence_gt] if by_id[i].evidence_gt else None
-                        for i in ids])
-    samples.set_values(names["evidence_pred"],
-                       [[a for a, _ in by_id[i].evidence_pred] if by_id[i].evidence_pred else None
-                        for i in ids])
+    samples.set_values(
+        names["evidence_gt"],
+        [[a for a, _ in by_id[i].evidence_gt] if by_id[i].evidence_gt else None for i in ids],
+    )
+    samples.set_values(
+        names["evidence_pred"],
+        [[a for a, _ in by_id[i].evidence_pred] if by_id[i].evidence_pred else None for i in ids],
+    )
 
 
-def _tag_suspects(samples: SampleCollection, dataset: fo.Dataset, res: AuditResult, *, top_k: int,
-                  min_suspicion: float | None, save_view: bool) -> None:
+def _tag_suspects(
+    samples: SampleCollection,
+    dataset: fo.Dataset,
+    res: AuditResult,
+    *,
+    top_k: int,
+    min_suspicion: float | None,
+    save_view: bool,
+) -> None:
     """Move ``res.tag`` to the most suspicious samples and save their view."""
     tag, pred_field = res.tag, res.pred_field
     samples.untag_samples(tag)
-    cands = [r for r in res.rows if r.suspicion is not None and not math.isnan(r.suspicion)
-             and (min_suspicion is None or r.suspicion > min_suspicion)]
-    res.tagged = [r.sample_id for r in cands[:max(0, int(top_k))]]
+    cands = [
+        r
+        for r in res.rows
+        if r.suspicion is not None
+        and not math.isnan(r.suspicion)
+        and (min_suspicion is None or r.suspicion > min_suspicion)
+    ]
+    res.tagged = [r.sample_id for r in cands[: max(0, int(top_k))]]
     if res.tagged:
         dataset.select(res.tagged).tag_samples(tag)
     if save_view:
         res.saved_view = suspects_view_name(pred_field)
         view = samples.match_tags(tag).sort_by(res.fields["suspicion"], reverse=True)
-        dataset.save_view(res.saved_view, view, overwrite=True,
-                          description=f"samples tagged {tag!r} by the audit of {pred_field!r} "
-                                      f"against {res.gt_field!r}, most suspicious first")
+        dataset.save_view(
+            res.saved_view,
+            view,
+            overwrite=True,
+            description=f"samples tagged {tag!r} by the audit of {pred_field!r} "
+            f"against {res.gt_field!r}, most suspicious first",
+        )

@@ -21,7 +21,9 @@ def load_dataset(name: str) -> fo.Dataset:
     """
     if not name or name not in fo.list_datasets():
         existing = fo.list_datasets()
-        hint = ("existing datasets: " + ", ".join(existing)) if existing else "there are no datasets"
+        hint = (
+            ("existing datasets: " + ", ".join(existing)) if existing else "there are no datasets"
+        )
         raise DatasetNotFoundError(f"no FiftyOne dataset named {name!r}; {hint}")
     return fo.load_dataset(name)
 
@@ -55,11 +57,16 @@ def check_sample_view(samples: fo.core.collections.SampleCollection) -> None:
         ConfigError: naming the kind of view.
         TypeError: ``samples`` is not a FiftyOne dataset or view.
     """
-    kinds = (((PatchesView, EvaluationPatchesView), "a patches view"),
-             (FramesView, "a frames view"), (ClipsView, "a clips view"))
+    kinds = (
+        ((PatchesView, EvaluationPatchesView), "a patches view"),
+        (FramesView, "a frames view"),
+        (ClipsView, "a clips view"),
+    )
     for cls, what in kinds:
         if isinstance(samples, cls):
-            raise ConfigError(f"{what} of dataset {samples.dataset_name!r} cannot be classified: "
-                              "LaZSL classifies whole images; give the dataset or a view of "
-                              "its samples (e.g. match, select, match_tags)")
+            raise ConfigError(
+                f"{what} of dataset {samples.dataset_name!r} cannot be classified: "
+                "LaZSL classifies whole images; give the dataset or a view of "
+                "its samples (e.g. match, select, match_tags)"
+            )
     dataset_of(samples)

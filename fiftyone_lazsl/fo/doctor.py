@@ -22,25 +22,22 @@ flagged attribute and a proposed pruned attribute set.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fiftyone_lazsl.core.features import predict_entries
-from fiftyone_lazsl.fo.datasets import dataset_of
-import hashlib
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
 from fiftyone_lazsl.core.config import LaZSLConfig
-from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint
+from fiftyone_lazsl.core.features import FeatureStore, feature_spec, fingerprint, predict_entries
 from fiftyone_lazsl.errors import ConfigError
+from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.rescore import stored_run
 from fiftyone_lazsl.fo.run import to_attribute_set
-from fiftyone_lazsl.fo.store import recorded_attribute_set
-from fiftyone_lazsl.fo.store import derived_set_name, save_attribute_set
-
+from fiftyone_lazsl.fo.store import derived_set_name, recorded_attribute_set, save_attribute_set
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ class DoctorConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
 
-    def replace(self, **changes: Any) -> "DoctorConfig":
+    def replace(self, **changes: Any) -> DoctorConfig:
         """A copy with some fields changed (validated).
 
         Raises:
@@ -91,8 +88,10 @@ class DoctorConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:
-            raise ConfigError(f"unknown doctor parameter(s): {', '.join(unknown)}; expected "
-                              f"some of: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown doctor parameter(s): {', '.join(unknown)}; expected "
+                f"some of: {', '.join(sorted(names))}"
+            )
         return dataclasses.replace(self, **changes)
 
 
@@ -142,10 +141,17 @@ class DoctorReport:
     def table(self, only_flagged: bool = False) -> str:
         """A plain-text table (one row per attribute)."""
         rows = [("class", "attribute", "top-rate", "AUC", "n", "flags")]
-        for a in (self.flagged if only_flagged else self.attributes):
-            rows.append((a.class_name, a.attribute[:48], f"{a.top_rate:.3f}",
-                         "-" if a.auc is None else f"{a.auc:.3f}", str(a.num_class_samples),
-                         ", ".join(a.flags)))
+        for a in self.flagged if only_flagged else self.attributes:
+            rows.append(
+                (
+                    a.class_name,
+                    a.attribute[:48],
+                    f"{a.top_rate:.3f}",
+                    "-" if a.auc is None else f"{a.auc:.3f}",
+                    str(a.num_class_samples),
+                    ", ".join(a.flags),
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -167,15 +173,25 @@ def class_slugs(classes: Any) -> dict[str, str]:
     count: dict[str, int] = {}
     for b in base.values():
         count[b] = count.get(b, 0) + 1
-    return {c: b if count[b] == 1 else
-            f"{b}-{hashlib.sha1(c.encode('utf-8')).hexdigest()[:6]}"
-            for c, b in base.items()}
+    return {
+        c: b if count[b] == 1 else f"{b}-{hashlib.sha1(c.encode('utf-8')).hexdigest()[:6]}"
+        for c, b in base.items()
+    }
 
 
-def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = None,
-                     attribute_set: Any = None, config: DoctorConfig | None = None,
-                     save_views: bool = True, save_pruned_as: str | None = "",
-                     model: Any = None, progress: Any = None, **params: Any) -> DoctorReport:
+def attribute_doctor(
+    samples: Any,
+    *,
+    from_field: str,
+    gt_field: str | None = None,
+    attribute_set: Any = None,
+    config: DoctorConfig | None = None,
+    save_views: bool = True,
+    save_pruned_as: str | None = "",
+    model: Any = None,
+    progress: Any = None,
+    **params: Any,
+) -> DoctorReport:
     """Diagnose an attribute set on ``samples`` from the features stored by
     the run on ``from_field``.
 
@@ -229,20 +245,31 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
         present = {aset.resolve(lb) for lb in labels if lb is not None} - {None}
         keep = [c for c in aset.classes if c in present]
         if keep and len(keep) < len(aset.classes):
-            aset = AttributeSet.from_dict({c: list(aset.attributes[c]) for c in keep},
-                                          name=aset.name, source=aset.source,
-                                          format=aset.format, metadata=dict(aset.metadata or {}))
+            aset = AttributeSet.from_dict(
+                {c: list(aset.attributes[c]) for c in keep},
+                name=aset.name,
+                source=aset.source,
+                format=aset.format,
+                metadata=dict(aset.metadata or {}),
+            )
     cfg = LaZSLConfig.from_dict(old, strict=False).replace(method="lazsl", batch_size=batch_size)
     n_attrs = sum(len(a) for a in aset.attributes.values())
     report_progress(0.0, f"encoding {n_attrs} attribute prompts of {len(aset.classes)} classes")
-    clf = LaZSLClassifier(aset, model=model, config=cfg) if model is not None \
+    clf = (
+        LaZSLClassifier(aset, model=model, config=cfg)
+        if model is not None
         else LaZSLClassifier(aset, config=cfg)
+    )
     rec = old["feature_store"]
     fp = fingerprint(feature_spec(clf))
     if fp != rec["fingerprint"]:
-        raise ConfigError(f"the stored features of the run on {from_field!r} were made with "
-                          "another model or visual set; classify again with --store-features")
-    store = FeatureStore(rec["path"], dtype=rec.get("dtype", "float16"), check=rec.get("check", "stat"))
+        raise ConfigError(
+            f"the stored features of the run on {from_field!r} were made with "
+            "another model or visual set; classify again with --store-features"
+        )
+    store = FeatureStore(
+        rec["path"], dtype=rec.get("dtype", "float16"), check=rec.get("check", "stat")
+    )
 
     classes = list(clf.classes)
     lens = [len(a) for a in clf.attribute_labels]
@@ -250,9 +277,9 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     contrib: list[list[np.ndarray]] = [[] for _ in classes]
     kept_ids, kept_labels, skipped = [], [], {}
     for s in range(0, len(paths), batch_size):
-        found, why = store.get_many(fp, paths[s:s + batch_size])
+        found, why = store.get_many(fp, paths[s : s + batch_size])
         skipped.update(why)
-        es = [(i, found[p]) for i, p in enumerate(paths[s:s + batch_size], s) if p in found]
+        es = [(i, found[p]) for i, p in enumerate(paths[s : s + batch_size], s) if p in found]
         if not es:
             continue
         preds = predict_entries(clf, [e for _, e in es])
@@ -274,17 +301,29 @@ def attribute_doctor(samples: Any, *, from_field: str, gt_field: str | None = No
     text = np.zeros((len(classes), max(lens) if lens else 0, emb.shape[1]), np.float32)
     k = 0
     for c, n in enumerate(lens):
-        text[c, :n] = emb[k:k + n]
+        text[c, :n] = emb[k : k + n]
         k += n
-    diags = _diagnose(classes, clf.attribute_labels, lens, crops, contrib, kept_labels, text,
-                      dup_threshold, min_auc, min_top_rate)
+    diags = _diagnose(
+        classes,
+        clf.attribute_labels,
+        lens,
+        crops,
+        contrib,
+        kept_labels,
+        text,
+        dup_threshold,
+        min_auc,
+        min_top_rate,
+    )
     degenerate = _degenerate(classes, lens, diags)
-    report = DoctorReport(attributes=diags, degenerate=degenerate, num_samples=len(kept_ids),
-                          skipped=skipped)
+    report = DoctorReport(
+        attributes=diags, degenerate=degenerate, num_samples=len(kept_ids), skipped=skipped
+    )
     if save_views:
         report_progress(0.95, f"saving views of {len(report.flagged)} flagged attributes")
-        _save_views(dataset, from_field, report, kept_ids, kept_labels, contrib, max_views,
-                    full_set.classes)
+        _save_views(
+            dataset, from_field, report, kept_ids, kept_labels, contrib, max_views, full_set.classes
+        )
     if save_pruned_as is not None:
         report_progress(0.98, "saving the proposed pruned set")
         _save_pruned(dataset, full_set, report, save_pruned_as)
@@ -301,8 +340,9 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
     return float(roc_auc_score(y, np.r_[pos, neg]))
 
 
-def _diagnose(classes, names, lens, crops, contrib, labels, text, thr, min_auc, min_top
-              ) -> list[AttributeDiagnosis]:
+def _diagnose(
+    classes, names, lens, crops, contrib, labels, text, thr, min_auc, min_top
+) -> list[AttributeDiagnosis]:
     C = len(classes)
     flat = [(c, a) for c in range(C) for a in range(lens[c])]
     emb = np.stack([text[c, a] for c, a in flat]) if flat else np.zeros((0, 1))
@@ -316,10 +356,13 @@ def _diagnose(classes, names, lens, crops, contrib, labels, text, thr, min_auc, 
         for a in range(lens[c]):
             i = pos_of[(c, a)]
             d = AttributeDiagnosis(
-                class_name=classes[c], index=a, attribute=names[c][a],
+                class_name=classes[c],
+                index=a,
+                attribute=names[c][a],
                 top_rate=float(crops[c][a] / total) if total else 0.0,
                 auc=_auc(scores[mine, a], scores[~mine, a]) if len(scores) else None,
-                num_class_samples=int(mine.sum()))
+                num_class_samples=int(mine.sum()),
+            )
             for j in np.nonzero(sim[i] >= thr)[0]:
                 c2, a2 = flat[j]
                 if j == i:
@@ -354,8 +397,7 @@ def _degenerate(classes, lens, diags) -> dict[str, str]:
     return out
 
 
-def _save_views(dataset, from_field, report, ids, labels, contrib, max_views,
-                all_classes) -> None:
+def _save_views(dataset, from_field, report, ids, labels, contrib, max_views, all_classes) -> None:
     classes = list(dict.fromkeys(d.class_name for d in report.attributes))
     slugs = class_slugs(all_classes)
     n = 0
@@ -363,15 +405,21 @@ def _save_views(dataset, from_field, report, ids, labels, contrib, max_views,
         if n >= max_views:
             break
         c = classes.index(d.class_name)
-        rows = [(float(contrib[c][k][d.index]), ids[k]) for k in range(len(ids))
-                if labels[k] == d.class_name]
+        rows = [
+            (float(contrib[c][k][d.index]), ids[k])
+            for k in range(len(ids))
+            if labels[k] == d.class_name
+        ]
         if not rows:
             continue
         rows.sort(key=lambda r: -r[0])
         name = f"doctor-{_slug(from_field)}-{slugs[d.class_name]}-{d.index}"
-        dataset.save_view(name, dataset.select([r[1] for r in rows], ordered=True),
-                          description=f"{d.class_name}: {d.attribute} ({', '.join(d.flags)})",
-                          overwrite=True)
+        dataset.save_view(
+            name,
+            dataset.select([r[1] for r in rows], ordered=True),
+            description=f"{d.class_name}: {d.attribute} ({', '.join(d.flags)})",
+            overwrite=True,
+        )
         d.saved_view = name
         n += 1
 
@@ -393,9 +441,15 @@ def _save_pruned(dataset, aset, report, name) -> None:
         return
     parent = aset.name or "set"
     out = AttributeSet.from_dict(
-        new, name=name or derived_set_name(parent, "-pruned"), source=f"doctor:{parent}",
+        new,
+        name=name or derived_set_name(parent, "-pruned"),
+        source=f"doctor:{parent}",
         format=aset.format,
-        metadata={"parent": parent, "parent_hash": aset.content_hash,
-                  "edit": {"removed": [[c, a, r] for c, a, r in removed]}})
+        metadata={
+            "parent": parent,
+            "parent_hash": aset.content_hash,
+            "edit": {"removed": [[c, a, r] for c, a, r in removed]},
+        },
+    )
     report.pruned_set = save_attribute_set(dataset, out, name=out.name)
     report.removed = removed

@@ -24,8 +24,9 @@ and saves views for browsing in the App, for every ordered pair of fields
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
 from fiftyone import ViewField as F
@@ -116,33 +117,43 @@ class EvaluationReport:
         """The side-by-side comparison as text."""
         k = self.methods[0].k if self.methods else 5
         w = max([len("field")] + [len(m.field) for m in self.methods])
-        lines = [f"{'field':<{w}}  {'method':<6}  {'top-1':>6}  {'top-' + str(k):>6}  "
-                 f"{'samples':>7}  {'no pred':>7}"]
+        lines = [
+            f"{'field':<{w}}  {'method':<6}  {'top-1':>6}  {'top-' + str(k):>6}  "
+            f"{'samples':>7}  {'no pred':>7}"
+        ]
         for m in self.methods:
             t1 = "-" if m.accuracy is None else f"{m.accuracy:.3f}"
             tk = "-" if m.topk_accuracy is None else f"{m.topk_accuracy:.3f}"
-            lines.append(f"{m.field:<{w}}  {str(m.method or '?'):<6}  {t1:>6}  {tk:>6}  "
-                         f"{m.num_samples:>7}  {m.num_no_prediction:>7}")
-        notes = [f"{m.field}: {m.num_label_not_in_classes} labels not among the run's classes"
-                 for m in self.methods if m.num_label_not_in_classes]
+            lines.append(
+                f"{m.field:<{w}}  {str(m.method or '?'):<6}  {t1:>6}  {tk:>6}  "
+                f"{m.num_samples:>7}  {m.num_no_prediction:>7}"
+            )
+        notes = [
+            f"{m.field}: {m.num_label_not_in_classes} labels not among the run's classes"
+            for m in self.methods
+            if m.num_label_not_in_classes
+        ]
         lines.extend(notes)
         if self.worst_classes:
             cw = max(len("class"), *(len(c) for c in self.worst_classes))
             cw = min(cw, 40)
             lines.append("")
             lines.append("worst classes (top-1 accuracy; lowest mean over methods first)")
-            lines.append(f"{'class':<{cw}}  {'n':>4}  " + "  ".join(f"{m.field:>8}" for m in self.methods))
+            lines.append(
+                f"{'class':<{cw}}  {'n':>4}  " + "  ".join(f"{m.field:>8}" for m in self.methods)
+            )
             for c in self.worst_classes:
                 n, accs = self.class_accuracy[c]
                 lines.append(f"{c[:cw]:<{cw}}  {n:>4}  " + "  ".join(f"{a:>8.3f}" for a in accs))
         if self.saved_views:
             lines.append("")
-            lines.append("saved views: " + ", ".join(f"'{v}' ({n})" for v, n in self.saved_views.items()))
+            lines.append(
+                "saved views: " + ", ".join(f"'{v}' ({n})" for v, n in self.saved_views.items())
+            )
         return "\n".join(lines)
 
 
-def _classes_of(samples: SampleCollection,
-                pred_field: str) -> tuple[str | None, list[str] | None]:
+def _classes_of(samples: SampleCollection, pred_field: str) -> tuple[str | None, list[str] | None]:
     try:
         cfg = get_run_config(samples, pred_field)
     except ValueError:
@@ -156,9 +167,16 @@ def _delete_eval(dataset: fo.Dataset, key: str) -> None:
         dataset.delete_evaluation(key)
 
 
-def evaluate_methods(samples: SampleCollection, gt_field: str, pred_fields: str | Sequence[str],
-                     *, k: int = 5, worst: int = 10, save_views: bool = True,
-                     progress: bool | None = None) -> EvaluationReport:
+def evaluate_methods(
+    samples: SampleCollection,
+    gt_field: str,
+    pred_fields: str | Sequence[str],
+    *,
+    k: int = 5,
+    worst: int = 10,
+    save_views: bool = True,
+    progress: bool | None = None,
+) -> EvaluationReport:
     """Evaluate several prediction fields against ``gt_field`` with FiftyOne.
 
     Args:
@@ -196,28 +214,44 @@ def evaluate_methods(samples: SampleCollection, gt_field: str, pred_fields: str 
     report = EvaluationReport(gt_field=gt_field)
     gt_labels = view.values(f"{gt_field}.label")
     for pf in pred_fields:
-        report.methods.append(_evaluate_field(samples, view, dataset, gt_field, gt_labels, pf,
-                                              k=k, progress=progress))
+        report.methods.append(
+            _evaluate_field(samples, view, dataset, gt_field, gt_labels, pf, k=k, progress=progress)
+        )
     _per_class_accuracy(view, gt_labels, report, worst=worst)
     if save_views:
         _save_comparison_views(view, dataset, report, pred_fields)
     return report
 
 
-def _evaluate_field(samples: SampleCollection, view: SampleCollection, dataset: fo.Dataset,
-                    gt_field: str, gt_labels: list[str], pf: str, *, k: int,
-                    progress: bool | None) -> MethodResult:
+def _evaluate_field(
+    samples: SampleCollection,
+    view: SampleCollection,
+    dataset: fo.Dataset,
+    gt_field: str,
+    gt_labels: list[str],
+    pf: str,
+    *,
+    k: int,
+    progress: bool | None,
+) -> MethodResult:
     """Top-1 (``method="simple"``) and top-k evaluation of one prediction field,
     stored under the keys of :func:`eval_keys`."""
     n = len(view)
     method, classes = _classes_of(samples, pf)
     kk = max(1, min(int(k), len(classes))) if classes else int(k)
     key1, keyk = eval_keys(pf, int(k))
-    mr = MethodResult(field=pf, method=method, eval_key=key1,
-                      topk_eval_key=keyk if classes else None, k=kk, num_samples=n)
+    mr = MethodResult(
+        field=pf,
+        method=method,
+        eval_key=key1,
+        topk_eval_key=keyk if classes else None,
+        k=kk,
+        num_samples=n,
+    )
     _delete_eval(dataset, key1)
-    mr.results = view.evaluate_classifications(pf, gt_field=gt_field, eval_key=key1,
-                                               method="simple", progress=progress)
+    mr.results = view.evaluate_classifications(
+        pf, gt_field=gt_field, eval_key=key1, method="simple", progress=progress
+    )
     mr.num_correct = int(view.count_values(key1).get(True, 0))
     mr.num_no_prediction = int(n - view.count(f"{pf}.label"))
     if not classes:
@@ -231,15 +265,22 @@ def _evaluate_field(samples: SampleCollection, view: SampleCollection, dataset: 
         with warnings.catch_warnings():
             # FiftyOne warns per sample without logits; they count as misses.
             warnings.filterwarnings("ignore", message="Found sample.*no logits")
-            sub.evaluate_classifications(pf, gt_field=gt_field, eval_key=keyk,
-                                         method="top-k", classes=classes, k=kk,
-                                         progress=progress)
+            sub.evaluate_classifications(
+                pf,
+                gt_field=gt_field,
+                eval_key=keyk,
+                method="top-k",
+                classes=classes,
+                k=kk,
+                progress=progress,
+            )
         mr.num_topk_correct = int(sub.count_values(keyk).get(True, 0))
     return mr
 
 
-def _per_class_accuracy(view: SampleCollection, gt_labels: list[str], report: EvaluationReport,
-                        *, worst: int) -> None:
+def _per_class_accuracy(
+    view: SampleCollection, gt_labels: list[str], report: EvaluationReport, *, worst: int
+) -> None:
     """Per-class top-1 accuracy side by side (``report.class_accuracy``) and the
     ``worst`` classes (``report.worst_classes``)."""
     cols = view.values([m.eval_key for m in report.methods])
@@ -252,13 +293,16 @@ def _per_class_accuracy(view: SampleCollection, gt_labels: list[str], report: Ev
         report.class_accuracy[c] = (len(rows), [h / len(rows) for h in hits[c]])
     # Lowest mean accuracy first (hits over support x methods: exact ties stay
     # ties), then the larger class, then the name.
-    ranked = sorted(per_class, key=lambda c: (sum(hits[c]) / (len(per_class[c]) * len(hits[c])),
-                                              -len(per_class[c]), c))
-    report.worst_classes = ranked[:max(0, int(worst))]
+    ranked = sorted(
+        per_class,
+        key=lambda c: (sum(hits[c]) / (len(per_class[c]) * len(hits[c])), -len(per_class[c]), c),
+    )
+    report.worst_classes = ranked[: max(0, int(worst))]
 
 
-def _save_comparison_views(view: SampleCollection, dataset: fo.Dataset, report: EvaluationReport,
-                           pred_fields: list[str]) -> None:
+def _save_comparison_views(
+    view: SampleCollection, dataset: fo.Dataset, report: EvaluationReport, pred_fields: list[str]
+) -> None:
     """Save ``"A right, B wrong"`` for every ordered pair of fields, and ``"all wrong"``."""
     gt_field = report.gt_field
     for a in report.methods:
@@ -267,16 +311,24 @@ def _save_comparison_views(view: SampleCollection, dataset: fo.Dataset, report: 
                 continue
             v = view.match((F(a.eval_key) == True) & (F(b.eval_key) != True))  # noqa: E712
             name = pair_view_name(a.field, b.field)
-            if _save_if_any(dataset, name, v, f"top-1: {a.field!r} right and {b.field!r} "
-                                              f"wrong against {gt_field!r}"):
+            if _save_if_any(
+                dataset,
+                name,
+                v,
+                f"top-1: {a.field!r} right and {b.field!r} wrong against {gt_field!r}",
+            ):
                 report.saved_views[name] = len(v)
     expr = None
     for m in report.methods:
         e = F(m.eval_key) != True  # noqa: E712
         expr = e if expr is None else expr & e
     v = view.match(expr)
-    if _save_if_any(dataset, ALL_WRONG_VIEW, v, f"top-1: every one of {', '.join(pred_fields)} "
-                                                f"wrong against {gt_field!r}"):
+    if _save_if_any(
+        dataset,
+        ALL_WRONG_VIEW,
+        v,
+        f"top-1: every one of {', '.join(pred_fields)} wrong against {gt_field!r}",
+    ):
         report.saved_views[ALL_WRONG_VIEW] = len(v)
 
 

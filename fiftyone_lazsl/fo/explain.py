@@ -25,20 +25,24 @@ The stored layout that these functions read is documented in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
 import numpy as np
 from fiftyone import ViewField as F
 
-from fiftyone_lazsl.fo.labels import class_evidence
-from fiftyone_lazsl.fo.runs import get_run_config, output_fields
-
 # Moved to fiftyone_lazsl.fo.heatmaps / fiftyone_lazsl.fo.fields; importable from here.
 from fiftyone_lazsl.fo.fields import ground_truth_fields  # noqa: F401
 from fiftyone_lazsl.fo.heatmaps import (  # noqa: F401
-    HEATMAP_MAX_SIDE, evidence_heatmap, heatmap_field_name, write_heatmaps)
+    HEATMAP_MAX_SIDE,
+    evidence_heatmap,
+    heatmap_field_name,
+    write_heatmaps,
+)
+from fiftyone_lazsl.fo.labels import class_evidence
+from fiftyone_lazsl.fo.runs import get_run_config, output_fields
 
 if TYPE_CHECKING:
     from fiftyone.core.collections import SampleCollection
@@ -80,7 +84,9 @@ def _attribute_rows(attribute_labels: list[list[str]], pred: Any, class_idx: int
                 "crops": int(c[a]) if a < len(c) and c[a] is not None else None,
             }
         )
-    rows.sort(key=lambda r: (r["contribution"] is None, -(r["contribution"] or 0.0), r["attribute_index"]))
+    rows.sort(
+        key=lambda r: (r["contribution"] is None, -(r["contribution"] or 0.0), r["attribute_index"])
+    )
     return rows
 
 
@@ -100,7 +106,9 @@ def _no_result(label_field: str, message: str, error: str | None = None) -> dict
     }
 
 
-def explain_sample(sample: fo.Sample, label_field: str, gt_field: str | None = None, config: dict | None = None) -> dict:
+def explain_sample(
+    sample: fo.Sample, label_field: str, gt_field: str | None = None, config: dict | None = None
+) -> dict:
     """Explain the LaZSL prediction stored in ``sample[label_field]``.
 
     Args:
@@ -162,7 +170,8 @@ def explain_sample(sample: fo.Sample, label_field: str, gt_field: str | None = N
     runner_up = _class_summary(run.classes, run.logits, others[0]) if others else None
     gt = _get(sample, gt_field) if gt_field else None
     ground_truth, gt_differs, gt_rows = _ground_truth_part(
-        run, getattr(gt, "label", None) if gt is not None else None, predicted["label"])
+        run, getattr(gt, "label", None) if gt is not None else None, predicted["label"]
+    )
     return {
         "label_field": label_field,
         "has_result": True,
@@ -190,7 +199,7 @@ class _StoredPrediction:
     label: Any
 
     @classmethod
-    def read(cls, pred: fo.Classification, config: dict) -> "_StoredPrediction":
+    def read(cls, pred: fo.Classification, config: dict) -> _StoredPrediction:
         classes = list(config.get("classes") or [])
         logits = pred.logits
         return cls(
@@ -218,8 +227,9 @@ class _StoredPrediction:
         return _attribute_rows(self.attribute_labels, self.label, class_idx)
 
 
-def _ground_truth_part(run: _StoredPrediction, gt_label: str | None,
-                       predicted_label: str) -> tuple[dict | None, bool, list[dict]]:
+def _ground_truth_part(
+    run: _StoredPrediction, gt_label: str | None, predicted_label: str
+) -> tuple[dict | None, bool, list[dict]]:
     """``(ground_truth, gt_differs, gt_rows)`` of :func:`explain_sample`."""
     if gt_label is None:
         return None, False, []
@@ -230,17 +240,22 @@ def _ground_truth_part(run: _StoredPrediction, gt_label: str | None,
     else:
         ground_truth = {"label": gt_label, "index": None, "score": None, "rank": None}
     gt_differs = gt_label != predicted_label
-    gt_rows = run.rows(ground_truth["index"]) if gt_differs and ground_truth["index"] is not None else []
+    gt_rows = (
+        run.rows(ground_truth["index"]) if gt_differs and ground_truth["index"] is not None else []
+    )
     return ground_truth, gt_differs, gt_rows
 
 
-def _summary_line(predicted: dict, runner_up: dict | None, ground_truth: dict | None,
-                  gt_differs: bool) -> str:
+def _summary_line(
+    predicted: dict, runner_up: dict | None, ground_truth: dict | None, gt_differs: bool
+) -> str:
     msg = f"Predicted {predicted['label']}"
     if runner_up is not None:
         msg += f"; runner-up {runner_up['label']}"
     if ground_truth is not None:
-        msg += f"; ground truth {ground_truth['label']}" + (" (differs)" if gt_differs else " (agrees)")
+        msg += f"; ground truth {ground_truth['label']}" + (
+            " (differs)" if gt_differs else " (agrees)"
+        )
     return msg + "."
 
 
@@ -293,8 +308,10 @@ def panel_content(explanation: dict) -> dict:
         if g["index"] is None:
             lines.append(f"**Ground truth:** {g['label']} (not among this run's classes)")
         elif e["gt_differs"]:
-            lines.append(f"**Ground truth:** {g['label']} (score {_fmt(g['score'], 4)}, "
-                         f"rank {g['rank']}) differs from the prediction")
+            lines.append(
+                f"**Ground truth:** {g['label']} (score {_fmt(g['score'], 4)}, "
+                f"rank {g['rank']}) differs from the prediction"
+            )
         else:
             lines.append(f"**Ground truth:** {g['label']} agrees with the prediction")
     content = {
@@ -311,8 +328,9 @@ def panel_content(explanation: dict) -> dict:
     return content
 
 
-def matched_attribute_view(samples: SampleCollection, label_field: str,
-                           attribute: str) -> "fo.DatasetView":
+def matched_attribute_view(
+    samples: SampleCollection, label_field: str, attribute: str
+) -> fo.DatasetView:
     """The samples of ``samples`` whose ``F_attributes`` list (the predicted
     class's top attributes, ranked by contribution) contains ``attribute``."""
     field = output_fields(label_field)["attributes"]

@@ -10,7 +10,7 @@ Only public FiftyOne API: ``get_field_schema`` and the label classes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
 import fiftyone as fo
 
@@ -19,14 +19,25 @@ from fiftyone_lazsl.core.classnames import classes_from_list
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo.runs import list_lazsl_fields
 
-__all__ = ["LABEL_TYPES", "CLASSIFICATION_TYPES", "label_fields", "label_path",
-           "classes_from_field", "ground_truth_fields", "validate_for_field"]
+__all__ = [
+    "LABEL_TYPES",
+    "CLASSIFICATION_TYPES",
+    "label_fields",
+    "label_path",
+    "classes_from_field",
+    "ground_truth_fields",
+    "validate_for_field",
+]
 
 #: Label types with one ``label`` per field value, and the path of their labels.
 _SINGLE = (fo.Classification, fo.Detection, fo.Polyline, fo.Keypoint)
 #: Label-list types and the attribute holding their list (FiftyOne's label lists).
-_LISTS = {fo.Classifications: "classifications", fo.Detections: "detections",
-          fo.Polylines: "polylines", fo.Keypoints: "keypoints"}
+_LISTS = {
+    fo.Classifications: "classifications",
+    fo.Detections: "detections",
+    fo.Polylines: "polylines",
+    fo.Keypoints: "keypoints",
+}
 #: Every label type whose values carry class labels.
 LABEL_TYPES = _SINGLE + tuple(_LISTS)
 #: The classification types (what a LaZSL run validates and an import offers).
@@ -41,9 +52,13 @@ def _path(name: str, doc: type) -> str | None:
     return None
 
 
-def label_fields(samples: fo.core.collections.SampleCollection, *,
-                 types: Iterable[type] = LABEL_TYPES, strings: bool = True,
-                 exclude: Iterable[str] = ()) -> "OrderedDict[str, str]":
+def label_fields(
+    samples: fo.core.collections.SampleCollection,
+    *,
+    types: Iterable[type] = LABEL_TYPES,
+    strings: bool = True,
+    exclude: Iterable[str] = (),
+) -> OrderedDict[str, str]:
     """``{field: path of its class labels}`` for every top-level field of
     ``samples`` that holds class labels, sorted by field name.
 
@@ -79,8 +94,13 @@ def _dataset_name(samples: fo.core.collections.SampleCollection) -> str:
     return samples.name if isinstance(samples, fo.Dataset) else samples.dataset_name
 
 
-def label_path(samples: fo.core.collections.SampleCollection, field: str, *,
-               types: Iterable[type] = LABEL_TYPES, strings: bool = True) -> str:
+def label_path(
+    samples: fo.core.collections.SampleCollection,
+    field: str,
+    *,
+    types: Iterable[type] = LABEL_TYPES,
+    strings: bool = True,
+) -> str:
     """The path of the class labels in ``field`` (see :func:`label_fields`).
 
     Raises:
@@ -118,12 +138,16 @@ def classes_from_field(samples: fo.core.collections.SampleCollection, field: str
 def ground_truth_fields(samples: fo.core.collections.SampleCollection) -> list[str]:
     """Top-level ``fo.Classification`` fields of ``samples`` that are not LaZSL
     outputs (candidates for a ground-truth dropdown), sorted by name."""
-    return list(label_fields(samples, types=(fo.Classification,), strings=False,
-                             exclude=list_lazsl_fields(samples)))
+    return list(
+        label_fields(
+            samples, types=(fo.Classification,), strings=False, exclude=list_lazsl_fields(samples)
+        )
+    )
 
 
-def validate_for_field(samples: fo.core.collections.SampleCollection,
-                       attribute_set: AttributeSet, label_field: str) -> list[str]:
+def validate_for_field(
+    samples: fo.core.collections.SampleCollection, attribute_set: AttributeSet, label_field: str
+) -> list[str]:
     """Check that every label of a classification field has attributes in the set.
 
     Args:
@@ -141,8 +165,11 @@ def validate_for_field(samples: fo.core.collections.SampleCollection,
     """
     usable = label_fields(samples, types=CLASSIFICATION_TYPES, strings=False)
     if label_field not in usable:
-        what = ("does not exist" if label_field not in samples.get_field_schema(flat=True)
-                else "is not a Classification field")
+        what = (
+            "does not exist"
+            if label_field not in samples.get_field_schema(flat=True)
+            else "is not a Classification field"
+        )
         raise UserError(
             f"label field {label_field!r} {what} on dataset {_dataset_name(samples)!r}; "
             "classification fields: " + (", ".join(usable) or "none")

@@ -6,7 +6,7 @@ accumulated over the crop boxes, written as ``fo.Heatmap`` labels
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import fiftyone as fo
 import numpy as np
@@ -24,9 +24,11 @@ def heatmap_field_name(label_field: str) -> str:
     return f"{label_field}_heatmap"
 
 
-def evidence_heatmap(crop_boxes_rel: Sequence[Sequence[float]] | np.ndarray,
-                     crop_mass: Sequence[float] | np.ndarray,
-                     size: tuple[int, int] = (HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE)) -> np.ndarray:
+def evidence_heatmap(
+    crop_boxes_rel: Sequence[Sequence[float]] | np.ndarray,
+    crop_mass: Sequence[float] | np.ndarray,
+    size: tuple[int, int] = (HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE),
+) -> np.ndarray:
     """Accumulate transport mass over crop boxes into a ``[0, 1]`` map.
 
     Args:
@@ -69,8 +71,12 @@ def _heatmap_size(width: int | None, height: int | None, max_side: int) -> tuple
     return (max(1, int(math.ceil(height * scale))), max(1, int(math.ceil(width * scale))))
 
 
-def write_heatmaps(samples: "fo.core.collections.SampleCollection", label_field: str,
-                   heatmap_field: str | None = None, max_side: int = HEATMAP_MAX_SIDE) -> str:
+def write_heatmaps(
+    samples: fo.core.collections.SampleCollection,
+    label_field: str,
+    heatmap_field: str | None = None,
+    max_side: int = HEATMAP_MAX_SIDE,
+) -> str:
     """Write an ``fo.Heatmap`` of the predicted class's evidence per sample.
 
     Reads the crop detections ``F_crops`` (``bounding_box`` and the custom

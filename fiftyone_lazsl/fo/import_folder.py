@@ -78,8 +78,9 @@ def _entry_kind(entry: os.DirEntry) -> str | None:
         return f"cannot follow ({e.strerror or e})"
 
 
-def scan_image_folder(directory: str | os.PathLike) -> tuple[list[tuple[str, str]],
-                                                               list[tuple[str, str]]]:
+def scan_image_folder(
+    directory: str | os.PathLike,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Images of a class-folder tree, by content.
 
     Args:
@@ -120,8 +121,9 @@ def scan_image_folder(directory: str | os.PathLike) -> tuple[list[tuple[str, str
                 skipped.append((f.path, kind))
                 continue
             if kind == "dir":
-                skipped.append((f.path, "nested folder (images must sit directly in the class "
-                                        "folder)"))
+                skipped.append(
+                    (f.path, "nested folder (images must sit directly in the class folder)")
+                )
                 continue
             why = _why_not_image(f.path)
             if why:
@@ -131,9 +133,14 @@ def scan_image_folder(directory: str | os.PathLike) -> tuple[list[tuple[str, str
     return images, skipped
 
 
-def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
-                        overwrite: bool = False, label_field: str = "ground_truth",
-                        compute_metadata: bool = True) -> ImportResult:
+def import_image_folder(
+    directory: str | os.PathLike,
+    dataset_name: str,
+    *,
+    overwrite: bool = False,
+    label_field: str = "ground_truth",
+    compute_metadata: bool = True,
+) -> ImportResult:
     """Create a persistent image dataset from ``DIR/<class>/<image>`` folders.
 
     Each image gets ``fo.Classification(label=<sub-folder name>)`` in
@@ -168,16 +175,23 @@ def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
     images, skipped = scan_image_folder(directory)
     if not images:
         why = f"; skipped {len(skipped)} non-image entries" if skipped else ""
-        raise UserError(f"no images found under {directory} (expected one sub-folder per class "
-                        f"holding image files{why})")
+        raise UserError(
+            f"no images found under {directory} (expected one sub-folder per class "
+            f"holding image files{why})"
+        )
     # Built under a temporary name and swapped in at the end: an interrupted
     # import (Ctrl-C, a crash) leaves the old dataset as it was.
     tmp = f"{dataset_name}-importing-{uuid.uuid4().hex[:12]}"
     ds = fo.Dataset(tmp)  # not persistent until complete: FiftyOne cleans it up if we die
     try:
-        ds.add_samples([fo.Sample(filepath=p, media_type="image",
-                                  **{label_field: fo.Classification(label=c)})
-                        for p, c in images])
+        ds.add_samples(
+            [
+                fo.Sample(
+                    filepath=p, media_type="image", **{label_field: fo.Classification(label=c)}
+                )
+                for p, c in images
+            ]
+        )
         if compute_metadata:
             ds.compute_metadata()
         ds.persistent = True
@@ -186,8 +200,9 @@ def import_image_folder(directory: str | os.PathLike, dataset_name: str, *,
         if ds.name == tmp and fo.dataset_exists(tmp):
             fo.delete_dataset(tmp)
         raise
-    return ImportResult(dataset=ds, num_images=len(images),
-                        classes=sorted({c for _, c in images}), skipped=skipped)
+    return ImportResult(
+        dataset=ds, num_images=len(images), classes=sorted({c for _, c in images}), skipped=skipped
+    )
 
 
 def _swap_in(ds: Any, name: str) -> None:
@@ -224,13 +239,18 @@ def check_new_dataset_name(name: Any, *, replace: bool = False) -> str:
     try:
         slug = fou.to_slug(name)
     except ValueError:
-        raise UserError(f"dataset name {name!r} cannot be used: FiftyOne needs a name whose "
-                        "URL slug is not empty (use some ASCII letters or digits)") from None
-    other = fodb.get_db_conn().datasets.find_one({"slug": slug, "name": {"$ne": name}},
-                                                 {"name": True})
+        raise UserError(
+            f"dataset name {name!r} cannot be used: FiftyOne needs a name whose "
+            "URL slug is not empty (use some ASCII letters or digits)"
+        ) from None
+    other = fodb.get_db_conn().datasets.find_one(
+        {"slug": slug, "name": {"$ne": name}}, {"name": True}
+    )
     if other is not None:
-        raise UserError(f"dataset name {name!r} is not available: its URL slug {slug!r} is that "
-                        f"of dataset {other['name']!r}; choose another name")
+        raise UserError(
+            f"dataset name {name!r} is not available: its URL slug {slug!r} is that "
+            f"of dataset {other['name']!r}; choose another name"
+        )
     if fo.dataset_exists(name) and not replace:
         raise UserError(f"dataset {name!r} already exists (use --overwrite to replace it)")
     return slug

@@ -40,7 +40,8 @@ from __future__ import annotations
 import io
 import re
 import zlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from bson import ObjectId
@@ -77,7 +78,7 @@ def serialize_vector(values: Any) -> bytes:
     if header is None:
         buf = io.BytesIO()
         np.save(buf, a, allow_pickle=False)
-        header = _NPY_HEADERS[a.size] = buf.getvalue()[:-a.nbytes]
+        header = _NPY_HEADERS[a.size] = buf.getvalue()[: -a.nbytes]
     return zlib.compress(header + a.tobytes(), 1)
 
 
@@ -85,17 +86,24 @@ def _round(values: Any, digits: int = 6) -> list[float]:
     return [round(v, digits) for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
-def _class_entry(pred: Any, names: Sequence[Sequence[str]], classes: Sequence[str], c: int,
-                 role: str) -> dict:
-    entry = {"class": classes[c], "index": int(c), "role": role,
-             "attributes": list(names[c]),
-             "scores": _round(pred.attribute_scores[c])}
+def _class_entry(
+    pred: Any, names: Sequence[Sequence[str]], classes: Sequence[str], c: int, role: str
+) -> dict:
+    entry = {
+        "class": classes[c],
+        "index": int(c),
+        "role": role,
+        "attributes": list(names[c]),
+        "scores": _round(pred.attribute_scores[c]),
+    }
     if pred.attribute_crops is not None:
         entry["crops"] = np.asarray(pred.attribute_crops[c]).astype(int).tolist()
     return entry
 
 
-def evidence_class_indices(pred: Any, gt_index: int | None, runner_ups: int) -> list[tuple[int, str]]:
+def evidence_class_indices(
+    pred: Any, gt_index: int | None, runner_ups: int
+) -> list[tuple[int, str]]:
     """``[(class_index, role)]`` whose evidence compact outputs keep: the
     predicted class, the ``runner_ups`` highest-scoring other classes, and the
     ground-truth class (role ``"ground_truth"``) unless already listed."""
@@ -112,10 +120,17 @@ def evidence_class_indices(pred: Any, gt_index: int | None, runner_ups: int) -> 
     return out
 
 
-def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequence[Sequence[str]],
-                    *, evidence: str = "compact", runner_ups: int = DEFAULT_RUNNER_UPS,
-                    gt_index: int | None = None, top_k_crops: int | None = DEFAULT_TOP_K_CROPS,
-                    top_attributes: int = 5) -> tuple[dict, dict | None, list | None]:
+def label_documents(
+    pred: Any,
+    classes: Sequence[str],
+    attribute_labels: Sequence[Sequence[str]],
+    *,
+    evidence: str = "compact",
+    runner_ups: int = DEFAULT_RUNNER_UPS,
+    gt_index: int | None = None,
+    top_k_crops: int | None = DEFAULT_TOP_K_CROPS,
+    top_attributes: int = 5,
+) -> tuple[dict, dict | None, list | None]:
     """The documents a run stores for one prediction, ready for MongoDB.
 
     Args:
@@ -144,9 +159,14 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
     if evidence not in EVIDENCE_MODES:
         raise ValueError(f"evidence must be one of {EVIDENCE_MODES}, got {evidence!r}")
     c = int(pred.label_index)
-    cls = {"_id": ObjectId(), "_cls": "Classification", "tags": [], "label": pred.label,
-           "confidence": float(pred.probs[c]),
-           "logits": serialize_vector(pred.logits)}
+    cls = {
+        "_id": ObjectId(),
+        "_cls": "Classification",
+        "tags": [],
+        "label": pred.label,
+        "confidence": float(pred.probs[c]),
+        "logits": serialize_vector(pred.logits),
+    }
     attrs = None
     if pred.attribute_scores is not None:
         a = np.asarray(pred.attribute_scores[c])
@@ -154,15 +174,18 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
         attrs = [attribute_labels[c][int(i)] for i in order]
         cls["keywords"] = [strip_article(t) for t in attrs]
         cls["words"] = attribute_words(attrs)
-        entries = [_class_entry(pred, attribute_labels, classes, i, role)
-                   for i, role in evidence_class_indices(pred, gt_index, runner_ups)]
+        entries = [
+            _class_entry(pred, attribute_labels, classes, i, role)
+            for i, role in evidence_class_indices(pred, gt_index, runner_ups)
+        ]
         cls["evidence_summary"] = evidence_summary(entries)
         cls["evidence_by_class"] = {str(e["index"]): e for e in entries}
         if evidence == "full":
             cls["attribute_scores"] = [_round(s) for s in pred.attribute_scores]
             if pred.attribute_crops is not None:
-                cls["attribute_crops"] = [np.asarray(x).astype(int).tolist()
-                                          for x in pred.attribute_crops]
+                cls["attribute_crops"] = [
+                    np.asarray(x).astype(int).tolist() for x in pred.attribute_crops
+                ]
     dets = None
     if pred.crops is not None:
         cr = pred.crops
@@ -178,20 +201,40 @@ def label_documents(pred: Any, classes: Sequence[str], attribute_labels: Sequenc
             key = np.round(rank[idx].astype(np.float64), 3 if rank is cr.similarity else 6)
             idx = idx[np.argsort(-key, kind="stable")[:top_k_crops]]
         boxes = np.clip(cr.boxes_rel[idx], 0.0, 1.0).tolist()
-        share, sim, mass = cr.share[idx].tolist(), cr.similarity[idx].tolist(), cr.mass[idx].tolist()
+        share, sim, mass = (
+            cr.share[idx].tolist(),
+            cr.similarity[idx].tolist(),
+            cr.mass[idx].tolist(),
+        )
         att = cr.attribute[idx].tolist()
         names = attribute_labels[c]
-        dets = {"_id": ObjectId(), "_cls": "Detections", "detections": [
-            {"_id": ObjectId(), "_cls": "Detection", "tags": [], "label": names[att[j]],
-             "bounding_box": boxes[j], "confidence": share[j], "similarity": sim[j],
-             "mass": mass[j], "crop_index": int(i), "attribute_index": att[j]}
-            for j, i in enumerate(idx.tolist())]}
+        dets = {
+            "_id": ObjectId(),
+            "_cls": "Detections",
+            "detections": [
+                {
+                    "_id": ObjectId(),
+                    "_cls": "Detection",
+                    "tags": [],
+                    "label": names[att[j]],
+                    "bounding_box": boxes[j],
+                    "confidence": share[j],
+                    "similarity": sim[j],
+                    "mass": mass[j],
+                    "crop_index": int(i),
+                    "attribute_index": att[j],
+                }
+                for j, i in enumerate(idx.tolist())
+            ],
+        }
     return cls, dets, attrs
 
 
 _WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*", re.UNICODE)
-_STOP = frozenset("a an the and or of with its it has have is are to in on at by for from as "
-                  "that which this than".split())
+_STOP = frozenset(
+    "a an the and or of with its it has have is are to in on at by for from as "
+    "that which this than".split()
+)
 
 
 def attribute_words(attributes: Sequence[str]) -> list[str]:
@@ -228,8 +271,9 @@ def evidence_summary(entries: Sequence[dict], top: int = 3) -> str:
             if crops is not None:
                 t += f" ({crops[i]} crop{'' if crops[i] == 1 else 's'})"
             items.append(t)
-        parts.append(f"{_ROLE_TEXT.get(e.get('role'), e.get('role'))} {e['class']}: "
-                     + ", ".join(items))
+        parts.append(
+            f"{_ROLE_TEXT.get(e.get('role'), e.get('role'))} {e['class']}: " + ", ".join(items)
+        )
     return " | ".join(parts)
 
 

@@ -28,7 +28,8 @@ import os
 import socket
 import threading
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import fiftyone.core.odm.database as fod
 from pymongo.errors import DuplicateKeyError
@@ -56,6 +57,7 @@ def default_heartbeat_s() -> float:
 def default_stale_s() -> float:
     """Heartbeat age after which a lock is stale: ``$FIFTYONE_LAZSL_STALE_S`` or :data:`STALE_S`."""
     return env.get("FIFTYONE_LAZSL_STALE_S")
+
 
 _HOST = socket.gethostname()
 
@@ -109,9 +111,12 @@ def describe(doc: dict) -> str:
     """``"pid 123 on host, started 2026-01-01 10:00:00 UTC, last heartbeat 3 s ago"``."""
     age = (_now() - doc["heartbeat"]).total_seconds()
     started = doc.get("started")
-    return (f"pid {doc.get('pid')} on {doc.get('host')}, started "
-            f"{started:%Y-%m-%d %H:%M:%S} UTC, last heartbeat {age:.0f} s ago"
-            if started else f"owner {doc.get('owner')}")
+    return (
+        f"pid {doc.get('pid')} on {doc.get('host')}, started "
+        f"{started:%Y-%m-%d %H:%M:%S} UTC, last heartbeat {age:.0f} s ago"
+        if started
+        else f"owner {doc.get('owner')}"
+    )
 
 
 def current(dataset: Any, label_field: str) -> dict | None:
@@ -128,8 +133,14 @@ class LabelFieldLock:
         stolen_from: the stale lock document taken over, or None.
     """
 
-    def __init__(self, dataset: Any, label_field: str, *, heartbeat_s: float | None = None,
-                 on_beat: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        label_field: str,
+        *,
+        heartbeat_s: float | None = None,
+        on_beat: Callable[[], None] | None = None,
+    ) -> None:
         self._id = lock_id(dataset, label_field)
         self.label_field = label_field
         self.dataset_name = dataset.name
@@ -142,26 +153,34 @@ class LabelFieldLock:
 
     def _doc(self) -> dict:
         now = _now()
-        return {"_id": self._id, "owner": self.owner, "host": _HOST, "pid": os.getpid(),
-                "dataset": self.dataset_name, "label_field": self.label_field,
-                "started": now, "heartbeat": now}
+        return {
+            "_id": self._id,
+            "owner": self.owner,
+            "host": _HOST,
+            "pid": os.getpid(),
+            "dataset": self.dataset_name,
+            "label_field": self.label_field,
+            "started": now,
+            "heartbeat": now,
+        }
 
     def _beat(self) -> None:
         coll = _collection()
         while not self._stop.wait(self._heartbeat_s):
             try:
-                res = coll.update_one({"_id": self._id, "owner": self.owner},
-                                      {"$set": {"heartbeat": _now()}})
+                res = coll.update_one(
+                    {"_id": self._id, "owner": self.owner}, {"$set": {"heartbeat": _now()}}
+                )
                 if res.matched_count == 0:
-                    logger.warning("the lock on label field %r was taken over by another run",
-                                   self.label_field)
+                    logger.warning(
+                        "the lock on label field %r was taken over by another run", self.label_field
+                    )
                     return
             except Exception as e:  # database hiccup: try again next beat
                 logger.debug("lock heartbeat failed: %s", e)
 
     def _start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name="lazsl-lock-heartbeat",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._beat, name="lazsl-lock-heartbeat", daemon=True)
         self._thread.start()
 
     def release(self) -> None:
@@ -174,18 +193,22 @@ class LabelFieldLock:
             with writer.cleanup_budget():  # a lost database: try briefly
                 _collection().delete_one({"_id": self._id, "owner": self.owner})
         except Exception as e:  # the database is gone: the lock goes stale by itself
-            logger.warning("could not release the lock on label field %r: %s",
-                           self.label_field, e)
+            logger.warning("could not release the lock on label field %r: %s", self.label_field, e)
 
-    def __enter__(self) -> "LabelFieldLock":
+    def __enter__(self) -> LabelFieldLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
 
-def acquire(dataset: Any, label_field: str, *, stale_s: float | None = None,
-            heartbeat_s: float | None = None) -> LabelFieldLock:
+def acquire(
+    dataset: Any,
+    label_field: str,
+    *,
+    stale_s: float | None = None,
+    heartbeat_s: float | None = None,
+) -> LabelFieldLock:
     """Take the write lock of ``label_field`` on ``dataset``.
 
     Args:
@@ -219,16 +242,23 @@ def acquire(dataset: Any, label_field: str, *, stale_s: float | None = None,
         if is_alive(old, stale_s=stale_s):
             raise RunConflictError(
                 f"label field {label_field!r} of dataset {dataset.name!r} is being written by "
-                f"another run ({describe(old)}); wait for it to finish or use another label field")
+                f"another run ({describe(old)}); wait for it to finish or use another label field"
+            )
         # stale: take it over unless someone else did first
         new = lock._doc()
         took = coll.find_one_and_replace(
-            {"_id": lock._id, "owner": old["owner"], "heartbeat": old["heartbeat"]}, new)
+            {"_id": lock._id, "owner": old["owner"], "heartbeat": old["heartbeat"]}, new
+        )
         if took is not None:
             lock.stolen_from = old
-            logger.warning("taking over the lock of a run that is gone on label field %r (%s)",
-                           label_field, describe(old))
+            logger.warning(
+                "taking over the lock of a run that is gone on label field %r (%s)",
+                label_field,
+                describe(old),
+            )
             lock._start_heartbeat()
             return lock
-    raise RunConflictError(f"label field {label_field!r} of dataset {dataset.name!r} is being "
-                           "claimed by several runs at once; try again")
+    raise RunConflictError(
+        f"label field {label_field!r} of dataset {dataset.name!r} is being "
+        "claimed by several runs at once; try again"
+    )

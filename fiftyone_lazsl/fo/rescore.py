@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
 from fiftyone_lazsl.core.config import CROP_METHODS, METHODS, LaZSLConfig, OutputConfig
@@ -57,14 +58,25 @@ def stored_run(samples: Any, from_field: str) -> dict:
     if not old.get("feature_store"):
         raise ConfigError(
             f"the run on field {from_field!r} did not store features; classify again with "
-            "--store-features (store_features=True) to re-score from it")
+            "--store-features (store_features=True) to re-score from it"
+        )
     return old
 
 
-def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: str,
-            output: OutputConfig | None = None, missing: str = "encode",
-            gt_field: str | None = None, restrict_to_set: bool = False,
-            classifier: Any = None, progress: Any = None, **params: Any) -> RunSummary:
+def rescore(
+    samples: Any,
+    attribute_set: Any,
+    *,
+    from_field: str,
+    label_field: str,
+    output: OutputConfig | None = None,
+    missing: str = "encode",
+    gt_field: str | None = None,
+    restrict_to_set: bool = False,
+    classifier: Any = None,
+    progress: Any = None,
+    **params: Any,
+) -> RunSummary:
     """Re-score ``samples`` from the features stored by the run on ``from_field``.
 
     Args:
@@ -100,9 +112,10 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
             run's config), so re-scoring equals a fresh run of ``method`` with
             that visual set. LaZSL and WCA need stored crops (a run made with
             ``lazsl`` or ``wca``); DCLIP and CLIP use the global view only);
-            overrides of ``output`` (``top_k_crops=3``...); ``model``: a :class:`~fiftyone_lazsl.core.models.LoadedModel` to use
-            instead of loading the run's (needed to reuse features of a
-            random-weights model in the same process).
+            overrides of ``output`` (``top_k_crops=3``...); ``model``: a
+            :class:`~fiftyone_lazsl.core.models.LoadedModel` to use instead of
+            loading the run's (needed to reuse features of a random-weights
+            model in the same process).
             ``feature_store``: the store (directory or ``FeatureStore``);
             default: the one the run record names.
 
@@ -135,8 +148,10 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
         raise ConfigError(f"missing must be one of {', '.join(MISSING_CHOICES)}, got {missing!r}")
     bad = sorted(set(params) & set(VISUAL_SET_PARAMS))
     if bad:
-        raise ConfigError(f"{', '.join(bad)} determine the stored features and cannot change "
-                          f"when re-scoring; run classify again for other values")
+        raise ConfigError(
+            f"{', '.join(bad)} determine the stored features and cannot change "
+            f"when re-scoring; run classify again for other values"
+        )
     method = params["method"]
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -146,44 +161,67 @@ def rescore(samples: Any, attribute_set: Any, *, from_field: str, label_field: s
         raise ConfigError(
             f"the run on {from_field!r} ({old.get('method')}) stored the global view only; "
             f"method {method!r} needs crops: classify with --method lazsl or wca and "
-            "--store-features to re-score with it")
+            "--store-features to re-score with it"
+        )
     cfg, output = split_overrides(LaZSLConfig.from_dict(old, strict=False), output, params)
     if output.store_features:
-        raise ConfigError("store_features does not apply to re-scoring: it reads the features "
-                          f"the run on {from_field!r} stored")
-    run = LaZSLRun(samples, attribute_set, label_field, output=output.replace(num_workers=0),
-                   gt_field=gt_field, restrict_to_set=restrict_to_set)
+        raise ConfigError(
+            "store_features does not apply to re-scoring: it reads the features "
+            f"the run on {from_field!r} stored"
+        )
+    run = LaZSLRun(
+        samples,
+        attribute_set,
+        label_field,
+        output=output.replace(num_workers=0),
+        gt_field=gt_field,
+        restrict_to_set=restrict_to_set,
+    )
     if len(run) == 0:
         run.summary.seconds = time.time() - run.t0
         return run.summary
     with run.lock():  # one writer per label field, for re-scoring as for classify
-        clf = _write_rescored(run, old, cfg, from_field, feature_store, classifier, model,
-                              missing, progress)
+        clf = _write_rescored(
+            run, old, cfg, from_field, feature_store, classifier, model, missing, progress
+        )
     if run.output.heatmap and clf.method == "lazsl":
         write_heatmaps(run.dataset.select(run.ids), label_field)
     if run.summary.random_weights:
-        logger.warning("RANDOM WEIGHTS were used for field %r: predictions are meaningless",
-                       label_field)
+        logger.warning(
+            "RANDOM WEIGHTS were used for field %r: predictions are meaningless", label_field
+        )
     return run.summary
 
 
-def _write_rescored(run: LaZSLRun, old: dict, cfg: LaZSLConfig, from_field: str,
-                    feature_store: Any, classifier: Any, model: Any, missing: str,
-                    progress: Any) -> Any:
+def _write_rescored(
+    run: LaZSLRun,
+    old: dict,
+    cfg: LaZSLConfig,
+    from_field: str,
+    feature_store: Any,
+    classifier: Any,
+    model: Any,
+    missing: str,
+    progress: Any,
+) -> Any:
     """The part of :func:`rescore` that writes, run while holding the field's lock."""
     rec = old["feature_store"]
     if isinstance(feature_store, FeatureStore):
         store = feature_store
     else:
-        store = FeatureStore(feature_store or rec["path"], dtype=rec.get("dtype", "float16"),
-                             check=rec.get("check", "stat"))
+        store = FeatureStore(
+            feature_store or rec["path"],
+            dtype=rec.get("dtype", "float16"),
+            check=rec.get("check", "stat"),
+        )
     if classifier is not None:
         clf = classifier
     elif model is not None:
         clf = LaZSLClassifier(run.attribute_set, model=model, config=cfg)
     else:  # the run's model, loaded only if a prompt or an image needs encoding
-        clf = LaZSLClassifier(run.attribute_set,
-                              model=LazyModel.from_provenance(old, device=cfg.device), config=cfg)
+        clf = LaZSLClassifier(
+            run.attribute_set, model=LazyModel.from_provenance(old, device=cfg.device), config=cfg
+        )
     spec = feature_spec(clf)
     spec["n_crops"] = int(old.get("n_crops") or 0)  # dclip re-scoring of a lazsl run: global view
     fp = fingerprint(spec)
@@ -193,7 +231,8 @@ def _write_rescored(run: LaZSLRun, old: dict, cfg: LaZSLConfig, from_field: str,
         raise ConfigError(
             f"the stored features of the run on {from_field!r} were made with another model or "
             f"visual set ({', '.join(diff) or 'fingerprint'} differ: e.g. a changed weights file, "
-            "or random weights loaded again); classify again with --store-features")
+            "or random weights loaded again); classify again with --store-features"
+        )
     summary = run.summary
     summary.random_weights = clf.model.random_weights
     fs = dict(store.describe(), fingerprint=fp, bytes_before=store.size_bytes())
@@ -206,19 +245,32 @@ def _write_rescored(run: LaZSLRun, old: dict, cfg: LaZSLConfig, from_field: str,
         summary.feature_store.update(bytes_after=store.size_bytes(), **counts)
         return {"feature_store": dict(summary.feature_store)}
 
-    run.write(clf, clf.config(), items=items,
-              extra={"rescored_from": from_field, "feature_store": fs},
-              progress=progress_reporter(progress, len(run)), outcome=outcome)
+    run.write(
+        clf,
+        clf.config(),
+        items=items,
+        extra={"rescored_from": from_field, "feature_store": fs},
+        progress=progress_reporter(progress, len(run)),
+        outcome=outcome,
+    )
     return clf
 
 
-def _iter_items(clf: Any, store: Any, fp: str, spec: dict, paths: list, batch_size: int,
-                missing: str, counts: dict) -> Iterator[list]:
+def _iter_items(
+    clf: Any,
+    store: Any,
+    fp: str,
+    spec: dict,
+    paths: list,
+    batch_size: int,
+    missing: str,
+    counts: dict,
+) -> Iterator[list]:
     """Batches of :class:`~fiftyone_lazsl.core.pipeline.Item`: predictions from
     stored features; samples without them encoded (and stored) or skipped."""
     encoder = None
     for s in range(0, len(paths), batch_size):
-        chunk = paths[s:s + batch_size]
+        chunk = paths[s : s + batch_size]
         found, why = store.get_many(fp, chunk)
         items = [Item(index=s + j, key=p, filepath=p) for j, p in enumerate(chunk)]
         have = [it for it in items if it.key in found]
@@ -239,8 +291,9 @@ def _iter_items(clf: Any, store: Any, fp: str, spec: dict, paths: list, batch_si
         elif lack:
             if encoder is None:
                 encoder = _Encoder(clf, store, fp, spec)
-            for batch in iter_predictions(encoder, [it.filepath for it in lack],
-                                          batch_size=clf.batch_size, num_workers=0):
+            for batch in iter_predictions(
+                encoder, [it.filepath for it in lack], batch_size=clf.batch_size, num_workers=0
+            ):
                 for sub in batch:
                     it = lack[sub.index]
                     it.prediction, it.error = sub.prediction, sub.error
@@ -258,8 +311,9 @@ class _Encoder:
         self.clf = clf
         enc = clf
         if clf.n_crops != spec["n_crops"]:
-            enc = LaZSLClassifier(clf.attribute_set, model=clf.model,
-                                  config=clf.lazsl_config.replace(method="lazsl"))
+            enc = LaZSLClassifier(
+                clf.attribute_set, model=clf.model, config=clf.lazsl_config.replace(method="lazsl")
+            )
         self.encoder = enc
         self.storing = StoringClassifier(enc, store, reuse=False)
         if self.storing.fingerprint != fp:  # pragma: no cover -- guarded by rescore()
@@ -272,8 +326,9 @@ class _Encoder:
         """The store's visual set (what the decode workers prepare)."""
         return self.encoder.visual_spec
 
-    def predict_tensors(self, images: Any, keys: Any, sizes: Any = None,
-                        scales: Any = None) -> list:
+    def predict_tensors(
+        self, images: Any, keys: Any, sizes: Any = None, scales: Any = None
+    ) -> list:
         enc = self.encoder
         prepared = [enc.prepare_views(im, k) for im, k in zip(images, keys)]
         return self.predict_prepared(prepared, sizes, scales)
@@ -289,10 +344,21 @@ class _Encoder:
         feats = enc.encode_prepared(prepared)
         sims = crop_global_similarity(feats)
         boxes = [p.boxes for p in prepared]
-        st.store.put_many(st.fingerprint, [
-            FeatureEntry(key=k, features=f.cpu().numpy(), boxes=b, image_size=d,
-                         original_size=tuple(sz), scale=float(sc), crop_global=r.cpu().numpy())
-            for k, f, b, d, sz, sc, r in zip(keys, feats, boxes, dims, sizes, scales, sims)])
+        st.store.put_many(
+            st.fingerprint,
+            [
+                FeatureEntry(
+                    key=k,
+                    features=f.cpu().numpy(),
+                    boxes=b,
+                    image_size=d,
+                    original_size=tuple(sz),
+                    scale=float(sc),
+                    crop_global=r.cpu().numpy(),
+                )
+                for k, f, b, d, sz, sc, r in zip(keys, feats, boxes, dims, sizes, scales, sims)
+            ],
+        )
         self.stored += len(keys)
         if self.clf.method not in CROP_METHODS:
             return self.clf.predict_features(feats[:, :1], boxes, dims, sizes, scales)

@@ -26,16 +26,17 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import fiftyone as fo
 from fiftyone import ViewField as F
 from tqdm.auto import tqdm
 
 from fiftyone_lazsl.core.attributes import AttributeSet
-from fiftyone_lazsl.core.config import ATTRIBUTE_METHODS, CROP_METHODS, LaZSLConfig, OutputConfig
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.config import ATTRIBUTE_METHODS, CROP_METHODS, LaZSLConfig, OutputConfig
 from fiftyone_lazsl.core.features import FeatureStore, StoringClassifier
 from fiftyone_lazsl.core.memory import check_visual_set_fits
 from fiftyone_lazsl.core.models import check_device, load_model
@@ -46,7 +47,13 @@ from fiftyone_lazsl.fo.appconfig import hide_until_shown
 from fiftyone_lazsl.fo.datasets import check_sample_view, dataset_of
 from fiftyone_lazsl.fo.heatmaps import write_heatmaps
 from fiftyone_lazsl.fo.labels import label_documents
-from fiftyone_lazsl.fo.runs import RunRecord, get_run_config, list_lazsl_fields, output_fields, run_key
+from fiftyone_lazsl.fo.runs import (
+    RunRecord,
+    get_run_config,
+    list_lazsl_fields,
+    output_fields,
+    run_key,
+)
 from fiftyone_lazsl.fo.store import resolve_attribute_set
 from fiftyone_lazsl.fo.writer import (
     BackgroundWriter,
@@ -63,8 +70,16 @@ ProgressFn = Callable[[float, str], None]
 
 #: Run-config keys besides :class:`LaZSLConfig`'s own output parameters that must
 #: match the recorded run for a resume (or a rerun on a subset) to continue it.
-RESUME_KEYS = ("weights_id", "random_weights", "attribute_set_hash", "classes",
-               "top_k_crops", "top_attributes", "evidence", "runner_ups")
+RESUME_KEYS = (
+    "weights_id",
+    "random_weights",
+    "attribute_set_hash",
+    "classes",
+    "top_k_crops",
+    "top_attributes",
+    "evidence",
+    "runner_ups",
+)
 
 
 @dataclass
@@ -97,17 +112,21 @@ class RunSummary:
         return len(self.failures)
 
     def __str__(self) -> str:
-        s = (f"{self.num_predicted}/{self.num_samples} samples classified into field "
-             f"{self.label_field!r}")
+        s = (
+            f"{self.num_predicted}/{self.num_samples} samples classified into field "
+            f"{self.label_field!r}"
+        )
         if self.failures:
             s += f"; {self.num_failed} failed (see field {self.label_field}_error)"
         if self.random_weights:
             s += "; RANDOM WEIGHTS (meaningless predictions)"
         if self.feature_store:
             fs = self.feature_store
-            s += (f"; feature store {fs['path']}: {fs.get('stored', 0)} stored, "
-                  f"{fs.get('reused', 0)} reused, {_mb(fs.get('bytes_before', 0))} -> "
-                  f"{_mb(fs.get('bytes_after', 0))}")
+            s += (
+                f"; feature store {fs['path']}: {fs.get('stored', 0)} stored, "
+                f"{fs.get('reused', 0)} reused, {_mb(fs.get('bytes_before', 0))} -> "
+                f"{_mb(fs.get('bytes_after', 0))}"
+            )
         return s
 
 
@@ -120,8 +139,9 @@ class NothingWrittenError(UserError):
     wrote nothing, so the earlier outputs and run record are unchanged."""
 
 
-def split_overrides(config: LaZSLConfig | None, output: OutputConfig | None,
-                    params: dict) -> tuple[LaZSLConfig, OutputConfig]:
+def split_overrides(
+    config: LaZSLConfig | None, output: OutputConfig | None, params: dict
+) -> tuple[LaZSLConfig, OutputConfig]:
     """``(config, output)`` with the keyword overrides of an entry point
     applied: names of :class:`OutputConfig` options change ``output``, every
     other name changes ``config`` (defaults: ``LaZSLConfig()`` and
@@ -139,8 +159,10 @@ def split_overrides(config: LaZSLConfig | None, output: OutputConfig | None,
         raise ConfigError(f"config must be a LaZSLConfig, got {type(config).__name__}")
     if not isinstance(output, OutputConfig):
         raise ConfigError(f"output must be an OutputConfig, got {type(output).__name__}")
-    return (config.replace(**cfg_changes) if cfg_changes else config,
-            output.replace(**out_changes) if out_changes else output)
+    return (
+        config.replace(**cfg_changes) if cfg_changes else config,
+        output.replace(**out_changes) if out_changes else output,
+    )
 
 
 # --------------------------------------------------------------------- checks
@@ -177,21 +199,27 @@ def check_label_field_name(label_field: Any) -> None:
     if not isinstance(label_field, str) or not label_field.strip():
         raise ConfigError("the label field name must be a non-empty string")
     if "." in label_field:
-        raise ConfigError(f"label_field {label_field!r} contains '.': give a top-level field "
-                          "name (e.g. lazsl_b), not an embedded path")
+        raise ConfigError(
+            f"label_field {label_field!r} contains '.': give a top-level field "
+            "name (e.g. lazsl_b), not an embedded path"
+        )
     if label_field.startswith(("$", "_")):
         raise ConfigError(f"label_field {label_field!r} must not start with '$' or '_'")
     if not all(ch.isalnum() or ch == "_" for ch in label_field):
         bad = sorted({ch for ch in label_field if not (ch.isalnum() or ch == "_")})
-        raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
-                          f"(found {''.join(bad)!r})")
+        raise ConfigError(
+            f"label_field {label_field!r} may only contain letters, digits and '_' "
+            f"(found {''.join(bad)!r})"
+        )
     # FiftyOne's rule for the run key that records the run (fiftyone.core.runs:
     # a valid Python identifier): '½', '²' are alphanumeric, yet not allowed.
     if not run_key(label_field).isidentifier():
         bad = sorted({ch for ch in label_field if not ("a" + ch).isidentifier()})
-        raise ConfigError(f"label_field {label_field!r} may only contain letters, digits and '_' "
-                          f"as in a Python name (FiftyOne's rule for run keys; found "
-                          f"{''.join(bad)!r})")
+        raise ConfigError(
+            f"label_field {label_field!r} may only contain letters, digits and '_' "
+            f"as in a Python name (FiftyOne's rule for run keys; found "
+            f"{''.join(bad)!r})"
+        )
 
 
 def check_label_field(dataset: Any, label_field: str) -> None:
@@ -216,7 +244,8 @@ def check_label_field(dataset: Any, label_field: str) -> None:
         if clash:
             raise RunConflictError(
                 f"label field {label_field!r} would overwrite field(s) {', '.join(clash)} of the "
-                f"LaZSL run on field {other!r}; choose another label field")
+                f"LaZSL run on field {other!r}; choose another label field"
+            )
     if label_field not in runs:
         schema = dataset.get_field_schema()
         taken = [f for f in ours if f in schema]
@@ -228,8 +257,12 @@ def check_label_field(dataset: Any, label_field: str) -> None:
             raise RunConflictError(
                 f"field(s) {', '.join(taken)} already exist on dataset {dataset.name!r} and were "
                 f"not written by a LaZSL run on {label_field!r}; choose another label field"
-                + (" (or delete those fields if they are left from a removed run)"
-                   if leftovers else ""))
+                + (
+                    " (or delete those fields if they are left from a removed run)"
+                    if leftovers
+                    else ""
+                )
+            )
 
 
 def _plain(v: Any) -> Any:
@@ -246,8 +279,9 @@ def run_diff(old: dict, config: dict) -> list[str]:
     # Runs recorded before crop_backend existed cut crops with roi_align.
     old.setdefault("crop_backend", "tensor")
     diff = LaZSLConfig.from_dict(config, strict=False).output_diff(old)
-    diff += [k for k in RESUME_KEYS if k in old and k in config
-             and _plain(old[k]) != _plain(config[k])]
+    diff += [
+        k for k in RESUME_KEYS if k in old and k in config and _plain(old[k]) != _plain(config[k])
+    ]
     return diff
 
 
@@ -294,7 +328,8 @@ def check_one_run(dataset: Any, view: Any, label_field: str, config: dict) -> No
             f"field {label_field!r} holds the outputs of another run on {outside} sample(s) "
             f"outside the samples given ({', '.join(diff)} differ); a field holds one run's "
             "outputs: run on every sample of that run, with its parameters, or write to another "
-            "label field (--label-field)")
+            "label field (--label-field)"
+        )
 
 
 def check_resumable(dataset: Any, label_field: str, config: dict) -> None:
@@ -313,7 +348,8 @@ def check_resumable(dataset: Any, label_field: str, config: dict) -> None:
         raise RunConflictError(
             f"cannot resume the run on field {label_field!r} with different parameters "
             f"({', '.join(diff)} differ from the recorded run); run again without "
-            "skip_existing to replace its outputs, or use another label field")
+            "skip_existing to replace its outputs, or use another label field"
+        )
 
 
 def check_gt_field_type(dataset: Any, gt_field: str, schema_field: Any) -> None:
@@ -324,11 +360,16 @@ def check_gt_field_type(dataset: Any, gt_field: str, schema_field: Any) -> None:
         ConfigError: naming ``gt_field`` and the field's actual type.
     """
     doc_type = getattr(schema_field, "document_type", None)
-    if not (isinstance(schema_field, fo.EmbeddedDocumentField) and doc_type is not None
-            and issubclass(doc_type, fo.Classification)):
+    if not (
+        isinstance(schema_field, fo.EmbeddedDocumentField)
+        and doc_type is not None
+        and issubclass(doc_type, fo.Classification)
+    ):
         what = doc_type.__name__ if doc_type is not None else type(schema_field).__name__
-        raise ConfigError(f"gt_field {gt_field!r} on dataset {dataset.name!r} is a {what}, not a "
-                          "Classification field; give the field holding the ground-truth labels")
+        raise ConfigError(
+            f"gt_field {gt_field!r} on dataset {dataset.name!r} is a {what}, not a "
+            "Classification field; give the field holding the ground-truth labels"
+        )
 
 
 def to_attribute_set(attribute_set: Any, dataset: Any) -> AttributeSet:
@@ -360,8 +401,10 @@ def raise_if_dataset_deleted(dataset: Any, error: BaseException) -> None:
     except Exception:  # noqa: BLE001 -- the database itself is away: keep the error
         return
     if gone:
-        raise UserError(f"dataset {dataset.name!r} was deleted (by another process?) while the "
-                        "run was writing to it; nothing more was written") from error
+        raise UserError(
+            f"dataset {dataset.name!r} was deleted (by another process?) while the "
+            "run was writing to it; nothing more was written"
+        ) from error
 
 
 def progress_reporter(progress: ProgressFn | bool | None, total: int) -> Callable[[int, str], None]:
@@ -379,6 +422,7 @@ def progress_reporter(progress: ProgressFn | bool | None, total: int) -> Callabl
             bar.update(done - bar.n)
             if done >= total:
                 bar.close()
+
         return tick
 
     def report(done: int, label: str) -> None:
@@ -389,6 +433,7 @@ def progress_reporter(progress: ProgressFn | bool | None, total: int) -> Callabl
         else:
             text = f"{label} {done}/{total}"
         progress(done / total, text)
+
     return report
 
 
@@ -406,12 +451,12 @@ def open_feature_store(store_features: Any, dtype: str) -> FeatureStore | None:
         return FeatureStore(dtype=dtype)
     if isinstance(store_features, (str, os.PathLike)) and str(store_features).strip():
         return FeatureStore(store_features, dtype=dtype)
-    raise ConfigError(f"store_features must be True/False, a directory or a FeatureStore, "
-                      f"got {store_features!r}")
+    raise ConfigError(
+        f"store_features must be True/False, a directory or a FeatureStore, got {store_features!r}"
+    )
 
 
-def after_first_success(items: Iterable, start: Callable[[], None] | None,
-                        held: list) -> Iterator:
+def after_first_success(items: Iterable, start: Callable[[], None] | None, held: list) -> Iterator:
     """``items``' batches; with ``start``, batches without any prediction are
     kept in ``held`` until one with a prediction arrives, then ``start()`` is
     called and the held batches are yielded before it. If none arrives,
@@ -440,13 +485,15 @@ def ensure_fields(dataset: Any, label_field: str, method: str) -> None:
     fields = output_fields(label_field)
     schema = dataset.get_field_schema()
     want = {
-        fields["prediction"]: dict(ftype=fo.EmbeddedDocumentField,
-                                   embedded_doc_type=fo.Classification),
+        fields["prediction"]: dict(
+            ftype=fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification
+        ),
         fields["error"]: dict(ftype=fo.StringField),
     }
     if method in CROP_METHODS:
-        want[fields["crops"]] = dict(ftype=fo.EmbeddedDocumentField,
-                                     embedded_doc_type=fo.Detections)
+        want[fields["crops"]] = dict(
+            ftype=fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections
+        )
     if method in ATTRIBUTE_METHODS:
         want[fields["attributes"]] = dict(ftype=fo.ListField, subfield=fo.StringField)
     for name, kw in want.items():
@@ -489,9 +536,17 @@ class LaZSLRun:
         :func:`fiftyone_lazsl.fo.apply.run_lazsl` documents.
     """
 
-    def __init__(self, samples: Any, attribute_set: Any, label_field: str, *,
-                 output: OutputConfig, gt_field: str | None = None,
-                 restrict_to_set: bool = False, skip_existing: bool = False) -> None:
+    def __init__(
+        self,
+        samples: Any,
+        attribute_set: Any,
+        label_field: str,
+        *,
+        output: OutputConfig,
+        gt_field: str | None = None,
+        restrict_to_set: bool = False,
+        skip_existing: bool = False,
+    ) -> None:
         self.t0 = time.time()
         check_sample_view(samples)  # patches / frames / clips: one line, nothing written
         self.samples = samples
@@ -507,8 +562,7 @@ class LaZSLRun:
         self.output = output.resolved(recorded)
         self.attribute_set = to_attribute_set(attribute_set, self.dataset)
         self.view = self._target_view(restrict_to_set)
-        self.summary = RunSummary(label_field=label_field, run_key=None,
-                                  num_samples=len(self.view))
+        self.summary = RunSummary(label_field=label_field, run_key=None, num_samples=len(self.view))
         self.record_: RunRecord | None = None
         self.owner: str | None = None
         self.ids: list[str] = []
@@ -517,7 +571,8 @@ class LaZSLRun:
         view, gt_field, dataset = self.samples, self.gt_field, self.dataset
         if restrict_to_set and gt_field is None:
             raise ConfigError(
-                "restrict_to_set needs gt_field (the field whose labels select samples)")
+                "restrict_to_set needs gt_field (the field whose labels select samples)"
+            )
         if gt_field is not None:
             schema = dataset.get_field_schema()
             if gt_field not in schema:
@@ -538,7 +593,7 @@ class LaZSLRun:
 
     # ---------------------------------------------------------- lifecycle
     @contextlib.contextmanager
-    def lock(self, *, exclusive: bool = True) -> Iterator["LaZSLRun"]:
+    def lock(self, *, exclusive: bool = True) -> Iterator[LaZSLRun]:
         """Hold the label field's write lock (one writer per field,
         :mod:`fiftyone_lazsl.fo.locks`) while the block runs; ``exclusive=False``
         (a shard of a sharded run, which shares the field by design) holds
@@ -564,11 +619,17 @@ class LaZSLRun:
         """The run record for ``provenance`` (a classifier's ``config()``:
         every parameter, the model, the attribute set, ``classes``): plus the
         label field, output fields and options, status and owner."""
-        return dict(provenance, label_field=self.label_field,
-                    fields=output_fields(self.label_field), **self.output.record(),
-                    attribute_set_warnings=list(self.attribute_set.warnings),
-                    status="running", num_samples=len(self), owner=self.owner,
-                    **(extra or {}))
+        return dict(
+            provenance,
+            label_field=self.label_field,
+            fields=output_fields(self.label_field),
+            **self.output.record(),
+            attribute_set_warnings=list(self.attribute_set.warnings),
+            status="running",
+            num_samples=len(self),
+            owner=self.owner,
+            **(extra or {}),
+        )
 
     def check(self, values: dict) -> dict:
         """Check a run record against the field's recorded run (a resume must
@@ -617,10 +678,18 @@ class LaZSLRun:
             if f in schema:
                 retry_db(lambda f=f: self.view.set_values(f, [None] * n))
 
-    def write(self, worker: Any, provenance: dict, *, items: Iterable | None = None,
-              extra: dict | None = None, progress: Callable[[int, str], None] | None = None,
-              register: bool = True, on_end: Callable[[bool], None] | None = None,
-              outcome: Callable[[], dict] | None = None) -> RunSummary:
+    def write(
+        self,
+        worker: Any,
+        provenance: dict,
+        *,
+        items: Iterable | None = None,
+        extra: dict | None = None,
+        progress: Callable[[int, str], None] | None = None,
+        register: bool = True,
+        on_end: Callable[[bool], None] | None = None,
+        outcome: Callable[[], dict] | None = None,
+    ) -> RunSummary:
         """Record the run and stream its predictions into the label field.
 
         Args:
@@ -658,15 +727,17 @@ class LaZSLRun:
         if not register:
             self.summary.run_key = run_key(self.label_field)
         earlier = holding_outputs(self.view, self.label_field)
-        replacing = (register and not self.skip_existing and earlier is not None
-                     and earlier.count() > 0)
+        replacing = (
+            register and not self.skip_existing and earlier is not None and earlier.count() > 0
+        )
         start = (lambda: self.record(values)) if register else None
         if start is not None and not replacing:
             start()
         done = 0
         try:
-            done = self._stream(worker, ids, paths, report, items=items,
-                                start=start if replacing else None)
+            done = self._stream(
+                worker, ids, paths, report, items=items, start=start if replacing else None
+            )
         finally:
             self.summary.seconds = time.time() - self.t0
             more = outcome() if outcome is not None else {}
@@ -675,9 +746,12 @@ class LaZSLRun:
             elif self.record_ is not None:
                 self.finish(complete=done == len(ids), **more)
         if self.summary.failures:
-            logger.warning("%d of %d samples failed; their reasons are in field %r",
-                           self.summary.num_failed, len(ids),
-                           output_fields(self.label_field)["error"])
+            logger.warning(
+                "%d of %d samples failed; their reasons are in field %r",
+                self.summary.num_failed,
+                len(ids),
+                output_fields(self.label_field)["error"],
+            )
         return self.summary
 
     def finish(self, *, complete: bool, **values: Any) -> None:
@@ -704,12 +778,15 @@ class LaZSLRun:
         if rec.resumed:
             # totals of the whole run, not of this resumed part
             fields = output_fields(self.label_field)
-            out.update(num_predicted=self.dataset.count(fields["prediction"]),
-                       num_failed=self.dataset.count(fields["error"]),
-                       seconds=round(s.seconds + float(rec.get("seconds_before")), 3))
+            out.update(
+                num_predicted=self.dataset.count(fields["prediction"]),
+                num_failed=self.dataset.count(fields["error"]),
+                seconds=round(s.seconds + float(rec.get("seconds_before")), 3),
+            )
         else:
-            out.update(num_predicted=s.num_predicted, num_failed=s.num_failed,
-                       seconds=round(s.seconds, 3))
+            out.update(
+                num_predicted=s.num_predicted, num_failed=s.num_failed, seconds=round(s.seconds, 3)
+            )
         rec.update(**out)
 
     def gt_indices(self, classes: list[str]) -> list[int | None] | None:
@@ -728,8 +805,16 @@ class LaZSLRun:
             out.append(cache[lb])
         return out
 
-    def _stream(self, clf: Any, ids: list, paths: list, report: Callable[[int, str], None], *,
-                items: Iterable | None, start: Callable[[], Any] | None) -> int:
+    def _stream(
+        self,
+        clf: Any,
+        ids: list,
+        paths: list,
+        report: Callable[[int, str], None],
+        *,
+        items: Iterable | None,
+        start: Callable[[], Any] | None,
+    ) -> int:
         """Stream predictions for ``paths`` to a
         :class:`~fiftyone_lazsl.fo.writer.BackgroundWriter` (batches of
         ``write_every`` samples, one atomic update per sample; label documents
@@ -761,13 +846,21 @@ class LaZSLRun:
             if done < total:
                 hi = min(done + clf.batch_size, total)
                 what = "encoding and scoring" if name == "encoding" else name
-                report(done, f"{what} images {done + 1}-{hi}" if hi > done + 1
-                       else f"{what} image {hi}")
+                report(
+                    done,
+                    f"{what} images {done + 1}-{hi}" if hi > done + 1 else f"{what} image {hi}",
+                )
 
         with BackgroundWriter(self.dataset, batch_size=opts.write_every) as writer:
             if items is None:
-                items = iter_predictions(clf, paths, keys=paths, batch_size=clf.batch_size,
-                                         num_workers=opts.num_workers, on_stage=on_stage)
+                items = iter_predictions(
+                    clf,
+                    paths,
+                    keys=paths,
+                    batch_size=clf.batch_size,
+                    num_workers=opts.num_workers,
+                    on_stage=on_stage,
+                )
             held: list = []
             for batch in after_first_success(items, start, held):
                 for it in batch:
@@ -779,11 +872,15 @@ class LaZSLRun:
                         writer.put(sid, dict(failed, **{err_f: reason}))  # ... but the reason
                         continue
                     cls, dets, attrs = label_documents(
-                        it.prediction, classes, names, evidence=opts.evidence,
+                        it.prediction,
+                        classes,
+                        names,
+                        evidence=opts.evidence,
                         runner_ups=opts.runner_ups,
                         gt_index=gt_index[it.index] if gt_index is not None else None,
                         top_k_crops=top_k,
-                        top_attributes=opts.top_attributes)
+                        top_attributes=opts.top_attributes,
+                    )
                     values = {err_f: None}
                     if crops_f:
                         values[crops_f] = dets
@@ -800,20 +897,23 @@ class LaZSLRun:
                 encoded["pending"] = False
                 on_stage("decoding")
         if held:  # nothing succeeded: nothing was written
-            fails = [(ids[it.index], it.filepath, it.error or "no prediction")
-                     for b in held for it in b]
+            fails = [
+                (ids[it.index], it.filepath, it.error or "no prediction") for b in held for it in b
+            ]
             summary.failures.extend(fails)
             _, path, reason = fails[0]
             raise NothingWrittenError(
                 f"every one of the {len(fails)} samples failed (first: {path}: {reason}); "
                 f"nothing was written: field {self.label_field!r} keeps its earlier outputs "
-                "and run record")
+                "and run record"
+            )
         return done
 
 
 # -------------------------------------------------------------- classifying
-def build_classifier(attribute_set: AttributeSet, config: LaZSLConfig,
-                     report: Callable[[int, str], None]) -> LaZSLClassifier:
+def build_classifier(
+    attribute_set: AttributeSet, config: LaZSLConfig, report: Callable[[int, str], None]
+) -> LaZSLClassifier:
     """Load the model, then encode the prompts, reporting each stage (both
     happen before the first image: they may take most of a small run).
 
@@ -823,15 +923,24 @@ def build_classifier(attribute_set: AttributeSet, config: LaZSLConfig,
     weights = config.pretrained if config.pretrained is not None else "random weights"
     report(0, f"loading the model {config.model} ({weights})")
     loaded = load_model(config.model, config.pretrained, device=config.device)
-    n = (len(attribute_set) if config.method == "clip"
-         else sum(len(attribute_set[c]) for c in attribute_set.classes))
+    n = (
+        len(attribute_set)
+        if config.method == "clip"
+        else sum(len(attribute_set[c]) for c in attribute_set.classes)
+    )
     report(0, f"encoding {n} {'class' if config.method == 'clip' else 'attribute'} prompts")
     return LaZSLClassifier(attribute_set, loaded, config=config)
 
 
-def classify(run: LaZSLRun, config: LaZSLConfig, *, classifier: LaZSLClassifier | None = None,
-             progress: ProgressFn | bool | None = None, exclusive: bool = True,
-             on_end: Callable[[bool], None] | None = None) -> RunSummary:
+def classify(
+    run: LaZSLRun,
+    config: LaZSLConfig,
+    *,
+    classifier: LaZSLClassifier | None = None,
+    progress: ProgressFn | bool | None = None,
+    exclusive: bool = True,
+    on_end: Callable[[bool], None] | None = None,
+) -> RunSummary:
     """Encode and score the images of ``run``'s view and write the outputs:
     the classify step of :func:`fiftyone_lazsl.fo.apply.run_lazsl` and of
     each shard of a sharded run.
@@ -862,19 +971,32 @@ def classify(run: LaZSLRun, config: LaZSLConfig, *, classifier: LaZSLClassifier 
         worker, extra, outcome = clf, None, None
         if store is not None:
             worker = StoringClassifier(clf, store)
-            fs = dict(store.describe(), fingerprint=worker.fingerprint,
-                      bytes_before=store.size_bytes())
+            fs = dict(
+                store.describe(), fingerprint=worker.fingerprint, bytes_before=store.size_bytes()
+            )
             extra = {"feature_store": fs}
             run.summary.feature_store = dict(fs)
 
             def outcome() -> dict:
                 fs_now = run.summary.feature_store
-                fs_now.update(bytes_after=store.size_bytes(), stored=worker.stored,
-                              reused=worker.reused, store_errors=worker.store_errors)
+                fs_now.update(
+                    bytes_after=store.size_bytes(),
+                    stored=worker.stored,
+                    reused=worker.reused,
+                    store_errors=worker.store_errors,
+                )
                 return {"feature_store": dict(fs_now)}
+
         check_visual_set_fits(clf)  # an N that cannot fit is refused before anything is written
-        run.write(worker, clf.config(), extra=extra, progress=report, register=exclusive,
-                  on_end=on_end, outcome=outcome)
+        run.write(
+            worker,
+            clf.config(),
+            extra=extra,
+            progress=report,
+            register=exclusive,
+            on_end=on_end,
+            outcome=outcome,
+        )
     if opts.heatmap and clf.method == "lazsl":
         write_heatmaps(run.dataset.select(run.ids), run.label_field)
     return run.summary

@@ -156,8 +156,14 @@ def latest_lazsl_field(samples) -> str | None:
 
 #: The outcome fields of a run record, with the value a record without them means.
 OUTCOME_DEFAULTS: dict[str, Any] = {
-    "status": "completed", "num_samples": 0, "num_predicted": 0, "num_failed": 0,
-    "seconds": None, "seconds_before": 0.0, "resumed": 0, "owner": None,
+    "status": "completed",
+    "num_samples": 0,
+    "num_predicted": 0,
+    "num_failed": 0,
+    "seconds": None,
+    "seconds_before": 0.0,
+    "resumed": 0,
+    "owner": None,
     "feature_store": None,
 }
 
@@ -188,7 +194,7 @@ class RunRecord:
         return run_key(self.label_field)
 
     @classmethod
-    def load(cls, samples: Any, label_field: str) -> "RunRecord | None":
+    def load(cls, samples: Any, label_field: str) -> RunRecord | None:
         """The record of the run on ``label_field`` (None when there is none).
         The stored ``status`` is returned as written (see :func:`run_status`
         for a live reading)."""
@@ -201,7 +207,7 @@ class RunRecord:
         return cls(dataset, label_field, values)
 
     @classmethod
-    def create(cls, dataset: Any, label_field: str, values: dict) -> "RunRecord":
+    def create(cls, dataset: Any, label_field: str, values: dict) -> RunRecord:
         """Record a new run on ``label_field`` (replacing any earlier record)."""
         record = cls(dataset, label_field, dict(values))
         dataset.register_run(record.key, dataset.init_run(**record.values), overwrite=True)
@@ -240,4 +246,3 @@ class RunRecord:
             setattr(cfg, k, v)
         self.dataset.update_run_config(self.key, cfg)
         self.values.update(values)
-

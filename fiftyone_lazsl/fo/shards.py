@@ -107,38 +107,65 @@ def shard_views(samples: Any, num_shards: int) -> list[tuple[Any, int]]:
     for i in range(k):
         lo, hi = (len(ids) * i) // k, (len(ids) * (i + 1)) // k
         chunk = ids[lo:hi]
-        view = samples.match((F("_id").to_string() >= chunk[0])
-                             & (F("_id").to_string() <= chunk[-1]))
+        view = samples.match(
+            (F("_id").to_string() >= chunk[0]) & (F("_id").to_string() <= chunk[-1])
+        )
         out.append((view, len(chunk)))
     return out
 
 
-def _operator_params(cfg: Any, spec: str, label_field: str, opts: Any, gt_field: str | None,
-                     restrict_to_set: bool, index: int, count: int) -> dict:
+def _operator_params(
+    cfg: Any,
+    spec: str,
+    label_field: str,
+    opts: Any,
+    gt_field: str | None,
+    restrict_to_set: bool,
+    index: int,
+    count: int,
+) -> dict:
     """Parameters of the ``run_lazsl`` operator for one shard (the names its
     form uses: :class:`LaZSLConfig` fields, ``crop_min``/``crop_max``)."""
     params = cfg.form_values()  # random weights said explicitly ("none"; None = default)
-    params.update(attribute_set=spec, label_field=label_field,
-                  gt_field=gt_field, restrict_to_set=restrict_to_set, heatmap=opts.heatmap,
-                  evidence=opts.evidence, runner_ups=opts.runner_ups,
-                  top_k_crops=opts.top_k_crops if opts.top_k_crops is not None else "all",
-                  top_attributes=opts.top_attributes, shard_index=index, num_shards=count,
-                  # a shard resumes into the run queue_shards recorded on this field
-                  skip_existing=True, view_target="CURRENT_VIEW")
+    params.update(
+        attribute_set=spec,
+        label_field=label_field,
+        gt_field=gt_field,
+        restrict_to_set=restrict_to_set,
+        heatmap=opts.heatmap,
+        evidence=opts.evidence,
+        runner_ups=opts.runner_ups,
+        top_k_crops=opts.top_k_crops if opts.top_k_crops is not None else "all",
+        top_attributes=opts.top_attributes,
+        shard_index=index,
+        num_shards=count,
+        # a shard resumes into the run queue_shards recorded on this field
+        skip_existing=True,
+        view_target="CURRENT_VIEW",
+    )
     return params
 
 
-def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
-                 config: LaZSLConfig | None = None, output: OutputConfig | None = None,
-                 label_field: str = "lazsl", gt_field: str | None = None,
-                 restrict_to_set: bool = False, skip_existing: bool = False,
-                 devices: list[str] | None = None, **params: Any) -> ShardedRun:
+def queue_shards(
+    samples: Any,
+    attribute_set: str,
+    num_shards: int,
+    *,
+    config: LaZSLConfig | None = None,
+    output: OutputConfig | None = None,
+    label_field: str = "lazsl",
+    gt_field: str | None = None,
+    restrict_to_set: bool = False,
+    skip_existing: bool = False,
+    devices: list[str] | None = None,
+    **params: Any,
+) -> ShardedRun:
     """Queue one LaZSL run over ``samples`` as ``num_shards`` delegated operations.
 
     Validates everything :func:`~fiftyone_lazsl.fo.apply.run_lazsl` validates,
     records the run (its provenance without loading the model or encoding a
-    prompt: :class:`~fiftyone_lazsl.core.classifier.RunProvenance`), clears the view's old outputs (unless ``skip_existing``), then queues
-    the shards.
+    prompt: :class:`~fiftyone_lazsl.core.classifier.RunProvenance`), clears the
+    view's old outputs (unless ``skip_existing``), then queues the shards.
 
     Args:
         samples: a dataset or view.
@@ -163,12 +190,21 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     """
     operator_uri = params.pop("operator_uri", OPERATOR_URI)
     if not isinstance(attribute_set, (str, os.PathLike)):
-        raise ConfigError("a sharded run needs the attribute set as a name or a file path "
-                          "(the workers load it again); save it on the dataset first")
+        raise ConfigError(
+            "a sharded run needs the attribute set as a name or a file path "
+            "(the workers load it again); save it on the dataset first"
+        )
     spec = str(attribute_set)
     cfg, output = split_overrides(config, output, params)
-    run = LaZSLRun(samples, spec, label_field, output=output, gt_field=gt_field,
-                   restrict_to_set=restrict_to_set, skip_existing=skip_existing)
+    run = LaZSLRun(
+        samples,
+        spec,
+        label_field,
+        output=output,
+        gt_field=gt_field,
+        restrict_to_set=restrict_to_set,
+        skip_existing=skip_existing,
+    )
     dataset = run.dataset
     queued = ShardedRun(label_field=label_field, run_key=run_key(label_field))
     if len(run) == 0:
@@ -182,35 +218,66 @@ def queue_shards(samples: Any, attribute_set: str, num_shards: int, *,
     coll.delete_many({"dataset": dataset.name, "label_field": label_field})
     for i, (shard_view, n) in enumerate(shards):
         c = cfg.replace(device=devices[i % len(devices)]) if devices else cfg
-        p = _operator_params(c, spec, label_field, run.output, gt_field, restrict_to_set, i,
-                             len(shards))
+        p = _operator_params(
+            c, spec, label_field, run.output, gt_field, restrict_to_set, i, len(shards)
+        )
         p["write_every"] = int(run.output.write_every)
-        res = foo.execute_operator(operator_uri, ctx={"dataset": dataset.name,
-                                                      "view": shard_view, "params": p},
-                                   request_delegation=True)
+        res = foo.execute_operator(
+            operator_uri,
+            ctx={"dataset": dataset.name, "view": shard_view, "params": p},
+            request_delegation=True,
+        )
         if res.error:
             _update_parent(dataset, label_field, status="failed to queue")
-            raise UserError(f"could not queue shard {i} of {len(shards)} as a delegated "
-                            f"operation of {operator_uri}: {res.error.strip().splitlines()[-1]}")
+            raise UserError(
+                f"could not queue shard {i} of {len(shards)} as a delegated "
+                f"operation of {operator_uri}: {res.error.strip().splitlines()[-1]}"
+            )
         op_id = str(res.result["id"])
         queued.operation_ids.append(op_id)
         queued.shard_sizes.append(n)
-        coll.replace_one({"_id": _doc_id(dataset, label_field, i)}, {
-            "dataset": dataset.name, "label_field": label_field, "index": i,
-            "count": len(shards), "operation_id": op_id, "status": "queued",
-            "num_samples": n, "num_predicted": 0, "num_failed": 0, "device": c.device,
-            "queued_at": time.time()}, upsert=True)
-    _update_parent(dataset, label_field, status="queued", num_shards=len(shards),
-                   shard_operations=queued.operation_ids,
-                   device=",".join(sorted(set(devices))) if devices else cfg.device)
+        coll.replace_one(
+            {"_id": _doc_id(dataset, label_field, i)},
+            {
+                "dataset": dataset.name,
+                "label_field": label_field,
+                "index": i,
+                "count": len(shards),
+                "operation_id": op_id,
+                "status": "queued",
+                "num_samples": n,
+                "num_predicted": 0,
+                "num_failed": 0,
+                "device": c.device,
+                "queued_at": time.time(),
+            },
+            upsert=True,
+        )
+    _update_parent(
+        dataset,
+        label_field,
+        status="queued",
+        num_shards=len(shards),
+        shard_operations=queued.operation_ids,
+        device=",".join(sorted(set(devices))) if devices else cfg.device,
+    )
     return queued
 
 
-def run_shard(samples: Any, attribute_set: Any, shard: dict, *,
-              config: LaZSLConfig | None = None, output: OutputConfig | None = None,
-              label_field: str = "lazsl", gt_field: str | None = None,
-              restrict_to_set: bool = False, classifier: LaZSLClassifier | None = None,
-              progress: ProgressFn | bool | None = None, **params: Any) -> RunSummary:
+def run_shard(
+    samples: Any,
+    attribute_set: Any,
+    shard: dict,
+    *,
+    config: LaZSLConfig | None = None,
+    output: OutputConfig | None = None,
+    label_field: str = "lazsl",
+    gt_field: str | None = None,
+    restrict_to_set: bool = False,
+    classifier: LaZSLClassifier | None = None,
+    progress: ProgressFn | bool | None = None,
+    **params: Any,
+) -> RunSummary:
     """Run one shard of a run queued by :func:`queue_shards` (what each
     delegated operation does): a resume (``skip_existing``) of the sharded
     run on the shard's samples, checked against the parent run record,
@@ -235,8 +302,15 @@ def run_shard(samples: Any, attribute_set: Any, shard: dict, *,
     config, output = split_overrides(config, output, params)
     dataset = dataset_of(samples)
     start_shard(dataset, label_field, shard)
-    run = LaZSLRun(samples, attribute_set, label_field, output=output, gt_field=gt_field,
-                   restrict_to_set=restrict_to_set, skip_existing=True)
+    run = LaZSLRun(
+        samples,
+        attribute_set,
+        label_field,
+        output=output,
+        gt_field=gt_field,
+        restrict_to_set=restrict_to_set,
+        skip_existing=True,
+    )
 
     def on_end(complete: bool) -> None:
         finish_shard(samples, label_field, shard, run.summary, complete=complete)
@@ -244,8 +318,9 @@ def run_shard(samples: Any, attribute_set: Any, shard: dict, *,
     if len(run) == 0:
         on_end(True)
         return run.summary
-    return classify(run, config, classifier=classifier, progress=progress, exclusive=False,
-                    on_end=on_end)
+    return classify(
+        run, config, classifier=classifier, progress=progress, exclusive=False, on_end=on_end
+    )
 
 
 def _update_parent(dataset: Any, label_field: str, **values: Any) -> None:
@@ -256,14 +331,24 @@ def start_shard(dataset: Any, label_field: str, shard: dict) -> None:
     """Mark shard ``shard["index"]`` running (called by :func:`run_shard`)."""
     _collection().update_one(
         {"_id": _doc_id(dataset, label_field, shard["index"])},
-        {"$set": {"dataset": dataset.name, "label_field": label_field,
-                  "index": int(shard["index"]), "count": int(shard["count"]),
-                  "status": "running", "worker": f"{socket.gethostname()}:{os.getpid()}",
-                  "started_at": time.time()}}, upsert=True)
+        {
+            "$set": {
+                "dataset": dataset.name,
+                "label_field": label_field,
+                "index": int(shard["index"]),
+                "count": int(shard["count"]),
+                "status": "running",
+                "worker": f"{socket.gethostname()}:{os.getpid()}",
+                "started_at": time.time(),
+            }
+        },
+        upsert=True,
+    )
 
 
-def finish_shard(samples: Any, label_field: str, shard: dict, summary: Any, *,
-                 complete: bool) -> None:
+def finish_shard(
+    samples: Any, label_field: str, shard: dict, summary: Any, *, complete: bool
+) -> None:
     """Record a shard's outcome, counted over its whole slice (so re-queued
     shards report every sample once), and aggregate into the parent run."""
     dataset = dataset_of(samples)
@@ -273,9 +358,17 @@ def finish_shard(samples: Any, label_field: str, shard: dict, summary: Any, *,
     n_fail = samples.exists(fields["error"]).count() if fields["error"] in schema else 0
     _collection().update_one(
         {"_id": _doc_id(dataset, label_field, shard["index"])},
-        {"$set": {"status": "completed" if complete else "interrupted",
-                  "num_samples": len(samples), "num_predicted": n_pred, "num_failed": n_fail,
-                  "seconds": round(summary.seconds, 3), "finished_at": time.time()}})
+        {
+            "$set": {
+                "status": "completed" if complete else "interrupted",
+                "num_samples": len(samples),
+                "num_predicted": n_pred,
+                "num_failed": n_fail,
+                "seconds": round(summary.seconds, 3),
+                "finished_at": time.time(),
+            }
+        },
+    )
     shard_status(dataset, label_field)
 
 
@@ -293,13 +386,24 @@ def shard_status(dataset: Any, label_field: str) -> dict:
     Raises:
         ValueError: no sharded run on ``label_field``.
     """
-    docs = sorted(_collection().find({"dataset": dataset.name, "label_field": label_field}),
-                  key=lambda d: d["index"])
+    docs = sorted(
+        _collection().find({"dataset": dataset.name, "label_field": label_field}),
+        key=lambda d: d["index"],
+    )
     if not docs:
-        raise ValueError(f"no sharded LaZSL run on field {label_field!r} of dataset "
-                         f"{dataset.name!r}")
-    keep = ("index", "status", "operation_id", "num_samples", "num_predicted", "num_failed",
-            "worker", "device")
+        raise ValueError(
+            f"no sharded LaZSL run on field {label_field!r} of dataset {dataset.name!r}"
+        )
+    keep = (
+        "index",
+        "status",
+        "operation_id",
+        "num_samples",
+        "num_predicted",
+        "num_failed",
+        "worker",
+        "device",
+    )
     shards = [{k: d.get(k) for k in keep} for d in docs]
     states = [s["status"] for s in shards]
     if all(s == "completed" for s in states):
@@ -308,10 +412,14 @@ def shard_status(dataset: Any, label_field: str) -> dict:
         status = "queued" if all(s == "queued" for s in states) else "running"
     else:
         status = "interrupted"
-    agg = dict(status=status, num_shards=len(shards),
-               num_samples=sum(s["num_samples"] or 0 for s in shards),
-               num_predicted=sum(s["num_predicted"] or 0 for s in shards),
-               num_failed=sum(s["num_failed"] or 0 for s in shards), shards=shards)
+    agg = dict(
+        status=status,
+        num_shards=len(shards),
+        num_samples=sum(s["num_samples"] or 0 for s in shards),
+        num_predicted=sum(s["num_predicted"] or 0 for s in shards),
+        num_failed=sum(s["num_failed"] or 0 for s in shards),
+        shards=shards,
+    )
     try:
         _update_parent(dataset, label_field, **agg)
     except Exception as e:  # the aggregate is recomputed on every call
@@ -352,21 +460,28 @@ def requeue_shards(dataset: Any, label_field: str, *, stale: bool = False) -> li
         if st == "failed" or d["status"] == "interrupted" or stale:
             old = ObjectId(d["operation_id"])
             if st not in ("failed", "completed"):
-                svc.set_failed(old, result=ExecutionResult(
-                    error="re-queued by fiftyone_lazsl.fo.shards.requeue_shards"))
+                svc.set_failed(
+                    old,
+                    result=ExecutionResult(
+                        error="re-queued by fiftyone_lazsl.fo.shards.requeue_shards"
+                    ),
+                )
             op = svc.rerun_operation(old)
             new_id = str(op.id)
-            coll.update_one({"_id": d["_id"]}, {"$set": {"operation_id": new_id,
-                                                         "status": "queued"}})
+            coll.update_one(
+                {"_id": d["_id"]}, {"$set": {"operation_id": new_id, "status": "queued"}}
+            )
             new_ids.append(new_id)
     agg = shard_status(dataset, label_field)
-    _update_parent(dataset, label_field,
-                   shard_operations=[s["operation_id"] for s in agg["shards"]])
+    _update_parent(
+        dataset, label_field, shard_operations=[s["operation_id"] for s in agg["shards"]]
+    )
     return new_ids
 
 
-def wait_for_shards(dataset: Any, label_field: str, *, timeout: float | None = None,
-                    poll: float = 2.0) -> dict:
+def wait_for_shards(
+    dataset: Any, label_field: str, *, timeout: float | None = None, poll: float = 2.0
+) -> dict:
     """Wait until every shard completed, or none is queued/running any more
     (a failed delegated operation counts as stopped). Returns
     :func:`shard_status`.
@@ -380,8 +495,12 @@ def wait_for_shards(dataset: Any, label_field: str, *, timeout: float | None = N
         if agg["status"] in ("completed", "interrupted"):
             return agg
         states = _operation_states([s["operation_id"] for s in agg["shards"]])
-        pending = [s for s in agg["shards"] if s["status"] != "completed"
-                   and states.get(s["operation_id"]) not in ("failed", "completed")]
+        pending = [
+            s
+            for s in agg["shards"]
+            if s["status"] != "completed"
+            and states.get(s["operation_id"]) not in ("failed", "completed")
+        ]
         if not pending:
             return agg
         if deadline is not None and time.time() > deadline:

@@ -42,16 +42,16 @@ import re
 import uuid
 import zlib
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import fiftyone as fo
 import fiftyone.core.odm.database as fod
 from bson import Binary
 from pymongo.errors import DuplicateKeyError
 
-from fiftyone_lazsl.core.attributes import AttributeSet, AttributeSetError, FORMATS
 from fiftyone_lazsl.core import published
 from fiftyone_lazsl.core.attribute_formats import load_attribute_file
+from fiftyone_lazsl.core.attributes import FORMATS, AttributeSet, AttributeSetError
 from fiftyone_lazsl.errors import UserError
 from fiftyone_lazsl.fo.datasets import dataset_of, load_dataset
 from fiftyone_lazsl.fo.fields import validate_for_field
@@ -59,12 +59,25 @@ from fiftyone_lazsl.fo.fields import validate_for_field
 if TYPE_CHECKING:
     from fiftyone.core.collections import SampleCollection
 
-__all__ = ["INFO_KEY", "RECORD_VERSION", "COLLECTION", "MAX_SET_BYTES", "validate_set_name",
-           "safe_set_name", "derived_set_name", "save_attribute_set", "list_attribute_sets", "has_attribute_set",
-           "load_attribute_set", "delete_attribute_set", "copy_attribute_sets",
-           "resolve_attribute_set",
-           # re-exported (moved)
-           "load_dataset", "validate_for_field"]
+__all__ = [
+    "INFO_KEY",
+    "RECORD_VERSION",
+    "COLLECTION",
+    "MAX_SET_BYTES",
+    "validate_set_name",
+    "safe_set_name",
+    "derived_set_name",
+    "save_attribute_set",
+    "list_attribute_sets",
+    "has_attribute_set",
+    "load_attribute_set",
+    "delete_attribute_set",
+    "copy_attribute_sets",
+    "resolve_attribute_set",
+    # re-exported (moved)
+    "load_dataset",
+    "validate_for_field",
+]
 
 #: Key of ``dataset.info`` under which earlier versions stored attribute sets
 #: (read once and moved into :data:`COLLECTION`).
@@ -173,8 +186,9 @@ def _migrate_legacy(dataset: fo.Dataset) -> None:
     if isinstance(legacy, dict):
         coll = _collection()
         for name, record in legacy.items():
-            if not isinstance(record, dict) or \
-                    coll.find_one({"_id": _header_id(dataset, name)}, {"_id": 1}):
+            if not isinstance(record, dict) or coll.find_one(
+                {"_id": _header_id(dataset, name)}, {"_id": 1}
+            ):
                 continue
             _write(dataset, str(name), record, overwrite=False, quiet_exists=True)
     info.pop(INFO_KEY, None)
@@ -185,8 +199,7 @@ def _headers(dataset: fo.Dataset) -> dict[str, dict]:
     """``{name: header}`` of the sets stored on ``dataset``."""
     _migrate_legacy(dataset)
     coll = _collection()
-    return {h["name"]: h for h in coll.find({"kind": "header",
-                                              "dataset_id": _dataset_id(dataset)})}
+    return {h["name"]: h for h in coll.find({"kind": "header", "dataset_id": _dataset_id(dataset)})}
 
 
 def _stored(dataset: fo.Dataset) -> dict[str, dict]:
@@ -196,14 +209,17 @@ def _stored(dataset: fo.Dataset) -> dict[str, dict]:
 def _encode(record: dict, where: str) -> bytes:
     data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     if len(data) > MAX_SET_BYTES:
-        raise UserError(f"{where} is too big to store: {len(data) / 2**20:.0f} MB as JSON, "
-                        f"the most a dataset stores is {MAX_SET_BYTES / 2**20:.0f} MB; split it "
-                        "or shorten its attributes")
+        raise UserError(
+            f"{where} is too big to store: {len(data) / 2**20:.0f} MB as JSON, "
+            f"the most a dataset stores is {MAX_SET_BYTES / 2**20:.0f} MB; split it "
+            "or shorten its attributes"
+        )
     return zlib.compress(data, 6)
 
 
-def _write(dataset: fo.Dataset, name: str, record: dict, *, overwrite: bool,
-           quiet_exists: bool = False) -> None:
+def _write(
+    dataset: fo.Dataset, name: str, record: dict, *, overwrite: bool, quiet_exists: bool = False
+) -> None:
     """Store ``record`` as set ``name``: chunks of a new version first, then
     the header in one atomic operation, then the replaced version's chunks go."""
     where = f"attribute set {name!r} of dataset {dataset.name!r}"
@@ -211,20 +227,35 @@ def _write(dataset: fo.Dataset, name: str, record: dict, *, overwrite: bool,
     coll = _collection()
     hid = _header_id(dataset, name)
     version = uuid.uuid4().hex
-    chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+    chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
     for i, piece in enumerate(chunks):
-        coll.insert_one({"_id": f"{hid}:{version}:{i}", "kind": "chunk", "set": hid,
-                         "version": version, "i": i, "data": Binary(piece)})
+        coll.insert_one(
+            {
+                "_id": f"{hid}:{version}:{i}",
+                "kind": "chunk",
+                "set": hid,
+                "version": version,
+                "i": i,
+                "data": Binary(piece),
+            }
+        )
     attrs = record.get("attributes") or []
     warnings = list(record.get("warnings") or [])
     header = {
-        "_id": hid, "kind": "header", "dataset_id": _dataset_id(dataset),
-        "dataset_name": dataset.name, "name": name, "version": version,
-        "n_chunks": len(chunks), "bytes": len(blob),
+        "_id": hid,
+        "kind": "header",
+        "dataset_id": _dataset_id(dataset),
+        "dataset_name": dataset.name,
+        "name": name,
+        "version": version,
+        "n_chunks": len(chunks),
+        "bytes": len(blob),
         "num_classes": len(record.get("classes") or []),
         "num_attributes": sum(len(a) for a in attrs if isinstance(a, list)),
-        "source": record.get("source"), "format": record.get("format", "descriptors"),
-        "hash": record.get("hash"), "num_warnings": len(warnings),
+        "source": record.get("source"),
+        "format": record.get("format", "descriptors"),
+        "hash": record.get("hash"),
+        "num_warnings": len(warnings),
         "warnings": [str(w)[:1000] for w in warnings[:_HEADER_WARNINGS]],
         "saved_at": record.get("saved_at"),
     }
@@ -240,7 +271,8 @@ def _write(dataset: fo.Dataset, name: str, record: dict, *, overwrite: bool,
             return
         raise UserError(
             f"dataset {dataset.name!r} already has an attribute set named {name!r}; "
-            "choose another name or allow overwriting") from None
+            "choose another name or allow overwriting"
+        ) from None
     except BaseException:
         coll.delete_many({"set": hid, "version": version})
         raise
@@ -252,12 +284,16 @@ def _read(dataset: fo.Dataset, header: dict) -> dict:
     """The record a header points to."""
     coll = _collection()
     where = f"attribute set {header['name']!r} stored on dataset {dataset.name!r}"
-    pieces = list(coll.find({"set": header["_id"], "version": header.get("version")},
-                            sort=[("i", 1)]))
-    if len(pieces) != header.get("n_chunks") or \
-            [p["i"] for p in pieces] != list(range(len(pieces))):
-        raise AttributeSetError(f"{where} is incomplete ({len(pieces)} of "
-                                f"{header.get('n_chunks')} pieces); import it again")
+    pieces = list(
+        coll.find({"set": header["_id"], "version": header.get("version")}, sort=[("i", 1)])
+    )
+    if len(pieces) != header.get("n_chunks") or [p["i"] for p in pieces] != list(
+        range(len(pieces))
+    ):
+        raise AttributeSetError(
+            f"{where} is incomplete ({len(pieces)} of "
+            f"{header.get('n_chunks')} pieces); import it again"
+        )
     try:
         record = json.loads(zlib.decompress(b"".join(bytes(p["data"]) for p in pieces)))
     except (zlib.error, ValueError) as e:
@@ -307,8 +343,12 @@ def _from_record(record: dict, name: str, dataset_name: str) -> AttributeSet:
 
 
 # --------------------------------------------------------------- public API
-def save_attribute_set(dataset: SampleCollection, attribute_set: AttributeSet, name: str | None = None,
-                       overwrite: bool = True) -> str:
+def save_attribute_set(
+    dataset: SampleCollection,
+    attribute_set: AttributeSet,
+    name: str | None = None,
+    overwrite: bool = True,
+) -> str:
     """Store an attribute set on a dataset (persisted in the database).
 
     Each set is its own group of documents (see the module docstring), so sets
@@ -353,23 +393,29 @@ def list_attribute_sets(dataset: SampleCollection) -> list[dict]:
     """
     out = []
     for name, head in sorted(_headers(dataset_of(dataset)).items()):
-        out.append({
-            "name": name,
-            "num_classes": head.get("num_classes", 0),
-            "num_attributes": head.get("num_attributes", 0),
-            "source": head.get("source"),
-            "format": head.get("format", "descriptors"),
-            "hash": head.get("hash"),
-            "num_warnings": head.get("num_warnings", 0),
-            "warnings": list(head.get("warnings") or []),
-            "saved_at": head.get("saved_at"),
-        })
+        out.append(
+            {
+                "name": name,
+                "num_classes": head.get("num_classes", 0),
+                "num_attributes": head.get("num_attributes", 0),
+                "source": head.get("source"),
+                "format": head.get("format", "descriptors"),
+                "hash": head.get("hash"),
+                "num_warnings": head.get("num_warnings", 0),
+                "warnings": list(head.get("warnings") or []),
+                "saved_at": head.get("saved_at"),
+            }
+        )
     return out
 
 
 def _unknown(dataset: fo.Dataset, name: str) -> UserError:
     names = sorted(_stored(dataset))
-    have = ("available: " + ", ".join(names)) if names else "it has no attribute sets (import one first)"
+    have = (
+        ("available: " + ", ".join(names))
+        if names
+        else "it has no attribute sets (import one first)"
+    )
     return UserError(f"dataset {dataset.name!r} has no attribute set named {name!r}; {have}")
 
 
@@ -427,8 +473,12 @@ def delete_attribute_set(dataset: SampleCollection, name: str) -> None:
         coll.delete_many({"set": head["_id"], "version": head.get("version")})
 
 
-def copy_attribute_sets(source: SampleCollection, dest: SampleCollection,
-                        names: list[str] | None = None, overwrite: bool = True) -> list[str]:
+def copy_attribute_sets(
+    source: SampleCollection,
+    dest: SampleCollection,
+    names: list[str] | None = None,
+    overwrite: bool = True,
+) -> list[str]:
     """Copy stored attribute sets from one dataset to another (e.g. to a
     ``dataset.clone()``, which does not carry them).
 
@@ -456,9 +506,12 @@ def copy_attribute_sets(source: SampleCollection, dest: SampleCollection,
     return names
 
 
-def resolve_attribute_set(spec: str | os.PathLike | AttributeSet,
-                          dataset: SampleCollection | None = None, *,
-                          format: str | None = None) -> AttributeSet:
+def resolve_attribute_set(
+    spec: str | os.PathLike | AttributeSet,
+    dataset: SampleCollection | None = None,
+    *,
+    format: str | None = None,
+) -> AttributeSet:
     """Turn what a user typed into an attribute set.
 
     Tried in this order: a set stored on ``dataset`` under that name; a path
@@ -487,8 +540,9 @@ def resolve_attribute_set(spec: str | os.PathLike | AttributeSet,
     if format == "auto":
         format = None
     if format is not None and format not in FORMATS:
-        raise UserError(f"unknown attribute-set format {format!r}; expected one of "
-                        f"{FORMATS + ('auto',)}")
+        raise UserError(
+            f"unknown attribute-set format {format!r}; expected one of {FORMATS + ('auto',)}"
+        )
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else str(spec)
     if dataset is not None and has_attribute_set(dataset, spec):
         return load_attribute_set(dataset, spec)
@@ -501,10 +555,15 @@ def resolve_attribute_set(spec: str | os.PathLike | AttributeSet,
     if dataset is not None:
         ds = dataset_of(dataset)
         names = sorted(_stored(ds))
-        tried.append(f"no set of that name on dataset {ds.name!r} ("
-                     + (", ".join(names) if names else "none stored") + ")")
+        tried.append(
+            f"no set of that name on dataset {ds.name!r} ("
+            + (", ".join(names) if names else "none stored")
+            + ")"
+        )
     tried.append(f"no file {os.path.abspath(path)}")
-    tried.append("not a published set (" + ", ".join(p["name"] for p in published.list_published()) + ")")
+    tried.append(
+        "not a published set (" + ", ".join(p["name"] for p in published.list_published()) + ")"
+    )
     raise UserError(f"cannot find attribute set {spec!r}: " + "; ".join(tried))
 
 
@@ -523,5 +582,6 @@ def recorded_attribute_set(dataset: Any, record: dict) -> AttributeSet:
         s = load_attribute_set(dataset, name)
         if s.content_hash == record.get("attribute_set_hash"):
             return s
-    return AttributeSet.from_dict(dict(zip(record["classes"], record["attribute_labels"])),
-                                  name=name or None)
+    return AttributeSet.from_dict(
+        dict(zip(record["classes"], record["attribute_labels"])), name=name or None
+    )

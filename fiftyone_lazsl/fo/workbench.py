@@ -7,22 +7,22 @@ Library side of the explanations panel (``operators/panel.py``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from fiftyone import ViewField as F
 
-from fiftyone_lazsl.fo.datasets import dataset_of
-from fiftyone_lazsl.fo.runs import get_run_config
-from fiftyone_lazsl.fo.store import recorded_attribute_set
 from fiftyone_lazsl.core.attributes import AttributeSet
-from fiftyone_lazsl.errors import AttributeSetError
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
 from fiftyone_lazsl.core.config import LaZSLConfig
-from fiftyone_lazsl.core.models import load_model
-from fiftyone_lazsl.fo.rescore import stored_run
 from fiftyone_lazsl.core.features import FeatureStore, predict_entries
-from fiftyone import ViewField as F
+from fiftyone_lazsl.core.models import load_model
+from fiftyone_lazsl.errors import AttributeSetError
+from fiftyone_lazsl.fo.datasets import dataset_of
+from fiftyone_lazsl.fo.rescore import stored_run
 from fiftyone_lazsl.fo.runs import get_run_config, output_fields
+from fiftyone_lazsl.fo.store import recorded_attribute_set
 
 #: Loaded models reused between panel events (model, weights, device) -> LoadedModel.
 _MODELS: dict = {}
@@ -52,7 +52,9 @@ def edit_attribute_set(attribute_set: Any, class_name: str, attributes: Sequence
     """
     c = attribute_set.resolve(class_name)
     if c is None:
-        raise AttributeSetError(f"class {class_name!r} is not in attribute set {attribute_set.name!r}")
+        raise AttributeSetError(
+            f"class {class_name!r} is not in attribute set {attribute_set.name!r}"
+        )
     new = [a.strip() for a in attributes if a and a.strip()]
     if not new:
         raise AttributeSetError(f"class {c!r} needs at least one attribute")
@@ -62,12 +64,21 @@ def edit_attribute_set(attribute_set: Any, class_name: str, attributes: Sequence
     edits = list(attribute_set.metadata.get("edits", [])) if attribute_set.metadata else []
     edit = {"class": c, "before": before, "after": new}
     return AttributeSet.from_dict(
-        d, name=attribute_set.name, source=attribute_set.source, format=attribute_set.format,
-        metadata={"parent": attribute_set.metadata.get("parent", attribute_set.name)
-                  if attribute_set.metadata.get("edits") else attribute_set.name,
-                  "parent_hash": attribute_set.metadata.get("parent_hash", attribute_set.content_hash)
-                  if attribute_set.metadata.get("edits") else attribute_set.content_hash,
-                  "edit": edit, "edits": edits + [edit]})
+        d,
+        name=attribute_set.name,
+        source=attribute_set.source,
+        format=attribute_set.format,
+        metadata={
+            "parent": attribute_set.metadata.get("parent", attribute_set.name)
+            if attribute_set.metadata.get("edits")
+            else attribute_set.name,
+            "parent_hash": attribute_set.metadata.get("parent_hash", attribute_set.content_hash)
+            if attribute_set.metadata.get("edits")
+            else attribute_set.content_hash,
+            "edit": edit,
+            "edits": edits + [edit],
+        },
+    )
 
 
 def classifier_for(samples: Any, label_field: str, attribute_set: Any) -> Any:
@@ -83,8 +94,13 @@ def classifier_for(samples: Any, label_field: str, attribute_set: Any) -> Any:
     return LaZSLClassifier(attribute_set, model=_MODELS[key], config=cfg)
 
 
-def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier: Any = None,
-                   class_name: str | None = None) -> dict:
+def rescore_sample(
+    sample: Any,
+    label_field: str,
+    attribute_set: Any,
+    classifier: Any = None,
+    class_name: str | None = None,
+) -> dict:
     """Re-score one sample from its stored features (nothing is written).
 
     Args:
@@ -109,14 +125,22 @@ def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier
     ds = sample.dataset
     rec = stored_run(ds, label_field)["feature_store"]
     clf = classifier or classifier_for(ds, label_field, attribute_set)
-    with FeatureStore(rec["path"], dtype=rec.get("dtype", "float16"),
-                      check=rec.get("check", "stat")) as store:
+    with FeatureStore(
+        rec["path"], dtype=rec.get("dtype", "float16"), check=rec.get("check", "stat")
+    ) as store:
         found, why = store.get_many(rec["fingerprint"], [sample.filepath])
     label = sample[label_field]
     prev = label.label if label is not None else None
     if not found:
-        return {"ok": False, "message": why[sample.filepath], "label": None, "confidence": None,
-                "previous": prev, "top_attributes": [], "class": None}
+        return {
+            "ok": False,
+            "message": why[sample.filepath],
+            "label": None,
+            "confidence": None,
+            "previous": prev,
+            "top_attributes": [],
+            "class": None,
+        }
     p = predict_entries(clf, [found[sample.filepath]])[0]
     names = clf.attribute_labels[p.label_index]
     top = []
@@ -128,21 +152,34 @@ def rescore_sample(sample: Any, label_field: str, attribute_set: Any, classifier
     if c is not None and c in clf.classes:
         i = list(clf.classes).index(c)
         logits = np.asarray(p.logits, dtype=np.float64)
-        cls = {"name": c, "score": float(logits[i]), "probability": float(p.probs[i]),
-               "rank": int((logits > logits[i]).sum()) + 1, "num_classes": int(logits.size),
-               "previous_score": None, "previous_rank": None}
+        cls = {
+            "name": c,
+            "score": float(logits[i]),
+            "probability": float(p.probs[i]),
+            "rank": int((logits > logits[i]).sum()) + 1,
+            "num_classes": int(logits.size),
+            "previous_score": None,
+            "previous_rank": None,
+        }
         old = getattr(label, "logits", None) if label is not None else None
         if old is not None and len(old) == logits.size:
             old = np.asarray(old, dtype=np.float64)
             cls["previous_score"] = float(old[i])
             cls["previous_rank"] = int((old > old[i]).sum()) + 1
-    return {"ok": True, "message": "", "label": p.label,
-            "confidence": float(p.probs[p.label_index]), "previous": prev, "top_attributes": top,
-            "class": cls}
+    return {
+        "ok": True,
+        "message": "",
+        "label": p.label,
+        "confidence": float(p.probs[p.label_index]),
+        "previous": prev,
+        "top_attributes": top,
+        "class": cls,
+    }
 
 
-def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
-                 max_classes: int = 12) -> dict:
+def grid_summary(
+    view: Any, label_field: str, *, top_attributes: int = 3, max_classes: int = 12
+) -> dict:
     """The run's parameters and, per predicted class in ``view``, how many
     samples and the attributes most often ranked first for them.
 
@@ -151,8 +188,18 @@ def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
         (rows by count, at most ``max_classes``).
     """
     cfg = get_run_config(dataset_of(view), label_field)
-    keys = ("method", "model", "pretrained", "attribute_set", "n_crops", "theta", "eps", "gamma",
-            "seed", "random_weights")
+    keys = (
+        "method",
+        "model",
+        "pretrained",
+        "attribute_set",
+        "n_crops",
+        "theta",
+        "eps",
+        "gamma",
+        "seed",
+        "random_weights",
+    )
     params = {k: cfg.get(k) for k in keys if k in cfg}
     fs = cfg.get("feature_store")
     params["feature_store"] = fs["path"] if fs else "(none)"
@@ -162,8 +209,9 @@ def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
     attrs_field = output_fields(label_field)["attributes"]
     has_attrs = attrs_field in dataset_of(view).get_field_schema()
     rows = []
-    for c, n in sorted(((c, n) for c, n in counts.items() if c is not None),
-                       key=lambda x: (-x[1], x[0]))[:max_classes]:
+    for c, n in sorted(
+        ((c, n) for c, n in counts.items() if c is not None), key=lambda x: (-x[1], x[0])
+    )[:max_classes]:
         top = []
         if has_attrs:
             firsts = view.match(F(f"{label_field}.label") == c).values(attrs_field)
@@ -171,6 +219,8 @@ def grid_summary(view: Any, label_field: str, *, top_attributes: int = 3,
             for lst in firsts:
                 if lst:
                     tally[lst[0]] = tally.get(lst[0], 0) + 1
-            top = [a for a, _ in sorted(tally.items(), key=lambda x: (-x[1], x[0]))[:top_attributes]]
+            top = [
+                a for a, _ in sorted(tally.items(), key=lambda x: (-x[1], x[0]))[:top_attributes]
+            ]
         rows.append({"class": c, "count": int(n), "attributes": "; ".join(top)})
     return {"params": params, "rows": rows}

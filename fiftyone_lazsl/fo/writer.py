@@ -27,8 +27,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import pymongo
 import pymongo.errors as pe
@@ -138,8 +139,12 @@ def retry_db(write: Callable[[], Any]) -> Any:
                 _lost.set()
                 raise
             limit = float(mod.DB_RETRY_ATTEMPT_S)
-            logger.warning("database write failed (%s: %s); retrying in %g s",
-                           type(e).__name__, str(e).split(",")[0], wait)
+            logger.warning(
+                "database write failed (%s: %s); retrying in %g s",
+                type(e).__name__,
+                str(e).split(",")[0],
+                wait,
+            )
             time.sleep(wait)
 
 
@@ -163,9 +168,15 @@ class BackgroundWriter:
     :class:`WriterError` from the writer thread's exception.
     """
 
-    def __init__(self, dataset: Any, *, batch_size: int = 64, max_pending: int = 4,
-                 write: Callable[[Any, list], None] | None = None,
-                 on_written: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        batch_size: int = 64,
+        max_pending: int = 4,
+        write: Callable[[Any, list], None] | None = None,
+        on_written: Callable[[int], None] | None = None,
+    ) -> None:
         if batch_size < 1 or max_pending < 1:
             raise ValueError("batch_size and max_pending must be >= 1")
         self.dataset = dataset
@@ -206,8 +217,10 @@ class BackgroundWriter:
     def _check(self) -> None:
         if self._error is not None:  # sticky: nothing more is written after a failure
             err = self._error
-            raise WriterError(f"writing to dataset {getattr(self.dataset, 'name', None)!r} failed: "
-                              f"{type(err).__name__}: {err}") from err
+            raise WriterError(
+                f"writing to dataset {getattr(self.dataset, 'name', None)!r} failed: "
+                f"{type(err).__name__}: {err}"
+            ) from err
 
     def _enqueue(self, batch: list) -> None:
         t0 = time.perf_counter()
@@ -269,7 +282,7 @@ class BackgroundWriter:
         self._queue.put(_STOP)
         self._thread.join()
 
-    def __enter__(self) -> "BackgroundWriter":
+    def __enter__(self) -> BackgroundWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

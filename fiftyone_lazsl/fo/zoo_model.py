@@ -28,46 +28,58 @@ the same key as :func:`~fiftyone_lazsl.fo.apply.run_lazsl`), ``LogitsMixin``,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-import numpy as np
-
-from fiftyone_lazsl.core.config import METHODS, LaZSLConfig, OutputConfig
-import fiftyone.core.models as fom
-import fiftyone.utils.torch as fout
-
-from fiftyone_lazsl.errors import ConfigError, ImageLoadError, WeightsUnavailableError
-from fiftyone_lazsl.errors import ModelNotFoundError
-import open_clip
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from fiftyone_lazsl.core.models import hub_reachable
-import torch
-from safetensors.torch import save_file
-from fiftyone_lazsl.core.classifier import LaZSLClassifier
-from fiftyone_lazsl.core.attributes import AttributeSet
-from fiftyone_lazsl.fo.store import resolve_attribute_set
-import dataclasses
-import fiftyone.operators.types as types
-from fiftyone_lazsl.fo.store import has_attribute_set, load_attribute_set
-from fiftyone_lazsl.core.imageio import load_image_tensor
 import fiftyone as fo
-from fiftyone_lazsl.core.imageio import image_to_tensor
-from fiftyone_lazsl.core.pipeline import non_finite
-from fiftyone_lazsl.fo.apply import to_labels
+import fiftyone.core.models as fom
+import fiftyone.operators.types as types
+import fiftyone.utils.torch as fout
+import numpy as np
+import open_clip
+import torch
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from safetensors.torch import save_file
+
+from fiftyone_lazsl.core.attributes import AttributeSet
+from fiftyone_lazsl.core.classifier import LaZSLClassifier
+from fiftyone_lazsl.core.config import METHODS, LaZSLConfig, OutputConfig
 from fiftyone_lazsl.core.crops import make_views
+from fiftyone_lazsl.core.imageio import image_to_tensor, load_image_tensor
+from fiftyone_lazsl.core.models import hub_reachable
+from fiftyone_lazsl.core.pipeline import non_finite
+from fiftyone_lazsl.errors import (
+    ConfigError,
+    ImageLoadError,
+    ModelNotFoundError,
+    WeightsUnavailableError,
+)
+from fiftyone_lazsl.fo.apply import to_labels
+from fiftyone_lazsl.fo.store import has_attribute_set, load_attribute_set, resolve_attribute_set
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZOO_MODELS", "ZooModelSpec", "zoo_model_spec", "download_weights", "download_model",
-           "load_model", "resolve_input", "parse_parameters", "LaZSLZooModel", "LaZSLGetItem",
-           "LABEL_KEYS"]
+__all__ = [
+    "ZOO_MODELS",
+    "ZooModelSpec",
+    "zoo_model_spec",
+    "download_weights",
+    "download_model",
+    "load_model",
+    "resolve_input",
+    "parse_parameters",
+    "LaZSLZooModel",
+    "LaZSLGetItem",
+    "LABEL_KEYS",
+]
 
 
 @dataclass(frozen=True)
@@ -93,11 +105,14 @@ class ZooModelSpec:
 
 
 #: The models listed in ``zoo/manifest.json`` (tests check the two agree).
-ZOO_MODELS: dict[str, ZooModelSpec] = {s.name: s for s in (
-    ZooModelSpec("lazsl-vit-b-32", "ViT-B-32", "openai", "lazsl-vit-b-32-openai.safetensors"),
-    ZooModelSpec("lazsl-vit-b-16", "ViT-B-16", "openai", "lazsl-vit-b-16-openai.safetensors"),
-    ZooModelSpec("lazsl-vit-l-14", "ViT-L-14", "openai", "lazsl-vit-l-14-openai.safetensors"),
-)}
+ZOO_MODELS: dict[str, ZooModelSpec] = {
+    s.name: s
+    for s in (
+        ZooModelSpec("lazsl-vit-b-32", "ViT-B-32", "openai", "lazsl-vit-b-32-openai.safetensors"),
+        ZooModelSpec("lazsl-vit-b-16", "ViT-B-16", "openai", "lazsl-vit-b-16-openai.safetensors"),
+        ZooModelSpec("lazsl-vit-l-14", "ViT-L-14", "openai", "lazsl-vit-l-14-openai.safetensors"),
+    )
+}
 
 #: Keys of the label dict :meth:`LaZSLZooModel.predict_all` returns, named as
 #: :func:`fiftyone_lazsl.fo.runs.output_fields` names run_lazsl's outputs.
@@ -119,8 +134,9 @@ def zoo_model_spec(model_name: str) -> ZooModelSpec:
     try:
         return ZOO_MODELS[base]
     except KeyError:
-        raise ModelNotFoundError(f"{model_name!r} is not a LaZSL zoo model; expected one of "
-                                 f"{', '.join(ZOO_MODELS)}") from None
+        raise ModelNotFoundError(
+            f"{model_name!r} is not a LaZSL zoo model; expected one of {', '.join(ZOO_MODELS)}"
+        ) from None
 
 
 # --------------------------------------------------------------------- weights
@@ -139,10 +155,12 @@ def _hub_candidates(spec: ZooModelSpec) -> tuple[str, list[str]]:
     """``(repo_id, filenames)`` of the spec's weights on the Hugging Face Hub,
     from open_clip's pretrained config (``hf_hub``), safetensors first."""
     hub = spec.hf_hub or (open_clip.get_pretrained_cfg(spec.model, spec.pretrained) or {}).get(
-        "hf_hub", "")
+        "hf_hub", ""
+    )
     if not hub:
-        raise WeightsUnavailableError(f"open_clip has no Hugging Face Hub entry for "
-                                      f"{spec.model} {spec.pretrained!r}")
+        raise WeightsUnavailableError(
+            f"open_clip has no Hugging Face Hub entry for {spec.model} {spec.pretrained!r}"
+        )
     repo, fn = os.path.split(hub)
     if not fn:
         return repo.rstrip("/"), [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
@@ -170,8 +188,9 @@ def _fetch_from_hub(spec: ZooModelSpec, model_path: str) -> str:
             return hf_hub_download(repo_id=repo, filename=fn)
         except Exception as e:  # noqa: BLE001 -- try the next file name
             last = e
-    raise WeightsUnavailableError(f"could not download the weights of {spec.name!r} from "
-                                  f"{repo} ({', '.join(names)}): {last}")
+    raise WeightsUnavailableError(
+        f"could not download the weights of {spec.name!r} from {repo} ({', '.join(names)}): {last}"
+    )
 
 
 def download_weights(model_name: str, model_path: str) -> str:
@@ -245,18 +264,21 @@ def _split_kwargs(spec: ZooModelSpec, kwargs: Mapping[str, Any]) -> tuple[dict, 
     if unknown:
         raise ConfigError(
             f"unknown parameter(s) for zoo model {spec.name!r}: {', '.join(unknown)}; expected "
-            f"some of: {', '.join(_OUTPUT_KWARGS + LaZSLConfig.field_names())}")
+            f"some of: {', '.join(_OUTPUT_KWARGS + LaZSLConfig.field_names())}"
+        )
     params = {k: v for k, v in kwargs.items() if k in names}
     if "model" in params and params["model"] != spec.model:
         others = [s.name for s in ZOO_MODELS.values() if s.model == params["model"]]
         hint = f"load {others[0]!r} instead" if others else "use run_lazsl for other backbones"
-        raise ConfigError(f"zoo model {spec.name!r} is open_clip {spec.model}, not "
-                          f"model={params['model']!r}; {hint}")
+        raise ConfigError(
+            f"zoo model {spec.name!r} is open_clip {spec.model}, not "
+            f"model={params['model']!r}; {hint}"
+        )
     params["model"] = spec.model
     return params, {k: kwargs[k] for k in _OUTPUT_KWARGS if k in kwargs}
 
 
-def load_model(model_name: str, model_path: str, **kwargs: Any) -> "LaZSLZooModel":
+def load_model(model_name: str, model_path: str, **kwargs: Any) -> LaZSLZooModel:
     """FiftyOne's remote-source ``load_model``: build a :class:`LaZSLZooModel`.
 
     ``foz.load_zoo_model("lazsl-vit-b-32", attribute_set="cub", n_crops=90, seed=0)``
@@ -287,9 +309,8 @@ def load_model(model_name: str, model_path: str, **kwargs: Any) -> "LaZSLZooMode
     """
     spec = zoo_model_spec(model_name)
     params, out = _split_kwargs(spec, kwargs)
-    opts = OutputConfig.from_dict(
-        {k: v for k, v in out.items() if k != "attribute_set"}).resolved()
-    cfg = LaZSLConfig().replace(**params)                  # validated before any weights
+    opts = OutputConfig.from_dict({k: v for k, v in out.items() if k != "attribute_set"}).resolved()
+    cfg = LaZSLConfig().replace(**params)  # validated before any weights
     if "pretrained" not in params:
         cfg = cfg.replace(pretrained=download_weights(model_name, model_path))
     aset = _attribute_set(out.get("attribute_set"), spec)
@@ -301,7 +322,8 @@ def _attribute_set(spec_value: Any, spec: ZooModelSpec):
     if spec_value is None or (isinstance(spec_value, str) and not spec_value.strip()):
         raise ConfigError(
             f"zoo model {spec.name!r} needs attribute_set=: a published set name (e.g. 'cub'), "
-            "a JSON file {class: [attributes]}, a dict, or an AttributeSet")
+            "a JSON file {class: [attributes]}, a dict, or an AttributeSet"
+        )
     if isinstance(spec_value, AttributeSet):
         return spec_value
     if isinstance(spec_value, Mapping):
@@ -325,9 +347,13 @@ def resolve_input(model_name: str, ctx: Any) -> Any:
     """
     zoo_model_spec(model_name)
     inputs = types.Object()
-    inputs.str("attribute_set", required=True, label="Attribute set",
-               description="a set stored on this dataset, a published set name (e.g. cub) or a "
-                           "JSON file {class: [attributes]}")
+    inputs.str(
+        "attribute_set",
+        required=True,
+        label="Attribute set",
+        description="a set stored on this dataset, a published set name (e.g. cub) or a "
+        "JSON file {class: [attributes]}",
+    )
     fields = {f.name: f for f in dataclasses.fields(LaZSLConfig)}
     method = (getattr(ctx, "params", None) or {}).get("method")
     # the chosen method's defaults (WCA: 60 crops), re-resolved as the form changes
@@ -341,13 +367,22 @@ def resolve_input(model_name: str, ctx: Any) -> Any:
             inputs.int(name, **kw)
         else:
             inputs.float(name, **kw)
-    inputs.str("pretrained", required=False, label="pretrained",
-               description="blank: the zoo's OpenAI weights; or an open_clip tag, a checkpoint "
-                           "path, or 'none' for random weights (tests only)")
-    inputs.str("device", required=False, label="device",
-               description=fields["device"].metadata["help"])
-    inputs.int("top_attributes", default=5, label="top_attributes",
-               description="attributes of the predicted class stored per sample")
+    inputs.str(
+        "pretrained",
+        required=False,
+        label="pretrained",
+        description="blank: the zoo's OpenAI weights; or an open_clip tag, a checkpoint "
+        "path, or 'none' for random weights (tests only)",
+    )
+    inputs.str(
+        "device", required=False, label="device", description=fields["device"].metadata["help"]
+    )
+    inputs.int(
+        "top_attributes",
+        default=5,
+        label="top_attributes",
+        description="attributes of the predicted class stored per sample",
+    )
     return types.Property(inputs)
 
 
@@ -427,8 +462,14 @@ class LaZSLZooModelConfig:
         return self.output.runner_ups
 
 
-class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptMixin,
-                    fom.TorchModelMixin, fom.SupportsGetItem):
+class LaZSLZooModel(
+    fom.Model,
+    fom.LogitsMixin,
+    fom.EmbeddingsMixin,
+    fom.PromptMixin,
+    fom.TorchModelMixin,
+    fom.SupportsGetItem,
+):
     """A ``fiftyone.core.models.Model`` over a :class:`LaZSLClassifier`.
 
     Args:
@@ -444,8 +485,9 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
     built by :func:`fiftyone_lazsl.fo.apply.to_labels` like run_lazsl's:
     ``"prediction"``: ``fo.Classification`` (label, confidence = probability,
     ``logits`` in class order, always stored, plus the compact
-    ``evidence_by_class``, ``evidence_summary``, ``keywords`` and ``words``, or with ``evidence="full"`` every class's ``attribute_scores``
-    / ``attribute_crops``); ``"crops"``: ``fo.Detections`` of the kept crops
+    ``evidence_by_class``, ``evidence_summary``, ``keywords`` and ``words``,
+    or with ``evidence="full"`` every class's ``attribute_scores`` /
+    ``attribute_crops``); ``"crops"``: ``fo.Detections`` of the kept crops
     (LaZSL); ``"attributes"``: ``fo.Classifications``, one per top attribute of
     the predicted class, in run_lazsl's order, ``confidence`` = the attribute's
     score contribution (LaZSL / DCLIP). A sample whose image cannot be read or
@@ -456,14 +498,21 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
     ``[P, D]`` float32 unit text embeddings of the prompts as given.
     """
 
-    def __init__(self, classifier: Any, *, output: OutputConfig | None = None,
-                 zoo_name: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        classifier: Any,
+        *,
+        output: OutputConfig | None = None,
+        zoo_name: str | None = None,
+        **options: Any,
+    ) -> None:
         fom.LogitsMixin.__init__(self)
         self.classifier = classifier
         # (without ``output``: every kept crop, as this class always did)
         output = (output or OutputConfig(top_k_crops="all")).replace(**options).resolved()
-        self.config = LaZSLZooModelConfig(zoo_name=zoo_name, lazsl=classifier.lazsl_config,
-                                          output=output)
+        self.config = LaZSLZooModelConfig(
+            zoo_name=zoo_name, lazsl=classifier.lazsl_config, output=output
+        )
         self._preprocess = True
         self._last_embeddings: np.ndarray | None = None
 
@@ -551,9 +600,14 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
             key = "sha1:" + hashlib.sha1(arr.tobytes()).hexdigest()
             t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
             H, W = t.shape[-2:]
-            items.append({"filepath": key, "image": t,
-                          "info": {"original_size": (int(W), int(H)), "scale": 1.0},
-                          "error": None})
+            items.append(
+                {
+                    "filepath": key,
+                    "image": t,
+                    "info": {"original_size": (int(W), int(H)), "scale": 1.0},
+                    "error": None,
+                }
+            )
         return items
 
     # ------------------------------------------------------------- prediction
@@ -574,19 +628,21 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
         items = self._inputs(args)
         out: list[dict | None] = [None] * len(items)
         ok = [i for i, it in enumerate(items) if it["error"] is None]
-        for i, it in enumerate(items):
+        for it in items:
             if it["error"] is not None:
                 logger.warning("%s: %s; no labels written", it["filepath"], it["error"])
         preds = self._predict_tensors([items[i] for i in ok])
         for i, p in zip(ok, preds):
             if isinstance(p, Exception):
-                logger.warning("%s: %s: %s; no labels written", items[i]["filepath"],
-                               type(p).__name__, p)
+                logger.warning(
+                    "%s: %s: %s; no labels written", items[i]["filepath"], type(p).__name__, p
+                )
                 continue
             bad = non_finite(p)
             if bad:
-                logger.warning("%s: non-finite scores (%s); no labels written",
-                               items[i]["filepath"], bad)
+                logger.warning(
+                    "%s: non-finite scores (%s); no labels written", items[i]["filepath"], bad
+                )
                 continue
             out[i] = self._labels(p)
         return out
@@ -596,9 +652,11 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
 
         def run(group: list[dict]) -> list:
             return clf.predict_tensors(
-                [it["image"] for it in group], [it["filepath"] for it in group],
+                [it["image"] for it in group],
+                [it["filepath"] for it in group],
                 sizes=[tuple(it["info"]["original_size"]) for it in group],
-                scales=[float(it["info"]["scale"]) for it in group])
+                scales=[float(it["info"]["scale"]) for it in group],
+            )
 
         if not items:
             return []
@@ -619,16 +677,23 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
 
     def _labels(self, pred: Any) -> dict:
         """run_lazsl's labels for ``pred`` (via ``to_labels``), as a label dict."""
-        cls, dets, attrs = to_labels(pred, self.classifier, top_k_crops=self.config.top_k_crops,
-                                     top_attributes=self.config.top_attributes,
-                                     evidence=self.config.evidence,
-                                     runner_ups=self.config.runner_ups)
+        cls, dets, attrs = to_labels(
+            pred,
+            self.classifier,
+            top_k_crops=self.config.top_k_crops,
+            top_attributes=self.config.top_attributes,
+            evidence=self.config.evidence,
+            runner_ups=self.config.runner_ups,
+        )
         labels: dict = {"prediction": cls}
         if dets is not None:
             labels["crops"] = dets
         if attrs is not None:
-            labels["attributes"] = attrs if isinstance(attrs, fo.Label) else \
-                _attributes_label(attrs, pred, self.classifier)
+            labels["attributes"] = (
+                attrs
+                if isinstance(attrs, fo.Label)
+                else _attributes_label(attrs, pred, self.classifier)
+            )
         return labels
 
     # -------------------------------------------------------------- embeddings
@@ -657,8 +722,13 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
         none = np.zeros((0, 4), np.int64)
         for i, it in enumerate(items):
             # The global view exactly as LaZSLClassifier.encode builds it.
-            make_views(it["image"], none, preprocess_cfg=m.preprocess_cfg, device=m.device,
-                       out=pixels[i:i + 1])
+            make_views(
+                it["image"],
+                none,
+                preprocess_cfg=m.preprocess_cfg,
+                device=m.device,
+                out=pixels[i : i + 1],
+            )
         emb = m.encode_images(pixels).cpu().numpy().astype(np.float32)
         self._last_embeddings = emb
         return emb
@@ -681,8 +751,12 @@ class LaZSLZooModel(fom.Model, fom.LogitsMixin, fom.EmbeddingsMixin, fom.PromptM
         """``[P, D]`` float32 unit text embeddings of the prompts as given (the
         open_clip text tower, as FiftyOne's CLIP zoo models; comparable by cosine
         with :meth:`embed_all`, e.g. ``sort_by_similarity("a red bird")``)."""
-        return self.classifier.model.encode_texts([str(p) for p in prompts],
-                                                  use_cache=False).cpu().numpy().astype(np.float32)
+        return (
+            self.classifier.model.encode_texts([str(p) for p in prompts], use_cache=False)
+            .cpu()
+            .numpy()
+            .astype(np.float32)
+        )
 
 
 def _attributes_label(attrs: Sequence[str], pred: Any, classifier: Any) -> Any:

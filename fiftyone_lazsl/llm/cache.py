@@ -24,13 +24,22 @@ def default_cache_dir() -> str:
     return os.fspath(cache_root("llm"))
 
 
-def cache_key(*, endpoint: str, model: str, prompt_version: str, class_name: str,
-              n: int, hint: str | None) -> str:
+def cache_key(
+    *, endpoint: str, model: str, prompt_version: str, class_name: str, n: int, hint: str | None
+) -> str:
     """SHA-256 hex digest identifying one class's request."""
     payload = json.dumps(
-        {"endpoint": endpoint, "model": model, "prompt_version": prompt_version,
-         "class": class_name, "n": int(n), "hint": hint or ""},
-        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+        {
+            "endpoint": endpoint,
+            "model": model,
+            "prompt_version": prompt_version,
+            "class": class_name,
+            "n": int(n),
+            "hint": hint or "",
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 

@@ -39,21 +39,28 @@ stored or logged, and is scrubbed from error messages
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from fiftyone_lazsl import env
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.errors import LLMError
 from fiftyone_lazsl.llm.cache import LLMCache, cache_key
-from fiftyone_lazsl.llm.response import (MalformedAnswerError, guarded_http_client,
-                                         parse_chat_completion)
+from fiftyone_lazsl.llm.response import (
+    MalformedAnswerError,
+    guarded_http_client,
+    parse_chat_completion,
+)
 from fiftyone_lazsl.llm.secrets import DEFAULT_BASE_URL, public_url, resolve_api_key, scrub
-from fiftyone_lazsl.llm.text import MAX_ATTRIBUTE_CHARS, is_refusal, normalize_attributes, parse_attribute_reply
+from fiftyone_lazsl.llm.text import (
+    MAX_ATTRIBUTE_CHARS,
+    is_refusal,
+    normalize_attributes,
+    parse_attribute_reply,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +78,6 @@ SYSTEM_PROMPT = (
     "You are an expert in visual recognition. You describe what things look like "
     "in photographs, for an image classifier. You reply with JSON only."
 )
-
-
-
 
 
 @dataclass
@@ -100,8 +104,9 @@ class ClassResult:
     failed: bool = False
 
 
-def build_messages(class_name: str, n: int, hint: str | None = None,
-                   reminder: bool = False) -> list[dict]:
+def build_messages(
+    class_name: str, n: int, hint: str | None = None, reminder: bool = False
+) -> list[dict]:
     """The chat messages asking for ``n`` attributes of ``class_name``.
 
     Args:
@@ -158,10 +163,21 @@ class AttributeGenerator:
             ``timeout`` or ``max_retries`` out of range.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, base_url: str | None = None,
-                 api_key: str | None = None, n: int = DEFAULT_N, hint: str | None = None,
-                 timeout: float = 60.0, max_retries: int = 3, concurrency: int = 4,
-                 json_mode: bool = True, cache=True, max_chars: int = MAX_ATTRIBUTE_CHARS):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        n: int = DEFAULT_N,
+        hint: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        concurrency: int = 4,
+        json_mode: bool = True,
+        cache=True,
+        max_chars: int = MAX_ATTRIBUTE_CHARS,
+    ):
         import openai
 
         if not model or not str(model).strip():
@@ -202,9 +218,13 @@ class AttributeGenerator:
         # every answer is read by the guarded transport: bounded in size and
         # scrubbed of the key before the client (or anything else) sees it
         secret = None if key == NO_KEY else key
-        self.client = openai.OpenAI(api_key=key, base_url=base_url, timeout=float(timeout),
-                                    max_retries=int(max_retries),
-                                    http_client=guarded_http_client(secret))
+        self.client = openai.OpenAI(
+            api_key=key,
+            base_url=base_url,
+            timeout=float(timeout),
+            max_retries=int(max_retries),
+            http_client=guarded_http_client(secret),
+        )
         self._secret = secret
         self._cache_warned = threading.Event()
         if cache is True:
@@ -221,8 +241,14 @@ class AttributeGenerator:
 
     # ---------------------------------------------------------------- cache
     def _key_for(self, prompt_name: str) -> str:
-        return cache_key(endpoint=self.endpoint, model=self.model, prompt_version=PROMPT_VERSION,
-                         class_name=prompt_name, n=self.n, hint=self.hint)
+        return cache_key(
+            endpoint=self.endpoint,
+            model=self.model,
+            prompt_version=PROMPT_VERSION,
+            class_name=prompt_name,
+            n=self.n,
+            hint=self.hint,
+        )
 
     def cached(self, class_name: str, prompt_name: str | None = None) -> ClassResult | None:
         """The cached result of a class, or None."""
@@ -232,8 +258,9 @@ class AttributeGenerator:
         record = self.cache.get(self._key_for(prompt_name))
         if not record or not isinstance(record.get("attributes"), list):
             return None
-        attrs = normalize_attributes(record["attributes"], class_name=prompt_name,
-                                     max_items=self.n, max_chars=self.max_chars)
+        attrs = normalize_attributes(
+            record["attributes"], class_name=prompt_name, max_items=self.n, max_chars=self.max_chars
+        )
         if not attrs:
             return None
         return ClassResult(class_name, prompt_name, attrs, requests=0, cached=True)
@@ -274,7 +301,8 @@ class AttributeGenerator:
             try:
                 resp = _call_with_deadline(
                     lambda: self.client.chat.completions.with_raw_response.create(**kwargs),
-                    self.request_deadline)
+                    self.request_deadline,
+                )
             except MalformedAnswerError:
                 raise
             except openai.OpenAIError as e:
@@ -285,8 +313,11 @@ class AttributeGenerator:
                 if isinstance(e, (openai.BadRequestError, openai.UnprocessableEntityError)):
                     if use_json:
                         if self.json_mode:
-                            logger.info("%s rejected JSON mode (%s); asking for plain text",
-                                        self.endpoint, type(e).__name__)
+                            logger.info(
+                                "%s rejected JSON mode (%s); asking for plain text",
+                                self.endpoint,
+                                type(e).__name__,
+                            )
                         self.json_mode = False
                         continue
                 raise
@@ -322,20 +353,24 @@ class AttributeGenerator:
             messages = build_messages(prompt_name, self.n, self.hint, reminder=attempt > 0)
             try:
                 content, refusal = self._complete(messages, counter)
-            except (openai.AuthenticationError, openai.PermissionDeniedError,
-                    openai.NotFoundError, openai.BadRequestError,
-                    openai.UnprocessableEntityError) as e:
+            except (
+                openai.AuthenticationError,
+                openai.PermissionDeniedError,
+                openai.NotFoundError,
+                openai.BadRequestError,
+                openai.UnprocessableEntityError,
+            ) as e:
                 raise self._fatal(e) from None
             except openai.APITimeoutError as e:
                 return self._failed(class_name, prompt_name, counter[0], "request timed out", e)
             except RequestDeadlineError as e:
-                return self._failed(class_name, prompt_name, counter[0],
-                                    "no complete answer in time", e)
+                return self._failed(
+                    class_name, prompt_name, counter[0], "no complete answer in time", e
+                )
             except openai.APIConnectionError as e:
                 raise self._fatal(e) from None
             except openai.APIStatusError as e:
-                return self._failed(class_name, prompt_name, counter[0],
-                                    f"HTTP {e.status_code}", e)
+                return self._failed(class_name, prompt_name, counter[0], f"HTTP {e.status_code}", e)
             except MalformedAnswerError as e:  # too large, not a chat completion
                 return self._failed(class_name, prompt_name, counter[0], "unusable answer", e)
             except openai.APIError as e:  # malformed response and the like
@@ -343,14 +378,26 @@ class AttributeGenerator:
             if refusal:
                 reasons.append("refused: " + scrub(refusal, self._key)[:120])
                 continue
-            attrs = normalize_attributes(parse_attribute_reply(content), class_name=prompt_name,
-                                         max_items=self.n, max_chars=self.max_chars)
+            attrs = normalize_attributes(
+                parse_attribute_reply(content),
+                class_name=prompt_name,
+                max_items=self.n,
+                max_chars=self.max_chars,
+            )
             if attrs:
-                self._cache_put(prompt_name, {
-                    "class": prompt_name, "endpoint": self.endpoint, "model": self.model,
-                    "prompt_version": PROMPT_VERSION, "n": self.n, "hint": self.hint,
-                    "attributes": attrs, "reply": (content or "")[:MAX_CACHED_REPLY],
-                })
+                self._cache_put(
+                    prompt_name,
+                    {
+                        "class": prompt_name,
+                        "endpoint": self.endpoint,
+                        "model": self.model,
+                        "prompt_version": PROMPT_VERSION,
+                        "n": self.n,
+                        "hint": self.hint,
+                        "attributes": attrs,
+                        "reply": (content or "")[:MAX_CACHED_REPLY],
+                    },
+                )
                 return ClassResult(class_name, prompt_name, attrs, requests=counter[0])
             if not content or not content.strip():
                 reasons.append("empty answer")
@@ -359,8 +406,10 @@ class AttributeGenerator:
             else:
                 reasons.append("no usable attribute in the answer")
         calls = counter[0]
-        warning = (f"class {class_name!r}: the LLM gave no usable attribute in {calls} "
-                   f"requests ({'; '.join(reasons)}); it falls back to a class-name-only prompt")
+        warning = (
+            f"class {class_name!r}: the LLM gave no usable attribute in {calls} "
+            f"requests ({'; '.join(reasons)}); it falls back to a class-name-only prompt"
+        )
         logger.warning(warning)
         return ClassResult(class_name, prompt_name, [], requests=calls, warning=warning)
 
@@ -375,20 +424,28 @@ class AttributeGenerator:
         except OSError as e:
             if not self._cache_warned.is_set():
                 self._cache_warned.set()
-                logger.warning("cannot write the LLM answer cache in %s (%s); going on "
-                               "without caching", self.cache.root, e.strerror or e)
+                logger.warning(
+                    "cannot write the LLM answer cache in %s (%s); going on without caching",
+                    self.cache.root,
+                    e.strerror or e,
+                )
 
     def _failed(self, class_name, prompt_name, calls, what, e) -> ClassResult:
-        warning = (f"class {class_name!r}: request failed after retries ({what}: "
-                   f"{scrub(str(e), self._key)[:200]}); it falls back to a class-name-only prompt")
+        warning = (
+            f"class {class_name!r}: request failed after retries ({what}: "
+            f"{scrub(str(e), self._key)[:200]}); it falls back to a class-name-only prompt"
+        )
         logger.warning(warning)
-        return ClassResult(class_name, prompt_name, [], requests=calls, warning=warning,
-                           failed=True)
+        return ClassResult(
+            class_name, prompt_name, [], requests=calls, warning=warning, failed=True
+        )
 
     # ------------------------------------------------------------------ run
-    def generate(self, classes: Sequence[str] | Mapping[str, str],
-                 progress: Callable[[int, int, ClassResult], None] | None = None
-                 ) -> list[ClassResult]:
+    def generate(
+        self,
+        classes: Sequence[str] | Mapping[str, str],
+        progress: Callable[[int, int, ClassResult], None] | None = None,
+    ) -> list[ClassResult]:
         """Attributes of every class, ``concurrency`` requests at a time.
 
         Args:
@@ -404,8 +461,7 @@ class AttributeGenerator:
                 every requested class failed; the classes answered so far stay
                 cached.
         """
-        pairs = list(classes.items()) if isinstance(classes, Mapping) else \
-            [(c, c) for c in classes]
+        pairs = list(classes.items()) if isinstance(classes, Mapping) else [(c, c) for c in classes]
         if not pairs:
             raise LLMError("no class to generate attributes for")
         total = len(pairs)
@@ -421,8 +477,14 @@ class AttributeGenerator:
             done += 1
             if progress:
                 progress(done, total, hit)
-        logger.info("LLM attributes for %d classes with %s at %s: %d cached, %d to request",
-                    total, self.model, self.endpoint, total - len(todo), len(todo))
+        logger.info(
+            "LLM attributes for %d classes with %s at %s: %d cached, %d to request",
+            total,
+            self.model,
+            self.endpoint,
+            total - len(todo),
+            len(todo),
+        )
         if todo:
             for i, r in self._run_concurrently(pairs, todo):
                 results[i] = r
@@ -431,10 +493,10 @@ class AttributeGenerator:
                     progress(done, total, r)
             failed = [results[i] for i in todo if results[i].failed]
             if failed and len(failed) == len(todo):
-                raise LLMError(f"every request to {self.endpoint} failed; first: "
-                               f"{failed[0].warning}")
+                raise LLMError(
+                    f"every request to {self.endpoint} failed; first: {failed[0].warning}"
+                )
         return results  # type: ignore[return-value]
-
 
     def _run_concurrently(self, pairs: list, todo: list[int]):
         """Yield ``(index, ClassResult)`` as classes finish, ``concurrency`` at a time.
@@ -446,10 +508,10 @@ class AttributeGenerator:
         no new class and requests in flight are abandoned. An error of the
         whole run (:class:`LLMError`) raised by a worker is re-raised here.
         """
-        jobs: "queue.Queue[int]" = queue.Queue()
+        jobs: queue.Queue[int] = queue.Queue()
         for i in todo:
             jobs.put(i)
-        out: "queue.Queue[tuple]" = queue.Queue()
+        out: queue.Queue[tuple] = queue.Queue()
         stop = threading.Event()
 
         def work() -> None:
@@ -521,22 +583,31 @@ def _call_with_deadline(fn: Callable[[], object], seconds: float) -> object:
     t.start()
     t.join(seconds)
     if t.is_alive():
-        raise RequestDeadlineError(f"no complete answer within {seconds:g} s (the server is "
-                                   "too slow or stalled)")
+        raise RequestDeadlineError(
+            f"no complete answer within {seconds:g} s (the server is too slow or stalled)"
+        )
     if "error" in box:
         raise box["error"]
     return box["value"]
 
 
-def generate_attribute_set(classes: Sequence[str] | Mapping[str, str], *,
-                           model: str = DEFAULT_MODEL, base_url: str | None = None,
-                           api_key: str | None = None, n: int = DEFAULT_N,
-                           hint: str | None = None, name: str | None = None,
-                           timeout: float = 60.0, max_retries: int = 3, concurrency: int = 4,
-                           json_mode: bool = True, cache=True,
-                           max_chars: int = MAX_ATTRIBUTE_CHARS,
-                           progress: Callable[[int, int, ClassResult], None] | None = None,
-                           ) -> AttributeSet:
+def generate_attribute_set(
+    classes: Sequence[str] | Mapping[str, str],
+    *,
+    model: str = DEFAULT_MODEL,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    n: int = DEFAULT_N,
+    hint: str | None = None,
+    name: str | None = None,
+    timeout: float = 60.0,
+    max_retries: int = 3,
+    concurrency: int = 4,
+    json_mode: bool = True,
+    cache=True,
+    max_chars: int = MAX_ATTRIBUTE_CHARS,
+    progress: Callable[[int, int, ClassResult], None] | None = None,
+) -> AttributeSet:
     """Generate an attribute set (DCLIP/LaZSL format) for ``classes`` with an LLM.
 
     Args:
@@ -558,9 +629,19 @@ def generate_attribute_set(classes: Sequence[str] | Mapping[str, str], *,
     Raises:
         LLMError: see :meth:`AttributeGenerator.generate`.
     """
-    gen = AttributeGenerator(model, base_url=base_url, api_key=api_key, n=n, hint=hint,
-                             timeout=timeout, max_retries=max_retries, concurrency=concurrency,
-                             json_mode=json_mode, cache=cache, max_chars=max_chars)
+    gen = AttributeGenerator(
+        model,
+        base_url=base_url,
+        api_key=api_key,
+        n=n,
+        hint=hint,
+        timeout=timeout,
+        max_retries=max_retries,
+        concurrency=concurrency,
+        json_mode=json_mode,
+        cache=cache,
+        max_chars=max_chars,
+    )
     results = gen.generate(classes, progress=progress)
     metadata = {
         "generator": "llm",

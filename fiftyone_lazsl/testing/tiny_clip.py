@@ -20,6 +20,7 @@ _CONFIG = pathlib.Path(__file__).parent / f"{TINY_MODEL}.json"
 
 def register() -> str:
     import open_clip
+
     if open_clip.get_model_config(TINY_MODEL) is None:
         open_clip.add_model_config(_CONFIG)
     return TINY_MODEL
@@ -29,6 +30,7 @@ def save_checkpoint(path, seed: int = 0) -> pathlib.Path:
     """Create the tiny model with weights drawn from ``seed`` and save its
     state dict to ``path`` (a ``.pt`` file)."""
     import open_clip
+
     register()
     torch.manual_seed(seed)
     model = open_clip.create_model(TINY_MODEL, pretrained=None)
@@ -45,6 +47,7 @@ def make_hub_cache(cache_dir, repo_id: str = "lazsl-test/tiny-clip", seed: int =
     repository ``repo_id`` (config + weights), as a download would have left it.
     Returns the ``hf-hub:`` id."""
     import open_clip
+
     register()
     torch.manual_seed(seed)
     model = open_clip.create_model(TINY_MODEL, pretrained=None)
@@ -55,17 +58,24 @@ def make_hub_cache(cache_dir, repo_id: str = "lazsl-test/tiny-clip", seed: int =
     (repo_dir / "refs").mkdir(exist_ok=True)
     (repo_dir / "refs" / "main").write_text(revision)
     cfg = json.loads(_CONFIG.read_text())
-    (snap / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": cfg,
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
-                           "std": [0.26862954, 0.26130258, 0.27577711]},
-    }))
+    (snap / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": cfg,
+                "preprocess_cfg": {
+                    "mean": [0.48145466, 0.4578275, 0.40821073],
+                    "std": [0.26862954, 0.26130258, 0.27577711],
+                },
+            }
+        )
+    )
     torch.save(model.state_dict(), snap / "open_clip_pytorch_model.bin")
     return f"hf-hub:{repo_id}"
 
 
-def make_local_dir(folder, preprocess_cfg: dict, *, image_size: int | None = None,
-                   seed: int = 0) -> pathlib.Path:
+def make_local_dir(
+    folder, preprocess_cfg: dict, *, image_size: int | None = None, seed: int = 0
+) -> pathlib.Path:
     """Lay out ``folder`` as an open_clip ``local-dir:`` model: the tiny
     architecture (input side ``image_size``, default 64 px) with random weights
     drawn from ``seed``, and ``preprocess_cfg`` (e.g. ``{"resize_mode": "squash"}``)
@@ -74,6 +84,7 @@ def make_local_dir(folder, preprocess_cfg: dict, *, image_size: int | None = Non
     ``create_model_and_transforms("local-dir:<folder>")`` returns the matching
     ``preprocess``."""
     import open_clip
+
     cfg = json.loads(_CONFIG.read_text())
     if image_size is not None:
         cfg["vision_cfg"]["image_size"] = int(image_size)
@@ -81,8 +92,9 @@ def make_local_dir(folder, preprocess_cfg: dict, *, image_size: int | None = Non
     model = open_clip.model.CLIP(**cfg)
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps(
-        {"model_cfg": cfg, "preprocess_cfg": dict(preprocess_cfg)}))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": cfg, "preprocess_cfg": dict(preprocess_cfg)})
+    )
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder
 
