@@ -448,7 +448,8 @@ def signature(an: Analysis, module: str, qualname: str) -> list[str]:
 
 
 def _named(params: list[str]) -> list[str]:
-    return [p for p in params if p not in ("*", "/")]
+    """The named parameters: not the ``*`` / ``/`` markers, ``*args`` or ``**kwargs``."""
+    return [p for p in params if not p.startswith(("*", "/"))]
 
 
 def report(an: Analysis, top: int = 10, list_lazy: bool = False) -> str:

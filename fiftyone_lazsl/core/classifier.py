@@ -21,6 +21,7 @@ import torch
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.config import CROP_METHODS, METHODS, LaZSLConfig
 from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec, build_views, relative_boxes
+from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image
 from fiftyone_lazsl.core.models import LazyModel, LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
 from fiftyone_lazsl.core.scoring import (
@@ -639,8 +640,6 @@ class LaZSLClassifier(RunProvenance):
         Raises:
             fiftyone_lazsl.core.imageio.ImageLoadError: an unreadable image file.
         """
-        from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image
-
         decoded, ks, sizes, scales = [], [], [], []
         for i, im in enumerate(images):
             if isinstance(im, (str, os.PathLike)):

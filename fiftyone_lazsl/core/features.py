@@ -63,7 +63,10 @@ from typing import Any
 
 import numpy as np
 
+from fiftyone_lazsl import env
+from fiftyone_lazsl.core.cache import cache_root
 from fiftyone_lazsl.core.config import CROP_METHODS
+from fiftyone_lazsl.core.scoring import crop_global_similarity
 from fiftyone_lazsl.errors import ConfigError
 
 __all__ = [
@@ -108,9 +111,6 @@ CREATE INDEX IF NOT EXISTS entries_shard ON entries (shard);
 def default_store_path() -> str:
     """``$FIFTYONE_LAZSL_FEATURES``, else ``<cache root>/features`` (cache root:
     ``$FIFTYONE_LAZSL_CACHE`` or ``~/.cache/fiftyone-lazsl``)."""
-    from fiftyone_lazsl import env
-    from fiftyone_lazsl.core.cache import cache_root
-
     return env.get(STORE_ENV) or os.fspath(cache_root("features"))
 
 
@@ -879,8 +879,6 @@ class StoringClassifier:
 
         import torch
 
-        from fiftyone_lazsl.core.scoring import crop_global_similarity
-
         clf = self._clf
         keys = [p.key for p in prepared]
         dims = [(int(p.width), int(p.height)) for p in prepared]
@@ -946,8 +944,6 @@ def _crop_global_tensor(entry: FeatureEntry, features: Any) -> Any:
     """The entry's stored crop-to-global cosines as a float32 tensor (from its
     features when the entry has none)."""
     import torch
-
-    from fiftyone_lazsl.core.scoring import crop_global_similarity
 
     if entry.crop_global is not None:
         return torch.from_numpy(np.asarray(entry.crop_global, dtype=np.float32))

@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from fiftyone_lazsl import env
 from fiftyone_lazsl.core.cache import cache_root as _cache_root
 from fiftyone_lazsl.core.config import normalize_pretrained
-from fiftyone_lazsl.errors import ModelNotFoundError, WeightsUnavailableError
+from fiftyone_lazsl.errors import ConfigError, ModelNotFoundError, WeightsUnavailableError
 
 if TYPE_CHECKING:
     from open_clip.transform import PreprocessCfg
@@ -103,8 +104,6 @@ def check_device(device: str | torch.device | None) -> torch.device:
         ConfigError: unknown device string, or a device that is not available
             (message names the parameter ``device``).
     """
-    from fiftyone_lazsl.errors import ConfigError
-
     if device is None or (isinstance(device, str) and not device.strip()):
         return torch.device(default_device())
     try:
@@ -533,8 +532,6 @@ def register_model_configs(paths: str | None = None) -> None:
             variable ``FIFTYONE_LAZSL_MODEL_CONFIGS``.
     """
     import open_clip
-
-    from fiftyone_lazsl import env
 
     paths = env.get("FIFTYONE_LAZSL_MODEL_CONFIGS") if paths is None else paths.split(os.pathsep)
     for p in filter(None, paths):
@@ -1103,8 +1100,6 @@ class LazyModel(LoadedModel):
     def _check(self, m: LoadedModel, what: str) -> None:
         """Refuse a loaded model that differs from what was known before it."""
         import math
-
-        from fiftyone_lazsl.errors import ConfigError
 
         diff = [
             k

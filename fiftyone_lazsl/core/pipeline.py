@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
 from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec
+from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image, read_deadline
 
 
 @dataclass
@@ -60,13 +61,6 @@ class _Files(Dataset):
         return len(self.filepaths)
 
     def __getitem__(self, i: int) -> tuple[int, PreparedViews | None, dict | None, str | None]:
-        from fiftyone_lazsl.core.imageio import (
-            ORIGINAL_SIZE_KEY,
-            SCALE_KEY,
-            load_image,
-            read_deadline,
-        )
-
         path = self.filepaths[i]
         try:
             # a stalled read or decode fails this sample only (see read_deadline)
