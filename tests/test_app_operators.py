@@ -63,6 +63,26 @@ WAIT_S = 120
 DATASET = "lazsl-app-operators"
 LLM_KEY = "sk-test-APP-KEY-0123456789"
 TRACEBACK = "Traceback (most recent call last)"
+# the operator's dialog: its form, and what it shows while and after it runs
+PROMPT = (
+    "[data-cy='operators-prompt-modal'], [data-cy='operators-prompt-view-modal'], "
+    "[data-cy='operators-prompt-drawer']"
+)
+# Counts the App's form resolutions in flight (its fetches of
+# /operators/resolve-type), so that a test acts on a form the server has
+# finished resolving. It only observes: every request goes through unchanged.
+_WATCH_RESOLVES = r"""
+if (!window.__lazslResolves) {
+    const s = window.__lazslResolves = {pending: 0, last: Date.now()};
+    const f = window.fetch;
+    window.fetch = function (...a) {
+        const u = String((a[0] && a[0].url) || a[0]);
+        if (!u.includes('/operators/resolve-type')) return f.apply(this, a);
+        s.pending++; s.last = Date.now();
+        return f.apply(this, a).finally(() => { s.pending--; s.last = Date.now(); });
+    };
+}
+"""
 
 
 # --------------------------------------------------------------------- fixtures
@@ -120,10 +140,13 @@ def driver(app, tmp_path_factory):
 
 
 @pytest.fixture
-def ui(driver, app, request):
-    """The App's page for the dataset, freshly loaded; on failure the
-    screenshot, page text, console and server log are saved."""
-    page = Page(driver, app)
+def ui(world, driver, app, request):
+    """The App's page for the dataset, freshly loaded, showing the whole
+    dataset with no operator prompt open (nothing an earlier test left, e.g.
+    the audit's switch to the suspects' view, or a dialog after a failure,
+    stays in the way); on failure the screenshot, page text, console and
+    server log are saved."""
+    page = Page(driver, app, len(world["ds"]))
     failed = request.session.testsfailed
     page.load()
     yield page
@@ -135,9 +158,10 @@ def ui(driver, app, request):
 class Page:
     """What a user does in the App, as selenium calls."""
 
-    def __init__(self, driver, app):
+    def __init__(self, driver, app, n_samples: int | None = None):
         self.d = driver
         self.app = app
+        self.n_samples = n_samples  # the dataset's size (load shows them all), if given
 
     # -- reading
     def text(self) -> str:
@@ -145,18 +169,26 @@ class Page:
 
         return self.d.find_element(By.TAG_NAME, "body").text
 
-    def wait(self, cond, timeout=WAIT_S, what="condition"):
-        """Poll ``cond()`` until truthy (returns it); fails naming ``what``."""
+    @staticmethod
+    def poll(cond, timeout: float):
+        """``cond()`` polled until truthy (returns it) or ``timeout`` seconds
+        pass (returns None); an exception counts as falsy (re-rendered under us)."""
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while True:
             try:
                 v = cond()
-            except Exception:  # re-rendered under us
+            except Exception:
                 v = None
-            if v:
-                return v
+            if v or time.time() >= deadline:
+                return v or None
             time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; page text:\n{self.text()[-3000:]}")
+
+    def wait(self, cond, timeout=WAIT_S, what="condition"):
+        """Poll ``cond()`` until truthy (returns it); fails naming ``what``."""
+        v = self.poll(cond, timeout)
+        if v is None:
+            raise AssertionError(f"timed out waiting for {what}; page text:\n{self.text()[-3000:]}")
+        return v
 
     def wait_text(self, needle: str, timeout=WAIT_S) -> str:
         return self.wait(lambda: needle in self.text() and self.text(), timeout, repr(needle))
@@ -179,13 +211,106 @@ class Page:
         except Exception as e:  # the original failure matters more
             print(f"could not save failure artifacts: {e}")
 
+    def prompt(self):
+        """The operator prompt (form or output dialog) shown, or None."""
+        from selenium.webdriver.common.by import By
+
+        for e in self.d.find_elements(By.CSS_SELECTOR, PROMPT):
+            try:
+                if e.is_displayed():
+                    return e
+            except Exception:  # closed under us
+                pass
+        return None
+
+    def settle(self, quiet_s: float = 0.5, timeout=WAIT_S):
+        """Wait until no form resolution has been in flight for ``quiet_s``
+        (the form shows what the server resolved for the latest inputs)."""
+
+        def idle():
+            s = self.d.execute_script(
+                "const s = window.__lazslResolves; return s ? [s.pending, Date.now() - s.last] : null"
+            )
+            if s is None:  # a new page: watch from now on
+                self.d.execute_script(_WATCH_RESOLVES)
+                return True
+            return s[0] == 0 and s[1] >= quiet_s * 1000
+
+        self.wait(idle, timeout, "the form's resolution on the server")
+
+    def chips(self, label: str) -> list[str]:
+        """The values (chips) of the multi-value input labelled ``label``."""
+        from selenium.webdriver.common.by import By
+
+        box = self.d.find_element(
+            By.XPATH,
+            f"//*[@data-cy='operators-prompt-modal']//p[normalize-space()={json.dumps(label)}]"
+            "/ancestor::div[.//input][1]",
+        )
+        return [c.text for c in box.find_elements(By.CSS_SELECTOR, ".MuiChip-label")]
+
     # -- acting
     def load(self):
+        """Open the dataset's page anew (no prompt, menu or notification of
+        an earlier action stays) and wait for its grid of every sample: a
+        view an earlier action set (the App server keeps it for the next
+        page) is cleared with the view bar's clear button."""
+        from selenium.webdriver.common.by import By
+
         self.d.get(f"{self.app.url}/datasets/{DATASET}")
         self.wait(lambda: re.search(r"\n\d+ samples?(\n|$)", self.text()), what="the grid")
+        self.d.execute_script(_WATCH_RESOLVES)
         ad = self.button("Dismiss")  # the App's "Explore Enterprise" banner
         if ad:
-            ad.click()
+            self.click(ad)
+        self.close_prompt()
+        if self.n_samples is None:
+            return
+        every = re.compile(rf"\n{self.n_samples} samples?\n")
+        if not every.search(self.text() + "\n"):
+            self.click(
+                self.wait(
+                    lambda: [
+                        e
+                        for e in self.d.find_elements(
+                            By.CSS_SELECTOR, "[data-cy='btn-clear-view-bar']"
+                        )
+                        if e.is_displayed()
+                    ],
+                    what="the view bar's clear button",
+                )[0]
+            )
+            self.wait(
+                lambda: every.search(self.text() + "\n"), what=f"all {self.n_samples} samples"
+            )
+
+    def click(self, el, timeout: float = 15):
+        """Click ``el`` as a user does (scrolled into view). Something shown
+        over it for a moment (a notification, a closing menu) is waited out;
+        still covered after ``timeout`` seconds fails naming what covers it."""
+        from selenium.common.exceptions import ElementClickInterceptedException
+
+        deadline = time.time() + timeout
+        while True:
+            self.d.execute_script("arguments[0].scrollIntoView({block: 'nearest'});", el)
+            try:
+                el.click()
+                return
+            except ElementClickInterceptedException as e:
+                if time.time() >= deadline:
+                    raise AssertionError(
+                        f"{el.text!r} stays covered: {e.msg}\npage text:\n{self.text()[-3000:]}"
+                    ) from e
+            time.sleep(0.5)
+
+    def execute(self):
+        """Click the form's Execute button once the form is resolved."""
+        self.settle()
+        self.click(
+            self.wait(
+                lambda: self.button("Execute", within=self.prompt()), what="the Execute button"
+            )
+        )
 
     def open_operator(self, name: str, label: str):
         """Backtick opens the operator browser; type the name, click it, wait
@@ -193,6 +318,7 @@ class Page:
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.by import By
 
+        self.close_prompt()  # (the backtick would go to an open form)
         ActionChains(self.d).send_keys("`").perform()
         search = self.wait(
             lambda: self.d.find_element(By.CSS_SELECTOR, "[data-cy='operators-browser-search']"),
@@ -210,13 +336,15 @@ class Page:
         item[0].click()
         self.wait(lambda: self.button("Execute") or self.button("Schedule"), what=f"{name} form")
         self.wait_text(label)
+        self.settle()
 
     def _input(self, label: str, tag: str = "input"):
         from selenium.webdriver.common.by import By
 
         return self.d.find_element(
             By.XPATH,
-            f"//p[normalize-space()={json.dumps(label)}]/ancestor::div[.//{tag}][1]//{tag}",
+            f"//*[@data-cy='operators-prompt-modal']//p[normalize-space()={json.dumps(label)}]"
+            f"/ancestor::div[.//{tag}][1]//{tag}",
         )
 
     def type(self, label: str, text: str):
@@ -224,7 +352,7 @@ class Page:
         from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.keys import Keys
 
-        for attempt in range(5):  # the form may re-render under us: type again
+        for _attempt in range(5):  # the form may re-render under us: type again
             try:
                 e = self.wait(lambda: self._input(label), what=f"input {label!r}")
                 e.click()
@@ -238,13 +366,78 @@ class Page:
                 time.sleep(0.5)
         assert self._input(label).get_attribute("value") == text, label
 
+    def add_value(self, label: str, value: str, timeout: float = WAIT_S) -> list[str]:
+        """Add ``value`` to the multi-value autocomplete labelled ``label`` as
+        a user adds a value that is not among its choices: click into it,
+        type the value key by key, press Enter; returns the chips once
+        ``value`` is one of them. A form re-rendered under the keys (typed
+        text lost or cut) is typed into again; failing, the assertion lists
+        every state seen (input text, chips)."""
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        seen = []
+
+        def state():
+            try:
+                e = self._input(label)
+                return e, e.get_attribute("value"), self.chips(label)
+            except Exception as ex:  # re-rendered under us
+                return None, type(ex).__name__, None
+
+        def note(what):
+            _, text, chips = state()
+            if not seen or seen[-1][1:] != (what, text, chips):
+                seen.append((round(time.time() - start, 1), what, text, chips))
+
+        start = time.time()
+        while time.time() - start < timeout:
+            self.settle()
+            e, text, chips = state()
+            note("before typing")
+            if chips and value in chips:
+                return chips
+            if e is None:
+                time.sleep(0.5)
+                continue
+            try:
+                e.click()
+                focused = self.d.execute_script("return document.activeElement === arguments[0]", e)
+            except WebDriverException:  # covered for a moment, or re-rendered under us
+                focused = False
+            if not focused:
+                note("clicked")
+                time.sleep(0.5)
+                continue
+            keys = ActionChains(self.d)
+            if text:  # a leftover of an interrupted try: select it and delete it
+                keys.key_down(Keys.CONTROL).send_keys("a").key_up(Keys.CONTROL).send_keys(
+                    Keys.BACKSPACE
+                )
+            for ch in value:
+                keys.send_keys(ch).pause(0.05)
+            keys.perform()
+            if not self.poll(lambda: state()[1] == value, 3):
+                note("typed")
+                continue
+            ActionChains(self.d).send_keys(Keys.ENTER).perform()
+            if self.poll(lambda: value in (state()[2] or []), 5):
+                return state()[2]
+            note("after Enter")
+        raise AssertionError(
+            f"could not add {value!r} to {label!r}; states seen "
+            f"(seconds, step, input text, chips): {seen}\n"
+            f"page text:\n{self.text()[-3000:]}"
+        )
+
     def choose(self, label: str, option: str):
         """Pick ``option`` in the dropdown labelled ``label``."""
         from selenium.webdriver.common.by import By
 
         box = self.d.find_element(
             By.XPATH,
-            f"//p[normalize-space()={json.dumps(label)}]"
+            f"//*[@data-cy='operators-prompt-modal']//p[normalize-space()={json.dumps(label)}]"
             "/ancestor::div[.//*[@role='combobox']][1]//*[@role='combobox']",
         )
         box.click()
@@ -269,10 +462,11 @@ class Page:
         ).click()
         time.sleep(0.8)
 
-    def button(self, text: str):
+    def button(self, text: str, within=None):
+        """The displayed button reading ``text`` (inside ``within`` if given), or None."""
         from selenium.webdriver.common.by import By
 
-        for b in self.d.find_elements(By.TAG_NAME, "button"):
+        for b in (within or self.d).find_elements(By.TAG_NAME, "button"):
             try:
                 if b.is_displayed() and b.text.strip() == text:
                     return b
@@ -281,7 +475,7 @@ class Page:
         return None
 
     def execute_enabled(self) -> bool:
-        b = self.button("Execute")
+        b = self.button("Execute", within=self.prompt())
         return bool(b) and b.is_enabled()
 
     def schedule(self):
@@ -301,13 +495,21 @@ class Page:
         item[-1].click()
         self.wait(lambda: self.button("Schedule"), what="the Schedule button").click()
 
-    def close_prompt(self):
-        for text in ("Done", "Close", "Cancel"):
-            b = self.button(text)
+    def close_prompt(self, timeout: float = 30):
+        """Close the operator prompt if one is shown (its Done, Close or
+        Cancel button) and wait until it is gone."""
+        deadline = time.time() + timeout
+        while (p := self.prompt()) is not None:
+            assert time.time() < deadline, f"the prompt does not close:\n{self.text()[-3000:]}"
+            b = next(
+                (b for t in ("Done", "Close", "Cancel") if (b := self.button(t, within=p))), None
+            )
             if b:
-                b.click()
-                time.sleep(0.5)
-                return
+                try:
+                    b.click()
+                except Exception:  # re-rendered or covered for a moment: look again
+                    pass
+            self.poll(lambda: self.prompt() is None, 2)
 
 
 def _fill_run_form(ui: Page, world: dict, label_field: str, attribute_set: str | None = None):
@@ -385,7 +587,7 @@ def test_run_lazsl_immediate(world, app, ui):
             if (m && (!l.length || l[l.length - 1] !== m[2])) l.push(m[2]);
         }).observe(document.body, {subtree: true, childList: true, characterData: true});
     """)
-    ui.button("Execute").click()
+    ui.execute()
 
     # the progress bar: its label goes through the stages while it runs
     labels, shot = [], False
@@ -510,7 +712,7 @@ def test_run_lazsl_mistakes(world, app, ui):
     ui.type("Model", "ViT-B-32")
     ui.wait_text("Weights: pretrained weights 'openai' for 'ViT-B-32' are not on this machine")
     assert ui.execute_enabled()  # a warning: the check cannot be sure
-    ui.button("Execute").click()
+    ui.execute()
     msg = "pretrained weights 'openai' for 'ViT-B-32' are not on this machine"
     # the form is gone (no "Weights:" warning): the line is the error notification
     text = ui.wait(
@@ -529,53 +731,39 @@ def test_run_lazsl_mistakes(world, app, ui):
 
 
 def test_evaluate_methods(world, app, ui):
+    """Execute with the default fields (every LaZSL run): the comparison
+    table's top-1 accuracy per field is the database's."""
     from fiftyone_lazsl.fo.evaluate import evaluate_methods  # noqa: F401  (the library the operator calls)
 
     ds = world["ds"]
     ds.reload()
     ui.open_operator("evaluate_methods", "Compare methods")
     ui.wait_text("lazsl")
-    ui.button("Execute").click()
+    ui.execute()
     ui.wait_text("Methods compared")
     ui.assert_no_traceback()
     ds.reload()
     for field in ("lazsl", "scheduled"):
         acc = sum(s[field].label == s["ground_truth"].label for s in ds) / len(ds)
         row = ui.wait(
-            lambda: re.search(rf"\n{field}[ \t]+lazsl[ \t]+([0-9.]+)[^\n]*", ui.text()),
+            lambda field=field: re.search(rf"\n{field}[ \t]+lazsl[ \t]+([0-9.]+)[^\n]*", ui.text()),
             what=f"row {field}",
         )
         assert row.group(1) == f"{acc:.3f}", (acc, row.group(0))
     ui.close_prompt()
 
-    # a field that does not exist, typed into the prediction fields
-    from selenium.webdriver.common.keys import Keys
 
+def test_evaluate_methods_refuses_a_field_that_does_not_exist(world, app, ui):
+    """A field name that does not exist, typed into the prediction fields:
+    the form shows the one-line reason under them and blocks Execute."""
     ui.open_operator("evaluate_methods", "Compare methods")
-    for attempt in range(5):  # the autocomplete may re-render while typing: try again
-        e = ui._input("Prediction fields")
-        e.click()
-        # type the way React sees typing (the native value setter, then an input
-        # event): keystrokes can be lost while the form re-renders
-        ui.d.execute_script(
-            "const el = arguments[0];"
-            "const set = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set;"
-            "el.focus(); set.call(el, arguments[1]);"
-            "el.dispatchEvent(new Event('input', {bubbles: true}));",
-            e,
-            "nope",
-        )
-        time.sleep(0.5)
-        if ui._input("Prediction fields").get_attribute("value") == "nope":
-            ui._input("Prediction fields").send_keys(Keys.ENTER)
-            try:
-                ui.wait_text("has no field 'nope'", timeout=20)
-                break
-            except AssertionError:
-                pass
-        ui.load()
-        ui.open_operator("evaluate_methods", "Compare methods")
+    before = ui.wait(lambda: ui.chips("Prediction fields"), what="the default prediction fields")
+    assert "nope" not in before and "nope" not in world["ds"].get_field_schema()
+    chips = ui.add_value("Prediction fields", "nope")
+    assert chips == before + ["nope"], (before, chips)
     ui.wait_text(f"dataset {DATASET!r} has no field 'nope'")
+    ui.settle()
+    assert ui.chips("Prediction fields") == chips  # the form still holds what was typed
     assert not ui.execute_enabled()
 
 
@@ -583,7 +771,7 @@ def test_audit_labels_switches_to_the_suspects_view(world, app, ui):
     ds = world["ds"]
     ui.open_operator("audit_labels", "Audit labels")
     ui.type("Samples to tag", "2")
-    ui.button("Execute").click()
+    ui.execute()
     ui.wait_text("Label audit")
     ui.assert_no_traceback()
     ds.reload()
@@ -608,7 +796,7 @@ def test_build_attribute_sets_with_local_llm_server(world, app, ui):
         ui.type("LLM model", "stub")
         ui.type("Endpoint base URL", server.base_url)
         ui.type("Set name", "llm_birds")
-        ui.button("Execute").click()
+        ui.execute()
         note = ui.wait_text("attribute set 'llm_birds' stored: 3 classes, 9 attributes")
         assert set(server.auth_headers) == {f"Bearer {LLM_KEY}"}  # the plugin secret
     ui.assert_no_traceback()
@@ -628,7 +816,7 @@ def test_build_attribute_sets_with_local_llm_server(world, app, ui):
     assert not ui.execute_enabled()
     ui.type("Set name", "llm_other")
     ui.type("Endpoint base URL", f"http://127.0.0.1:{free_port()}/v1")
-    ui.button("Execute").click()
+    ui.execute()
     ui.wait(
         lambda: re.search(
             r"(every request to http://127\.0\.0\.1:\d+/v1 failed|"
@@ -655,7 +843,7 @@ def test_import_and_delete_attribute_set(world, app, ui):
     assert not ui.execute_enabled()
     ui.type("Published set or JSON file", world["three"])
     ui.wait(lambda: ui.execute_enabled(), what="Execute to be enabled")
-    ui.button("Execute").click()
+    ui.execute()
     ui.wait_text("Attribute set imported")
     ui.assert_no_traceback()
     ds.reload()
@@ -669,7 +857,7 @@ def test_import_and_delete_attribute_set(world, app, ui):
     assert not ui.execute_enabled()
     ui.tick("Yes, delete 'two_birds' from this dataset")
     ui.wait(lambda: ui.execute_enabled(), what="Execute to be enabled")
-    ui.button("Execute").click()
+    ui.execute()
     ui.wait(
         lambda: ds.reload() or not store.has_attribute_set(ds, "two_birds"),
         what="the set to be deleted",
