@@ -481,12 +481,25 @@ def after_first_success(items: Iterable, start: Callable[[], None] | None, held:
 def ensure_fields(dataset: Any, label_field: str, method: str) -> None:
     """Declare the fields a ``method`` run on ``label_field`` writes (and the
     label's ``keywords`` / ``words``, so the App's sidebar search offers them);
-    crop detections are hidden in the App until shown."""
+    crop detections are hidden in the App until shown.
+
+    Each ``add_sample_field`` reloads the dataset document (and with it every
+    run record), so the label and its two list attributes are declared in one
+    call (``fields=``, FiftyOne's ``Dataset.add_sample_field``)."""
     fields = output_fields(label_field)
     schema = dataset.get_field_schema()
+    subfields = ("keywords", "words") if method in ATTRIBUTE_METHODS else ()
+
+    def listed(name: str) -> Any:
+        f = fo.ListField(fo.StringField())
+        f.name = name
+        return f
+
     want = {
         fields["prediction"]: dict(
-            ftype=fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification
+            ftype=fo.EmbeddedDocumentField,
+            embedded_doc_type=fo.Classification,
+            fields=[listed(n) for n in subfields] or None,
         ),
         fields["error"]: dict(ftype=fo.StringField),
     }
@@ -499,11 +512,10 @@ def ensure_fields(dataset: Any, label_field: str, method: str) -> None:
     for name, kw in want.items():
         if name not in schema:
             dataset.add_sample_field(name, **kw)
-    if method in ATTRIBUTE_METHODS:
-        for name in ("keywords", "words"):
-            kw_field = f"{fields['prediction']}.{name}"
-            if not dataset.has_field(kw_field):
-                dataset.add_sample_field(kw_field, fo.ListField, subfield=fo.StringField)
+    for name in subfields:  # a field declared by an earlier run (or another method)
+        kw_field = f"{fields['prediction']}.{name}"
+        if not dataset.has_field(kw_field):
+            dataset.add_sample_field(kw_field, fo.ListField, subfield=fo.StringField)
     if method in CROP_METHODS:
         hide_until_shown(dataset, [fields["crops"]], show=[fields["prediction"]])
 
