@@ -17,7 +17,7 @@ from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.classifier import LaZSLClassifier
 from fiftyone_lazsl.core.config import LaZSLConfig
 from fiftyone_lazsl.core.features import FeatureStore, predict_entries
-from fiftyone_lazsl.core.models import load_model
+from fiftyone_lazsl.core.models import LazyModel, load_model
 from fiftyone_lazsl.errors import AttributeSetError
 from fiftyone_lazsl.fo.datasets import dataset_of
 from fiftyone_lazsl.fo.rescore import stored_run
@@ -82,15 +82,22 @@ def edit_attribute_set(attribute_set: Any, class_name: str, attributes: Sequence
 
 
 def classifier_for(samples: Any, label_field: str, attribute_set: Any) -> Any:
-    """A :class:`LaZSLClassifier` with the run's parameters and model (loaded
-    once per process) for ``attribute_set``."""
+    """A :class:`LaZSLClassifier` with the run's parameters and model (one per
+    process, a :class:`~fiftyone_lazsl.core.models.LazyModel` for real weights)
+    for ``attribute_set``."""
     old = stored_run(samples, label_field)
     cfg = LaZSLConfig.from_dict(old, strict=False)
     if cfg.method == "clip":
         cfg = cfg.replace(method="lazsl")
     key = (cfg.model, cfg.pretrained, cfg.device)
     if key not in _MODELS:
-        _MODELS[key] = load_model(cfg.model, cfg.pretrained, device=cfg.device)
+        # real weights: loaded only as far as used (cached prompts: nothing; an
+        # edited attribute: the text tower; an image to encode: the whole model)
+        _MODELS[key] = (
+            LazyModel.from_provenance(old, device=cfg.device)
+            if cfg.pretrained is not None
+            else load_model(cfg.model, cfg.pretrained, device=cfg.device)
+        )
     return LaZSLClassifier(attribute_set, model=_MODELS[key], config=cfg)
 
 
