@@ -32,7 +32,7 @@ from fiftyone_lazsl.core.models import LazyModel
 from fiftyone_lazsl.core.pipeline import Item, iter_predictions, non_finite
 from fiftyone_lazsl.core.scoring import crop_global_similarity
 from fiftyone_lazsl.errors import ConfigError
-from fiftyone_lazsl.fo.datasets import check_sample_view, dataset_of
+from fiftyone_lazsl.fo.datasets import check_sample_view
 from fiftyone_lazsl.fo.heatmaps import write_heatmaps
 from fiftyone_lazsl.fo.run import LaZSLRun, RunSummary, progress_reporter, split_overrides
 from fiftyone_lazsl.fo.runs import get_run_config
@@ -52,7 +52,7 @@ def stored_run(samples: Any, from_field: str) -> dict:
         ConfigError: no LaZSL run wrote ``from_field``, or it stored no features.
     """
     try:
-        old = get_run_config(dataset_of(samples), from_field)
+        old = get_run_config(samples, from_field)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if not old.get("feature_store"):

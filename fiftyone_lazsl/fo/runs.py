@@ -95,21 +95,20 @@ def get_run_config(samples, label_field: str) -> dict:
     Raises:
         ValueError: if no LaZSL run wrote that field.
     """
+    dataset = dataset_of(samples)
     key = run_key(label_field)
-    if key not in samples.list_runs():
-        raise ValueError(
-            f"no LaZSL run wrote field {label_field!r} on dataset {dataset_of(samples).name!r}"
-        )
-    cfg = samples.get_run_info(key).config
+    if key not in dataset.list_runs():
+        raise ValueError(f"no LaZSL run wrote field {label_field!r} on dataset {dataset.name!r}")
+    cfg = dataset.get_run_info(key).config
     out = {k: v for k, v in cfg.serialize().items() if not k.startswith("_")}
-    if out.get("status") == "running" and not _owner_alive(samples, label_field, out):
+    if out.get("status") == "running" and not _owner_alive(dataset, label_field, out):
         out["status"] = "interrupted"
     return out
 
 
-def _owner_alive(samples, label_field: str, config: dict) -> bool:
+def _owner_alive(dataset: Any, label_field: str, config: dict) -> bool:
     """Whether the run recorded in ``config`` still holds a live write lock."""
-    doc = locks.current(dataset_of(samples), label_field)
+    doc = locks.current(dataset, label_field)
     if doc is None or (config.get("owner") and doc.get("owner") != config["owner"]):
         return False
     return locks.is_alive(doc)

@@ -440,7 +440,11 @@ def load_attribute_set(dataset: SampleCollection, name: str) -> AttributeSet:
             does not match.
     """
     dataset = dataset_of(dataset)
-    sets = _headers(dataset)
+    return _load(dataset, name, _headers(dataset))
+
+
+def _load(dataset: fo.Dataset, name: str, sets: dict) -> AttributeSet:
+    """:func:`load_attribute_set` on a dataset whose set headers were read (``sets``)."""
     if name not in sets:
         raise _unknown(dataset, name)
     for _ in range(3):
@@ -544,16 +548,17 @@ def resolve_attribute_set(
             f"unknown attribute-set format {format!r}; expected one of {FORMATS + ('auto',)}"
         )
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else str(spec)
-    if dataset is not None and has_attribute_set(dataset, spec):
-        return load_attribute_set(dataset, spec)
+    ds = dataset_of(dataset) if dataset is not None else None
+    heads = _headers(ds) if ds is not None else {}
+    if spec in heads:
+        return _load(ds, spec, heads)
     path = os.path.expanduser(spec)
     if os.path.isfile(path):
         return load_attribute_file(path, format=format or "auto")
     if published.is_published(spec):
         return published.load_published(spec, format=format)
     tried = []
-    if dataset is not None:
-        ds = dataset_of(dataset)
+    if ds is not None:
         names = sorted(_stored(ds))
         tried.append(
             f"no set of that name on dataset {ds.name!r} ("
@@ -578,8 +583,10 @@ def recorded_attribute_set(dataset: Any, record: dict) -> AttributeSet:
         record: the run's config (:func:`fiftyone_lazsl.fo.runs.get_run_config`).
     """
     name = record.get("attribute_set")
-    if name and any(r["name"] == name for r in list_attribute_sets(dataset)):
-        s = load_attribute_set(dataset, name)
+    ds = dataset_of(dataset)
+    heads = _headers(ds)
+    if name and name in heads:
+        s = _load(ds, name, heads)
         if s.content_hash == record.get("attribute_set_hash"):
             return s
     return AttributeSet.from_dict(
