@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fiftyone_lazsl.core import imageio
 from fiftyone_lazsl.core.attributes import AttributeSet
 from fiftyone_lazsl.core.config import CROP_METHODS, METHODS, LaZSLConfig
 from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec, build_views, relative_boxes
-from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image
+from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY
 from fiftyone_lazsl.core.models import LazyModel, LoadedModel, load_model
 from fiftyone_lazsl.core.prompts import build_prompts, clip_prompt, prompt_names
 from fiftyone_lazsl.core.scoring import (
@@ -643,7 +644,7 @@ class LaZSLClassifier(RunProvenance):
         decoded, ks, sizes, scales = [], [], [], []
         for i, im in enumerate(images):
             if isinstance(im, (str, os.PathLike)):
-                t = load_image(os.fspath(im))
+                t = imageio.load_image(os.fspath(im))
                 key = os.path.abspath(os.fspath(im))
                 sizes.append(tuple(t.info[ORIGINAL_SIZE_KEY]))
                 scales.append(float(t.info[SCALE_KEY]))

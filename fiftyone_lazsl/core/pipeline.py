@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fiftyone_lazsl.core import imageio
 from fiftyone_lazsl.core.classifier import LaZSLClassifier, Prediction
 from fiftyone_lazsl.core.crops import PreparedViews, VisualSetSpec
-from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, load_image, read_deadline
+from fiftyone_lazsl.core.imageio import ORIGINAL_SIZE_KEY, SCALE_KEY, read_deadline
 
 
 @dataclass
@@ -65,7 +66,8 @@ class _Files(Dataset):
         try:
             # a stalled read or decode fails this sample only (see read_deadline)
             with read_deadline(path):
-                im = load_image(path, max_pixels=self.max_pixels)
+                # (looked up at each call, so a test can stand in a stalled read)
+                im = imageio.load_image(path, max_pixels=self.max_pixels)
             info = {"original_size": im.info[ORIGINAL_SIZE_KEY], "scale": im.info[SCALE_KEY]}
             return i, self.spec.prepare(im, self.keys[i]), info, None
         except Exception as e:  # reported per sample, never fatal
