@@ -140,36 +140,59 @@ def _modal(driver, css):
     return max(els, key=lambda e: e.location["x"])
 
 
-def _open_panel(driver, timeout=WAIT_S):
+def _open_panel(driver, timeout=WAIT_S, grace_s=3.0):
     """Make sure the sample modal has a ``lazsl_explanations`` tab.
 
-    The App usually adds it by itself once the plugin's panel is registered;
-    when the modal opened first, it is added through the modal's "+" (new
-    panel) menu, retrying until the panel is offered there."""
+    The App usually adds it by itself, right when the modal shows (it
+    remembers the panel); when it has not ``grace_s`` seconds after the modal
+    showed, it is added through the modal's "+" (new panel) menu, as a user
+    does, retrying until the panel is offered there (a menu opened before
+    the plugin's panel was offered is closed first). A menu still open when
+    the tab shows is closed."""
+    from selenium.common.exceptions import WebDriverException
+
     deadline = time.time() + timeout
     sample_tab = "[data-cy='panel-tab-fo-sample-modal-plugin']"
+    modal_at = None
     while time.time() < deadline:
         if driver.find_elements("css selector", PANEL_TAB):
+            _close_menus(driver)
             return
         tabs = driver.find_elements("css selector", sample_tab)
-        if tabs and time.time() > deadline - timeout + 15:
-            items = [
-                e
-                for e in driver.find_elements(
-                    "xpath", "//p[normalize-space()='LaZSL explanations']"
-                )
-                if e.is_displayed()
-            ]
-            if items:
-                items[-1].click()
-            else:
-                plus = tabs[0].find_elements(
-                    "xpath", "./ancestor::*[2]//*[@data-cy='new-panel-btn']"
-                )
-                if plus:
-                    plus[0].click()
-        time.sleep(1.5)
+        if tabs and modal_at is None:
+            modal_at = time.time()
+        if modal_at is not None and time.time() - modal_at > grace_s:
+            try:
+                items = [
+                    e
+                    for e in driver.find_elements(
+                        "xpath", "//p[normalize-space()='LaZSL explanations']"
+                    )
+                    if e.is_displayed()
+                ]
+                if items:
+                    items[-1].click()
+                else:
+                    _close_menus(driver)
+                    plus = tabs[0].find_elements(
+                        "xpath", "./ancestor::*[2]//*[@data-cy='new-panel-btn']"
+                    )
+                    if plus:
+                        plus[0].click()
+            except WebDriverException:  # re-rendered or covered under us: look again
+                pass
+        time.sleep(0.5)
     raise AssertionError("the lazsl_explanations panel never became available in the sample modal")
+
+
+def _close_menus(driver):
+    """Close open menus (popovers) by clicking beside them, on their backdrop."""
+    for b in driver.find_elements("css selector", ".MuiPopover-root .MuiBackdrop-root"):
+        try:
+            if b.is_displayed():
+                driver.execute_script("arguments[0].click();", b)
+        except Exception:  # gone already
+            pass
 
 
 def _expand_sidebar_field(driver, field, expected, timeout=WAIT_S):
