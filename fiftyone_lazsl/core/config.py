@@ -387,14 +387,7 @@ class LaZSLConfig:
         Raises:
             ConfigError: an unknown key (with ``strict``) or a bad value.
         """
-        names = cls.field_names()
-        unknown = sorted(k for k in d if k not in names)
-        if strict and unknown:
-            raise ConfigError(
-                f"unknown LaZSL parameter(s): {', '.join(unknown)}; "
-                f"expected some of: {', '.join(names)}"
-            )
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return _from_dict(cls, d, strict, "LaZSL parameter")
 
     def replace(self, **changes: Any) -> LaZSLConfig:
         """A copy with some parameters changed (validated). Parameters that
@@ -552,6 +545,18 @@ class LaZSLConfig:
         if name not in cls.field_names():
             raise ConfigError(f"unknown LaZSL parameter {name!r}")
         return getattr(cls(method=method), name)
+
+
+def _from_dict(cls: type, d: Mapping[str, Any], strict: bool, what: str) -> Any:
+    """``cls(**d)`` for a config dataclass, refusing unknown keys with ``strict``
+    (else ignoring them), naming them as ``what``s."""
+    names = cls.field_names()
+    unknown = sorted(k for k in d if k not in names)
+    if strict and unknown:
+        raise ConfigError(
+            f"unknown {what}(s): {', '.join(unknown)}; expected some of: {', '.join(names)}"
+        )
+    return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def _show(v: Any) -> str:
@@ -815,14 +820,7 @@ class OutputConfig:
         Raises:
             ConfigError: an unknown key (with ``strict``) or a bad value.
         """
-        names = cls.field_names()
-        unknown = sorted(k for k in d if k not in names)
-        if strict and unknown:
-            raise ConfigError(
-                f"unknown output option(s): {', '.join(unknown)}; "
-                f"expected some of: {', '.join(names)}"
-            )
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return _from_dict(cls, d, strict, "output option")
 
     def replace(self, **changes: Any) -> OutputConfig:
         """A copy with some options changed (validated).
